@@ -1,0 +1,130 @@
+"""A local OCI registry (Debian's ``docker-registry``, the CNCF distribution server).
+
+Used by ``cloudboot up`` as the embedded default and by the tests as the real registry,
+so both exercise the same server. Optional TLS and htpasswd auth let tests cover
+credentials and custom CA bundles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from guest.errors import CloudbootError
+from publisher.run import require_tool, spawn
+
+
+@dataclass(frozen=True)
+class RegistryTls:
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class RunningRegistry:
+    host: str
+    port: int
+    storage: Path
+    log: Path
+    tls: RegistryTls | None = None
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as it appears in refs."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.address}"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _config_yaml(addr: str, storage: Path, tls: RegistryTls | None, htpasswd: Path | None) -> str:
+    lines = [
+        "version: 0.1",
+        "log:",
+        "  level: warn",
+        "  accesslog:",
+        "    disabled: true",
+        "storage:",
+        "  filesystem:",
+        f"    rootdirectory: {storage}",
+        "  delete:",
+        "    enabled: true",
+        "http:",
+        f"  addr: {addr}",
+    ]
+    if tls:
+        lines += ["  tls:", f"    certificate: {tls.cert}", f"    key: {tls.key}"]
+    if htpasswd:
+        lines += ["auth:", "  htpasswd:", "    realm: cloudboot", f"    path: {htpasswd}"]
+    return "\n".join(lines) + "\n"
+
+
+def _wait_ready(url: str, proc_alive: object, deadline: float, ca: Path | None) -> None:
+    context = ssl.create_default_context(cafile=str(ca)) if ca else None
+    while time.monotonic() < deadline:
+        if not proc_alive():  # type: ignore[operator]
+            raise CloudbootError("docker-registry exited during start-up", where=url)
+        try:
+            urllib.request.urlopen(f"{url}/v2/", timeout=1, context=context).close()
+            return
+        except urllib.error.HTTPError:
+            return  # 401 from an auth-enabled registry still means it is serving
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.05)
+    raise CloudbootError("docker-registry did not answer within the start-up timeout", where=url)
+
+
+@contextlib.contextmanager
+def local_registry(
+    workdir: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    storage: Path | None = None,
+    tls: RegistryTls | None = None,
+    htpasswd: Path | None = None,
+    startup_timeout: float = 20.0,
+) -> Iterator[RunningRegistry]:
+    """Run docker-registry on ``host:port`` (a free port by default) until the block ends."""
+    binary = require_tool("docker-registry", "docker-registry")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port(host)
+    if port_in_use(host, port):
+        raise CloudbootError(f"port {port} on {host} is already in use", where="registry")
+    storage = storage or workdir / "storage"
+    storage.mkdir(parents=True, exist_ok=True)
+    config = workdir / "registry.yml"
+    config.write_text(_config_yaml(f"{host}:{port}", storage, tls, htpasswd))
+    log = workdir / "registry.log"
+    registry = RunningRegistry(host=host, port=port, storage=storage, log=log, tls=tls)
+    # OTEL tracing in distribution >= 3 tries to reach a collector; keep it quiet and local.
+    env = {"OTEL_TRACES_EXPORTER": "none"}
+    with spawn([binary, "serve", config], stdout=log, env=env) as proc:
+        _wait_ready(
+            registry.url,
+            lambda: proc.poll() is None,
+            time.monotonic() + startup_timeout,
+            tls.cert if tls else None,
+        )
+        yield registry

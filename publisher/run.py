@@ -1,0 +1,150 @@
+"""The one door for external commands on the host.
+
+Every tool we start (xorriso, sgdisk, docker-registry, QEMU, vfkit, apt-get ...) goes
+through ``run`` (wait for it) or ``spawn`` (a daemon in a context manager), so failures
+always name the shell-quoted command and its status, and daemons are always stopped
+whatever fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import structlog
+
+from guest.errors import CloudbootError
+
+log = structlog.get_logger(__name__)
+
+Arg = str | os.PathLike[str]
+
+
+class CommandError(CloudbootError):
+    """A command exited non-zero; carries its status and the tail of its stderr."""
+
+    def __init__(self, argv: Sequence[Arg], returncode: int, stderr: str = "") -> None:
+        self.argv = [os.fspath(a) for a in argv]
+        self.returncode = returncode
+        self.stderr = stderr
+        tail = stderr.strip().splitlines()[-5:]
+        detail = ("\n  " + "\n  ".join(tail)) if tail else ""
+        super().__init__(
+            f"command failed with status {returncode}: {shlex.join(self.argv)}{detail}"
+        )
+
+
+class ToolMissingError(CloudbootError):
+    def __init__(self, tool: str, package: str | None = None) -> None:
+        hint = f" (Debian package: {package}; apt-get install {package})" if package else ""
+        super().__init__(f"required tool {tool!r} not found on PATH{hint}")
+
+
+def require_tool(tool: str, package: str | None = None) -> str:
+    """Resolve a tool on PATH or fail with the package that provides it."""
+    found = shutil.which(tool)
+    if not found:
+        raise ToolMissingError(tool, package)
+    return found
+
+
+def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("LC_ALL", "C.UTF-8")
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run(
+    argv: Sequence[Arg],
+    *,
+    check: bool = True,
+    capture: bool = True,
+    input: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a command to completion; on failure raise ``CommandError`` naming it.
+
+    Output is captured by default so a failing command's stderr ends up in the error,
+    not interleaved with our own progress output.
+    """
+    args = [os.fspath(a) for a in argv]
+    log.debug("run", argv=shlex.join(args))
+    try:
+        proc = subprocess.run(
+            args,
+            input=input,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.PIPE if capture else None,
+            env=_env(env),
+            cwd=cwd,
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise ToolMissingError(args[0]) from exc
+    if check and proc.returncode != 0:
+        stderr = (proc.stderr or b"").decode(errors="replace")
+        raise CommandError(args, proc.returncode, stderr)
+    return proc
+
+
+def stop_process(proc: subprocess.Popen[bytes], *, grace: float = 5.0) -> int:
+    """SIGTERM, wait ``grace`` seconds, then SIGKILL; returns the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+@contextlib.contextmanager
+def spawn(
+    argv: Sequence[Arg],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    stdout: Path | None = None,
+    grace: float = 5.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a daemon for the duration of a ``with`` block and always stop it after.
+
+    Its output goes to ``stdout`` (a log file) when given, else to /dev/null, so a chatty
+    daemon can never block on a full pipe.
+    """
+    args = [os.fspath(a) for a in argv]
+    log.debug("spawn", argv=shlex.join(args))
+    with contextlib.ExitStack() as stack:
+        out = (
+            stack.enter_context(open(stdout, "ab"))
+            if stdout
+            else subprocess.DEVNULL
+        )
+        try:
+            proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=_env(env),
+                cwd=cwd,
+                start_new_session=True,
+            )
+        except FileNotFoundError as exc:
+            raise ToolMissingError(args[0]) from exc
+        try:
+            yield proc
+        finally:
+            stop_process(proc, grace=grace)

@@ -1,0 +1,49 @@
+"""Shared fixtures: real registries, workspaces, and the --skip-slow switch.
+
+The slow tests boot real firmware and kernels under QEMU TCG. They run by default (CI
+runs everything); pass ``--skip-slow`` (or set CLOUDBOOT_SKIP_SLOW=1) to skip them locally.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from publisher.localregistry import RunningRegistry, local_registry
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--skip-slow",
+        action="store_true",
+        default=False,
+        help="skip tests marked slow (QEMU boots); CI runs them",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not (config.getoption("--skip-slow") or os.environ.get("CLOUDBOOT_SKIP_SLOW") == "1"):
+        return
+    skip = pytest.mark.skip(reason="slow QEMU boot skipped (--skip-slow)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
+    """A fresh docker-registry on a free loopback port, plain HTTP, no auth."""
+    with local_registry(tmp_path_factory.mktemp("registry")) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def shared_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
+    """One registry for the whole session, for tests that only add uniquely named repos."""
+    with local_registry(tmp_path_factory.mktemp("shared-registry")) as reg:
+        yield reg

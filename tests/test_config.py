@@ -1,0 +1,79 @@
+"""The workspace config: typed values, and errors that name the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from publisher.config import Backend, ConfigError, load_config, parse_config, render_template
+
+
+def write(root: Path, text: str) -> Path:
+    (root / "cloudboot.toml").write_text(text)
+    return root
+
+
+def test_defaults_without_a_file(tmp_path: Path) -> None:
+    config = load_config(tmp_path)
+    assert config.source is None
+    assert config.vm.backend is Backend.AUTO
+    assert config.build.iso == tmp_path / "build/boot.iso"
+    assert config.plan_ref(tmp_path / "plans/prod.hcl") == "127.0.0.1:5000/cloudboot/prod:latest"
+
+
+def test_values_are_typed_and_paths_resolved(tmp_path: Path) -> None:
+    (tmp_path / "disk.raw").write_bytes(b"")
+    write(
+        tmp_path,
+        '[vm]\nbackend = "qemu"\nmemory_mib = 2048\ndisks = ["disk.raw"]\n'
+        '[publish.refs]\n"prod.hcl" = "reg.example:5000/me/plan:prod"\n',
+    )
+    config = load_config(tmp_path)
+    assert config.vm.backend is Backend.QEMU
+    assert config.vm.memory_mib == 2048
+    assert config.vm.disks == [tmp_path / "disk.raw"]
+    assert config.plan_ref(tmp_path / "plans/prod.hcl") == "reg.example:5000/me/plan:prod"
+
+
+def test_config_found_from_a_subdirectory(tmp_path: Path) -> None:
+    write(tmp_path, "[watch]\ndebounce_ms = 250\n")
+    (tmp_path / "plans").mkdir()
+    assert load_config(tmp_path / "plans").watch.debounce_ms == 250
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[vm]\nmemory_mib = \"1G\"\n", '[vm].memory_mib: expected an integer, got str "1G"'),
+        ("[vm]\nmemry = 1\n", "[vm].memry: unknown key; known keys: backend"),
+        ("[vms]\n", "[vms]: unknown section"),
+        ("[vm]\nbackend = \"kvm\"\n", "[vm].backend: expected one of 'auto', 'qemu', 'vfkit'"),
+        ("[vm]\ndisks = [\"missing.raw\"]\n", "[vm].disks[0]: file not found"),
+        ("[vm]\narch = \"sparc\"\n", "[vm].arch: unknown architecture 'sparc'"),
+        ("[vm]\ngui = \"yes\"\n", "[vm].gui: expected a boolean"),
+        ("[vm\n", "invalid TOML"),
+    ],
+)
+def test_bad_config_names_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path)
+    assert message in str(err.value)
+    assert str(err.value).startswith(str(tmp_path / "cloudboot.toml"))
+
+
+def test_template_lists_every_section_and_parses_back(tmp_path: Path) -> None:
+    import tomllib
+
+    text = render_template()
+    for section in ("[registry]", "[publish]", "[signing]", "[build]", "[vm]", "[watch]"):
+        assert section in text
+    # Uncommenting every default yields a valid config equal to the defaults.
+    uncommented = "\n".join(
+        line[2:] if line.startswith("# ") and " = " in line else line
+        for line in text.splitlines()
+    )
+    data = tomllib.loads(uncommented)
+    data["vm"].pop("nvram"), data["vm"].pop("serial_log"), data["registry"].pop("ca_bundle")
+    assert parse_config(data, tmp_path) == load_config(tmp_path)

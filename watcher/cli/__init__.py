@@ -1,0 +1,130 @@
+"""The ``cloudboot`` command line.
+
+This module owns only the root: global options, logging and turning our typed errors
+into messages and exit codes. Each command group lives in its own module here and adds
+itself through ``register(app)``, so the CLI stays a thin layer over library code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Annotated
+
+import structlog
+import typer
+
+from guest.errors import CloudbootError
+from publisher.config import Config, load_config
+from watcher.cli.logsetup import LogFormat, configure_logging
+
+#: Command-group modules, in --help order. A module that is not there yet is skipped.
+COMMAND_MODULES = ("init", "plan", "push", "keys", "build", "vm", "watch", "registry", "demo")
+
+app = typer.Typer(
+    name="cloudboot",
+    help=(
+        "Build, sign and publish cloud-boot plans and boot media, and live-reload a VM "
+        "(vfkit on macOS, QEMU on Linux) whenever plans/ or kernel/ change."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@dataclass
+class CliState:
+    workspace: Path | None = None
+    _config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        """The workspace config, loaded on first use (commands that need none never fail on it)."""
+        if self._config is None:
+            self._config = load_config(self.workspace)
+        return self._config
+
+
+def state(ctx: typer.Context) -> CliState:
+    obj = ctx.find_root().obj
+    if not isinstance(obj, CliState):
+        obj = CliState()
+        ctx.find_root().obj = obj
+    return obj
+
+
+def _version() -> str:
+    try:
+        return version("cloudboot")
+    except PackageNotFoundError:  # running from a source tree
+        return "0+unknown"
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"cloudboot {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="More log detail (-v debug).")
+    ] = 0,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            "--log-format",
+            help="auto (readable on a terminal, JSON lines otherwise), console or json.",
+        ),
+    ] = "auto",
+    workspace: Annotated[
+        Path | None,
+        typer.Option(
+            "--workspace",
+            "-C",
+            help="Workspace root (cloudboot.toml, plans/, kernel/); default: found upwards.",
+        ),
+    ] = None,
+    _: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    if log_format not in ("auto", "console", "json"):
+        raise typer.BadParameter("expected auto, console or json", param_hint="--log-format")
+    fmt: LogFormat = log_format  # type: ignore[assignment]
+    configure_logging(verbose, fmt)
+    ctx.obj = CliState(workspace=workspace)
+
+
+def _register_groups() -> None:
+    for name in COMMAND_MODULES:
+        module_name = f"watcher.cli.{name}"
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        importlib.import_module(module_name).register(app)
+
+
+_register_groups()
+
+
+def main() -> None:
+    """Console-script entry: run the app and turn our errors into one line and an exit code."""
+    try:
+        app()
+    except CloudbootError as exc:
+        structlog.get_logger("cloudboot").debug("error", exc_info=True)
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
