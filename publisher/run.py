@@ -148,3 +148,33 @@ def spawn(
             yield proc
         finally:
             stop_process(proc, grace=grace)
+
+
+def launch(
+    argv: Sequence[Arg],
+    *,
+    log_file: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a daemon that outlives this process (a VM that a later CLI call stops).
+
+    Unlike ``spawn`` nothing stops it for us: the caller records its pid and owns its
+    lifetime. It gets its own session (Ctrl-C in our terminal does not reach it) and
+    its output is appended to ``log_file`` so a failed start can be explained.
+    """
+    args = [os.fspath(a) for a in argv]
+    log.debug("launch", argv=shlex.join(args), log_file=str(log_file))
+    with open(log_file, "ab") as out:
+        try:
+            return subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=_env(env),
+                cwd=cwd,
+                start_new_session=True,
+            )
+        except FileNotFoundError as exc:
+            raise ToolMissingError(args[0]) from exc
