@@ -89,6 +89,9 @@ class VmSection:
     state_dir: Path = setting(Path(".cloudboot/vm"), "NVRAM store, serial log, sockets, pidfile.")
     nvram: Path | None = setting(None, "NVRAM variable store; default <state_dir>/nvram.fd.")
     serial_log: Path | None = setting(None, "Serial log; default <state_dir>/serial.log.")
+    accel: str = setting(
+        "auto", "QEMU accelerator: auto (KVM when /dev/kvm works, else TCG), kvm or tcg."
+    )
 
 
 @dataclass(frozen=True)
