@@ -1,0 +1,24 @@
+"""VM control: QEMU (Linux) and vfkit (macOS) backends, NVRAM reset, supervision.
+
+Callers (the CLI, the watcher, end-to-end tests) use ``VmSpec.from_config`` and
+``open_backend``; the backend classes behind it are interchangeable.
+"""
+
+from __future__ import annotations
+
+from watcher.vm.backend import VmBackend, VmState, VmStatus
+from watcher.vm.spec import BackendKind, VmError, VmSpec
+
+
+def open_backend(spec: VmSpec) -> VmBackend:
+    """The backend ``spec.backend`` names; it finds an already running VM by itself."""
+    if spec.backend is BackendKind.VFKIT:
+        from watcher.vm.vfkit import VfkitBackend
+
+        return VfkitBackend(spec)
+    from watcher.vm.qemu import QemuBackend
+
+    return QemuBackend(spec)
+
+
+__all__ = ["BackendKind", "VmBackend", "VmError", "VmSpec", "VmState", "VmStatus", "open_backend"]

@@ -1,0 +1,286 @@
+"""The VM lifecycle both backends share: launch detached, find again, stop, reset NVRAM.
+
+QEMU and vfkit differ only in their command line, their control channel (QMP vs REST)
+and how a variable store is reset; those are the hooks of ``ProcessBackend``. The rest,
+which is where the subtle bugs live (stale pidfiles, reused pids, a start that dies,
+a stop that hangs), is written once here.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import enum
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+
+from publisher.run import launch
+from watcher.vm import nvram
+from watcher.vm.spec import VmError, VmSpec
+from watcher.vm.state import (
+    VmRecord,
+    is_our_process,
+    load_record,
+    process_cmdline,
+    read_pidfile,
+    save_record,
+    serial_tail,
+)
+
+log = structlog.get_logger(__name__)
+
+#: How long a launch may take to bring up its control socket.
+START_TIMEOUT_S = 30.0
+#: After HardStop/quit, and again after SIGTERM, before the next, harder step.
+FORCE_GRACE_S = 5.0
+
+
+class VmState(enum.Enum):
+    RUNNING = "running"
+    #: Not running, and nobody wanted it running (never started, or `vm down`).
+    STOPPED = "stopped"
+    #: Not running although it should be: it stopped on its own, crashed, or was killed.
+    EXITED = "exited"
+
+
+@dataclass(frozen=True)
+class VmStatus:
+    state: VmState
+    pid: int | None
+    uptime_s: float | None
+    nvram: nvram.NvramInfo
+    serial_tail: list[str]
+    backend: str
+    #: What the hypervisor itself says (QMP ``running``, ``VirtualMachineStateRunning``).
+    guest_state: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "state": self.state.value,
+            "pid": self.pid,
+            "uptime_s": None if self.uptime_s is None else round(self.uptime_s, 1),
+            "backend": self.backend,
+            "guest_state": self.guest_state,
+            "nvram": self.nvram.to_json(),
+            "serial_tail": self.serial_tail,
+        }
+
+
+class VmBackend(Protocol):
+    spec: VmSpec
+
+    def up(self, *, reset_nvram: bool = False) -> VmStatus: ...
+    def down(self, timeout: float = 5.0) -> bool: ...
+    def restart(self, reset_nvram: bool, *, stop_timeout: float = 5.0) -> VmStatus: ...
+    def reset_nvram(self) -> None: ...
+    def status(self) -> VmStatus: ...
+    def wait_stopped(self, timeout: float) -> bool: ...
+
+
+class ProcessBackend(abc.ABC):
+    """A VM that is one detached process, found again via pidfile + control socket."""
+
+    #: Program names a pidfile's process must run before we signal it.
+    process_names: tuple[str, ...] = ()
+
+    def __init__(self, spec: VmSpec) -> None:
+        self.spec = spec
+        self._child: subprocess.Popen[bytes] | None = None
+
+    # -- hooks ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _launch_argv(self, reset_nvram: bool) -> list[str]:
+        """Prepare the store (reset or first run) and return the command line."""
+
+    @abc.abstractmethod
+    def _wipe_nvram(self) -> None: ...
+
+    @abc.abstractmethod
+    def _nvram_template(self) -> Path | None: ...
+
+    @abc.abstractmethod
+    def _control_ready(self) -> bool: ...
+
+    @abc.abstractmethod
+    def _guest_state(self) -> str | None: ...
+
+    @abc.abstractmethod
+    def _request_stop(self) -> None:
+        """Ask the guest to shut down (it may ignore us)."""
+
+    @abc.abstractmethod
+    def _force_stop(self) -> None:
+        """Pull the plug through the control channel; a vanished channel means stopped."""
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def pid(self) -> int | None:
+        """The pid of our running VM process, or None. Never a stranger's pid."""
+        if self._child is not None and self._child.poll() is not None:
+            self._child = None  # reaped: a zombie child must not look alive
+        record = load_record(self.spec.record_file)
+        candidates = [read_pidfile(self.spec.pidfile), record.pid if record else None]
+        for pid in candidates:
+            if pid and is_our_process(
+                process_cmdline(pid), self.process_names, self.spec.control_socket
+            ):
+                return pid
+        return None
+
+    def up(self, *, reset_nvram: bool = False) -> VmStatus:
+        """Start the VM unless it runs already; ``reset_nvram`` needs it stopped."""
+        running = self.pid()
+        if running is not None:
+            if reset_nvram:
+                raise VmError(
+                    f"refusing to reset NVRAM: the VM is running (pid {running}); "
+                    "use `cloudboot vm restart --reset-nvram`"
+                )
+            self._set_desired("running")
+            log.info("vm already running", pid=running)
+            return self.status()
+        self.spec.check_files()
+        self.spec.state_dir.mkdir(parents=True, exist_ok=True)
+        for stale in (self.spec.pidfile, self.spec.control_socket):
+            stale.unlink(missing_ok=True)
+        argv = self._launch_argv(reset_nvram)
+        serial_offset = _size(self.spec.serial_log)
+        log_offset = _size(self.spec.process_log)
+        started = time.time()
+        proc = launch(argv, log_file=self.spec.process_log)
+        self._child = proc
+        self._wait_ready(proc, log_offset)
+        save_record(
+            self.spec.record_file,
+            VmRecord(
+                backend=self.spec.backend.value,
+                pid=proc.pid,
+                started_at=started,
+                desired="running",
+                serial_offset=serial_offset,
+                nvram_reset_at_launch=reset_nvram,
+            ),
+        )
+        log.info("vm started", backend=self.spec.backend.value, pid=proc.pid, reset=reset_nvram)
+        return self.status()
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes], log_offset: int) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            code = proc.poll()
+            if code is not None:
+                raise VmError(
+                    f"{self.spec.backend.value} exited with status {code} while starting"
+                    f"{self._log_excerpt(log_offset)}"
+                )
+            if read_pidfile(self.spec.pidfile) == proc.pid and self._control_ready():
+                return
+            time.sleep(0.1)
+        self._kill(proc.pid)
+        raise VmError(
+            f"{self.spec.backend.value} did not open {self.spec.control_socket} within "
+            f"{START_TIMEOUT_S:.0f} s{self._log_excerpt(log_offset)}"
+        )
+
+    def _log_excerpt(self, offset: int) -> str:
+        try:
+            with open(self.spec.process_log, "rb") as f:
+                f.seek(offset)
+                text = f.read().decode(errors="replace").strip()
+        except OSError:
+            return ""
+        lines = text.splitlines()[-8:]
+        where = f" (log: {self.spec.process_log})"
+        return where + (":\n  " + "\n  ".join(lines) if lines else "")
+
+    def down(self, timeout: float = 5.0) -> bool:
+        """Stop the VM: polite stop, then hard stop, then signals. False if not running."""
+        self._set_desired("stopped")
+        pid = self.pid()
+        if pid is None:
+            return False
+        log.info("vm stopping", pid=pid)
+        self._request_stop()
+        if not self.wait_stopped(timeout):
+            log.info("vm ignored the stop request; forcing", pid=pid, waited_s=timeout)
+            self._force_stop()
+            if not self.wait_stopped(FORCE_GRACE_S):
+                self._kill(pid)
+        self.spec.control_socket.unlink(missing_ok=True)
+        return True
+
+    def _kill(self, pid: int) -> None:
+        """SIGTERM, then SIGKILL; each only after checking the pid is still our VM."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if not is_our_process(
+                process_cmdline(pid), self.process_names, self.spec.control_socket
+            ):
+                return
+            log.warning("signalling vm", pid=pid, signal=sig.name)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            if self.wait_stopped(FORCE_GRACE_S):
+                return
+
+    def wait_stopped(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.pid() is not None:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+    def restart(self, reset_nvram: bool, *, stop_timeout: float = 5.0) -> VmStatus:
+        """Stop, optionally reset NVRAM (the guest re-stages), start again."""
+        self.down(stop_timeout)
+        return self.up(reset_nvram=reset_nvram)
+
+    def reset_nvram(self) -> None:
+        running = self.pid()
+        if running is not None:
+            raise VmError(
+                f"refusing to reset NVRAM: the VM is running (pid {running}); "
+                "stop it first (`cloudboot vm down`) or use `cloudboot vm restart --reset-nvram`"
+            )
+        self._wipe_nvram()
+        log.info("nvram reset", store=str(self.spec.nvram))
+
+    def status(self) -> VmStatus:
+        pid = self.pid()
+        record = load_record(self.spec.record_file)
+        if pid is not None:
+            state = VmState.RUNNING
+        elif record is not None and record.desired == "running":
+            state = VmState.EXITED
+        else:
+            state = VmState.STOPPED
+        uptime = None
+        if pid is not None and record is not None and record.pid == pid:
+            uptime = max(0.0, time.time() - record.started_at)
+        return VmStatus(
+            state=state,
+            pid=pid,
+            uptime_s=uptime,
+            nvram=nvram.describe(self.spec.nvram, self._nvram_template()),
+            serial_tail=serial_tail(self.spec.serial_log, record.serial_offset if record else 0),
+            backend=self.spec.backend.value,
+            guest_state=self._guest_state() if pid is not None else None,
+        )
+
+    def _set_desired(self, desired: str) -> None:
+        record = load_record(self.spec.record_file)
+        if record is not None and record.desired != desired:
+            save_record(self.spec.record_file, replace(record, desired=desired))
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

@@ -1,0 +1,174 @@
+"""The QEMU backend (Linux): the command line as data, plus QMP for state and stop.
+
+The VM reboots in place when the guest reboots (no ``-no-reboot``): the vars pflash is a
+file, so the Boot0001 the guest agent wrote is already on disk when the firmware starts
+again, and a ``cloudboot vm up`` without a watcher still reaches the staged target.
+QEMU exits only on a stop, a crash or a kill, which the supervisor treats like vfkit's
+"VM stopped": relaunch without touching NVRAM.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import platform
+from pathlib import Path
+
+from guest.arch import Arch
+from publisher.run import require_tool
+from watcher.vm import nvram
+from watcher.vm.backend import ProcessBackend
+from watcher.vm.firmware import Firmware, find_firmware
+from watcher.vm.qmp import QmpClient, QmpError
+from watcher.vm.spec import Accel, VmSpec
+
+MACHINE = {Arch.X86_64: "q35", Arch.AARCH64: "virt"}
+#: TCG CPU models: cortex-a72 avoids emulating pointer authentication (spec section 7).
+TCG_CPU = {Arch.X86_64: None, Arch.AARCH64: "cortex-a72"}
+DISPLAY_DEVICE = {Arch.X86_64: "VGA", Arch.AARCH64: "virtio-gpu-pci"}
+
+
+def qemu_opt(value: str | os.PathLike[str]) -> str:
+    """Escape a value inside a QEMU ``key=value,...`` option (commas are doubled)."""
+    return os.fspath(value).replace(",", ",,")
+
+
+def qemu_argv(
+    spec: VmSpec, firmware: Firmware, *, accel: Accel = Accel.TCG, binary: str | None = None
+) -> list[str]:
+    """The full QEMU command line for ``spec``; pure, so a unit test pins it.
+
+    Disks get no ``bootindex``: with a boot order OVMF prunes the HD() Boot#### entries
+    of devices it does not list, which would delete the guest's Boot0001 (spec 7).
+    """
+    arch = spec.arch
+    if accel is Accel.AUTO:
+        raise ValueError("resolve Accel.AUTO with kvm_usable() before building the argv")
+    argv = [binary or arch.qemu_binary, "-name", "cloudboot", "-nodefaults", "-no-user-config"]
+    argv += ["-machine", MACHINE[arch], "-accel", accel.value]
+    cpu = "host" if accel is Accel.KVM else TCG_CPU[arch]
+    if cpu:
+        argv += ["-cpu", cpu]
+    argv += ["-smp", str(spec.cpus), "-m", str(spec.memory_mib)]
+    argv += [
+        "-drive",
+        f"if=pflash,format=raw,unit=0,readonly=on,file={qemu_opt(firmware.code)}",
+        "-drive",
+        f"if=pflash,format=raw,unit=1,file={qemu_opt(spec.nvram)}",
+    ]
+    for i, disk in enumerate(spec.attached_disks):
+        readonly = ",readonly=on" if disk.readonly else ""
+        argv += [
+            "-drive",
+            f"if=none,id=disk{i},format=raw{readonly},file={qemu_opt(disk.path)}",
+            "-device",
+            f"virtio-blk-pci,drive=disk{i}",
+        ]
+    argv += [
+        "-device",
+        "virtio-rng-pci",
+        "-netdev",
+        "user,id=net0",
+        "-device",
+        f"virtio-net-pci,netdev=net0,mac={spec.mac}",
+        "-chardev",
+        f"file,id=serial0,path={qemu_opt(spec.serial_log)},append=on",
+        "-serial",
+        "chardev:serial0",
+        "-qmp",
+        f"unix:{qemu_opt(spec.control_socket)},server=on,wait=off",
+        "-pidfile",
+        os.fspath(spec.pidfile),
+    ]
+    if spec.gui:
+        argv += ["-device", DISPLAY_DEVICE[arch], "-device", "qemu-xhci", "-device", "usb-kbd"]
+    else:
+        argv += ["-display", "none"]
+    return argv
+
+
+def _host_has_virtualization(cpuinfo: str) -> bool:
+    """x86 hosts advertise vmx/svm; a /dev/kvm without them (nested sandboxes) fails later."""
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags = line.split(":", 1)[1].split()
+            return "vmx" in flags or "svm" in flags
+    return True  # no flags line (aarch64): trust /dev/kvm
+
+
+def kvm_usable(arch: Arch) -> bool:
+    """KVM only for a guest of the host's arch, with a /dev/kvm that can create a VM."""
+    if Arch.parse(platform.machine()) is not arch:
+        return False
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        kvm_create_vm = 0xAE01
+        vm_fd = fcntl.ioctl(fd, kvm_create_vm, 0)
+        os.close(vm_fd)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return _host_has_virtualization(cpuinfo)
+
+
+class QemuBackend(ProcessBackend):
+    """QEMU launched detached; pidfile and QMP socket in state_dir find it again."""
+
+    process_names = ("qemu-system-x86_64", "qemu-system-aarch64")
+
+    def __init__(self, spec: VmSpec, firmware: Firmware | None = None) -> None:
+        super().__init__(spec)
+        self.firmware = firmware or find_firmware(spec.arch)
+
+    def _accel(self) -> Accel:
+        if self.spec.accel is Accel.AUTO:
+            return Accel.KVM if kvm_usable(self.spec.arch) else Accel.TCG
+        return self.spec.accel
+
+    def _launch_argv(self, reset_nvram: bool) -> list[str]:
+        if reset_nvram or not self.spec.nvram.exists():
+            nvram.restore_template(self.spec.nvram, self.firmware.vars_template)
+        binary = require_tool(self.spec.arch.qemu_binary, "qemu-system-x86 / qemu-system-arm")
+        return qemu_argv(self.spec, self.firmware, accel=self._accel(), binary=binary)
+
+    def _wipe_nvram(self) -> None:
+        nvram.restore_template(self.spec.nvram, self.firmware.vars_template)
+
+    def _nvram_template(self) -> Path | None:
+        return self.firmware.vars_template
+
+    def _control_ready(self) -> bool:
+        try:
+            with QmpClient(self.spec.control_socket, timeout=2.0) as qmp:
+                qmp.execute("query-status")
+            return True
+        except (OSError, QmpError):
+            return False
+
+    def _guest_state(self) -> str | None:
+        try:
+            with QmpClient(self.spec.control_socket, timeout=2.0) as qmp:
+                reply = qmp.execute("query-status")
+        except (OSError, QmpError):
+            return None
+        status = reply.get("status") if isinstance(reply, dict) else None
+        return str(status) if status else None
+
+    def _request_stop(self) -> None:
+        """ACPI power button: a guest that listens shuts down cleanly."""
+        self._qmp_quietly("system_powerdown")
+
+    def _force_stop(self) -> None:
+        self._qmp_quietly("quit")
+
+    def _qmp_quietly(self, command: str) -> None:
+        try:
+            with QmpClient(self.spec.control_socket, timeout=2.0) as qmp:
+                qmp.execute(command)
+        except (OSError, QmpError):
+            pass  # gone already, or going: the caller waits for the process either way

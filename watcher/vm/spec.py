@@ -1,0 +1,154 @@
+"""One VM description, taken from the workspace config's [vm] and [build] sections.
+
+Both backends (vfkit, QEMU) build their command lines from this one frozen value, so
+the two cannot drift apart on which disks are attached, in which order, or where the
+NVRAM store and serial log live. Everything a later CLI call needs to find a running
+VM again (pidfile, control socket) is derived from ``state_dir``.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from guest.arch import Arch
+from guest.errors import CloudbootError
+from publisher.config import Backend, Config, ConfigError
+
+
+class VmError(CloudbootError):
+    """A VM operation that cannot be done (missing disk, VM in the wrong state ...)."""
+
+
+class BackendKind(enum.Enum):
+    QEMU = "qemu"
+    VFKIT = "vfkit"
+
+    @classmethod
+    def for_host(cls, platform: str = sys.platform) -> BackendKind:
+        """vfkit on macOS (Virtualization.framework), QEMU everywhere else."""
+        return cls.VFKIT if platform == "darwin" else cls.QEMU
+
+
+class Accel(enum.Enum):
+    AUTO = "auto"
+    KVM = "kvm"
+    TCG = "tcg"
+
+
+@dataclass(frozen=True)
+class Disk:
+    """One virtio-blk disk in attach order; ``config_key`` names where it came from."""
+
+    path: Path
+    readonly: bool
+    config_key: str
+
+
+_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+#: sun_path is 108 bytes on Linux and 104 on macOS (NUL included).
+MAX_SOCKET_PATH = 103
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    arch: Arch
+    cpus: int
+    memory_mib: int
+    iso: Path
+    cache_disk: Path
+    disks: tuple[Path, ...]
+    mac: str
+    gui: bool
+    nvram: Path
+    serial_log: Path
+    state_dir: Path
+    backend: BackendKind
+    accel: Accel = Accel.AUTO
+
+    @classmethod
+    def from_config(cls, config: Config) -> VmSpec:
+        """Resolve defaults (backend per host, paths under state_dir) and check values."""
+        vm = config.vm
+        where = str(config.source) if config.source else "cloudboot.toml"
+        if not _MAC.match(vm.mac):
+            raise ConfigError(
+                f"[vm].mac: expected a fixed MAC like 52:54:00:12:34:56, got {vm.mac!r} "
+                "(vfkit rejects mac=auto)",
+                where=where,
+            )
+        if vm.cpus < 1:
+            raise ConfigError(f"[vm].cpus: must be at least 1, got {vm.cpus}", where=where)
+        if vm.memory_mib < 128:
+            raise ConfigError(
+                f"[vm].memory_mib: must be at least 128, got {vm.memory_mib}", where=where
+            )
+        try:
+            accel = Accel(vm.accel)
+        except ValueError:
+            raise ConfigError(
+                f"[vm].accel: expected one of auto, kvm, tcg, got {vm.accel!r}", where=where
+            ) from None
+        backend = (
+            BackendKind.for_host() if vm.backend is Backend.AUTO else BackendKind(vm.backend.value)
+        )
+        state_dir = vm.state_dir
+        return cls(
+            arch=config.vm_arch(),
+            cpus=vm.cpus,
+            memory_mib=vm.memory_mib,
+            iso=config.build.iso,
+            cache_disk=config.build.cache_disk,
+            disks=tuple(vm.disks),
+            mac=vm.mac.lower(),
+            gui=vm.gui,
+            nvram=vm.nvram or state_dir / "nvram.fd",
+            serial_log=vm.serial_log or state_dir / "serial.log",
+            state_dir=state_dir,
+            backend=backend,
+            accel=accel,
+        )
+
+    @property
+    def attached_disks(self) -> list[Disk]:
+        """boot.iso (read-only) first, then the cache disk, then the extra disks."""
+        return [
+            Disk(self.iso, True, "[build].iso"),
+            Disk(self.cache_disk, False, "[build].cache_disk"),
+            *(Disk(p, False, f"[vm].disks[{i}]") for i, p in enumerate(self.disks)),
+        ]
+
+    @property
+    def pidfile(self) -> Path:
+        return self.state_dir / f"{self.backend.value}.pid"
+
+    @property
+    def control_socket(self) -> Path:
+        """QMP socket (QEMU) or vfkit's REST socket."""
+        name = "qmp.sock" if self.backend is BackendKind.QEMU else "rest.sock"
+        return self.state_dir / name
+
+    @property
+    def record_file(self) -> Path:
+        return self.state_dir / "vm.json"
+
+    @property
+    def process_log(self) -> Path:
+        """The VM process's own stdout/stderr (not the guest's serial console)."""
+        return self.state_dir / f"{self.backend.value}.log"
+
+    def check_files(self) -> None:
+        """Fail before launching when a disk is missing or a socket path is too long."""
+        for disk in self.attached_disks:
+            if not disk.path.is_file():
+                hint = " (run `cloudboot build`)" if disk.config_key.startswith("[build]") else ""
+                raise VmError(f"{disk.config_key}: disk not found: {disk.path}{hint}")
+        sock = str(self.control_socket)
+        if len(sock.encode()) > MAX_SOCKET_PATH:
+            raise VmError(
+                f"[vm].state_dir: control socket path is {len(sock)} bytes, over the "
+                f"{MAX_SOCKET_PATH}-byte unix socket limit: {sock}"
+            )

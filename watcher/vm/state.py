@@ -1,0 +1,146 @@
+"""What outlives one CLI call: the VM record (vm.json), the pidfile, and process checks.
+
+``vm up`` runs in one process and ``vm status``/``vm down`` in later ones, so everything
+about a running VM is on disk in state_dir. A pidfile can go stale and its pid be reused
+by an unrelated process, so before we ever signal a pid we check that its command line
+is our QEMU/vfkit for this very state_dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from publisher.run import CommandError, ToolMissingError, run
+
+
+@dataclass(frozen=True)
+class VmRecord:
+    """The last launch: who, when, and what the user wants (``desired`` running/stopped).
+
+    ``desired`` tells the supervisor a stop it did not ask for (guest reboot on vfkit, a
+    crash) from one the user asked for with ``vm down`` in another process.
+    """
+
+    backend: str
+    pid: int
+    started_at: float
+    desired: str
+    serial_offset: int = 0
+    nvram_reset_at_launch: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def load_record(path: Path) -> VmRecord | None:
+    try:
+        data = json.loads(path.read_text())
+        return VmRecord(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def save_record(path: Path, record: VmRecord) -> None:
+    """Write vm.json atomically, so a concurrent reader never sees half a record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump(record.to_json(), out, indent=2)
+            out.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_pidfile(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def process_cmdline(pid: int) -> list[str] | None:
+    """The argv of a live process, or None when it is gone (zombies count as gone)."""
+    if sys.platform.startswith("linux"):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                return None
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, IndexError):
+            return None
+        return [a.decode(errors="replace") for a in raw.split(b"\0") if a] or None
+    try:  # macOS and other BSDs: ps (state first, so zombies are recognised)
+        out = run(["ps", "-p", str(pid), "-o", "state=,command="]).stdout.decode()
+    except (CommandError, ToolMissingError):
+        return None
+    line = out.strip()
+    if not line or line.startswith("Z"):
+        return None
+    return line.split()[1:]
+
+
+def is_our_process(cmdline: list[str] | None, names: tuple[str, ...], marker: Path) -> bool:
+    """The process runs one of ``names`` (QEMU, vfkit) and mentions our ``marker`` path.
+
+    The marker is the control socket, unique per state_dir, so a reused pid that runs
+    another VM (or anything else) is never signalled.
+    """
+    if not cmdline:
+        return False
+    programs = {os.path.basename(cmdline[0])}
+    if len(cmdline) > 1:  # a script run by its interpreter: python3 /path/to/vfkit
+        programs.add(os.path.basename(cmdline[1]))
+    if not programs & set(names):
+        return False
+    return any(str(marker) in arg for arg in cmdline)
+
+
+def pid_alive(pid: int) -> bool:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, 0)
+        return process_cmdline(pid) is not None
+    return False
+
+
+def serial_tail(log: Path, offset: int, max_lines: int = 20) -> list[str]:
+    """The last lines the guest wrote since the launch at ``offset`` (ANSI noise kept out)."""
+    try:
+        with open(log, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            start = offset if offset <= size else 0
+            f.seek(max(start, size - 64 * 1024))
+            data = f.read()
+    except OSError:
+        return []
+    text = data.decode(errors="replace").replace("\r", "")
+    lines = [_strip_ansi(line) for line in text.split("\n")]
+    lines = [line for line in lines if line.strip()]
+    return lines[-max_lines:]
+
+
+def _strip_ansi(line: str) -> str:
+    out: list[str] = []
+    i = 0
+    while i < len(line):
+        if line[i] == "\x1b" and i + 1 < len(line) and line[i + 1] == "[":
+            j = i + 2
+            while j < len(line) and not line[j].isalpha():
+                j += 1
+            i = j + 1
+            continue
+        if line[i] == "\x08" and out:
+            out.pop()
+        elif line[i].isprintable() or line[i] == "\t":
+            out.append(line[i])
+        i += 1
+    return "".join(out)

@@ -1,0 +1,185 @@
+"""The vfkit backend (macOS, Apple Virtualization.framework).
+
+vfkit has no start or restart endpoint and exits whenever the VM stops, so every
+restart is: stop, wait for the process to exit, launch again. NVRAM reset is the
+``create`` option of ``--bootloader efi,variable-store=...`` (it overwrites a store);
+we delete the store when asked to reset and pass ``create`` whenever it is missing.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from publisher.run import require_tool
+from watcher.vm import nvram
+from watcher.vm.backend import ProcessBackend
+from watcher.vm.spec import VmError, VmSpec
+
+#: Framebuffer size for ``--gui`` (vfkit needs a virtio-gpu device to show anything).
+GUI_WIDTH, GUI_HEIGHT = 1280, 800
+
+
+def _vfkit_path(path: Path, key: str) -> str:
+    """vfkit splits device options on commas and has no escape for them."""
+    text = os.fspath(path)
+    if "," in text:
+        raise VmError(f"{key}: vfkit cannot take a path containing a comma: {text}")
+    return text
+
+
+def vfkit_argv(spec: VmSpec, create_nvram: bool, *, binary: str = "vfkit") -> list[str]:
+    """The vfkit command line of the seed's quickstart for ``spec``; pure."""
+    store = "efi,variable-store=" + _vfkit_path(spec.nvram, "[vm].nvram")
+    if create_nvram:
+        store += ",create"
+    argv = [binary, "--cpus", str(spec.cpus), "--memory", str(spec.memory_mib)]
+    argv += ["--bootloader", store]
+    for disk in spec.attached_disks:
+        device = "virtio-blk,path=" + _vfkit_path(disk.path, disk.config_key)
+        argv += ["--device", device + (",readonly" if disk.readonly else "")]
+    argv += [
+        "--device",
+        f"virtio-net,nat,mac={spec.mac}",
+        "--device",
+        "virtio-serial,logFilePath=" + _vfkit_path(spec.serial_log, "[vm].serial_log"),
+        "--device",
+        "virtio-rng",
+    ]
+    if spec.gui:
+        argv += [
+            "--gui",
+            "--device",
+            "virtio-input,keyboard",
+            "--device",
+            "virtio-input,pointing",
+            "--device",
+            f"virtio-gpu,width={GUI_WIDTH},height={GUI_HEIGHT}",
+        ]
+    argv += [
+        "--pidfile",
+        os.fspath(spec.pidfile),
+        "--restful-uri",
+        f"unix://{spec.control_socket}",
+        "--log-level",
+        "info",
+    ]
+    return argv
+
+
+def find_vfkit() -> str:
+    """``$CLOUDBOOT_VFKIT`` (tests point it at the stand-in), else vfkit on PATH."""
+    override = os.environ.get("CLOUDBOOT_VFKIT")
+    if override:
+        if not os.access(override, os.X_OK):
+            raise VmError(f"CLOUDBOOT_VFKIT: not an executable: {override}")
+        return override
+    return require_tool("vfkit", "brew install vfkit")
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self._path))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class VfkitRestError(VmError):
+    pass
+
+
+class VfkitRest:
+    """vfkit's REST API over its unix socket (``--restful-uri unix://...``)."""
+
+    def __init__(self, path: Path, *, timeout: float = 5.0) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    def _request(self, method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+        conn = _UnixHTTPConnection(self.path, self.timeout)
+        try:
+            payload = json.dumps(body).encode() if body is not None else None
+            headers = {"Content-Type": "application/json"} if payload else {}
+            conn.request(method, url, body=payload, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+        finally:
+            conn.close()
+        if response.status >= 400:
+            detail = data[:200].decode(errors="replace")
+            raise VfkitRestError(f"vfkit {method} {url}: HTTP {response.status}: {detail}")
+        return json.loads(data) if data.strip() else None
+
+    def state(self) -> dict[str, Any]:
+        answer = self._request("GET", "/vm/state")
+        if not isinstance(answer, dict) or "state" not in answer:
+            raise VfkitRestError(f"vfkit GET /vm/state: unexpected answer {answer!r}")
+        return answer
+
+    def change_state(self, state: str) -> None:
+        """POST /vm/state (Stop, HardStop, Pause, Resume); vfkit answers 202."""
+        self._request("POST", "/vm/state", {"state": state})
+
+    def inspect(self) -> Any:
+        return self._request("GET", "/vm/inspect")
+
+
+#: What a vanished vfkit looks like on its socket: the VM is stopped.
+_GONE = (ConnectionError, FileNotFoundError, http.client.HTTPException, TimeoutError)
+
+
+class VfkitBackend(ProcessBackend):
+    process_names = ("vfkit",)
+
+    def __init__(self, spec: VmSpec) -> None:
+        super().__init__(spec)
+        self.rest = VfkitRest(spec.control_socket)
+
+    def _launch_argv(self, reset_nvram: bool) -> list[str]:
+        create = reset_nvram or not self.spec.nvram.exists()
+        return vfkit_argv(self.spec, create, binary=find_vfkit())
+
+    def _wipe_nvram(self) -> None:
+        nvram.delete_store(self.spec.nvram)
+
+    def _nvram_template(self) -> Path | None:
+        return None  # vfkit's store is made by Virtualization.framework: no template file
+
+    def _control_ready(self) -> bool:
+        try:
+            return bool(self.rest.state()["state"])
+        except (*_GONE, OSError, VmError, ValueError):
+            return False
+
+    def _guest_state(self) -> str | None:
+        try:
+            return str(self.rest.state()["state"])
+        except (*_GONE, OSError, VmError, ValueError):
+            return None
+
+    def _request_stop(self) -> None:
+        self._post_quietly("Stop")
+
+    def _force_stop(self) -> None:
+        self._post_quietly("HardStop")
+
+    def _post_quietly(self, state: str) -> None:
+        try:
+            self.rest.change_state(state)
+        except _GONE:
+            pass  # the reply raced vfkit's exit: stopped
+        except VfkitRestError:
+            pass  # e.g. Stop refused (canStop false): the caller escalates after its wait
