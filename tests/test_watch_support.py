@@ -1,0 +1,151 @@
+"""Shared helpers for the watcher tests: simple but real stages and a daemon runner.
+
+The stages do real work on real files: ``FilePlanStage`` parses the plan with the real
+HCL parser (an error carries file:line:col) and writes the published bytes atomically to
+an output directory keyed by their sha256, ``FileBuildStage`` concatenates kernel/ into an
+"image" with an atomic rename, ``FileVmStage`` records restarts. They count calls and can
+be held at a gate, so scheduling can be observed from outside.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import hcl2
+import lark
+
+from guest.errors import CloudbootError, Location
+from watcher.watch.daemon import WatchDaemon, WatchSetup
+from watcher.watch.ignore import IgnoreRules
+from watcher.watch.pipeline import BuildOutcome, PlanOutcome, VmStage
+from watcher.watch.status import StatusBook, write_atomic
+
+
+class FilePlanStage:
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.calls: list[tuple[str, bytes]] = []
+        self.entered = threading.Event()
+        self.gate: threading.Event | None = None
+        self.order: list[str] | None = None
+
+    def ref_for(self, plan: Path) -> str:
+        return f"file://{self.out}/{plan.stem}"
+
+    def publish(self, plan: Path) -> PlanOutcome:
+        data = plan.read_bytes()
+        self.calls.append((plan.name, data))
+        if self.order is not None:
+            self.order.append(f"plan:{plan.name}")
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait(30)
+        try:
+            hcl2.loads(data.decode())
+        except lark.exceptions.UnexpectedInput as exc:
+            raise CloudbootError(
+                "invalid plan", where=Location(str(plan), exc.line, exc.column)
+            ) from None
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        write_atomic(self.out / plan.stem, data)
+        return PlanOutcome(self.ref_for(plan), digest, uploaded=True)
+
+
+class FileBuildStage:
+    def __init__(self, kernel: Path, iso: Path) -> None:
+        self.kernel = kernel
+        self.iso = iso
+        self.calls = 0
+        self.order: list[str] | None = None
+
+    def build(self) -> BuildOutcome:
+        self.calls += 1
+        if self.order is not None:
+            self.order.append("kernel")
+        files = sorted(p for p in self.kernel.rglob("*") if p.is_file())
+        if any(p.read_bytes().startswith(b"FAIL") for p in files):
+            raise CloudbootError("recipe is broken", where=Location(str(files[0]), 1, 1))
+        image = b"".join(p.read_bytes() for p in files)
+        old = self.iso.read_bytes() if self.iso.exists() else None
+        write_atomic(self.iso, image)
+        return BuildOutcome(self.iso, changed=old != image)
+
+
+class FileVmStage:
+    def __init__(self) -> None:
+        self.restarts = 0
+        self.running = False
+        self.started_by_watcher = False
+        self.stopped = 0
+        self.order: list[str] | None = None
+
+    def restart(self) -> str:
+        if not self.running:
+            self.started_by_watcher = True
+        self.running = True
+        self.restarts += 1
+        if self.order is not None:
+            self.order.append("vm")
+        return "running"
+
+    def state(self) -> str:
+        return "running" if self.running else "stopped"
+
+    def shutdown(self) -> None:
+        if self.started_by_watcher:
+            self.running = False
+            self.stopped += 1
+
+
+def make_workspace(root: Path) -> Path:
+    (root / "plans").mkdir(parents=True)
+    (root / "kernel").mkdir()
+    (root / "plans" / "demo.hcl").write_text('default_target = "a"\n')
+    (root / "kernel" / "recipe.toml").write_text("arch = 'x86_64'\n")
+    return root
+
+
+def wait_for(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+@contextmanager
+def running_daemon(
+    root: Path,
+    plan_stage: FilePlanStage | None,
+    build_stage: FileBuildStage | None = None,
+    vm_stage: VmStage | None = None,
+    *,
+    window: float = 0.1,
+    initial_run: bool = False,
+) -> Iterator[WatchDaemon]:
+    setup = WatchSetup(
+        root=root,
+        plans_dir=root / "plans",
+        kernel_dir=root / "kernel",
+        window=window,
+        rules=IgnoreRules.for_workspace(root),
+        plan_stage=plan_stage,
+        build_stage=build_stage,
+    )
+    status = StatusBook(root / ".cloudboot" / "status.json", watching=["plans/", "kernel/"])
+    daemon = WatchDaemon(setup, status, vm_stage=vm_stage, initial_run=initial_run)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    daemon.ready.wait(10)
+    wait_for(lambda: status.data["state"] == "idle", what="watcher idle")
+    try:
+        yield daemon
+    finally:
+        daemon.request_stop()
+        thread.join(30)
+        assert not thread.is_alive()

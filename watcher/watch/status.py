@@ -1,0 +1,206 @@
+"""The watcher's state file (``.cloudboot/status.json``) and ``cloudboot status``.
+
+The watcher rewrites the whole file atomically (temp file + rename) after every batch and
+stage, so a reader never sees a half-written document and needs no socket or lock: last
+event, last run of each stage with its duration and result, published digest per plan,
+VM state. The pid in it tells a reader whether the writer is still alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from guest.errors import CloudbootError
+
+STATUS_VERSION = 1
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` so readers see the old or the new file, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def iso_time(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """One stage of one run: what it worked on, how long it took, how it ended."""
+
+    stage: str  # "plan", "kernel" or "vm"
+    subject: str  # plan file, recipe or VM name
+    ok: bool
+    duration_ms: float
+    started_at: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["result"] = "ok" if self.ok else "error"
+        out["duration_ms"] = round(self.duration_ms, 1)
+        return out
+
+
+class StatusBook:
+    """The in-memory status document plus its atomic ``flush`` to disk (thread-safe)."""
+
+    def __init__(
+        self, path: Path, *, watching: list[str], clock: Callable[[], float] = time.time
+    ) -> None:
+        self.path = path
+        self._clock = clock
+        self._lock = threading.Lock()
+        now = iso_time(clock())
+        self.data: dict[str, Any] = {
+            "version": STATUS_VERSION,
+            "pid": os.getpid(),
+            "started_at": now,
+            "updated_at": now,
+            "state": "starting",
+            "watching": watching,
+            "events": 0,
+            "batches": 0,
+            "runs": 0,
+            "last_event": None,
+            "last_run": None,
+            "stages": {},
+            "plans": {},
+            "vm": {"state": "unknown", "started_by_watcher": False},
+        }
+
+    def set_state(self, state: str) -> None:
+        with self._lock:
+            self.data["state"] = state
+        self.flush()
+
+    def record_batch(self, last_path: str, events: int, at: float) -> None:
+        with self._lock:
+            self.data["events"] += events
+            self.data["batches"] += 1
+            self.data["last_event"] = {"path": last_path, "at": iso_time(at)}
+
+    def record_run(self, started: float, duration_ms: float, ok: bool, stages: list[str]) -> None:
+        with self._lock:
+            self.data["runs"] += 1
+            self.data["last_run"] = {
+                "started_at": iso_time(started),
+                "duration_ms": round(duration_ms, 1),
+                "result": "ok" if ok else "error",
+                "stages": stages,
+            }
+
+    def record_stage(self, result: StageResult) -> None:
+        with self._lock:
+            self.data["stages"][result.stage] = result.to_json()
+
+    def record_plan(self, rel: str, *, ref: str, digest: str | None, error: str | None) -> None:
+        with self._lock:
+            entry = self.data["plans"].setdefault(rel, {})
+            entry["ref"] = ref
+            if digest:
+                entry["digest"] = digest
+                entry["published_at"] = iso_time(self._clock())
+            entry["last_error"] = error
+
+    def record_vm(self, state: str, *, started_by_watcher: bool | None = None) -> None:
+        with self._lock:
+            self.data["vm"]["state"] = state
+            if started_by_watcher is not None:
+                self.data["vm"]["started_by_watcher"] = started_by_watcher
+
+    def flush(self) -> None:
+        with self._lock:
+            self.data["updated_at"] = iso_time(self._clock())
+            payload = json.dumps(self.data, indent=2, sort_keys=False).encode() + b"\n"
+        write_atomic(self.path, payload)
+
+
+def load_status(path: Path) -> dict[str, Any]:
+    """Read a status file; a missing or unreadable one is a user-facing error naming it."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CloudbootError(
+            "no watcher status yet (start one with `cloudboot watch` or `cloudboot agent install`)",
+            where=str(path),
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise CloudbootError(f"unreadable status file: {exc}", where=str(path)) from None
+    if not isinstance(data, dict) or data.get("version") != STATUS_VERSION:
+        raise CloudbootError(
+            f"unsupported status file (expected version {STATUS_VERSION})", where=str(path)
+        )
+    return data
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def with_liveness(data: dict[str, Any]) -> dict[str, Any]:
+    """The status as read, plus ``alive``; a dead writer's ``running`` state becomes ``dead``."""
+    out = dict(data)
+    alive = isinstance(data.get("pid"), int) and pid_alive(data["pid"])
+    out["alive"] = alive
+    if not alive and data.get("state") not in ("stopped",):
+        out["state"] = "dead"
+    return out
+
+
+def format_status(data: dict[str, Any]) -> str:
+    """Human-readable ``cloudboot status`` (pure: takes what ``with_liveness`` returns)."""
+    lines = [
+        f"watcher: {data.get('state')} (pid {data.get('pid')}, since {data.get('started_at')})"
+    ]
+    lines.append(f"watching: {', '.join(data.get('watching') or []) or '-'}")
+    last = data.get("last_event")
+    lines.append(f"last event: {last['path']} at {last['at']}" if last else "last event: none yet")
+    lines.append(f"events: {data.get('events', 0)}, runs: {data.get('runs', 0)}")
+    for name in ("plan", "kernel", "vm"):
+        stage = (data.get("stages") or {}).get(name)
+        if stage:
+            tail = f" - {stage['error']}" if stage.get("error") else ""
+            lines.append(
+                f"stage {name}: {stage['result']} in {stage['duration_ms']} ms "
+                f"({stage['subject']}, {stage['started_at']}){tail}"
+            )
+        else:
+            lines.append(f"stage {name}: not run")
+    for rel, plan in sorted((data.get("plans") or {}).items()):
+        digest = plan.get("digest") or "not published"
+        err = f" (last attempt failed: {plan['last_error']})" if plan.get("last_error") else ""
+        lines.append(f"plan {rel}: {plan.get('ref')}@{digest}{err}")
+    vm = data.get("vm") or {}
+    owner = " (started by the watcher)" if vm.get("started_by_watcher") else ""
+    lines.append(f"vm: {vm.get('state', 'unknown')}{owner}")
+    return "\n".join(lines)
