@@ -1,0 +1,363 @@
+"""The guest's OCI pulls against a real docker-registry: anonymous, Basic, bearer; index
+resolution; digest checks; cosign verification; subplan-free plan and artifact pulls.
+
+Artifacts are pushed with raw distribution-spec HTTP here, so the guest client is checked
+against the registry, not against our own publisher. Signatures are made with
+``cryptography`` (tests only) and checked by the guest's pure-Python verifier.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.server
+import json
+import ssl
+import subprocess
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from guest import cosign, oci
+from guest.fetch import (
+    Credentials,
+    FetchError,
+    RegistryClient,
+    join_initrd,
+    pull_boot,
+    pull_plan,
+    verify_signature,
+)
+from publisher.localregistry import RegistryTls, RunningRegistry, local_registry
+from publisher.run import run
+
+PLAN = b'default_target = "t"\ntarget "t" {\n  disk { device = "LABEL=root" }\n}\n'
+
+
+# ---- raw-HTTP pushing (the test's own, independent of publisher/) -----------------------
+
+
+def _request(
+    url: str,
+    method: str,
+    data: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    context: ssl.SSLContext | None = None,
+) -> tuple[int, dict[str, str]]:
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    with urllib.request.urlopen(req, context=context) as resp:
+        return resp.status, dict(resp.headers)
+
+
+def push_blob(
+    base: str,
+    repo: str,
+    data: bytes,
+    headers: dict[str, str] | None = None,
+    context: ssl.SSLContext | None = None,
+) -> oci.Descriptor:
+    digest = oci.digest_of(data)
+    _status, got = _request(f"{base}/v2/{repo}/blobs/uploads/", "POST", b"", headers, context)
+    location = got["Location"]
+    if location.startswith("/"):
+        location = base + location
+    sep = "&" if "?" in location else "?"
+    _request(
+        f"{location}{sep}digest={digest}",
+        "PUT",
+        data,
+        {**(headers or {}), "Content-Type": "application/octet-stream"},
+        context,
+    )
+    return oci.Descriptor("application/octet-stream", digest, len(data))
+
+
+def push_manifest(
+    base: str,
+    repo: str,
+    reference: str,
+    data: bytes,
+    media_type: str,
+    headers: dict[str, str] | None = None,
+    context: ssl.SSLContext | None = None,
+) -> str:
+    _request(
+        f"{base}/v2/{repo}/manifests/{reference}",
+        "PUT",
+        data,
+        {**(headers or {}), "Content-Type": media_type},
+        context,
+    )
+    return oci.digest_of(data)
+
+
+def push_plan(base: str, repo: str, tag: str, plan: bytes, **kw: object) -> str:
+    manifest, config = oci.plan_manifest(plan, "plan.hcl")
+    push_blob(base, repo, config, **kw)  # type: ignore[arg-type]
+    push_blob(base, repo, plan, **kw)  # type: ignore[arg-type]
+    return push_manifest(base, repo, tag, bytes(manifest), oci.MEDIA_MANIFEST, **kw)  # type: ignore[arg-type]
+
+
+def new_key() -> tuple[ec.EllipticCurvePrivateKey, bytes]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return key, pem
+
+
+def sign(
+    base: str,
+    repo: str,
+    identity: str,
+    digest: str,
+    key: ec.EllipticCurvePrivateKey,
+    payload: bytes | None = None,
+) -> None:
+    data = payload or cosign.payload(identity, digest)
+    sig = base64.b64encode(key.sign(data, ec.ECDSA(hashes.SHA256()))).decode()
+    manifest, config = cosign.signature_manifest([(data, sig)])
+    push_blob(base, repo, config)
+    push_blob(base, repo, data)
+    push_manifest(base, repo, cosign.signature_tag(digest), bytes(manifest), oci.MEDIA_MANIFEST)
+
+
+# ---- tests -------------------------------------------------------------------------------
+
+
+def test_anonymous_plan_pull_and_signature(registry: RunningRegistry) -> None:
+    base = registry.url
+    digest = push_plan(base, "plans/web", "prod", PLAN)
+    key, pem = new_key()
+    sign(base, "plans/web", f"{registry.address}/plans/web", digest, key)
+    ref = oci.parse_ref(f"oci://{registry.address}/plans/web:prod")
+    client = RegistryClient()
+    resolved, plan = pull_plan(client, ref, "amd64")
+    assert plan == PLAN and resolved.top_digest == digest
+    signed = verify_signature(client, ref, resolved.top_digest, cosign.load_public_key(pem))
+    assert signed.manifest_digest == digest
+    # another key: the FATAL line must be able to say the signature does not verify
+    _other, other_pem = new_key()
+    with pytest.raises(cosign.BadSignatureError, match="verifies"):
+        verify_signature(client, ref, digest, cosign.load_public_key(other_pem))
+
+
+def test_unsigned_and_tampered_plans_are_refused(registry: RunningRegistry) -> None:
+    base = registry.url
+    key, pem = new_key()
+    public = cosign.load_public_key(pem)
+    client = RegistryClient()
+    unsigned = push_plan(base, "plans/a", "latest", PLAN)
+    ref = oci.parse_ref(f"{registry.address}/plans/a")
+    with pytest.raises(cosign.NoSignatureError, match="not signed"):
+        verify_signature(client, ref, unsigned, public)
+    # signed, then the tag moved to different content: the old signature names the old digest
+    signed = push_plan(base, "plans/b", "latest", PLAN)
+    sign(base, "plans/b", f"{registry.address}/plans/b", signed, key)
+    tampered = push_plan(base, "plans/b", "latest", PLAN + b"# evil\n")
+    sign(
+        base,
+        "plans/b",
+        f"{registry.address}/plans/b",
+        tampered,
+        key,
+        payload=cosign.payload(f"{registry.address}/plans/b", signed),
+    )
+    ref_b = oci.parse_ref(f"{registry.address}/plans/b")
+    resolved, _plan = pull_plan(client, ref_b, "amd64")
+    with pytest.raises(cosign.DigestMismatchError):
+        verify_signature(client, ref_b, resolved.top_digest, public)
+
+
+def test_index_resolution_and_artifact_layers(registry: RunningRegistry) -> None:
+    base = registry.url
+    entries = []
+    for arch, kernel in (("arm64", b"ARM" * 1000), ("amd64", b"MZ" + bytes(300_000))):
+        layers = {
+            oci.LayerRole.KERNEL: push_blob(base, "k/debian", kernel),
+            oci.LayerRole.INITRD: push_blob(base, "k/debian", b"initrd-" + arch.encode()),
+            oci.LayerRole.MODULES: push_blob(base, "k/debian", b"modules-" + arch.encode()),
+            oci.LayerRole.CMDLINE: push_blob(base, "k/debian", b"console=ttyS0 quiet"),
+        }
+        manifest, config = oci.artifact_manifest(arch, layers)
+        push_blob(base, "k/debian", config)
+        digest = push_manifest(base, "k/debian", arch, bytes(manifest), oci.MEDIA_MANIFEST)
+        entries.append(
+            oci.Descriptor(
+                oci.MEDIA_MANIFEST, digest, len(bytes(manifest)), platform=oci.Platform(arch)
+            )
+        )
+    index = oci.Index(tuple(entries))
+    push_manifest(base, "k/debian", "6.1", bytes(index), oci.MEDIA_INDEX)
+    client = RegistryClient()
+    ref = oci.parse_ref(f"{registry.address}/k/debian:6.1")
+    boot = pull_boot(client, [ref], "amd64")
+    assert boot.kernel == b"MZ" + bytes(300_000)
+    assert boot.initrd == join_initrd(b"initrd-amd64", b"modules-amd64")
+    assert join_initrd(b"12345", b"cpio") == b"12345\0\0\0cpio"  # 4-byte aligned members
+    assert boot.cmdline == "console=ttyS0 quiet"
+    with pytest.raises(oci.NoMatchingPlatformError, match="riscv64"):
+        pull_boot(client, [ref], "riscv64")
+
+
+def test_corrupted_blob_is_refused(registry: RunningRegistry) -> None:
+    """The registry serves what it stores: overwrite the stored blob and the pull fails."""
+    base = registry.url
+    push_plan(base, "plans/c", "latest", PLAN)
+    blob = next(p for p in registry.storage.rglob("data") if p.read_bytes() == PLAN)
+    blob.write_bytes(PLAN.replace(b"root", b"evil"))
+    with pytest.raises(oci.DigestMismatchError, match="does not match"):
+        pull_plan(RegistryClient(), oci.parse_ref(f"{registry.address}/plans/c"), "amd64")
+
+
+def test_missing_ref_names_it(registry: RunningRegistry) -> None:
+    with pytest.raises(FetchError, match=r"404.*plans/none"):
+        pull_plan(RegistryClient(), oci.parse_ref(f"{registry.address}/plans/none"), "amd64")
+
+
+@pytest.fixture
+def basic_registry(tmp_path: Path) -> Iterator[tuple[RunningRegistry, ssl.SSLContext]]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ]
+    )
+    htpasswd = tmp_path / "htpasswd"
+    run(["htpasswd", "-Bbc", htpasswd, "alice", "s3cret-pass"])
+    with local_registry(tmp_path / "reg", tls=RegistryTls(cert, key), htpasswd=htpasswd) as reg:
+        yield reg, ssl.create_default_context(cafile=str(cert))
+
+
+def test_basic_auth_over_tls(basic_registry: tuple[RunningRegistry, ssl.SSLContext]) -> None:
+    reg, context = basic_registry
+    base = f"https://{reg.address}"
+    auth = {"Authorization": "Basic " + base64.b64encode(b"alice:s3cret-pass").decode()}
+    push_plan(base, "plans/private", "latest", PLAN, headers=auth, context=context)
+    ref = oci.parse_ref(f"{reg.address}/plans/private")
+    # 127.0.0.1 defaults to plain HTTP; this registry speaks TLS only
+    anonymous = RegistryClient(ssl_context=context, force_tls=True)
+    with pytest.raises(FetchError, match="Basic credentials"):
+        pull_plan(anonymous, ref, "amd64")
+    wrong = RegistryClient(
+        credentials={reg.address: Credentials("alice", "nope")}, ssl_context=context, force_tls=True
+    )
+    with pytest.raises(FetchError) as err:
+        pull_plan(wrong, ref, "amd64")
+    assert "nope" not in str(err.value)
+    good = RegistryClient(
+        credentials={reg.address: Credentials("alice", "s3cret-pass")},
+        ssl_context=context,
+        force_tls=True,
+    )
+    assert pull_plan(good, ref, "amd64")[1] == PLAN
+    assert "s3cret" not in repr(good.credentials)
+
+
+class _BearerFront(http.server.BaseHTTPRequestHandler):
+    """A registry front that wants bearer tokens (and a token server at /token)."""
+
+    upstream = ""
+    token = "tok-123"
+    issued = 0
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/token"):
+            want = "Basic " + base64.b64encode(b"bob:pw").decode()
+            if self.headers.get("Authorization") != want or "scope=repository" not in self.path:
+                self.send_response(401)
+                self.end_headers()
+                return
+            type(self).issued += 1
+            body = json.dumps({"access_token": self.token}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        if self.headers.get("Authorization") != f"Bearer {self.token}":
+            host = self.headers["Host"]
+            self.send_response(401)
+            self.send_header(
+                "WWW-Authenticate",
+                f'Bearer realm="http://{host}/token",service="test",'
+                'scope="repository:plans/web:pull"',
+            )
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        req = urllib.request.Request(
+            self.upstream + self.path, headers={"Accept": self.headers.get("Accept", "*/*")}
+        )
+        with urllib.request.urlopen(req) as resp:
+            body = resp.read()
+            self.send_response(resp.status)
+            self.send_header("Content-Type", resp.headers.get("Content-Type", ""))
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+
+@contextlib.contextmanager
+def _bearer_front(upstream: str) -> Iterator[str]:
+    handler = type("Front", (_BearerFront,), {"upstream": upstream, "issued": 0})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_bearer_token_flow(registry: RunningRegistry) -> None:
+    push_plan(registry.url, "plans/web", "latest", PLAN)
+    with _bearer_front(registry.url) as front:
+        ref = oci.parse_ref(f"{front}/plans/web")
+        with pytest.raises(FetchError, match="token server answered HTTP 401"):
+            pull_plan(RegistryClient(), ref, "amd64")
+        client = RegistryClient(credentials={front: Credentials("bob", "pw")})
+        assert pull_plan(client, ref, "amd64")[1] == PLAN
+
+
+def test_skopeo_reads_what_this_test_pushes(registry: RunningRegistry) -> None:
+    """The raw pusher above is checked by an independent client too."""
+    digest = push_plan(registry.url, "plans/x", "v1", PLAN)
+    out = subprocess.run(
+        [
+            "skopeo",
+            "inspect",
+            "--tls-verify=false",
+            "--raw",
+            f"docker://{registry.address}/plans/x:v1",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert oci.digest_of(out) == digest
