@@ -1,0 +1,166 @@
+"""`cloudboot vm ...`: start, stop, restart, reset and inspect the workspace's VM.
+
+Each call is its own process: the VM runs detached and is found again through the
+pidfile and control socket in [vm].state_dir, so `vm up` in one terminal and
+`vm status` / `vm down` in another work on the same VM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from watcher.cli import state
+from watcher.vm import VmBackend, VmSpec, VmState, VmStatus, open_backend
+from watcher.vm.state import load_record
+from watcher.vm.supervisor import Supervisor
+
+vm_app = typer.Typer(help="Control the VM (vfkit on macOS, QEMU elsewhere).", no_args_is_help=True)
+
+TimeoutOption = Annotated[
+    float, typer.Option("--timeout", help="Seconds the guest gets to stop before a hard stop.")
+]
+
+
+def _backend(ctx: typer.Context) -> VmBackend:
+    return open_backend(VmSpec.from_config(state(ctx).config))
+
+
+def _format_status(st: VmStatus) -> str:
+    lines = [f"state:   {st.state.value}" + (f" ({st.guest_state})" if st.guest_state else "")]
+    lines.append(f"backend: {st.backend}")
+    if st.pid is not None:
+        lines.append(f"pid:     {st.pid}")
+    if st.uptime_s is not None:
+        lines.append(f"uptime:  {st.uptime_s:.0f} s")
+    nv = st.nvram
+    if not nv.exists:
+        nvram_text = "(not created yet)"
+    elif nv.pristine is None:
+        nvram_text = f"{nv.size} bytes"
+    else:
+        nvram_text = f"{nv.size} bytes, {'pristine template' if nv.pristine else 'modified'}"
+    lines.append(f"nvram:   {nv.path} {nvram_text}")
+    if st.state is VmState.EXITED:
+        lines.append("note:    the VM stopped on its own (guest reboot, crash or kill)")
+    if st.serial_tail:
+        lines.append("serial (last boot):")
+        lines += [f"  {line}" for line in st.serial_tail]
+    return "\n".join(lines)
+
+
+@vm_app.command("up")
+def up(
+    ctx: typer.Context,
+    reset_nvram: Annotated[
+        bool, typer.Option("--reset-nvram", help="Start from a fresh NVRAM (back to the menu).")
+    ] = False,
+    supervise: Annotated[
+        bool,
+        typer.Option(
+            "--supervise",
+            help="Stay in the foreground and relaunch the VM when it stops on its own "
+            "(vfkit exits on a guest reboot); Ctrl-C leaves the VM running.",
+        ),
+    ] = False,
+) -> None:
+    """Start the VM (detached); does nothing if it is already running."""
+    backend = _backend(ctx)
+    st = backend.up(reset_nvram=reset_nvram)
+    typer.echo(f"vm running (pid {st.pid}); serial log: {backend.spec.serial_log}")
+    if supervise:
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        with contextlib.suppress(KeyboardInterrupt):
+            Supervisor(backend).run(stop)
+
+
+@vm_app.command("down")
+def down(ctx: typer.Context, timeout: TimeoutOption = 5.0) -> None:
+    """Stop the VM: ask the guest, then hard-stop, then signal the process."""
+    was_running = _backend(ctx).down(timeout)
+    typer.echo("vm stopped" if was_running else "vm was not running")
+
+
+@vm_app.command("restart")
+def restart(
+    ctx: typer.Context,
+    reset_nvram: Annotated[
+        bool,
+        typer.Option("--reset-nvram", help="Replace the NVRAM store so the guest re-stages."),
+    ] = False,
+    timeout: TimeoutOption = 5.0,
+) -> None:
+    """Stop and start the VM; with --reset-nvram the guest agent runs again."""
+    st = _backend(ctx).restart(reset_nvram, stop_timeout=timeout)
+    reset = ", NVRAM reset" if reset_nvram else ""
+    typer.echo(f"vm restarted (pid {st.pid}{reset})")
+
+
+@vm_app.command("reset-nvram")
+def reset_nvram(ctx: typer.Context) -> None:
+    """Replace the stopped VM's NVRAM store (refused while it runs)."""
+    backend = _backend(ctx)
+    backend.reset_nvram()
+    typer.echo(f"nvram reset: {backend.spec.nvram}")
+
+
+@vm_app.command("status")
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """State, pid, uptime, NVRAM store and the tail of the last boot's serial log."""
+    st = _backend(ctx).status()
+    if as_json:
+        typer.echo(json.dumps(st.to_json(), indent=2))
+    else:
+        typer.echo(_format_status(st))
+
+
+@vm_app.command("console")
+def console(
+    ctx: typer.Context,
+    follow: Annotated[
+        bool, typer.Option("--follow/--no-follow", help="Keep printing new output (Ctrl-C ends).")
+    ] = True,
+) -> None:
+    """Print the serial log since the last launch, then follow it."""
+    spec = VmSpec.from_config(state(ctx).config)
+    record = load_record(spec.record_file)
+    offset = record.serial_offset if record else 0
+    with contextlib.suppress(KeyboardInterrupt):
+        _follow(spec.serial_log, offset, follow)
+
+
+def _follow(log: Path, offset: int, follow: bool) -> None:
+    """Copy the log from ``offset`` to stdout; a truncated log is read from its start."""
+    out = typer.get_binary_stream("stdout")
+    while True:
+        try:
+            with open(log, "rb") as f:
+                size = f.seek(0, 2)
+                if size < offset:
+                    offset = 0
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        if data:
+            out.write(data)
+            out.flush()
+            offset += len(data)
+        if not follow:
+            return
+        time.sleep(0.2)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(vm_app, name="vm")

@@ -1,0 +1,137 @@
+"""Keep the VM running with Path C semantics, and tell restarts we ask for from the rest.
+
+- A restart we ask for (after a publish) resets NVRAM: the guest agent runs again and
+  re-stages the target from the new plan.
+- A VM that stops on its own is relaunched WITHOUT touching NVRAM. On Apple VZ a guest
+  reboot can surface as "VM stopped" (vfkit exits), and the Boot0001 the agent just wrote
+  must survive for the staged target to boot.
+- A VM that keeps stopping (``max_relaunches`` stops within ``window_s``) is a crash
+  loop: relaunches are spaced out by a growing delay meanwhile, and past the limit the
+  supervisor gives up and reports it, until the next requested restart.
+
+Drive it with ``poll()`` (tests, the watcher's loop) or ``run(stop_event)`` in a thread.
+The clock is injectable so crash-loop tests need no sleeping.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from guest.errors import CloudbootError
+from watcher.vm.backend import VmBackend, VmState
+
+log = structlog.get_logger(__name__)
+
+
+class Action(enum.Enum):
+    NONE = "none"  # running, or stopped on purpose
+    RELAUNCHED = "relaunched"  # stopped on its own: started again, NVRAM untouched
+    WAITING = "waiting"  # stopped on its own: relaunch delayed (backoff)
+    GAVE_UP = "gave-up"  # crash loop: no more relaunches until a requested restart
+    FAILED = "failed"  # the relaunch itself failed (counts as a stop)
+
+
+@dataclass(frozen=True)
+class Event:
+    action: Action
+    at: float
+    detail: str
+
+
+class Supervisor:
+    def __init__(
+        self,
+        backend: VmBackend,
+        *,
+        max_relaunches: int = 3,
+        window_s: float = 60.0,
+        base_delay_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.max_relaunches = max_relaunches
+        self.window_s = window_s
+        self.base_delay_s = base_delay_s
+        self.clock = clock
+        self.on_event = on_event
+        self.events: list[Event] = []
+        self._stops: deque[float] = deque()
+        self._next_attempt: float | None = None
+        self.gave_up = False
+        self._lock = threading.Lock()
+
+    def request_restart(self, *, reset_nvram: bool = True, stop_timeout: float = 5.0) -> None:
+        """The restart we ask for (after a publish): NVRAM reset by default, history cleared."""
+        with self._lock:
+            self.backend.restart(reset_nvram, stop_timeout=stop_timeout)
+            self._stops.clear()
+            self._next_attempt = None
+            self.gave_up = False
+
+    def poll(self) -> Action:
+        """Look once; relaunch a VM that stopped on its own, unless it is crash-looping."""
+        with self._lock:
+            if self.backend.status().state is not VmState.EXITED:
+                return Action.NONE
+            now = self.clock()
+            if self.gave_up:
+                return Action.GAVE_UP
+            if self._next_attempt is None:  # a new stop: count it and plan the relaunch
+                self._record_stop(now)
+                if self.gave_up:
+                    return Action.GAVE_UP
+            if now < (self._next_attempt or now):
+                return Action.WAITING
+            return self._relaunch(now)
+
+    def _record_stop(self, now: float) -> None:
+        while self._stops and now - self._stops[0] > self.window_s:
+            self._stops.popleft()
+        self._stops.append(now)
+        recent = len(self._stops)
+        if recent > self.max_relaunches:
+            self.gave_up = True
+            self._emit(
+                Action.GAVE_UP,
+                now,
+                f"VM stopped {recent} times within {self.window_s:.0f} s: crash loop, not "
+                "relaunching it again until the next requested restart "
+                f"(serial log: {self.backend.spec.serial_log})",
+            )
+            return
+        # the first stop is relaunched at once; a second, third ... in a row wait longer
+        self._next_attempt = now + (self.base_delay_s * 2 ** (recent - 2) if recent > 1 else 0)
+
+    def _relaunch(self, now: float) -> Action:
+        self._next_attempt = None
+        try:
+            self.backend.up(reset_nvram=False)
+        except CloudbootError as exc:
+            self._emit(Action.FAILED, now, f"relaunch failed: {exc}")
+            return Action.FAILED
+        self._emit(Action.RELAUNCHED, now, "VM stopped on its own; relaunched, NVRAM untouched")
+        return Action.RELAUNCHED
+
+    def _emit(self, action: Action, now: float, detail: str) -> None:
+        event = Event(action, now, detail)
+        self.events.append(event)
+        level = log.error if action in (Action.GAVE_UP, Action.FAILED) else log.info
+        level("vm supervisor", action=action.value, detail=detail)
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def run(self, stop: threading.Event, interval_s: float = 1.0) -> None:
+        """Poll until ``stop`` is set; meant for a thread next to the watcher's loop."""
+        while not stop.wait(interval_s):
+            try:
+                self.poll()
+            except CloudbootError as exc:
+                log.error("vm supervisor poll failed", error=str(exc))
