@@ -1,0 +1,185 @@
+"""Registry credentials and the bearer-token challenge flow (spec section 2, "Auth").
+
+Credentials come from docker's ``config.json`` (``credHelpers``, inline ``auths``,
+``credsStore``) and then ``REGISTRY_USERNAME``/``REGISTRY_PASSWORD``, so a machine that
+can ``docker push`` can ``cloudboot push`` too. Secrets live only in ``Credentials`` (whose
+repr hides them) and in request headers; they are never logged, put in argv or in errors.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from guest.errors import CloudbootError
+from publisher.run import ToolMissingError, run
+
+log = structlog.get_logger(__name__)
+
+
+class CredentialsError(CloudbootError):
+    pass
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str = field(repr=False)
+    source: str = ""  # where they came from, for messages ("~/.docker/config.json auths")
+
+    def basic_header(self) -> str:
+        raw = f"{self.username}:{self.password}".encode()
+        return "Basic " + base64.b64encode(raw).decode()
+
+
+def docker_config_path(env: Mapping[str, str] | None = None) -> Path:
+    """``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json`` (as docker does)."""
+    env = os.environ if env is None else env
+    base = env.get("DOCKER_CONFIG")
+    return Path(base) / "config.json" if base else Path.home() / ".docker" / "config.json"
+
+
+def _server_key(entry: str) -> str:
+    """Reduce an ``auths`` key (``https://host:port/v1/``) to ``host:port``."""
+    text = entry.split("://", 1)[-1]
+    return text.split("/", 1)[0].lower()
+
+
+def _helper_get(helper: str, registry: str, source: str) -> Credentials | None:
+    """Ask ``docker-credential-<helper>``; the server name goes over stdin, never argv."""
+    binary = f"docker-credential-{helper}"
+    try:
+        proc = run([binary, "get"], input=registry.encode(), check=False)
+    except ToolMissingError:
+        log.warning("credential helper not found", helper=binary, registry=registry)
+        return None
+    if proc.returncode != 0:
+        # "credentials not found in native keychain" is the helper's normal "no".
+        log.debug("credential helper has no entry", helper=binary, registry=registry)
+        return None
+    try:
+        data = json.loads(proc.stdout)
+        return Credentials(str(data["Username"]), str(data["Secret"]), f"{source} ({binary})")
+    except (ValueError, KeyError, TypeError):
+        raise CredentialsError(
+            f"credential helper {binary} returned output that is not its JSON format",
+            where=registry,
+        ) from None
+
+
+def _inline_auth(entry: Mapping[str, object], registry: str, source: str) -> Credentials | None:
+    auth = entry.get("auth")
+    if isinstance(auth, str) and auth:
+        try:
+            user, _, password = base64.b64decode(auth).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            raise CredentialsError(
+                f'auths["{registry}"].auth is not base64 of user:password', where=source
+            ) from None
+        return Credentials(user, password, f"{source} auths")
+    name, secret = entry.get("username"), entry.get("password")
+    if isinstance(name, str) and isinstance(secret, str) and name:
+        return Credentials(name, secret, f"{source} auths")
+    return None
+
+
+def lookup_credentials(
+    registry: str,
+    *,
+    config_path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Credentials | None:
+    """Credentials for ``registry`` (``host[:port]``), or None for anonymous access."""
+    env = os.environ if env is None else env
+    path = config_path or docker_config_path(env)
+    key = registry.lower()
+    if path.is_file():
+        source = str(path)
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CredentialsError(f"cannot read docker config: {exc}", where=source) from None
+        helpers = config.get("credHelpers") or {}
+        auths = {_server_key(k): v for k, v in (config.get("auths") or {}).items()}
+        found = None
+        if key in helpers:
+            found = _helper_get(str(helpers[key]), registry, source)
+        if found is None and isinstance(auths.get(key), dict):
+            found = _inline_auth(auths[key], registry, source)
+        if found is None and config.get("credsStore"):
+            found = _helper_get(str(config["credsStore"]), registry, source)
+        if found is not None:
+            return found
+    user, password = env.get("REGISTRY_USERNAME"), env.get("REGISTRY_PASSWORD")
+    if user and password is not None:
+        return Credentials(user, password, "REGISTRY_USERNAME/REGISTRY_PASSWORD")
+    return None
+
+
+# --- WWW-Authenticate -------------------------------------------------------------------------
+
+_PARAM_RE = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]*)\s*,?')
+
+
+@dataclass(frozen=True)
+class Challenge:
+    scheme: str  # lower case: "bearer" or "basic"
+    params: Mapping[str, str]
+
+
+def parse_challenge(header: str) -> Challenge:
+    """Parse ``Bearer realm="...",service="...",scope="..."`` (quoted or bare values)."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = {}
+    for match in _PARAM_RE.finditer(rest):
+        value = match.group(2)
+        if value.startswith('"'):
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        params[match.group(1).lower()] = value
+    return Challenge(scheme.lower(), params)
+
+
+@dataclass
+class _Token:
+    value: str
+    expires: float
+
+
+@dataclass
+class TokenCache:
+    """Bearer tokens per (realm, service, scope), reused until shortly before they expire.
+
+    Keeping them is what makes repeated in-process publishes cheap: no token round trip
+    per request once the first challenge has been answered.
+    """
+
+    tokens: dict[tuple[str, str, str], _Token] = field(default_factory=dict)
+
+    def get(self, key: tuple[str, str, str]) -> str | None:
+        token = self.tokens.get(key)
+        if token and token.expires > time.monotonic():
+            return token.value
+        return None
+
+    def put(self, key: tuple[str, str, str], value: str, expires_in: float) -> None:
+        # Renew 10% early so a token never expires between our check and the request.
+        self.tokens[key] = _Token(value, time.monotonic() + max(expires_in * 0.9, 1.0))
+
+
+def token_from_response(body: Mapping[str, object], realm: str) -> tuple[str, float]:
+    """(token, lifetime) from a token endpoint answer: ``token`` or ``access_token``."""
+    token = body.get("token") or body.get("access_token")
+    if not isinstance(token, str) or not token:
+        raise CredentialsError("token endpoint answered without token/access_token", where=realm)
+    expires_in = body.get("expires_in")
+    lifetime = float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else 60.0
+    return token, lifetime

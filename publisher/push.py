@@ -1,0 +1,310 @@
+"""Publishing plans, kernel artifacts and indexes, signed, in the spec's order.
+
+The order is the safety property (spec section 3, "Our rule"): blobs, then the manifest
+by digest, then its signature, and only then the tag. A reader that follows the tag
+therefore never meets a manifest with missing blobs or without its signature, even when
+the registry dies half-way and the push resumes after retries.
+
+Manifests are canonical bytes and annotations never come from the wall clock, so
+publishing an unchanged plan again finds the tag already at its digest and sends nothing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from guest import cosign
+from guest.errors import CloudbootError
+from guest.oci import (
+    MEDIA_INDEX,
+    Descriptor,
+    Index,
+    LayerRole,
+    Manifest,
+    Platform,
+    Ref,
+    artifact_manifest,
+    digest_of,
+    is_index_media_type,
+    plan_manifest,
+)
+from publisher.registry import Blob, RegistryClient, RegistryError
+from publisher.run import CommandError, ToolMissingError, run
+from publisher.signing import SigningKey, sign_blob
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class PushResult:
+    ref: str
+    digest: str
+    size: int
+    signature_tag: str | None
+    uploaded: bool
+    uploaded_bytes: int
+
+    def __str__(self) -> str:
+        return f"{self.ref}@{self.digest}"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def validate_plan_text(text: str, source: str) -> None:
+    """Run the plan validator (``guest.plan.validate_plan``) before anything is sent."""
+    module = importlib.import_module("guest.plan")
+    validate = getattr(module, "validate_plan", None)
+    if validate is None:  # pragma: no cover - only while guest/plan is being written
+        syntax = importlib.import_module("guest.plan.syntax")
+        syntax.parse_document(text, source)
+        return
+    validate(text, source)
+
+
+def _existing_signatures(
+    client: RegistryClient, ref: Ref, digest: str
+) -> tuple[Manifest | None, list[tuple[bytes, str]]]:
+    """The signature manifest at ``sha256-<hex>.sig`` (if any) and its (payload, sig) pairs."""
+    sig_ref = ref.with_tag(cosign.signature_tag(digest))
+    if client.head_manifest(sig_ref) is None:
+        return None, []
+    data, _, _ = client.get_manifest(sig_ref)
+    manifest = Manifest.from_bytes(data, what=str(sig_ref))
+    pairs = [
+        (client.get_blob(ref, layer.descriptor.digest), layer.signature_b64)
+        for layer in cosign.signature_layers(manifest)
+    ]
+    return manifest, pairs
+
+
+def _signed_by(pairs: Sequence[tuple[bytes, str]], key: SigningKey, digest: str) -> bool:
+    public = cosign.load_public_key(key.public_pem)
+    try:
+        cosign.check_signatures(public, digest, pairs)
+    except cosign.SigningError:
+        return False
+    return True
+
+
+def _put_signature(
+    client: RegistryClient,
+    ref: Ref,
+    digest: str,
+    key: SigningKey,
+    existing: Sequence[tuple[bytes, str]],
+) -> int:
+    """Add our signature to the ones already at the signature tag; returns bytes sent."""
+    data = cosign.payload(ref.name, digest)
+    pairs = [*existing, (data, sign_blob(key, data))]
+    manifest, config = cosign.signature_manifest(pairs)
+    sent = sum(client.push_blob(ref, Blob.of_bytes(blob)) for blob in (data, config))
+    tag = cosign.signature_tag(digest)
+    client.put_manifest(ref, bytes(manifest), manifest.media_type, tag)
+    log.info("signed", ref=ref.name, digest=digest, signature_tag=tag)
+    return sent
+
+
+def _speculative_signature_blobs(ref: Ref, digest: str) -> list[Blob]:
+    """The payload and the signature-manifest config for a first signature of ``digest``.
+
+    Both are deterministic (the ECDSA signature lives in an annotation, not in a blob), so
+    they can be uploaded alongside the artifact's own blobs; re-publishing finds them there.
+    """
+    data = cosign.payload(ref.name, digest)
+    _, config = cosign.signature_manifest([(data, "")])
+    return [Blob.of_bytes(data), Blob.of_bytes(config)]
+
+
+def publish(
+    client: RegistryClient,
+    ref: Ref,
+    manifest_bytes: bytes,
+    media_type: str,
+    blobs: Sequence[Blob],
+    key: SigningKey | None = None,
+) -> PushResult:
+    """Blobs, manifest by digest, signature, tag; a no-op when the tag is already there.
+
+    The independent first steps (tag lookup, blob uploads, existing signatures) run
+    concurrently; the three manifest PUTs that make up the safety order run one by one.
+    """
+    digest = digest_of(manifest_bytes)
+    if ref.digest and ref.digest != digest:
+        raise CloudbootError(
+            f"content has digest {digest}, not the pinned {ref.digest}", where=str(ref)
+        )
+    tagged = bool(ref.tag) and not ref.digest
+    pool = client.pool()
+    current = pool.submit(client.head_manifest, ref) if tagged else None
+    signatures = pool.submit(_existing_signatures, client, ref, digest) if key else None
+    extra = _speculative_signature_blobs(ref, digest) if key else []
+    uploads = [pool.submit(client.push_blob, ref, blob) for blob in (*blobs, *extra)]
+    sent = sum(f.result() for f in uploads)
+    head = current.result() if current else None
+    existing = signatures.result()[1] if signatures else []
+    signed = key is None or _signed_by(existing, key, digest)
+    sig_tag = cosign.signature_tag(digest) if key else None
+    if head is not None and head.digest == digest and signed:
+        return PushResult(str(ref), digest, len(manifest_bytes), sig_tag, sent > 0, sent)
+    client.put_manifest(ref.with_digest(digest), manifest_bytes, media_type, digest)
+    if key is not None and not signed:
+        sent += _put_signature(client, ref, digest, key, existing)
+    if tagged:
+        client.put_manifest(ref, manifest_bytes, media_type, ref.reference)
+    log.info("published", ref=str(ref), digest=digest, uploaded_bytes=sent)
+    return PushResult(str(ref), digest, len(manifest_bytes), sig_tag, True, sent)
+
+
+def publish_plan(
+    client: RegistryClient,
+    ref: Ref,
+    plan_path: Path,
+    key: SigningKey | None = None,
+    annotations: Mapping[str, str] | None = None,
+) -> PushResult:
+    """Validate ``plan_path`` for every bootable arch, then publish it as a plan artifact."""
+    try:
+        plan = plan_path.read_bytes()
+    except OSError as exc:
+        raise CloudbootError(f"cannot read plan: {exc.strerror}", where=str(plan_path)) from None
+    try:
+        text = plan.decode()
+    except UnicodeDecodeError as exc:
+        raise CloudbootError(
+            f"plan is not UTF-8 (byte offset {exc.start})", where=str(plan_path)
+        ) from None
+    validate_plan_text(text, str(plan_path))
+    manifest, config = plan_manifest(plan, plan_path.name, annotations)
+    blobs = [Blob.of_bytes(config), Blob.of_bytes(plan)]
+    return publish(client, ref, bytes(manifest), manifest.media_type, blobs, key)
+
+
+def push_artifact(
+    client: RegistryClient,
+    ref: Ref,
+    architecture: str,
+    kernel: Path,
+    initrd: Path | None = None,
+    modules: Path | None = None,
+    cmdline: str | None = None,
+    key: SigningKey | None = None,
+    annotations: Mapping[str, str] | None = None,
+) -> PushResult:
+    """A kernel/initrd artifact for one architecture; big files stream from disk."""
+    files = {LayerRole.KERNEL: kernel, LayerRole.INITRD: initrd, LayerRole.MODULES: modules}
+    blobs: dict[LayerRole, Blob] = {}
+    for role, path in files.items():
+        if path is None:
+            continue
+        if not path.is_file():
+            raise CloudbootError(f"{role.name.lower()} file not found", where=str(path))
+        blobs[role] = Blob.of_file(path)
+    if cmdline is not None:
+        blobs[LayerRole.CMDLINE] = Blob.of_bytes(cmdline.rstrip("\n").encode())
+    layers = {role: Descriptor(role.value, b.digest, b.size) for role, b in blobs.items()}
+    manifest, config = artifact_manifest(architecture, layers, annotations)
+    ordered = [Blob.of_bytes(config), *(blobs[r] for r in LayerRole if r in blobs)]
+    return publish(client, ref, bytes(manifest), manifest.media_type, ordered, key)
+
+
+def _copy_into(client: RegistryClient, source: Ref, target: Ref) -> Descriptor:
+    """Make ``source``'s manifest (and blobs) exist in ``target``'s repository."""
+    data, media_type, digest = client.get_manifest(source)
+    if is_index_media_type(media_type):
+        raise CloudbootError("an index entry must be a single-platform manifest", where=str(source))
+    if (source.registry, source.repository) != (target.registry, target.repository):
+        manifest = Manifest.from_bytes(data, what=str(source))
+        same_registry = source.registry == target.registry
+        for desc in (manifest.config, *manifest.layers):
+            if same_registry and client.mount_blob(target, desc.digest, source.repository):
+                continue
+            client.push_blob(target, Blob.of_bytes(client.get_blob(source, desc.digest)))
+        client.put_manifest(target.with_digest(digest), data, media_type, digest)
+    return Descriptor(media_type, digest, len(data))
+
+
+def push_index(
+    client: RegistryClient,
+    ref: Ref,
+    platforms: Sequence[tuple[str, Ref]],
+    key: SigningKey | None = None,
+    annotations: Mapping[str, str] | None = None,
+) -> PushResult:
+    """A multi-arch index whose entries are the given per-arch manifests (copied in)."""
+    if not platforms:
+        raise CloudbootError("an index needs at least one -p linux/ARCH=REF", where=str(ref))
+    entries = []
+    for arch, source in platforms:
+        desc = _copy_into(client, source, ref)
+        entries.append(
+            Descriptor(desc.media_type, desc.digest, desc.size, platform=Platform(arch, "linux"))
+        )
+    index = Index(tuple(entries), annotations=dict(annotations or {}) or None)
+    return publish(client, ref, bytes(index), MEDIA_INDEX, [], key)
+
+
+def resolve_digest(client: RegistryClient, ref: Ref) -> str:
+    info = client.head_manifest(ref)
+    if info is None:
+        raise RegistryError(f"manifest unknown: {ref}", status=404)
+    return info.digest
+
+
+def sign_ref(client: RegistryClient, ref: Ref, key: SigningKey) -> PushResult:
+    """Sign what ``ref`` points at now (the digest, so a later tag move is not covered)."""
+    info = client.head_manifest(ref)
+    if info is None:
+        raise RegistryError(f"manifest unknown: {ref}", status=404)
+    _, existing = _existing_signatures(client, ref, info.digest)
+    tag = cosign.signature_tag(info.digest)
+    if _signed_by(existing, key, info.digest):
+        return PushResult(str(ref), info.digest, info.size, tag, False, 0)
+    sent = _put_signature(client, ref, info.digest, key, existing)
+    return PushResult(str(ref), info.digest, info.size, tag, True, sent)
+
+
+def verify_ref(client: RegistryClient, ref: Ref, public_key: cosign.PublicKey) -> PushResult:
+    """Check ``ref`` carries a valid signature by ``public_key``; raises a SigningError if not."""
+    digest = resolve_digest(client, ref)
+    manifest, pairs = _existing_signatures(client, ref, digest)
+    if manifest is None:
+        raise cosign.NoSignatureError(
+            f"no signature for {digest} (tag {cosign.signature_tag(digest)} not found)",
+            where=ref.name,
+        )
+    cosign.check_signatures(public_key, digest, pairs)
+    return PushResult(str(ref), digest, 0, cosign.signature_tag(digest), False, 0)
+
+
+def source_annotations(workdir: Path, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """OCI annotations from git (revision, source) and ``SOURCE_DATE_EPOCH`` (created).
+
+    Never the wall clock: without ``SOURCE_DATE_EPOCH`` there is no ``created``.
+    """
+    env = os.environ if env is None else env
+    out: dict[str, str] = {}
+    try:
+        rev = run(["git", "-C", workdir, "rev-parse", "HEAD"]).stdout.decode().strip()
+        out["org.opencontainers.image.revision"] = rev
+        remote = run(["git", "-C", workdir, "remote", "get-url", "origin"], check=False)
+        if remote.returncode == 0 and remote.stdout.strip():
+            out["org.opencontainers.image.source"] = remote.stdout.decode().strip()
+    except (CommandError, ToolMissingError):
+        log.debug("no git revision for annotations", workdir=str(workdir))
+    epoch = env.get("SOURCE_DATE_EPOCH")
+    if epoch:
+        try:
+            created = datetime.datetime.fromtimestamp(int(epoch), datetime.UTC)
+        except ValueError:
+            raise CloudbootError(f"SOURCE_DATE_EPOCH={epoch!r} is not an integer") from None
+        out["org.opencontainers.image.created"] = created.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return out

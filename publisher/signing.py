@@ -1,0 +1,216 @@
+"""cosign-compatible signing keys: generate, encrypt, load, sign (spec section 3).
+
+Keys are written exactly as ``cosign generate-key-pair`` writes them (PKCS#8 DER sealed
+with nacl secretbox under an scrypt-derived key, PEM type ``ENCRYPTED SIGSTORE PRIVATE
+KEY``), so a key made here works with cosign and the other way round. Plain PKCS#8 PEM
+keys are read too. Passwords come from ``COSIGN_PASSWORD`` or a prompt, never argv.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import getpass
+import hashlib
+import json
+import os
+import secrets
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import nacl.exceptions
+import nacl.secret
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
+from guest.errors import CloudbootError
+from guest.oci import canonical_json
+from guest.pubkey import pem_blocks, pem_encode
+
+ENCRYPTED_PEM_TYPES = ("ENCRYPTED SIGSTORE PRIVATE KEY", "ENCRYPTED COSIGN PRIVATE KEY")
+PLAIN_PEM_TYPES = ("PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY")
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 65536, 8, 1
+PASSWORD_ENV = "COSIGN_PASSWORD"
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+
+
+class KeyFileError(CloudbootError):
+    """A key file that cannot be read, decrypted or used; names the file."""
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    private: PrivateKey
+    source: str = ""
+
+    @property
+    def public_pem(self) -> bytes:
+        return self.private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+
+def _scrypt(password: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return hashlib.scrypt(password, salt=salt, n=n, r=r, p=p, maxmem=256 * 1024 * 1024, dklen=32)
+
+
+def encrypt_private_key(pkcs8_der: bytes, password: bytes) -> bytes:
+    """Seal PKCS#8 DER the way cosign does and wrap it as ``ENCRYPTED SIGSTORE PRIVATE KEY``."""
+    salt, nonce = secrets.token_bytes(32), secrets.token_bytes(24)
+    key = _scrypt(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
+    sealed = nacl.secret.SecretBox(key).encrypt(pkcs8_der, nonce).ciphertext
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
+    body = canonical_json(
+        {
+            "kdf": {
+                "name": "scrypt",
+                "params": {"N": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P},
+                "salt": b64(salt),
+            },
+            "cipher": {"name": "nacl/secretbox", "nonce": b64(nonce)},
+            "ciphertext": b64(sealed),
+        }
+    )
+    return pem_encode(ENCRYPTED_PEM_TYPES[0], body)
+
+
+def decrypt_private_key(body: bytes, password: bytes, *, source: str = "key") -> bytes:
+    """PKCS#8 DER from the JSON body of an encrypted cosign key."""
+    try:
+        doc = json.loads(body)
+        kdf, cipher = doc["kdf"], doc["cipher"]
+        params = kdf["params"]
+        salt = base64.b64decode(kdf["salt"])
+        nonce = base64.b64decode(cipher["nonce"])
+        sealed = base64.b64decode(doc["ciphertext"])
+        n, r, p = int(params["N"]), int(params["r"]), int(params["p"])
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise KeyFileError(
+            f"encrypted key body is not cosign's JSON format ({exc})", where=source
+        ) from None
+    if kdf.get("name") != "scrypt" or cipher.get("name") != "nacl/secretbox":
+        raise KeyFileError(
+            f"unsupported kdf/cipher {kdf.get('name')}/{cipher.get('name')}", where=source
+        )
+    try:
+        return nacl.secret.SecretBox(_scrypt(password, salt, n, r, p)).decrypt(sealed, nonce)
+    except nacl.exceptions.CryptoError:
+        raise KeyFileError(
+            f"wrong password (decryption failed; password from ${PASSWORD_ENV} or the prompt)",
+            where=source,
+        ) from None
+
+
+def generate_key_pair(password: bytes) -> tuple[bytes, bytes]:
+    """A new ECDSA P-256 key pair: (encrypted private PEM, public PEM), as cosign makes."""
+    private = ec.generate_private_key(ec.SECP256R1())
+    der = private.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return encrypt_private_key(der, password), SigningKey(private).public_pem
+
+
+def _check_supported(private: object, source: str) -> PrivateKey:
+    if isinstance(private, ec.EllipticCurvePrivateKey):
+        if not isinstance(private.curve, ec.SECP256R1):
+            raise KeyFileError(f"EC key on {private.curve.name}, cosign needs P-256", where=source)
+        return private
+    if isinstance(private, rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
+        return private
+    raise KeyFileError(f"unsupported key type {type(private).__name__}", where=source)
+
+
+def parse_private_key(data: bytes, password: bytes | None, *, source: str = "key") -> SigningKey:
+    """Read a cosign encrypted key or a plain (PKCS#8/SEC1/PKCS#1) PEM private key."""
+    blocks = pem_blocks(data)
+    for kind, der in blocks:
+        if kind in ENCRYPTED_PEM_TYPES:
+            if password is None:
+                raise KeyFileError(f"key is encrypted: set ${PASSWORD_ENV}", where=source)
+            der = decrypt_private_key(der, password, source=source)
+            private = serialization.load_der_private_key(der, password=None)
+            return SigningKey(_check_supported(private, source), source)
+        if kind in PLAIN_PEM_TYPES:
+            try:
+                private = serialization.load_pem_private_key(data, password=None)
+            except (ValueError, UnsupportedAlgorithm) as exc:
+                raise KeyFileError(f"cannot parse {kind}: {exc}", where=source) from None
+            return SigningKey(_check_supported(private, source), source)
+    kinds = ", ".join(k for k, _ in blocks) or "no PEM block"
+    raise KeyFileError(f"not a private key (found: {kinds})", where=source)
+
+
+def is_encrypted(data: bytes) -> bool:
+    return any(kind in ENCRYPTED_PEM_TYPES for kind, _ in pem_blocks(data))
+
+
+def load_private_key(path: Path, password: bytes | None) -> SigningKey:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read key: {exc.strerror}", where=str(path)) from None
+    return parse_private_key(data, password, source=str(path))
+
+
+def sign(key: SigningKey, data: bytes) -> bytes:
+    """The raw signature cosign makes: ECDSA/SHA-256 DER, RSA PKCS#1 v1.5/SHA-256, Ed25519."""
+    private = key.private
+    if isinstance(private, ec.EllipticCurvePrivateKey):
+        return private.sign(data, ec.ECDSA(hashes.SHA256()))
+    if isinstance(private, rsa.RSAPrivateKey):
+        return private.sign(data, padding.PKCS1v15(), hashes.SHA256())
+    return private.sign(data)
+
+
+def sign_blob(key: SigningKey, data: bytes) -> str:
+    """``cosign sign-blob`` output: standard base64 of the signature over ``data``."""
+    return base64.b64encode(sign(key, data)).decode()
+
+
+def read_password(*, confirm: bool = False, env: Mapping[str, str] | None = None) -> bytes:
+    """``$COSIGN_PASSWORD`` if set (empty allowed, as cosign), else ask on the terminal."""
+    env = os.environ if env is None else env
+    if PASSWORD_ENV in env:
+        return env[PASSWORD_ENV].encode()
+    if not sys.stdin.isatty():
+        raise KeyFileError(f"no terminal to ask for the key password: set ${PASSWORD_ENV}")
+    first = getpass.getpass("Enter password for private key: ")
+    if confirm and getpass.getpass("Enter password for private key again: ") != first:
+        raise KeyFileError("passwords do not match")
+    return first.encode()
+
+
+def write_private(path: Path, data: bytes, mode: int) -> None:
+    """Write via a temp file + rename with ``mode`` set before any byte lands."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_key_pair(
+    private_path: Path, public_path: Path, password: bytes, *, force: bool = False
+) -> None:
+    """``cosign.key`` (0600) and ``cosign.pub``; refuse to overwrite unless ``force``."""
+    for path in (private_path, public_path):
+        if path.exists() and not force:
+            raise KeyFileError("already exists (use --force to overwrite)", where=str(path))
+    private_pem, public_pem = generate_key_pair(password)
+    write_private(private_path, private_pem, 0o600)
+    write_private(public_path, public_pem, 0o644)
