@@ -51,6 +51,9 @@ class RegistrySection:
         True, "Start a local docker-registry on `url` for `cloudboot up` (loopback only)."
     )
     storage: Path = setting(Path(".cloudboot/registry"), "Storage of the embedded registry.")
+    retry_seconds: int = setting(
+        60, "Bound on retrying one registry operation (connection errors, 5xx, 408, 429)."
+    )
 
 
 @dataclass(frozen=True)
