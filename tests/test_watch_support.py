@@ -149,3 +149,82 @@ def running_daemon(
         daemon.request_stop()
         thread.join(30)
         assert not thread.is_alive()
+
+
+PLAN = """default_target = "a"
+
+target "a" {
+  kernel  = "127.0.0.1:1/k:1"
+  cmdline = ["console=ttyS0", "v=1"]
+}
+"""
+
+
+def write_signed_workspace(root: Path, registry: str, password: str = "pw") -> bytes:
+    """A workspace whose config points plans at ``registry``; returns the public key PEM.
+
+    The private key is encrypted as cosign writes it; the caller sets COSIGN_PASSWORD.
+    """
+    from publisher.signing import generate_key_pair
+
+    make_workspace(root)
+    (root / "plans" / "demo.hcl").write_text(PLAN)
+    private, public = generate_key_pair(password.encode())
+    (root / "cosign.key").write_bytes(private)
+    (root / "cosign.pub").write_bytes(public)
+    (root / "cloudboot.toml").write_text(f'[registry]\nurl = "{registry}"\n')
+    return public
+
+
+def skopeo_digest(ref: str) -> str | None:
+    """The digest a tag points at, as skopeo (an independent client) sees it."""
+    import json
+
+    from publisher.run import run
+
+    proc = run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"], check=False)
+    if proc.returncode != 0:
+        return None
+    return "sha256:" + hashlib.sha256(proc.stdout).hexdigest() if json.loads(proc.stdout) else None
+
+
+def skopeo_signature_ok(ref_name: str, digest: str, public_pem: bytes) -> bool:
+    """Fetch ``sha256-<hex>.sig`` with skopeo and check the ECDSA signature with cryptography."""
+    import base64
+    import json
+    import tempfile
+
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from publisher.run import run
+
+    tag = digest.replace(":", "-") + ".sig"
+    with tempfile.TemporaryDirectory() as out:
+        proc = run(
+            [
+                "skopeo",
+                "copy",
+                "--src-tls-verify=false",
+                f"docker://{ref_name}:{tag}",
+                f"dir:{out}",
+            ],
+            check=False,
+        )
+        if proc.returncode != 0:
+            return False
+        manifest = json.loads((Path(out) / "manifest.json").read_text())
+        key = serialization.load_pem_public_key(public_pem)
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        for layer in manifest["layers"]:
+            payload = (Path(out) / layer["digest"].split(":")[1]).read_bytes()
+            signed = json.loads(payload)["critical"]["image"]["docker-manifest-digest"]
+            sig = base64.b64decode(layer["annotations"]["dev.cosignproject.cosign/signature"])
+            try:
+                key.verify(sig, payload, ec.ECDSA(hashes.SHA256()))
+            except InvalidSignature:
+                continue
+            if signed == digest:
+                return True
+    return False

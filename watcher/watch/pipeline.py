@@ -38,7 +38,8 @@ PLAN_SUFFIX = ".hcl"
 class PlanOutcome:
     ref: str
     digest: str
-    uploaded: bool  # False when the registry already held every blob and the manifest
+    uploaded: bool  # False when the tag already pointed at this digest, signed
+    uploaded_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,173 @@
+"""`cloudboot watch`, `status`, `publish` and `agent install|uninstall|status`.
+
+Thin: each command builds its objects from the workspace config, calls into
+``watcher.watch`` and prints the result (``--json`` for machines); signals are wired
+here because only the CLI owns the process.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from types import FrameType
+from typing import Annotated, Any
+
+import structlog
+import typer
+
+from guest.errors import CloudbootError
+from watcher.cli import state
+
+log = structlog.get_logger(__name__)
+
+agent_app = typer.Typer(
+    help="Run `cloudboot watch` in the background (systemd user unit or launchd agent).",
+    no_args_is_help=True,
+)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def watch(
+    ctx: typer.Context,
+    initial: Annotated[
+        bool,
+        typer.Option(
+            "--initial/--no-initial",
+            help="Publish every plan and build boot.iso once at start (else trust what is out).",
+        ),
+    ] = True,
+    vm: Annotated[
+        bool, typer.Option("--vm/--no-vm", help="Restart the VM (cleared NVRAM) on changes.")
+    ] = True,
+    debounce_ms: Annotated[
+        int | None,
+        typer.Option("--debounce-ms", min=0, help="Override [watch].debounce_ms."),
+    ] = None,
+) -> None:
+    """Watch plans/ and kernel/; publish, rebuild and restart the VM on every change."""
+    from watcher.watch.daemon import WatchDaemon
+    from watcher.watch.service import Notifier
+    from watcher.watch.stages import STATUS_FILE, reloader, setup_for, vm_stage_for
+    from watcher.watch.status import StatusBook
+
+    cli = state(ctx)
+    config = cli.config
+    setup = setup_for(config, debounce_ms=debounce_ms)
+    status = StatusBook(config.root / STATUS_FILE, watching=["plans/", "kernel/"])
+    daemon = WatchDaemon(
+        setup,
+        status,
+        vm_stage=vm_stage_for(config) if vm else None,
+        notifier=Notifier(),
+        reload=reloader(config.root, debounce_ms),
+        initial_run=initial,
+    )
+    interrupts = 0
+
+    def on_stop(signum: int, _frame: FrameType | None) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts > 1:  # a second Ctrl-C / SIGTERM: abort without waiting
+            raise KeyboardInterrupt
+        log.info("signal received", signal=signal.Signals(signum).name)
+        daemon.request_stop()
+
+    def on_hup(_signum: int, _frame: FrameType | None) -> None:
+        daemon.request_reload()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
+    daemon.run()
+
+
+def status_cmd(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Show what the watcher did last: events, runs per stage, digests, VM state."""
+    from watcher.watch.stages import STATUS_FILE
+    from watcher.watch.status import format_status, load_status, with_liveness
+
+    data = with_liveness(load_status(state(ctx).config.root / STATUS_FILE))
+    typer.echo(json.dumps(data, indent=2) if as_json else format_status(data))
+
+
+def publish(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Validate and publish every plan under plans/ once (for CI); exit 0 only if all did."""
+    from watcher.watch.gitops import format_outcomes, publish_workspace
+
+    outcomes = publish_workspace(state(ctx).config)
+    if as_json:
+        typer.echo(json.dumps([o.to_json() for o in outcomes], indent=2))
+    else:
+        typer.echo(format_outcomes(outcomes))
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        raise CloudbootError(f"{len(failed)} of {len(outcomes)} plans failed to publish")
+
+
+KindOption = Annotated[
+    str,
+    typer.Option("--kind", help="auto (launchd on macOS, systemd elsewhere), systemd, launchd."),
+]
+
+
+def _kind(value: str) -> Any:
+    from watcher.watch.agent import AgentKind
+
+    if value == "auto":
+        return AgentKind.for_host()
+    try:
+        return AgentKind(value)
+    except ValueError:
+        raise typer.BadParameter("expected auto, systemd or launchd", param_hint="--kind") from None
+
+
+def _print_report(report: Any, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+        return
+    typer.echo(f"{report.kind.value}: {report.path}")
+    typer.echo(f"installed: {'yes' if report.installed else 'no'}, state: {report.state}")
+    if report.hint:
+        typer.echo(report.hint)
+
+
+@agent_app.command("install")
+def agent_install(
+    ctx: typer.Context,
+    kind: KindOption = "auto",
+    start: Annotated[
+        bool, typer.Option("--start/--no-start", help="Load and start it when possible.")
+    ] = True,
+    as_json: JsonOption = False,
+) -> None:
+    """Write the user service for this workspace and start it when a manager is reachable."""
+    from watcher.watch.agent import AgentSpec, cloudboot_argv, install, launchd_log_dir
+
+    spec = AgentSpec(cloudboot_argv(), state(ctx).config.root, launchd_log_dir())
+    _print_report(install(spec, _kind(kind), start=start), as_json)
+
+
+@agent_app.command("uninstall")
+def agent_uninstall(kind: KindOption = "auto", as_json: JsonOption = False) -> None:
+    """Stop the user service and remove its file."""
+    from watcher.watch.agent import uninstall
+
+    _print_report(uninstall(_kind(kind)), as_json)
+
+
+@agent_app.command("status")
+def agent_status(kind: KindOption = "auto", as_json: JsonOption = False) -> None:
+    """Is the user service installed and running?"""
+    from watcher.watch.agent import status
+
+    _print_report(status(_kind(kind)), as_json)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("watch")(watch)
+    app.command("status")(status_cmd)
+    app.command("publish")(publish)
+    app.add_typer(agent_app, name="agent")

@@ -1,0 +1,128 @@
+"""The real stages behind the watcher's pipeline, and the ``WatchSetup`` a config yields.
+
+Each adapter is a thin translation from the pipeline's small protocols to the
+publishing, boot-media and VM APIs; all policy (ordering, retries of a whole run, failure
+isolation) stays in ``pipeline``. Imports of the heavier host modules happen when a stage
+is built, so ``cloudboot status`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from guest.errors import CloudbootError
+from publisher.config import Config, load_config
+from watcher.vm import VmBackend, VmState
+from watcher.watch.daemon import WatchSetup
+from watcher.watch.ignore import IgnoreRules
+from watcher.watch.pipeline import BuildOutcome, BuildStage, PlanOutcome, PlanStage
+
+log = structlog.get_logger(__name__)
+
+#: Where the watcher keeps its status document, relative to the workspace root.
+STATUS_FILE = Path(".cloudboot/status.json")
+
+
+class BackendVmStage:
+    """Restarts the workspace VM with a fresh NVRAM store; remembers who started it.
+
+    A VM already running when the watcher first touches it belongs to someone else
+    (``cloudboot vm up`` in another terminal): the watcher restarts it on changes but
+    leaves it running when the watcher stops.
+    """
+
+    def __init__(self, backend: VmBackend) -> None:
+        self.backend = backend
+        self._started_by_watcher = False
+        self._seen = False
+
+    @property
+    def started_by_watcher(self) -> bool:
+        return self._started_by_watcher
+
+    def restart(self) -> str:
+        if not self._seen:
+            self._seen = True
+            self._started_by_watcher = self.backend.status().state is not VmState.RUNNING
+        status = self.backend.restart(reset_nvram=True)
+        return status.state.value
+
+    def state(self) -> str:
+        return self.backend.status().state.value
+
+    def shutdown(self) -> None:
+        if self._started_by_watcher:
+            self.backend.down()
+
+
+def vm_stage_for(config: Config) -> BackendVmStage:
+    from watcher.vm import VmSpec, open_backend
+
+    return BackendVmStage(open_backend(VmSpec.from_config(config)))
+
+
+def plan_stage_for(config: Config) -> PlanStage | None:
+    """The publishing stage, or None (logged) while publishing is unavailable."""
+    try:
+        from watcher.watch.publishing import PublisherPlanStage
+    except ImportError as exc:  # the publishing module has not landed in this tree
+        log.warning("plan publishing unavailable", error=str(exc))
+        return None
+    return PublisherPlanStage.from_config(config)
+
+
+def build_stage_for(config: Config) -> BuildStage | None:
+    """The boot-media stage, or None when the workspace has no recipe (or no builder)."""
+    if not config.build.recipe.is_file():
+        log.info("no kernel recipe: the kernel stage is off", recipe=str(config.build.recipe))
+        return None
+    if importlib.util.find_spec("publisher.media.build") is None:
+        log.warning("boot media builder (publisher.media.build) not available: kernel stage off")
+        return None
+    media = importlib.import_module("watcher.watch.media")
+    stage: BuildStage = media.MediaBuildStage.from_config(config)
+    return stage
+
+
+def setup_for(config: Config, *, debounce_ms: int | None = None) -> WatchSetup:
+    window_ms = config.watch.debounce_ms if debounce_ms is None else debounce_ms
+    return WatchSetup(
+        root=config.root,
+        plans_dir=config.plans_dir,
+        kernel_dir=config.kernel_dir,
+        window=window_ms / 1000,
+        rules=IgnoreRules.for_workspace(config.root, config.watch.ignore),
+        plan_stage=plan_stage_for(config),
+        build_stage=build_stage_for(config),
+    )
+
+
+def reloader(workspace: Path, debounce_ms: int | None) -> Callable[[], WatchSetup]:
+    """A SIGHUP handler body: re-read cloudboot.toml and rebuild what depends on it."""
+
+    def reload() -> WatchSetup:
+        try:
+            return setup_for(load_config(workspace), debounce_ms=debounce_ms)
+        except CloudbootError:
+            raise
+        except Exception as exc:  # e.g. a key that no longer loads: keep the old setup
+            raise CloudbootError(f"reload failed: {exc}") from exc
+
+    return reload
+
+
+__all__ = [
+    "STATUS_FILE",
+    "BackendVmStage",
+    "BuildOutcome",
+    "PlanOutcome",
+    "build_stage_for",
+    "plan_stage_for",
+    "setup_for",
+    "vm_stage_for",
+]
