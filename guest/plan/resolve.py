@@ -245,6 +245,7 @@ class _Resolver:
         return " ".join(parts)
 
     def source(self, decl: TargetDecl, scope: Scope) -> Source:
+        errors_before = len(self.errors)
         refs = {
             key: self.text(decl.attributes.get(key), scope, convert=False) or None
             for key in OCI_KEYS
@@ -260,7 +261,9 @@ class _Resolver:
             )
             if present
         ]
-        if len(kinds) != 1:
+        # An attribute that failed to evaluate was already reported; counting it as unset
+        # would only add a misleading "sets none".
+        if len(kinds) != 1 and len(self.errors) == errors_before:
             sets = "none" if not kinds else " and ".join(kinds)
             self.errors.append(
                 PlanError(

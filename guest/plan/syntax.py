@@ -133,7 +133,7 @@ def _syntax_error(exc: UnexpectedInput, text: str, source: str) -> PlanError:
         elif token.type == "NL_OR_COMMENT" or str(token).startswith("\n"):
             found = "end of line"
         else:
-            found = repr(str(token).strip())
+            found = repr((str(token).strip().splitlines() or [""])[0][:40])
         expected = sorted(exc.expected or ())
         return PlanError(f"HCL syntax error: unexpected {found}{_expected(expected)}", where)
     return PlanError("HCL syntax error: unexpected end of file", where)

@@ -121,7 +121,7 @@ def validate_plan(text: str, source: str) -> list[PlanError]:
                 per_arch.setdefault(key, (error, []))[1].append(arch)
     for error, arches in per_arch.values():
         arches = list(dict.fromkeys(arches))
-        if len(arches) == len(BOOTABLE_PLAN_ARCHES):
+        if len(arches) == len(BOOTABLE_PLAN_ARCHES) or f"for arch {arches[0]}" in error.message:
             errors.append(error)
         else:
             errors.append(error.with_suffix(f" (arch {', '.join(arches)})"))
