@@ -12,7 +12,6 @@ publishing an unchanged plan again finds the tag already at its digest and sends
 from __future__ import annotations
 
 import datetime
-import importlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -36,6 +35,7 @@ from guest.oci import (
     is_index_media_type,
     plan_manifest,
 )
+from guest.plan import PlanError, validate_plan
 from publisher.registry import Blob, RegistryClient, RegistryError
 from publisher.run import CommandError, ToolMissingError, run
 from publisher.signing import SigningKey, sign_blob
@@ -59,15 +59,21 @@ class PushResult:
         return asdict(self)
 
 
+class InvalidPlanError(CloudbootError):
+    """A plan that fails validation; ``errors`` holds every problem (file:line:col each)."""
+
+    def __init__(self, errors: Sequence[PlanError]) -> None:
+        self.errors = list(errors)
+        lines = "\n  ".join(str(e) for e in self.errors)
+        count = len(self.errors)
+        super().__init__(f"invalid plan, nothing published ({count} error(s)):\n  {lines}")
+
+
 def validate_plan_text(text: str, source: str) -> None:
-    """Run the plan validator (``guest.plan.validate_plan``) before anything is sent."""
-    module = importlib.import_module("guest.plan")
-    validate = getattr(module, "validate_plan", None)
-    if validate is None:  # pragma: no cover - only while guest/plan is being written
-        syntax = importlib.import_module("guest.plan.syntax")
-        syntax.parse_document(text, source)
-        return
-    validate(text, source)
+    """Run the plan validator (every bootable arch) before anything is sent."""
+    errors = validate_plan(text, source)
+    if errors:
+        raise InvalidPlanError(errors)
 
 
 def _existing_signatures(

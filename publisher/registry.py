@@ -36,6 +36,7 @@ from publisher.auth import (
     parse_challenge,
     token_from_response,
 )
+from publisher.config import RegistrySection
 
 log = structlog.get_logger(__name__)
 
@@ -495,3 +496,14 @@ def _config_hint() -> str:
     home = str(Path.home())
     shown = str(path)
     return "~" + shown[len(home) :] if shown.startswith(home) else shown
+
+
+def client_from_config(
+    registry: RegistrySection, *, insecure: bool | None = None, ca_bundle: Path | None = None
+) -> RegistryClient:
+    """A client with the workspace's registry settings; CLI flags override them."""
+    return RegistryClient(
+        insecure=registry.insecure if insecure is None else insecure,
+        ca_bundle=ca_bundle or registry.ca_bundle,
+        retry=RetryPolicy(total=float(registry.retry_seconds)),
+    )
