@@ -1,0 +1,180 @@
+"""Real firmware under QEMU TCG, driven through both backends (QEMU, and vfkit's stand-in).
+
+No OS is needed: OVMF with nothing bootable still runs its boot manager and writes its
+variables into the vars file. To show what NVRAM handling means for a user we put a
+marker variable into the store (as the guest agent's Boot0001 would be) and follow it:
+it survives a plain restart, a killed VM and the supervisor's relaunches, and is gone
+after a requested restart with NVRAM reset. virt-firmware reads the store back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from virt.firmware.varstore.edk2 import Edk2VarStore
+
+from guest.arch import Arch
+from tests.conftest import REPO
+from watcher.vm import VmBackend, VmError, VmSpec, VmState, open_backend
+from watcher.vm.firmware import find_firmware
+from watcher.vm.spec import Accel, BackendKind
+from watcher.vm.state import process_cmdline
+from watcher.vm.supervisor import Action, Supervisor
+
+STANDIN = REPO / "tests" / "vfkit_standin" / "vfkit"
+MARKER = "CloudbootTestMarker"
+#: What a guest that ignores ACPI (firmware, our agent) gets before the hard stop.
+STOP_TIMEOUT = 1.0
+
+
+def host_arch() -> Arch:
+    return Arch.host()
+
+
+def make_spec(root: Path, kind: BackendKind) -> VmSpec:
+    (root / "boot.iso").write_bytes(bytes(1 << 20))
+    (root / "cache.raw").write_bytes(bytes(1 << 20))
+    state_dir = root / "vm"
+    return VmSpec(
+        arch=host_arch(),
+        cpus=1,
+        memory_mib=256,
+        iso=root / "boot.iso",
+        cache_disk=root / "cache.raw",
+        disks=(),
+        mac="52:54:00:c1:0b:01",
+        gui=False,
+        nvram=state_dir / "nvram.fd",
+        serial_log=state_dir / "serial.log",
+        state_dir=state_dir,
+        backend=kind,
+        accel=Accel.TCG,
+    )
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def set_marker(store: Path) -> None:
+    vars_file = Edk2VarStore(str(store))
+    varlist = vars_file.get_varlist()
+    varlist.set_uint32(MARKER, 0xC10B)
+    vars_file.write_varstore(str(store), varlist)
+
+
+def has_marker(store: Path) -> bool:
+    return MARKER in Edk2VarStore(str(store)).get_varlist()
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(params=[BackendKind.QEMU, BackendKind.VFKIT], ids=["qemu", "vfkit"])
+def backend(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[VmBackend]:
+    kind: BackendKind = request.param
+    if kind is BackendKind.VFKIT:
+        monkeypatch.setenv("CLOUDBOOT_VFKIT", str(STANDIN))
+    vm = open_backend(make_spec(tmp_path, kind))
+    try:
+        yield vm
+    finally:
+        vm.down(STOP_TIMEOUT)
+
+
+@pytest.mark.slow
+def test_up_status_restart_reset_and_supervision(backend: VmBackend) -> None:
+    spec = backend.spec
+    template = find_firmware(spec.arch).vars_template
+    names = {BackendKind.QEMU: "qemu-system", BackendKind.VFKIT: "vfkit"}[spec.backend]
+
+    # up: a fresh store from the template, which the firmware then writes to
+    st = backend.up()
+    assert st.state is VmState.RUNNING and st.pid is not None
+    assert names in " ".join(process_cmdline(st.pid) or [])
+    wait_until(lambda: sha(spec.nvram) != sha(template), 90, "the firmware to write NVRAM")
+    wait_until(
+        lambda: any("BdsDxe" in line for line in backend.status().serial_tail),
+        60,
+        "the boot manager on the serial log",
+    )
+    st = backend.status()
+    assert st.state is VmState.RUNNING and st.uptime_s is not None and st.uptime_s > 0
+    assert st.nvram.path == spec.nvram and st.nvram.exists
+    with pytest.raises(VmError, match="refusing to reset NVRAM: the VM is running"):
+        backend.reset_nvram()
+
+    # down
+    first_pid = st.pid
+    assert backend.down(STOP_TIMEOUT) is True
+    assert backend.status().state is VmState.STOPPED and backend.status().pid is None
+    assert process_cmdline(first_pid) is None
+    assert backend.down(STOP_TIMEOUT) is False
+
+    # something staged in NVRAM survives a plain restart ...
+    set_marker(spec.nvram)
+    backend.up()
+    st = backend.restart(reset_nvram=False, stop_timeout=STOP_TIMEOUT)
+    assert st.state is VmState.RUNNING and st.pid not in (None, first_pid)
+
+    # ... and a killed VM, which status and the supervisor notice
+    supervisor = Supervisor(backend, max_relaunches=2, window_s=300, base_delay_s=0.0)
+    assert supervisor.poll() is Action.NONE
+    for expected in (Action.RELAUNCHED, Action.RELAUNCHED, Action.GAVE_UP):
+        killed = backend.status().pid
+        assert killed is not None
+        os.kill(killed, signal.SIGKILL)
+        wait_until(lambda: backend.status().state is VmState.EXITED, 10, "the kill to show")
+        assert backend.status().pid is None
+        assert supervisor.poll() is expected
+    # crash loop: reported, and not relaunched again
+    assert supervisor.gave_up and "crash loop" in supervisor.events[-1].detail
+    assert supervisor.poll() is Action.GAVE_UP
+    assert backend.status().state is VmState.EXITED
+    assert has_marker(spec.nvram), "a relaunch must not touch NVRAM"
+
+    # a requested restart resets NVRAM and clears the crash loop
+    supervisor.request_restart(reset_nvram=True, stop_timeout=STOP_TIMEOUT)
+    assert not supervisor.gave_up and backend.status().state is VmState.RUNNING
+    backend.down(STOP_TIMEOUT)
+    assert not has_marker(spec.nvram), "a reset must drop what the guest staged"
+
+    # reset-nvram on a stopped VM: QEMU gets the template back byte for byte; vfkit's
+    # store is removed so the next launch passes `create`
+    set_marker(spec.nvram)
+    backend.reset_nvram()
+    if spec.backend is BackendKind.QEMU:
+        assert spec.nvram.read_bytes() == template.read_bytes()
+        assert backend.status().nvram.pristine is True
+    else:
+        assert not spec.nvram.exists()
+        st = backend.up()
+        assert "--bootloader" in (cmd := process_cmdline(st.pid or 0) or [])
+        assert cmd[cmd.index("--bootloader") + 1].endswith(",create")
+        backend.down(STOP_TIMEOUT)
+        assert not has_marker(spec.nvram)
+
+
+@pytest.mark.slow
+def test_stale_pidfile_of_another_process_is_never_signalled(backend: VmBackend) -> None:
+    """A pidfile naming a live process that is not our VM (pid reuse) reads as stopped."""
+    spec = backend.spec
+    spec.state_dir.mkdir(parents=True)
+    spec.pidfile.write_text(f"{os.getpid()}\n")
+    assert backend.status().state is VmState.STOPPED
+    assert backend.down(STOP_TIMEOUT) is False  # and we are still alive to assert it
+    st = backend.up()
+    assert st.pid != os.getpid() and backend.status().state is VmState.RUNNING
