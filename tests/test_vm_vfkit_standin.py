@@ -1,0 +1,118 @@
+"""The vfkit stand-in keeps vfkit's contract, so backend tests through it mean something.
+
+Command-line errors are vfkit's (mac=auto rejected, a missing store without ``create``);
+``create`` overwrites a store; the REST API answers with vfkit's JSON shapes and status
+codes (200 state, 202 changes, 400 bad JSON, 500 unknown change) and the process exits
+when the VM stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import time
+from pathlib import Path
+
+import pytest
+from virt.firmware.varstore.edk2 import Edk2VarStore
+
+from guest.arch import Arch
+from publisher.run import run, spawn
+from tests.test_vm_lifecycle import STANDIN, has_marker, set_marker, wait_until
+from watcher.vm.firmware import find_firmware
+from watcher.vm.spec import Accel, BackendKind, VmSpec
+from watcher.vm.state import read_pidfile
+from watcher.vm.vfkit import VfkitRest, _UnixHTTPConnection, vfkit_argv
+
+
+def standin_spec(root: Path) -> VmSpec:
+    (root / "boot.iso").write_bytes(bytes(1 << 20))
+    (root / "cache.raw").write_bytes(bytes(1 << 20))
+    root.joinpath("vm").mkdir(exist_ok=True)
+    return VmSpec(
+        arch=Arch.host(),
+        cpus=1,
+        memory_mib=256,
+        iso=root / "boot.iso",
+        cache_disk=root / "cache.raw",
+        disks=(),
+        mac="52:54:00:c1:0b:02",
+        gui=False,
+        nvram=root / "vm/nvram.fd",
+        serial_log=root / "vm/serial.log",
+        state_dir=root / "vm",
+        backend=BackendKind.VFKIT,
+        accel=Accel.TCG,
+    )
+
+
+def test_missing_store_without_create_fails_like_vfkit(tmp_path: Path) -> None:
+    argv = vfkit_argv(standin_spec(tmp_path), create_nvram=False, binary=str(STANDIN))
+    proc = run(argv, check=False)
+    assert proc.returncode == 1
+    assert f"bootloader: file not found: {tmp_path}/vm/nvram.fd" in proc.stderr.decode()
+
+
+def test_mac_auto_is_rejected_like_vfkit_0_6(tmp_path: Path) -> None:
+    argv = vfkit_argv(standin_spec(tmp_path), create_nvram=True, binary=str(STANDIN))
+    argv[argv.index("virtio-net,nat,mac=52:54:00:c1:0b:02")] = "virtio-net,nat,mac=auto"
+    proc = run(argv, check=False)
+    assert proc.returncode == 1 and "invalid MAC address: auto" in proc.stderr.decode()
+    assert not (tmp_path / "vm/nvram.fd").exists(), "nothing may be created on a bad command"
+
+
+def raw_post(sock: Path, body: bytes) -> tuple[int, bytes]:
+    conn = _UnixHTTPConnection(sock, 5.0)
+    try:
+        conn.request("POST", "/vm/state", body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow
+def test_rest_api_shapes_create_overwrites_and_exit_on_stop(tmp_path: Path) -> None:
+    spec = standin_spec(tmp_path)
+    template = find_firmware(spec.arch).vars_template
+    spec.nvram.write_bytes(template.read_bytes())
+    set_marker(spec.nvram)  # an old store that `create` must replace
+    argv = vfkit_argv(spec, create_nvram=True, binary=str(STANDIN))
+    rest = VfkitRest(spec.control_socket)
+    with spawn(argv) as proc:
+        wait_until(lambda: read_pidfile(spec.pidfile) == proc.pid, 20, "the pidfile")
+        wait_until(spec.control_socket.exists, 20, "the REST socket")
+        assert not has_marker(spec.nvram)
+        assert Edk2VarStore(str(spec.nvram)).get_varlist() is not None
+
+        state = rest.state()
+        assert state == {
+            "state": "VirtualMachineStateRunning",
+            "canStart": False,
+            "canPause": True,
+            "canResume": False,
+            "canStop": True,
+            "canHardStop": True,
+        }
+        inspect = rest.inspect()
+        assert inspect["cpus"] == 1 and inspect["memory"] == 256
+        assert [b["readOnly"] for b in inspect["devices"]["blk"]] == [True, False]
+
+        assert raw_post(spec.control_socket, b"{not json")[0] == 400
+        status, body = raw_post(spec.control_socket, json.dumps({"state": "Reboot"}).encode())
+        assert status == 500 and "invalid new VMState: Reboot" in json.loads(body)["error"]
+
+        assert raw_post(spec.control_socket, b'{"state":"Pause"}') == (202, b"")
+        assert rest.state()["state"] == "VirtualMachineStatePaused"
+        assert rest.state()["canResume"] is True
+        rest.change_state("Resume")
+        assert rest.state()["state"] == "VirtualMachineStateRunning"
+
+        with contextlib.suppress(ConnectionError, http.client.HTTPException):
+            rest.change_state("HardStop")  # vfkit's HardStop reply races its exit
+        deadline = time.monotonic() + 10
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.returncode == 0, "vfkit exits when its VM stops"
+        assert not spec.control_socket.exists()
