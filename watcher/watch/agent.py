@@ -91,6 +91,8 @@ ExecStart={exec_start}
 ExecReload=/bin/kill -HUP $MAINPID
 WorkingDirectory={workdir}
 Environment=PYTHONUNBUFFERED=1
+# COSIGN_PASSWORD=... for an encrypted key goes here (mode 0600), never into this unit.
+EnvironmentFile=-%h/.config/cloudboot/watch.env
 WatchdogSec={WATCHDOG_SEC}
 Restart=on-failure
 RestartSec=2

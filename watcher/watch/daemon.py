@@ -29,6 +29,8 @@ log = structlog.get_logger(__name__)
 
 #: How often the supervisor checks its threads when systemd asks for no watchdog.
 IDLE_CHECK_SECONDS = 5.0
+#: How long a stop waits for the step in progress before abandoning it.
+STOP_GRACE_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,11 @@ class WatchDaemon:
             log.info("stopping: letting the current step finish")
             self._stopping.set()
             self.queue.close()
-            worker.join()
+            worker.join(STOP_GRACE_SECONDS)
+            if worker.is_alive():
+                # e.g. a publish retrying against a dead registry. Abandoning it is safe:
+                # the tag only moves after the signature, images only appear by rename.
+                log.warning("current step still running; aborting it", grace_s=STOP_GRACE_SECONDS)
         self._shutdown_vm()
         self.status.set_state("stopped")
         if self.crashed is not None:

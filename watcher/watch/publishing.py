@@ -15,7 +15,7 @@ from guest.oci import parse_ref
 from guest.plan import validate_plan
 from publisher.config import Config
 from publisher.push import publish_plan
-from publisher.registry import RegistryClient
+from publisher.registry import RegistryClient, client_from_config
 from publisher.signing import SigningKey, is_encrypted, load_private_key, read_password
 from watcher.watch.pipeline import PlanOutcome
 
@@ -72,9 +72,7 @@ class PublisherPlanStage:
     def from_config(
         cls, config: Config, annotations: Annotations | None = None
     ) -> PublisherPlanStage:
-        client = RegistryClient(
-            insecure=config.registry.insecure, ca_bundle=config.registry.ca_bundle
-        )
+        client = client_from_config(config.registry)
         return cls(config, client, load_signing_key(config), annotations)
 
     def ref_for(self, plan: Path) -> str:
