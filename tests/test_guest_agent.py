@@ -1,0 +1,272 @@
+"""The agent's whole pass on the host: a directory tree as the guest's root, real disk
+images (sgdisk GPT, mkfs.vfat ESP, mkfs.ext4 -d target), a real registry, an efivarfs-like
+directory. Only the machine edge (mounts, DHCP, reboot) is swapped: the ESP is written
+with mtools instead of a vfat mount, and fsck.vfat / mtype check what landed there."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from guest import gpt
+from guest.agent import Agent, Paths
+from guest.arch import Arch
+from guest.console import Console
+from guest.efi import GLOBAL_VARIABLE_GUID, bootorder
+from guest.efi.efivarfs import EfiVarStore
+from guest.efi.loadoption import LoadOption
+from guest.stage import CacheEsp, EspFiles
+from publisher.localregistry import RunningRegistry
+from publisher.run import run
+from tests.test_guest_fetch import new_key, push_plan, sign
+
+MIB = 1 << 20
+KERNEL = os.urandom(2 * MIB + 17)
+INITRD = os.urandom(300_000)
+
+
+class MtoolsEsp:
+    """Writes into a FAT image with mcopy: what the guest does through a vfat mount."""
+
+    def __init__(self, image: Path) -> None:
+        self.image = image
+
+    def write(self, path: str, data: bytes) -> None:
+        parts = [p for p in path.split("\\") if p]
+        for i in range(1, len(parts)):
+            run(["mmd", "-i", self.image, "::/" + "/".join(parts[:i])], check=False)
+        src = self.image.parent / "upload.tmp"
+        src.write_bytes(data)
+        run(["mcopy", "-o", "-i", self.image, src, "::/" + "/".join(parts)])
+        src.unlink()
+
+    def flush(self) -> None:
+        pass
+
+
+@dataclass
+class HostSystem:
+    """The machine edge of the agent on the host; everything else in the pass is real."""
+
+    rebooted: bool = False
+    esp_opened: list[str] = field(default_factory=list)
+
+    def prepare(self) -> None:
+        pass
+
+    def load_modules(self, listing: Path) -> list[str]:
+        return []
+
+    def network_up(self, console: Console) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def open_esp(self, esp: CacheEsp) -> Iterator[EspFiles]:
+        self.esp_opened.append(esp.device.name)
+        yield MtoolsEsp(esp.device.node)
+
+    def finish(self) -> None:
+        self.rebooted = True
+
+    def wait_forever(self, debug: bool) -> None:
+        pass
+
+    def console_fds(self) -> list[int]:
+        return []
+
+
+def _disk(
+    root: Path, name: str, parts: list[tuple[str, str, int]], fill: dict[int, Path]
+) -> gpt.Gpt:
+    """A GPT disk made by sgdisk, exposed as sys/block/<name> + dev/<name><n> files."""
+    image = root / f"{name}.img"
+    with open(image, "wb") as f:
+        f.truncate(sum(p[2] for p in parts) * MIB + 2 * MIB)
+    args: list[str | Path] = ["sgdisk"]
+    for i, (type_code, label, size) in enumerate(parts, 1):
+        args += ["-n", f"{i}:0:+{size}M", "-t", f"{i}:{type_code}", "-c", f"{i}:{label}"]
+    run([*args, image])
+    table = gpt.read_gpt(image.read_bytes()[: 34 * 512])
+    (root / "sys/block" / name).mkdir(parents=True)
+    (root / "dev").mkdir(exist_ok=True)
+    os.symlink(image, root / "dev" / name)
+    for part in table.partitions:
+        pname = f"{name}{part.number}"
+        (root / "sys/block" / name / pname).mkdir()
+        (root / "sys/block" / name / pname / "partition").write_text(f"{part.number}\n")
+        node = root / "dev" / pname
+        if part.number in fill:
+            os.rename(fill[part.number], node)
+        else:
+            with open(node, "wb") as f:
+                f.truncate(part.size_sectors * 512)
+    return table
+
+
+@pytest.fixture
+def machine(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "proc").mkdir(parents=True)
+    (root / "etc/cloud-boot").mkdir(parents=True)
+    efivars = root / "sys/firmware/efi/efivars"
+    efivars.mkdir(parents=True)
+    store = EfiVarStore(efivars)
+    store.write("BootOrder", GLOBAL_VARIABLE_GUID, 7, bootorder.serialise([0, 2]))
+    # cache disk: FAT32 ESP named cloud-boot-cache
+    esp = tmp_path / "esp.fat"
+    with open(esp, "wb") as f:
+        f.truncate(40 * MIB)
+    run(["mkfs.vfat", "-F", "32", "-n", "CBCACHE", esp])
+    _disk(root, "vda", [("ef00", "cloud-boot-cache", 40)], {1: esp})
+    # target disk: ext4 labelled root with a kernel + initrd behind a symlink
+    tree = tmp_path / "tree"
+    (tree / "boot").mkdir(parents=True)
+    (tree / "boot/vmlinuz-6.1.0-28-amd64").write_bytes(KERNEL)
+    (tree / "boot/initrd.img-6.1.0-28-amd64").write_bytes(INITRD)
+    (tree / "vmlinuz").symlink_to("boot/vmlinuz-6.1.0-28-amd64")
+    fs = tmp_path / "root.ext4"
+    run(["mkfs.ext4", "-q", "-F", "-L", "debroot", "-d", tree, fs, "16M"])
+    _disk(root, "vdb", [("8300", "rootfs", 16)], {1: fs})
+    return root
+
+
+def _plan(target_cmdline: str = "console=ttyS0 marker") -> bytes:
+    return (
+        'default_target = "debian"\n'
+        'target "debian" {\n'
+        f'  cmdline = "{target_cmdline}"\n'
+        '  disk {\n    device = "LABEL=debroot"\n    kernel = "/vmlinuz"\n  }\n'
+        "}\n"
+        'target "other" {\n  disk = { device = "/dev/vdb1" }\n}\n'
+    ).encode()
+
+
+def _run(root: Path, cmdline: str) -> tuple[int, str, HostSystem]:
+    (root / "proc/cmdline").write_text(cmdline + "\n")
+    out = io.StringIO()
+    system = HostSystem()
+    agent = Agent(system, Console([out]), Paths(root), Arch.X86_64)
+    status = agent.run()
+    if status == 0:
+        system.finish()
+    return status, out.getvalue(), system
+
+
+def _mtype(image: Path, path: str) -> bytes:
+    dest = image.parent / "out.bin"
+    run(["mcopy", "-o", "-i", image, path, dest])
+    return dest.read_bytes()
+
+
+def test_signed_plan_stages_disk_target_and_writes_boot0001(
+    machine: Path, registry: RunningRegistry
+) -> None:
+    key, pem = new_key()
+    (machine / "etc/cosign.pub").write_bytes(pem)
+    digest = push_plan(registry.url, "plans/web", "latest", _plan())
+    sign(registry.url, "plans/web", f"{registry.address}/plans/web", digest, key)
+    status, log, system = _run(
+        machine,
+        f"console=ttyS0 cloudboot.plan=oci://{registry.address}/plans/web cloudboot.exit=reboot",
+    )
+    assert status == 0, log
+    assert system.rebooted and system.esp_opened == ["vda1"]
+    assert "plan signature verified" in log
+    for step in ("init", "network", "fetch", "verify", "read", "write", "nvram"):
+        assert f"step {step} " in log
+    assert all(line.startswith(("cloud-boot: ", " ")) for line in log.splitlines())
+    # the ESP: files byte-identical, filesystem clean per fsck.vfat
+    esp = machine / "dev/vda1"
+    assert _mtype(esp, "::/EFI/Linux/debian-vmlinuz.efi") == KERNEL
+    assert _mtype(esp, "::/EFI/Linux/debian-initrd") == INITRD
+    run(["fsck.vfat", "-n", esp])
+    # NVRAM: Boot0001 HD()+File() on the cache ESP, BootOrder 0001 first
+    store = EfiVarStore(machine / "sys/firmware/efi/efivars")
+    boot = store.read("Boot0001", GLOBAL_VARIABLE_GUID)
+    assert boot is not None and boot.attributes == 7
+    option = LoadOption.from_bytes(boot.data)
+    table = gpt.read_gpt((machine / "dev/vda").read_bytes()[: 34 * 512])
+    part = table.partitions[0]
+    assert option.description == "cloud-boot debian"
+    assert str(option.device_path) == (
+        f"HD(1,GPT,{part.unique_guid},{part.first_lba:#x},{part.size_sectors:#x})"
+        "/\\EFI\\Linux\\debian-vmlinuz.efi"
+    )
+    assert option.optional_text() == r"initrd=\EFI\Linux\debian-initrd console=ttyS0 marker"
+    order = store.read("BootOrder", GLOBAL_VARIABLE_GUID)
+    assert order is not None and bootorder.parse(order.data) == [1, 0, 2]
+
+
+@pytest.mark.parametrize("tamper", ["unsigned", "other-key"])
+def test_enforce_refuses_unsigned_or_foreign_plans_and_leaves_nvram(
+    machine: Path, registry: RunningRegistry, tamper: str
+) -> None:
+    _key, pem = new_key()
+    (machine / "etc/cosign.pub").write_bytes(pem)
+    digest = push_plan(registry.url, "plans/web", "latest", _plan())
+    if tamper == "other-key":
+        other, _ = new_key()
+        sign(registry.url, "plans/web", f"{registry.address}/plans/web", digest, other)
+    efivars = machine / "sys/firmware/efi/efivars"
+    before = {p.name: p.read_bytes() for p in efivars.iterdir()}
+    status, log, system = _run(machine, f"cloudboot.plan={registry.address}/plans/web")
+    assert status == 1 and not system.rebooted
+    fatal = [line for line in log.splitlines() if line.startswith("FATAL: ")]
+    assert len(fatal) == 1
+    assert "plan signature check failed" in fatal[0]
+    assert ("not signed" if tamper == "unsigned" else "verifies") in fatal[0]
+    assert "hint: " in log and "NVRAM was not touched" in log
+    assert {p.name: p.read_bytes() for p in efivars.iterdir()} == before
+    assert system.esp_opened == []
+
+
+def test_warn_policy_boots_an_unsigned_plan_with_a_warning(
+    machine: Path, registry: RunningRegistry
+) -> None:
+    _key, pem = new_key()
+    (machine / "etc/cosign.pub").write_bytes(pem)
+    push_plan(registry.url, "plans/web", "latest", _plan())
+    status, log, _system = _run(
+        machine,
+        f"cloudboot.plan={registry.address}/plans/web cloudboot.cosign=warn cloudboot.target=other",
+    )
+    assert status == 0, log
+    assert "WARNING: plan signature check failed (cloudboot.cosign=warn)" in log
+    boot = EfiVarStore(machine / "sys/firmware/efi/efivars").read("Boot0001", GLOBAL_VARIABLE_GUID)
+    assert boot is not None and LoadOption.from_bytes(boot.data).description == "cloud-boot other"
+
+
+def test_embedded_plan_and_missing_cache_disk(machine: Path) -> None:
+    (machine / "etc/cloud-boot/plan.hcl").write_bytes(_plan("quiet"))
+    for child in (machine / "sys/block/vda").iterdir():
+        (child / "partition").unlink()
+        child.rmdir()
+    (machine / "sys/block/vda").rmdir()
+    status, log, _system = _run(machine, "console=ttyS0")
+    assert status == 1
+    assert "using the embedded plan" in log
+    assert "FATAL: GPT: no cache ESP found" in log
+    assert "cloudboot cache-disk" in log
+    assert not (machine / "sys/firmware/efi/efivars" / f"Boot0001-{GLOBAL_VARIABLE_GUID}").exists()
+
+
+def test_subplan_chain(machine: Path, registry: RunningRegistry) -> None:
+    push_plan(registry.url, "plans/leaf", "latest", _plan("leaf"))
+    top = (f'target "chain" {{\n  subplan = "{registry.address}/plans/leaf"\n}}\n').encode()
+    push_plan(registry.url, "plans/top", "latest", top)
+    status, log, _system = _run(
+        machine, f"cloudboot.plan={registry.address}/plans/top cloudboot.cosign=off"
+    )
+    assert status == 0, log
+    assert "chains to subplan" in log
+    boot = EfiVarStore(machine / "sys/firmware/efi/efivars").read("Boot0001", GLOBAL_VARIABLE_GUID)
+    assert boot is not None
+    assert LoadOption.from_bytes(boot.data).optional_text() == (
+        r"initrd=\EFI\Linux\debian-initrd leaf"
+    )
