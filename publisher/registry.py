@@ -113,6 +113,8 @@ class Blob:
 
 
 def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, requests.exceptions.SSLError):
+        return False  # a certificate problem does not heal by waiting
     return isinstance(exc, TransientRegistryError | requests.ConnectionError | requests.Timeout)
 
 
@@ -128,7 +130,7 @@ def _reason(exc: BaseException | None) -> str:
 class RegistryClient:
     """A reusable client; one instance per process is enough for any number of registries."""
 
-    insecure: bool = False
+    insecure: bool | None = None  # True: plain HTTP; False: HTTPS; None: HTTP on loopback only
     ca_bundle: Path | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeout: float = 30.0
@@ -139,7 +141,8 @@ class RegistryClient:
     uploaded_bytes: int = 0  # running total of blob bytes sent, for reports and bench
 
     def __post_init__(self) -> None:
-        self.session.verify = str(self.ca_bundle) if self.ca_bundle else True
+        # Passed on every request: a session-level setting loses to $REQUESTS_CA_BUNDLE.
+        self._verify: str | bool = str(self.ca_bundle) if self.ca_bundle else True
         self._basic: dict[str, str] = {}  # registry -> Basic header once a 401 asked for it
         self._bearer_scope: dict[tuple[str, str], tuple[str, str, str]] = {}
         self._creds: dict[str, Credentials | None] = {}
@@ -191,7 +194,8 @@ class RegistryClient:
     # --- plumbing -------------------------------------------------------------------------
 
     def base_url(self, ref: Ref) -> str:
-        scheme = "http" if self.insecure or ref.insecure_default else "https"
+        plain = ref.insecure_default if self.insecure is None else self.insecure
+        scheme = "http" if plain else "https"
         return f"{scheme}://{ref.registry}"
 
     def _credentials_for(self, registry: str) -> Credentials | None:
@@ -224,7 +228,9 @@ class RegistryClient:
             return False  # that very token was just refused
         params = {k: v for k, v in (("service", service), ("scope", scope)) if v}
         headers = {"Authorization": creds.basic_header()} if creds else {}
-        resp = self.session.get(realm, params=params, headers=headers, timeout=self.timeout)
+        resp = self.session.get(
+            realm, params=params, headers=headers, timeout=self.timeout, verify=self._verify
+        )
         if resp.status_code in (401, 403):
             return False
         self._raise_for_status(resp, ref, "token request")
@@ -270,7 +276,15 @@ class RegistryClient:
             hdrs = dict(headers or {})
             if auth := self._auth_header(ref):
                 hdrs["Authorization"] = auth
-            resp = self.session.request(method, full, headers=hdrs, timeout=self.timeout, **kwargs)
+            try:
+                resp = self.session.request(
+                    method, full, headers=hdrs, timeout=self.timeout, verify=self._verify, **kwargs
+                )
+            except requests.exceptions.SSLError as exc:
+                raise RegistryError(
+                    f"TLS verification failed for {ref.registry}: {_tls_reason(exc)};"
+                    " pass --ca-bundle (or [registry].ca_bundle) for a private CA"
+                ) from None
             if (
                 resp.status_code == 401
                 and attempt == 0
@@ -481,6 +495,14 @@ class RegistryClient:
         return tags
 
 
+def _tls_reason(exc: requests.exceptions.SSLError) -> str:
+    text = str(exc)
+    for marker in ("CERTIFICATE_VERIFY_FAILED", "WRONG_VERSION_NUMBER", "hostname mismatch"):
+        if marker in text:
+            return marker.lower().replace("_", " ")
+    return "handshake failed"
+
+
 def _error_detail(resp: requests.Response) -> str:
     """The registry's own error code and message (``{"errors":[{"code","message"}]}``)."""
     try:
@@ -503,7 +525,7 @@ def client_from_config(
 ) -> RegistryClient:
     """A client with the workspace's registry settings; CLI flags override them."""
     return RegistryClient(
-        insecure=registry.insecure if insecure is None else insecure,
+        insecure=(True if registry.insecure else None) if insecure is None else insecure,
         ca_bundle=ca_bundle or registry.ca_bundle,
         retry=RetryPolicy(total=float(registry.retry_seconds)),
     )

@@ -35,7 +35,10 @@ KeyOpt = Annotated[
 ]
 InsecureOpt = Annotated[
     bool | None,
-    typer.Option("--insecure/--secure", help="Plain HTTP (default: loopback only)."),
+    typer.Option(
+        "--insecure/--secure",
+        help="Plain HTTP / force HTTPS (default: plain HTTP for loopback only).",
+    ),
 ]
 CaOpt = Annotated[
     Path | None, typer.Option("--ca-bundle", help="PEM CA bundle to trust for HTTPS.")

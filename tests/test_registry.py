@@ -1,0 +1,299 @@
+"""publisher.registry + publisher.auth against real docker-registry servers.
+
+Covers the plain loopback registry, TLS + htpasswd (credentials from docker config.json, a
+credential helper, the environment; the CA bundle option), retries across a registry
+restart in the middle of a multi-blob push, and the bounded failure when it stays down.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import structlog
+
+from guest import cosign
+from guest.oci import MEDIA_MANIFEST, Descriptor, Manifest, digest_of, parse_ref
+from publisher.auth import Credentials, lookup_credentials, parse_challenge
+from publisher.localregistry import RunningRegistry, free_port, local_registry
+from publisher.push import push_artifact, verify_ref
+from publisher.registry import (
+    Blob,
+    RegistryClient,
+    RegistryError,
+    RegistryUnavailableError,
+    RetryPolicy,
+)
+from publisher.signing import generate_key_pair, parse_private_key
+from tests.registry_tls import TlsRegistry, tls_registry
+
+
+@pytest.fixture
+def secure_registry(tmp_path: Path) -> Iterator[TlsRegistry]:
+    with tls_registry(tmp_path / "tls") as reg:
+        yield reg
+
+
+def recorder(client: RegistryClient) -> list[tuple[str, str, int]]:
+    """Record every HTTP exchange the client makes (method, path, status)."""
+    seen: list[tuple[str, str, int]] = []
+
+    def hook(resp: requests.Response, *args: Any, **kwargs: Any) -> None:
+        path = requests.utils.urlparse(resp.request.url).path
+        seen.append((str(resp.request.method), path, resp.status_code))
+
+    client.session.hooks["response"].append(hook)
+    return seen
+
+
+def test_blobs_manifests_tags_round_trip(registry: RunningRegistry) -> None:
+    client = RegistryClient()
+    ref = parse_ref(f"{registry.address}/me/things:v1")
+    seen = recorder(client)
+    blob = Blob.of_bytes(b"hello blob")
+    assert client.push_blob(ref, blob) == len(b"hello blob")
+    puts_before = sum(1 for m, _, _ in seen if m in ("POST", "PUT", "PATCH"))
+    fresh = RegistryClient()  # no cache: must HEAD and skip the upload
+    assert fresh.push_blob(ref, blob) == 0
+    assert client.get_blob(ref, blob.digest) == b"hello blob"
+    manifest = Manifest(
+        Descriptor.for_bytes("a/b", b"hello blob"), (Descriptor.for_bytes("a/b", b"hello blob"),)
+    )
+    digest = client.put_manifest(ref, bytes(manifest), MEDIA_MANIFEST, "v1")
+    for tag in ("v2", "v3"):
+        client.put_manifest(ref, bytes(manifest), MEDIA_MANIFEST, tag)
+    data, media, got = client.get_manifest(ref)
+    assert (data, media, got) == (bytes(manifest), MEDIA_MANIFEST, digest)
+    head = client.head_manifest(ref)
+    assert head is not None and head.digest == digest
+    assert client.head_manifest(ref.with_tag("nope")) is None
+    assert sorted(client.list_tags(ref)) == ["v1", "v2", "v3"]
+    assert puts_before == 2  # POST + PUT for the one upload
+
+
+def test_large_blob_is_streamed_in_chunks(registry: RunningRegistry, tmp_path: Path) -> None:
+    payload = os.urandom(300_000)
+    path = tmp_path / "vmlinuz"
+    path.write_bytes(payload)
+    client = RegistryClient(chunk_size=64 * 1024)
+    seen = recorder(client)
+    ref = parse_ref(f"{registry.address}/me/kernel")
+    blob = Blob.of_file(path)
+    assert blob.digest == digest_of(payload) and blob.data is None
+    assert client.push_blob(ref, blob) == len(payload)
+    assert [m for m, _, _ in seen].count("PATCH") == 5  # ceil(300000 / 65536)
+    assert client.get_blob(ref, blob.digest) == payload
+
+
+def test_client_error_fails_at_once_with_registry_message(registry: RunningRegistry) -> None:
+    client = RegistryClient(retry=RetryPolicy(total=10))
+    seen = recorder(client)
+    ref = parse_ref(f"{registry.address}/me/broken:t")
+    manifest = Manifest(Descriptor.for_bytes("a/b", b"never uploaded"))
+    with pytest.raises(RegistryError) as info:
+        client.put_manifest(ref, bytes(manifest), MEDIA_MANIFEST, "t")
+    assert info.value.status == 400
+    assert "MANIFEST_BLOB_UNKNOWN" in str(info.value) and "me/broken" in str(info.value)
+    assert len(seen) == 1  # no retry
+
+
+def test_tls_and_htpasswd_with_docker_config(secure_registry: TlsRegistry, tmp_path: Path) -> None:
+    reg = secure_registry.registry
+    ref = parse_ref(f"{reg.address}/me/plan:latest")
+    config = tmp_path / "docker" / "config.json"
+    config.parent.mkdir()
+    auth = base64.b64encode(f"{secure_registry.user}:{secure_registry.password}".encode())
+    config.write_text(json.dumps({"auths": {f"https://{reg.address}": {"auth": auth.decode()}}}))
+
+    def creds(registry: str) -> Credentials | None:
+        return lookup_credentials(registry, config_path=config, env={})
+
+    client = RegistryClient(insecure=False, ca_bundle=secure_registry.ca, credentials=creds)
+    assert client.base_url(ref) == f"https://{reg.address}"  # --secure overrides loopback
+    blob = Blob.of_bytes(b"secret plan")
+    with structlog.testing.capture_logs() as logs:
+        assert client.push_blob(ref, blob) == len(b"secret plan")
+    assert secure_registry.password not in repr(logs) and auth.decode() not in repr(logs)
+
+    # no credentials: the message names the status, the repository and where to look
+    anonymous = RegistryClient(
+        insecure=False, ca_bundle=secure_registry.ca, credentials=lambda r: None
+    )
+    with pytest.raises(RegistryError) as info:
+        anonymous.blob_exists(ref, blob.digest)
+    assert str(info.value).startswith(
+        f"401 unauthorized for {reg.address}/me/plan: check credentials"
+    )
+    assert secure_registry.password not in str(info.value)
+
+    # without the CA bundle: a clear TLS error at once, not a retry loop
+    untrusted = RegistryClient(insecure=False, credentials=creds, retry=RetryPolicy(total=30))
+    started = time.monotonic()
+    with pytest.raises(RegistryError, match="TLS verification failed"):
+        untrusted.blob_exists(ref, blob.digest)
+    assert time.monotonic() - started < 10
+
+
+def test_credentials_from_helper_and_environment(
+    secure_registry: TlsRegistry, tmp_path: Path
+) -> None:
+    reg = secure_registry.registry
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    helper = bindir / "docker-credential-cbtest"
+    helper.write_text(
+        "#!/bin/sh\nread server\n"
+        f'[ "$server" = "{reg.address}" ] || {{ echo "credentials not found" >&2; exit 1; }}\n'
+        f'printf \'{{"ServerURL":"%s","Username":"{secure_registry.user}",'
+        f'"Secret":"{secure_registry.password}"}}\' "$server"\n'
+    )
+    helper.chmod(helper.stat().st_mode | stat.S_IXUSR)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"credsStore": "cbtest"}))
+    old_path = os.environ["PATH"]
+    os.environ["PATH"] = f"{bindir}:{old_path}"
+    try:
+        found = lookup_credentials(reg.address, config_path=config, env={})
+        assert found is not None and found.username == secure_registry.user
+        assert secure_registry.password not in repr(found)
+        assert lookup_credentials("other.example:5000", config_path=config, env={}) is None
+    finally:
+        os.environ["PATH"] = old_path
+    env = {"REGISTRY_USERNAME": secure_registry.user, "REGISTRY_PASSWORD": secure_registry.password}
+    from_env = lookup_credentials(reg.address, config_path=tmp_path / "absent.json", env=env)
+    assert from_env is not None
+    client = RegistryClient(
+        insecure=False, ca_bundle=secure_registry.ca, credentials=lambda r: from_env
+    )
+    assert not client.blob_exists(parse_ref(f"{reg.address}/me/x"), digest_of(b"x"))
+
+
+def test_challenge_parsing() -> None:
+    c = parse_challenge(
+        'Bearer realm="https://auth.example/token",service="registry.example",'
+        'scope="repository:me/plan:pull,push"'
+    )
+    assert c.scheme == "bearer"
+    assert c.params == {
+        "realm": "https://auth.example/token",
+        "service": "registry.example",
+        "scope": "repository:me/plan:pull,push",
+    }
+    assert parse_challenge('Basic realm="cloudboot"').scheme == "basic"
+
+
+def test_registry_that_stays_down_fails_within_the_bound() -> None:
+    client = RegistryClient(retry=RetryPolicy(total=2.0, initial=0.05, maximum=0.5))
+    ref = parse_ref(f"127.0.0.1:{free_port()}/me/plan")
+    started = time.monotonic()
+    with structlog.testing.capture_logs() as logs, pytest.raises(RegistryUnavailableError) as info:
+        client.push_blob(ref, Blob.of_bytes(b"x"))
+    elapsed = time.monotonic() - started
+    assert elapsed < 2.0 + 3.0  # the bound plus one connect attempt's worth of slack
+    message = str(info.value)
+    assert f"registry {ref.registry} unavailable" in message and "connection failed" in message
+    retries = [e for e in logs if e["event"] == "registry retry"]
+    assert len(retries) >= 2 and all(e["reason"] == "connection failed" for e in retries)
+
+
+def test_registry_restart_mid_push_completes_and_tag_never_dangles(tmp_path: Path) -> None:
+    """Stop docker-registry during a multi-blob signed push, restart it on the same port
+    and storage: the push completes after retries and no reader ever sees the tag point at
+    an unsigned or incomplete manifest."""
+    port, storage = free_port(), tmp_path / "storage"
+    files = {}
+    for name, size in (("vmlinuz", 700_000), ("initrd", 500_000), ("modules", 300_000)):
+        files[name] = tmp_path / name
+        files[name].write_bytes(os.urandom(size))
+    private_pem, public_pem = generate_key_pair(b"pw")
+    key = parse_private_key(private_pem, b"pw")
+    first = contextlib.ExitStack()
+    second = contextlib.ExitStack()
+    reg = first.enter_context(local_registry(tmp_path / "a", port=port, storage=storage))
+    base = reg.url
+    ref = parse_ref(f"{reg.address}/me/kernel:stable")
+    client = RegistryClient(
+        chunk_size=128 * 1024, retry=RetryPolicy(total=60, initial=0.2, maximum=1)
+    )
+    restarted = threading.Event()
+    stopped = threading.Event()
+    done = threading.Event()
+    violations: list[str] = []
+
+    def restart() -> None:
+        time.sleep(1.0)
+        second.enter_context(local_registry(tmp_path / "b", port=port, storage=storage))
+        restarted.set()
+
+    def hook(resp: requests.Response, *args: Any, **kwargs: Any) -> None:
+        if resp.request.method == "PATCH" and not stopped.is_set():
+            stopped.set()
+            first.close()  # the registry dies with uploads in flight
+            threading.Thread(target=restart, daemon=True).start()
+
+    def poll() -> None:
+        """An independent reader: whenever the tag resolves, all it needs must be there."""
+        accept = {"Accept": MEDIA_MANIFEST}
+        while not done.is_set():
+            try:
+                r = requests.get(f"{base}/v2/me/kernel/manifests/stable", headers=accept, timeout=2)
+            except requests.RequestException:
+                time.sleep(0.02)
+                continue
+            if r.status_code == 200:
+                digest = digest_of(r.content)
+                manifest = Manifest.from_bytes(r.content)
+                for desc in (manifest.config, *manifest.layers):
+                    h = requests.head(f"{base}/v2/me/kernel/blobs/{desc.digest}", timeout=2)
+                    if h.status_code != 200:
+                        violations.append(f"tag points at manifest with missing blob {desc.digest}")
+                sig = requests.head(
+                    f"{base}/v2/me/kernel/manifests/{cosign.signature_tag(digest)}",
+                    headers=accept,
+                    timeout=2,
+                )
+                if sig.status_code != 200:
+                    violations.append(f"tag points at unsigned manifest {digest}")
+            time.sleep(0.02)
+
+    client.session.hooks["response"].append(hook)
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            result = push_artifact(
+                client,
+                ref,
+                "amd64",
+                files["vmlinuz"],
+                files["initrd"],
+                files["modules"],
+                "console=ttyS0",
+                key=key,
+            )
+        done.set()
+        poller.join()
+        assert stopped.is_set() and restarted.is_set()
+        assert any(e["event"] == "registry retry" for e in logs), "the outage was not retried"
+        assert violations == []
+        assert result.uploaded and result.signature_tag
+        verified = verify_ref(RegistryClient(), ref, cosign.load_public_key(public_pem))
+        assert verified.digest == result.digest
+        check = RegistryClient()
+        manifest = Manifest.from_bytes(check.get_manifest(ref)[0])
+        for desc, name in zip(manifest.layers, ("vmlinuz", "initrd", "modules"), strict=False):
+            assert check.get_blob(ref, desc.digest) == files[name].read_bytes()
+    finally:
+        done.set()
+        first.close()
+        second.close()
