@@ -23,6 +23,7 @@ from guest.arch import Arch
 from tests.conftest import REPO
 from watcher.vm import VmBackend, VmError, VmSpec, VmState, open_backend
 from watcher.vm.firmware import find_firmware
+from watcher.vm.qmp import QmpClient
 from watcher.vm.spec import Accel, BackendKind
 from watcher.vm.state import process_cmdline
 from watcher.vm.supervisor import Action, Supervisor
@@ -178,3 +179,33 @@ def test_stale_pidfile_of_another_process_is_never_signalled(backend: VmBackend)
     assert backend.down(STOP_TIMEOUT) is False  # and we are still alive to assert it
     st = backend.up()
     assert st.pid != os.getpid() and backend.status().state is VmState.RUNNING
+
+
+@pytest.mark.slow
+def test_guest_reboot_keeps_nvram(backend: VmBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QEMU reboots in place; vfkit's VM stops, and the supervisor relaunches it. Either way
+    the store keeps what the guest staged, so the firmware boots the staged Boot0001."""
+    spec = backend.spec
+    qmp_socket = spec.control_socket
+    if spec.backend is BackendKind.VFKIT:  # reach the QEMU inside the stand-in
+        qmp_socket = spec.state_dir / "standin-qmp.sock"
+        monkeypatch.setenv("VFKIT_STANDIN_QMP_SOCKET", str(qmp_socket))
+    backend.up()
+    backend.down(STOP_TIMEOUT)
+    set_marker(spec.nvram)
+    pid = backend.up().pid
+    supervisor = Supervisor(backend, base_delay_s=0.0)
+
+    with QmpClient(qmp_socket) as qmp:  # the reset a rebooting guest causes
+        qmp.execute("system_reset")
+    if spec.backend is BackendKind.QEMU:
+        time.sleep(1)
+        assert backend.status().pid == pid and supervisor.poll() is Action.NONE
+    else:  # Apple VZ may report a guest reboot as a stop: vfkit exits
+        wait_until(lambda: backend.status().state is VmState.EXITED, 10, "vfkit to exit")
+        assert supervisor.poll() is Action.RELAUNCHED
+        assert backend.status().state is VmState.RUNNING and backend.status().pid != pid
+        assert "--bootloader" in (cmd := process_cmdline(backend.status().pid or 0) or [])
+        assert not cmd[cmd.index("--bootloader") + 1].endswith(",create")
+    backend.down(STOP_TIMEOUT)
+    assert has_marker(spec.nvram)
