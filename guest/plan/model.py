@@ -204,6 +204,8 @@ class EvaluatedPlan:
     menu: Menu | None
     dns: tuple[str, ...]
     targets: tuple[Target, ...]
+    #: Where default_target is set (its value), for errors about the default choice.
+    default_where: Location | None = None
 
     def eligible_targets(self) -> list[Target]:
         """Targets this arch can boot, in plan order (what a menu lists)."""

@@ -146,6 +146,9 @@ class _Resolver:
             menu=self.menu(self.plan.menu),
             dns=self.dns(self.plan.dns),
             targets=tuple(self.target(t) for t in self.plan.targets),
+            default_where=self.plan.default_target.value.where
+            if self.plan.default_target is not None
+            else None,
         )
 
     def menu(self, decl: MenuDecl | None) -> Menu | None:

@@ -15,6 +15,10 @@ def select_target(evaluated: EvaluatedPlan, name: str | None) -> Target:
     """
     arch = evaluated.arch
     wanted = name or evaluated.default_target
+    # A name from the guest's cmdline is not in the file; the default is.
+    where = Location(evaluated.source)
+    if not name:
+        where = evaluated.default_where or Location(evaluated.source, 1, 1)
     if not wanted:
         if len(evaluated.targets) == 1:
             only = evaluated.targets[0]
@@ -26,7 +30,7 @@ def select_target(evaluated: EvaluatedPlan, name: str | None) -> Target:
         names = ", ".join(dict.fromkeys(t.name for t in evaluated.targets))
         raise PlanError(
             f"no target name given and the plan has no default_target; targets: {names}",
-            Location(evaluated.source),
+            where,
         )
     for target in evaluated.targets:
         if target.name == wanted and target.eligible_on(arch):
@@ -34,5 +38,5 @@ def select_target(evaluated: EvaluatedPlan, name: str | None) -> Target:
     eligible = ", ".join(dict.fromkeys(t.name for t in evaluated.eligible_targets())) or "none"
     raise PlanError(
         f'no target "{wanted}" for arch {arch}; targets for {arch}: {eligible}',
-        Location(evaluated.source),
+        where,
     )
