@@ -1,0 +1,166 @@
+"""publisher.signing and `cloudboot key generate` / `verify-blob`: cosign's key format.
+
+The encrypted key is opened here by an independent reading of cosign's format (scrypt +
+nacl secretbox written out in the test), so a file that only our own code could read
+would fail.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import nacl.secret
+import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from publisher.signing import (
+    KeyFileError,
+    encrypt_private_key,
+    generate_key_pair,
+    load_private_key,
+    parse_private_key,
+    sign_blob,
+)
+
+BIN = Path(sys.executable).parent
+
+
+def open_cosign_key(pem: bytes, password: bytes) -> bytes:
+    """Independent decryption of an ENCRYPTED SIGSTORE PRIVATE KEY -> PKCS#8 DER."""
+    match = re.search(
+        rb"-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----(.*)"
+        rb"-----END ENCRYPTED SIGSTORE PRIVATE KEY-----",
+        pem,
+        re.S,
+    )
+    assert match
+    doc = json.loads(base64.b64decode(b"".join(match.group(1).split())))
+    assert doc["kdf"]["name"] == "scrypt"
+    assert doc["kdf"]["params"] == {"N": 65536, "r": 8, "p": 1}
+    assert doc["cipher"]["name"] == "nacl/secretbox"
+    key = hashlib.scrypt(
+        password, salt=base64.b64decode(doc["kdf"]["salt"]), n=65536, r=8, p=1,
+        maxmem=2**27, dklen=32,
+    )  # fmt: skip
+    box = nacl.secret.SecretBox(key)
+    return box.decrypt(
+        base64.b64decode(doc["ciphertext"]), base64.b64decode(doc["cipher"]["nonce"])
+    )
+
+
+def test_generated_pair_is_cosign_format() -> None:
+    private_pem, public_pem = generate_key_pair(b"hunter2")
+    der = open_cosign_key(private_pem, b"hunter2")
+    private = serialization.load_der_private_key(der, password=None)
+    assert isinstance(private, ec.EllipticCurvePrivateKey) and private.curve.name == "secp256r1"
+    assert public_pem.startswith(b"-----BEGIN PUBLIC KEY-----")
+    public = serialization.load_pem_public_key(public_pem)
+    assert public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ) == private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    key = parse_private_key(private_pem, b"hunter2")
+    assert key.public_pem == public_pem
+
+
+def test_sign_blob_is_ecdsa_over_sha256_of_the_data() -> None:
+    private_pem, public_pem = generate_key_pair(b"")
+    key = parse_private_key(private_pem, b"")
+    data = os.urandom(10_000)
+    sig = base64.b64decode(sign_blob(key, data))
+    public = serialization.load_pem_public_key(public_pem)
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    public.verify(sig, data, ec.ECDSA(hashes.SHA256()))
+    with pytest.raises(InvalidSignature):
+        public.verify(sig, data + b"!", ec.ECDSA(hashes.SHA256()))
+
+
+def test_wrong_password_and_missing_password_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "cosign.key"
+    path.write_bytes(generate_key_pair(b"right")[0])
+    with pytest.raises(KeyFileError) as info:
+        load_private_key(path, b"wrong")
+    assert str(info.value).startswith(f"{path}: wrong password")
+    with pytest.raises(KeyFileError, match="COSIGN_PASSWORD"):
+        load_private_key(path, None)
+    with pytest.raises(KeyFileError, match="cannot read key"):
+        load_private_key(tmp_path / "absent.key", b"x")
+
+
+def test_plain_and_legacy_keys_are_read() -> None:
+    for private in (
+        ec.generate_private_key(ec.SECP256R1()),
+        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        ed25519.Ed25519PrivateKey.generate(),
+    ):
+        pem = private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        key = parse_private_key(pem, None)
+        assert key.public_pem == private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    der = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    legacy = encrypt_private_key(der, b"pw").replace(b"SIGSTORE", b"COSIGN")
+    assert (
+        parse_private_key(legacy, b"pw").private.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        == der
+    )
+    p384 = ec.generate_private_key(ec.SECP384R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    with pytest.raises(KeyFileError, match="P-256"):
+        parse_private_key(p384, None)
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "cloudboot"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def test_cli_key_generate_and_verify_blob(tmp_path: Path) -> None:
+    key_path = tmp_path / "keys" / "cosign.key"
+    env = {"COSIGN_PASSWORD": "pw"}
+    out = cli("key", "generate", "-o", str(key_path), env=env)
+    assert out.returncode == 0, out.stderr
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
+    pub = key_path.with_suffix(".pub")
+    assert pub.read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")
+    before = key_path.read_bytes()
+    again = cli("key", "generate", "-o", str(key_path), env=env)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    assert key_path.read_bytes() == before
+
+    iso = tmp_path / "boot.iso"
+    iso.write_bytes(os.urandom(100_000))
+    sig = tmp_path / "boot.iso.sig"
+    sig.write_text(sign_blob(load_private_key(key_path, b"pw"), iso.read_bytes()))
+    ok = cli("verify-blob", "--key", str(pub), "--signature", str(sig), str(iso))
+    assert ok.returncode == 0 and ok.stdout.startswith("Verified OK"), ok.stderr
+    iso.write_bytes(iso.read_bytes()[:-1] + b"\x00")
+    bad = cli("verify-blob", "--key", str(pub), "--signature", str(sig), str(iso))
+    assert bad.returncode == 1 and "invalid signature" in bad.stderr
