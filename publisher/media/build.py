@@ -1,0 +1,261 @@
+"""``cloudboot build``: recipe -> initramfs -> UKI per arch -> hybrid boot.iso (+ .sig).
+
+Incremental: a fingerprint of every input (recipe text, arches, command lines,
+SOURCE_DATE_EPOCH, the builder's own code, and size+mtime of every input file) is stored
+next to the image; when it matches, nothing is rebuilt. The image is written to a temp
+file in the same directory and renamed, so a VM never sees a half-written boot.iso and a
+failed build leaves the previous one in place. Timestamps and GUIDs derive from the
+inputs only, so the same inputs give the same bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from guest.arch import Arch
+from guest.gpt import guid_from
+from publisher.media import cpio
+from publisher.media.debs import DebCache
+from publisher.media.esp import esp_size
+from publisher.media.initramfs import KernelInputs, initramfs_entries
+from publisher.media.iso import write_boot_iso
+from publisher.media.recipe import ArchRecipe, Recipe, RecipeError, Source, SourceKind
+from publisher.media.uki import UkiParts, build_uki
+from publisher.run import require_tool, run
+from publisher.signing import SigningKey, sign_blob
+
+log = structlog.get_logger(__name__)
+
+Progress = Callable[[str, int, int], None]
+STUB_PATH = "usr/lib/systemd/boot/efi/linux{suffix}.efi.stub"
+_CODE_FILES = ("build.py", "cpio.py", "esp.py", "initramfs.py", "iso.py", "kmods.py", "pe.py",
+               "recipe.py", "uki.py")  # fmt: skip
+
+
+@dataclass
+class BuildResult:
+    output: Path
+    signature: Path | None
+    skipped: bool
+    arches: list[Arch]
+    timings: dict[str, float] = field(default_factory=dict)
+    size: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "output": str(self.output),
+            "signature": str(self.signature) if self.signature else None,
+            "skipped": self.skipped,
+            "arches": [a.value for a in self.arches],
+            "size": self.size,
+            "timings_ms": {k: round(v * 1000, 1) for k, v in self.timings.items()},
+        }
+
+
+@dataclass(frozen=True)
+class ArchInputs:
+    """One arch's inputs resolved to files on disk."""
+
+    arch: Arch
+    kernel: KernelInputs
+    stub: Path
+    busybox: Path
+    cmdline: str
+    files: tuple[Path, ...]  # everything the fingerprint must watch
+
+
+def source_epoch() -> int:
+    """SOURCE_DATE_EPOCH, or 0: an unset epoch must not make builds differ."""
+    value = os.environ.get("SOURCE_DATE_EPOCH", "0")
+    try:
+        return int(value)
+    except ValueError:
+        raise RecipeError(f"SOURCE_DATE_EPOCH is not an integer: {value!r}") from None
+
+
+def _resolve_file(source: Source, arch: Arch, cache: DebCache, inner: str, offline: bool) -> Path:
+    if source.kind is SourceKind.FILE:
+        return source.path
+    pkg = cache.package(source.value, arch, offline=offline)
+    path = pkg.root / inner
+    if not path.is_file():
+        raise RecipeError(f"{source.key}: Debian package {pkg.deb.name} has no /{inner}")
+    return path
+
+
+def resolve_arch(
+    spec: ArchRecipe, recipe: Recipe, cache: DebCache, cmdline: str | None, offline: bool
+) -> ArchInputs:
+    arch = spec.arch
+    if spec.kernel.kind is SourceKind.DEB:
+        pkg = cache.kernel_package(spec.kernel.value, arch, offline=offline)
+        vmlinuz = max((pkg.root / "boot").glob("vmlinuz-*"))
+        uname = spec.uname or vmlinuz.name.removeprefix("vmlinuz-")
+        kernel = KernelInputs(vmlinuz, uname, pkg.root / "lib" / "modules" / uname)
+        kernel_files: tuple[Path, ...] = (pkg.deb,)
+    else:
+        kernel = KernelInputs(spec.kernel.path, spec.uname, spec.modules_dir)
+        kernel_files = (spec.kernel.path,)
+    stub = _resolve_file(spec.stub, arch, cache, STUB_PATH.format(suffix=arch.efi_suffix),
+                         offline)  # fmt: skip
+    busybox = _resolve_file(spec.busybox, arch, cache, "bin/busybox", offline)
+    return ArchInputs(arch, kernel, stub, busybox, recipe.cmdline_for(arch, cmdline),
+                      (*kernel_files, stub, busybox))  # fmt: skip
+
+
+def _stat(path: Path) -> list[object]:
+    try:
+        st = path.stat()
+    except OSError:
+        return [str(path), None]
+    return [str(path), st.st_size, st.st_mtime_ns]
+
+
+def fingerprint(recipe: Recipe, inputs: Sequence[ArchInputs], epoch: int, signed: bool) -> str:
+    """Hash of everything that can change the output (files by size and mtime)."""
+    here = Path(__file__).parent
+    watched: list[Path] = [
+        *(here / f for f in _CODE_FILES),
+        here.parent.parent / "guest" / "gpt.py",
+    ]
+    for extra in (recipe.cosign_public_key, recipe.secureboot_key, recipe.secureboot_cert):
+        if extra is not None:
+            watched.append(extra)
+    for spec in recipe.initramfs.files:
+        watched.append(spec.src)
+    for spec in recipe.initramfs.trees:
+        watched += sorted(spec.src.rglob("*"))
+    doc = {
+        "recipe": recipe.digest,
+        "epoch": epoch,
+        "signed": signed,
+        "arches": [[i.arch.value, i.cmdline, i.kernel.uname, *map(_stat, i.files)] for i in inputs],
+        "files": [_stat(p) for p in watched],
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def make_uki(recipe: Recipe, inputs: ArchInputs, epoch: int) -> bytes:
+    entries = initramfs_entries(recipe, inputs.arch, inputs.kernel, inputs.busybox)
+    initrd = cpio.compress(cpio.newc(entries, mtime=epoch), recipe.initramfs.compression)
+    parts = UkiParts(inputs.stub.read_bytes(), inputs.kernel.vmlinuz.read_bytes(), initrd,
+                     inputs.cmdline, inputs.kernel.uname)  # fmt: skip
+    return build_uki(parts, inputs.arch)
+
+
+def sbsign(uki: bytes, key: Path, cert: Path, workdir: Path) -> bytes:
+    """Authenticode-sign a UKI with sbsign and check it with sbverify."""
+    sign_tool = require_tool("sbsign", "sbsigntool")
+    verify_tool = require_tool("sbverify", "sbsigntool")
+    src, dst = workdir / ".uki-unsigned.efi", workdir / ".uki-signed.efi"
+    try:
+        src.write_bytes(uki)
+        run([sign_tool, "--key", key, "--cert", cert, "--output", dst, src])
+        run([verify_tool, "--cert", cert, dst])
+        return dst.read_bytes()
+    finally:
+        for p in (src, dst):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+
+class _Stages:
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.timings: dict[str, float] = {}
+        self.progress = progress
+        self.total = total
+        self.done = 0
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        if self.progress:
+            self.progress(name, self.done, self.total)
+        yield
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+        self.done += 1
+        if self.progress:
+            self.progress(name, self.done, self.total)
+
+
+def stamp_path(out: Path) -> Path:
+    return out.with_name(out.name + ".inputs")
+
+
+def build_boot_iso(
+    recipe: Recipe,
+    out: Path,
+    arches: Sequence[Arch],
+    cmdline: str | None = None,
+    progress: Progress | None = None,
+    *,
+    signing_key: SigningKey | None = None,
+    cache: DebCache | None = None,
+    offline: bool = False,
+    force: bool = False,
+) -> BuildResult:
+    """Build ``out`` (and ``out.sig``, cosign sign-blob format, when ``signing_key`` is given).
+
+    Skips all work when the inputs' fingerprint matches the last build of ``out``.
+    """
+    if not arches:
+        raise RecipeError("no architecture selected", where=str(recipe.path))
+    arches = list(dict.fromkeys(arches))
+    cache = cache or DebCache()
+    epoch = source_epoch()
+    stages = _Stages(progress, 3 + len(arches) + (1 if signing_key else 0))
+    with stages.stage("resolve"):
+        inputs = [resolve_arch(recipe.for_arch(a), recipe, cache, cmdline, offline) for a in arches]
+        print_ = fingerprint(recipe, inputs, epoch, signing_key is not None)
+    sig = out.with_name(out.name + ".sig") if signing_key else None
+    stamp = stamp_path(out)
+    if (not force and out.is_file() and (sig is None or sig.is_file()) and stamp.is_file()
+            and stamp.read_text() == print_):  # fmt: skip
+        log.info("boot.iso up to date", output=str(out))
+        return BuildResult(out, sig, True, arches, stages.timings, out.stat().st_size)
+    efi_files: dict[str, bytes] = {}
+    for item in inputs:
+        with stages.stage(f"uki-{item.arch.value}"):
+            uki = make_uki(recipe, item, epoch)
+        if recipe.secureboot_key and recipe.secureboot_cert:
+            with stages.stage(f"sbsign-{item.arch.value}"):
+                uki = sbsign(uki, recipe.secureboot_key, recipe.secureboot_cert, out.parent)
+        efi_files[item.arch.efi_boot_file] = uki
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        with stages.stage("iso"):
+            content = hashlib.sha256()
+            for name in sorted(efi_files):
+                content.update(name.encode() + hashlib.sha256(efi_files[name]).digest())
+            seed = content.hexdigest() + str(epoch)
+            write_boot_iso(
+                tmp, efi_files, esp_size=esp_size([len(d) for d in efi_files.values()]),
+                epoch=epoch, disk_guid=guid_from("boot.iso disk", seed),
+                esp_guid=guid_from("boot.iso esp", seed),
+                volume_id=int.from_bytes(guid_from("fat", seed).bytes[:4], "little"),
+            )  # fmt: skip
+        signature = None
+        if signing_key is not None and sig is not None:
+            with stages.stage("sign"):
+                signature = sign_blob(signing_key, tmp.read_bytes())
+        with stages.stage("rename"):
+            os.replace(tmp, out)
+            if sig is not None and signature is not None:
+                sig_tmp = sig.with_name(f".{sig.name}.tmp-{os.getpid()}")
+                sig_tmp.write_text(signature)
+                os.replace(sig_tmp, sig)
+            stamp.write_text(print_)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return BuildResult(out, sig, False, arches, stages.timings, out.stat().st_size)

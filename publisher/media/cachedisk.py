@@ -1,0 +1,103 @@
+"""The writable cache disk (``menu-cache.raw``) the guest stages kernels on.
+
+Exactly SIZE MiB: protective MBR, GPT (128 entries at LBA 2, backups at the end), one ESP
+from LBA 2048 to the last usable LBA whose GPT partition *name* is ``cloud-boot-cache``
+(what the guest looks for), FAT32 inside with ``/EFI`` and ``/EFI/Linux``.
+
+It holds state (staged kernels, the firmware points Boot0001 at it), so it is never
+rewritten behind the user's back: an existing cache disk is left byte-for-byte alone and
+any other existing file is refused unless forced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from pathlib import Path
+
+from guest.errors import CloudbootError, FormatError
+from guest.gpt import (
+    CACHE_PARTITION_NAME,
+    ESP_TYPE,
+    PRIMARY_SECTORS,
+    SECTOR,
+    GptLayout,
+    Partition,
+    build_gpt,
+    last_usable_lba,
+    read_gpt,
+)
+from publisher.media.esp import FAT32_MIN, FatType, write_fat
+
+MIB = 1024 * 1024
+FIRST_LBA = 2048
+DEFAULT_SIZE_MIB = 256
+#: FAT32 needs ~33 MiB; plus the 1 MiB gap and the backup GPT.
+MIN_SIZE_MIB = FAT32_MIN // MIB + 2
+
+
+class CacheDiskError(CloudbootError):
+    pass
+
+
+def cache_disk_layout(size_mib: int, *, disk_guid: uuid.UUID, part_guid: uuid.UUID) -> GptLayout:
+    """The GPT of a cache disk of ``size_mib`` MiB (pure: the guest tests use it too)."""
+    if size_mib < MIN_SIZE_MIB:
+        raise CacheDiskError(f"cache disk must be at least {MIN_SIZE_MIB} MiB, got {size_mib}")
+    total = size_mib * MIB // SECTOR
+    part = Partition(
+        1, ESP_TYPE, part_guid, FIRST_LBA, last_usable_lba(total), CACHE_PARTITION_NAME
+    )
+    return build_gpt(size_mib * MIB, [part], disk_guid)
+
+
+def is_cache_disk(path: Path) -> bool:
+    """Whether ``path`` already is a cache disk: GPT entry 1 named ``cloud-boot-cache``."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(PRIMARY_SECTORS * SECTOR)
+        gpt = read_gpt(head)
+    except (OSError, FormatError):
+        return False
+    return any(p.number == 1 and p.name == CACHE_PARTITION_NAME for p in gpt.partitions)
+
+
+def ensure_cache_disk(path: Path, size_mib: int = DEFAULT_SIZE_MIB, force: bool = False) -> bool:
+    """Create the cache disk at ``path`` unless it exists; returns whether it was created.
+
+    An existing cache disk is left untouched whatever ``size_mib`` says (it holds state);
+    an existing file that is not one is refused unless ``force``. The new disk is built
+    in a temp file next to ``path`` and renamed, so no one sees a half-written disk.
+    """
+    if path.exists():
+        if is_cache_disk(path):
+            return False
+        if not force:
+            raise CacheDiskError(
+                f"exists and is not a cache disk (no GPT partition {CACHE_PARTITION_NAME!r}); "
+                "use --force to overwrite it",
+                where=str(path),
+            )
+        if path.is_dir():
+            raise CacheDiskError("is a directory", where=str(path))
+    layout = cache_disk_layout(size_mib, disk_guid=uuid.uuid4(), part_guid=uuid.uuid4())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(layout.primary)
+        part = layout.gpt.partitions[0]
+        write_fat(tmp, offset=part.first_lba * SECTOR, size=part.size_sectors * SECTOR,
+                  files={}, dirs=["EFI/Linux"], fat_type=FatType.FAT32, label="CBCACHE",
+                  volume_id=int.from_bytes(part.unique_guid.bytes[:4], "little"))  # fmt: skip
+        with open(tmp, "r+b") as f:
+            f.seek(layout.backup_offset)
+            f.write(layout.backup)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return True

@@ -1,0 +1,135 @@
+"""A per-user cache of Debian packages: ``apt-get download`` once, extract once, reuse offline.
+
+Packages are fetched into ``$XDG_CACHE_HOME/cloudboot/debs`` (default ``~/.cache``) and
+unpacked with ``dpkg-deb -x`` into a directory named after the .deb, next to a copy of
+its control fields. A rebuild finds both there and needs no network. Meta packages
+(``linux-image-cloud-amd64``) are followed to the package they depend on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from guest.arch import Arch
+from guest.errors import CloudbootError
+from publisher.run import require_tool, run
+
+CONTROL_FILE = ".control"
+
+
+class DebError(CloudbootError):
+    pass
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cloudboot" / "debs"
+
+
+def parse_control(text: str) -> dict[str, str]:
+    """RFC822-style control fields (continuation lines joined)."""
+    fields: dict[str, str] = {}
+    last = ""
+    for line in text.splitlines():
+        if line[:1] in (" ", "\t") and last:
+            fields[last] += "\n" + line.strip()
+        elif ":" in line:
+            last, value = line.split(":", 1)
+            fields[last] = value.strip()
+    return fields
+
+
+def depends_names(depends: str) -> list[str]:
+    """Package names of a Depends field, first alternative of each, without versions."""
+    names = []
+    for clause in depends.split(","):
+        first = clause.split("|")[0].strip()
+        if first:
+            names.append(first.split()[0].split(":")[0])
+    return names
+
+
+@dataclass(frozen=True)
+class Package:
+    """An unpacked package: its .deb, the extracted tree, its control fields."""
+
+    deb: Path
+    root: Path
+    control: dict[str, str]
+
+    @property
+    def name(self) -> str:
+        return self.control.get("Package", self.deb.name.split("_")[0])
+
+
+class DebCache:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root or default_cache_dir()
+
+    def cached_deb(self, name: str, arch: Arch) -> Path | None:
+        """The newest cached .deb of ``name`` for ``arch`` (or arch ``all``), if any."""
+        found = [
+            p for suffix in (arch.debian, "all") for p in self.root.glob(f"{name}_*_{suffix}.deb")
+        ]
+        return max(found, key=lambda p: p.name) if found else None
+
+    def download(self, name: str, arch: Arch) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        apt = require_tool("apt-get", "apt")
+        spec = name if arch is Arch.host() else f"{name}:{arch.debian}"
+        try:
+            run([apt, "download", "-q", spec], cwd=self.root)
+        except CloudbootError as exc:
+            hint = ""
+            if arch is not Arch.host():
+                hint = (f" (for {arch.debian} packages run: dpkg --add-architecture "
+                        f"{arch.debian} && apt-get update)")  # fmt: skip
+            raise DebError(f"cannot download Debian package {spec}{hint}: {exc}") from None
+        deb = self.cached_deb(name, arch)
+        if deb is None:
+            raise DebError(f"apt-get download {spec} left no .deb in {self.root}")
+        return deb
+
+    def unpack(self, deb: Path) -> Package:
+        """Extract ``deb`` once (into a temp dir renamed into place) and return it."""
+        target = self.root / "x" / deb.name.removesuffix(".deb")
+        control = target / CONTROL_FILE
+        if not control.is_file():
+            dpkg = require_tool("dpkg-deb", "dpkg")
+            tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            try:
+                run([dpkg, "-x", deb, tmp])
+                (tmp / CONTROL_FILE).write_bytes(run([dpkg, "-f", deb]).stdout)
+                shutil.rmtree(target, ignore_errors=True)
+                os.replace(tmp, target)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    shutil.rmtree(tmp)
+        return Package(deb, target, parse_control(control.read_text()))
+
+    def package(self, name: str, arch: Arch, *, offline: bool = False) -> Package:
+        deb = self.cached_deb(name, arch)
+        if deb is None:
+            if offline:
+                raise DebError(f"Debian package {name} ({arch.debian}) is not in {self.root}")
+            deb = self.download(name, arch)
+        return self.unpack(deb)
+
+    def kernel_package(self, name: str, arch: Arch, *, offline: bool = False) -> Package:
+        """The package holding ``boot/vmlinuz-*``: ``name`` or the image a meta package names."""
+        pkg = self.package(name, arch, offline=offline)
+        for _ in range(3):
+            if any((pkg.root / "boot").glob("vmlinuz-*")):
+                return pkg
+            deps = [d for d in depends_names(pkg.control.get("Depends", ""))
+                    if d.startswith("linux-image-")]  # fmt: skip
+            if not deps:
+                break
+            pkg = self.package(deps[0], arch, offline=offline)
+        raise DebError(f"Debian package {name} ({arch.debian}) holds no /boot/vmlinuz-*")

@@ -1,0 +1,252 @@
+"""The guest agent's payload for the initramfs: a Python runtime for the target arch,
+the agent, its pure-Python dependencies, and the small scripts around them.
+
+The runtime comes from Debian bookworm packages for that arch (python3.11-minimal,
+libpython3.11-{minimal,stdlib} and the few shared libraries its extension modules need),
+through the per-user ``DebCache``. What a boot never uses is cut (tests, idle, tkinter,
+docs, locales, gconv, curses/sqlite/dbm), and the stdlib is compiled on the host to
+sourceless ``.pyc`` (``compileall -b``, unchecked-hash: bytecode is arch-independent),
+since Debian ships none and compiling under TCG doubled Python's start-up. Every boot
+decompresses all of this, so ``measure`` reports the size.
+
+The boot-media build calls ``guest_agent_entries`` when the recipe says
+``init = "guest-agent"`` and adds busybox, the kernel modules (listed with
+``module_listing``) and /etc/cosign.pub itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from guest.arch import Arch
+from publisher.media import cpio
+from publisher.media.debs import DebCache
+from publisher.run import run
+
+RUNTIME_PACKAGES = (
+    "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib", "python3-regex",
+    "libc6", "libssl3", "zlib1g", "libexpat1", "libffi8", "libbz2-1.0", "liblzma5", "libuuid1",
+)  # fmt: skip
+#: Pure-Python wheels from PyPI, pinned as constraints.txt pins them (ext4's own wheel is
+#: the py3-none-any one: the venv's is a compiled x86_64 build).
+PYPI_PACKAGES = ("ext4==1.4.1", "cachetools==7.1.1", "crcmod==1.7", "typing_extensions==4.15.0")
+#: Host site-packages copied as they are (pure Python).
+VENV_PACKAGES = ("hcl2", "lark")
+STDLIB_DROP = (
+    "test", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip", "pydoc_data",
+    "distutils", "unittest", "sqlite3", "curses", "dbm", "venv", "config-3.11-",
+    "turtle.py", "pydoc.py", "doctest.py", "mailbox.py", "imaplib.py", "nntplib.py",
+    "ftplib.py", "smtplib.py", "xmlrpc", "wsgiref", "msilib", "asyncio", "multiprocessing",
+    "concurrent", "email/mime", "http/server.py", "sqlite3", "lib2to3",
+)  # fmt: skip
+DYNLOAD_DROP = ("_sqlite3", "_curses", "readline", "_dbm", "_gdbm", "_tkinter", "_crypt",
+                "_codecs_", "_multibytecodec", "nis", "_test", "xxlimited", "audioop")  # fmt: skip
+TREE_DROP = ("usr/share", "usr/lib/locale", "usr/bin/pydoc", "sbin", "usr/sbin", "etc")
+
+INIT_SCRIPT = """#!/bin/busybox sh
+# cloud-boot-init (Python): the agent is PID 1 through exec, so it never returns here.
+/bin/busybox --install -s /bin
+export PATH=/usr/bin:/bin PYTHONHOME=/usr PYTHONDONTWRITEBYTECODE=1
+export LD_LIBRARY_PATH=/lib/{triplet}:/usr/lib/{triplet}
+exec /usr/bin/python3.11 -S -B /usr/lib/cloudboot/cloud-boot-init.py
+"""
+RESET_SCRIPT = """#!/bin/sh
+export PYTHONHOME=/usr LD_LIBRARY_PATH=/lib/{triplet}:/usr/lib/{triplet}
+exec /usr/bin/python3.11 -S -B /usr/lib/cloudboot/cloudboot-reset.py "$@"
+"""
+AGENT_MAIN = "import sys\nfrom guest.agent import main\nmain()\n"
+RESET_MAIN = "import sys\nfrom guest.reset import main\nsys.exit(main())\n"
+#: busybox udhcpc calls this with $1 = deconfig|bound|renew and the lease in variables.
+UDHCPC_SCRIPT = """#!/bin/sh
+case "$1" in
+deconfig) ip addr flush dev "$interface"; ip link set "$interface" up ;;
+bound|renew)
+  ip addr flush dev "$interface"
+  ip addr add "$ip/${mask:-24}" dev "$interface"
+  for r in $router; do ip route add default via "$r" dev "$interface"; break; done
+  : > /etc/resolv.conf
+  for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done ;;
+esac
+exit 0
+"""
+
+
+@dataclass(frozen=True)
+class PackReport:
+    files: int
+    uncompressed: int
+    gzip: int
+    zstd: int
+
+
+def _triplet(arch: Arch) -> str:
+    return {Arch.X86_64: "x86_64-linux-gnu", Arch.AARCH64: "aarch64-linux-gnu"}[arch]
+
+
+def _prune(root: Path, arch: Arch) -> None:
+    for rel in TREE_DROP:
+        target = root / rel
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+    gconv = root / "usr/lib" / _triplet(arch) / "gconv"
+    shutil.rmtree(gconv, ignore_errors=True)
+    stdlib = root / "usr/lib/python3.11"
+    for name in STDLIB_DROP:
+        for path in stdlib.glob(name + "*"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for path in (stdlib / "lib-dynload").glob("*.so"):
+        if path.name.startswith(DYNLOAD_DROP):
+            path.unlink()
+    for path in list(root.rglob("__pycache__")):
+        shutil.rmtree(path)
+    for path in (root / "usr/bin").glob("*"):
+        if path.name not in ("python3.11",):
+            path.unlink()
+
+
+def _compile_sourceless(tree: Path, keep_sources: Iterable[str] = ()) -> None:
+    """Legacy-location .pyc next to each .py (``-b``), then drop the .py (except kept)."""
+    run([sys.executable, "-m", "compileall", "-q", "-b", "-j", "0",
+         "--invalidation-mode", "unchecked-hash", "-d", "/", tree])  # fmt: skip
+    keep = tuple(keep_sources)
+    for source in tree.rglob("*.py"):
+        rel = source.relative_to(tree).as_posix()
+        if source.with_suffix(".pyc").exists() and not rel.startswith(keep):
+            source.unlink()
+
+
+def _pypi_sources(dest: Path, cache: Path) -> None:
+    wheels = cache / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    missing = [p for p in PYPI_PACKAGES
+               if not list(wheels.glob(p.split("==")[0].replace("-", "_") + "-*"))]  # fmt: skip
+    sdists = [p for p in missing if p.startswith("crcmod")]
+    wheels_any = [p for p in missing if not p.startswith("crcmod")]
+    if wheels_any:  # py3-none-any only: never the host's compiled build of the same version
+        run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary",
+             ":all:", "--platform", "any", "--python-version", "3.11", "-d", wheels,
+             *wheels_any])  # fmt: skip
+    if sdists:  # crcmod has no wheel; its pure-Python fallback is in the sdist
+        run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary",
+             ":all:", "-d", wheels, *sdists])  # fmt: skip
+    for archive in sorted(wheels.iterdir()):
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.unpack_archive(archive, tmp, "zip" if archive.suffix == ".whl" else None)
+            base = Path(tmp)
+            if archive.suffix != ".whl":  # an sdist: sources under <name>-<ver>/
+                base = next(base.iterdir())
+                base = base / "python3" if (base / "python3").is_dir() else base
+            for item in base.iterdir():
+                if item.name.endswith((".dist-info", ".egg-info")) or item.name in (
+                    "setup.py",
+                    "test",
+                    "docs",
+                    "PKG-INFO",
+                    "setup.cfg",
+                    "LICENSE",
+                    "README",
+                ):
+                    continue
+                if item.suffix in ("", ".py") or item.is_dir():
+                    target = dest / item.name
+                    if item.is_dir():
+                        shutil.copytree(
+                            item,
+                            target,
+                            dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("*.so", "*.c", "test*"),
+                        )
+                    else:
+                        shutil.copy2(item, target)
+
+
+def build_tree(
+    dest: Path, arch: Arch, *, debs: DebCache | None = None, repo: Path | None = None
+) -> Path:
+    """Assemble the agent's part of the initramfs as a directory tree at ``dest``."""
+    debs = debs or DebCache()
+    repo = repo or Path(__file__).resolve().parents[2]
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in RUNTIME_PACKAGES:
+        pkg = debs.package(name, arch)
+        shutil.copytree(
+            pkg.root,
+            dest,
+            dirs_exist_ok=True,
+            symlinks=True,
+            ignore=shutil.ignore_patterns(".control"),
+        )
+    # python3-regex installs under dist-packages; our -S interpreter only sees the app dir
+    app = dest / "usr/lib/cloudboot"
+    app.mkdir(parents=True, exist_ok=True)
+    dist = dest / "usr/lib/python3/dist-packages"
+    if dist.is_dir():
+        for item in dist.iterdir():
+            if item.name.startswith("regex") and item.is_dir() and "-info" not in item.name:
+                shutil.copytree(item, app / item.name, dirs_exist_ok=True)
+        shutil.rmtree(dest / "usr/lib/python3")
+    _prune(dest, arch)
+    venv_site = Path(sys.prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    for name in VENV_PACKAGES:
+        shutil.copytree(
+            venv_site / "site-packages" / name,
+            app / name,
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyi", "py.typed"),
+        )
+    _pypi_sources(app, debs.root.parent)
+    shutil.copytree(
+        repo / "guest",
+        app / "guest",
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    (app / "cloud-boot-init.py").write_text(AGENT_MAIN)
+    (app / "cloudboot-reset.py").write_text(RESET_MAIN)
+    _compile_sourceless(dest / "usr/lib/python3.11")
+    _compile_sourceless(app, keep_sources=("guest/", "cloud-boot-init.py", "cloudboot-reset.py"))
+    triplet = _triplet(arch)
+    _write(dest / "init", INIT_SCRIPT.format(triplet=triplet), 0o755)
+    _write(dest / "usr/bin/cloudboot-reset", RESET_SCRIPT.format(triplet=triplet), 0o755)
+    _write(dest / "etc/cloud-boot/udhcpc.script", UDHCPC_SCRIPT, 0o755)
+    ca = Path("/etc/ssl/certs/ca-certificates.crt")
+    if ca.exists():
+        (dest / "usr/lib/ssl").mkdir(parents=True, exist_ok=True)
+        shutil.copy(ca, dest / "usr/lib/ssl/cert.pem")
+    return dest
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    os.chmod(path, mode)
+
+
+def guest_agent_entries(arch: Arch, *, debs: DebCache | None = None) -> list[cpio.Entry]:
+    """cpio entries of the agent payload (the hook ``init = "guest-agent"`` calls)."""
+    with tempfile.TemporaryDirectory(prefix="cloudboot-guest-") as tmp:
+        tree = build_tree(Path(tmp) / "root", arch, debs=debs)
+        return cpio.tree(tree)
+
+
+def module_listing(ko_paths: Iterable[str]) -> bytes:
+    """``/etc/cloud-boot/modules``: .ko paths inside the initramfs, dependencies first."""
+    return "".join(f"{p}\n" for p in ko_paths).encode()
+
+
+def measure(entries: list[cpio.Entry]) -> PackReport:
+    raw = cpio.newc(entries)
+    return PackReport(
+        files=len(entries),
+        uncompressed=len(raw),
+        gzip=len(cpio.compress(raw, cpio.Compression.GZIP)),
+        zstd=len(cpio.compress(raw, cpio.Compression.ZSTD)),
+    )

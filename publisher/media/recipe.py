@@ -1,0 +1,276 @@
+"""The boot-image recipe (``kernel/recipe.toml``) as typed, validated objects.
+
+The recipe says where every input of boot.iso comes from, per architecture: kernel,
+systemd stub and busybox (a Debian package, a local file, or later an OCI artifact), the
+kernel modules to put in the initramfs, the baked command line, the cosign public key,
+and extra initramfs content. Paths are resolved against the recipe's directory, and
+every error names the recipe file and the key, so a typo is found before any download.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from guest.arch import Arch
+from guest.errors import CloudbootError
+from publisher.media.cpio import Compression
+
+DEFAULT_CMDLINE = (
+    "cloudboot.exit=reboot cloudboot.plan=oci://10.0.2.2:5000/cloudboot/default:latest "
+    "console={console}"
+)
+DEFAULT_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_scsi", "virtio_rng",
+                   "vfat", "nls_cp437", "nls_ascii", "efivarfs")  # fmt: skip
+INIT_MODES = ("busybox-marker", "guest-agent")
+_ARCH_DEFAULTS = {
+    Arch.X86_64: {"kernel": "linux-image-cloud-amd64"},
+    Arch.AARCH64: {"kernel": "linux-image-cloud-arm64"},
+}
+
+
+class RecipeError(CloudbootError):
+    pass
+
+
+class SourceKind(enum.Enum):
+    DEB = "deb"
+    FILE = "file"
+    OCI = "oci"
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one input comes from; ``key`` is its recipe key, for error messages."""
+
+    kind: SourceKind
+    value: str
+    key: str
+
+    @property
+    def path(self) -> Path:
+        return Path(self.value)
+
+
+@dataclass(frozen=True)
+class ArchRecipe:
+    arch: Arch
+    kernel: Source
+    stub: Source
+    busybox: Source
+    console: str
+    #: Kernel release (``uname -r``); read from the Debian package when empty.
+    uname: str = ""
+    #: A ``lib/modules/<uname>`` directory for a local kernel file.
+    modules_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One extra initramfs file: ``src`` on the host, ``dest`` inside, octal ``mode``."""
+
+    src: Path
+    dest: str
+    mode: int = 0o644
+
+
+@dataclass(frozen=True)
+class InitramfsRecipe:
+    init: str = "busybox-marker"
+    compression: Compression = Compression.GZIP
+    modules: tuple[str, ...] = DEFAULT_MODULES
+    files: tuple[FileSpec, ...] = ()
+    trees: tuple[FileSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class Recipe:
+    path: Path
+    digest: str  # sha256 of the recipe text: part of the build fingerprint
+    cmdline: str
+    cosign_public_key: Path | None
+    secureboot_key: Path | None
+    secureboot_cert: Path | None
+    initramfs: InitramfsRecipe
+    arches: dict[Arch, ArchRecipe] = field(default_factory=dict)
+
+    def for_arch(self, arch: Arch) -> ArchRecipe:
+        try:
+            return self.arches[arch]
+        except KeyError:
+            raise RecipeError(
+                f"no [arch.{arch.value}] section; recipe has: "
+                + ", ".join(a.value for a in self.arches),
+                where=str(self.path),
+            ) from None
+
+    def cmdline_for(self, arch: Arch, override: str | None = None) -> str:
+        """The baked command line with ``{console}`` filled in for ``arch``."""
+        text = self.cmdline if override is None else override
+        return text.replace("{console}", self.for_arch(arch).console)
+
+
+class _Reader:
+    """Typed access to the TOML tables with the key path in every error."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.base = path.parent
+
+    def fail(self, key: str, message: str) -> RecipeError:
+        return RecipeError(f"{key}: {message}", where=str(self.path))
+
+    def table(self, data: dict[str, Any], key: str, allowed: set[str]) -> dict[str, Any]:
+        value = data.get(key.rsplit(".", 1)[-1], {})
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a table, got {type(value).__name__}")
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            raise self.fail(
+                f"{key}.{unknown[0]}", f"unknown key; known: {', '.join(sorted(allowed))}"
+            )
+        return value
+
+    def string(self, data: dict[str, Any], key: str, default: str) -> str:
+        value = data.get(key.rsplit(".", 1)[-1], default)
+        if not isinstance(value, str):
+            raise self.fail(key, f"expected a string, got {type(value).__name__}")
+        return value
+
+    def opt_path(self, data: dict[str, Any], key: str, *, must_exist: bool = True) -> Path | None:
+        value = self.string(data, key, "")
+        if not value:
+            return None
+        path = (self.base / Path(value).expanduser()).resolve()
+        if must_exist and not path.exists():
+            raise self.fail(key, f"file not found: {path}")
+        return path
+
+    def source(self, data: dict[str, Any], key: str, default_deb: str) -> Source:
+        raw = data.get(key.rsplit(".", 1)[-1], {"deb": default_deb})
+        if isinstance(raw, str):  # shorthand: a package name
+            raw = {"deb": raw}
+        if not isinstance(raw, dict) or len(raw) != 1:
+            raise self.fail(key, 'expected one of { deb = "pkg" }, { file = "path" }, '
+                                 '{ oci = "ref" }')  # fmt: skip
+        (kind_name, value), = raw.items()  # fmt: skip
+        try:
+            kind = SourceKind(kind_name)
+        except ValueError:
+            raise self.fail(
+                f"{key}.{kind_name}", "unknown source kind; use deb, file or oci"
+            ) from None
+        if not isinstance(value, str) or not value:
+            raise self.fail(f"{key}.{kind_name}", "expected a non-empty string")
+        if kind is SourceKind.FILE:
+            path = (self.base / Path(value).expanduser()).resolve()
+            if not path.is_file():
+                raise self.fail(f"{key}.file", f"file not found: {path}")
+            value = str(path)
+        if kind is SourceKind.OCI:
+            raise self.fail(f"{key}.oci", "OCI kernel artifacts are not supported yet; "
+                                          "use a deb or a file source")  # fmt: skip
+        return Source(kind, value, key)
+
+    def file_specs(self, data: dict[str, Any], key: str) -> tuple[FileSpec, ...]:
+        items = data.get(key.rsplit(".", 1)[-1], [])
+        if not isinstance(items, list):
+            raise self.fail(key, "expected an array of tables")
+        specs = []
+        for i, item in enumerate(items):
+            where = f"{key}[{i}]"
+            if not isinstance(item, dict) or not {"src", "dest"} <= set(item):
+                raise self.fail(where, 'expected { src = "...", dest = "/..." [, mode = "0644"] }')
+            src = self.opt_path(item, f"{where}.src")
+            dest = self.string(item, f"{where}.dest", "")
+            if src is None or not dest.startswith("/"):
+                raise self.fail(where, "src must be set and dest must be absolute")
+            mode_text = self.string(item, f"{where}.mode", "0644")
+            try:
+                mode = int(mode_text, 8)
+            except ValueError:
+                raise self.fail(
+                    f"{where}.mode", f"expected an octal string, got {mode_text!r}"
+                ) from None
+            specs.append(FileSpec(src, dest, mode))
+        return tuple(specs)
+
+
+def parse_recipe(text: str, path: Path) -> Recipe:
+    """Parse recipe text; ``path`` is where it lives (relative paths resolve against it)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"invalid TOML: {exc}", where=str(path)) from None
+    r = _Reader(path)
+    unknown = sorted(set(data) - {"cmdline", "signing", "initramfs", "arch"})
+    if unknown:
+        raise r.fail(unknown[0], "unknown key; known: arch, cmdline, initramfs, signing")
+    cmdline = r.string(data, "cmdline", DEFAULT_CMDLINE)
+    signing = r.table(data, "signing", {"cosign_public_key", "secureboot_key", "secureboot_cert"})
+    sb_key = r.opt_path(signing, "signing.secureboot_key")
+    sb_cert = r.opt_path(signing, "signing.secureboot_cert")
+    if (sb_key is None) != (sb_cert is None):
+        raise r.fail("signing", "secureboot_key and secureboot_cert go together")
+    ird = r.table(data, "initramfs", {"init", "compression", "modules", "files", "trees"})
+    init = r.string(ird, "initramfs.init", "busybox-marker")
+    if init not in INIT_MODES:
+        raise r.fail("initramfs.init", f"expected one of {', '.join(INIT_MODES)}, got {init!r}")
+    try:
+        compression = Compression(r.string(ird, "initramfs.compression", "gzip"))
+    except ValueError:
+        raise r.fail("initramfs.compression", "expected none, gzip or zstd") from None
+    modules = ird.get("modules", list(DEFAULT_MODULES))
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise r.fail("initramfs.modules", "expected an array of module names")
+    initramfs = InitramfsRecipe(
+        init, compression, tuple(modules), r.file_specs(ird, "initramfs.files"),
+        r.file_specs(ird, "initramfs.trees"),
+    )  # fmt: skip
+    arch_tables = data.get("arch", {})
+    if not isinstance(arch_tables, dict) or not arch_tables:
+        raise r.fail("arch", "expected at least one [arch.x86_64] or [arch.aarch64] table")
+    arches = {}
+    for name in arch_tables:
+        try:
+            arch = Arch.parse(name)
+        except ValueError as exc:
+            raise r.fail(f"arch.{name}", str(exc)) from None
+        key = f"arch.{name}"
+        table = r.table(arch_tables, key, {"kernel", "stub", "busybox", "console", "uname",
+                                           "modules_dir"})  # fmt: skip
+        modules_dir = r.opt_path(table, f"{key}.modules_dir")
+        arches[arch] = ArchRecipe(
+            arch=arch,
+            kernel=r.source(table, f"{key}.kernel", _ARCH_DEFAULTS[arch]["kernel"]),
+            stub=r.source(table, f"{key}.stub", "systemd-boot-efi"),
+            busybox=r.source(table, f"{key}.busybox", "busybox-static"),
+            console=r.string(table, f"{key}.console", arch.serial_console),
+            uname=r.string(table, f"{key}.uname", ""),
+            modules_dir=modules_dir,
+        )
+        if arches[arch].kernel.kind is SourceKind.FILE and initramfs.modules and not modules_dir:
+            raise r.fail(f"{key}.modules_dir", "a kernel file source needs modules_dir "
+                                               "(or set initramfs.modules = [])")  # fmt: skip
+    return Recipe(
+        path=path,
+        digest=hashlib.sha256(text.encode()).hexdigest(),
+        cmdline=cmdline,
+        cosign_public_key=r.opt_path(signing, "signing.cosign_public_key", must_exist=False),
+        secureboot_key=sb_key,
+        secureboot_cert=sb_cert,
+        initramfs=initramfs,
+        arches=arches,
+    )
+
+
+def load_recipe(path: Path) -> Recipe:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise RecipeError(f"cannot read recipe: {exc.strerror}", where=str(path)) from None
+    return parse_recipe(text, path.resolve())
