@@ -1,0 +1,119 @@
+"""How long the guest spends getting from plan text to a chosen target.
+
+The guest agent runs this path as PID 1 under QEMU TCG, where Python is roughly 10x
+slower than here, so each stage is timed in a fresh interpreter (nothing warm): Python
+start-up (the baseline), ``import hcl2`` (mostly lark), ``import guest.plan``, the first
+parse (which loads python-hcl2's pickled LALR tables from ``hcl2/.lark_cache.bin``), then
+evaluate + select. It also times building the grammar with no cache file, which is what
+the guest pays if the initramfs lacks ``.lark_cache.bin``, and python-hcl2's own
+``loads`` (transformer + serializer) on the same plan, which our path skips.
+
+Run: .venv/bin/python bench/plan_parse.py [PLAN] [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+PROBE = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import hcl2
+t1 = time.perf_counter()
+import guest.plan as gp
+t2 = time.perf_counter()
+text = open(sys.argv[1]).read()
+plan = gp.parse_plan(text, sys.argv[1])
+t3 = time.perf_counter()
+target = gp.select_target(gp.evaluate(plan, "amd64"), None)
+t4 = time.perf_counter()
+for _ in range(20):
+    gp.select_target(gp.evaluate(gp.parse_plan(text, sys.argv[1]), "amd64"), None)
+t5 = time.perf_counter()
+hcl2.loads(text)
+t6 = time.perf_counter()
+for _ in range(20):
+    hcl2.loads(text)
+t7 = time.perf_counter()
+from hcl2.postlexer import PostLexer
+from lark import Lark
+t8 = time.perf_counter()
+Lark.open("hcl2.lark", rel_to=hcl2.__file__, parser="lalr", propagate_positions=True,
+          postlex=PostLexer(), cache=False)
+t9 = time.perf_counter()
+print(json.dumps({
+    "import_hcl2": t1 - t0,
+    "import_guest_plan": t2 - t1,
+    "first_parse": t3 - t2,
+    "evaluate_select": t4 - t3,
+    "warm_parse_evaluate_select": (t5 - t4) / 20,
+    "hcl2_loads_warm": (t7 - t6) / 20,
+    "grammar_build_uncached": t9 - t8,
+}))
+"""
+
+
+def run_probe(plan: Path) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, str(plan)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result: dict[str, float] = json.loads(out)
+    return result
+
+
+def startup() -> float:
+    import time
+
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("plan", nargs="?", type=Path, default=REPO / "plans" / "default.hcl")
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    runs = [run_probe(args.plan) for _ in range(args.runs)]
+    med = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    base = statistics.median(startup() for _ in range(args.runs))
+    ms = {key: value * 1000 for key, value in med.items()}
+    print(f"plan: {args.plan} ({args.plan.stat().st_size} bytes), median of {args.runs} fresh runs")
+    print(f"  baseline: python start-up (whole process)   {base * 1000:8.1f} ms")
+    for key, label in (
+        ("import_hcl2", "import hcl2 (lark + python-hcl2)"),
+        ("import_guest_plan", "import guest.plan (after hcl2)"),
+        ("first_parse", "first parse (loads cached LALR tables)"),
+        ("evaluate_select", "evaluate + select_target"),
+        ("warm_parse_evaluate_select", "warm parse + evaluate + select"),
+        ("hcl2_loads_warm", "python-hcl2 loads() warm (not used)"),
+        ("grammar_build_uncached", "grammar build without .lark_cache.bin"),
+    ):
+        print(f"  {label:<42} {ms[key]:8.1f} ms")
+    cold = ms["import_hcl2"] + ms["import_guest_plan"] + ms["first_parse"] + ms["evaluate_select"]
+    print(f"  cold total: import + parse + evaluate + select   {cold:8.1f} ms")
+    print(f"  ratio cold total / python start-up:              {cold / (base * 1000):8.2f}x")
+    print(
+        "  ratio grammar build uncached / cached first parse: "
+        f"{ms['grammar_build_uncached'] / ms['first_parse']:6.1f}x"
+    )
+    print(
+        "  ratio python-hcl2 loads() / our warm path:         "
+        f"{ms['hcl2_loads_warm'] / ms['warm_parse_evaluate_select']:6.2f}x"
+    )
+    print(f"  estimated under TCG (~10x): cold total ~{cold * 10 / 1000:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
