@@ -1,0 +1,117 @@
+"""`cloudboot build` (boot.iso from the kernel/ recipe) and `cloudboot cache-disk`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import structlog
+import typer
+
+from guest.arch import Arch
+from guest.errors import CloudbootError
+from publisher.media.build import BuildResult, build_boot_iso
+from publisher.media.cachedisk import ensure_cache_disk
+from publisher.media.recipe import load_recipe
+from watcher.cli import state
+from watcher.cli.push import signing_key
+
+log = structlog.get_logger(__name__)
+
+
+def _print_result(result: BuildResult, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(result.to_json()))
+        return
+    verb = "up to date" if result.skipped else "wrote"
+    typer.echo(f"{verb} {result.output} ({result.size / 1048576:.1f} MiB, "
+               f"{', '.join(a.value for a in result.arches)})")  # fmt: skip
+    if result.signature:
+        typer.echo(f"signature {result.signature}")
+    for stage, seconds in result.timings.items():
+        typer.echo(f"  {stage:<14} {seconds * 1000:8.1f} ms")
+
+
+def build(
+    ctx: typer.Context,
+    arch: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--arch",
+            help="x86_64 or aarch64; repeat for a multi-arch ISO (default: [build].arches).",
+        ),
+    ] = None,
+    iso: Annotated[
+        Path | None, typer.Option("--iso", help="Output (default: [build].iso).")
+    ] = None,
+    cmdline: Annotated[
+        str | None, typer.Option("--cmdline", help="Baked kernel command line (overrides recipe).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Rebuild even if nothing changed.")
+    ] = False,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Never download: use the package cache only.")
+    ] = False,
+    no_sign: Annotated[bool, typer.Option("--no-sign", help="Do not write boot.iso.sig.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Build the hybrid boot.iso (UKI per arch) from the kernel/ recipe, and sign it."""
+    config = state(ctx).config
+    try:
+        arches = [Arch.parse(a) for a in (arch or config.build.arches)]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--arch") from None
+    recipe = load_recipe(config.build.recipe)
+    key = None
+    if not no_sign:
+        if config.signing.key.is_file():
+            key = signing_key(config.signing.key)
+        else:
+            log.warning("no signing key: boot.iso is not signed", key=str(config.signing.key))
+    out = iso or config.build.iso
+    progress: Any = None
+    bar_ctx: Any = None
+    if sys.stderr.isatty() and not as_json:
+        bar_ctx = typer.progressbar(length=3 + len(arches) + (1 if key else 0),
+                                    label="building boot.iso", file=sys.stderr)  # fmt: skip
+        bar = bar_ctx.__enter__()
+
+        def progress(stage: str, done: int, total: int) -> None:
+            bar.label = stage
+            bar.update(done - bar.pos)
+
+    try:
+        result = build_boot_iso(recipe, out, arches, cmdline, progress, signing_key=key,
+                                offline=offline, force=force)  # fmt: skip
+    finally:
+        if bar_ctx is not None:
+            bar_ctx.__exit__(None, None, None)
+    _print_result(result, as_json)
+
+
+def cache_disk(
+    ctx: typer.Context,
+    path: Annotated[Path | None, typer.Argument(help="Default: [build].cache_disk.")] = None,
+    size_mib: Annotated[
+        int | None, typer.Option("--size-mib", help="Size of a new disk (default 256).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite a file that is not a cache disk.")
+    ] = False,
+) -> None:
+    """Create the writable cache disk (GPT, ESP named cloud-boot-cache, FAT32); idempotent."""
+    config = state(ctx).config
+    target = path or config.build.cache_disk
+    size = size_mib if size_mib is not None else config.build.cache_disk_size_mib
+    if size <= 0:
+        raise CloudbootError(f"--size-mib must be positive, got {size}")
+    created = ensure_cache_disk(target, size, force=force)
+    typer.echo(f"{'created' if created else 'kept existing'} {target}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("build")(build)
+    app.command("cache-disk")(cache_disk)
