@@ -132,15 +132,23 @@ def test_up_status_restart_reset_and_supervision(backend: VmBackend) -> None:
     assert st.state is VmState.RUNNING and st.pid not in (None, first_pid)
 
     # ... and a killed VM, which status and the supervisor notice
-    supervisor = Supervisor(backend, max_relaunches=2, window_s=300, base_delay_s=0.0)
+    now = [0.0]
+    supervisor = Supervisor(
+        backend, max_relaunches=2, window_s=300, base_delay_s=5.0, clock=lambda: now[0]
+    )
     assert supervisor.poll() is Action.NONE
-    for expected in (Action.RELAUNCHED, Action.RELAUNCHED, Action.GAVE_UP):
+    for expected in (Action.RELAUNCHED, Action.WAITING, Action.GAVE_UP):
         killed = backend.status().pid
         assert killed is not None
         os.kill(killed, signal.SIGKILL)
         wait_until(lambda: backend.status().state is VmState.EXITED, 10, "the kill to show")
         assert backend.status().pid is None
         assert supervisor.poll() is expected
+        if expected is Action.WAITING:  # a second stop in a row: relaunch backed off
+            now[0] += 4.9
+            assert supervisor.poll() is Action.WAITING
+            now[0] += 0.2
+            assert supervisor.poll() is Action.RELAUNCHED
     # crash loop: reported, and not relaunched again
     assert supervisor.gave_up and "crash loop" in supervisor.events[-1].detail
     assert supervisor.poll() is Action.GAVE_UP

@@ -11,10 +11,12 @@ from __future__ import annotations
 import abc
 import contextlib
 import enum
+import fcntl
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -77,6 +79,7 @@ class VmBackend(Protocol):
     spec: VmSpec
 
     def up(self, *, reset_nvram: bool = False) -> VmStatus: ...
+    def relaunch(self) -> VmStatus | None: ...
     def down(self, timeout: float = 5.0) -> bool: ...
     def restart(self, reset_nvram: bool, *, stop_timeout: float = 5.0) -> VmStatus: ...
     def reset_nvram(self) -> None: ...
@@ -93,6 +96,28 @@ class ProcessBackend(abc.ABC):
     def __init__(self, spec: VmSpec) -> None:
         self.spec = spec
         self._child: subprocess.Popen[bytes] | None = None
+        self._lock_depth = 0
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """One lifecycle change at a time per state_dir, across processes (the watcher's
+        restart and a user's `vm up` must not launch two VMs); re-entrant in-process."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        self.spec.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.spec.state_dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._lock_depth = 1
+            try:
+                yield
+            finally:
+                self._lock_depth = 0
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     # -- hooks ---------------------------------------------------------------------------
     @abc.abstractmethod
@@ -135,6 +160,19 @@ class ProcessBackend(abc.ABC):
 
     def up(self, *, reset_nvram: bool = False) -> VmStatus:
         """Start the VM unless it runs already; ``reset_nvram`` needs it stopped."""
+        with self._exclusive():
+            return self._up(reset_nvram)
+
+    def relaunch(self) -> VmStatus | None:
+        """Start a VM that stopped on its own, NVRAM untouched; None if someone meanwhile
+        asked for it to stay down (`vm down`) or started it again."""
+        with self._exclusive():
+            record = load_record(self.spec.record_file)
+            if record is None or record.desired != "running" or self.pid() is not None:
+                return None
+            return self._up(False)
+
+    def _up(self, reset_nvram: bool) -> VmStatus:
         running = self.pid()
         if running is not None:
             if reset_nvram:
@@ -201,6 +239,10 @@ class ProcessBackend(abc.ABC):
 
     def down(self, timeout: float = 5.0) -> bool:
         """Stop the VM: polite stop, then hard stop, then signals. False if not running."""
+        with self._exclusive():
+            return self._down(timeout)
+
+    def _down(self, timeout: float) -> bool:
         self._set_desired("stopped")
         pid = self.pid()
         if pid is None:
@@ -238,10 +280,15 @@ class ProcessBackend(abc.ABC):
 
     def restart(self, reset_nvram: bool, *, stop_timeout: float = 5.0) -> VmStatus:
         """Stop, optionally reset NVRAM (the guest re-stages), start again."""
-        self.down(stop_timeout)
-        return self.up(reset_nvram=reset_nvram)
+        with self._exclusive():
+            self._down(stop_timeout)
+            return self._up(reset_nvram)
 
     def reset_nvram(self) -> None:
+        with self._exclusive():
+            self._reset_nvram()
+
+    def _reset_nvram(self) -> None:
         running = self.pid()
         if running is not None:
             raise VmError(

@@ -102,7 +102,7 @@ def is_our_process(cmdline: list[str] | None, names: tuple[str, ...], marker: Pa
         programs.add(os.path.basename(cmdline[1]))
     if not programs & set(names):
         return False
-    return any(str(marker) in arg for arg in cmdline)
+    return str(marker) in " ".join(cmdline)  # ps output splits paths with spaces
 
 
 def pid_alive(pid: int) -> bool:

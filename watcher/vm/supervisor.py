@@ -113,10 +113,12 @@ class Supervisor:
     def _relaunch(self, now: float) -> Action:
         self._next_attempt = None
         try:
-            self.backend.up(reset_nvram=False)
+            relaunched = self.backend.relaunch()
         except CloudbootError as exc:
             self._emit(Action.FAILED, now, f"relaunch failed: {exc}")
             return Action.FAILED
+        if relaunched is None:  # `vm down` or `vm up` got there first
+            return Action.NONE
         self._emit(Action.RELAUNCHED, now, "VM stopped on its own; relaunched, NVRAM untouched")
         return Action.RELAUNCHED
 
