@@ -213,6 +213,10 @@ def build_tree(
     (app / "cloudboot-reset.py").write_text(RESET_MAIN)
     _compile_sourceless(dest / "usr/lib/python3.11")
     _compile_sourceless(app, keep_sources=("guest/", "cloud-boot-init.py", "cloudboot-reset.py"))
+    # Lark builds hcl2's LALR tables on first use (seconds under TCG) unless its cache
+    # file exists: build it here, with the same lark and hcl2 the guest imports.
+    warm = f"import sys; sys.path.insert(0, {str(app)!r}); import hcl2.parser as p; p.parser()"
+    run([sys.executable, "-S", "-B", "-c", warm])
     triplet = _triplet(arch)
     _write(dest / "init", INIT_SCRIPT.format(triplet=triplet), 0o755)
     _write(dest / "usr/bin/cloudboot-reset", RESET_SCRIPT.format(triplet=triplet), 0o755)
