@@ -219,7 +219,7 @@ class ProcessBackend(abc.ABC):
                 )
             if read_pidfile(self.spec.pidfile) == proc.pid and self._control_ready():
                 return
-            time.sleep(0.1)
+            time.sleep(0.02)
         self._kill(proc.pid)
         raise VmError(
             f"{self.spec.backend.value} did not open {self.spec.control_socket} within "
@@ -275,7 +275,7 @@ class ProcessBackend(abc.ABC):
         while self.pid() is not None:
             if time.monotonic() >= deadline:
                 return False
-            time.sleep(0.1)
+            time.sleep(0.05)
         return True
 
     def restart(self, reset_nvram: bool, *, stop_timeout: float = 5.0) -> VmStatus:

@@ -1,0 +1,130 @@
+"""How long the VM lifecycle takes through the backends, against a bare QEMU start.
+
+The watcher calls ``restart(reset_nvram=True)`` after every publish, so what matters is
+how much our layer (firmware lookup, vars copy, detached launch, pidfile + control
+socket handshake, hard stop of a guest that ignores ACPI) adds on top of QEMU itself.
+
+- baseline: QEMU started through ``publisher.run.spawn`` with the same argv, timed until
+  its QMP socket answers, then stopped;
+- ours (qemu): ``up()``, ``restart(reset_nvram=True, stop_timeout=0)`` and ``down(0)``;
+- ours (vfkit stand-in): the same through the vfkit code path (stand-in + QEMU).
+
+Nothing boots: the firmware alone runs (TCG), as in the tests.
+Run: .venv/bin/python bench/vm_restart.py [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import structlog  # noqa: E402
+
+from guest.arch import Arch  # noqa: E402
+from publisher.run import spawn  # noqa: E402
+from watcher.vm import open_backend  # noqa: E402
+from watcher.vm.firmware import find_firmware  # noqa: E402
+from watcher.vm.nvram import restore_template  # noqa: E402
+from watcher.vm.qemu import qemu_argv  # noqa: E402
+from watcher.vm.spec import Accel, BackendKind, VmSpec  # noqa: E402
+
+
+def make_spec(root: Path, kind: BackendKind) -> VmSpec:
+    for name in ("boot.iso", "cache.raw"):
+        (root / name).write_bytes(bytes(1 << 20))
+    state = root / kind.value
+    return VmSpec(
+        arch=Arch.host(),
+        cpus=1,
+        memory_mib=256,
+        iso=root / "boot.iso",
+        cache_disk=root / "cache.raw",
+        disks=(),
+        mac="52:54:00:c1:0b:09",
+        gui=False,
+        nvram=state / "nvram.fd",
+        serial_log=state / "serial.log",
+        state_dir=state,
+        backend=kind,
+        accel=Accel.TCG,
+    )
+
+
+def qmp_answers(path: Path) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(1)
+            sock.connect(str(path))
+            return b"QMP" in sock.recv(4096)
+    except OSError:
+        return False
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def baseline(spec: VmSpec, runs: int) -> list[float]:
+    firmware = find_firmware(spec.arch)
+    spec.state_dir.mkdir(parents=True, exist_ok=True)
+    restore_template(spec.nvram, firmware.vars_template)
+    argv = qemu_argv(spec, firmware, accel=Accel.TCG)
+    out = []
+    for _ in range(runs):
+        spec.control_socket.unlink(missing_ok=True)
+        start = time.perf_counter()
+        with spawn(argv, grace=0.5):
+            while not qmp_answers(spec.control_socket):
+                time.sleep(0.01)
+            out.append(time.perf_counter() - start)
+    return out
+
+
+def ours(spec: VmSpec, runs: int) -> dict[str, list[float]]:
+    backend = open_backend(spec)
+    results: dict[str, list[float]] = {"up": [], "restart --reset-nvram": [], "down": []}
+    for _ in range(runs):
+        results["up"].append(timed(backend.up))
+        results["restart --reset-nvram"].append(
+            timed(lambda: backend.restart(True, stop_timeout=0))
+        )
+        results["down"].append(timed(lambda: backend.down(0)))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(30),  # warnings and up
+    )
+    os.environ.setdefault("CLOUDBOOT_VFKIT", str(REPO / "tests/vfkit_standin/vfkit"))
+    with tempfile.TemporaryDirectory(prefix="cb-bench-") as tmp:
+        root = Path(tmp)
+        base = statistics.median(baseline(make_spec(root, BackendKind.QEMU), args.runs))
+        print(f"baseline  bare QEMU start to QMP answer        {base * 1000:8.1f} ms")
+        for kind in (BackendKind.QEMU, BackendKind.VFKIT):
+            for name, values in ours(make_spec(root, kind), args.runs).items():
+                med = statistics.median(values)
+                print(
+                    f"{kind.value:6s}    {name:38s} {med * 1000:8.1f} ms"
+                    f"   x{med / base:5.2f} of baseline"
+                )
+
+
+if __name__ == "__main__":
+    main()
