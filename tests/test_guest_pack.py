@@ -1,0 +1,127 @@
+"""The packed guest runtime works on its own: the staged Debian python3.11, started through
+the staged ld.so with only the staged libraries, imports the agent, parses and evaluates a
+plan (with the prebuilt lark cache), reads ext4 with the pure-Python ext4 wheel, verifies
+an ECDSA signature, and runs cloudboot-reset; and the whole payload stays under 20 MB."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from guest.arch import Arch
+from guest.efi import GLOBAL_VARIABLE_GUID, bootorder
+from guest.efi.efivarfs import EfiVarStore
+from publisher.media import cpio
+from publisher.media.guestpack import build_tree, measure
+from publisher.run import run
+from tests.test_guest_fetch import new_key
+
+pytestmark = pytest.mark.skipif(Arch.host() is not Arch.X86_64, reason="runs the amd64 runtime")
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tree(tmp_path_factory.mktemp("pack") / "root", Arch.X86_64)
+
+
+def _python(tree: Path, code: str, *args: str) -> str:
+    libs = f"{tree}/lib/x86_64-linux-gnu:{tree}/usr/lib/x86_64-linux-gnu"
+    proc = subprocess.run(
+        [f"{tree}/lib64/ld-linux-x86-64.so.2", "--library-path", libs,
+         f"{tree}/usr/bin/python3.11", "-S", "-B", "-c",
+         f"import sys; sys.path.insert(0, {str(tree / 'usr/lib/cloudboot')!r})\n{code}", *args],
+        env={"PYTHONHOME": f"{tree}/usr"}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_runtime_is_self_contained_and_sourceless(tree: Path) -> None:
+    out = _python(
+        tree,
+        "import os, sys, ssl, hashlib, json, ctypes, zlib\n"
+        "print(json.__file__, sys.prefix, ssl.OPENSSL_VERSION)",
+    )
+    assert out.startswith(f"{tree}/usr/lib/python3.11/json/__init__.pyc")
+    assert not list((tree / "usr/lib/python3.11").glob("*.py"))
+    assert not (tree / "usr/lib/python3.11/test").exists()
+    assert not (tree / "usr/lib/python3.11/tkinter").exists()
+    assert (tree / "usr/lib/cloudboot/hcl2/.lark_cache.bin").exists()
+    assert os.access(tree / "init", os.X_OK)
+    assert (tree / "init").read_text().startswith("#!/bin/busybox sh")
+
+
+def test_agent_imports_and_plan_evaluates(tree: Path) -> None:
+    out = _python(
+        tree,
+        (
+            "import guest.agent, guest.sysguest\n"
+            "from guest.plan import parse_plan, evaluate, select_target\n"
+            "p = parse_plan(open(sys.argv[1]).read(), 'p.hcl')\n"
+            "print(select_target(evaluate(p, 'amd64'), None).name)"
+        ),
+        str(_plan_file(tree)),
+    )
+    assert out.strip() == "web"
+
+
+def _plan_file(tree: Path) -> Path:
+    path = tree.parent / "p.hcl"
+    path.write_text(
+        'default_target = "web"\ntarget "web" {\n  cmdline = ["a", "b"]\n'
+        '  disk { device = "LABEL=x" }\n}\n'
+    )
+    return path
+
+
+def test_ext4_and_cosign_in_the_packed_runtime(tree: Path, tmp_path: Path) -> None:
+    src = tmp_path / "t"
+    (src / "boot").mkdir(parents=True)
+    (src / "boot/vmlinuz-1").write_bytes(b"K" * 100_000)
+    image = tmp_path / "fs.img"
+    run(["mkfs.ext4", "-q", "-F", "-d", src, image, "8M"])
+    key, pem = new_key()
+    payload = b'{"hello":1}'
+    sig = base64.b64encode(key.sign(payload, ec.ECDSA(hashes.SHA256()))).decode()
+    (tmp_path / "key.pem").write_bytes(pem)
+    out = _python(
+        tree,
+        (
+            "from pathlib import Path\n"
+            "from guest.diskread import Ext4Reader, read_boot_files\n"
+            "from guest.cosign import load_public_key, verify_signature\n"
+            "with Ext4Reader.open(Path(sys.argv[1])) as fs:\n"
+            "    b = read_boot_files(fs)\n"
+            "k = load_public_key(Path(sys.argv[2]).read_bytes())\n"
+            "print(b.kernel_path, len(b.kernel), verify_signature(k, b'{\"hello\":1}', sys.argv[3]))"
+        ),
+        str(image),
+        str(tmp_path / "key.pem"),
+        sig,
+    )
+    assert out.split() == ["/boot/vmlinuz-1", "100000", "True"]
+
+
+def test_cloudboot_reset_in_the_packed_runtime(tree: Path, tmp_path: Path) -> None:
+    store = EfiVarStore(tmp_path)
+    store.write("Boot0001", GLOBAL_VARIABLE_GUID, 7, b"entry")
+    store.write("BootOrder", GLOBAL_VARIABLE_GUID, 7, bootorder.serialise([1, 0]))
+    out = _python(
+        tree, "from guest.reset import main\nsys.exit(main([sys.argv[1]]))", str(tmp_path)
+    )
+    assert "Boot0001 removed" in out
+    assert store.read("Boot0001", GLOBAL_VARIABLE_GUID) is None
+    order = store.read("BootOrder", GLOBAL_VARIABLE_GUID)
+    assert order is not None and bootorder.parse(order.data) == [0]
+
+
+def test_payload_size_target(tree: Path) -> None:
+    report = measure(cpio.tree(tree))
+    print(f"guest payload: {report}")
+    assert report.zstd < 20 * 1024 * 1024
