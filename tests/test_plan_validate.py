@@ -105,6 +105,11 @@ target "rescue" {
         'target "a" {\n  index   = "r/a"\n  cmdline = "x=${var.x}"\n}\n',
         ['3:18: unknown variable "var"; plans can use arch, local.*, self.*, meta.*, lldp.*'],
     ),
+    "unknown lldp fact in an untaken branch": (
+        'target "a" {\n  index = lldp.available ? "r/${lldp.switch}" : "r/a"\n}\n',
+        ["2:33: lldp.switch is not an LLDP fact; lldp has: available, chassis_id, port_id, "
+         "system_name, system_desc, port_desc, mgmt_addr"],
+    ),
     "locals cycle": (
         'locals {\n  a = local.b\n  b = "${local.a}"\n}\ntarget "a" {\n  index = local.a\n}\n',
         ["3:10: local.a refers to itself (a -> b -> a)"],
@@ -159,6 +164,15 @@ target "rescue" {
     "arithmetic": (
         'target "a" {\n  index   = "r/a"\n  version = 6 + 1\n}\n',
         ["3:15: operator '+' is not supported in plans (only comparisons, && and ||)"],
+    ),
+    "heredoc": (
+        'target "a" {\n  index   = "r/a"\n  cmdline = <<EOF\nro\nEOF\n}\n',
+        ["3:13: heredoc strings (<<EOF) are not supported in plans; use a quoted string or a "
+         "list cmdline"],
+    ),
+    "template directive": (
+        'target "a" {\n  index   = "r/a"\n  cmdline = "%{if true}ro%{endif}"\n}\n',
+        ["3:14: template directives (%{if ...}) are not supported in plans"],
     ),
     "no targets": ("# nothing here\n", ['1:1: the plan defines no targets; add a target "name" '
                                        "{ ... } block"]),
@@ -269,6 +283,13 @@ target "pve" {
 
 def test_upstream_style_plan_is_accepted() -> None:
     assert validate_plan(UPSTREAM_STYLE, "upstream.hcl") == []
+
+
+def test_crlf_tabs_and_byte_order_mark_are_accepted_with_right_columns() -> None:
+    text = '\ufefftarget "a" {\r\n\tindex = "r/a"\r\n\tlabel = local.q\r\n}\r\n'
+    assert [str(e) for e in validate_plan(text, "w.hcl")] == [
+        "w.hcl:3:10: local.q is not defined; locals: none are defined"
+    ]
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "plans").glob("*.hcl")), ids=lambda p: p.name)

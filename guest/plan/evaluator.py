@@ -74,6 +74,10 @@ def unknown_self_message(name: str) -> str:
     return f"self.{name} is not available; self has: {', '.join(SELF_FIELDS)}"
 
 
+def unknown_lldp_message(name: str, known: Mapping[str, object]) -> str:
+    return f"lldp.{name} is not an LLDP fact; lldp has: {', '.join(known)}"
+
+
 def unknown_root_message(name: str) -> str:
     return f'unknown variable "{name}"; plans can use arch, local.*, self.*, meta.*, lldp.*'
 
@@ -197,6 +201,10 @@ def _step(expr: ex.Expr, scope: Scope) -> Value:
         if key not in scope.self_value:
             raise PlanError(unknown_self_message(key), target.where)
         return scope.self_value[key]
+    if isinstance(target, ex.Variable) and target.name == "lldp":
+        facts = scope.locals.lldp
+        if not isinstance(key, str) or key not in facts:
+            raise PlanError(unknown_lldp_message(str(key), facts), target.where)
     base = _eval(target, scope)
     root = _traversal_root(expr)
     lenient = isinstance(root, ex.Variable) and root.name == "meta"

@@ -53,21 +53,25 @@ class Body:
 #: Operators of the plan language; HCL's arithmetic (+ - * / %) is not part of it.
 BINARY_OPERATORS = frozenset({"==", "!=", "<", ">", "<=", ">=", "&&", "||"})
 
-#: Constructs we name in "not supported" errors, by lark rule.
+#: Constructs outside the plan language, by lark rule: what the error calls them.
 _UNSUPPORTED = {
     "function_call": "function calls",
     "for_tuple_expr": "for expressions",
     "for_object_expr": "for expressions",
     "attr_splat_expr_term": "splat expressions (.*)",
     "full_splat_expr_term": "splat expressions ([*])",
-    "heredoc_template": "heredoc strings (<<EOF); use a quoted string or a list cmdline",
-    "heredoc_template_trim": "heredoc strings (<<-EOF); use a quoted string or a list cmdline",
+    "heredoc_template": "heredoc strings (<<EOF)",
+    "heredoc_template_trim": "heredoc strings (<<-EOF)",
     "template_string": "template directives (%{...})",
     "template_if_start": "template directives (%{if ...})",
     "template_else": "template directives (%{else})",
     "template_endif": "template directives (%{endif})",
     "template_for_start": "template directives (%{for ...})",
     "template_endfor": "template directives (%{endfor})",
+}
+_INSTEAD = {
+    "heredoc_template": "; use a quoted string or a list cmdline",
+    "heredoc_template_trim": "; use a quoted string or a list cmdline",
 }
 
 #: How lark's terminal names read in a syntax error.
@@ -97,6 +101,7 @@ _EXPRESSION_STARTS = {"NAME", "DBLQUOTE", "INT_LITERAL", "LSQB", "LPAR"}
 
 def parse_document(text: str, source: str) -> Body:
     """Parse plan text into a positioned Body; every failure is a PlanError with a location."""
+    text = text.removeprefix("\ufeff")  # a byte-order mark some editors write
     try:
         tree = hcl2.parses_to_tree(text)
     except UnexpectedInput as exc:
@@ -210,7 +215,8 @@ class _Builder:
         kind = str(node.data)
         where = self.loc(node)
         if kind in _UNSUPPORTED:
-            raise PlanError(f"{_UNSUPPORTED[kind]} are not supported in plans", where)
+            instead = _INSTEAD.get(kind, "")
+            raise PlanError(f"{_UNSUPPORTED[kind]} are not supported in plans{instead}", where)
         handler = getattr(self, f"_{kind}", None)
         if handler is None:
             raise PlanError(f"unsupported expression ({kind})", where)

@@ -22,11 +22,12 @@ from guest.plan.evaluator import (
     SELF_IN_LOCALS,
     SELF_IN_SCALARS,
     SELF_OUTSIDE_TARGET,
+    unknown_lldp_message,
     unknown_local_message,
     unknown_root_message,
     unknown_self_message,
 )
-from guest.plan.model import EvaluatedPlan, Plan
+from guest.plan.model import EvaluatedPlan, Lldp, Plan
 from guest.plan.resolve import evaluate_collecting
 from guest.plan.syntax import parse_document
 
@@ -35,6 +36,8 @@ _SELF_UNAVAILABLE = {
     "locals": SELF_IN_LOCALS,
     "target-scalar": SELF_IN_SCALARS,
 }
+
+_LLDP_FACTS = Lldp().as_value()
 
 
 def parse_plan(text: str, source: str) -> Plan:
@@ -55,6 +58,8 @@ def check_references(plan: Plan) -> list[PlanError]:
                 message = unknown_root_message(ref.root)
             elif ref.root == "local" and ref.name is not None and ref.name not in plan.locals:
                 message = unknown_local_message(ref.name, plan.locals)
+            elif ref.root == "lldp" and ref.name is not None and ref.name not in _LLDP_FACTS:
+                message = unknown_lldp_message(ref.name, _LLDP_FACTS)
             elif ref.root == "self" and context in _SELF_UNAVAILABLE:
                 message = _SELF_UNAVAILABLE[context]
             elif ref.root == "self" and ref.name is not None and ref.name not in SELF_FIELDS:
