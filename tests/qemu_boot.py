@@ -1,0 +1,75 @@
+"""Test helpers for boot media: build real images from the repo recipe, boot them in QEMU.
+
+Kept small on purpose: QEMU argv as data (so it can be read and pinned), one function
+that runs it through publisher.run.spawn and waits for a marker on the serial log.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from guest.arch import Arch
+from publisher.media.build import BuildResult, build_boot_iso
+from publisher.media.recipe import Recipe, load_recipe
+from publisher.run import spawn
+from tests.conftest import REPO
+
+FIRMWARE = {
+    Arch.X86_64: ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+    Arch.AARCH64: ("/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd"),
+}
+MARKER = "CLOUDBOOT-INIT-OK"
+
+
+def repo_recipe() -> Recipe:
+    return load_recipe(REPO / "kernel" / "recipe.toml")
+
+
+def build(out: Path, arches: list[Arch], **kwargs: object) -> BuildResult:
+    return build_boot_iso(repo_recipe(), out, arches, **kwargs)  # type: ignore[arg-type]
+
+
+def qemu_argv(arch: Arch, image: Path, vars_copy: Path, *, cdrom: bool) -> list[str]:
+    """QEMU for a UEFI boot of ``image`` as a CD-ROM or a read-only virtio disk (no bootindex)."""
+    code, _ = FIRMWARE[arch]
+    argv = [arch.qemu_binary, "-m", "768", "-nographic", "-no-reboot", "-display", "none",
+            "-serial", "stdio", "-monitor", "none"]  # fmt: skip
+    if arch is Arch.X86_64:
+        argv += ["-M", "q35"]
+    else:
+        argv += ["-M", "virt", "-cpu", "cortex-a72"]
+    argv += [
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+        "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
+        "-device", "virtio-rng-pci",
+    ]  # fmt: skip
+    if cdrom and arch is Arch.X86_64:
+        argv += ["-drive", f"file={image},media=cdrom,readonly=on"]
+    elif cdrom:  # virt has no IDE: a SCSI CD-ROM on virtio-scsi
+        argv += ["-device", "virtio-scsi-pci,id=scsi",
+                 "-drive", f"file={image},if=none,id=cd,media=cdrom,readonly=on,format=raw",
+                 "-device", "scsi-cd,drive=cd"]  # fmt: skip
+    else:
+        argv += ["-drive", f"file={image},if=virtio,format=raw,readonly=on"]
+    return argv
+
+
+def boot(arch: Arch, image: Path, workdir: Path, *, cdrom: bool, timeout: float = 110) -> str:
+    """Boot and return the serial log once the marker and the cmdline line are there."""
+    _, template = FIRMWARE[arch]
+    vars_copy = workdir / f"vars-{arch.value}-{'cd' if cdrom else 'disk'}.fd"
+    shutil.copyfile(template, vars_copy)
+    log = workdir / f"serial-{arch.value}-{'cd' if cdrom else 'disk'}.log"
+    log.write_bytes(b"")
+    with spawn(qemu_argv(arch, image, vars_copy, cdrom=cdrom), stdout=log, grace=1) as proc:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = log.read_bytes().decode(errors="replace")
+            if MARKER in text and "CLOUDBOOT-CMDLINE" in text.split(MARKER, 1)[1]:
+                return text
+            if proc.poll() is not None:
+                return text
+            time.sleep(0.25)
+    return log.read_bytes().decode(errors="replace")
