@@ -14,9 +14,8 @@ total time; other 4xx fail at once with a message that names the registry and re
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,9 +23,7 @@ from urllib.parse import urljoin
 
 import requests
 import structlog
-import tenacity
 
-from guest.errors import CloudbootError
 from guest.oci import MANIFEST_ACCEPT, Ref, digest_of, media_type_of, verify_digest
 from publisher.auth import (
     Credentials,
@@ -36,7 +33,26 @@ from publisher.auth import (
     parse_challenge,
     token_from_response,
 )
+from publisher.blob import Blob
 from publisher.config import RegistrySection
+from publisher.retry import (
+    RegistryError,
+    RegistryUnavailableError,
+    RetryPolicy,
+    TransientRegistryError,
+    retry_call,
+)
+
+__all__ = [
+    "Blob",
+    "ManifestInfo",
+    "RegistryClient",
+    "RegistryError",
+    "RegistryUnavailableError",
+    "RetryPolicy",
+    "TransientRegistryError",
+    "client_from_config",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -46,84 +62,11 @@ T = TypeVar("T")
 CHUNK_SIZE = 8 * 1024 * 1024
 
 
-class RegistryError(CloudbootError):
-    """A registry refused a request; ``status`` is the HTTP status (0: no answer)."""
-
-    def __init__(self, message: str, *, status: int = 0, where: str | None = None) -> None:
-        super().__init__(message, where=where)
-        self.status = status
-
-
-class TransientRegistryError(RegistryError):
-    """5xx, 408 or 429: worth retrying."""
-
-
-class RegistryUnavailableError(RegistryError):
-    """Retries ran out: the registry stayed down or overloaded for the whole bound."""
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded exponential backoff with jitter; ``total`` caps the whole operation."""
-
-    total: float = 60.0
-    initial: float = 0.1
-    maximum: float = 5.0
-
-
 @dataclass(frozen=True)
 class ManifestInfo:
     digest: str
     media_type: str
     size: int
-
-
-@dataclass(frozen=True)
-class Blob:
-    """Content to upload: in memory (``data``) or a file streamed in chunks (``path``)."""
-
-    digest: str
-    size: int
-    data: bytes | None = None
-    path: Path | None = None
-
-    @classmethod
-    def of_bytes(cls, data: bytes) -> Blob:
-        return cls(digest_of(data), len(data), data=data)
-
-    @classmethod
-    def of_file(cls, path: Path) -> Blob:
-        """Hash a file in chunks (kernels and initrds can be large)."""
-        hasher, size = hashlib.sha256(), 0
-        with path.open("rb") as f:
-            while chunk := f.read(1024 * 1024):
-                hasher.update(chunk)
-                size += len(chunk)
-        return cls("sha256:" + hasher.hexdigest(), size, path=path)
-
-    def chunks(self, chunk_size: int) -> Iterator[bytes]:
-        if self.data is not None:
-            for i in range(0, max(len(self.data), 1), chunk_size):
-                yield self.data[i : i + chunk_size]
-            return
-        assert self.path is not None
-        with self.path.open("rb") as f:
-            while chunk := f.read(chunk_size):
-                yield chunk
-
-
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, requests.exceptions.SSLError):
-        return False  # a certificate problem does not heal by waiting
-    return isinstance(exc, TransientRegistryError | requests.ConnectionError | requests.Timeout)
-
-
-def _reason(exc: BaseException | None) -> str:
-    if isinstance(exc, requests.ConnectionError):
-        return "connection failed"
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
-    return str(exc)
 
 
 @dataclass
@@ -301,36 +244,7 @@ class RegistryClient:
 
     def retrying(self, what: str, ref: Ref, operation: Callable[[], T]) -> T:
         """Run ``operation`` with bounded, jittered exponential backoff on transient faults."""
-
-        def before_sleep(state: tenacity.RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            log.warning(
-                "registry retry",
-                operation=what,
-                registry=ref.registry,
-                attempt=state.attempt_number,
-                reason=_reason(exc),
-                sleep=round(state.upcoming_sleep, 3),
-            )
-
-        retryer = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(_is_transient),
-            wait=tenacity.wait_random_exponential(
-                multiplier=self.retry.initial, max=self.retry.maximum
-            ),
-            stop=tenacity.stop_before_delay(self.retry.total),
-            before_sleep=before_sleep,
-            reraise=True,
-        )
-        try:
-            return retryer(operation)
-        except (TransientRegistryError, requests.ConnectionError, requests.Timeout) as exc:
-            attempts = retryer.statistics.get("attempt_number", 1)
-            raise RegistryUnavailableError(
-                f"registry {ref.registry} unavailable for {what} after {attempts} attempt(s)"
-                f" within {self.retry.total:g}s: {_reason(exc)}",
-                status=getattr(exc, "status", 0),
-            ) from None
+        return retry_call(what, ref.registry, self.retry, operation)
 
     # --- blobs ----------------------------------------------------------------------------
 
