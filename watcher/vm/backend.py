@@ -84,6 +84,7 @@ class VmBackend(Protocol):
     def restart(self, reset_nvram: bool, *, stop_timeout: float = 5.0) -> VmStatus: ...
     def reset_nvram(self) -> None: ...
     def status(self) -> VmStatus: ...
+    def state(self) -> VmState: ...
     def wait_stopped(self, timeout: float) -> bool: ...
 
 
@@ -298,15 +299,22 @@ class ProcessBackend(abc.ABC):
         self._wipe_nvram()
         log.info("nvram reset", store=str(self.spec.nvram))
 
+    def state(self) -> VmState:
+        """Just the state: cheap enough for a supervisor polling every second."""
+        return self._state(self.pid(), load_record(self.spec.record_file))
+
+    @staticmethod
+    def _state(pid: int | None, record: VmRecord | None) -> VmState:
+        if pid is not None:
+            return VmState.RUNNING
+        if record is not None and record.desired == "running":
+            return VmState.EXITED
+        return VmState.STOPPED
+
     def status(self) -> VmStatus:
         pid = self.pid()
         record = load_record(self.spec.record_file)
-        if pid is not None:
-            state = VmState.RUNNING
-        elif record is not None and record.desired == "running":
-            state = VmState.EXITED
-        else:
-            state = VmState.STOPPED
+        state = self._state(pid, record)
         uptime = None
         if pid is not None and record is not None and record.pid == pid:
             uptime = max(0.0, time.time() - record.started_at)

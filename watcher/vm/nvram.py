@@ -8,6 +8,7 @@ the firmware of a running VM holds the store and would write its own copy back.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
@@ -56,6 +57,13 @@ class NvramInfo:
 
 
 def _digest(path: Path) -> str:
+    stat = path.stat()
+    return _digest_cached(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _digest_cached(path: Path, size: int, mtime_ns: int) -> str:
+    """Keyed on size and mtime: AAVMF stores are 64 MiB, and status is asked often."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):

@@ -79,7 +79,7 @@ class Supervisor:
     def poll(self) -> Action:
         """Look once; relaunch a VM that stopped on its own, unless it is crash-looping."""
         with self._lock:
-            if self.backend.status().state is not VmState.EXITED:
+            if self.backend.state() is not VmState.EXITED:
                 return Action.NONE
             now = self.clock()
             if self.gave_up:
