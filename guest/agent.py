@@ -50,7 +50,7 @@ class Paths:
 
     @property
     def modules(self) -> Path:
-        return self.root / "etc/cloud-boot/modules"
+        return self.root / "etc/cloudboot/modules"  # written by publisher.media.initramfs
 
     @property
     def sys(self) -> Path:
@@ -68,6 +68,7 @@ class Paths:
 class System(Protocol):
     def prepare(self) -> None: ...
     def load_modules(self, listing: Path) -> list[str]: ...
+    def ensure_efivars(self, path: Path) -> None: ...
     def network_up(self, console: Console) -> None: ...
     def open_esp(self, esp: stage.CacheEsp) -> AbstractContextManager[stage.EspFiles]: ...
     def finish(self) -> None: ...
@@ -143,6 +144,7 @@ class Agent:
                 stage.write_files(files, target.name, kernel, initrd)
             c.log(f"staged {len(kernel)} + {len(initrd or b'')} bytes on {esp.device.name}")
         with c.step("nvram"):
+            self.system.ensure_efivars(self.paths.efivars)
             self.nvram_touched = True
             stage.write_boot_entry(
                 EfiVarStore(self.paths.efivars),

@@ -66,6 +66,9 @@ class HostSystem:
     def network_up(self, console: Console) -> None:
         pass
 
+    def ensure_efivars(self, path: Path) -> None:
+        assert path.is_dir()
+
     @contextlib.contextmanager
     def open_esp(self, esp: CacheEsp) -> Iterator[EspFiles]:
         self.esp_opened.append(esp.device.name)

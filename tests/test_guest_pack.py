@@ -99,7 +99,8 @@ def test_ext4_and_cosign_in_the_packed_runtime(tree: Path, tmp_path: Path) -> No
             "with Ext4Reader.open(Path(sys.argv[1])) as fs:\n"
             "    b = read_boot_files(fs)\n"
             "k = load_public_key(Path(sys.argv[2]).read_bytes())\n"
-            "print(b.kernel_path, len(b.kernel), verify_signature(k, b'{\"hello\":1}', sys.argv[3]))"
+            "ok = verify_signature(k, b'{\"hello\":1}', sys.argv[3])\n"
+            "print(b.kernel_path, len(b.kernel), ok)"
         ),
         str(image),
         str(tmp_path / "key.pem"),

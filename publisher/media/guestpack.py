@@ -10,8 +10,8 @@ since Debian ships none and compiling under TCG doubled Python's start-up. Every
 decompresses all of this, so ``measure`` reports the size.
 
 The boot-media build calls ``guest_agent_entries`` when the recipe says
-``init = "guest-agent"`` and adds busybox, the kernel modules (listed with
-``module_listing``) and /etc/cosign.pub itself.
+``init = "guest-agent"`` (as ``initramfs_entries``) and adds busybox, the kernel modules
+(names in ``/etc/cloudboot/modules``, order in ``modules.dep``) and /etc/cosign.pub.
 """
 
 from __future__ import annotations
@@ -241,9 +241,9 @@ def guest_agent_entries(arch: Arch, *, debs: DebCache | None = None) -> list[cpi
         return cpio.tree(tree)
 
 
-def module_listing(ko_paths: Iterable[str]) -> bytes:
-    """``/etc/cloud-boot/modules``: .ko paths inside the initramfs, dependencies first."""
-    return "".join(f"{p}\n" for p in ko_paths).encode()
+def initramfs_entries(arch: Arch) -> list[cpio.Entry]:
+    """The name ``publisher.media.initramfs`` calls for ``init = "guest-agent"``."""
+    return guest_agent_entries(arch)
 
 
 def measure(entries: list[cpio.Entry]) -> PackReport:
