@@ -209,7 +209,7 @@ class Pipeline:
         number = self.runs + 1
         started = time.time()
         t0 = time.perf_counter()
-        self.status.set_state("running")
+        self.status.set_state("running", flush=False)  # written with the first stage
         stages: list[StageResult] = []
         produced = False
         for plan in work.removed_plans:

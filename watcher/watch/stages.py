@@ -17,6 +17,8 @@ import structlog
 
 from guest.errors import CloudbootError
 from publisher.config import Config, load_config
+from publisher.registry import client_from_config
+from publisher.signing import SigningKey
 from watcher.vm import VmBackend, VmState
 from watcher.watch.daemon import WatchSetup
 from watcher.watch.ignore import IgnoreRules
@@ -66,17 +68,13 @@ def vm_stage_for(config: Config) -> BackendVmStage:
     return BackendVmStage(open_backend(VmSpec.from_config(config)))
 
 
-def plan_stage_for(config: Config) -> PlanStage | None:
-    """The publishing stage, or None (logged) while publishing is unavailable."""
-    try:
-        from watcher.watch.publishing import PublisherPlanStage
-    except ImportError as exc:  # the publishing module has not landed in this tree
-        log.warning("plan publishing unavailable", error=str(exc))
-        return None
-    return PublisherPlanStage.from_config(config)
+def plan_stage_for(config: Config, key: SigningKey) -> PlanStage:
+    from watcher.watch.publishing import PublisherPlanStage
+
+    return PublisherPlanStage(config, client_from_config(config.registry), key)
 
 
-def build_stage_for(config: Config) -> BuildStage | None:
+def build_stage_for(config: Config, key: SigningKey | None) -> BuildStage | None:
     """The boot-media stage, or None when the workspace has no recipe (or no builder)."""
     if not config.build.recipe.is_file():
         log.info("no kernel recipe: the kernel stage is off", recipe=str(config.build.recipe))
@@ -84,12 +82,16 @@ def build_stage_for(config: Config) -> BuildStage | None:
     if importlib.util.find_spec("publisher.media.build") is None:
         log.warning("boot media builder (publisher.media.build) not available: kernel stage off")
         return None
-    media = importlib.import_module("watcher.watch.media")
-    stage: BuildStage = media.MediaBuildStage.from_config(config)
-    return stage
+    from watcher.watch.media import MediaBuildStage
+
+    return MediaBuildStage(config, key)
 
 
 def setup_for(config: Config, *, debounce_ms: int | None = None) -> WatchSetup:
+    """Stages and settings from the config; the signing key is decrypted once, here."""
+    from watcher.watch.publishing import load_signing_key
+
+    key = load_signing_key(config)
     window_ms = config.watch.debounce_ms if debounce_ms is None else debounce_ms
     return WatchSetup(
         root=config.root,
@@ -97,8 +99,8 @@ def setup_for(config: Config, *, debounce_ms: int | None = None) -> WatchSetup:
         kernel_dir=config.kernel_dir,
         window=window_ms / 1000,
         rules=IgnoreRules.for_workspace(config.root, config.watch.ignore),
-        plan_stage=plan_stage_for(config),
-        build_stage=build_stage_for(config),
+        plan_stage=plan_stage_for(config, key),
+        build_stage=build_stage_for(config, key),
     )
 
 

@@ -26,14 +26,17 @@ STATUS_VERSION = 1
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` so readers see the old or the new file, never a mix."""
+    """Replace ``path`` with ``data`` so readers see the old or the new file, never a mix.
+
+    No fsync: this is for state that is rewritten all the time (the status file, service
+    files); after a crash the previous version, or nothing, is fine, and an fsync per
+    run would sit on the edit-to-publish latency.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
@@ -92,10 +95,11 @@ class StatusBook:
             "vm": {"state": "unknown", "started_by_watcher": False},
         }
 
-    def set_state(self, state: str) -> None:
+    def set_state(self, state: str, *, flush: bool = True) -> None:
         with self._lock:
             self.data["state"] = state
-        self.flush()
+        if flush:
+            self.flush()
 
     def record_batch(self, last_path: str, events: int, at: float) -> None:
         with self._lock:

@@ -1,0 +1,135 @@
+"""`cloudboot watch` as the service manager runs it: a real process, real signals.
+
+A datagram socket stands in for systemd's notify socket (the same protocol: one datagram
+per notification), so READY/WATCHDOG/RELOADING/STOPPING are observed as systemd would
+see them. The registry is real; digests are checked with skopeo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from publisher.localregistry import RunningRegistry
+from tests.test_watch_support import PLAN, skopeo_digest, wait_for, write_signed_workspace
+
+CLOUDBOOT = Path(sys.executable).parent / "cloudboot"
+
+
+class NotifySocket:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.seen: list[str] = []
+
+    def wait_for(self, line: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                self.seen += self.sock.recv(4096).decode().splitlines()
+            if line in self.seen:
+                self.seen.remove(line)
+                return
+        raise AssertionError(f"no {line!r} from the watcher; got {self.seen}")  # see watch.log
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[NotifySocket]:
+    ns = NotifySocket(tmp_path / "notify.sock")
+    yield ns
+    ns.sock.close()
+
+
+def status(root: Path) -> dict[str, object]:
+    proc = subprocess.run(
+        [CLOUDBOOT, "--workspace", str(root), "status", "--json"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    data: dict[str, object] = json.loads(proc.stdout)
+    return data
+
+
+def runs(root: Path) -> int:
+    path = root / ".cloudboot" / "status.json"
+    return int(json.loads(path.read_text())["runs"]) if path.exists() else -1
+
+
+def test_watch_process_notifies_publishes_reloads_and_stops(
+    tmp_path: Path, registry: RunningRegistry, notify: NotifySocket
+) -> None:
+    root = tmp_path / "ws"
+    write_signed_workspace(root, registry.address)
+    env = {
+        **os.environ,
+        "COSIGN_PASSWORD": "pw",
+        "NOTIFY_SOCKET": str(notify.path),
+        "WATCHDOG_USEC": "200000",
+    }
+    log = tmp_path / "watch.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [CLOUDBOOT, "--log-format", "json", "--workspace", str(root), "watch", "--no-vm"],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=env,
+        )
+    try:
+        notify.wait_for("READY=1")
+        notify.wait_for("WATCHDOG=1")
+        notify.wait_for("WATCHDOG=1")
+        wait_for(lambda: runs(root) == 1, 20, "initial publish")
+        ref = f"{registry.address}/cloudboot/demo:latest"
+        first = skopeo_digest(ref)
+
+        (root / "plans" / "demo.hcl").write_text(PLAN.replace("v=1", "v=2"))
+        wait_for(lambda: runs(root) == 2, 20, "publish of the edit")
+        data = status(root)
+        assert data["alive"] is True and data["state"] == "idle"
+        plans = data["plans"]
+        assert isinstance(plans, dict)
+        assert plans["demo.hcl"]["digest"] == skopeo_digest(ref) != first
+
+        # SIGHUP: the new [publish].refs applies to the next edit
+        other = f"{registry.address}/elsewhere/demo:v2"
+        (root / "cloudboot.toml").write_text(
+            f'[registry]\nurl = "{registry.address}"\n[publish.refs]\n"demo.hcl" = "{other}"\n'
+        )
+        proc.send_signal(signal.SIGHUP)
+        notify.wait_for("RELOADING=1")
+        notify.wait_for("READY=1")
+        (root / "plans" / "demo.hcl").write_text(PLAN.replace("v=1", "v=3"))
+        wait_for(lambda: runs(root) == 3, 20, "publish after reload")
+        assert skopeo_digest(other) is not None
+
+        proc.send_signal(signal.SIGTERM)
+        notify.wait_for("STOPPING=1")
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert status(root)["state"] == "stopped"
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    stages = [r for r in records if r.get("event") == "plan stage done"]
+    assert stages and all(isinstance(r["duration_ms"], float | int) for r in stages)
+    assert all("digest" in r and "subject" in r for r in stages)
+
+
+def test_status_without_a_watcher_is_a_clear_error(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [CLOUDBOOT, "--workspace", str(tmp_path), "status"], capture_output=True, text=True
+    )
+    assert proc.returncode == 1
+    assert "status.json" in proc.stderr and "cloudboot watch" in proc.stderr
