@@ -67,7 +67,21 @@ def validate_file(path: Path) -> list[PlanError]:
         return [PlanError(f"cannot read: {exc.strerror}", Location(str(path)))]
 
 
-@plan_app.command("validate")
+VALIDATE_HELP = (
+    "Check plans as the publisher does before a push, for amd64 and arm64.\n\n"
+    "Every error is printed as FILE:LINE:COL: MESSAGE on stdout (a summary goes to stderr). "
+    "Exit status 0 when all plans are valid, 1 when any is invalid."
+)
+
+RENDER_HELP = (
+    "Evaluate a plan for one arch and print its targets as JSON.\n\n"
+    "Shows what a guest on that arch would see: name, label, arch, source (OCI refs, disk "
+    "fields or subplan ref) and the cmdline as one string. On the host, lldp.* is unavailable "
+    "and meta.* is empty unless --meta is given. Secrets (luks-passphrase) are redacted."
+)
+
+
+@plan_app.command("validate", help=VALIDATE_HELP)
 def validate_command(
     ctx: typer.Context,
     paths: Annotated[
@@ -76,11 +90,7 @@ def validate_command(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,
 ) -> None:
-    """Check plans as the publisher does before a push, for amd64 and arm64.
-
-    Every error is printed as FILE:LINE:COL: MESSAGE. Exit status 0 when all plans are
-    valid, 1 when any is invalid.
-    """
+    """Validate plan files/directories; see VALIDATE_HELP."""
     if not paths:
         from watcher.cli import state
 
@@ -131,7 +141,7 @@ def load_meta(path: Path) -> dict[str, Any]:
     return doc
 
 
-@plan_app.command("render")
+@plan_app.command("render", help=RENDER_HELP)
 def render_command(
     path: Annotated[Path, typer.Argument(help="The plan file.")],
     arch: Annotated[
@@ -147,12 +157,7 @@ def render_command(
         typer.Option("--meta", help="Metadata JSON to evaluate meta.* against (default: empty)."),
     ] = None,
 ) -> None:
-    """Evaluate a plan for one arch and print its targets as JSON.
-
-    Shows what a guest on that arch would see: name, label, arch, source (OCI refs,
-    disk fields or subplan ref) and the cmdline as one string. On the host, lldp.* is
-    unavailable and meta.* is empty unless --meta is given. Secrets are redacted.
-    """
+    """Print one arch's evaluated targets; see RENDER_HELP."""
     guest_arch = arch or Arch.host().oci
     plan = parse_plan(read_plan_text(path), str(path))
     evaluated, errors = evaluate_collecting(
