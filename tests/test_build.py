@@ -15,8 +15,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from guest.arch import Arch
 from guest.errors import CloudbootError
+from guest.gpt import SECTOR, read_gpt
 from publisher.media.build import build_boot_iso, stamp_path
 from publisher.media.recipe import RecipeError, load_recipe, parse_recipe
+from publisher.run import run
 from publisher.signing import generate_key_pair, parse_private_key
 from tests.conftest import REPO
 from tests.qemu_boot import build
@@ -98,3 +100,26 @@ def test_cli_build_prints_output_and_stage_times(tmp_path: Path) -> None:
     again = subprocess.run([*cli, "build", "--arch", "x86_64", "--iso", tmp_path / "o.iso"],
                            capture_output=True, text=True, check=True)  # fmt: skip
     assert again.stdout.startswith("up to date")
+
+
+def test_secure_boot_signed_uki_verifies(tmp_path: Path) -> None:
+    key, cert = tmp_path / "db.key", tmp_path / "db.crt"
+    run(["openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj",
+         "/CN=cloudboot test db/", "-days", "1", "-keyout", key, "-out", cert])  # fmt: skip
+    text = (REPO / "kernel" / "recipe.toml").read_text()
+    text = (
+        text.replace("../cosign.pub", "")
+        .replace('# secureboot_key = "db.key"', f'secureboot_key = "{key}"')
+        .replace('# secureboot_cert = "db.crt"', f'secureboot_cert = "{cert}"')
+    )
+    recipe_path = tmp_path / "recipe.toml"
+    recipe_path.write_text(text)
+    out = build_boot_iso(load_recipe(recipe_path), tmp_path / "boot.iso", [Arch.X86_64]).output
+    data = out.read_bytes()
+    (esp,) = read_gpt(data[: 34 * SECTOR]).partitions
+    part = tmp_path / "esp.img"
+    part.write_bytes(data[esp.first_lba * SECTOR : (esp.last_lba + 1) * SECTOR])
+    uki = tmp_path / "BOOTX64.EFI"
+    run(["mcopy", "-i", part, "::/EFI/BOOT/BOOTX64.EFI", uki])
+    assert "Signature verification OK" in run(["sbverify", "--cert", cert, uki]).stderr.decode() + \
+        run(["sbverify", "--cert", cert, uki]).stdout.decode()  # fmt: skip
