@@ -93,6 +93,7 @@ class RegistryClient:
         # a round trip per publish; forget_blobs() drops them if the registry lost any.
         self._present: set[tuple[str, str, str]] = set()
         self._lock = threading.Lock()
+        self._auth_lock = threading.Lock()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     def pool(self) -> concurrent.futures.ThreadPoolExecutor:
@@ -152,8 +153,19 @@ class RegistryClient:
             return f"Bearer {token}"
         return self._basic.get(ref.registry)
 
-    def _answer_challenge(self, ref: Ref, header: str) -> bool:
-        """Prepare auth for a retry after a 401; False when we have nothing new to offer."""
+    def _answer_challenge(self, ref: Ref, header: str, used: str | None) -> bool:
+        """Prepare auth for a retry after a 401; False when we have nothing new to offer.
+
+        Serialised: concurrent requests of one publish that all met the challenge wait for
+        the first to fetch a token and then reuse it, instead of each asking for one.
+        """
+        with self._auth_lock:
+            current = self._auth_header(ref)
+            if current is not None and current != used:
+                return True  # another thread already obtained fresh auth
+            return self._fetch_auth(ref, header)
+
+    def _fetch_auth(self, ref: Ref, header: str) -> bool:
         challenge = parse_challenge(header)
         creds = self._credentials_for(ref.registry)
         if challenge.scheme == "basic":
@@ -231,7 +243,9 @@ class RegistryClient:
             if (
                 resp.status_code == 401
                 and attempt == 0
-                and self._answer_challenge(ref, resp.headers.get("WWW-Authenticate", ""))
+                and self._answer_challenge(
+                    ref, resp.headers.get("WWW-Authenticate", ""), hdrs.get("Authorization")
+                )
             ):
                 continue
             break
