@@ -185,7 +185,8 @@ class ProcessBackend(abc.ABC):
             log.info("vm already running", pid=running)
             return self.status()
         self.spec.check_files()
-        self.spec.state_dir.mkdir(parents=True, exist_ok=True)
+        for directory in {self.spec.state_dir, self.spec.nvram.parent, self.spec.serial_log.parent}:
+            directory.mkdir(parents=True, exist_ok=True)
         for stale in (self.spec.pidfile, self.spec.control_socket):
             stale.unlink(missing_ok=True)
         argv = self._launch_argv(reset_nvram)
