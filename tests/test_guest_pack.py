@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -126,3 +127,28 @@ def test_payload_size_target(tree: Path) -> None:
     report = measure(cpio.tree(tree))
     print(f"guest payload: {report}")
     assert report.zstd < 20 * 1024 * 1024
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
+def test_hcl2_parser_cache_hits_at_the_guest_path(tree: Path) -> None:
+    """Run inside the tree (chroot) so every path is the guest's: lark must load the
+    prebuilt tables, not rebuild them (which costs ~30 s under TCG)."""
+    cache = tree / "usr/lib/cloudboot/hcl2/.lark_cache.bin"
+    before = cache.stat().st_mtime_ns
+    code = (
+        "import sys, logging; sys.path.insert(0, '/usr/lib/cloudboot')\n"
+        "from lark import logger; logging.basicConfig(); logger.setLevel(logging.DEBUG)\n"
+        "from guest.plan import parse_plan\n"
+        "parse_plan('target \"a\" {\\n  subplan = \"h/r\"\\n}\\n', 'p.hcl')\n"
+    )
+    proc = subprocess.run(
+        [shutil.which("chroot") or "/usr/sbin/chroot", tree,
+         "/usr/bin/python3.11", "-S", "-B", "-c", code],
+        env={"PYTHONHOME": "/usr",
+             "LD_LIBRARY_PATH": "/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu"},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Loading grammar from cache: /usr/lib/cloudboot/hcl2/.lark_cache.bin" in proc.stderr
+    assert "Saving grammar" not in proc.stderr and "Failed" not in proc.stderr
+    assert cache.stat().st_mtime_ns == before

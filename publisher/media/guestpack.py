@@ -213,10 +213,7 @@ def build_tree(
     (app / "cloudboot-reset.py").write_text(RESET_MAIN)
     _compile_sourceless(dest / "usr/lib/python3.11")
     _compile_sourceless(app, keep_sources=("guest/", "cloud-boot-init.py", "cloudboot-reset.py"))
-    # Lark builds hcl2's LALR tables on first use (seconds under TCG) unless its cache
-    # file exists: build it here, with the same lark and hcl2 the guest imports.
-    warm = f"import sys; sys.path.insert(0, {str(app)!r}); import hcl2.parser as p; p.parser()"
-    run([sys.executable, "-S", "-B", "-c", warm])
+    _warm_hcl2_cache(app)
     triplet = _triplet(arch)
     _write(dest / "init", INIT_SCRIPT.format(triplet=triplet), 0o755)
     _write(dest / "usr/bin/cloudboot-reset", RESET_SCRIPT.format(triplet=triplet), 0o755)
@@ -226,6 +223,28 @@ def build_tree(
         (dest / "usr/lib/ssl").mkdir(parents=True, exist_ok=True)
         shutil.copy(ca, dest / "usr/lib/ssl/cert.pem")
     return dest
+
+
+GUEST_APP_DIR = "/usr/lib/cloudboot"
+#: Lark keys its parser cache on the options, and hcl2 passes the cache file's absolute
+#: path as one of them: the cache must be built as if the package lived at its guest path.
+_WARM = """
+import sys
+sys.path.insert(0, {app!r})
+import lark.lark as L
+real_open = L.FS.open
+L.FS.open = lambda name, mode="r", **kw: real_open(name.replace({guest!r}, {app!r}, 1), mode, **kw)
+import pathlib, hcl2.parser as p
+p.PARSER_FILE = pathlib.Path({guest!r} + "/hcl2/.lark_cache.bin")
+p.parser()
+"""
+
+
+def _warm_hcl2_cache(app: Path) -> None:
+    """Build hcl2's LALR tables once here: the guest would spend ~30 s on them under TCG."""
+    run([sys.executable, "-S", "-B", "-c", _WARM.format(app=str(app), guest=GUEST_APP_DIR)])
+    if not (app / "hcl2/.lark_cache.bin").is_file():
+        raise RuntimeError("hcl2 parser cache was not written")
 
 
 def _write(path: Path, text: str, mode: int) -> None:
