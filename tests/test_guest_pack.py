@@ -130,9 +130,11 @@ def test_payload_size_target(tree: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
-def test_hcl2_parser_cache_hits_at_the_guest_path(tree: Path) -> None:
+def test_hcl2_parser_cache_hits_at_the_guest_path(tmp_path: Path) -> None:
     """Run inside the tree (chroot) so every path is the guest's: lark must load the
-    prebuilt tables, not rebuild them (which costs ~30 s under TCG)."""
+    prebuilt tables, not rebuild them (which costs ~30 s under TCG). A fresh tree: the
+    other tests run the interpreter at host paths, where lark rewrites the cache."""
+    tree = build_tree(tmp_path / "root", Arch.X86_64)
     cache = tree / "usr/lib/cloudboot/hcl2/.lark_cache.bin"
     before = cache.stat().st_mtime_ns
     code = (
