@@ -17,7 +17,9 @@ import structlog
 import typer
 
 from guest.errors import CloudbootError
+from publisher.config import Config
 from watcher.cli import state
+from watcher.watch.pipeline import VmStage
 
 log = structlog.get_logger(__name__)
 
@@ -47,19 +49,36 @@ def watch(
     ] = None,
 ) -> None:
     """Watch plans/ and kernel/; publish, rebuild and restart the VM on every change."""
+    from watcher.watch.stages import vm_stage_for
+
+    config = state(ctx).config
+    run_daemon(
+        config,
+        vm_stage=vm_stage_for(config) if vm else None,
+        initial=initial,
+        debounce_ms=debounce_ms,
+    )
+
+
+def run_daemon(
+    config: Config,
+    *,
+    vm_stage: VmStage | None,
+    initial: bool,
+    debounce_ms: int | None = None,
+) -> None:
+    """Run the watcher in this process until SIGTERM/SIGINT (a second one aborts at once)."""
     from watcher.watch.daemon import WatchDaemon
     from watcher.watch.service import Notifier
-    from watcher.watch.stages import STATUS_FILE, reloader, setup_for, vm_stage_for
+    from watcher.watch.stages import STATUS_FILE, reloader, setup_for
     from watcher.watch.status import StatusBook
 
-    cli = state(ctx)
-    config = cli.config
     setup = setup_for(config, debounce_ms=debounce_ms)
     status = StatusBook(config.root / STATUS_FILE, watching=["plans/", "kernel/"])
     daemon = WatchDaemon(
         setup,
         status,
-        vm_stage=vm_stage_for(config) if vm else None,
+        vm_stage=vm_stage,
         notifier=Notifier(),
         reload=reloader(config.root, debounce_ms),
         initial_run=initial,

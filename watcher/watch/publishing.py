@@ -28,7 +28,7 @@ def load_signing_key(config: Config) -> SigningKey:
     where = str(config.source) if config.source else "cloudboot.toml"
     if not path.is_file():
         raise CloudbootError(
-            f"[signing].key: no signing key at {path} (create one with `cloudboot keys generate`)",
+            f"[signing].key: no signing key at {path} (create one with `cloudboot key generate`)",
             where=where,
         )
     password = read_password() if is_encrypted(path.read_bytes()) else None
