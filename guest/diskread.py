@@ -141,17 +141,51 @@ class Ext4Reader:
         canon, inode = self.resolve(path)
         if not isinstance(inode, ext4.File):
             raise DiskReadError("not a regular file", where=f"{self.where}:{canon}")
+        data = self._read_extents(inode, canon)
+        if data is None:  # inline data or block-mapped: the package's own stream
+            data = self._read_stream(inode)
+        if len(data) != inode.i_size:
+            raise DiskReadError(
+                f"read {len(data)} of {inode.i_size} bytes", where=f"{self.where}:{canon}"
+            )
+        if sink:
+            sink(data)
+        return canon, data
+
+    def _read_stream(self, inode: Any) -> bytes:
         stream = inode.open()
         out = bytearray()
         while chunk := stream.read(_CHUNK):
             out += chunk
-            if sink:
-                sink(chunk)
-        if len(out) != inode.i_size:
-            raise DiskReadError(
-                f"read {len(out)} of {inode.i_size} bytes", where=f"{self.where}:{canon}"
-            )
-        return canon, bytes(out)
+        return bytes(out)
+
+    def _read_extents(self, inode: Any, canon: str) -> bytes | None:
+        """Whole extents straight from the device: one seek + read per extent.
+
+        The package reads block by block through Python objects, which for a 15 MB
+        kernel cost ~7 s under TCG; the extent list is all we need from it. Holes and
+        uninitialised extents read as zeros, as the kernel would return them.
+        """
+        if inode.is_inline or not inode.has_extents:
+            return None
+        size = int(inode.i_size)
+        block = int(self.volume.block_size)
+        out = bytearray(size)
+        stream = self.volume.stream
+        for extent in inode.extents:
+            start = int(extent.ee_block) * block
+            if start >= size or not extent.is_initialized:
+                continue
+            length = min(int(extent.len) * block, size - start)
+            stream.seek(self.volume.offset + int(extent.ee_start) * block)
+            chunk = stream.read(length)
+            if len(chunk) != length:
+                raise DiskReadError(
+                    f"extent at block {extent.ee_start} is past the end of the device",
+                    where=f"{self.where}:{canon}",
+                )
+            out[start : start + length] = chunk
+        return bytes(out)
 
 
 def default_kernel(reader: Ext4Reader) -> str:

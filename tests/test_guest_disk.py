@@ -29,6 +29,11 @@ def _tree(root: Path) -> dict[str, bytes]:
     for rel, data in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
+    with open(root / "boot/sparse", "wb") as f:  # a hole between two data runs
+        f.write(b"head")
+        f.seek(3 * MIB)
+        f.write(b"tail")
+    files["boot/sparse"] = b"head" + bytes(3 * MIB - 4) + b"tail"
     (root / "vmlinuz").symlink_to("boot/vmlinuz-6.1.0-13-amd64")
     (root / "boot" / "current").symlink_to("/boot/../boot/./vmlinuz-6.1.0-13-amd64")
     (root / "kernels").symlink_to("/boot")
