@@ -126,6 +126,10 @@ class Agent:
             for name in failed:
                 c.warn(f"module {name} did not load")
         c.log(f"cloud-boot-init (python) arch={self.arch.oci} plan={self.options.plan or '-'}")
+        uptime = self.paths.root / "proc/uptime"
+        if uptime.exists():
+            since = float(uptime.read_text().split()[0]) - sum(c.timings.values())
+            c.log(f"python ready at {since:.2f}s since kernel start")
         client = self.client_factory(self.options)
         if self.options.plan or self.options.metadata_url:
             with c.step("network"):
@@ -227,8 +231,9 @@ class Agent:
         wanted: str | None = self.options.target or None
         for depth in range(plan.MAX_SUBPLAN_DEPTH + 1):
             fetched = self._fetch_plan(client, text_ref)
-            parsed = plan.parse_plan(fetched.text, fetched.source)
-            evaluated = plan.evaluate(parsed, self.arch.oci, meta=meta)
+            with self.console.step("parse"):
+                parsed = plan.parse_plan(fetched.text, fetched.source)
+                evaluated = plan.evaluate(parsed, self.arch.oci, meta=meta)
             name = wanted or self._menu(evaluated)
             target = plan.select_target(evaluated, name)
             if not isinstance(target.source, plan.SubplanSource):

@@ -8,6 +8,7 @@ enforce -> a FATAL line naming the signature problem and no Boot0001 in the vars
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Iterator
@@ -61,22 +62,34 @@ def _tiny_initrd(busybox: Path) -> bytes:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    root = tmp_path_factory.mktemp("qemu-lab")
+    with make_lab(tmp_path_factory.mktemp("qemu-lab")) as made:
+        yield made
+
+
+def build_iso(root: Path, init: str, cmdline: str) -> Path:
+    """boot.iso from a copy of the repo's recipe with ``init`` (guest-agent|busybox-marker)."""
+    kernel_dir = root / f"kernel-{init}"
+    shutil.copytree(REPO / "kernel", kernel_dir)
+    recipe_path = kernel_dir / "recipe.toml"
+    text = recipe_path.read_text().replace('init = "busybox-marker"', f'init = "{init}"')
+    text = text.replace('compression = "gzip"', 'compression = "zstd"')
+    recipe_path.write_text(text)
+    iso = root / f"boot-{init}.iso"
+    build_boot_iso(load_recipe(recipe_path), iso, [Arch.X86_64], cmdline)
+    return iso
+
+
+@contextlib.contextmanager
+def make_lab(root: Path) -> Iterator[Lab]:
+    """Registry, boot.iso with the agent, and the ext4 target disk (for tests and bench)."""
     key, pem = new_key()
     with local_registry(root / "registry") as registry:
-        kernel_dir = root / "kernel"
-        shutil.copytree(REPO / "kernel", kernel_dir)
         (root / "cosign.pub").write_bytes(pem)
-        recipe_path = kernel_dir / "recipe.toml"
-        text = recipe_path.read_text().replace('init = "busybox-marker"', 'init = "guest-agent"')
-        text = text.replace('compression = "gzip"', 'compression = "zstd"')
-        recipe_path.write_text(text)
         cmdline = (
             f"cloudboot.exit=reboot cloudboot.plan=oci://10.0.2.2:{registry.port}"
             "/plans/web cloudboot.insecure=1 console=ttyS0"
         )
-        iso = root / "boot.iso"
-        build_boot_iso(load_recipe(recipe_path), iso, [Arch.X86_64], cmdline)
+        iso = build_iso(root, "guest-agent", cmdline)
         debs = DebCache()
         kpkg = debs.kernel_package("linux-image-cloud-amd64", Arch.X86_64)
         busybox = debs.package("busybox-static", Arch.X86_64).root / "bin/busybox"
@@ -97,7 +110,7 @@ PLAN = (b'default_target = "debian"\n'
         b'  disk { device = "LABEL=targetroot" }\n}\n')  # fmt: skip
 
 
-def _boot(lab: Lab, name: str, until: str, timeout: float = 240.0) -> tuple[str, Path]:
+def boot(lab: Lab, name: str, until: str, timeout: float = 240.0) -> tuple[str, Path]:
     work = lab.root / name
     work.mkdir()
     vars_fd = work / "vars.fd"
@@ -145,7 +158,7 @@ def _vars(path: Path) -> dict[str, bytes]:
 def test_signed_plan_boots_the_disk_target(lab: Lab) -> None:
     digest = push_plan(lab.registry.url, "plans/web", "latest", PLAN)
     sign(lab.registry.url, "plans/web", f"{lab.registry.address}/plans/web", digest, lab.key)  # type: ignore[arg-type]
-    log, vars_fd = _boot(lab, "signed", MARKER)
+    log, vars_fd = boot(lab, "signed", MARKER)
     assert MARKER in log, log[-3000:]
     assert "step read" in log and "step nvram" in log
     variables = _vars(vars_fd)
@@ -159,7 +172,7 @@ def test_signed_plan_boots_the_disk_target(lab: Lab) -> None:
 
 def test_unsigned_plan_under_enforce_is_fatal_and_leaves_nvram(lab: Lab) -> None:
     push_plan(lab.registry.url, "plans/web", "latest", PLAN + b"# unsigned change\n")
-    log, vars_fd = _boot(lab, "unsigned", "FATAL")
+    log, vars_fd = boot(lab, "unsigned", "FATAL")
     fatal = [line for line in log.splitlines() if line.startswith("FATAL: ")]
     assert fatal and "signature" in fatal[0], log[-3000:]
     assert MARKER not in log

@@ -1,0 +1,77 @@
+"""Guest agent timings under QEMU TCG (x86_64, OVMF): kernel start to reboot(2), by step.
+
+Boots the same lab the slow test uses (registry on host loopback, signed plan, ext4
+target disk with a Debian cloud kernel) and reads the numbers out of the serial log: the
+agent's ``step <name> <s>`` lines, and the kernel's own timestamps for "Run /init" and
+"reboot: Restarting system" (time since kernel start). Baseline in the same run: the
+recipe's busybox-marker init (a shell that loads the modules and powers off) on the same
+kernel, i.e. what a boot costs before any agent work. Also prints the initramfs payload.
+
+Usage: .venv/bin/python bench/guest_boot.py
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from guest.arch import Arch
+from publisher.media.guestpack import guest_agent_entries, measure
+from tests.test_guest_fetch import push_plan, sign
+from tests.test_guest_qemu import MARKER, PLAN, Lab, boot, build_iso, make_lab
+
+_STAMP = re.compile(r"^\[\s*(\d+\.\d+)\]\s*(.*)$")
+
+
+def kernel_time(log: str, text: str, first: bool = True) -> float | None:
+    hits = [float(m.group(1)) for line in log.splitlines()
+            if (m := _STAMP.match(line)) and text in m.group(2)]  # fmt: skip
+    return (hits[0] if first else hits[-1]) if hits else None
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-guest-") as tmp, make_lab(Path(tmp)) as lab:
+        digest = push_plan(lab.registry.url, "plans/web", "latest", PLAN)
+        sign(lab.registry.url, "plans/web", f"{lab.registry.address}/plans/web", digest, lab.key)  # type: ignore[arg-type]
+        log, _vars = boot(lab, "agent", MARKER)
+        steps = {m.group(1): float(m.group(2))
+                 for m in re.finditer(r"cloud-boot: \S+ step (\w+) ([\d.]+)s", log)}  # fmt: skip
+        init_at = kernel_time(log, "Run /init")
+        ready = re.search(r"python ready at ([\d.]+)s since kernel start", log)
+        reboot_at = kernel_time(log, "reboot: Restarting system")
+        marker_iso = build_iso(Path(tmp), "busybox-marker", "console=ttyS0")
+        base_lab = Lab(lab.root, lab.registry, marker_iso, lab.target, lab.key_pem, lab.key)
+        base_log, _ = boot(base_lab, "marker", "reboot: Power down")
+        base_init = kernel_time(base_log, "Run /init")
+        base_end = kernel_time(base_log, "reboot: Power down")
+        print("guest agent, x86_64 TCG, disk target (Debian cloud kernel, 14 MB):")
+        for name, took in steps.items():
+            print(f"  step {name:<8} {took:7.3f} s")
+        print(f"  agent steps total       {sum(steps.values()):7.3f} s")
+        if init_at is not None and reboot_at is not None:
+            print(f"  kernel start -> /init   {init_at:7.3f} s")
+            if ready:
+                print(f"  kernel start -> python  {float(ready.group(1)):7.3f} s")
+            print(f"  kernel start -> reboot  {reboot_at:7.3f} s   (target <= 5 s)")
+        if base_init is not None and base_end is not None and reboot_at is not None:
+            print(f"baseline busybox-marker init: kernel start -> power off {base_end:.3f} s")
+            print(f"ratio agent/baseline (kernel start -> end): {reboot_at / base_end:.2f}x")
+        report = measure(guest_agent_entries(Arch.X86_64))
+        print(
+            f"agent payload: {report.files} files, {report.uncompressed / 2**20:.1f} MiB raw, "
+            f"{report.gzip / 2**20:.1f} MiB gzip, {report.zstd / 2**20:.1f} MiB zstd "
+            f"(target <= 20 MB)"
+        )
+        iso_size = lab.iso.stat().st_size
+        print(
+            f"boot.iso with the agent: {iso_size / 2**20:.1f} MiB; "
+            f"with busybox-marker: {marker_iso.stat().st_size / 2**20:.1f} MiB"
+        )
+
+
+if __name__ == "__main__":
+    main()
