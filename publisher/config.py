@@ -95,6 +95,11 @@ class VmSection:
     accel: str = setting(
         "auto", "QEMU accelerator: auto (KVM when /dev/kvm works, else TCG), kvm or tcg."
     )
+    stop_timeout_ms: int = setting(
+        1000,
+        "How long a guest gets to power off on request before a hard stop when the watcher "
+        "restarts it (everything is re-staged anyway); `vm down --timeout` sets its own.",
+    )
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,7 @@ from publisher.media.build import build_boot_iso, stamp_path
 from publisher.media.recipe import RecipeError, load_recipe, parse_recipe
 from publisher.run import run
 from publisher.signing import generate_key_pair, parse_private_key
-from tests.conftest import REPO
-from tests.qemu_boot import build
+from tests.qemu_boot import build, recipe_text, repo_recipe
 
 
 def test_same_inputs_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -45,9 +44,9 @@ def test_incremental_and_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert not changed.skipped and out.stat().st_ino != inode  # replaced by rename
     # a failing build leaves the previous image in place and no temp file behind
     good = out.read_bytes()
-    recipe = load_recipe(REPO / "kernel" / "recipe.toml")
+    recipe = repo_recipe()
     broken = tmp_path / "recipe.toml"
-    text = (REPO / "kernel" / "recipe.toml").read_text().replace("../cosign.pub", "")
+    text = recipe_text().replace("../cosign.pub", "")
     text = text.replace('modules = ["virtio_pci"', 'modules = ["no_such_module", "virtio_pci"')
     broken.write_text(text)
     with pytest.raises(CloudbootError, match="no_such_module"):
@@ -89,8 +88,7 @@ def test_recipe_errors_name_file_and_key(tmp_path: Path) -> None:
 
 def test_cli_build_prints_output_and_stage_times(tmp_path: Path) -> None:
     (tmp_path / "kernel").mkdir()
-    text = (REPO / "kernel" / "recipe.toml").read_text()
-    (tmp_path / "kernel" / "recipe.toml").write_text(text)
+    (tmp_path / "kernel" / "recipe.toml").write_text(recipe_text())
     cli = [os.fspath(Path(sys.executable).parent / "cloudboot"), "-C", os.fspath(tmp_path)]
     proc = subprocess.run([*cli, "build", "--arch", "x86_64", "--iso", tmp_path / "o.iso"],
                           capture_output=True, text=True)  # fmt: skip
@@ -106,7 +104,7 @@ def test_secure_boot_signed_uki_verifies(tmp_path: Path) -> None:
     key, cert = tmp_path / "db.key", tmp_path / "db.crt"
     run(["openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj",
          "/CN=cloudboot test db/", "-days", "1", "-keyout", key, "-out", cert])  # fmt: skip
-    text = (REPO / "kernel" / "recipe.toml").read_text()
+    text = recipe_text()
     text = (
         text.replace("../cosign.pub", "")
         .replace('# secureboot_key = "db.key"', f'secureboot_key = "{key}"')

@@ -28,6 +28,7 @@ from publisher.media.debs import DebCache
 from publisher.media.recipe import load_recipe
 from publisher.run import run, spawn
 from tests.conftest import REPO
+from tests.qemu_boot import recipe_text
 from tests.test_guest_fetch import new_key, push_plan, sign
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
@@ -71,7 +72,7 @@ def build_iso(root: Path, init: str, cmdline: str) -> Path:
     kernel_dir = root / f"kernel-{init}"
     shutil.copytree(REPO / "kernel", kernel_dir)
     recipe_path = kernel_dir / "recipe.toml"
-    text = recipe_path.read_text().replace('init = "busybox-marker"', f'init = "{init}"')
+    text = recipe_text(init)
     text = text.replace('compression = "gzip"', 'compression = "zstd"')
     recipe_path.write_text(text)
     iso = root / f"boot-{init}.iso"

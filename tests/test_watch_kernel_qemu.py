@@ -24,6 +24,7 @@ from virt.firmware.varstore.edk2 import Edk2VarStore
 from publisher.config import load_config
 from publisher.localregistry import RunningRegistry
 from tests.conftest import REPO
+from tests.qemu_boot import recipe_text
 from tests.test_watch_support import wait_for, write_signed_workspace
 from watcher.vm import VmSpec, VmState, open_backend
 
@@ -51,6 +52,7 @@ def test_kernel_edit_rebuilds_iso_and_restarts_vm_with_clean_nvram(
     write_signed_workspace(root, registry.address)
     shutil.rmtree(root / "kernel")
     shutil.copytree(REPO / "kernel", root / "kernel")
+    (root / "kernel" / "recipe.toml").write_text(recipe_text("busybox-marker"))
     with (root / "cloudboot.toml").open("a") as f:
         f.write('[build]\narches = ["x86_64"]\n[vm]\narch = "x86_64"\ncpus = 1\n')
         f.write('memory_mib = 512\naccel = "tcg"\n')

@@ -79,6 +79,25 @@ def test_invalid_edit_keeps_last_good_and_recovers(tmp_path: Path) -> None:
         assert vm.restarts == 2
 
 
+def test_reverting_a_bad_edit_to_the_published_plan_does_not_restart_the_vm(
+    tmp_path: Path,
+) -> None:
+    """Fixing a typo back to what is already published gives the guest nothing new."""
+    root = make_workspace(tmp_path / "ws")
+    stage = FilePlanStage(tmp_path / "out")
+    vm = FileVmStage()
+    with running_daemon(root, stage, vm_stage=vm) as daemon:
+        plan = root / "plans" / "demo.hcl"
+        plan.write_text(VALID)
+        wait_for(lambda: daemon.pipeline.runs == 1)
+        plan.write_text('target "a" {\n  kernel = \n')
+        wait_for(lambda: daemon.pipeline.runs == 2, what="invalid run")
+        plan.write_text(VALID)
+        wait_for(lambda: daemon.pipeline.runs == 3, what="revert run")
+        assert daemon.pipeline.reports[-1].ok
+        assert vm.restarts == 1
+
+
 def test_thousand_rapid_writes_give_one_or_two_runs(tmp_path: Path) -> None:
     root = make_workspace(tmp_path / "ws")
     stage = FilePlanStage(tmp_path / "out")
@@ -129,6 +148,7 @@ def test_editor_temp_files_git_and_cloudbootignore_are_ignored(tmp_path: Path) -
         (plans / "4913").write_text("")
         (plans / "demo.hcl~").write_text(VALID)
         (plans / "#demo.hcl#").write_text(VALID)
+        (plans / "sedX1b2Zq").write_text(VALID)  # `sed -i` writes here, then renames
         (plans / ".git" / "index").write_text("x")
         (plans / "drafts" / "wip.hcl").write_text(VALID)
         (plans / "mine.local.hcl").write_text(VALID)

@@ -52,8 +52,11 @@ class FilePlanStage:
                 "invalid plan", where=Location(str(plan), exc.line, exc.column)
             ) from None
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        write_atomic(self.out / plan.stem, data)
-        return PlanOutcome(self.ref_for(plan), digest, uploaded=True)
+        target = self.out / plan.stem
+        # Like a registry whose tag already points at this signed digest: nothing uploaded.
+        uploaded = not (target.is_file() and target.read_bytes() == data)
+        write_atomic(target, data)
+        return PlanOutcome(self.ref_for(plan), digest, uploaded=uploaded)
 
 
 class FileBuildStage:

@@ -125,10 +125,10 @@ def up(
             backend = open_backend(VmSpec.from_config(config))
             if backend.status().state is not VmState.RUNNING:
                 status = backend.up(reset_nvram=True)
-                stack.callback(backend.down)
+                stack.callback(backend.down, timeout=config.vm.stop_timeout_ms / 1000)
                 typer.echo(f"vm: started pid {status.pid}; serial log {backend.spec.serial_log}")
                 typer.echo("    follow it with: cloudboot vm console")
-            vm_stage = BackendVmStage(backend)
+            vm_stage = BackendVmStage(backend, stop_timeout_s=config.vm.stop_timeout_ms / 1000)
         typer.echo("watching plans/ and kernel/ (Ctrl-C stops the watcher, VM and registry)")
         run_daemon(config, vm_stage=vm_stage, initial=False)
 

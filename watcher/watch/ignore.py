@@ -39,6 +39,7 @@ EDITOR_TEMP_PATTERNS = (
     ".*.tmp",
     ".DS_Store",
     "*.part",
+    "sed[A-Za-z0-9][A-Za-z0-9][A-Za-z0-9][A-Za-z0-9][A-Za-z0-9][A-Za-z0-9]",  # sed -i
 )
 
 

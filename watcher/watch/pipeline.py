@@ -220,7 +220,9 @@ class Pipeline:
                 break
             result = self._publish(plan, work.plan_hashes[plan])
             stages.append(result)
-            produced |= result.ok
+            # The tag already pointing at this signed digest (a revert to what was last
+            # published) gives the guest nothing new: no reason to reboot the VM for it.
+            produced |= result.ok and bool(result.detail.get("uploaded", True))
         if work.kernel and not self.should_stop():
             result = self._build(work.kernel)
             stages.append(result)

@@ -38,8 +38,9 @@ class BackendVmStage:
     leaves it running when the watcher stops.
     """
 
-    def __init__(self, backend: VmBackend) -> None:
+    def __init__(self, backend: VmBackend, *, stop_timeout_s: float = 1.0) -> None:
         self.backend = backend
+        self.stop_timeout_s = stop_timeout_s
         self._started_by_watcher = False
         self._seen = False
 
@@ -51,7 +52,7 @@ class BackendVmStage:
         if not self._seen:
             self._seen = True
             self._started_by_watcher = self.backend.status().state is not VmState.RUNNING
-        status = self.backend.restart(reset_nvram=True)
+        status = self.backend.restart(reset_nvram=True, stop_timeout=self.stop_timeout_s)
         return status.state.value
 
     def state(self) -> str:
@@ -59,13 +60,15 @@ class BackendVmStage:
 
     def shutdown(self) -> None:
         if self._started_by_watcher:
-            self.backend.down()
+            self.backend.down(timeout=self.stop_timeout_s)
 
 
 def vm_stage_for(config: Config) -> BackendVmStage:
     from watcher.vm import VmSpec, open_backend
 
-    return BackendVmStage(open_backend(VmSpec.from_config(config)))
+    return BackendVmStage(
+        open_backend(VmSpec.from_config(config)), stop_timeout_s=config.vm.stop_timeout_ms / 1000
+    )
 
 
 def plan_stage_for(config: Config, key: SigningKey) -> PlanStage:
