@@ -40,6 +40,7 @@ from publisher.retry import (
     RegistryUnavailableError,
     RetryPolicy,
     TransientRegistryError,
+    parse_retry_after,
     retry_call,
 )
 
@@ -210,7 +211,8 @@ class RegistryClient:
         if detail:
             message += f": {detail}"
         if status >= 500 or status in (408, 429):
-            raise TransientRegistryError(message, status=status)
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            raise TransientRegistryError(message, status=status, retry_after=retry_after)
         raise RegistryError(message, status=status)
 
     def request(

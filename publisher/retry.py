@@ -3,11 +3,15 @@
 Connection errors, 5xx, 408 and 429 are worth waiting for (a registry restarting, a
 proxy shedding load); everything else is the caller's mistake and fails at once. Every
 retry is logged with its reason, and the total time is capped so a registry that stays
-down gives a clear error instead of a hang.
+down gives a clear error instead of a hang. A ``Retry-After`` the registry sends is
+honoured (we never come back sooner than asked) as long as it fits in that bound; one
+that does not fit ends the retries at once rather than sleeping past the bound.
 """
 
 from __future__ import annotations
 
+import email.utils
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -32,7 +36,18 @@ class RegistryError(CloudbootError):
 
 
 class TransientRegistryError(RegistryError):
-    """5xx, 408 or 429: worth retrying."""
+    """5xx, 408 or 429: worth retrying, not before ``retry_after`` seconds when given."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 0,
+        where: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status=status, where=where)
+        self.retry_after = retry_after
 
 
 class RegistryUnavailableError(RegistryError):
@@ -46,6 +61,25 @@ class RetryPolicy:
     total: float = 60.0
     initial: float = 0.1
     maximum: float = 5.0
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP-date.
+
+    None when absent or unreadable (then only our own backoff applies); never negative.
+    """
+    if not value:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -62,6 +96,23 @@ def _reason(exc: BaseException | None) -> str:
     return str(exc)
 
 
+def _asked_delay(exc: BaseException | None) -> float | None:
+    return exc.retry_after if isinstance(exc, TransientRegistryError) else None
+
+
+def _backoff(policy: RetryPolicy) -> Callable[[tenacity.RetryCallState], float]:
+    """Jittered exponential backoff, stretched to the registry's ``Retry-After``."""
+    jittered = tenacity.wait_random_exponential(multiplier=policy.initial, max=policy.maximum)
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        delay = jittered(state)
+        exc = state.outcome.exception() if state.outcome else None
+        asked = _asked_delay(exc)
+        return delay if asked is None else max(delay, asked)
+
+    return wait
+
+
 def retry_call(what: str, registry: str, policy: RetryPolicy, operation: Callable[[], T]) -> T:
     """Run ``operation``; retry transient faults with jittered exponential backoff."""
 
@@ -72,25 +123,31 @@ def retry_call(what: str, registry: str, policy: RetryPolicy, operation: Callabl
             operation=what,
             registry=registry,
             attempt=state.attempt_number,
+            status=getattr(exc, "status", 0),
             reason=_reason(exc),
+            retry_after=_asked_delay(exc),
             sleep=round(state.upcoming_sleep, 3),
         )
 
     retryer = tenacity.Retrying(
         retry=tenacity.retry_if_exception(_is_transient),
-        wait=tenacity.wait_random_exponential(multiplier=policy.initial, max=policy.maximum),
+        wait=_backoff(policy),
         stop=tenacity.stop_before_delay(policy.total),
         before_sleep=before_sleep,
         reraise=True,
     )
+    started = time.monotonic()
     try:
         return retryer(operation)
     except (TransientRegistryError, requests.ConnectionError, requests.Timeout) as exc:
         if isinstance(exc, requests.exceptions.SSLError):
             raise
         attempts = retryer.statistics.get("attempt_number", 1)
-        raise RegistryUnavailableError(
+        message = (
             f"registry {registry} unavailable for {what} after {attempts} attempt(s)"
-            f" within {policy.total:g}s: {_reason(exc)}",
-            status=getattr(exc, "status", 0),
-        ) from None
+            f" within {policy.total:g}s: {_reason(exc)}"
+        )
+        asked = _asked_delay(exc)
+        if asked is not None and time.monotonic() - started + asked >= policy.total:
+            message += f" (it asked to retry after {asked:g}s, beyond the bound)"
+        raise RegistryUnavailableError(message, status=getattr(exc, "status", 0)) from None

@@ -37,6 +37,7 @@ from publisher.registry import (
     RetryPolicy,
 )
 from publisher.signing import generate_key_pair, parse_private_key
+from tests.faulty_proxy import watch_tag
 from tests.registry_tls import TlsRegistry, tls_registry
 
 
@@ -229,8 +230,6 @@ def test_registry_restart_mid_push_completes_and_tag_never_dangles(tmp_path: Pat
     )
     restarted = threading.Event()
     stopped = threading.Event()
-    done = threading.Event()
-    violations: list[str] = []
 
     def restart() -> None:
         time.sleep(1.0)
@@ -243,36 +242,12 @@ def test_registry_restart_mid_push_completes_and_tag_never_dangles(tmp_path: Pat
             first.close()  # the registry dies with uploads in flight
             threading.Thread(target=restart, daemon=True).start()
 
-    def poll() -> None:
-        """An independent reader: whenever the tag resolves, all it needs must be there."""
-        accept = {"Accept": MEDIA_MANIFEST}
-        while not done.is_set():
-            try:
-                r = requests.get(f"{base}/v2/me/kernel/manifests/stable", headers=accept, timeout=2)
-            except requests.RequestException:
-                time.sleep(0.02)
-                continue
-            if r.status_code == 200:
-                digest = digest_of(r.content)
-                manifest = Manifest.from_bytes(r.content)
-                for desc in (manifest.config, *manifest.layers):
-                    h = requests.head(f"{base}/v2/me/kernel/blobs/{desc.digest}", timeout=2)
-                    if h.status_code != 200:
-                        violations.append(f"tag points at manifest with missing blob {desc.digest}")
-                sig = requests.head(
-                    f"{base}/v2/me/kernel/manifests/{cosign.signature_tag(digest)}",
-                    headers=accept,
-                    timeout=2,
-                )
-                if sig.status_code != 200:
-                    violations.append(f"tag points at unsigned manifest {digest}")
-            time.sleep(0.02)
-
     client.session.hooks["response"].append(hook)
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
     try:
-        with structlog.testing.capture_logs() as logs:
+        with (
+            watch_tag(base, "me/kernel", "stable") as watch,
+            structlog.testing.capture_logs() as logs,
+        ):
             result = push_artifact(
                 client,
                 ref,
@@ -283,11 +258,10 @@ def test_registry_restart_mid_push_completes_and_tag_never_dangles(tmp_path: Pat
                 "console=ttyS0",
                 key=key,
             )
-        done.set()
-        poller.join()
         assert stopped.is_set() and restarted.is_set()
         assert any(e["event"] == "registry retry" for e in logs), "the outage was not retried"
-        assert violations == []
+        assert watch.violations == []
+        assert watch.digests == [result.digest]
         assert result.uploaded and result.signature_tag
         verified = verify_ref(RegistryClient(), ref, cosign.load_public_key(public_pem))
         assert verified.digest == result.digest
@@ -296,7 +270,6 @@ def test_registry_restart_mid_push_completes_and_tag_never_dangles(tmp_path: Pat
         for desc, name in zip(manifest.layers, ("vmlinuz", "initrd", "modules"), strict=False):
             assert check.get_blob(ref, desc.digest) == files[name].read_bytes()
     finally:
-        done.set()
         first.close()
         second.close()
 
