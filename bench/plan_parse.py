@@ -8,7 +8,8 @@ evaluate + select. It also times building the grammar with no cache file, which 
 the guest pays if the initramfs lacks ``.lark_cache.bin``, and python-hcl2's own
 ``loads`` (transformer + serializer) on the same plan, which our path skips.
 
-Run: .venv/bin/python bench/plan_parse.py [PLAN] [--runs N]
+Run: .venv/bin/python bench/plan_parse.py [PLAN] [--runs N] [--quick] [--json PATH]
+(runs default to 5, or 2 with ``--quick``; ``--json``: rows for bench/report.py)
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.results import Row, add_report_options, emit  # noqa: E402
 
 PROBE = r"""
 import json, sys, time
@@ -83,8 +87,10 @@ def startup() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("plan", nargs="?", type=Path, default=REPO / "plans" / "default.hcl")
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=None, help="default 5 (--quick: 2)")
+    add_report_options(parser)
     args = parser.parse_args()
+    args.runs = args.runs or (2 if args.quick else 5)
     runs = [run_probe(args.plan) for _ in range(args.runs)]
     med = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
     base = statistics.median(startup() for _ in range(args.runs))
@@ -113,6 +119,16 @@ def main() -> None:
         f"{ms['hcl2_loads_warm'] / ms['warm_parse_evaluate_select']:6.2f}x"
     )
     print(f"  estimated under TCG (~10x): cold total ~{cold * 10 / 1000:.1f} s")
+    note = f"host, fresh interpreter, median of {args.runs}"
+    rows = [
+        Row(6, "plan: cold import + parse + evaluate + select", cold, "ms",
+            "python start-up", base * 1000, note=note),
+        Row(6, "plan: grammar build without .lark_cache.bin", ms["grammar_build_uncached"], "ms",
+            "first parse with the cached tables", ms["first_parse"], note=note),
+        Row(6, "plan: warm parse + evaluate + select", ms["warm_parse_evaluate_select"], "ms",
+            "python-hcl2 loads() warm", ms["hcl2_loads_warm"], note=note),
+    ]  # fmt: skip
+    emit(rows, args.json)
 
 
 if __name__ == "__main__":

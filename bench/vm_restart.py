@@ -10,7 +10,8 @@ socket handshake, hard stop of a guest that ignores ACPI) adds on top of QEMU it
 - ours (vfkit stand-in): the same through the vfkit code path (stand-in + QEMU).
 
 Nothing boots: the firmware alone runs (TCG), as in the tests.
-Run: .venv/bin/python bench/vm_restart.py [--runs N]
+Run: .venv/bin/python bench/vm_restart.py [--runs N] [--quick] [--json PATH]
+(runs default to 3, or 1 with ``--quick``; ``--json``: rows for bench/report.py)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 import structlog  # noqa: E402
 
+from bench.results import Row, add_report_options, emit  # noqa: E402
 from guest.arch import Arch  # noqa: E402
 from publisher.run import spawn  # noqa: E402
 from watcher.vm import open_backend  # noqa: E402
@@ -106,8 +108,10 @@ def ours(spec: VmSpec, runs: int) -> dict[str, list[float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=None, help="default 3 (--quick: 1)")
+    add_report_options(parser)
     args = parser.parse_args()
+    args.runs = args.runs or (1 if args.quick else 3)
     structlog.configure(
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         wrapper_class=structlog.make_filtering_bound_logger(30),  # warnings and up
@@ -116,6 +120,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cb-bench-") as tmp:
         root = Path(tmp)
         base = statistics.median(baseline(make_spec(root, BackendKind.QEMU), args.runs))
+        rows = []
         print(f"baseline  bare QEMU start to QMP answer        {base * 1000:8.1f} ms")
         for kind in (BackendKind.QEMU, BackendKind.VFKIT):
             for name, values in ours(make_spec(root, kind), args.runs).items():
@@ -124,6 +129,10 @@ def main() -> None:
                     f"{kind.value:6s}    {name:38s} {med * 1000:8.1f} ms"
                     f"   x{med / base:5.2f} of baseline"
                 )
+                backend = "vfkit stand-in" if kind is BackendKind.VFKIT else kind.value
+                rows.append(Row(5, f"{backend}: {name} (median)", med * 1000, "ms",
+                                "bare QEMU start to QMP answer", base * 1000))  # fmt: skip
+    emit(rows, args.json)
 
 
 if __name__ == "__main__":

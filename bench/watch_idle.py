@@ -9,7 +9,8 @@ the watcher costs on top of just being loaded). Then the burst: 10,000 file even
 (1,000 files in plans/snippets/ written 10 times each, like a branch switch) plus one
 plan edit; the status file must show exactly one run.
 Targets: <= 0.5 % of a core and <= 80 MB RSS idle; the burst gives one run.
-Usage: bench/watch_idle.py [--duration 60] [--burst 10000]
+Usage: bench/watch_idle.py [--duration 60] [--burst 10000] [--quick] [--json PATH]
+(``--quick`` samples for 15 s instead of 60; ``--json``: rows for bench/report.py)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.results import Row, add_report_options, emit  # noqa: E402
 from publisher.localregistry import local_registry  # noqa: E402
 from publisher.signing import generate_key_pair  # noqa: E402
 
@@ -67,9 +69,11 @@ def status(root: Path) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--duration", type=float, default=None, help="default 60 (--quick: 15)")
     parser.add_argument("--burst", type=int, default=10_000)
+    add_report_options(parser)
     args = parser.parse_args()
+    args.duration = args.duration or (15.0 if args.quick else 60.0)
     env = {**os.environ, "COSIGN_PASSWORD": "bench", "PYTHONPATH": str(REPO)}
     with tempfile.TemporaryDirectory() as tmp, local_registry(Path(tmp) / "registry") as reg:
         root = Path(tmp) / "ws"
@@ -120,6 +124,18 @@ def main() -> None:
     print(f"burst: {args.burst} writes + 1 plan edit in {burst_s * 1000:.0f} ms -> "
           f"events seen {data.get('events')}, batches {data.get('batches')}, runs {runs} "
           f"({'met' if runs == 1 else 'MISSED'}: one run)")  # fmt: skip
+    idle = f"idle {args.duration:.0f} s"
+    rows = [
+        Row(7, "idle watcher CPU", cpu, "% of a core", "python + the same imports, sleeping",
+            base_cpu, target="<= 0.5 %", passed=cpu <= 0.5, note=idle),
+        Row(7, "idle watcher peak RSS", rss, "MB", "python + the same imports, sleeping",
+            base_rss, target="<= 80 MB", passed=rss <= 80, note=idle),
+        Row(7, f"runs after a {args.burst}-event burst + 1 plan edit",
+            runs if isinstance(runs, int) else 0, "runs",
+            target="1 run", passed=runs == 1,
+            note=f"events seen {data.get('events')}, batches {data.get('batches')}"),
+    ]  # fmt: skip
+    emit(rows, args.json)
 
 
 if __name__ == "__main__":
