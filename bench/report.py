@@ -51,10 +51,11 @@ class Bench:
     issue: int
     quick_timeout_s: float
     full_timeout_s: float
+    path: Path | None = None  # default: bench/<name>.py
 
     @property
     def script(self) -> Path:
-        return BENCH_DIR / f"{self.name}.py"
+        return self.path or BENCH_DIR / f"{self.name}.py"
 
 
 # Cheap ones first, so a quick look at a half-finished run already says something.
@@ -115,7 +116,8 @@ def run_bench(bench: Bench, quick: bool, workdir: Path) -> dict[str, Any]:
     """Run one bench in its own process; never raises for the bench's own failures."""
     out_json = workdir / f"{bench.name}.json"
     log = workdir / f"{bench.name}.log"
-    argv = [sys.executable, bench.script, "--json", out_json, *(["--quick"] if quick else [])]
+    argv: list[str | Path] = [sys.executable, bench.script, "--json", out_json]
+    argv += ["--quick"] if quick else []
     timeout = bench.quick_timeout_s if quick else bench.full_timeout_s
     entry: dict[str, Any] = {
         "issue": bench.issue,

@@ -1,0 +1,237 @@
+"""The live-reload loop end to end: a plan edit -> the new target running, vs two bare boots.
+
+``cloudboot up`` runs in a fresh workspace (tests/e2e/harness.py: embedded registry, signed
+plan, guest-agent boot.iso, cache disk, demo target disk, QEMU/OVMF under TCG). Each edit
+flips ``default_target`` (alpha <-> beta); the clock runs from the file write to the line
+``CLOUDBOOT-TARGET-UP target=<new>`` on the serial console (median over the edits).
+
+The floor is the two boots the loop cannot avoid, measured in the same QEMU (the argv the
+VM backend builds from the same workspace config, fresh NVRAM each time), QEMU start to
+marker, median over as many boots as edits:
+(a) the bootstrap: a boot.iso built from the repo recipe with init = "busybox-marker",
+    to ``CLOUDBOOT-INIT-OK``;
+(b) the target: the same Debian kernel + the demo target initrd as a UKI
+    (publisher.media.uki) on a boot.iso, to ``CLOUDBOOT-TARGET-UP``.
+
+The loop's time is split into stages that add up to it: watcher (edit -> VM restart
+requested, from the JSON log's ``vm stage done`` time minus its duration_ms), VM stop +
+start, firmware + kernel + initramfs to python ready, agent steps (the ``step X N.NNNs``
+lines), menu wait, rest of the agent, reboot -> target marker. Two stages have a floor
+counterpart ((a) and (b)); what each stage costs beyond it is its share of the overhead.
+
+Usage: .venv/bin/python bench/edit_to_target.py [--edits N] [--quick] [--json PATH]
+(3 edits, or 1 with ``--quick``; ``--json``: rows for bench/report.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import structlog  # noqa: E402
+
+from bench.linelog import LineClock  # noqa: E402
+from bench.results import Row, add_report_options, emit  # noqa: E402
+from guest.arch import Arch  # noqa: E402
+from guest.gpt import guid_from  # noqa: E402
+from publisher.config import load_config  # noqa: E402
+from publisher.demodisk import TARGET_MARKER, target_initrd  # noqa: E402
+from publisher.media.build import build_boot_iso, resolve_arch  # noqa: E402
+from publisher.media.debs import DebCache  # noqa: E402
+from publisher.media.esp import esp_size  # noqa: E402
+from publisher.media.iso import write_boot_iso  # noqa: E402
+from publisher.media.uki import UkiParts, build_uki  # noqa: E402
+from publisher.run import spawn  # noqa: E402
+from tests.e2e.harness import LiveLoop  # noqa: E402
+from tests.qemu_boot import repo_recipe  # noqa: E402
+from watcher.vm.firmware import find_firmware  # noqa: E402
+from watcher.vm.nvram import restore_template  # noqa: E402
+from watcher.vm.qemu import kvm_usable, qemu_argv  # noqa: E402
+from watcher.vm.spec import Accel, VmSpec  # noqa: E402
+
+INIT_MARKER = "CLOUDBOOT-INIT-OK"
+STEP = re.compile(r"cloud-boot: \S+ step (\w+) ([\d.]+)s")
+#: The demo plan's target cmdline (plans/default.hcl), as the floor UKI bakes it in.
+TARGET_CMDLINE = "console=ttyS0 root=LABEL=cbtarget ro cloudboot.demo=floor"
+#: Stage name -> which floor boot it contains (None: the whole stage is loop overhead).
+STAGES: dict[str, str | None] = {
+    "watcher: edit -> VM restart requested": None,
+    "VM stop + start": None,
+    "firmware + kernel + initramfs -> python ready": "a",
+    "agent steps": None,
+    "menu wait": None,
+    "agent, rest (log, reboot(2))": None,
+    "reboot -> target marker": "b",
+}
+
+
+def log_time(event: dict[str, Any]) -> float:
+    """Wall time of a structlog JSON line (``timestamp`` is ISO 8601 UTC)."""
+    stamp = str(event["timestamp"]).replace("Z", "+00:00")
+    return datetime.datetime.fromisoformat(stamp).timestamp()
+
+
+def first_event(events: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    for event in events:
+        if event.get("event") == name:
+            return event
+    raise SystemExit(f"no {name!r} in the watcher's log after the edit")
+
+
+def measure_edit(loop: LiveLoop, clock: LineClock, old: str, new: str) -> dict[str, float]:
+    """One edit: its total and its stages (seconds), which add up to the total."""
+    mark, seen = clock.size(), len(loop.log_events())
+    t_edit = loop.edit(loop.plan, f'default_target = "{old}"', f'default_target = "{new}"')
+    t_up, _ = clock.wait(rf"{TARGET_MARKER} target={new}\b", since=mark, alive=loop.alive)
+    loop.wait_event(lambda e: e.get("event") == "run done", after=seen)
+    events = loop.log_events()[seen:]
+    vm = first_event(events, "vm stage done")
+    t_vm_done = log_time(vm)
+    t_restart = t_vm_done - float(vm["duration_ms"]) / 1000
+    steps = {m.group(1): float(m.group(2)) for _, m in clock.all(STEP, since=mark)}
+    t_ready = clock.first(r"python ready at", since=mark)[0] - steps.get("init", 0.0)
+    t_parsed = clock.first(r"cloud-boot: \S+ step parse ", since=mark)[0]
+    t_chosen = clock.first(r"cloud-boot: \S+ target '", since=mark)[0]
+    # The kernel's own line when it prints one, else the agent's last word before reboot(2).
+    rebooted = clock.all(r"reboot: Restarting system", since=mark)
+    t_reboot = (rebooted or [clock.first(r"Boot0001 = cloud-boot", since=mark)])[0][0]
+    menu = t_chosen - t_parsed
+    agent_rest = (t_reboot - t_ready) - sum(steps.values()) - menu
+    stages = dict(zip(STAGES, (t_restart - t_edit, t_vm_done - t_restart, t_ready - t_vm_done,
+                               sum(steps.values()), menu, agent_rest, t_up - t_reboot),
+                      strict=True))  # fmt: skip
+    plan = first_event(events, "plan stage done")
+    return {"total": t_up - t_edit, "plan publish": float(plan["duration_ms"]) / 1000, **stages}
+
+
+@contextlib.contextmanager
+def bare_vm(spec: VmSpec, iso: Path, work: Path) -> Iterator[tuple[float, LineClock]]:
+    """QEMU as the backend runs it, booting ``iso`` with fresh NVRAM; yields its start time."""
+    work.mkdir(parents=True, exist_ok=True)
+    run_spec = dataclasses.replace(spec, iso=iso, state_dir=work, nvram=work / "nvram.fd",
+                                   serial_log=work / "serial.log")  # fmt: skip
+    firmware = find_firmware(run_spec.arch)
+    restore_template(run_spec.nvram, firmware.vars_template)
+    accel = run_spec.accel
+    if accel is Accel.AUTO:
+        accel = Accel.KVM if kvm_usable(run_spec.arch) else Accel.TCG
+    argv = qemu_argv(run_spec, firmware, accel=accel)
+    with LineClock(run_spec.serial_log) as clock:
+        start = time.time()
+        with spawn(argv, stdout=work / "qemu.log", grace=2):
+            yield start, clock
+
+
+def floor_isos(out: Path) -> tuple[Path, Path]:
+    """(a) busybox-marker boot.iso from the repo recipe; (b) target UKI on a boot.iso."""
+    recipe = repo_recipe("busybox-marker")
+    marker_iso = out / "marker.iso"
+    build_boot_iso(recipe, marker_iso, [Arch.X86_64])
+    inputs = resolve_arch(recipe.for_arch(Arch.X86_64), recipe, DebCache(), None, offline=False)
+    parts = UkiParts(inputs.stub.read_bytes(),
+                     inputs.kernel.vmlinuz.read_bytes(),
+                     target_initrd(inputs.busybox.read_bytes()), TARGET_CMDLINE,
+                     inputs.kernel.uname)  # fmt: skip
+    uki = build_uki(parts, Arch.X86_64)
+    target_iso = out / "target.iso"
+    write_boot_iso(target_iso, {Arch.X86_64.efi_boot_file: uki}, esp_size=esp_size([len(uki)]),
+                   epoch=0, disk_guid=guid_from("floor-disk"), esp_guid=guid_from("floor-esp"),
+                   volume_id=1)  # fmt: skip
+    return marker_iso, target_iso
+
+
+def measure_floor(spec: VmSpec, iso: Path, marker: str, work: Path) -> float:
+    with bare_vm(spec, iso, work) as (start, clock):
+        seen, _ = clock.wait(marker, timeout=300)
+    return seen - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--edits", type=int, default=None, help="default 3 (--quick: 1)")
+    add_report_options(parser)
+    args = parser.parse_args()
+    edits = args.edits or (1 if args.quick else 3)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+    with tempfile.TemporaryDirectory(prefix="bench-e2t-") as tmp_name:
+        tmp = Path(tmp_name)
+        loop = LiveLoop(tmp / "ws")
+        with loop, LineClock(loop.serial.path) as clock:
+            started = time.time()
+            t_first, _ = clock.wait(rf"{TARGET_MARKER} target=alpha\b", timeout=900,
+                                    alive=loop.alive)  # fmt: skip
+            runs, current = [], "alpha"
+            for _ in range(edits):
+                new = "beta" if current == "alpha" else "alpha"
+                runs.append(measure_edit(loop, clock, current, new))
+                current = new
+            spec = VmSpec.from_config(load_config(loop.root))
+            spec = dataclasses.replace(spec, disks=(loop.root / "build" / "demo-target.raw",))
+        # The loop is down now: the floor boots do not share the CPU with its idle VM.
+        marker_iso, target_iso = floor_isos(tmp)
+        floor_a = [
+            measure_floor(spec, marker_iso, INIT_MARKER, tmp / f"a{i}") for i in range(edits)
+        ]
+        floor_b = [measure_floor(spec, target_iso, TARGET_MARKER, tmp / f"b{i}")
+                   for i in range(edits)]  # fmt: skip
+    rows = summarise(runs, statistics.median(floor_a), statistics.median(floor_b), edits)
+    rows.append(Row(8, "`cloudboot up` -> first target up", t_first - started, "s",
+                    note="fresh workspace: key, registry, publish, build, boot"))  # fmt: skip
+    print_table(rows)
+    emit(rows, args.json)
+
+
+def summarise(runs: list[dict[str, float]], floor_a: float, floor_b: float, n: int) -> list[Row]:
+    """Rows: the total against the floor, the two floors, the overhead and its stages."""
+    med = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    floor = floor_a + floor_b
+    total = med["total"]
+    floors = {"a": ("floor (a): bare bootstrap boot", floor_a),
+              "b": ("floor (b): bare target boot", floor_b)}  # fmt: skip
+    beyond = {name: med[name] - (floors[part][1] if part else 0.0)
+              for name, part in STAGES.items()}  # fmt: skip
+    overhead_sum = sum(beyond.values())
+    rows = [
+        Row(8, f"plan edit -> new target running (median of {n})", total, "s",
+            "two bare boots (a) + (b)", floor, target="<= 1.25x two bare boots",
+            passed=total <= 1.25 * floor),
+        Row(8, "floor (a): busybox-marker boot.iso, QEMU start -> CLOUDBOOT-INIT-OK", floor_a, "s"),
+        Row(8, "floor (b): target UKI, QEMU start -> CLOUDBOOT-TARGET-UP", floor_b, "s"),
+        Row(8, "loop overhead beyond the two bare boots", total - floor, "s",
+            "plan edit -> new target running", total),
+    ]  # fmt: skip
+    for name, part in STAGES.items():
+        share = beyond[name] / overhead_sum if overhead_sum else 0.0
+        base, base_value = floors[part] if part else (None, None)
+        note = f"{beyond[name]:.2f} s beyond its floor" if part else "all overhead"
+        if name.startswith("watcher"):
+            note += f"; plan publish {med['plan publish'] * 1000:.0f} ms of it"
+        rows.append(Row(8, f"stage: {name}", med[name], "s", base, base_value,
+                        note=f"{note}, {share:.0%} of the overhead"))  # fmt: skip
+    return rows
+
+
+def print_table(rows: list[Row]) -> None:
+    for row in rows:
+        base = f"  vs {row.baseline} {row.baseline_value:.2f} s" if row.baseline_value else ""
+        ratio = f" = {row.ratio:.2f}x" if row.ratio is not None else ""
+        verdict = f"  [{row.target}: {'met' if row.passed else 'MISSED'}]" if row.target else ""
+        note = f"  ({row.note})" if row.note else ""
+        print(f"{row.metric:<58} {row.value:7.2f} s{base}{ratio}{verdict}{note}")
+
+
+if __name__ == "__main__":
+    main()
