@@ -1,31 +1,39 @@
 """cloud-boot-init for Path C: the guest agent that runs as PID 1 in our initramfs (spec 5).
 
-One pass: cmdline -> network -> plan (OCI or embedded) -> signature -> target -> kernel and
-initrd -> cache ESP -> Boot0001/BootOrder -> reboot. Everything that touches the machine
-(mounts, modules, DHCP, the ESP mount, reboot) is behind ``System`` so the same loop runs
-on the host against a directory tree and disk images; ``guest.sysguest`` is the real one.
+One pass: cmdline -> network -> metadata -> plan (OCI or embedded) -> signature -> target
+-> kernel and initrd -> cmdline template -> cache ESP -> Boot0001/BootOrder -> reboot.
+Everything that touches the machine (mounts, modules, DHCP, the ESP mount, reboot) is
+behind ``System`` so the same loop runs on the host against a directory tree and disk
+images; ``guest.sysguest`` is the real one.
 Any failure before the NVRAM write prints ``FATAL:`` with a hint, leaves NVRAM untouched
 and waits (PID 1 must never exit).
+
+Python's start-up is a large part of a boot under TCG, so the modules only some boots
+need (OCI pulls and cosign, the menu, the ext4 reader, the metadata document) are
+imported where they are used, and the network comes up only when something needs it.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import sys
-import urllib.request
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from guest import blockdev, cosign, fetch, menu, oci, plan, stage
+from guest import blockdev, plan, stage, template
 from guest.arch import Arch
-from guest.cmdline import CosignPolicy, Options
+from guest.cmdline import CosignPolicy, Options, parse_cmdline
 from guest.console import Console
-from guest.diskread import Ext4Reader, read_boot_files
 from guest.efi.efivarfs import EfiVarStore
 from guest.errors import CloudbootError
+from guest.lease import Lease, choose_dns, resolv_conf
+
+if TYPE_CHECKING:  # imported when used: a boot that never needs them never pays for them
+    from guest import fetch, oci
+    from guest.metadata import Metadata
 
 DEBUG_HINT = "cloudboot.debug=1 on the kernel command line gives a shell on the console"
 
@@ -53,6 +61,10 @@ class Paths:
         return self.root / "etc/cloudboot/modules"  # written by publisher.media.initramfs
 
     @property
+    def resolv_conf(self) -> Path:
+        return self.root / "etc/resolv.conf"
+
+    @property
     def sys(self) -> Path:
         return self.root / "sys"
 
@@ -69,7 +81,7 @@ class System(Protocol):
     def prepare(self) -> None: ...
     def load_modules(self, listing: Path) -> list[str]: ...
     def ensure_efivars(self, path: Path) -> None: ...
-    def network_up(self, console: Console) -> None: ...
+    def network_up(self, console: Console) -> Lease | None: ...
     def open_esp(self, esp: stage.CacheEsp) -> AbstractContextManager[stage.EspFiles]: ...
     def finish(self) -> None: ...
     def wait_forever(self, debug: bool) -> None: ...
@@ -97,9 +109,13 @@ class Agent:
         self.paths = paths
         self.arch = arch
         self.options = Options()
-        self.client_factory = client_factory or (
-            lambda o: fetch.RegistryClient(insecure=o.insecure)
-        )
+        self.params: dict[str, str] = {}  # the kernel command line's, before metadata
+        self.client_factory = client_factory or _default_client
+        self._client: fetch.RegistryClient | None = None
+        self.metadata_overrides: dict[str, str] = {}
+        self.lease: Lease | None = None
+        self.network_done = False
+        self.dns_written: tuple[str, ...] = ()
         self.nvram_touched = False
 
     # -- the pass ------------------------------------------------------------------------
@@ -120,7 +136,8 @@ class Agent:
         c = self.console
         with c.step("init"):
             self.system.prepare()
-            self.options = Options.from_text(self.paths.cmdline.read_text())
+            self.params = parse_cmdline(self.paths.cmdline.read_text())
+            self.options = Options.from_params(self.params)
             c.quiet = self.options.quiet
             failed = self.system.load_modules(self.paths.modules)
             for name in failed:
@@ -130,16 +147,15 @@ class Agent:
         if uptime.exists():
             since = float(uptime.read_text().split()[0]) - sum(c.timings.values())
             c.log(f"python ready at {since:.2f}s since kernel start")
-        client = self.client_factory(self.options)
-        if self.options.plan or self.options.metadata_url:
-            with c.step("network"):
-                self.system.network_up(c)
         meta = self._metadata()
-        evaluated, target = self._choose(client, meta)
+        self._apply_dns(())
+        target = self._choose(meta)
         c.log(f"target {target.name!r} ({target.source.kind})")
         with c.step("read"):
-            kernel, initrd, artifact_cmdline = self._materialise(client, target)
-        cmdline = target.cmdline or artifact_cmdline or (self.options.cmdline or "")
+            kernel, initrd, artifact_cmdline = self._materialise(target)
+        cmdline = self._render_cmdline(
+            target, target.cmdline or artifact_cmdline or (self.options.cmdline or "")
+        )
         with c.step("write"):
             esp, warnings = stage.find_cache_esp(blockdev.scan(self.paths.sys, self.paths.dev))
             for warning in warnings:
@@ -160,25 +176,93 @@ class Agent:
         c.log(
             f"Boot0001 = cloud-boot {target.name}; rebooting (total {sum(c.timings.values()):.3f}s)"
         )
-        del evaluated
 
-    # -- plan ----------------------------------------------------------------------------
+    def client(self) -> fetch.RegistryClient:
+        if self._client is None:
+            self._client = self.client_factory(self.options)
+        return self._client
+
+    def _network(self) -> None:
+        """DHCP once, the first time anything needs the network (plan, metadata, OCI)."""
+        if self.network_done:
+            return
+        with self.console.step("network"):
+            self.lease = self.system.network_up(self.console)
+        self.network_done = True
+        if self.lease:
+            self.console.log(
+                f"lease {self.lease.cidr or self.lease.ip} on {self.lease.interface}"
+                f" gw {self.lease.gateway or '-'} dns {','.join(self.lease.dns) or '-'}"
+            )
+
+    # -- metadata and DNS ----------------------------------------------------------------
 
     def _metadata(self) -> dict[str, Any]:
+        """Fetch the metadata document: its JSON is ``meta.*``, its ``cloudboot`` object
+        overrides knobs. Like upstream, a document that cannot be had is a warning and
+        the boot goes on with the command line's values."""
         url = self.options.metadata_url
         if not url:
             return {}
-        with self.console.step("metadata"):
-            try:
-                with urllib.request.urlopen(url, timeout=10) as resp:
-                    doc = json.loads(resp.read(1 << 20))
-            except (OSError, ValueError) as exc:
-                raise CloudbootError(f"metadata document unreadable: {exc}", where=url) from None
-        if not isinstance(doc, dict):
-            raise CloudbootError("metadata document is not a JSON object", where=url)
-        return doc
+        self._network()
+        from guest import metadata
 
-    def _fetch_plan(self, client: fetch.RegistryClient, text_ref: str) -> Fetched:
+        try:
+            with self.console.step("metadata"):
+                token = self.options.raw.get("cloudboot.metadata.token", "")
+                data = metadata.fetch_document(url, token)
+                doc = metadata.parse_metadata(data, self.params, where=url)
+        except CloudbootError as exc:
+            self.console.warn(f"metadata: {exc}; going on with the command line's values")
+            return {}
+        self._apply_metadata(doc)
+        return dict(doc.document)
+
+    def _apply_metadata(self, doc: Metadata) -> None:
+        from guest import metadata
+
+        for key in doc.refused:
+            self.console.warn(f"metadata may not set {key}; the command line's value stays")
+        for key, value in doc.overrides.items():
+            old = self.params.get(key)
+            shown = "***" if key.endswith("token") else repr(value)
+            self.console.log(
+                f"metadata: {key}={shown}" + (" (overrides the cmdline)" if old else "")
+            )
+        self.metadata_overrides = dict(doc.overrides)
+        self.options = Options.from_params(metadata.apply(self.params, doc))
+        self._client = None  # knobs such as the registry client's may have changed
+
+    def _apply_dns(self, plan_dns: tuple[str, ...]) -> None:
+        """/etc/resolv.conf by precedence cmdline < plan < metadata (spec 5.1).
+
+        Called before the plan fetch (command line or metadata resolvers, so the plan's
+        registry can be named) and again after the outermost plan is parsed.
+        """
+        chosen = choose_dns(
+            self.params.get("cloudboot.dns"), plan_dns, self.metadata_overrides.get("cloudboot.dns")
+        )
+        if chosen is None:
+            return
+        servers, source = chosen
+        if servers == self.dns_written:
+            return
+        _write_atomically(self.paths.resolv_conf, resolv_conf(servers).encode())
+        self.dns_written = servers
+        self.console.log(f"dns {','.join(servers)} (from {source}) -> /etc/resolv.conf")
+
+    def _render_cmdline(self, target: plan.Target, cmdline: str) -> str:
+        """Go-template text (``ip={{.IPSpec}}``) filled in from what this guest knows."""
+        if not template.has_template(cmdline):
+            return cmdline
+        if self.lease is None and not self.network_done:
+            self._network()  # the template may want the lease; DHCP now rather than fail
+        fields = template.target_fields(self.lease, target.source, insecure=self.options.insecure)
+        rendered = template.render(cmdline, fields, where=f"{target.where} cmdline")
+        self.console.log(f"cmdline rendered: {rendered}")
+        return rendered
+
+    def _fetch_plan(self, text_ref: str) -> Fetched:
         c = self.console
         if not text_ref:
             if not self.paths.embedded_plan.exists():
@@ -188,7 +272,11 @@ class Agent:
                 )
             c.log("using the embedded plan /etc/cloud-boot/plan.hcl")
             return Fetched(self.paths.embedded_plan.read_text(), "/etc/cloud-boot/plan.hcl", None)
+        from guest import fetch, oci
+
         ref = oci.parse_ref(text_ref)
+        self._network()
+        client = self.client()
         with c.step("fetch"):
             try:
                 resolved, data = fetch.pull_plan(client, ref, self.arch.oci)
@@ -205,6 +293,8 @@ class Agent:
         return Fetched(data.decode("utf-8"), str(ref), ref)
 
     def _verify(self, client: fetch.RegistryClient, ref: oci.Ref, digest: str) -> None:
+        from guest import cosign, fetch
+
         policy = self.options.cosign
         if policy is CosignPolicy.OFF:
             self.console.warn("cloudboot.cosign=off: plan signature not checked")
@@ -224,20 +314,20 @@ class Agent:
             return
         self.console.log(f"plan signature verified ({key.algorithm})")
 
-    def _choose(
-        self, client: fetch.RegistryClient, meta: dict[str, Any]
-    ) -> tuple[plan.EvaluatedPlan, plan.Target]:
+    def _choose(self, meta: dict[str, Any]) -> plan.Target:
         text_ref = self.options.plan
         wanted: str | None = self.options.target or None
         for depth in range(plan.MAX_SUBPLAN_DEPTH + 1):
-            fetched = self._fetch_plan(client, text_ref)
+            fetched = self._fetch_plan(text_ref)
             with self.console.step("parse"):
                 parsed = plan.parse_plan(fetched.text, fetched.source)
                 evaluated = plan.evaluate(parsed, self.arch.oci, meta=meta)
+            if depth == 0:  # like upstream: the outermost plan's resolvers
+                self._apply_dns(evaluated.dns)
             name = wanted or self._menu(evaluated)
             target = plan.select_target(evaluated, name)
             if not isinstance(target.source, plan.SubplanSource):
-                return evaluated, target
+                return target
             if depth == plan.MAX_SUBPLAN_DEPTH:
                 break
             self.console.log(f"target {target.name!r} chains to subplan {target.source.ref}")
@@ -249,32 +339,13 @@ class Agent:
         fds = self.system.console_fds()
         if not wants_menu or not fds:
             return None
-        entries = [menu.Entry(t.name, t.label, t.version) for t in evaluated.eligible_targets()]
-        default = evaluated.default_target or entries[0].name
-        timeout = evaluated.menu.timeout_s if evaluated.menu else None
-        if self.options.menu_timeout is not None:
-            timeout = plan.parse_timeout(self.options.menu_timeout)
-        prompt = self.options.menu_prompt or (
-            evaluated.menu.prompt if evaluated.menu else plan.DEFAULT_MENU_PROMPT
-        )
-        while True:
-            countdown = f" [{default} in {timeout:g}s]" if timeout is not None else ""
-            self.console.write(menu.render(entries, default, prompt + countdown))
-            answer = menu.ask(fds, timeout)
-            if answer is None:
-                self.console.write("\n")
-                return default
-            chosen = menu.choose(entries, default, answer)
-            if chosen:
-                return chosen
-            self.console.write(f"no target matches {answer!r}\n")
-            timeout = None
+        from guest import menu
+
+        return menu.run_menu(self.console, fds, evaluated, self.options)
 
     # -- sources -------------------------------------------------------------------------
 
-    def _materialise(
-        self, client: fetch.RegistryClient, target: plan.Target
-    ) -> tuple[bytes, bytes | None, str | None]:
+    def _materialise(self, target: plan.Target) -> tuple[bytes, bytes | None, str | None]:
         source = target.source
         if isinstance(source, plan.DiskSource):
             if source.fs != "ext4":
@@ -285,27 +356,48 @@ class Agent:
             devices = blockdev.scan(self.paths.sys, self.paths.dev)
             device = blockdev.resolve(source.device, devices)
             self.console.log(f"reading {source.device} ({device.name})")
+            from guest.diskread import Ext4Reader, read_boot_files
+
             with Ext4Reader.open(device.node) as fs:
                 files = read_boot_files(fs, source.kernel or "", source.initrd or "")
             self.console.log(f"kernel {files.kernel_path}, initrd {files.initrd_path or '-'}")
             return files.kernel, files.initrd, None
         if isinstance(source, plan.OciSource):
+            from guest import fetch, oci
+
+            self._network()
             refs = [
                 oci.parse_ref(r)
                 for r in (source.index, source.kernel, source.initrd, source.modules)
                 if r
             ]
-            boot = fetch.pull_boot(client, refs, self.arch.oci)
+            boot = fetch.pull_boot(self.client(), refs, self.arch.oci)
             return boot.kernel, boot.initrd or None, boot.cmdline
         raise CloudbootError(f"unsupported source {source.kind}", where=str(target.where))
 
 
 def _default_client(options: Options) -> fetch.RegistryClient:
+    from guest import fetch
+
     return fetch.RegistryClient(insecure=options.insecure)
 
 
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as out:
+        out.write(data)
+    os.replace(tmp, path)
+
+
+def _is(exc: BaseException, module: str, name: str) -> bool:
+    """isinstance against a class of a lazily imported module (not imported: not one)."""
+    mod = sys.modules.get(module)
+    return mod is not None and isinstance(exc, getattr(mod, name))
+
+
 def _hint(exc: CloudbootError) -> str:
-    if isinstance(exc, cosign.SigningError):
+    if _is(exc, "guest.cosign", "SigningError"):
         return (
             "push the plan signed with the key baked into boot.iso (`cloudboot push`), "
             "or boot with cloudboot.cosign=warn; NVRAM was not touched"
@@ -314,11 +406,13 @@ def _hint(exc: CloudbootError) -> str:
         return stage.CACHE_DISK_HINT
     if isinstance(exc, blockdev.DeviceNotFoundError):
         return "check the target's disk.device in the plan against the disks attached"
-    if isinstance(exc, fetch.FetchError):
+    if _is(exc, "guest.fetch", "FetchError"):
         return (
             "check the network, the registry address (the host is 10.0.2.2 under QEMU) "
             "and cloudboot.plan"
         )
+    if isinstance(exc, template.TemplateError):
+        return "fix the target's cmdline template in the plan; NVRAM was not touched"
     return DEBUG_HINT
 
 

@@ -8,7 +8,7 @@ of the callers.
 from __future__ import annotations
 
 import enum
-import platform
+import os
 
 
 class Arch(enum.Enum):
@@ -56,7 +56,7 @@ class Arch(enum.Enum):
 
     @classmethod
     def host(cls) -> Arch:
-        return cls.parse(platform.machine())
+        return cls.parse(os.uname().machine)
 
 
 #: Plan-level arch names a plan may restrict a target to (upstream also knows riscv64).

@@ -12,6 +12,12 @@ import select
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from guest.cmdline import Options
+    from guest.console import Console
+    from guest.plan import EvaluatedPlan
 
 
 @dataclass(frozen=True)
@@ -64,3 +70,36 @@ def ask(fds: Sequence[int], timeout_s: float | None) -> str | None:
             if b"\n" in buffers[fd] or b"\r" in buffers[fd]:
                 line = buffers[fd].replace(b"\r", b"\n").split(b"\n", 1)[0]
                 return line.decode("utf-8", errors="replace")
+
+
+def run_menu(
+    console: Console, fds: Sequence[int], evaluated: EvaluatedPlan, options: Options
+) -> str:
+    """Show the menu until a target is chosen or the countdown picks the default.
+
+    The plan's ``menu`` block sets the countdown and prompt; ``cloudboot.menu.timeout``
+    and ``cloudboot.menu.prompt`` override it (as upstream does). After a wrong answer
+    the countdown stops: someone is at the console.
+    """
+    from guest import plan
+
+    entries = [Entry(t.name, t.label, t.version) for t in evaluated.eligible_targets()]
+    default = evaluated.default_target or entries[0].name
+    timeout = evaluated.menu.timeout_s if evaluated.menu else None
+    if options.menu_timeout is not None:
+        timeout = plan.parse_timeout(options.menu_timeout)
+    prompt = options.menu_prompt or (
+        evaluated.menu.prompt if evaluated.menu else plan.DEFAULT_MENU_PROMPT
+    )
+    while True:
+        countdown = f" [{default} in {timeout:g}s]" if timeout is not None else ""
+        console.write(render(entries, default, prompt + countdown))
+        answer = ask(fds, timeout)
+        if answer is None:
+            console.write("\n")
+            return default
+        chosen = choose(entries, default, answer)
+        if chosen:
+            return chosen
+        console.write(f"no target matches {answer!r}\n")
+        timeout = None

@@ -21,6 +21,7 @@ from typing import TextIO
 
 from guest.console import Console
 from guest.errors import CloudbootError
+from guest.lease import LEASE_FILE, Lease, parse_lease
 from guest.stage import CacheEsp, EspFiles, MountedEsp
 
 BUSYBOX = "/bin/busybox"
@@ -114,7 +115,8 @@ class GuestSystem:
                     f"cannot mount efivarfs: {exc.strerror}", where=str(path)
                 ) from exc
 
-    def network_up(self, console: Console) -> None:
+    def network_up(self, console: Console) -> Lease | None:
+        """DHCP on the first NIC; the lease comes back from the udhcpc script's file."""
         subprocess.run([BUSYBOX, "ip", "link", "set", "lo", "up"], check=False)
         iface = self._wait_for_nic()
         console.log(f"DHCP on {iface}")
@@ -141,6 +143,13 @@ class GuestSystem:
         if proc.returncode != 0:
             tail = proc.stdout.decode(errors="replace").strip().splitlines()[-3:]
             raise SystemError_(f"DHCP on {iface} failed: {' / '.join(tail)}", where=iface)
+        lease_file = Path("/") / LEASE_FILE
+        if not lease_file.exists():
+            console.warn(f"DHCP on {iface} left no lease in {lease_file}")
+            return None
+        mac_file = Path("/sys/class/net") / iface / "address"
+        mac = mac_file.read_text() if mac_file.exists() else ""
+        return parse_lease(lease_file.read_text(), mac=mac, where=str(lease_file))
 
     @staticmethod
     def _wait_for_nic(timeout: float = 10.0) -> str:
@@ -182,6 +191,8 @@ class GuestSystem:
         return fds
 
     def wait_forever(self, debug: bool) -> None:
+        if debug and os.path.exists(BUSYBOX):  # the applet links a shell user expects
+            subprocess.run([BUSYBOX, "--install", "-s", "/bin"], check=False)
         while True:
             if debug and os.path.exists(BUSYBOX):
                 subprocess.run([BUSYBOX, "setsid", "-c", BUSYBOX, "sh"], check=False)

@@ -21,6 +21,7 @@ from guest.console import Console
 from guest.efi import GLOBAL_VARIABLE_GUID, bootorder
 from guest.efi.efivarfs import EfiVarStore
 from guest.efi.loadoption import LoadOption
+from guest.lease import Lease
 from guest.stage import CacheEsp, EspFiles
 from publisher.localregistry import RunningRegistry
 from publisher.run import run
@@ -56,6 +57,7 @@ class HostSystem:
 
     rebooted: bool = False
     esp_opened: list[str] = field(default_factory=list)
+    lease: Lease | None = None
 
     def prepare(self) -> None:
         pass
@@ -63,8 +65,8 @@ class HostSystem:
     def load_modules(self, listing: Path) -> list[str]:
         return []
 
-    def network_up(self, console: Console) -> None:
-        pass
+    def network_up(self, console: Console) -> Lease | None:
+        return self.lease
 
     def ensure_efivars(self, path: Path) -> None:
         assert path.is_dir()

@@ -29,6 +29,8 @@ from publisher.media import cpio
 from publisher.media.debs import DebCache
 from publisher.run import run
 
+#: The guest interpreter's version: bytecode compiled here must carry its magic number.
+GUEST_PYTHON = "3.11"
 RUNTIME_PACKAGES = (
     "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib", "python3-regex",
     "libc6", "libssl3", "zlib1g", "libexpat1", "libffi8", "libbz2-1.0", "liblzma5", "libuuid1",
@@ -51,7 +53,8 @@ TREE_DROP = ("usr/share", "usr/lib/locale", "usr/bin/pydoc", "sbin", "usr/sbin",
 
 INIT_SCRIPT = """#!/bin/busybox sh
 # cloud-boot-init (Python): the agent is PID 1 through exec, so it never returns here.
-/bin/busybox --install -s /bin
+# No `busybox --install`: its ~400 links cost time on every boot and the agent calls
+# /bin/busybox by path (the debug shell installs them when it starts).
 export PATH=/usr/bin:/bin PYTHONHOME=/usr PYTHONDONTWRITEBYTECODE=1
 export LD_LIBRARY_PATH=/lib/{triplet}:/usr/lib/{triplet}
 exec /usr/bin/python3.11 -S -B /usr/lib/cloudboot/cloud-boot-init.py
@@ -60,18 +63,34 @@ RESET_SCRIPT = """#!/bin/sh
 export PYTHONHOME=/usr LD_LIBRARY_PATH=/lib/{triplet}:/usr/lib/{triplet}
 exec /usr/bin/python3.11 -S -B /usr/lib/cloudboot/cloudboot-reset.py "$@"
 """
-AGENT_MAIN = "import sys\nfrom guest.agent import main\nmain()\n"
-RESET_MAIN = "import sys\nfrom guest.reset import main\nsys.exit(main())\n"
-#: busybox udhcpc calls this with $1 = deconfig|bound|renew and the lease in variables.
-UDHCPC_SCRIPT = """#!/bin/sh
+#: Entry scripts: the dataclass code cache goes in before anything defines a dataclass.
+_ENTRY = (
+    "import sys\nfrom guest import precompiled\n"
+    "precompiled.install(sys.path[0] + '/' + precompiled.CACHE_NAME)\n"
+)
+AGENT_MAIN = _ENTRY + "from guest.agent import main\nmain()\n"
+RESET_MAIN = _ENTRY + "from guest.reset import main\nsys.exit(main())\n"
+#: Every guest module a boot may import (lazily or not): their dataclasses are cached.
+GUEST_MODULES = ("guest.agent", "guest.sysguest", "guest.fetch", "guest.cosign",
+                 "guest.diskread", "guest.menu", "guest.metadata", "guest.template",
+                 "guest.lease", "guest.reset", "guest.plan")  # fmt: skip
+#: busybox udhcpc calls this with $1 = deconfig|bound|renew and the lease in variables;
+#: besides configuring the interface it leaves the lease in LEASE_FILE for the agent
+#: (cmdline templates, resolv.conf). Applets by path: there are no applet links.
+UDHCPC_SCRIPT = """#!/bin/busybox sh
+bb=/bin/busybox
 case "$1" in
-deconfig) ip addr flush dev "$interface"; ip link set "$interface" up ;;
+deconfig) $bb ip addr flush dev "$interface"; $bb ip link set "$interface" up ;;
 bound|renew)
-  ip addr flush dev "$interface"
-  ip addr add "$ip/${mask:-24}" dev "$interface"
-  for r in $router; do ip route add default via "$r" dev "$interface"; break; done
+  $bb ip addr flush dev "$interface"
+  $bb ip addr add "$ip/${mask:-24}" dev "$interface"
+  for r in $router; do $bb ip route add default via "$r" dev "$interface"; break; done
   : > /etc/resolv.conf
-  for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done ;;
+  for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done
+  $bb mkdir -p /run/cloud-boot
+  for k in interface ip subnet mask router dns hostname domain broadcast; do
+    eval "v=\\$$k"; echo "$k=$v"
+  done > /run/cloud-boot/lease.env ;;
 esac
 exit 0
 """
@@ -113,13 +132,26 @@ def _prune(root: Path, arch: Arch) -> None:
 
 
 def _compile_sourceless(tree: Path, keep_sources: Iterable[str] = ()) -> None:
-    """Legacy-location .pyc next to each .py (``-b``), then drop the .py (except kept)."""
+    """Bytecode for every module, compiled here once (unchecked-hash: never re-validated).
+
+    Legacy-location ``.pyc`` next to each ``.py`` (``-b``), then the ``.py`` is dropped.
+    Kept sources (the agent's own, for readable tracebacks) get their ``.pyc`` moved into
+    ``__pycache__`` instead: next to a ``.py`` a legacy ``.pyc`` is ignored, and the guest
+    would compile the agent from source on every boot (~1 s under TCG).
+    """
     run([sys.executable, "-m", "compileall", "-q", "-b", "-j", "0",
          "--invalidation-mode", "unchecked-hash", "-d", "/", tree])  # fmt: skip
     keep = tuple(keep_sources)
+    tag = f"cpython-{GUEST_PYTHON.replace('.', '')}"
     for source in tree.rglob("*.py"):
-        rel = source.relative_to(tree).as_posix()
-        if source.with_suffix(".pyc").exists() and not rel.startswith(keep):
+        compiled = source.with_suffix(".pyc")
+        if not compiled.exists():
+            continue
+        if source.relative_to(tree).as_posix().startswith(keep):
+            cache = source.parent / "__pycache__"
+            cache.mkdir(exist_ok=True)
+            compiled.replace(cache / f"{source.stem}.{tag}.pyc")
+        else:
             source.unlink()
 
 
@@ -214,6 +246,7 @@ def build_tree(
     _compile_sourceless(dest / "usr/lib/python3.11")
     _compile_sourceless(app, keep_sources=("guest/", "cloud-boot-init.py", "cloudboot-reset.py"))
     _warm_hcl2_cache(app)
+    _record_dataclass_code(app)
     triplet = _triplet(arch)
     _write(dest / "init", INIT_SCRIPT.format(triplet=triplet), 0o755)
     _write(dest / "usr/bin/cloudboot-reset", RESET_SCRIPT.format(triplet=triplet), 0o755)
@@ -245,6 +278,26 @@ def _warm_hcl2_cache(app: Path) -> None:
     run([sys.executable, "-S", "-B", "-c", _WARM.format(app=str(app), guest=GUEST_APP_DIR)])
     if not (app / "hcl2/.lark_cache.bin").is_file():
         raise RuntimeError("hcl2 parser cache was not written")
+
+
+_RECORD = """
+import sys
+sys.path.insert(0, {app!r})
+from guest import precompiled
+data = precompiled.record({modules!r})
+with open({out!r}, "wb") as out:
+    out.write(data)
+"""
+
+
+def _record_dataclass_code(app: Path) -> None:
+    """Compile the guest's dataclass methods here (see ``guest.precompiled``): a fresh
+    interpreter of the guest's minor version imports the packed modules and records."""
+    if f"{sys.version_info[0]}.{sys.version_info[1]}" != GUEST_PYTHON:
+        return  # code objects of another minor version would not load; the guest compiles
+    out = app / "dataclass-code.marshal"
+    run([sys.executable, "-S", "-B", "-c",
+         _RECORD.format(app=str(app), modules=GUEST_MODULES, out=str(out))])  # fmt: skip
 
 
 def _write(path: Path, text: str, mode: int) -> None:
