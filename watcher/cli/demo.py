@@ -129,6 +129,7 @@ def up(
                 typer.echo(f"vm: started pid {status.pid}; serial log {backend.spec.serial_log}")
                 typer.echo("    follow it with: cloudboot vm console")
             vm_stage = BackendVmStage(backend, stop_timeout_s=config.vm.stop_timeout_ms / 1000)
+            vm_stage.supervise()  # vfkit: relaunch after the guest's reboot into its target
         typer.echo("watching plans/ and kernel/ (Ctrl-C stops the watcher, VM and registry)")
         run_daemon(config, vm_stage=vm_stage, initial=False)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from publisher.config import Config, load_config
 from publisher.registry import client_from_config
 from publisher.signing import SigningKey
 from watcher.vm import VmBackend, VmState
+from watcher.vm.spec import BackendKind
+from watcher.vm.supervisor import Supervisor
 from watcher.watch.daemon import WatchSetup
 from watcher.watch.ignore import IgnoreRules
 from watcher.watch.pipeline import BuildOutcome, BuildStage, PlanOutcome, PlanStage
@@ -36,13 +39,35 @@ class BackendVmStage:
     A VM already running when the watcher first touches it belongs to someone else
     (``cloudboot vm up`` in another terminal): the watcher restarts it on changes but
     leaves it running when the watcher stops.
+
+    With ``supervise`` (the default for vfkit, where Apple VZ reports a guest reboot as a
+    stop and vfkit exits) a background supervisor relaunches a VM that stopped on its own
+    WITHOUT touching NVRAM, so the Boot0001 the guest agent just staged boots. QEMU reboots
+    guests in place, so there an exit means the guest powered off and is left alone.
     """
 
-    def __init__(self, backend: VmBackend, *, stop_timeout_s: float = 1.0) -> None:
+    def __init__(
+        self, backend: VmBackend, *, stop_timeout_s: float = 1.0, supervise: bool | None = None
+    ) -> None:
         self.backend = backend
         self.stop_timeout_s = stop_timeout_s
         self._started_by_watcher = False
         self._seen = False
+        if supervise is None:
+            supervise = backend.spec.backend is BackendKind.VFKIT
+        self.supervisor = Supervisor(backend) if supervise else None
+        self._supervision_stop = threading.Event()
+        self._supervision: threading.Thread | None = None
+
+    def supervise(self) -> None:
+        """Start relaunching a VM that stops on its own (no-op without a supervisor)."""
+        if self.supervisor is None or self._supervision is not None:
+            return
+        self._supervision = threading.Thread(
+            target=self.supervisor.run, args=(self._supervision_stop,), name="vm-supervisor",
+            daemon=True,
+        )  # fmt: skip
+        self._supervision.start()
 
     @property
     def started_by_watcher(self) -> bool:
@@ -52,13 +77,21 @@ class BackendVmStage:
         if not self._seen:
             self._seen = True
             self._started_by_watcher = self.backend.status().state is not VmState.RUNNING
-        status = self.backend.restart(reset_nvram=True, stop_timeout=self.stop_timeout_s)
+        if self.supervisor is not None:  # under its lock: no relaunch races the restart
+            self.supervisor.request_restart(reset_nvram=True, stop_timeout=self.stop_timeout_s)
+            status = self.backend.status()
+        else:
+            status = self.backend.restart(reset_nvram=True, stop_timeout=self.stop_timeout_s)
+        self.supervise()
         return status.state.value
 
     def state(self) -> str:
         return self.backend.status().state.value
 
     def shutdown(self) -> None:
+        self._supervision_stop.set()
+        if self._supervision is not None:
+            self._supervision.join(10)
         if self._started_by_watcher:
             self.backend.down(timeout=self.stop_timeout_s)
 
