@@ -16,6 +16,7 @@ import signal
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -127,23 +128,8 @@ def spawn(
     args = [os.fspath(a) for a in argv]
     log.debug("spawn", argv=shlex.join(args))
     with contextlib.ExitStack() as stack:
-        out = (
-            stack.enter_context(open(stdout, "ab"))
-            if stdout
-            else subprocess.DEVNULL
-        )
-        try:
-            proc = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=_env(env),
-                cwd=cwd,
-                start_new_session=True,
-            )
-        except FileNotFoundError as exc:
-            raise ToolMissingError(args[0]) from exc
+        out = stack.enter_context(open(stdout, "ab")) if stdout else subprocess.DEVNULL
+        proc = _start_detached(args, out, env, cwd)
         try:
             yield proc
         finally:
@@ -166,15 +152,22 @@ def launch(
     args = [os.fspath(a) for a in argv]
     log.debug("launch", argv=shlex.join(args), log_file=str(log_file))
     with open(log_file, "ab") as out:
-        try:
-            return subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=_env(env),
-                cwd=cwd,
-                start_new_session=True,
-            )
-        except FileNotFoundError as exc:
-            raise ToolMissingError(args[0]) from exc
+        return _start_detached(args, out, env, cwd)
+
+
+def _start_detached(
+    args: list[str], out: Any, env: Mapping[str, str] | None, cwd: Path | None
+) -> subprocess.Popen[bytes]:
+    """Popen in its own session (our Ctrl-C does not reach it), output to ``out``."""
+    try:
+        return subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_env(env),
+            cwd=cwd,
+            start_new_session=True,
+        )
+    except FileNotFoundError as exc:
+        raise ToolMissingError(args[0]) from exc
