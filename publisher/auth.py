@@ -13,10 +13,12 @@ import binascii
 import json
 import os
 import re
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -183,3 +185,76 @@ def token_from_response(body: Mapping[str, object], realm: str) -> tuple[str, fl
     expires_in = body.get("expires_in")
     lifetime = float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else 60.0
     return token, lifetime
+
+
+#: Fetches a token: (realm URL, query params, headers) -> (HTTP status, JSON body or None).
+TokenFetcher = Callable[[str, Mapping[str, str], Mapping[str, str]], tuple[int, Any]]
+
+
+@dataclass
+class RegistryAuth:
+    """The ``Authorization`` header each repository gets, learnt from 401 challenges.
+
+    Basic credentials are sent only after a registry asked for them; bearer tokens are
+    fetched once per (realm, service, scope) and reused until shortly before they expire.
+    Network access for the token endpoint is the caller's ``fetch_token`` (the client's
+    session), so this class holds state and decisions only.
+    """
+
+    credentials: Callable[[str], Credentials | None]
+    tokens: TokenCache
+    fetch_token: TokenFetcher
+
+    def __post_init__(self) -> None:
+        self._basic: dict[str, str] = {}  # registry -> Basic header once a 401 asked for it
+        self._bearer_scope: dict[tuple[str, str], tuple[str, str, str]] = {}
+        self._creds: dict[str, Credentials | None] = {}
+        self._lock = threading.Lock()
+
+    def _credentials_for(self, registry: str) -> Credentials | None:
+        if registry not in self._creds:
+            self._creds[registry] = self.credentials(registry)
+        return self._creds[registry]
+
+    def header(self, registry: str, repository: str) -> str | None:
+        key = self._bearer_scope.get((registry, repository))
+        if key and (token := self.tokens.get(key)):
+            return f"Bearer {token}"
+        return self._basic.get(registry)
+
+    def answer(self, registry: str, repository: str, challenge: str, used: str | None) -> bool:
+        """Prepare auth for a retry after a 401; False when we have nothing new to offer.
+
+        Serialised: concurrent requests of one publish that all met the challenge wait for
+        the first to fetch a token and then reuse it, instead of each asking for one.
+        """
+        with self._lock:
+            current = self.header(registry, repository)
+            if current is not None and current != used:
+                return True  # another thread already obtained fresh auth
+            return self._obtain(registry, repository, parse_challenge(challenge))
+
+    def _obtain(self, registry: str, repository: str, challenge: Challenge) -> bool:
+        creds = self._credentials_for(registry)
+        if challenge.scheme == "basic":
+            if creds is None or registry in self._basic:
+                return False
+            self._basic[registry] = creds.basic_header()
+            return True
+        if challenge.scheme != "bearer" or "realm" not in challenge.params:
+            return False
+        realm = challenge.params["realm"]
+        service = challenge.params.get("service", "")
+        scope = challenge.params.get("scope") or f"repository:{repository}:pull,push"
+        key = (realm, service, scope)
+        if self._bearer_scope.get((registry, repository)) == key and self.tokens.get(key):
+            return False  # that very token was just refused
+        params = {k: v for k, v in (("service", service), ("scope", scope)) if v}
+        headers = {"Authorization": creds.basic_header()} if creds else {}
+        status, body = self.fetch_token(realm, params, headers)
+        if status in (401, 403) or not isinstance(body, Mapping):
+            return False
+        token, lifetime = token_from_response(body, realm)
+        self.tokens.put(key, token, lifetime)
+        self._bearer_scope[(registry, repository)] = key
+        return True

@@ -81,10 +81,10 @@ def _existing_signatures(
 ) -> tuple[Manifest | None, list[tuple[bytes, str]]]:
     """The signature manifest at ``sha256-<hex>.sig`` (if any) and its (payload, sig) pairs."""
     sig_ref = ref.with_tag(cosign.signature_tag(digest))
-    if client.head_manifest(sig_ref) is None:
+    found = client.find_manifest(sig_ref)  # one GET: a HEAD first would add a round trip
+    if found is None:
         return None, []
-    data, _, _ = client.get_manifest(sig_ref)
-    manifest = Manifest.from_bytes(data, what=str(sig_ref))
+    manifest = Manifest.from_bytes(found[0], what=str(sig_ref))
     pairs = [
         (client.get_blob(ref, layer.descriptor.digest), layer.signature_b64)
         for layer in cosign.signature_layers(manifest)
@@ -130,6 +130,23 @@ def _speculative_signature_blobs(ref: Ref, digest: str) -> list[Blob]:
     return [Blob.of_bytes(data), Blob.of_bytes(config)]
 
 
+def _current_tag(client: RegistryClient, ref: Ref, digest: str) -> str | None:
+    """Where ``ref``'s tag points now, asking the registry only when the answer matters.
+
+    If this client last saw the tag at another digest, the tag has to move whatever the
+    registry says (a PUT of the same bytes is harmless), so no lookup is spent on it.
+    """
+    remembered = client.memory.tag(ref)
+    if remembered is not None and remembered != digest:
+        return remembered
+    info = client.head_manifest(ref)
+    return info.digest if info else None
+
+
+def _lost_blobs(exc: RegistryError) -> bool:
+    return exc.status == 400 and "BLOB_UNKNOWN" in str(exc)
+
+
 def publish(
     client: RegistryClient,
     ref: Ref,
@@ -142,24 +159,46 @@ def publish(
 
     The independent first steps (tag lookup, blob uploads, existing signatures) run
     concurrently; the three manifest PUTs that make up the safety order run one by one.
+    If the registry lost blobs this client believed were there (a wiped embedded
+    registry), the manifest PUT says so; the beliefs are dropped and the publish redone.
     """
+    try:
+        return _publish(client, ref, manifest_bytes, media_type, blobs, key)
+    except RegistryError as exc:
+        if not _lost_blobs(exc):
+            raise
+        log.warning("registry lost blobs this client had seen; publishing again", ref=ref.name)
+        client.forget_blobs(ref)
+        return _publish(client, ref, manifest_bytes, media_type, blobs, key)
+
+
+def _publish(
+    client: RegistryClient,
+    ref: Ref,
+    manifest_bytes: bytes,
+    media_type: str,
+    blobs: Sequence[Blob],
+    key: SigningKey | None,
+) -> PushResult:
     digest = digest_of(manifest_bytes)
     if ref.digest and ref.digest != digest:
         raise CloudbootError(
             f"content has digest {digest}, not the pinned {ref.digest}", where=str(ref)
         )
     tagged = bool(ref.tag) and not ref.digest
+    repeat = client.memory.writes_to(ref)  # published here before: likely again soon
     pool = client.pool()
-    current = pool.submit(client.head_manifest, ref) if tagged else None
+    current = pool.submit(_current_tag, client, ref, digest) if tagged else None
     signatures = pool.submit(_existing_signatures, client, ref, digest) if key else None
     extra = _speculative_signature_blobs(ref, digest) if key else []
     uploads = [pool.submit(client.push_blob, ref, blob) for blob in (*blobs, *extra)]
-    sent = sum(f.result() for f in uploads)
-    head = current.result() if current else None
+    sizes = [f.result() for f in uploads]
+    sent = sum(sizes)
+    at = current.result() if current else None
     existing = signatures.result()[1] if signatures else []
     signed = key is None or _signed_by(existing, key, digest)
     sig_tag = cosign.signature_tag(digest) if key else None
-    if head is not None and head.digest == digest and signed:
+    if at == digest and signed:
         return PushResult(str(ref), digest, len(manifest_bytes), sig_tag, sent > 0, sent)
     client.put_manifest(ref.with_digest(digest), manifest_bytes, media_type, digest)
     if key is not None and not signed:
@@ -167,6 +206,8 @@ def publish(
     if tagged:
         client.put_manifest(ref, manifest_bytes, media_type, ref.reference)
     log.info("published", ref=str(ref), digest=digest, uploaded_bytes=sent)
+    if repeat:  # the next publish here will want about as many upload sessions
+        client.prepare_uploads(ref, sum(1 for n in sizes if n))
     return PushResult(str(ref), digest, len(manifest_bytes), sig_tag, True, sent)
 
 

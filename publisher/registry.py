@@ -14,6 +14,8 @@ total time; other 4xx fail at once with a message that names the registry and re
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,21 +29,21 @@ import structlog
 from guest.oci import MANIFEST_ACCEPT, Ref, digest_of, media_type_of, verify_digest
 from publisher.auth import (
     Credentials,
+    RegistryAuth,
     TokenCache,
     docker_config_path,
     lookup_credentials,
-    parse_challenge,
-    token_from_response,
 )
-from publisher.blob import Blob
+from publisher.blob import Blob, OpenUploads, StoreMemory, open_upload, send_blob
 from publisher.config import RegistrySection
 from publisher.retry import (
     RegistryError,
     RegistryUnavailableError,
     RetryPolicy,
     TransientRegistryError,
-    parse_retry_after,
+    error_for_status,
     retry_call,
+    tls_error,
 )
 
 __all__ = [
@@ -61,6 +63,13 @@ T = TypeVar("T")
 
 #: Blobs above this size are sent in PATCH chunks read from disk, never held in memory.
 CHUNK_SIZE = 8 * 1024 * 1024
+
+#: Blobs up to this size skip the HEAD before their upload when this client already writes
+#: to the repository and has not met the blob there: a watcher publishing edit after edit
+#: finds such blobs (the new plan, its signature payload) missing nearly every time, so
+#: the HEAD would only add a round trip; a stray re-send costs at most this many bytes.
+#: A fresh client, a big blob, or a retry after a failed attempt always asks first.
+BLIND_UPLOAD_MAX = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -83,18 +92,20 @@ class RegistryClient:
     session: requests.Session = field(default_factory=requests.Session)
     tokens: TokenCache = field(default_factory=TokenCache)
     uploaded_bytes: int = 0  # running total of blob bytes sent, for reports and bench
+    #: Upload sessions kept open per repository for the next publish (0: never).
+    spare_uploads: int = 4
 
     def __post_init__(self) -> None:
         # Passed on every request: a session-level setting loses to $REQUESTS_CA_BUNDLE.
         self._verify: str | bool = str(self.ca_bundle) if self.ca_bundle else True
-        self._basic: dict[str, str] = {}  # registry -> Basic header once a 401 asked for it
-        self._bearer_scope: dict[tuple[str, str], tuple[str, str, str]] = {}
-        self._creds: dict[str, Credentials | None] = {}
-        # Blobs seen in a repository (HEAD 200 or uploaded by us): skipping their HEAD saves
-        # a round trip per publish; forget_blobs() drops them if the registry lost any.
-        self._present: set[tuple[str, str, str]] = set()
+        # The environment (proxies, $REQUESTS_CA_BUNDLE) is read once per registry, not on
+        # every request as requests does by default: that lookup was ~0.4 ms a request.
+        self.session.trust_env = False
+        self._transport: dict[str, dict[str, Any]] = {}
+        self._auth = RegistryAuth(self.credentials, self.tokens, self._fetch_token)
+        self.memory = StoreMemory()
+        self._uploads = OpenUploads()
         self._lock = threading.Lock()
-        self._auth_lock = threading.Lock()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     def pool(self) -> concurrent.futures.ThreadPoolExecutor:
@@ -107,22 +118,43 @@ class RegistryClient:
             return self._pool
 
     def close(self) -> None:
+        """Stop the threads and cancel upload sessions opened ahead and never used."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        for ref, location in self._uploads.drain():
+            # Best effort: the registry purges abandoned sessions itself after a while.
+            with contextlib.suppress(RegistryError, requests.RequestException):
+                self.request("DELETE", ref, location, what="upload cancel", timeout=2)
         self.session.close()
 
-    def _known(self, ref: Ref, digest: str) -> None:
-        with self._lock:
-            self._present.add((ref.registry, ref.repository, digest))
+    def prepare_uploads(self, ref: Ref, count: int) -> None:
+        """Open up to ``count`` upload sessions in the background for the next publish.
 
-    def forget_blobs(self) -> None:
-        with self._lock:
-            self._present.clear()
+        Taken by ``push_blob`` instead of a POST of its own; a session the registry no
+        longer knows (restart, purge) is answered 400/404 and replaced by a fresh one.
+        """
+        missing = min(count, self.spare_uploads) - self._uploads.count(ref)
+        for _ in range(max(missing, 0)):
+            self.pool().submit(self._open_spare, ref)
+
+    def ready_uploads(self, ref: Ref) -> int:
+        """Upload sessions open and unused in ``ref``'s repository."""
+        return self._uploads.count(ref)
+
+    def _open_spare(self, ref: Ref) -> None:
+        try:
+            self._uploads.add(ref, open_upload(self.request, ref))
+        except (RegistryError, requests.RequestException) as exc:
+            log.debug("spare upload session not opened", ref=ref.name, reason=str(exc))
+
+    def forget_blobs(self, ref: Ref | None = None) -> None:
+        """Drop what this client believes is stored (all of it, or one repository's)."""
+        self.memory.forget(ref)
 
     def _has_blob(self, ref: Ref, digest: str) -> bool:
         """HEAD a blob (one exchange, no retry), answering from the cache when we can."""
-        if (ref.registry, ref.repository, digest) in self._present:
+        if self.memory.has_blob(ref, digest):
             return True
         resp = self.request(
             "HEAD",
@@ -133,7 +165,7 @@ class RegistryClient:
             missing_ok=True,
         )
         if resp.status_code == 200:
-            self._known(ref, digest)
+            self.memory.add_blob(ref, digest)
         return resp.status_code == 200
 
     # --- plumbing -------------------------------------------------------------------------
@@ -143,77 +175,34 @@ class RegistryClient:
         scheme = "http" if plain else "https"
         return f"{scheme}://{ref.registry}"
 
-    def _credentials_for(self, registry: str) -> Credentials | None:
-        if registry not in self._creds:
-            self._creds[registry] = self.credentials(registry)
-        return self._creds[registry]
+    def _settings(self, url: str) -> dict[str, Any]:
+        """Proxies and CA bundle for ``url``'s origin, from the environment once per origin."""
+        origin = "/".join(url.split("/", 3)[:3])
+        settings = self._transport.get(origin)
+        if settings is None:
+            verify: str | bool = self._verify
+            if verify is True:
+                verify = (
+                    os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+                )
+            proxies = requests.utils.get_environ_proxies(url)
+            settings = self._transport[origin] = {"verify": verify, "proxies": proxies}
+        return settings
 
-    def _auth_header(self, ref: Ref) -> str | None:
-        key = self._bearer_scope.get((ref.registry, ref.repository))
-        if key and (token := self.tokens.get(key)):
-            return f"Bearer {token}"
-        return self._basic.get(ref.registry)
-
-    def _answer_challenge(self, ref: Ref, header: str, used: str | None) -> bool:
-        """Prepare auth for a retry after a 401; False when we have nothing new to offer.
-
-        Serialised: concurrent requests of one publish that all met the challenge wait for
-        the first to fetch a token and then reuse it, instead of each asking for one.
-        """
-        with self._auth_lock:
-            current = self._auth_header(ref)
-            if current is not None and current != used:
-                return True  # another thread already obtained fresh auth
-            return self._fetch_auth(ref, header)
-
-    def _fetch_auth(self, ref: Ref, header: str) -> bool:
-        challenge = parse_challenge(header)
-        creds = self._credentials_for(ref.registry)
-        if challenge.scheme == "basic":
-            if creds is None or ref.registry in self._basic:
-                return False
-            self._basic[ref.registry] = creds.basic_header()
-            return True
-        if challenge.scheme != "bearer" or "realm" not in challenge.params:
-            return False
-        realm = challenge.params["realm"]
-        service = challenge.params.get("service", "")
-        scope = challenge.params.get("scope") or f"repository:{ref.repository}:pull,push"
-        key = (realm, service, scope)
-        if self._bearer_scope.get((ref.registry, ref.repository)) == key and self.tokens.get(key):
-            return False  # that very token was just refused
-        params = {k: v for k, v in (("service", service), ("scope", scope)) if v}
-        headers = {"Authorization": creds.basic_header()} if creds else {}
+    def _fetch_token(
+        self, realm: str, params: Mapping[str, str], headers: Mapping[str, str]
+    ) -> tuple[int, Any]:
         resp = self.session.get(
-            realm, params=params, headers=headers, timeout=self.timeout, verify=self._verify
+            realm, params=params, headers=headers, timeout=self.timeout, **self._settings(realm)
         )
         if resp.status_code in (401, 403):
-            return False
-        self._raise_for_status(resp, ref, "token request")
-        token, lifetime = token_from_response(resp.json(), realm)
-        self.tokens.put(key, token, lifetime)
-        self._bearer_scope[(ref.registry, ref.repository)] = key
-        return True
-
-    def _raise_for_status(self, resp: requests.Response, ref: Ref, what: str) -> None:
-        status = resp.status_code
-        if status < 400:
-            return
-        where = ref.name
-        if status in (401, 403):
-            word = "unauthorized" if status == 401 else "forbidden"
-            raise RegistryError(
-                f"{status} {word} for {where}: check credentials in {_config_hint()}",
-                status=status,
-            )
-        detail = _error_detail(resp)
-        message = f"{status} {resp.reason or ''} for {where} ({what})".replace("  ", " ")
-        if detail:
-            message += f": {detail}"
-        if status >= 500 or status in (408, 429):
-            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-            raise TransientRegistryError(message, status=status, retry_after=retry_after)
-        raise RegistryError(message, status=status)
+            return resp.status_code, None
+        if resp.status_code >= 400:
+            raise error_for_status(resp, f"token endpoint {realm}", "token request", "")
+        try:
+            return resp.status_code, resp.json()
+        except ValueError:
+            raise RegistryError(f"token endpoint {realm} answered with non-JSON") from None
 
     def request(
         self,
@@ -229,34 +218,30 @@ class RegistryClient:
     ) -> requests.Response:
         """One HTTP exchange with auth (answering at most one challenge); no retries here."""
         full = urljoin(self.base_url(ref) + "/", url.lstrip("/")) if "://" not in url else url
+        settings = {"timeout": self.timeout, **self._settings(full), **kwargs}
         for attempt in range(2):
             hdrs = dict(headers or {})
-            if auth := self._auth_header(ref):
+            if auth := self._auth.header(ref.registry, ref.repository):
                 hdrs["Authorization"] = auth
             try:
-                resp = self.session.request(
-                    method, full, headers=hdrs, timeout=self.timeout, verify=self._verify, **kwargs
-                )
+                resp = self.session.request(method, full, headers=hdrs, **settings)
             except requests.exceptions.SSLError as exc:
-                raise RegistryError(
-                    f"TLS verification failed for {ref.registry}: {_tls_reason(exc)};"
-                    " pass --ca-bundle (or [registry].ca_bundle) for a private CA"
-                ) from None
+                raise tls_error(exc, ref.registry) from None
             if (
                 resp.status_code == 401
                 and attempt == 0
-                and self._answer_challenge(
-                    ref, resp.headers.get("WWW-Authenticate", ""), hdrs.get("Authorization")
+                and self._auth.answer(
+                    ref.registry,
+                    ref.repository,
+                    resp.headers.get("WWW-Authenticate", ""),
+                    hdrs.get("Authorization"),
                 )
             ):
                 continue
             break
         if resp.status_code in ok or (missing_ok and resp.status_code == 404):
             return resp
-        self._raise_for_status(resp, ref, what)
-        raise RegistryError(
-            f"unexpected {resp.status_code} for {ref.name} ({what})", status=resp.status_code
-        )
+        raise error_for_status(resp, ref.name, what, _config_hint())
 
     def retrying(self, what: str, ref: Ref, operation: Callable[[], T]) -> T:
         """Run ``operation`` with bounded, jittered exponential backoff on transient faults."""
@@ -281,52 +266,42 @@ class RegistryClient:
                 params={"mount": digest, "from": from_repository},
             )
             if resp.status_code == 201:
-                self._known(ref, digest)
+                self.memory.add_blob(ref, digest, written=True)
             return resp.status_code == 201
 
         return self.retrying("blob mount", ref, mount)
 
+    def _worth_asking(self, ref: Ref, blob: Blob, first_attempt: bool) -> bool:
+        """Whether to HEAD ``blob`` before uploading it (see ``BLIND_UPLOAD_MAX``)."""
+        writing = self.memory.writes_to(ref)
+        return not (first_attempt and writing and blob.size <= BLIND_UPLOAD_MAX)
+
     def push_blob(self, ref: Ref, blob: Blob) -> int:
         """Upload ``blob`` unless the registry has it (HEAD first); returns bytes sent."""
+        attempts = 0
 
         def upload() -> int:
-            repo = ref.repository
-            if self._has_blob(ref, blob.digest):
+            nonlocal attempts
+            attempts += 1
+            if self.memory.has_blob(ref, blob.digest):
                 return 0
-            resp = self.request("POST", ref, f"/v2/{repo}/blobs/uploads/", what="blob upload start")
-            location = resp.headers["Location"]
-            sent = 0
-            if blob.size > self.chunk_size:
-                for chunk in blob.chunks(self.chunk_size):
-                    resp = self.request(
-                        "PATCH",
-                        ref,
-                        location,
-                        what="blob chunk",
-                        data=chunk,
-                        headers={
-                            "Content-Type": "application/octet-stream",
-                            "Content-Range": f"{sent}-{sent + len(chunk) - 1}",
-                        },
-                    )
-                    location = resp.headers.get("Location", location)
-                    sent += len(chunk)
-                body = b""
-            else:
-                body = blob.data if blob.data is not None else b"".join(blob.chunks(blob.size))
-                sent = len(body)
-            sep = "&" if "?" in location else "?"
-            self.request(
-                "PUT",
-                ref,
-                f"{location}{sep}digest={blob.digest}",
-                what="blob upload finish",
-                data=body,
-                headers={"Content-Type": "application/octet-stream"},
-            )
+            if self._worth_asking(ref, blob, attempts == 1) and self._has_blob(ref, blob.digest):
+                return 0
+            sent = None
+            spare = self._uploads.take(ref) if attempts == 1 else None
+            if spare is not None:
+                try:
+                    sent = send_blob(self.request, ref, spare, blob, self.chunk_size)
+                except RegistryError as exc:
+                    if isinstance(exc, TransientRegistryError) or exc.status not in (400, 404):
+                        raise
+                    log.debug("spare upload session refused", ref=ref.name, status=exc.status)
+            if sent is None:
+                location = open_upload(self.request, ref)
+                sent = send_blob(self.request, ref, location, blob, self.chunk_size)
             with self._lock:
                 self.uploaded_bytes += sent
-            self._known(ref, blob.digest)
+            self.memory.add_blob(ref, blob.digest, written=True)
             log.debug("blob uploaded", ref=ref.name, digest=blob.digest, bytes=sent)
             return sent
 
@@ -365,10 +340,19 @@ class RegistryClient:
             media = resp.headers.get("Content-Type", "").split(";")[0]
             return ManifestInfo(digest, media, int(resp.headers.get("Content-Length", 0)))
 
-        return self.retrying("manifest HEAD", ref, head)
+        info = self.retrying("manifest HEAD", ref, head)
+        self.memory.saw(ref, ref.reference, info.digest if info else None)
+        return info
 
     def get_manifest(self, ref: Ref) -> tuple[bytes, str, str]:
         """(bytes, media type, digest); the digest is computed, and checked when pinned."""
+        found = self.find_manifest(ref)
+        if found is None:
+            raise RegistryError(f"manifest unknown: {ref}", status=404)
+        return found
+
+    def find_manifest(self, ref: Ref) -> tuple[bytes, str, str] | None:
+        """``get_manifest``, or None when there is none: one GET, no HEAD before it."""
 
         def get() -> requests.Response:
             return self.request(
@@ -383,11 +367,14 @@ class RegistryClient:
 
         resp = self.retrying("manifest GET", ref, get)
         if resp.status_code == 404:
-            raise RegistryError(f"manifest unknown: {ref}", status=404)
+            self.memory.saw(ref, ref.reference, None)
+            return None
         data = resp.content
         if ref.digest:
             verify_digest(data, ref.digest, what=str(ref))
-        return data, media_type_of(data, resp.headers.get("Content-Type")), digest_of(data)
+        digest = digest_of(data)
+        self.memory.saw(ref, ref.reference, digest)
+        return data, media_type_of(data, resp.headers.get("Content-Type")), digest
 
     def put_manifest(self, ref: Ref, data: bytes, media_type: str, reference: str) -> str:
         """PUT manifest bytes under ``reference`` (a digest or a tag); returns their digest."""
@@ -403,7 +390,9 @@ class RegistryClient:
             )
 
         self.retrying(f"manifest PUT {reference[:19]}", ref, put)
-        return digest_of(data)
+        digest = digest_of(data)
+        self.memory.saw(ref, reference, digest, written=True)
+        return digest
 
     def list_tags(self, ref: Ref) -> list[str]:
         """Every tag of the repository, following ``Link`` pagination."""
@@ -423,24 +412,6 @@ class RegistryClient:
             tags += resp.json().get("tags") or []
             url = resp.links.get("next", {}).get("url")
         return tags
-
-
-def _tls_reason(exc: requests.exceptions.SSLError) -> str:
-    text = str(exc)
-    for marker in ("CERTIFICATE_VERIFY_FAILED", "WRONG_VERSION_NUMBER", "hostname mismatch"):
-        if marker in text:
-            return marker.lower().replace("_", " ")
-    return "handshake failed"
-
-
-def _error_detail(resp: requests.Response) -> str:
-    """The registry's own error code and message (``{"errors":[{"code","message"}]}``)."""
-    try:
-        errors = resp.json().get("errors") or []
-        first = errors[0]
-        return f"{first.get('code', '')} {first.get('message', '')}".strip()
-    except (ValueError, AttributeError, IndexError, TypeError):
-        return ""
 
 
 def _config_hint() -> str:

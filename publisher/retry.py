@@ -82,6 +82,53 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+def _error_detail(resp: requests.Response) -> str:
+    """The registry's own error code and message (``{"errors":[{"code","message"}]}``)."""
+    try:
+        errors = resp.json().get("errors") or []
+        first = errors[0]
+        return f"{first.get('code', '')} {first.get('message', '')}".strip()
+    except (ValueError, AttributeError, IndexError, TypeError):
+        return ""
+
+
+def error_for_status(resp: requests.Response, where: str, what: str, config: str) -> RegistryError:
+    """The error for a refused request: transient (5xx, 408, 429) or the caller's to fix.
+
+    ``where`` names the repository (``host:port/me/plan``), ``what`` the operation and
+    ``config`` the docker config file that 401/403 messages point at.
+    """
+    status = resp.status_code
+    if status in (401, 403):
+        word = "unauthorized" if status == 401 else "forbidden"
+        return RegistryError(
+            f"{status} {word} for {where}: check credentials in {config}", status=status
+        )
+    if status < 400:
+        return RegistryError(f"unexpected {status} for {where} ({what})", status=status)
+    message = f"{status} {resp.reason or ''} for {where} ({what})".replace("  ", " ")
+    if detail := _error_detail(resp):
+        message += f": {detail}"
+    if status >= 500 or status in (408, 429):
+        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        return TransientRegistryError(message, status=status, retry_after=retry_after)
+    return RegistryError(message, status=status)
+
+
+def tls_error(exc: requests.exceptions.SSLError, registry: str) -> RegistryError:
+    """A certificate problem, said once and not retried: waiting does not fix it."""
+    text = str(exc)
+    reason = "handshake failed"
+    for marker in ("CERTIFICATE_VERIFY_FAILED", "WRONG_VERSION_NUMBER", "hostname mismatch"):
+        if marker in text:
+            reason = marker.lower().replace("_", " ")
+            break
+    return RegistryError(
+        f"TLS verification failed for {registry}: {reason};"
+        " pass --ca-bundle (or [registry].ca_bundle) for a private CA"
+    )
+
+
 def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, requests.exceptions.SSLError):
         return False  # a certificate problem does not heal by waiting
