@@ -141,7 +141,6 @@ def run_bench(bench: Bench, quick: bool, workdir: Path) -> dict[str, Any]:
         entry["error"] = f"exited 0 but wrote no rows\n{_tail(log)}"
     else:
         entry["rows"] = [row.to_json() for row in load_rows(out_json)]
-    entry["log"] = str(log)
     return entry
 
 
