@@ -76,8 +76,20 @@ def test_signature_verifies_as_cosign_blob(tmp_path: Path) -> None:
 
 def test_recipe_errors_name_file_and_key(tmp_path: Path) -> None:
     path = tmp_path / "recipe.toml"
-    with pytest.raises(RecipeError, match=r"recipe.toml: arch.x86_64.kernel.oci: .*not supported"):
-        parse_recipe('[arch.x86_64]\nkernel = { oci = "r/k:1" }\n', path)
+    with pytest.raises(RecipeError, match=r"recipe.toml: arch.x86_64.kernel.oci: invalid ref"):
+        parse_recipe('[arch.x86_64]\nkernel = { oci = "no-registry" }\n', path)
+    with pytest.raises(RecipeError, match=r"arch.x86_64.kernel.config: unknown key for a oci"):
+        parse_recipe('[arch.x86_64]\nkernel = { oci = "r.io/k:1", config = "x" }\n', path)
+    with pytest.raises(RecipeError, match=r"arch.x86_64.kernel.verify: expected true or false"):
+        parse_recipe('[arch.x86_64]\nkernel = { oci = "r.io/k:1", verify = "yes" }\n', path)
+    with pytest.raises(RecipeError, match=r"arch.x86_64.stub.oci: only a kernel"):
+        parse_recipe('[arch.x86_64]\nstub = { oci = "r.io/stub:1" }\n', path)
+    with pytest.raises(RecipeError, match=r"arch.x86_64.kernel.git: unknown source kind"):
+        parse_recipe('[arch.x86_64]\nkernel = { git = "x" }\n', path)
+    with pytest.raises(RecipeError, match=r"arch.x86_64.kernel.build: kernel source directory"):
+        parse_recipe(f'[arch.x86_64]\nkernel = {{ build = "{tmp_path}/none" }}\n', path)
+    with pytest.raises(RecipeError, match=r"arch.x86_64.kernel.config: file not found: .*amd64"):
+        parse_recipe(f'[arch.x86_64]\nkernel = {{ build = "{tmp_path}" }}\n', path)
     with pytest.raises(RecipeError, match=r"arch.x86_64.colour: unknown key"):
         parse_recipe('[arch.x86_64]\ncolour = "x"\n', path)
     with pytest.raises(RecipeError, match=r"initramfs.init: expected one of"):

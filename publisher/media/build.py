@@ -28,8 +28,10 @@ from publisher.media.debs import DebCache
 from publisher.media.esp import esp_size
 from publisher.media.initramfs import KernelInputs, initramfs_entries
 from publisher.media.iso import write_boot_iso
+from publisher.media.kernelsrc import KernelSources
 from publisher.media.recipe import ArchRecipe, Recipe, RecipeError, Source, SourceKind
 from publisher.media.uki import UkiParts, build_uki
+from publisher.registry import RegistryClient
 from publisher.run import require_tool, run
 from publisher.signing import SigningKey, sign_blob
 
@@ -37,8 +39,9 @@ log = structlog.get_logger(__name__)
 
 Progress = Callable[[str, int, int], None]
 STUB_PATH = "usr/lib/systemd/boot/efi/linux{suffix}.efi.stub"
-_CODE_FILES = ("build.py", "cpio.py", "esp.py", "initramfs.py", "iso.py", "kmods.py", "pe.py",
-               "recipe.py", "uki.py")  # fmt: skip
+_CODE_FILES = ("build.py", "cpio.py", "esp.py", "initramfs.py", "iso.py", "kernelbuild.py",
+               "kernelsrc.py", "kmods.py", "ocikernel.py", "pe.py", "recipe.py",
+               "uki.py")  # fmt: skip
 
 
 @dataclass
@@ -93,23 +96,23 @@ def _resolve_file(source: Source, arch: Arch, cache: DebCache, inner: str, offli
 
 
 def resolve_arch(
-    spec: ArchRecipe, recipe: Recipe, cache: DebCache, cmdline: str | None, offline: bool
+    spec: ArchRecipe,
+    recipe: Recipe,
+    cache: DebCache,
+    cmdline: str | None,
+    offline: bool,
+    *,
+    sources: KernelSources | None = None,
 ) -> ArchInputs:
+    """One arch's inputs as files; ``sources`` says how OCI and own-build kernels resolve."""
     arch = spec.arch
-    if spec.kernel.kind is SourceKind.DEB:
-        pkg = cache.kernel_package(spec.kernel.value, arch, offline=offline)
-        vmlinuz = max((pkg.root / "boot").glob("vmlinuz-*"))
-        uname = spec.uname or vmlinuz.name.removeprefix("vmlinuz-")
-        kernel = KernelInputs(vmlinuz, uname, pkg.root / "lib" / "modules" / uname)
-        kernel_files: tuple[Path, ...] = (pkg.deb,)
-    else:
-        kernel = KernelInputs(spec.kernel.path, spec.uname, spec.modules_dir)
-        kernel_files = (spec.kernel.path,)
+    sources = sources or KernelSources(debs=cache, offline=offline)
+    resolved = sources.resolve(spec, recipe)
     stub = _resolve_file(spec.stub, arch, cache, STUB_PATH.format(suffix=arch.efi_suffix),
                          offline)  # fmt: skip
     busybox = _resolve_file(spec.busybox, arch, cache, "bin/busybox", offline)
-    return ArchInputs(arch, kernel, stub, busybox, recipe.cmdline_for(arch, cmdline),
-                      (*kernel_files, stub, busybox))  # fmt: skip
+    return ArchInputs(arch, resolved.kernel, stub, busybox, recipe.cmdline_for(arch, cmdline),
+                      (*resolved.files, stub, busybox))  # fmt: skip
 
 
 def _stat(path: Path) -> list[object]:
@@ -202,19 +205,30 @@ def build_boot_iso(
     cache: DebCache | None = None,
     offline: bool = False,
     force: bool = False,
+    registry: Callable[[], RegistryClient] | None = None,
+    build_kernel: bool = False,
+    sources: KernelSources | None = None,
 ) -> BuildResult:
     """Build ``out`` (and ``out.sig``, cosign sign-blob format, when ``signing_key`` is given).
 
     Skips all work when the inputs' fingerprint matches the last build of ``out``.
+    ``registry`` makes the client for OCI kernel sources (the workspace's registry
+    settings; called only if the network is needed); ``build_kernel`` runs make for a
+    ``{ build = ... }`` kernel whose inputs have no cached build yet.
     """
     if not arches:
         raise RecipeError("no architecture selected", where=str(recipe.path))
     arches = list(dict.fromkeys(arches))
     cache = cache or DebCache()
+    if sources is None:
+        sources = KernelSources(debs=cache, offline=offline, build_missing=build_kernel)
+        if registry is not None:
+            sources.registry = registry
     epoch = source_epoch()
     stages = _Stages(progress, 3 + len(arches) + (1 if signing_key else 0))
     with stages.stage("resolve"):
-        inputs = [resolve_arch(recipe.for_arch(a), recipe, cache, cmdline, offline) for a in arches]
+        inputs = [resolve_arch(recipe.for_arch(a), recipe, cache, cmdline, offline,
+                               sources=sources) for a in arches]  # fmt: skip
         print_ = fingerprint(recipe, inputs, epoch, signing_key is not None)
     sig = out.with_name(out.name + ".sig") if signing_key else None
     stamp = stamp_path(out)

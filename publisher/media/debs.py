@@ -25,9 +25,14 @@ class DebError(CloudbootError):
     pass
 
 
-def default_cache_dir() -> Path:
+def user_cache_dir(name: str) -> Path:
+    """``$XDG_CACHE_HOME/cloudboot/<name>`` (default ``~/.cache``): every per-user cache."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "cloudboot" / "debs"
+    return Path(base) / "cloudboot" / name
+
+
+def default_cache_dir() -> Path:
+    return user_cache_dir("debs")
 
 
 def parse_control(text: str) -> dict[str, str]:

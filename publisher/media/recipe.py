@@ -1,9 +1,10 @@
 """The boot-image recipe (``kernel/recipe.toml``) as typed, validated objects.
 
-The recipe says where every input of boot.iso comes from, per architecture: kernel,
-systemd stub and busybox (a Debian package, a local file, or later an OCI artifact), the
-kernel modules to put in the initramfs, the baked command line, the cosign public key,
-and extra initramfs content. Paths are resolved against the recipe's directory, and
+The recipe says where every input of boot.iso comes from, per architecture: kernel
+(a Debian package, a local file, an OCI kernel artifact, or an own-kernel build from a
+source tree), systemd stub and busybox (a Debian package or a local file), the kernel
+modules to put in the initramfs, the baked command line, the cosign public key, and
+extra initramfs content. Paths are resolved against the recipe's directory, and
 every error names the recipe file and the key, so a typo is found before any download.
 """
 
@@ -12,12 +13,13 @@ from __future__ import annotations
 import enum
 import hashlib
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from guest.arch import Arch
 from guest.errors import CloudbootError
+from guest.oci import RefError, parse_ref
 from publisher.media.cpio import Compression
 
 DEFAULT_CMDLINE = (
@@ -40,16 +42,30 @@ class RecipeError(CloudbootError):
 class SourceKind(enum.Enum):
     DEB = "deb"
     FILE = "file"
-    OCI = "oci"
+    OCI = "oci"  # kernel only: a cloud-boot kernel artifact (spec section 2)
+    BUILD = "build"  # kernel only: `cloudboot kernel build` output for a source tree
+
+
+#: Extra keys a source table may carry besides its kind, per kind.
+SOURCE_OPTIONS = {SourceKind.OCI: {"verify"}, SourceKind.BUILD: {"config"}}
+#: Kinds that only make sense for the kernel (a stub or busybox comes from a deb or file).
+KERNEL_ONLY_KINDS = (SourceKind.OCI, SourceKind.BUILD)
 
 
 @dataclass(frozen=True)
 class Source:
-    """Where one input comes from; ``key`` is its recipe key, for error messages."""
+    """Where one input comes from; ``key`` is its recipe key, for error messages.
+
+    ``verify`` (OCI only): check the artifact's cosign signature with the recipe's
+    ``signing.cosign_public_key`` before using it. ``config`` (build only): the kernel
+    .config the tree is built with.
+    """
 
     kind: SourceKind
     value: str
     key: str
+    verify: bool = False
+    config: Path | None = None
 
     @property
     def path(self) -> Path:
@@ -63,9 +79,11 @@ class ArchRecipe:
     stub: Source
     busybox: Source
     console: str
-    #: Kernel release (``uname -r``); read from the Debian package when empty.
+    #: Kernel release (``uname -r``); when empty it is read from the Debian package, the
+    #: OCI artifact (config, annotations, modules layer, bzImage header) or the build.
     uname: str = ""
-    #: A ``lib/modules/<uname>`` directory for a local kernel file.
+    #: A ``lib/modules/<uname>`` directory: required for a local kernel file, and it
+    #: overrides the modules an OCI artifact or an own-kernel build brings.
     modules_dir: Path | None = None
 
 
@@ -114,6 +132,9 @@ class Recipe:
         return text.replace("{console}", self.for_arch(arch).console)
 
 
+_KIND_NAMES = frozenset(k.value for k in SourceKind)
+
+
 class _Reader:
     """Typed access to the TOML tables with the key path in every error."""
 
@@ -150,31 +171,53 @@ class _Reader:
             raise self.fail(key, f"file not found: {path}")
         return path
 
-    def source(self, data: dict[str, Any], key: str, default_deb: str) -> Source:
+    def source(
+        self, data: dict[str, Any], key: str, default_deb: str, *, kernel: bool = False
+    ) -> Source:
         raw = data.get(key.rsplit(".", 1)[-1], {"deb": default_deb})
         if isinstance(raw, str):  # shorthand: a package name
             raw = {"deb": raw}
-        if not isinstance(raw, dict) or len(raw) != 1:
+        if isinstance(raw, dict) and len(raw) == 1 and next(iter(raw)) not in _KIND_NAMES:
+            raise self.fail(f"{key}.{next(iter(raw))}",
+                            "unknown source kind; use deb, file, oci or build")  # fmt: skip
+        kinds = [k for k in (raw if isinstance(raw, dict) else {}) if k in _KIND_NAMES]
+        if not isinstance(raw, dict) or len(kinds) != 1:
             raise self.fail(key, 'expected one of { deb = "pkg" }, { file = "path" }, '
-                                 '{ oci = "ref" }')  # fmt: skip
-        (kind_name, value), = raw.items()  # fmt: skip
-        try:
-            kind = SourceKind(kind_name)
-        except ValueError:
-            raise self.fail(
-                f"{key}.{kind_name}", "unknown source kind; use deb, file or oci"
-            ) from None
+                                 '{ oci = "ref" [, verify = true] }, '
+                                 '{ build = "src dir" [, config = "file"] }')  # fmt: skip
+        kind = SourceKind(kinds[0])
+        value = raw[kind.value]
+        if kind in KERNEL_ONLY_KINDS and not kernel:
+            raise self.fail(f"{key}.{kind.value}", "only a kernel can come from "
+                                                   f"{kind.value}; use deb or file")  # fmt: skip
+        unknown = sorted(set(raw) - {kind.value} - SOURCE_OPTIONS.get(kind, set()))
+        if unknown:
+            known = ", ".join(sorted(SOURCE_OPTIONS.get(kind, set()))) or "none"
+            raise self.fail(f"{key}.{unknown[0]}", f"unknown key for a {kind.value} source; "
+                                                   f"known: {known}")  # fmt: skip
         if not isinstance(value, str) or not value:
-            raise self.fail(f"{key}.{kind_name}", "expected a non-empty string")
+            raise self.fail(f"{key}.{kind.value}", "expected a non-empty string")
+        verify = raw.get("verify", False)
+        if not isinstance(verify, bool):
+            raise self.fail(f"{key}.verify", "expected true or false")
+        config = None
         if kind is SourceKind.FILE:
             path = (self.base / Path(value).expanduser()).resolve()
             if not path.is_file():
                 raise self.fail(f"{key}.file", f"file not found: {path}")
             value = str(path)
-        if kind is SourceKind.OCI:
-            raise self.fail(f"{key}.oci", "OCI kernel artifacts are not supported yet; "
-                                          "use a deb or a file source")  # fmt: skip
-        return Source(kind, value, key)
+        elif kind is SourceKind.BUILD:
+            path = (self.base / Path(value).expanduser()).resolve()
+            if not path.is_dir():
+                raise self.fail(f"{key}.build", f"kernel source directory not found: {path}")
+            value = str(path)
+            config = self.opt_path(raw, f"{key}.config")
+        elif kind is SourceKind.OCI:
+            try:
+                parse_ref(value)
+            except RefError as exc:
+                raise self.fail(f"{key}.oci", exc.message) from None
+        return Source(kind, value, key, verify=verify, config=config)
 
     def file_specs(self, data: dict[str, Any], key: str) -> tuple[FileSpec, ...]:
         items = data.get(key.rsplit(".", 1)[-1], [])
@@ -244,9 +287,18 @@ def parse_recipe(text: str, path: Path) -> Recipe:
         table = r.table(arch_tables, key, {"kernel", "stub", "busybox", "console", "uname",
                                            "modules_dir"})  # fmt: skip
         modules_dir = r.opt_path(table, f"{key}.modules_dir")
+        kernel = r.source(table, f"{key}.kernel", _ARCH_DEFAULTS[arch]["kernel"], kernel=True)
+        if kernel.kind is SourceKind.BUILD and kernel.config is None:
+            default_config = r.base / f"cloud-{arch.oci}.config"
+            if not default_config.is_file():
+                raise r.fail(
+                    f"{key}.kernel.config",
+                    f"file not found: {default_config} (default of a build source)",
+                )
+            kernel = replace(kernel, config=default_config.resolve())
         arches[arch] = ArchRecipe(
             arch=arch,
-            kernel=r.source(table, f"{key}.kernel", _ARCH_DEFAULTS[arch]["kernel"]),
+            kernel=kernel,
             stub=r.source(table, f"{key}.stub", "systemd-boot-efi"),
             busybox=r.source(table, f"{key}.busybox", "busybox-static"),
             console=r.string(table, f"{key}.console", arch.serial_console),

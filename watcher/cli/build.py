@@ -1,4 +1,5 @@
-"""`cloudboot build` (boot.iso from the kernel/ recipe) and `cloudboot cache-disk`."""
+"""`cloudboot build` (boot.iso from the kernel/ recipe), `cloudboot cache-disk` and
+`cloudboot kernel build` (an own kernel, built out of tree and cached by its inputs)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from guest.arch import Arch
 from guest.errors import CloudbootError
 from publisher.media.build import BuildResult, build_boot_iso
 from publisher.media.cachedisk import ensure_cache_disk
+from publisher.media.kernelbuild import KernelBuild, KernelBuildCache, KernelBuildSpec
 from publisher.media.recipe import load_recipe
+from publisher.registry import client_from_config
 from watcher.cli import state
 from watcher.cli.push import signing_key
 
@@ -56,6 +59,13 @@ def build(
         bool, typer.Option("--offline", help="Never download: use the package cache only.")
     ] = False,
     no_sign: Annotated[bool, typer.Option("--no-sign", help="Do not write boot.iso.sig.")] = False,
+    build_kernel: Annotated[
+        bool,
+        typer.Option(
+            "--build-kernel",
+            help="Run make for a { build = ... } kernel that has no cached build yet (slow).",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Build the hybrid boot.iso (UKI per arch) from the kernel/ recipe, and sign it."""
@@ -84,8 +94,11 @@ def build(
             bar.update(done - bar.pos)
 
     try:
-        result = build_boot_iso(recipe, out, arches, cmdline, progress, signing_key=key,
-                                offline=offline, force=force)  # fmt: skip
+        result = build_boot_iso(
+            recipe, out, arches, cmdline, progress, signing_key=key, offline=offline,
+            force=force, build_kernel=build_kernel,
+            registry=lambda: client_from_config(config.registry),
+        )  # fmt: skip
     finally:
         if bar_ctx is not None:
             bar_ctx.__exit__(None, None, None)
@@ -112,6 +125,83 @@ def cache_disk(
     typer.echo(f"{'created' if created else 'kept existing'} {target}")
 
 
+kernel_app = typer.Typer(
+    help="Own kernels: build a Linux tree out of tree, cached by a hash of its inputs.",
+    no_args_is_help=True,
+)
+
+
+@kernel_app.command("build")
+def kernel_build(
+    ctx: typer.Context,
+    src: Annotated[Path, typer.Option("--src", help="Linux source tree (not modified: O=).")],
+    arch: Annotated[
+        str | None, typer.Option("--arch", help="x86_64 or aarch64 (default: the host's).")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="Kernel .config (default: kernel/cloud-<amd64|arm64>.config)."
+        ),
+    ] = None,
+    jobs: Annotated[
+        int | None, typer.Option("--jobs", "-j", help="make -j (default: CPU count).")
+    ] = None,
+    cross_compile: Annotated[
+        str | None,
+        typer.Option(
+            "--cross-compile",
+            help="CROSS_COMPILE prefix (default: none on the host arch, else Debian's "
+            "aarch64-linux-gnu- / x86_64-linux-gnu-).",
+        ),
+    ] = None,
+    make_vars: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--make-var", help="Extra make variable NAME=VALUE (repeat); part of the hash."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Build (or find cached) a kernel + modules for `kernel = { build = "SRC" }` in the recipe.
+
+    Runs make olddefconfig, the image target (bzImage / Image) and modules, then
+    modules_install into a staging dir, all with O= in the per-user cache. The result is
+    keyed by the config, the source tree (git HEAD + dirty files, or file metadata), the
+    arch, the make variables and the cloudboot version: the same inputs print "cached"
+    and run no make.
+    """
+    try:
+        target = Arch.parse(arch) if arch else Arch.host()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--arch") from None
+    if jobs is not None and jobs < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--jobs")
+    extra = {}
+    for item in make_vars or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"expected NAME=VALUE, got {item!r}", param_hint="--make-var")
+        extra[name] = value
+    if config is None:
+        config = state(ctx).config.build.recipe.parent / f"cloud-{target.oci}.config"
+    if not src.is_dir():
+        raise CloudbootError("kernel source directory not found", where=str(src))
+    spec = KernelBuildSpec.create(src, target, config, cross_compile, extra)
+    _print_kernel(KernelBuildCache().build(spec, jobs), as_json)
+
+
+def _print_kernel(result: KernelBuild, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(result.to_json()))
+        return
+    typer.echo(f"{'cached' if result.cached else 'built'} {result.key}")
+    typer.echo(f"  image    {result.image}")
+    typer.echo(f"  modules  {result.modules_dir or '-'}")
+    typer.echo(f"  uname    {result.uname}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("build")(build)
     app.command("cache-disk")(cache_disk)
+    app.add_typer(kernel_app, name="kernel")
