@@ -32,7 +32,7 @@ from guest.errors import CloudbootError
 from guest.lease import Lease, choose_dns, resolv_conf
 
 if TYPE_CHECKING:  # imported when used: a boot that never needs them never pays for them
-    from guest import fetch, oci
+    from guest import fetch, oci, sysguest
     from guest.metadata import Metadata
 
 DEBUG_HINT = "cloudboot.debug=1 on the kernel command line gives a shell on the console"
@@ -416,11 +416,14 @@ def _hint(exc: CloudbootError) -> str:
     return DEBUG_HINT
 
 
-def main() -> None:
-    """PID 1 entry point: run once, reboot on success, otherwise wait (never exit)."""
+def main(system: sysguest.GuestSystem | None = None) -> None:
+    """PID 1 entry point: run once, reboot on success, otherwise wait (never exit).
+
+    The entry script passes the system it started early (``GuestSystem.start_early``).
+    """
     from guest import sysguest
 
-    system = sysguest.GuestSystem()
+    system = system or sysguest.GuestSystem()
     console = Console(system.console_streams())
     agent = Agent(system, console, Paths(), Arch.host())
     status = agent.run()

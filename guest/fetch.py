@@ -1,4 +1,4 @@
-"""OCI pulls in the guest, over urllib only (spec 2 and 3).
+"""OCI pulls in the guest, over ``guest.httpclient`` (spec 2 and 3).
 
 Anonymous, Basic and bearer-token registries: a 401 answer's ``WWW-Authenticate``
 challenge says which; a bearer token is fetched from the realm (with Basic credentials
@@ -13,16 +13,16 @@ from __future__ import annotations
 import base64
 import json
 import re
-import ssl
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+from urllib.parse import urlencode, urlsplit
 
-from guest import cosign, oci
+from guest import cosign, httpclient, oci
 from guest.errors import CloudbootError
+
+if TYPE_CHECKING:
+    import ssl
 
 CHUNK = 1 << 20
 MAX_MANIFEST = 4 << 20
@@ -80,33 +80,34 @@ class RegistryClient:
         scheme = "http" if plain else "https"
         return f"{scheme}://{ref.registry}/v2/{ref.repository}"
 
-    def _open(self, ref: oci.Ref, url: str, accept: str | None) -> Any:
+    def _open(self, ref: oci.Ref, url: str, accept: str | None) -> httpclient.Response:
         scope = f"repository:{ref.repository}:pull"
+        headers = {"Accept": accept} if accept else {}
         for attempt in range(2):
-            request = urllib.request.Request(url)
-            if accept:
-                request.add_header("Accept", accept)
             auth = self._tokens.get((ref.registry, scope))
-            if auth:
-                request.add_unredirected_header("Authorization", auth)
             try:
-                return urllib.request.urlopen(
-                    request, timeout=self.timeout, context=self.ssl_context
+                resp = httpclient.get(
+                    url,
+                    headers,
+                    private={"Authorization": auth} if auth else None,
+                    timeout=self.timeout,
+                    ssl_context=self.ssl_context,
                 )
-            except urllib.error.HTTPError as exc:
-                if exc.code == 401 and attempt == 0:
-                    self._answer_challenge(ref, exc.headers.get("WWW-Authenticate", ""), scope)
-                    continue
-                if exc.code == 404:
-                    raise NotFoundError(
-                        f"not found (HTTP 404): {_strip(url)}", where=str(ref)
-                    ) from None
-                raise FetchError(
-                    f"HTTP {exc.code} {exc.reason} for {_strip(url)}", where=str(ref)
-                ) from None
-            except (urllib.error.URLError, OSError) as exc:
-                reason = getattr(exc, "reason", exc)
+            except OSError as exc:
+                reason = exc.strerror or exc
                 raise FetchError(f"cannot reach {ref.registry}: {reason}", where=str(ref)) from None
+            if resp.status < 400:
+                return resp
+            resp.close()
+            if resp.status == 401 and attempt == 0:
+                self._answer_challenge(ref, resp.header("www-authenticate") or "", scope)
+                continue
+            if resp.status == 404:
+                raise NotFoundError(f"not found (HTTP 404): {_strip(url)}", where=str(ref))
+            if resp.status != 401:
+                raise FetchError(
+                    f"HTTP {resp.status} {resp.reason} for {_strip(url)}", where=str(ref)
+                )
         raise FetchError(f"registry refused our credentials for {scope}", where=str(ref))
 
     def _answer_challenge(self, ref: oci.Ref, header: str, scope: str) -> None:
@@ -125,24 +126,18 @@ class RegistryClient:
         query = {"scope": params.get("scope", scope)}
         if "service" in params:
             query["service"] = params["service"]
-        url = (
-            params["realm"]
-            + ("&" if "?" in params["realm"] else "?")
-            + urllib.parse.urlencode(query)
-        )
-        request = urllib.request.Request(url)
-        if creds:
-            request.add_unredirected_header("Authorization", "Basic " + _basic(creds))
+        url = params["realm"] + ("&" if "?" in params["realm"] else "?") + urlencode(query)
+        private = {"Authorization": "Basic " + _basic(creds)} if creds else None
         try:
-            with urllib.request.urlopen(
-                request, timeout=self.timeout, context=self.ssl_context
+            with httpclient.get(
+                url, private=private, timeout=self.timeout, ssl_context=self.ssl_context
             ) as resp:
+                if resp.status != 200:
+                    raise FetchError(
+                        f"token server answered HTTP {resp.status} for {scope}", where=str(ref)
+                    )
                 answer = json.loads(resp.read(1 << 20))
-        except urllib.error.HTTPError as exc:
-            raise FetchError(
-                f"token server answered HTTP {exc.code} for {scope}", where=str(ref)
-            ) from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:
             raise FetchError(
                 f"token server {_strip(params['realm'])} failed: {exc}", where=str(ref)
             ) from None
@@ -158,7 +153,7 @@ class RegistryClient:
         url = f"{self._base(ref)}/manifests/{ref.reference}"
         with self._open(ref, url, oci.MANIFEST_ACCEPT) as resp:
             data = resp.read(MAX_MANIFEST + 1)
-            header_type = resp.headers.get("Content-Type")
+            header_type = resp.header("content-type")
         if len(data) > MAX_MANIFEST:
             raise FetchError(f"manifest larger than {MAX_MANIFEST} bytes", where=str(ref))
         digest = oci.digest_of(data)
@@ -207,7 +202,7 @@ def _basic(creds: Credentials) -> str:
 
 def _strip(url: str) -> str:
     """A URL without query or userinfo, safe for an error message."""
-    parts = urllib.parse.urlsplit(url)
+    parts = urlsplit(url)
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
 

@@ -91,14 +91,15 @@ def apply(params: Mapping[str, str], metadata: Metadata) -> dict[str, str]:
 def fetch_document(url: str, token: str = "", *, timeout: float = 10.0) -> bytes:
     """GET the document; ``cloudboot.metadata.token`` is sent as a bearer token and never
     appears in an error (nor follows a redirect to another host)."""
-    import urllib.request
+    from guest import httpclient
 
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
-    if token:
-        request.add_unredirected_header("Authorization", "Bearer " + token)
+    private = {"Authorization": "Bearer " + token} if token else None
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            data: bytes = resp.read(MAX_DOCUMENT + 1)
+        with httpclient.get(
+            url, {"Accept": "application/json"}, private=private, timeout=timeout
+        ) as r:
+            if r.status != 200:
+                raise MetadataError(f"HTTP {r.status} {r.reason}", where=url)
+            return r.read(MAX_DOCUMENT + 1)
     except OSError as exc:
-        raise MetadataError(f"cannot fetch: {exc}", where=url) from None
-    return data
+        raise MetadataError(f"cannot fetch: {exc.strerror or exc}", where=url) from None

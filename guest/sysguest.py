@@ -1,9 +1,15 @@
 """The real machine under the agent: mounts, kernel modules, DHCP, the ESP, reboot.
 
-Syscalls go through ctypes (mount(2), umount2(2), finit_module(2), reboot(2)) so the
-common path starts no processes; DHCP is busybox ``udhcpc`` with our script, and the
-debug shell is busybox ``sh``. Only used inside the initramfs; the host tests replace
-this class, never the format code behind it.
+Syscalls go through ctypes (mount(2), umount2(2), reboot(2)); modules are one busybox
+``modprobe -a``, DHCP is busybox ``udhcpc`` with our script, and the debug shell is
+busybox ``sh``. Only used inside the initramfs; the host tests replace this class, never
+the format code behind it.
+
+``start_early`` runs before the agent is imported: it mounts, then loads the modules
+and (when the command line names a plan or a metadata URL) runs DHCP in a background
+thread. Those are waits on other processes, so they overlap with the ~1 s Python spends
+importing the agent under TCG; ``load_modules``/``network_up`` then collect the results.
+This module is imported first, so it imports little itself.
 """
 
 from __future__ import annotations
@@ -14,15 +20,22 @@ import ctypes.util
 import errno
 import os
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Generic, TextIO, TypeVar
 
 from guest.console import Console
 from guest.errors import CloudbootError
-from guest.lease import LEASE_FILE, Lease, parse_lease
-from guest.stage import CacheEsp, EspFiles, MountedEsp
+
+if TYPE_CHECKING:
+    from guest.lease import Lease
+    from guest.stage import CacheEsp, EspFiles
+
+T = TypeVar("T")
+MODULES_LISTING = Path("/etc/cloudboot/modules")  # written by publisher.media.initramfs
+NETWORK_KNOBS = ("cloudboot.plan", "cloudboot.metadata.url")
 
 BUSYBOX = "/bin/busybox"
 UDHCPC_SCRIPT = "/etc/cloud-boot/udhcpc.script"
@@ -69,8 +82,52 @@ def _mounted(target: str) -> bool:
         return False
 
 
+class _Background(Generic[T]):
+    """One call on a daemon thread; ``wait`` returns its result or raises its error."""
+
+    def __init__(self, call: Callable[[], T], after: _Background[object] | None = None) -> None:
+        self._call = call
+        self._after = after
+        self._result: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            if self._after is not None:
+                self._after._thread.join()
+            self._result = self._call()
+        except BaseException as exc:  # handed to whoever waits
+            self._error = exc
+
+    def wait(self) -> T:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result  # type: ignore[return-value]
+
+
 class GuestSystem:
+    def __init__(self) -> None:
+        self._prepared = False
+        self._modules: _Background[list[str]] | None = None
+        self._dhcp: _Background[tuple[str, subprocess.CompletedProcess[bytes]]] | None = None
+
+    def start_early(self) -> None:
+        """Mount, then start modules and (if needed) DHCP in the background (see above)."""
+        from guest.cmdline import parse_cmdline
+
+        self.prepare()
+        params = parse_cmdline(Path("/proc/cmdline").read_text())
+        self._modules = _Background(lambda: self._load_modules_now(MODULES_LISTING))
+        if any(params.get(k) for k in NETWORK_KNOBS):
+            self._dhcp = _Background(self._dhcp_now, after=self._modules)  # type: ignore[arg-type]
+
     def prepare(self) -> None:
+        if self._prepared:
+            return
+        self._prepared = True
         for source, target, fstype, flags in _BASIC_MOUNTS:
             if target != "/proc" and _mounted(target):
                 continue
@@ -82,6 +139,11 @@ class GuestSystem:
         os.environ.setdefault("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
 
     def load_modules(self, listing: Path) -> list[str]:
+        if self._modules is not None and listing == MODULES_LISTING:
+            return self._modules.wait()
+        return self._load_modules_now(listing)
+
+    def _load_modules_now(self, listing: Path) -> list[str]:
         """Load the modules the recipe listed (names; modules.dep gives the order).
 
         One ``busybox modprobe -a`` for all of them: a process start costs tens of
@@ -116,30 +178,13 @@ class GuestSystem:
                 ) from exc
 
     def network_up(self, console: Console) -> Lease | None:
-        """DHCP on the first NIC; the lease comes back from the udhcpc script's file."""
-        subprocess.run([BUSYBOX, "ip", "link", "set", "lo", "up"], check=False)
-        iface = self._wait_for_nic()
-        console.log(f"DHCP on {iface}")
-        proc = subprocess.run(
-            [
-                BUSYBOX,
-                "udhcpc",
-                "-i",
-                iface,
-                "-f",
-                "-q",
-                "-n",
-                "-t",
-                "10",
-                "-T",
-                "1",
-                "-s",
-                UDHCPC_SCRIPT,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            check=False,
-        )
+        """DHCP on the first NIC (started early when it could be); the lease comes back
+        from the file the udhcpc script writes."""
+        from guest.lease import LEASE_FILE, parse_lease
+
+        dhcp, self._dhcp = self._dhcp, None
+        iface, proc = dhcp.wait() if dhcp is not None else self._dhcp_now()
+        console.log(f"DHCP on {iface}" + (" (started early)" if dhcp is not None else ""))
         if proc.returncode != 0:
             tail = proc.stdout.decode(errors="replace").strip().splitlines()[-3:]
             raise SystemError_(f"DHCP on {iface} failed: {' / '.join(tail)}", where=iface)
@@ -150,6 +195,16 @@ class GuestSystem:
         mac_file = Path("/sys/class/net") / iface / "address"
         mac = mac_file.read_text() if mac_file.exists() else ""
         return parse_lease(lease_file.read_text(), mac=mac, where=str(lease_file))
+
+    def _dhcp_now(self) -> tuple[str, subprocess.CompletedProcess[bytes]]:
+        subprocess.run([BUSYBOX, "ip", "link", "set", "lo", "up"], check=False)
+        iface = self._wait_for_nic()
+        proc = subprocess.run(
+            [BUSYBOX, "udhcpc", "-i", iface, "-f", "-q", "-n", "-t", "10", "-T", "1",
+             "-s", UDHCPC_SCRIPT],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False,
+        )  # fmt: skip
+        return iface, proc
 
     @staticmethod
     def _wait_for_nic(timeout: float = 10.0) -> str:
@@ -165,6 +220,8 @@ class GuestSystem:
 
     @contextlib.contextmanager
     def open_esp(self, esp: CacheEsp) -> Iterator[EspFiles]:
+        from guest.stage import MountedEsp
+
         mount(str(esp.device.node), str(ESP_MOUNT), "vfat", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         try:
             yield MountedEsp(ESP_MOUNT)

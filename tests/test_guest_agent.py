@@ -6,8 +6,11 @@ with mtools instead of a vfat mount, and fsck.vfat / mtype check what landed the
 from __future__ import annotations
 
 import contextlib
+import http.server
 import io
+import json
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,10 +155,10 @@ def _plan(target_cmdline: str = "console=ttyS0 marker") -> bytes:
     ).encode()
 
 
-def _run(root: Path, cmdline: str) -> tuple[int, str, HostSystem]:
+def _run(root: Path, cmdline: str, lease: Lease | None = None) -> tuple[int, str, HostSystem]:
     (root / "proc/cmdline").write_text(cmdline + "\n")
     out = io.StringIO()
-    system = HostSystem()
+    system = HostSystem(lease=lease)
     agent = Agent(system, Console([out]), Paths(root), Arch.X86_64)
     status = agent.run()
     if status == 0:
@@ -275,3 +278,125 @@ def test_subplan_chain(machine: Path, registry: RunningRegistry) -> None:
     assert LoadOption.from_bytes(boot.data).optional_text() == (
         r"initrd=\EFI\Linux\debian-initrd leaf"
     )
+
+
+LEASE = Lease("eth0", "10.0.2.15", "255.255.255.0", 24, "10.0.2.2", ("10.0.2.3",), "g1")
+
+
+@contextlib.contextmanager
+def _metadata_server(document: bytes) -> Iterator[tuple[str, list[str]]]:
+    """A metadata service on loopback; records the Authorization header it got."""
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization", ""))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(document)))
+            self.end_headers()
+            self.wfile.write(document)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/md", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _templated_plan() -> bytes:
+    return (
+        b'dns = ["192.0.2.10"]\n'
+        b'default_target = "debian"\n'
+        b'target "debian" {\n'
+        b'  cmdline = ["ip={{.IPSpec}}", "site=${meta.site}"]\n'
+        b'  disk { device = "LABEL=debroot" }\n'
+        b"}\n"
+        b'target "other" {\n'
+        b'  cmdline = "host={{.Hostname}} mac={{.MAC}} ns={{.DNS}}"\n'
+        b'  disk = { device = "/dev/vdb1" }\n'
+        b"}\n"
+    )
+
+
+def test_metadata_overrides_knobs_feeds_meta_and_wins_dns(
+    machine: Path, registry: RunningRegistry
+) -> None:
+    _key, pem = new_key()
+    (machine / "etc/cosign.pub").write_bytes(pem)
+    push_plan(registry.url, "plans/web", "latest", _templated_plan())
+    doc = json.dumps(
+        {"site": "lab-7", "cloudboot": {"target": "other", "dns": "192.0.2.99", "cosign": "off"}}
+    ).encode()
+    with _metadata_server(doc) as (url, seen):
+        cmdline = (
+            f"cloudboot.plan={registry.address}/plans/web cloudboot.cosign=warn "
+            f"cloudboot.target=debian cloudboot.dns=192.0.2.1 cloudboot.metadata.url={url} "
+            "cloudboot.metadata.token=s3cret-token"
+        )
+        status, log, _system = _run(machine, cmdline, lease=LEASE)
+    assert status == 0, log
+    assert seen == ["Bearer s3cret-token"] and "s3cret" not in log
+    assert "metadata: cloudboot.target='other' (overrides the cmdline)" in log
+    assert "metadata may not set cloudboot.cosign" in log  # warn -> off refused
+    assert "WARNING: plan signature check failed (cloudboot.cosign=warn)" in log
+    # metadata dns beats the plan's, which beats the cmdline's
+    assert (machine / "etc/resolv.conf").read_text() == "nameserver 192.0.2.99\n"
+    boot = EfiVarStore(machine / "sys/firmware/efi/efivars").read("Boot0001", GLOBAL_VARIABLE_GUID)
+    assert boot is not None
+    option = LoadOption.from_bytes(boot.data)
+    assert option.description == "cloud-boot other"
+    assert option.optional_text() == r"initrd=\EFI\Linux\other-initrd host=g1 mac= ns=10.0.2.3"
+
+
+def test_plan_dns_beats_cmdline_and_templates_render_into_boot0001(
+    machine: Path, registry: RunningRegistry
+) -> None:
+    push_plan(registry.url, "plans/web", "latest", _templated_plan())
+    doc = b'{"site": "lab-7"}'
+    with _metadata_server(doc) as (url, _seen):
+        status, log, _system = _run(
+            machine,
+            f"cloudboot.plan={registry.address}/plans/web cloudboot.cosign=off "
+            f"cloudboot.dns=192.0.2.1 cloudboot.metadata.url={url}",
+            lease=LEASE,
+        )
+    assert status == 0, log
+    assert "dns 192.0.2.1 (from cmdline)" in log and "dns 192.0.2.10 (from plan)" in log
+    assert (machine / "etc/resolv.conf").read_text() == "nameserver 192.0.2.10\n"
+    boot = EfiVarStore(machine / "sys/firmware/efi/efivars").read("Boot0001", GLOBAL_VARIABLE_GUID)
+    assert boot is not None
+    assert LoadOption.from_bytes(boot.data).optional_text() == (
+        r"initrd=\EFI\Linux\debian-initrd "
+        "ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off:10.0.2.3 site=lab-7"
+    )
+
+
+def test_unknown_template_field_is_fatal_and_leaves_nvram(machine: Path) -> None:
+    (machine / "etc/cloud-boot/plan.hcl").write_bytes(
+        b'target "t" {\n  cmdline = "ip={{.IPAddr}}"\n  disk { device = "LABEL=debroot" }\n}\n'
+    )
+    efivars = machine / "sys/firmware/efi/efivars"
+    before = {p.name: p.read_bytes() for p in efivars.iterdir()}
+    status, log, system = _run(machine, "console=ttyS0", lease=LEASE)
+    assert status == 1
+    fatal = [line for line in log.splitlines() if line.startswith("FATAL: ")]
+    assert fatal and "unknown template field .IPAddr at offset 3" in fatal[0], log
+    assert "/etc/cloud-boot/plan.hcl:1:" in fatal[0]
+    assert {p.name: p.read_bytes() for p in efivars.iterdir()} == before
+    assert system.esp_opened == []
+
+
+def test_unreachable_metadata_is_a_warning(machine: Path) -> None:
+    (machine / "etc/cloud-boot/plan.hcl").write_bytes(_plan("quiet"))
+    status, log, _system = _run(
+        machine, "cloudboot.metadata.url=http://127.0.0.1:9/md", lease=LEASE
+    )
+    assert status == 0, log
+    assert "WARNING: metadata: http://127.0.0.1:9/md: cannot fetch" in log

@@ -68,12 +68,16 @@ _ENTRY = (
     "import sys\nfrom guest import precompiled\n"
     "precompiled.install(sys.path[0] + '/' + precompiled.CACHE_NAME)\n"
 )
-AGENT_MAIN = _ENTRY + "from guest.agent import main\nmain()\n"
+#: The agent's: modules and DHCP start before the (slow to import) agent is imported.
+AGENT_MAIN = _ENTRY + (
+    "from guest.sysguest import GuestSystem\nsystem = GuestSystem()\nsystem.start_early()\n"
+    "from guest.agent import main\nmain(system)\n"
+)
 RESET_MAIN = _ENTRY + "from guest.reset import main\nsys.exit(main())\n"
 #: Every guest module a boot may import (lazily or not): their dataclasses are cached.
 GUEST_MODULES = ("guest.agent", "guest.sysguest", "guest.fetch", "guest.cosign",
                  "guest.diskread", "guest.menu", "guest.metadata", "guest.template",
-                 "guest.lease", "guest.reset", "guest.plan")  # fmt: skip
+                 "guest.lease", "guest.reset", "guest.plan", "guest.httpclient")  # fmt: skip
 #: busybox udhcpc calls this with $1 = deconfig|bound|renew and the lease in variables;
 #: besides configuring the interface it leaves the lease in LEASE_FILE for the agent
 #: (cmdline templates, resolv.conf). Applets by path: there are no applet links.
