@@ -105,11 +105,49 @@ def restart(
 
 
 @vm_app.command("reset-nvram")
-def reset_nvram(ctx: typer.Context) -> None:
-    """Replace the stopped VM's NVRAM store (refused while it runs)."""
+def reset_nvram(
+    ctx: typer.Context,
+    menu: Annotated[
+        bool,
+        typer.Option(
+            "--menu",
+            help="Only forget the staged target (delete Boot0001, drop it from BootOrder) "
+            "and keep the rest of the QEMU vars file: the next boot shows the menu again.",
+        ),
+    ] = False,
+) -> None:
+    """Replace the stopped VM's NVRAM store (refused while it runs).
+
+    With --menu the store is edited instead of replaced, as `cloudboot-reset` does in the
+    guest: other variables (Secure Boot keys, OVMF's own boot entries) stay.
+    """
     backend = _backend(ctx)
-    backend.reset_nvram()
-    typer.echo(f"nvram reset: {backend.spec.nvram}")
+    if not menu:
+        backend.reset_nvram()
+        typer.echo(f"nvram reset: {backend.spec.nvram}")
+        return
+    from guest.reset import reset_vars_file
+    from watcher.vm import BackendKind, VmError
+
+    spec = backend.spec
+    if spec.backend is not BackendKind.QEMU:
+        raise VmError(
+            f"--menu edits QEMU (edk2) vars files; the {spec.backend.value} backend keeps "
+            "its own store: use `cloudboot vm reset-nvram` without --menu"
+        )
+    if backend.state() is VmState.RUNNING:
+        raise VmError(
+            "refusing to edit NVRAM: the VM is running; stop it first (`cloudboot vm down`)"
+        )
+    if not spec.nvram.exists():
+        typer.echo(f"nvram: {spec.nvram} does not exist yet; nothing to forget")
+        return
+    changed = reset_vars_file(spec.nvram)
+    typer.echo(
+        f"nvram: Boot0001 removed from {spec.nvram}; the next boot shows the menu"
+        if changed
+        else f"nvram: no staged target in {spec.nvram}; nothing to do"
+    )
 
 
 @vm_app.command("status")
