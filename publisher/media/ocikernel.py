@@ -8,7 +8,7 @@ needs no network at all. A tag is a moving name: resolving it costs one HEAD req
 or, offline, the digest it had when it was last resolved (and the log says so).
 ``verify = true`` checks the cosign signature of what the ref points at with the
 recipe's public key; a success is remembered per digest and key, so an offline rebuild
-of a verified artifact stays verified without pretending to have asked the registry.
+of a verified artifact stays verified without asking the registry again.
 """
 
 from __future__ import annotations
@@ -186,15 +186,18 @@ class OciCache:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def _verified_mark(self, digest: str, public_key: bytes) -> Path:
-        key_id = hashlib.sha256(public_key).hexdigest()[:16]
+    def _verified_mark(self, repository: str, digest: str, public_key: bytes) -> Path:
+        """Per repository too: cosign keeps signatures next to the image, so a digest
+        verified in one repository says nothing about what another one carries."""
+        key_id = hashlib.sha256(repository.encode() + b"\0" + public_key).hexdigest()[:24]
         return self.root / "verified" / f"{digest.replace(':', '-')}-{key_id}"
 
-    def was_verified(self, digest: str, public_key: bytes) -> bool:
-        return self._verified_mark(digest, public_key).is_file()
+    def was_verified(self, repository: str, digest: str, public_key: bytes) -> bool:
+        return self._verified_mark(repository, digest, public_key).is_file()
 
-    def mark_verified(self, digest: str, public_key: bytes, ref: str) -> None:
-        _write_atomic(self._verified_mark(digest, public_key), f"{ref}@{digest}\n".encode())
+    def mark_verified(self, repository: str, digest: str, public_key: bytes) -> None:
+        mark = self._verified_mark(repository, digest, public_key)
+        _write_atomic(mark, f"{repository}@{digest}\n".encode())
 
     def modules_tree(self, digest: str, blob: Callable[[], bytes], what: str) -> Path:
         """The modules layer unpacked once (temp dir renamed into place) under its digest."""
@@ -342,7 +345,7 @@ class OciKernelPuller:
                 f"{what}: verify = true needs signing.cosign_public_key, "
                 f"but {public_key} cannot be read: {exc.strerror}"
             ) from None
-        if self.cache.was_verified(digest, key_bytes):
+        if self.cache.was_verified(ref.name, digest, key_bytes):
             log.debug("signature verified before", ref=str(ref), digest=digest)
             return
         client = self.client(f"{what}: the signature of {digest}")
@@ -354,7 +357,7 @@ class OciKernelPuller:
             raise OciKernelError(
                 f"{what}: signature check of {digest} with {public_key} failed: {exc}"
             ) from None
-        self.cache.mark_verified(digest, key_bytes, str(ref))
+        self.cache.mark_verified(ref.name, digest, key_bytes)
         log.info("kernel artifact signature verified", ref=str(ref), digest=digest)
 
     def pull(
