@@ -6,22 +6,18 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import structlog
 import typer
 
 from guest.arch import Arch
 from guest.errors import CloudbootError
-from publisher.media.build import BuildResult, build_boot_iso
-from publisher.media.cachedisk import ensure_cache_disk
-from publisher.media.kernelbuild import KernelBuild, KernelBuildCache, KernelBuildSpec
-from publisher.media.recipe import load_recipe
-from publisher.registry import client_from_config
 from watcher.cli import state
 from watcher.cli.push import signing_key
 
-log = structlog.get_logger(__name__)
+if TYPE_CHECKING:  # image and HTTP libraries: imported by the commands that build
+    from publisher.media.build import BuildResult
+    from publisher.media.kernelbuild import KernelBuild
 
 
 def _print_result(result: BuildResult, as_json: bool) -> None:
@@ -69,6 +65,13 @@ def build(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Build the hybrid boot.iso (UKI per arch) from the kernel/ recipe, and sign it."""
+    import structlog
+
+    from publisher.media.build import build_boot_iso
+    from publisher.media.recipe import load_recipe
+    from publisher.registry import client_from_config
+
+    log = structlog.get_logger(__name__)
     config = state(ctx).config
     try:
         arches = [Arch.parse(a) for a in (arch or config.build.arches)]
@@ -121,6 +124,8 @@ def cache_disk(
     size = size_mib if size_mib is not None else config.build.cache_disk_size_mib
     if size <= 0:
         raise CloudbootError(f"--size-mib must be positive, got {size}")
+    from publisher.media.cachedisk import ensure_cache_disk
+
     created = ensure_cache_disk(target, size, force=force)
     typer.echo(f"{'created' if created else 'kept existing'} {target}")
 
@@ -131,7 +136,17 @@ kernel_app = typer.Typer(
 )
 
 
-@kernel_app.command("build")
+KERNEL_BUILD_HELP = (
+    'Build (or find cached) a kernel + modules for `kernel = { build = "SRC" }` in the recipe.\n\n'
+    "Runs make olddefconfig, the image target (bzImage / Image) and modules, then "
+    "modules_install into a staging dir, all out of tree (O=) in the per-user cache.\n\n"
+    "The result is keyed by the config, the source tree (git HEAD + dirty files, or file "
+    "metadata), the arch, the make variables and the cloudboot version: the same inputs "
+    'print "cached" and run no make. A failed make leaves no cache entry.'
+)
+
+
+@kernel_app.command("build", help=KERNEL_BUILD_HELP)
 def kernel_build(
     ctx: typer.Context,
     src: Annotated[Path, typer.Option("--src", help="Linux source tree (not modified: O=).")],
@@ -163,14 +178,7 @@ def kernel_build(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Build (or find cached) a kernel + modules for `kernel = { build = "SRC" }` in the recipe.
-
-    Runs make olddefconfig, the image target (bzImage / Image) and modules, then
-    modules_install into a staging dir, all with O= in the per-user cache. The result is
-    keyed by the config, the source tree (git HEAD + dirty files, or file metadata), the
-    arch, the make variables and the cloudboot version: the same inputs print "cached"
-    and run no make.
-    """
+    """Build (or find cached) a kernel + modules for `kernel = { build = "SRC" }`."""
     try:
         target = Arch.parse(arch) if arch else Arch.host()
     except ValueError as exc:
@@ -187,6 +195,8 @@ def kernel_build(
         config = state(ctx).config.build.recipe.parent / f"cloud-{target.oci}.config"
     if not src.is_dir():
         raise CloudbootError("kernel source directory not found", where=str(src))
+    from publisher.media.kernelbuild import KernelBuildCache, KernelBuildSpec
+
     spec = KernelBuildSpec.create(src, target, config, cross_compile, extra)
     _print_kernel(KernelBuildCache().build(spec, jobs), as_json)
 
