@@ -3,6 +3,12 @@
 This module owns only the root: global options, logging and turning our typed errors
 into messages and exit codes. Each command group lives in its own module here and adds
 itself through ``register(app)``, so the CLI stays a thin layer over library code.
+
+Start-up time matters (`cloudboot --help`, `plan validate` in an editor hook), and every
+group is imported to build the command tree, so group modules import only typer and light
+guest/ modules at the top; HTTP, crypto, HCL, image and watch libraries (and structlog,
+which pulls in rich) are imported inside the commands that use them.
+tests/test_cli_startup.py keeps it that way.
 """
 
 from __future__ import annotations
@@ -11,16 +17,15 @@ import importlib
 import importlib.util
 import sys
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import structlog
 import typer
 
 from guest.errors import CloudbootError
-from publisher.config import Config, load_config
-from watcher.cli.logsetup import LogFormat, configure_logging
+
+if TYPE_CHECKING:
+    from publisher.config import Config
 
 #: Command-group modules, in --help order. A module that is not there yet is skipped.
 COMMAND_MODULES = ("init", "plan", "push", "keys", "build", "vm", "watch", "registry", "demo")
@@ -46,6 +51,8 @@ class CliState:
     def config(self) -> Config:
         """The workspace config, loaded on first use (commands that need none never fail on it)."""
         if self._config is None:
+            from publisher.config import load_config
+
             self._config = load_config(self.workspace)
         return self._config
 
@@ -59,6 +66,8 @@ def state(ctx: typer.Context) -> CliState:
 
 
 def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("cloudboot")
     except PackageNotFoundError:  # running from a source tree
@@ -101,6 +110,8 @@ def root(
 ) -> None:
     if log_format not in ("auto", "console", "json"):
         raise typer.BadParameter("expected auto, console or json", param_hint="--log-format")
+    from watcher.cli.logsetup import LogFormat, configure_logging
+
     fmt: LogFormat = log_format  # type: ignore[assignment]
     configure_logging(verbose, fmt)
     ctx.obj = CliState(workspace=workspace)
@@ -122,6 +133,8 @@ def main() -> None:
     try:
         app()
     except CloudbootError as exc:
+        import structlog
+
         structlog.get_logger("cloudboot").debug("error", exc_info=True)
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)

@@ -13,19 +13,17 @@ import contextlib
 import dataclasses
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import structlog
 import typer
 
 from guest.arch import Arch
 from guest.errors import CloudbootError
-from publisher.config import Config
-from publisher.localregistry import local_registry, port_in_use
 from watcher.cli import state
 from watcher.cli.registry import loopback_host_port
 
-log = structlog.get_logger(__name__)
+if TYPE_CHECKING:
+    from publisher.config import Config
 
 DEMO_DISK = Path("build/demo-target.raw")
 
@@ -36,12 +34,14 @@ def ensure_signing_key(config: Config) -> None:
     Without $COSIGN_PASSWORD the demo key gets an empty password (as `cosign
     generate-key-pair` allows); say so, because a real key deserves a real password.
     """
+    import structlog
+
     from publisher.signing import PASSWORD_ENV, write_key_pair
 
     if config.signing.key.is_file():
         return
     if PASSWORD_ENV not in os.environ:
-        log.warning(
+        structlog.get_logger(__name__).warning(
             "no $COSIGN_PASSWORD: creating the signing key with an empty password",
             key=str(config.signing.key),
         )
@@ -52,6 +52,8 @@ def ensure_signing_key(config: Config) -> None:
 
 def start_registry(config: Config, stack: contextlib.ExitStack) -> None:
     """Start the embedded registry unless something already serves [registry].url."""
+    from publisher.localregistry import local_registry, port_in_use
+
     if not config.registry.embedded:
         return
     host, port = loopback_host_port(config.registry.url)

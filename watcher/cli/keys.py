@@ -18,8 +18,6 @@ from guest import cosign
 from guest.errors import CloudbootError
 from guest.oci import parse_ref
 from guest.pubkey import load_public_key
-from publisher.push import sign_ref, verify_ref
-from publisher.signing import read_password, write_key_pair
 from watcher.cli import state
 from watcher.cli.push import CaOpt, InsecureOpt, JsonOpt, emit, make_client, signing_key
 
@@ -36,6 +34,8 @@ def generate(
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing keys.")] = False,
 ) -> None:
     """Write an encrypted cosign.key (mode 0600) and cosign.pub (password: $COSIGN_PASSWORD)."""
+    from publisher.signing import read_password, write_key_pair
+
     signing = state(ctx).config.signing
     private = output or signing.key
     public = private.with_suffix(".pub") if output else signing.public_key
@@ -60,6 +60,8 @@ def sign(
     ca_bundle: CaOpt = None,
 ) -> None:
     """Sign what REF points at now and push the signature to sha256-<hex>.sig."""
+    from publisher.push import sign_ref
+
     signer = signing_key(key)
     assert signer is not None
     client = make_client(ctx, insecure, ca_bundle)
@@ -79,6 +81,8 @@ def verify(
     ca_bundle: CaOpt = None,
 ) -> None:
     """Exit 0 when REF has a valid signature by KEY, 1 when it is missing or invalid."""
+    from publisher.push import verify_ref
+
     public = _public_key(key)
     client = make_client(ctx, insecure, ca_bundle)
     result = verify_ref(client, parse_ref(ref), public)

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import structlog
 import typer
 
 from guest.arch import Arch
 from guest.errors import CloudbootError, Location
-from guest.plan import PlanError, evaluate_collecting, parse_plan, select_target, validate_plan
 
-log = structlog.get_logger(__name__)
+if TYPE_CHECKING:  # guest.plan pulls in hcl2/lark: imported where a plan is read
+    from guest.plan import PlanError
 
 plan_app = typer.Typer(
     help="Check boot plans (HCL) and preview the targets a guest would boot.",
@@ -28,6 +27,8 @@ plan_app = typer.Typer(
 
 def plan_files(paths: list[Path]) -> tuple[list[Path], list[PlanError]]:
     """Files named directly, plus every *.hcl under named directories (sorted)."""
+    from guest.plan import PlanError
+
     files: list[Path] = []
     problems: list[PlanError] = []
     for path in paths:
@@ -47,6 +48,8 @@ def plan_files(paths: list[Path]) -> tuple[list[Path], list[PlanError]]:
 
 def read_plan_text(path: Path) -> str:
     """The plan as text; a file that is not UTF-8 is a PlanError at the bad byte."""
+    from guest.plan import PlanError
+
     data = path.read_bytes()
     try:
         return data.decode("utf-8")
@@ -59,6 +62,8 @@ def read_plan_text(path: Path) -> str:
 
 
 def validate_file(path: Path) -> list[PlanError]:
+    from guest.plan import PlanError, validate_plan
+
     try:
         return validate_plan(read_plan_text(path), str(path))
     except PlanError as exc:
@@ -91,6 +96,9 @@ def validate_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,
 ) -> None:
     """Validate plan files/directories; see VALIDATE_HELP."""
+    import structlog
+
+    log = structlog.get_logger(__name__)
     if not paths:
         from watcher.cli import state
 
@@ -158,6 +166,8 @@ def render_command(
     ] = None,
 ) -> None:
     """Print one arch's evaluated targets; see RENDER_HELP."""
+    from guest.plan import PlanError, evaluate_collecting, parse_plan, select_target
+
     guest_arch = arch or Arch.host().oci
     plan = parse_plan(read_plan_text(path), str(path))
     evaluated, errors = evaluate_collecting(

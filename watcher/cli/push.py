@@ -8,23 +8,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from guest.arch import Arch
 from guest.errors import CloudbootError
 from guest.oci import parse_ref
-from publisher.push import (
-    PushResult,
-    publish_plan,
-    push_artifact,
-    push_index,
-    source_annotations,
-)
-from publisher.registry import RegistryClient, client_from_config
-from publisher.signing import SigningKey, is_encrypted, load_private_key, read_password
 from watcher.cli import state
+
+if TYPE_CHECKING:  # requests, cryptography, hcl2: imported by the commands that push
+    from publisher.push import PushResult
+    from publisher.registry import RegistryClient
+    from publisher.signing import SigningKey
 
 push_app = typer.Typer(help="Publish plans, kernel artifacts and multi-arch indexes.")
 
@@ -56,6 +52,8 @@ AnnotateOpt = Annotated[
 def make_client(
     ctx: typer.Context, insecure: bool | None, ca_bundle: Path | None
 ) -> RegistryClient:
+    from publisher.registry import client_from_config
+
     return client_from_config(state(ctx).config.registry, insecure=insecure, ca_bundle=ca_bundle)
 
 
@@ -63,6 +61,8 @@ def signing_key(path: Path | None) -> SigningKey | None:
     """Load a key; ask for the password only when the key is encrypted."""
     if path is None:
         return None
+    from publisher.signing import is_encrypted, load_private_key, read_password
+
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -93,6 +93,8 @@ def push_plan(
     git_annotations: AnnotateOpt = False,
 ) -> None:
     """Validate a plan for every arch, then push it (and its signature, with --key)."""
+    from publisher.push import publish_plan, source_annotations
+
     config = state(ctx).config
     target = parse_ref(ref) if ref else parse_ref(config.plan_ref(file))
     signer = signing_key(key)
@@ -120,6 +122,8 @@ def push_artifact_cmd(
     ca_bundle: CaOpt = None,
 ) -> None:
     """Push a kernel (+ initrd, modules, cmdline) artifact for one architecture."""
+    from publisher.push import push_artifact
+
     arch = _platform_arch(platform, "--platform")
     target = parse_ref(ref)
     signer = signing_key(key)
@@ -152,6 +156,8 @@ def push_index_cmd(
     ca_bundle: CaOpt = None,
 ) -> None:
     """Push a multi-arch index over per-arch manifests (copied into REF's repository)."""
+    from publisher.push import push_index
+
     entries = []
     for item in platforms:
         plat, sep, source = item.partition("=")

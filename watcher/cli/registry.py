@@ -16,7 +16,6 @@ from typing import Annotated
 import typer
 
 from guest.errors import CloudbootError
-from publisher.localregistry import local_registry
 from watcher.cli import state
 
 registry_app = typer.Typer(help="Run the embedded local OCI registry (docker-registry).")
@@ -45,6 +44,8 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Override the port of [registry].url.")] = None,
 ) -> None:
     """Serve the workspace's registry in the foreground until Ctrl-C / SIGTERM."""
+    from publisher.localregistry import local_registry
+
     config = state(ctx).config
     host, url_port = loopback_host_port(config.registry.url)
     stop = threading.Event()

@@ -13,14 +13,14 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from watcher.cli import state
-from watcher.vm import VmBackend, VmSpec, VmState, VmStatus, open_backend
-from watcher.vm.state import load_record
-from watcher.vm.supervisor import Supervisor
+
+if TYPE_CHECKING:  # watcher.vm (and structlog with it) loads when a command runs
+    from watcher.vm import VmBackend, VmStatus
 
 vm_app = typer.Typer(help="Control the VM (vfkit on macOS, QEMU elsewhere).", no_args_is_help=True)
 
@@ -30,10 +30,14 @@ TimeoutOption = Annotated[
 
 
 def _backend(ctx: typer.Context) -> VmBackend:
+    from watcher.vm import VmSpec, open_backend
+
     return open_backend(VmSpec.from_config(state(ctx).config))
 
 
 def _format_status(st: VmStatus) -> str:
+    from watcher.vm import VmState
+
     lines = [f"state:   {st.state.value}" + (f" ({st.guest_state})" if st.guest_state else "")]
     lines.append(f"backend: {st.backend}")
     if st.pid is not None:
@@ -76,6 +80,8 @@ def up(
     st = backend.up(reset_nvram=reset_nvram)
     typer.echo(f"vm running (pid {st.pid}); serial log: {backend.spec.serial_log}")
     if supervise:
+        from watcher.vm.supervisor import Supervisor
+
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         with contextlib.suppress(KeyboardInterrupt):
@@ -127,7 +133,7 @@ def reset_nvram(
         typer.echo(f"nvram reset: {backend.spec.nvram}")
         return
     from guest.reset import reset_vars_file
-    from watcher.vm import BackendKind, VmError
+    from watcher.vm import BackendKind, VmError, VmState
 
     spec = backend.spec
     if spec.backend is not BackendKind.QEMU:
@@ -171,6 +177,9 @@ def console(
     ] = True,
 ) -> None:
     """Print the serial log since the last launch, then follow it."""
+    from watcher.vm import VmSpec
+    from watcher.vm.state import load_record
+
     spec = VmSpec.from_config(state(ctx).config)
     record = load_record(spec.record_file)
     offset = record.serial_offset if record else 0

@@ -11,17 +11,16 @@ import json
 import signal
 import threading
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import structlog
 import typer
 
 from guest.errors import CloudbootError
-from publisher.config import Config
 from watcher.cli import state
-from watcher.watch.pipeline import VmStage
 
-log = structlog.get_logger(__name__)
+if TYPE_CHECKING:  # the watch machinery (watchdog, publisher) loads when a command runs
+    from publisher.config import Config
+    from watcher.watch.pipeline import VmStage
 
 agent_app = typer.Typer(
     help="Run `cloudboot watch` in the background (systemd user unit or launchd agent).",
@@ -68,6 +67,8 @@ def run_daemon(
     debounce_ms: int | None = None,
 ) -> None:
     """Run the watcher in this process until SIGTERM/SIGINT (a second one aborts at once)."""
+    import structlog
+
     from watcher.watch.daemon import WatchDaemon
     from watcher.watch.service import Notifier
     from watcher.watch.stages import STATUS_FILE, reloader, setup_for
@@ -90,7 +91,7 @@ def run_daemon(
         interrupts += 1
         if interrupts > 1:  # a second Ctrl-C / SIGTERM: abort without waiting
             raise KeyboardInterrupt
-        log.info("signal received", signal=signal.Signals(signum).name)
+        structlog.get_logger(__name__).info("signal received", signal=signal.Signals(signum).name)
         daemon.request_stop()
 
     def on_hup(_signum: int, _frame: FrameType | None) -> None:
