@@ -265,9 +265,15 @@ def build_tree(
 GUEST_APP_DIR = "/usr/lib/cloudboot"
 #: Lark keys its parser cache on the options, and hcl2 passes the cache file's absolute
 #: path as one of them: the cache must be built as if the package lived at its guest path.
-_WARM = """
+#: Host-side runs import the packed pure-Python code, but the packed ``regex`` extension
+#: is built for the guest's arch: the host's own ``regex`` is imported first instead.
+_HOST_PRELUDE = """
 import sys
-sys.path.insert(0, {app!r})
+sys.path.insert(0, {host_site!r})
+import regex
+sys.path[0] = {app!r}
+"""
+_WARM = """
 import lark.lark as L
 real_open = L.FS.open
 L.FS.open = lambda name, mode="r", **kw: real_open(name.replace({guest!r}, {app!r}, 1), mode, **kw)
@@ -279,14 +285,12 @@ p.parser()
 
 def _warm_hcl2_cache(app: Path) -> None:
     """Build hcl2's LALR tables once here: the guest would spend ~30 s on them under TCG."""
-    run([sys.executable, "-S", "-B", "-c", _WARM.format(app=str(app), guest=GUEST_APP_DIR)])
+    _run_packed(app, _WARM.format(app=str(app), guest=GUEST_APP_DIR))
     if not (app / "hcl2/.lark_cache.bin").is_file():
         raise RuntimeError("hcl2 parser cache was not written")
 
 
 _RECORD = """
-import sys
-sys.path.insert(0, {app!r})
 from guest import precompiled
 data = precompiled.record({modules!r})
 with open({out!r}, "wb") as out:
@@ -300,8 +304,19 @@ def _record_dataclass_code(app: Path) -> None:
     if f"{sys.version_info[0]}.{sys.version_info[1]}" != GUEST_PYTHON:
         return  # code objects of another minor version would not load; the guest compiles
     out = app / "dataclass-code.marshal"
-    run([sys.executable, "-S", "-B", "-c",
-         _RECORD.format(app=str(app), modules=GUEST_MODULES, out=str(out))])  # fmt: skip
+    _run_packed(app, _RECORD.format(modules=GUEST_MODULES, out=str(out)))
+
+
+def _run_packed(app: Path, code: str) -> None:
+    """Run ``code`` in a fresh host interpreter that imports from the packed app dir."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("regex")  # the host's, for its location
+    if spec is None or spec.origin is None:
+        raise RuntimeError("the host Python has no regex module (python-hcl2 needs it)")
+    host_site = str(Path(spec.origin).parent.parent)
+    prelude = _HOST_PRELUDE.format(host_site=host_site, app=str(app))
+    run([sys.executable, "-S", "-B", "-c", prelude + code])
 
 
 def _write(path: Path, text: str, mode: int) -> None:
