@@ -43,7 +43,7 @@ class KernelSources:
     #: Run ``make`` for a ``{ build = ... }`` source that has no cached result (slow!).
     build_missing: bool = False
     jobs: int | None = None
-    _puller: OciKernelPuller | None = None
+    _puller: OciKernelPuller | None = field(default=None, init=False, repr=False)
 
     def puller(self) -> OciKernelPuller:
         if self._puller is None:
