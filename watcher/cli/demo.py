@@ -97,6 +97,7 @@ def up(
     from publisher.media.build import build_boot_iso
     from publisher.media.cachedisk import ensure_cache_disk
     from publisher.media.recipe import load_recipe
+    from publisher.registry import client_from_config
     from watcher.cli.watch import run_daemon
     from watcher.vm import VmSpec, VmState, open_backend
     from watcher.watch.gitops import format_outcomes, publish_workspace
@@ -117,6 +118,7 @@ def up(
             config.build.iso,
             [Arch.parse(a) for a in config.build.arches],
             signing_key=key,
+            registry=lambda: client_from_config(config.registry),
         )
         typer.echo(f"boot.iso: {result.output} ({'unchanged' if result.skipped else 'built'})")
         if ensure_cache_disk(config.build.cache_disk, config.build.cache_disk_size_mib):

@@ -11,6 +11,7 @@ from guest.arch import Arch
 from publisher.config import Config
 from publisher.media.build import build_boot_iso
 from publisher.media.recipe import load_recipe
+from publisher.registry import client_from_config
 from publisher.signing import SigningKey
 from watcher.watch.pipeline import BuildOutcome
 
@@ -27,7 +28,14 @@ class MediaBuildStage:
 
     def build(self) -> BuildOutcome:
         recipe = load_recipe(self.config.build.recipe)
-        result = build_boot_iso(recipe, self.config.build.iso, self.arches, signing_key=self.key)
+        result = build_boot_iso(
+            recipe,
+            self.config.build.iso,
+            self.arches,
+            signing_key=self.key,
+            # an OCI kernel source honours the workspace's registry settings (TLS, CA, auth)
+            registry=lambda: client_from_config(self.config.registry),
+        )
         timings = {name: round(seconds * 1000, 1) for name, seconds in result.timings.items()}
         return BuildOutcome(
             result.output,
