@@ -18,10 +18,9 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from guest import blockdev, plan, stage, template
 from guest.arch import Arch
@@ -30,62 +29,14 @@ from guest.console import Console
 from guest.efi.efivarfs import EfiVarStore
 from guest.errors import CloudbootError
 from guest.lease import Lease, choose_dns, resolv_conf
+from guest.machine import Paths as Paths
+from guest.machine import System as System
 
 if TYPE_CHECKING:  # imported when used: a boot that never needs them never pays for them
     from guest import fetch, oci, sysguest
     from guest.metadata import Metadata
 
 DEBUG_HINT = "cloudboot.debug=1 on the kernel command line gives a shell on the console"
-
-
-@dataclass(frozen=True)
-class Paths:
-    """Where the agent finds things; ``root`` is ``/`` in the guest, a tmp dir in tests."""
-
-    root: Path = Path("/")
-
-    @property
-    def cmdline(self) -> Path:
-        return self.root / "proc/cmdline"
-
-    @property
-    def cosign_pub(self) -> Path:
-        return self.root / "etc/cosign.pub"
-
-    @property
-    def embedded_plan(self) -> Path:
-        return self.root / "etc/cloud-boot/plan.hcl"
-
-    @property
-    def modules(self) -> Path:
-        return self.root / "etc/cloudboot/modules"  # written by publisher.media.initramfs
-
-    @property
-    def resolv_conf(self) -> Path:
-        return self.root / "etc/resolv.conf"
-
-    @property
-    def sys(self) -> Path:
-        return self.root / "sys"
-
-    @property
-    def dev(self) -> Path:
-        return self.root / "dev"
-
-    @property
-    def efivars(self) -> Path:
-        return self.root / "sys/firmware/efi/efivars"
-
-
-class System(Protocol):
-    def prepare(self) -> None: ...
-    def load_modules(self, listing: Path) -> list[str]: ...
-    def ensure_efivars(self, path: Path) -> None: ...
-    def network_up(self, console: Console) -> Lease | None: ...
-    def open_esp(self, esp: stage.CacheEsp) -> AbstractContextManager[stage.EspFiles]: ...
-    def finish(self) -> None: ...
-    def wait_forever(self, debug: bool) -> None: ...
-    def console_fds(self) -> list[int]: ...
 
 
 @dataclass(frozen=True)

@@ -114,8 +114,12 @@ def test_cloudboot_reset_in_the_packed_runtime(tree: Path, tmp_path: Path) -> No
     store = EfiVarStore(tmp_path)
     store.write("Boot0001", GLOBAL_VARIABLE_GUID, 7, b"entry")
     store.write("BootOrder", GLOBAL_VARIABLE_GUID, 7, bootorder.serialise([1, 0]))
+    entry = tree / "usr/lib/cloudboot/cloudboot-reset.py"  # the script the command runs
     out = _python(
-        tree, "from guest.reset import main\nsys.exit(main([sys.argv[1]]))", str(tmp_path)
+        tree,
+        f"import runpy\nsys.path[0] = {str(entry.parent)!r}\n"
+        f"sys.argv = [{str(entry)!r}, sys.argv[1]]\nrunpy.run_path({str(entry)!r})",
+        str(tmp_path),
     )
     assert "Boot0001 removed" in out
     assert store.read("Boot0001", GLOBAL_VARIABLE_GUID) is None
@@ -176,3 +180,18 @@ def test_agent_bytecode_is_precompiled(tree: Path) -> None:
     hits, misses, cached = out.split()
     assert int(hits) > 200 and int(misses) == 0, out
     assert cached.endswith("guest/__pycache__/agent.cpython-311.pyc")
+
+
+def test_aarch64_tree_packs_with_arm64_runtime_and_caches(tmp_path: Path) -> None:
+    """Packing for arm64 on an amd64 host: the runtime and the regex extension are arm64
+    ELF files (e_machine 0xB7), yet the pack-time steps that import the packed code on
+    the host (hcl2's parser cache, the dataclass code cache) ran, and it stays small."""
+    tree = build_tree(tmp_path / "root", Arch.AARCH64)
+    app = tree / "usr/lib/cloudboot"
+    for binary in (tree / "usr/bin/python3.11", *app.glob("regex/_regex*.so")):
+        assert binary.read_bytes()[18:20] == b"\xb7\x00", binary
+    assert (app / "hcl2/.lark_cache.bin").is_file()
+    assert (app / "dataclass-code.marshal").stat().st_size > 100_000
+    report = measure(cpio.tree(tree))
+    print(f"aarch64 guest payload: {report}")
+    assert report.zstd < 20 * 1024 * 1024

@@ -77,7 +77,8 @@ RESET_MAIN = _ENTRY + "from guest.reset import main\nsys.exit(main())\n"
 #: Every guest module a boot may import (lazily or not): their dataclasses are cached.
 GUEST_MODULES = ("guest.agent", "guest.sysguest", "guest.fetch", "guest.cosign",
                  "guest.diskread", "guest.menu", "guest.metadata", "guest.template",
-                 "guest.lease", "guest.reset", "guest.plan", "guest.httpclient")  # fmt: skip
+                 "guest.lease", "guest.reset", "guest.plan", "guest.httpclient",
+                 "guest.machine")  # fmt: skip
 #: busybox udhcpc calls this with $1 = deconfig|bound|renew and the lease in variables;
 #: besides configuring the interface it leaves the lease in LEASE_FILE for the agent
 #: (cmdline templates, resolv.conf). Applets by path: there are no applet links.
