@@ -50,6 +50,12 @@ def docker_config_path(env: Mapping[str, str] | None = None) -> Path:
     return Path(base) / "config.json" if base else Path.home() / ".docker" / "config.json"
 
 
+def docker_config_hint(env: Mapping[str, str] | None = None) -> str:
+    """The docker config path as messages show it (``~/.docker/config.json``)."""
+    shown, home = str(docker_config_path(env)), str(Path.home())
+    return "~" + shown[len(home) :] if shown.startswith(home) else shown
+
+
 def _server_key(entry: str) -> str:
     """Reduce an ``auths`` key (``https://host:port/v1/``) to ``host:port``."""
     text = entry.split("://", 1)[-1]

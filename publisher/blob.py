@@ -9,6 +9,7 @@ the critical path instead of a POST and a PUT.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from collections.abc import Iterator
@@ -16,10 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import structlog
+
+from guest.errors import CloudbootError
+from guest.oci import Ref, digest_of
+
 if TYPE_CHECKING:
     import requests
 
-from guest.oci import Ref, digest_of
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -187,9 +193,18 @@ class OpenUploads:
         with self._lock:
             return len(self._open.get((ref.registry, ref.repository), []))
 
-    def drain(self) -> list[tuple[Ref, str]]:
-        """Every open session, forgotten here (to be cancelled by the caller)."""
+    def open_one(self, request: Requester, ref: Ref) -> None:
+        """Open one more session (in the background: a failure only leaves one fewer)."""
+        try:
+            self.add(ref, open_upload(request, ref))
+        except (CloudbootError, OSError) as exc:  # the publish that needs one opens its own
+            log.debug("spare upload session not opened", ref=ref.name, reason=str(exc))
+
+    def cancel_all(self, request: Requester) -> None:
+        """DELETE every unused session, best effort (registries purge abandoned ones)."""
         with self._lock:
-            out = [item for ready in self._open.values() for item in ready]
+            ready = [item for items in self._open.values() for item in items]
             self._open.clear()
-            return out
+        for ref, location in ready:
+            with contextlib.suppress(CloudbootError, OSError):
+                request("DELETE", ref, location, what="upload cancel", timeout=2)

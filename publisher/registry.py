@@ -9,12 +9,18 @@ tokens) so the watcher can publish in-process per edit in a few milliseconds.
 Every operation (upload one blob, put one manifest ...) is retried as a unit with
 exponential backoff and jitter on connection errors, 5xx, 408 and 429, within a bounded
 total time; other 4xx fail at once with a message that names the registry and repository.
+
+Round trips are the cost of a publish on loopback, so a client that publishes to one
+repository again and again saves the ones it can: blobs it has seen need no HEAD, small
+new blobs go up without one, the tag lookup is skipped when the tag must move anyway
+(``StoreMemory``), and upload sessions are opened ahead (``OpenUploads``). Each belief is
+checked by the registry itself (a manifest PUT refuses missing blobs, a stale session is
+refused), and ``publisher.push`` starts over without beliefs when one was wrong.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -31,7 +37,7 @@ from publisher.auth import (
     Credentials,
     RegistryAuth,
     TokenCache,
-    docker_config_path,
+    docker_config_hint,
     lookup_credentials,
 )
 from publisher.blob import Blob, OpenUploads, StoreMemory, open_upload, send_blob
@@ -122,10 +128,7 @@ class RegistryClient:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
-        for ref, location in self._uploads.drain():
-            # Best effort: the registry purges abandoned sessions itself after a while.
-            with contextlib.suppress(RegistryError, requests.RequestException):
-                self.request("DELETE", ref, location, what="upload cancel", timeout=2)
+        self._uploads.cancel_all(self.request)
         self.session.close()
 
     def prepare_uploads(self, ref: Ref, count: int) -> None:
@@ -136,17 +139,11 @@ class RegistryClient:
         """
         missing = min(count, self.spare_uploads) - self._uploads.count(ref)
         for _ in range(max(missing, 0)):
-            self.pool().submit(self._open_spare, ref)
+            self.pool().submit(self._uploads.open_one, self.request, ref)
 
     def ready_uploads(self, ref: Ref) -> int:
         """Upload sessions open and unused in ``ref``'s repository."""
         return self._uploads.count(ref)
-
-    def _open_spare(self, ref: Ref) -> None:
-        try:
-            self._uploads.add(ref, open_upload(self.request, ref))
-        except (RegistryError, requests.RequestException) as exc:
-            log.debug("spare upload session not opened", ref=ref.name, reason=str(exc))
 
     def forget_blobs(self, ref: Ref | None = None) -> None:
         """Drop what this client believes is stored (all of it, or one repository's)."""
@@ -241,7 +238,7 @@ class RegistryClient:
             break
         if resp.status_code in ok or (missing_ok and resp.status_code == 404):
             return resp
-        raise error_for_status(resp, ref.name, what, _config_hint())
+        raise error_for_status(resp, ref.name, what, docker_config_hint())
 
     def retrying(self, what: str, ref: Ref, operation: Callable[[], T]) -> T:
         """Run ``operation`` with bounded, jittered exponential backoff on transient faults."""
@@ -412,13 +409,6 @@ class RegistryClient:
             tags += resp.json().get("tags") or []
             url = resp.links.get("next", {}).get("url")
         return tags
-
-
-def _config_hint() -> str:
-    path = docker_config_path()
-    home = str(Path.home())
-    shown = str(path)
-    return "~" + shown[len(home) :] if shown.startswith(home) else shown
 
 
 def client_from_config(
