@@ -90,6 +90,7 @@ class _Background(Generic[T]):
         self._after = after
         self._result: T | None = None
         self._error: BaseException | None = None
+        self.took = 0.0  # seconds the call itself ran (after waiting for ``after``)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -97,7 +98,9 @@ class _Background(Generic[T]):
         try:
             if self._after is not None:
                 self._after._thread.join()
+            start = time.monotonic()
             self._result = self._call()
+            self.took = time.monotonic() - start
         except BaseException as exc:  # handed to whoever waits
             self._error = exc
 
@@ -184,7 +187,8 @@ class GuestSystem:
 
         dhcp, self._dhcp = self._dhcp, None
         iface, proc = dhcp.wait() if dhcp is not None else self._dhcp_now()
-        console.log(f"DHCP on {iface}" + (" (started early)" if dhcp is not None else ""))
+        early = f" (in the background: {dhcp.took:.3f}s)" if dhcp is not None else ""
+        console.log(f"DHCP on {iface}{early}")
         if proc.returncode != 0:
             tail = proc.stdout.decode(errors="replace").strip().splitlines()[-3:]
             raise SystemError_(f"DHCP on {iface} failed: {' / '.join(tail)}", where=iface)
