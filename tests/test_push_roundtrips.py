@@ -84,6 +84,13 @@ def test_repeat_publish_sends_only_what_changed(registry: RunningRegistry, tmp_p
     assert seen[tag_put - 1][1].endswith(cosign.signature_tag(result.digest))
     verify_ref(RegistryClient(), ref, cosign.load_public_key(public_pem))
 
+    wait_for(lambda: client.ready_uploads(ref) == 3)
+    seen.clear()
+    again = publish_plan(client, ref, plan, key)  # unchanged: checked, nothing written
+    assert (again.digest, again.uploaded, again.uploaded_bytes) == (result.digest, False, 0)
+    assert [m for m, _, _ in seen if m not in ("GET", "HEAD")] == []
+    assert ("HEAD", "/v2/me/plan/manifests/latest", 200) in seen  # the tag is still asked
+
     client.close()  # sessions opened ahead and never used are cancelled
     assert upload_sessions(registry, "me/plan") == []
 

@@ -162,7 +162,7 @@ def test_registry_that_keeps_answering_503_fails_within_the_bound(setup: Setup) 
         push(setup, client)
     elapsed = time.monotonic() - started
 
-    assert elapsed < bound.total + 1.5
+    assert elapsed < bound.total + 3.0  # the bound, plus the last attempt on a loaded machine
     message = str(info.value)
     assert f"registry {setup.proxy.address} unavailable" in message
     assert f"503 Service Unavailable for {setup.proxy.address}/{REPO}" in message
