@@ -45,11 +45,17 @@ STDLIB_DROP = (
     "distutils", "unittest", "sqlite3", "curses", "dbm", "venv", "config-3.11-",
     "turtle.py", "pydoc.py", "doctest.py", "mailbox.py", "imaplib.py", "nntplib.py",
     "ftplib.py", "smtplib.py", "xmlrpc", "wsgiref", "msilib", "asyncio", "multiprocessing",
-    "concurrent", "email/mime", "http/server.py", "sqlite3", "lib2to3",
+    "concurrent", "email/mime", "http/server.py", "sqlite3", "lib2to3", "_pydecimal.py",
 )  # fmt: skip
 DYNLOAD_DROP = ("_sqlite3", "_curses", "readline", "_dbm", "_gdbm", "_tkinter", "_crypt",
                 "_codecs_", "_multibytecodec", "nis", "_test", "xxlimited", "audioop")  # fmt: skip
 TREE_DROP = ("usr/share", "usr/lib/locale", "usr/bin/pydoc", "sbin", "usr/sbin", "etc")
+#: Shared libraries nothing in the runtime links or loads (checked with readelf -d over
+#: python3.11 and lib-dynload), by name prefix, in lib/<triplet> and usr/lib/<triplet>:
+#: every byte here is decompressed on every boot.
+LIB_DROP = ("libBrokenLocale", "libanl", "libc_malloc_debug", "libmemusage", "libmvec",
+            "libnsl", "libnss_compat", "libnss_hesiod", "libpcprofile", "libthread_db",
+            "libexpatw", "gconv", "ossl-modules", "engines-3")  # fmt: skip
 
 INIT_SCRIPT = """#!/bin/busybox sh
 # cloud-boot-init (Python): the agent is PID 1 through exec, so it never returns here.
@@ -120,8 +126,10 @@ def _prune(root: Path, arch: Arch) -> None:
             shutil.rmtree(target)
         elif target.exists() or target.is_symlink():
             target.unlink()
-    gconv = root / "usr/lib" / _triplet(arch) / "gconv"
-    shutil.rmtree(gconv, ignore_errors=True)
+    for libdir in (root / "lib" / _triplet(arch), root / "usr/lib" / _triplet(arch)):
+        for path in libdir.glob("*"):
+            if path.name.startswith(LIB_DROP):
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     stdlib = root / "usr/lib/python3.11"
     for name in STDLIB_DROP:
         for path in stdlib.glob(name + "*"):
@@ -228,7 +236,8 @@ def build_tree(
     if dist.is_dir():
         for item in dist.iterdir():
             if item.name.startswith("regex") and item.is_dir() and "-info" not in item.name:
-                shutil.copytree(item, app / item.name, dirs_exist_ok=True)
+                shutil.copytree(item, app / item.name, dirs_exist_ok=True,
+                                ignore=shutil.ignore_patterns("test_*"))  # fmt: skip
         shutil.rmtree(dest / "usr/lib/python3")
     _prune(dest, arch)
     venv_site = Path(sys.prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
