@@ -32,12 +32,8 @@ def test_up_supervise_relaunches_after_guest_reboot(
     config = root / "cloudboot.toml"
     config.write_text(config.read_text().replace('backend = "qemu"', 'backend = "vfkit"'))
     qmp_socket = root / "vm" / "standin-qmp.sock"
-    env = {
-        **os.environ,
-        "CLOUDBOOT_VFKIT": str(STANDIN),
-        "VFKIT_STANDIN_QMP_SOCKET": str(qmp_socket),
-    }
-    os.environ.update({k: env[k] for k in ("CLOUDBOOT_VFKIT", "VFKIT_STANDIN_QMP_SOCKET")})
+    monkeypatch.setenv("CLOUDBOOT_VFKIT", str(STANDIN))
+    monkeypatch.setenv("VFKIT_STANDIN_QMP_SOCKET", str(qmp_socket))
     supervise = subprocess.Popen(
         [CLOUDBOOT, "-C", root, "--log-format", "json", "vm", "up", "--supervise"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -48,12 +44,16 @@ def test_up_supervise_relaunches_after_guest_reboot(
         wait_until(qmp_socket.exists, 10, "the stand-in's QEMU")
         with QmpClient(qmp_socket) as qmp:  # what the guest agent's reboot(2) causes
             qmp.execute("system_reset")
-        wait_until(
-            lambda: vm_status(root)["state"] == "running" and vm_status(root)["pid"] != pid,
-            30,
-            "the relaunch",
-        )
-        new_pid = vm_status(root)["pid"]
+        relaunched: list[object] = []
+
+        def running_again() -> bool:
+            status = vm_status(root)  # one read: state and pid of the same moment
+            if status["state"] == "running" and status["pid"] not in (None, pid):
+                relaunched.append(status["pid"])
+            return bool(relaunched)
+
+        wait_until(running_again, 30, "the relaunch")
+        new_pid = relaunched[0]
         assert isinstance(new_pid, int)
         cmd = process_cmdline(new_pid) or []
         assert not cmd[cmd.index("--bootloader") + 1].endswith(",create")  # NVRAM kept
