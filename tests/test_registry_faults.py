@@ -20,7 +20,7 @@ import pytest
 import structlog
 
 from guest import cosign
-from guest.oci import parse_ref
+from guest.oci import Manifest, parse_ref
 from publisher.localregistry import RunningRegistry
 from publisher.push import PushResult, push_artifact, verify_ref
 from publisher.registry import (
@@ -200,3 +200,47 @@ def test_parse_retry_after() -> None:
     date = email.utils.formatdate(now + 12, usegmt=True)
     assert parse_retry_after(date, now=now) == pytest.approx(12.0)
     assert parse_retry_after(email.utils.formatdate(now - 60, usegmt=True), now=now) == 0.0
+
+
+def test_warm_client_survives_faults_on_its_shortcuts(setup: Setup) -> None:
+    """A repeat publisher skips HEADs and uses upload sessions opened ahead; faults on
+    exactly those requests are retried the slow, careful way and the push completes."""
+    client = RegistryClient(retry=FAST)
+    ref = parse_ref(f"{setup.proxy.address}/{REPO}:{TAG}")
+    for n in range(2):
+        setup.files["vmlinuz"].write_bytes(b"kernel %d" % n * 1000)
+        push(setup, client)
+    deadline = time.monotonic() + 10
+    while client.ready_uploads(ref) < 3:  # kernel (the one changed blob) + sig payload, config
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    setup.proxy.fail("PUT", STEPS["upload finish"][1], DROP_AFTER, times=2)
+    setup.proxy.fail("PUT", STEPS["tag"][1], 503, times=1)
+    setup.files["vmlinuz"].write_bytes(b"kernel edited" * 1000)
+    before = len(setup.proxy.exchanges)
+    with (
+        watch_tag(setup.registry.url, REPO, TAG) as watch,
+        structlog.testing.capture_logs() as logs,
+    ):
+        result = push(setup, client)
+    assert len(retries(logs)) >= 3
+    during = setup.proxy.exchanges[before:]
+    tag_put = max(i for i, e in enumerate(during) if e.method == "PUT" and e.path.endswith(TAG))
+    # the shortcuts were taken (no POST: sessions opened ahead), and the dropped PUTs
+    # were followed by a HEAD that found the blob there, not by a second upload
+    assert [e.method for e in during[:tag_put]].count("POST") == 0
+    assert sum(1 for e in during[:tag_put] if e.method == "HEAD" and "/blobs/" in e.path) >= 2
+    assert watch.violations == [] and watch.digests[-1] == result.digest
+    verify_ref(
+        RegistryClient(),
+        parse_ref(f"{setup.registry.address}/{REPO}:{TAG}"),
+        cosign.load_public_key(setup.public_pem),
+    )
+    got = RegistryClient().get_blob(ref, result_layer_digest(ref, result.digest))
+    assert got == setup.files["vmlinuz"].read_bytes()
+
+
+def result_layer_digest(ref: Any, digest: str) -> str:
+    """The kernel layer's digest in the manifest ``digest`` (read straight back)."""
+    data, _, _ = RegistryClient().get_manifest(ref.with_digest(digest))
+    return Manifest.from_bytes(data).layers[0].digest
