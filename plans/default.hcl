@@ -1,18 +1,15 @@
-# The demo workspace's plan: two targets on the same chained disk, picked from a menu.
+# The demo workspace's plan: two targets on the same chained disk.
 #
 # Both boot the kernel found on the ext4 filesystem labelled "cbtarget" (the guest reads
 # /boot/vmlinuz-* and its initrd from it in userland). Edit default_target to switch
-# what boots when nobody touches the menu.
+# what boots: `cloudboot up` publishes the edit and restarts the VM into it. There is no
+# menu {} block on purpose, so a live reload boots what you just published without a
+# countdown; plans/menu.hcl shows a menu (or boot with cloudboot.menu=1).
 
 default_target = "alpha"
 
 locals {
   console = arch == "arm64" ? "ttyAMA0" : "ttyS0"
-}
-
-menu {
-  timeout = "3s"
-  prompt  = "cloudboot demo: pick a target"
 }
 
 target "alpha" {

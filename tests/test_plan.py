@@ -305,7 +305,7 @@ def test_default_plan_is_the_demo_contract() -> None:
     for arch, console in (("amd64", "console=ttyS0"), ("arm64", "console=ttyAMA0")):
         evaluated = evaluate(plan, arch)
         assert evaluated.default_target == "alpha"
-        assert evaluated.menu is not None and evaluated.menu.timeout_s == 3.0
+        assert evaluated.menu is None  # a live reload boots the new default at once
         names = [t.name for t in evaluated.eligible_targets()]
         assert names == ["alpha", "beta"]
         for target in evaluated.targets:

@@ -63,7 +63,8 @@ def test_edit_plan_and_kernel_live(tmp_path: Path) -> None:
         mark, events, pid = loop.serial.mark(), len(loop.log_events()), loop.vm_pid()
         loop.edit(loop.plan, 'default_target = "beta"', 'default_target = "gamma"')
         failed = loop.wait_event(lambda e: e.get("event") == "plan stage failed", after=events)
-        assert 'default.hcl:7:18: default_target "gamma" is not defined' in failed["error"]
+        line = loop.plan.read_text().splitlines().index('default_target = "gamma"') + 1
+        assert f'default.hcl:{line}:18: default_target "gamma" is not defined' in failed["error"]
         time.sleep(5)  # time a (wrong) restart would need to show on the console
         assert loop.vm_pid() == pid
         assert "cloud-boot:" not in loop.serial.text(mark)
