@@ -256,8 +256,25 @@ class ProcessBackend(abc.ABC):
             self._force_stop()
             if not self.wait_stopped(FORCE_GRACE_S):
                 self._kill(pid)
+        self._reap_child()
         self.spec.control_socket.unlink(missing_ok=True)
         return True
+
+    def _reap_child(self) -> None:
+        """Wait for our own child to be gone, not just to look gone.
+
+        A VM process stops naming its control socket in /proc while it is still tearing
+        down (closing disk images, releasing QEMU's image locks); a relaunch right then could
+        race it, so when we launched it we wait for its exit status too.
+        """
+        child, self._child = self._child, None
+        if child is None:
+            return
+        try:
+            child.wait(FORCE_GRACE_S)
+        except subprocess.TimeoutExpired:
+            log.warning("vm process still exiting", pid=child.pid)
+            self._child = child
 
     def _kill(self, pid: int) -> None:
         """SIGTERM, then SIGKILL; each only after checking the pid is still our VM."""
