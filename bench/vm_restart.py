@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO))
 import structlog  # noqa: E402
 
 from bench.results import Row, add_report_options, emit  # noqa: E402
-from guest.arch import Arch  # noqa: E402
 from publisher.run import spawn  # noqa: E402
+from tests.test_vm_lifecycle import make_spec  # noqa: E402
 from watcher.vm import open_backend  # noqa: E402
 from watcher.vm.firmware import find_firmware  # noqa: E402
 from watcher.vm.nvram import restore_template  # noqa: E402
@@ -41,25 +41,10 @@ from watcher.vm.qemu import qemu_argv  # noqa: E402
 from watcher.vm.spec import Accel, BackendKind, VmSpec  # noqa: E402
 
 
-def make_spec(root: Path, kind: BackendKind) -> VmSpec:
-    for name in ("boot.iso", "cache.raw"):
-        (root / name).write_bytes(bytes(1 << 20))
-    state = root / kind.value
-    return VmSpec(
-        arch=Arch.host(),
-        cpus=1,
-        memory_mib=256,
-        iso=root / "boot.iso",
-        cache_disk=root / "cache.raw",
-        disks=(),
-        mac="52:54:00:c1:0b:09",
-        gui=False,
-        nvram=state / "nvram.fd",
-        serial_log=state / "serial.log",
-        state_dir=state,
-        backend=kind,
-        accel=Accel.TCG,
-    )
+def spec_in(directory: Path, kind: BackendKind) -> VmSpec:
+    """The lifecycle tests' VM (blank disks, firmware only) in a directory of its own."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return make_spec(directory, kind)
 
 
 def qmp_answers(path: Path) -> bool:
@@ -119,11 +104,11 @@ def main() -> None:
     os.environ.setdefault("CLOUDBOOT_VFKIT", str(REPO / "tests/vfkit_standin/vfkit"))
     with tempfile.TemporaryDirectory(prefix="cb-bench-") as tmp:
         root = Path(tmp)
-        base = statistics.median(baseline(make_spec(root, BackendKind.QEMU), args.runs))
+        base = statistics.median(baseline(spec_in(root / "baseline", BackendKind.QEMU), args.runs))
         rows = []
         print(f"baseline  bare QEMU start to QMP answer        {base * 1000:8.1f} ms")
         for kind in (BackendKind.QEMU, BackendKind.VFKIT):
-            for name, values in ours(make_spec(root, kind), args.runs).items():
+            for name, values in ours(spec_in(root / kind.value, kind), args.runs).items():
                 med = statistics.median(values)
                 print(
                     f"{kind.value:6s}    {name:38s} {med * 1000:8.1f} ms"

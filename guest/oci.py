@@ -210,8 +210,26 @@ GENERIC_LAYER_TYPES = frozenset(
 ARTIFACT_ROLES = (LayerRole.KERNEL, LayerRole.INITRD, LayerRole.MODULES, LayerRole.CMDLINE)
 
 
+class _CanonicalDocument:
+    """Serialisation shared by manifests and indexes: the bytes ARE the identity.
+
+    Registries address a manifest by the sha256 of its exact bytes, so every document is
+    written one way only (compact JSON, fixed key order) and its digest follows from that.
+    """
+
+    def to_json(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __bytes__(self) -> bytes:
+        return canonical_json(self.to_json())
+
+    @property
+    def digest(self) -> str:
+        return digest_of(bytes(self))
+
+
 @dataclass(frozen=True)
-class Manifest:
+class Manifest(_CanonicalDocument):
     """An OCI image manifest (``application/vnd.oci.image.manifest.v1+json``)."""
 
     config: Descriptor
@@ -234,13 +252,6 @@ class Manifest:
         if self.annotations:
             out["annotations"] = dict(sorted(self.annotations.items()))
         return out
-
-    def __bytes__(self) -> bytes:
-        return canonical_json(self.to_json())
-
-    @property
-    def digest(self) -> str:
-        return digest_of(bytes(self))
 
     @classmethod
     def from_bytes(cls, data: bytes, *, what: str = "manifest") -> Manifest:
@@ -285,7 +296,7 @@ class Manifest:
 
 
 @dataclass(frozen=True)
-class Index:
+class Index(_CanonicalDocument):
     """An OCI image index: one manifest per platform."""
 
     manifests: Sequence[Descriptor]
@@ -301,13 +312,6 @@ class Index:
         if self.annotations:
             out["annotations"] = dict(sorted(self.annotations.items()))
         return out
-
-    def __bytes__(self) -> bytes:
-        return canonical_json(self.to_json())
-
-    @property
-    def digest(self) -> str:
-        return digest_of(bytes(self))
 
     @classmethod
     def from_bytes(cls, data: bytes, *, what: str = "index") -> Index:
