@@ -7,14 +7,14 @@ not a process start, a key derivation and a TLS handshake.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from guest.errors import CloudbootError
 from guest.oci import parse_ref
-from guest.plan import validate_plan
+from guest.plan import PlanError, validate_plan
 from publisher.config import Config
-from publisher.push import publish_plan
+from publisher.push import InvalidPlanError, publish_plan
 from publisher.registry import RegistryClient, client_from_config
 from publisher.signing import SigningKey, is_encrypted, load_private_key, read_password
 from watcher.watch.pipeline import PlanOutcome
@@ -47,10 +47,15 @@ def check_plan(plan: Path) -> str:
         ) from None
     errors = validate_plan(text, str(plan))
     if errors:
-        first = errors[0]
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise CloudbootError(f"{first.message}{more}", where=first.where)
+        raise first_error(errors)
     return text
+
+
+def first_error(errors: Sequence[PlanError]) -> CloudbootError:
+    """One log line that starts with the first problem's file:line:col, plus a count."""
+    first = errors[0]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return CloudbootError(f"{first.message}{more}", where=first.where)
 
 
 class PublisherPlanStage:
@@ -79,10 +84,10 @@ class PublisherPlanStage:
         return self.config.plan_ref(plan)
 
     def publish(self, plan: Path) -> PlanOutcome:
-        # publish_plan validates too, but its error spans lines; the watcher logs one line
-        # starting with file:line:col (validation costs well under a millisecond)
-        check_plan(plan)
         ref = parse_ref(self.ref_for(plan))
         notes = dict(self.annotations(plan)) if self.annotations else None
-        result = publish_plan(self.client, ref, plan, key=self.key, annotations=notes)
+        try:  # publish_plan reads and validates the plan once, before sending anything
+            result = publish_plan(self.client, ref, plan, key=self.key, annotations=notes)
+        except InvalidPlanError as exc:
+            raise first_error(exc.errors) from None
         return PlanOutcome(result.ref, result.digest, result.uploaded, result.uploaded_bytes)
