@@ -17,34 +17,20 @@ from pathlib import Path
 import pytest
 from virt.firmware.varstore.edk2 import Edk2VarStore
 
-from guest.arch import Arch
 from publisher.run import run, spawn
-from tests.test_vm_lifecycle import STANDIN, has_marker, set_marker, wait_until
+from tests.test_vm_lifecycle import STANDIN, has_marker, make_spec, set_marker, wait_until
 from watcher.vm.firmware import find_firmware
-from watcher.vm.spec import Accel, BackendKind, VmSpec
+from watcher.vm.spec import BackendKind, VmSpec
 from watcher.vm.state import read_pidfile
 from watcher.vm.vfkit import VfkitRest, _UnixHTTPConnection, vfkit_argv
 
 
 def standin_spec(root: Path) -> VmSpec:
-    (root / "boot.iso").write_bytes(bytes(1 << 20))
-    (root / "cache.raw").write_bytes(bytes(1 << 20))
-    root.joinpath("vm").mkdir(exist_ok=True)
-    return VmSpec(
-        arch=Arch.host(),
-        cpus=1,
-        memory_mib=256,
-        iso=root / "boot.iso",
-        cache_disk=root / "cache.raw",
-        disks=(),
-        mac="52:54:00:c1:0b:02",
-        gui=False,
-        nvram=root / "vm/nvram.fd",
-        serial_log=root / "vm/serial.log",
-        state_dir=root / "vm",
-        backend=BackendKind.VFKIT,
-        accel=Accel.TCG,
-    )
+    """The lifecycle tests' VM on the vfkit backend, its state dir already there (the
+    stand-in is started by hand here, not through the backend that would create it)."""
+    spec = make_spec(root, BackendKind.VFKIT)
+    spec.state_dir.mkdir(exist_ok=True)
+    return spec
 
 
 def test_missing_store_without_create_fails_like_vfkit(tmp_path: Path) -> None:
@@ -55,8 +41,9 @@ def test_missing_store_without_create_fails_like_vfkit(tmp_path: Path) -> None:
 
 
 def test_mac_auto_is_rejected_like_vfkit_0_6(tmp_path: Path) -> None:
-    argv = vfkit_argv(standin_spec(tmp_path), create_nvram=True, binary=str(STANDIN))
-    argv[argv.index("virtio-net,nat,mac=52:54:00:c1:0b:02")] = "virtio-net,nat,mac=auto"
+    spec = standin_spec(tmp_path)
+    argv = vfkit_argv(spec, create_nvram=True, binary=str(STANDIN))
+    argv[argv.index(f"virtio-net,nat,mac={spec.mac}")] = "virtio-net,nat,mac=auto"
     proc = run(argv, check=False)
     assert proc.returncode == 1 and "invalid MAC address: auto" in proc.stderr.decode()
     assert not (tmp_path / "vm/nvram.fd").exists(), "nothing may be created on a bad command"
