@@ -115,7 +115,7 @@ def _put_signature(
     sent = sum(client.push_blob(ref, Blob.of_bytes(blob)) for blob in (data, config))
     tag = cosign.signature_tag(digest)
     client.put_manifest(ref, bytes(manifest), manifest.media_type, tag)
-    log.info("signed", ref=ref.name, digest=digest, signature_tag=tag)
+    log.debug("signed", ref=ref.name, digest=digest, signature_tag=tag)
     return sent
 
 
@@ -147,6 +147,26 @@ def _lost_blobs(exc: RegistryError) -> bool:
     return exc.status == 400 and "BLOB_UNKNOWN" in str(exc)
 
 
+@dataclass(frozen=True)
+class PreparedPush:
+    """A publish done up to, not including, moving the tag.
+
+    The blobs, the manifest by digest and its signature are in the registry, so what is
+    left (``commit``) is one manifest PUT. The watcher prepares while its debounce window
+    is still open and commits when it closes; a prepared push that is never committed
+    leaves only an untagged, signed manifest behind, never an unsigned tag.
+    """
+
+    ref: Ref
+    digest: str
+    manifest: bytes
+    media_type: str
+    signature_tag: str | None
+    move_tag: bool  # the tag points elsewhere (or nowhere) and ``ref`` has a tag
+    wrote: bool  # blobs, manifest or signature were written while preparing
+    sent: int  # blob bytes uploaded while preparing
+
+
 def publish(
     client: RegistryClient,
     ref: Ref,
@@ -155,31 +175,67 @@ def publish(
     blobs: Sequence[Blob],
     key: SigningKey | None = None,
 ) -> PushResult:
-    """Blobs, manifest by digest, signature, tag; a no-op when the tag is already there.
+    """Blobs, manifest by digest, signature, tag; a no-op when the tag is already there."""
+    return commit(client, prepare(client, ref, manifest_bytes, media_type, blobs, key))
+
+
+def prepare(
+    client: RegistryClient,
+    ref: Ref,
+    manifest_bytes: bytes,
+    media_type: str,
+    blobs: Sequence[Blob],
+    key: SigningKey | None = None,
+) -> PreparedPush:
+    """Everything of ``publish`` before the tag move, in the spec's order.
 
     The independent first steps (tag lookup, blob uploads, existing signatures) run
-    concurrently; the three manifest PUTs that make up the safety order run one by one.
-    If the registry lost blobs this client believed were there (a wiped embedded
-    registry), the manifest PUT says so; the beliefs are dropped and the publish redone.
+    concurrently; the manifest and signature PUTs run one after the other. If the
+    registry lost blobs this client believed were there (a wiped embedded registry), the
+    manifest PUT says so; the beliefs are dropped and the preparation redone.
     """
     try:
-        return _publish(client, ref, manifest_bytes, media_type, blobs, key)
+        return _prepare(client, ref, manifest_bytes, media_type, blobs, key)
     except RegistryError as exc:
         if not _lost_blobs(exc):
             raise
         log.warning("registry lost blobs this client had seen; publishing again", ref=ref.name)
         client.forget_blobs(ref)
-        return _publish(client, ref, manifest_bytes, media_type, blobs, key)
+        return _prepare(client, ref, manifest_bytes, media_type, blobs, key)
 
 
-def _publish(
+def commit(client: RegistryClient, prepared: PreparedPush) -> PushResult:
+    """Move the tag to a prepared (uploaded and signed) manifest, if it is not there yet."""
+    ref = prepared.ref
+    if prepared.move_tag:
+        client.put_manifest(ref, prepared.manifest, prepared.media_type, ref.reference)
+    changed = prepared.wrote or prepared.move_tag
+    if changed:
+        log.info(
+            "published",
+            ref=str(ref),
+            digest=prepared.digest,
+            signature_tag=prepared.signature_tag,
+            uploaded_bytes=prepared.sent,
+        )
+    return PushResult(
+        str(ref),
+        prepared.digest,
+        len(prepared.manifest),
+        prepared.signature_tag,
+        changed or prepared.sent > 0,
+        prepared.sent,
+    )
+
+
+def _prepare(
     client: RegistryClient,
     ref: Ref,
     manifest_bytes: bytes,
     media_type: str,
     blobs: Sequence[Blob],
     key: SigningKey | None,
-) -> PushResult:
+) -> PreparedPush:
     digest = digest_of(manifest_bytes)
     if ref.digest and ref.digest != digest:
         raise CloudbootError(
@@ -198,17 +254,15 @@ def _publish(
     existing = signatures.result()[1] if signatures else []
     signed = key is None or _signed_by(existing, key, digest)
     sig_tag = cosign.signature_tag(digest) if key else None
-    if at == digest and signed:
-        return PushResult(str(ref), digest, len(manifest_bytes), sig_tag, sent > 0, sent)
+    move_tag = tagged and at != digest
+    if not move_tag and signed:
+        return PreparedPush(ref, digest, manifest_bytes, media_type, sig_tag, False, False, sent)
     client.put_manifest(ref.with_digest(digest), manifest_bytes, media_type, digest)
     if key is not None and not signed:
         sent += _put_signature(client, ref, digest, key, existing)
-    if tagged:
-        client.put_manifest(ref, manifest_bytes, media_type, ref.reference)
-    log.info("published", ref=str(ref), digest=digest, uploaded_bytes=sent)
     if repeat:  # the next publish here will want about as many upload sessions
         client.prepare_uploads(ref, sum(1 for n in sizes if n))
-    return PushResult(str(ref), digest, len(manifest_bytes), sig_tag, True, sent)
+    return PreparedPush(ref, digest, manifest_bytes, media_type, sig_tag, move_tag, True, sent)
 
 
 def publish_plan(
@@ -219,10 +273,26 @@ def publish_plan(
     annotations: Mapping[str, str] | None = None,
 ) -> PushResult:
     """Validate ``plan_path`` for every bootable arch, then publish it as a plan artifact."""
+    plan = read_plan(plan_path)
+    return commit(client, prepare_plan(client, ref, plan, plan_path, key, annotations))
+
+
+def read_plan(plan_path: Path) -> bytes:
     try:
-        plan = plan_path.read_bytes()
+        return plan_path.read_bytes()
     except OSError as exc:
         raise CloudbootError(f"cannot read plan: {exc.strerror}", where=str(plan_path)) from None
+
+
+def prepare_plan(
+    client: RegistryClient,
+    ref: Ref,
+    plan: bytes,
+    plan_path: Path,
+    key: SigningKey | None = None,
+    annotations: Mapping[str, str] | None = None,
+) -> PreparedPush:
+    """Validate the plan bytes read from ``plan_path``; then everything but the tag move."""
     try:
         text = plan.decode()
     except UnicodeDecodeError as exc:
@@ -232,7 +302,7 @@ def publish_plan(
     validate_plan_text(text, str(plan_path))
     manifest, config = plan_manifest(plan, plan_path.name, annotations)
     blobs = [Blob.of_bytes(config), Blob.of_bytes(plan)]
-    return publish(client, ref, bytes(manifest), manifest.media_type, blobs, key)
+    return prepare(client, ref, bytes(manifest), manifest.media_type, blobs, key)
 
 
 def push_artifact(

@@ -50,7 +50,9 @@ def test_registry_serve_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
     (tmp_path / "cloudboot.toml").write_text(f'[registry]\nurl = "127.0.0.1:{port}"\n')
     proc = subprocess.Popen(
         [CLOUDBOOT, "-C", str(tmp_path), "registry", "serve"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 20

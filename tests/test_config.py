@@ -45,13 +45,13 @@ def test_config_found_from_a_subdirectory(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[vm]\nmemory_mib = \"1G\"\n", '[vm].memory_mib: expected an integer, got str "1G"'),
+        ('[vm]\nmemory_mib = "1G"\n', '[vm].memory_mib: expected an integer, got str "1G"'),
         ("[vm]\nmemry = 1\n", "[vm].memry: unknown key; known keys: backend"),
         ("[vms]\n", "[vms]: unknown section"),
-        ("[vm]\nbackend = \"kvm\"\n", "[vm].backend: expected one of 'auto', 'qemu', 'vfkit'"),
-        ("[vm]\ndisks = [\"missing.raw\"]\n", "[vm].disks[0]: file not found"),
-        ("[vm]\narch = \"sparc\"\n", "[vm].arch: unknown architecture 'sparc'"),
-        ("[vm]\ngui = \"yes\"\n", "[vm].gui: expected a boolean"),
+        ('[vm]\nbackend = "kvm"\n', "[vm].backend: expected one of 'auto', 'qemu', 'vfkit'"),
+        ('[vm]\ndisks = ["missing.raw"]\n', "[vm].disks[0]: file not found"),
+        ('[vm]\narch = "sparc"\n', "[vm].arch: unknown architecture 'sparc'"),
+        ('[vm]\ngui = "yes"\n', "[vm].gui: expected a boolean"),
         ("[vm\n", "invalid TOML"),
     ],
 )
@@ -71,8 +71,7 @@ def test_template_lists_every_section_and_parses_back(tmp_path: Path) -> None:
         assert section in text
     # Uncommenting every default yields a valid config equal to the defaults.
     uncommented = "\n".join(
-        line[2:] if line.startswith("# ") and " = " in line else line
-        for line in text.splitlines()
+        line[2:] if line.startswith("# ") and " = " in line else line for line in text.splitlines()
     )
     data = tomllib.loads(uncommented)
     data["vm"].pop("nvram"), data["vm"].pop("serial_log"), data["registry"].pop("ca_bundle")

@@ -221,3 +221,18 @@ def test_deleted_and_recreated_plan(tmp_path: Path) -> None:
         plan.write_text(VALID)
         wait_for(lambda: daemon.pipeline.runs == 2)
         assert stage.calls == [("demo.hcl", VALID.encode())]
+
+
+def test_the_daemon_starts_an_edit_early_and_runs_it_once_the_window_closes(
+    tmp_path: Path,
+) -> None:
+    root = make_workspace(tmp_path / "ws")
+    stage = FilePlanStage(tmp_path / "out")
+    with running_daemon(root, stage, window=2.0) as daemon:
+        plan = root / "plans" / "demo.hcl"
+        edited = b'default_target = "b"\n'
+        plan.write_bytes(edited)
+        wait_for(lambda: ("demo.hcl", edited) in stage.prepared, what="early preparation")
+        assert daemon.pipeline.runs == 0 and not stage.calls  # the window is still open
+        wait_for(lambda: daemon.pipeline.runs == 1, what="the edit's run")
+        assert stage.calls == [("demo.hcl", edited)]

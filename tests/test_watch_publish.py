@@ -6,6 +6,7 @@ cryptography (the ECDSA signature over cosign's payload).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,75 @@ def test_plan_edits_move_the_signed_tag(
         third = skopeo_digest(ref)
         assert third not in (None, first, second)
         assert skopeo_signature_ok(ref.rsplit(":", 1)[0], third, public)
+
+
+def _digest_of_plan(plan: Path) -> str:
+    from guest.oci import digest_of, plan_manifest
+
+    manifest, _ = plan_manifest(plan.read_bytes(), plan.name)
+    return digest_of(bytes(manifest))
+
+
+@dataclass(frozen=True)
+class SignedStage:
+    stage: PublisherPlanStage
+    plan: Path
+    ref: str
+    public: bytes
+
+
+@pytest.fixture
+def signed_stage(
+    tmp_path: Path, registry: RunningRegistry, monkeypatch: pytest.MonkeyPatch
+) -> SignedStage:
+    """The watcher's plan stage on a signed workspace whose plan is published once."""
+    monkeypatch.setenv("COSIGN_PASSWORD", "pw")
+    root = tmp_path / "ws"
+    public = write_signed_workspace(root, registry.address)
+    config = load_config(root)
+    plan = root / "plans" / "demo.hcl"
+    stage = PublisherPlanStage.from_config(config)
+    stage.publish(plan)
+    return SignedStage(stage, plan, config.plan_ref(plan), public)
+
+
+def test_prepared_edit_is_signed_but_untagged_until_the_run_commits_it(
+    signed_stage: SignedStage,
+) -> None:
+    stage, plan, ref, public = (signed_stage.stage, signed_stage.plan, signed_stage.ref,
+                                signed_stage.public)  # fmt: skip
+    name = ref.rsplit(":", 1)[0]
+    first = skopeo_digest(ref)
+
+    plan.write_text(PLAN.replace("v=1", "v=2"))
+    stage.prepare(plan)
+    ahead = _digest_of_plan(plan)
+    wait_for(lambda: skopeo_signature_ok(name, ahead, public), what="signature of the new bytes")
+    assert skopeo_digest(ref) == first  # prepared, signed by digest, tag not moved
+    outcome = stage.publish(plan)
+    assert outcome.digest == ahead and outcome.uploaded
+    assert skopeo_digest(ref) == ahead
+
+    # the file changed again after the preparation: the run publishes what is on disk now
+    plan.write_text(PLAN.replace("v=1", "v=3"))
+    stage.prepare(plan)
+    plan.write_text(PLAN.replace("v=1", "v=4"))
+    outcome = stage.publish(plan)
+    assert outcome.digest == _digest_of_plan(plan) == skopeo_digest(ref)
+    assert skopeo_signature_ok(name, outcome.digest, public)
+
+
+def test_prepared_invalid_edit_sends_nothing_and_the_run_reports_it(
+    signed_stage: SignedStage,
+) -> None:
+    stage, plan, ref = signed_stage.stage, signed_stage.plan, signed_stage.ref
+    first = skopeo_digest(ref)
+
+    plan.write_text(PLAN.replace('default_target = "a"', 'default_target = "nope"'))
+    stage.prepare(plan)
+    with pytest.raises(Exception) as caught:
+        stage.publish(plan)
+    assert str(caught.value).startswith(f"{plan}:1:") and "nope" in str(caught.value)
+    assert skopeo_digest(ref) == first
+    manifest = f"{ref.rsplit(':', 1)[0]}@{_digest_of_plan(plan)}"
+    assert skopeo_digest(manifest) is None  # not even an untagged manifest was sent

@@ -30,12 +30,16 @@ class FilePlanStage:
     def __init__(self, out: Path) -> None:
         self.out = out
         self.calls: list[tuple[str, bytes]] = []
+        self.prepared: list[tuple[str, bytes]] = []  # what the daemon asked to start early
         self.entered = threading.Event()
         self.gate: threading.Event | None = None
         self.order: list[str] | None = None
 
     def ref_for(self, plan: Path) -> str:
         return f"file://{self.out}/{plan.stem}"
+
+    def prepare(self, plan: Path) -> None:
+        self.prepared.append((plan.name, plan.read_bytes()))
 
     def publish(self, plan: Path) -> PlanOutcome:
         data = plan.read_bytes()

@@ -183,7 +183,7 @@ class WatchDaemon:
                 self.pipeline.prime()
             self.status.set_state("idle")
             while True:
-                batch = self.queue.next_batch()
+                batch = self.queue.next_batch(on_settle=self.pipeline.prepare_ahead)
                 if batch is None:
                     return
                 self._apply_pending_setup()

@@ -4,15 +4,24 @@ A batch closes once no event has arrived for the debounce window, so a ``git che
 touching thousands of files, or an editor's write-rename-chmod dance, is one batch. Events
 that arrive while the consumer is busy with the previous batch simply collect here: when
 the consumer comes back they form exactly one follow-up batch, and nothing is lost.
+
+Inside the window the consumer may also be told, once the events have *settled* (a much
+shorter quiet time), which paths are pending so far, so slow work can start early and
+only its last step waits for the window to close.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+#: Quiet time after which pending paths are offered to ``on_settle`` (an editor's
+#: truncate-write-close sequence takes well under a millisecond).
+SETTLE_SECONDS = 0.01
 
 
 @dataclass(frozen=True)
@@ -78,9 +87,21 @@ class ChangeQueue:
         with self._cond:
             return len(self._pending)
 
-    def next_batch(self, timeout: float | None = None) -> Batch | None:
-        """Block until a batch is quiet for the window; None when closed or on timeout."""
+    def next_batch(
+        self,
+        timeout: float | None = None,
+        *,
+        on_settle: Callable[[frozenset[Path]], None] | None = None,
+    ) -> Batch | None:
+        """Block until a batch is quiet for the window; None when closed or on timeout.
+
+        ``on_settle`` (called on this thread, without the lock held) gets the pending paths
+        whenever events have been quiet for ``SETTLE_SECONDS`` but the window is still
+        open; again after every later event. Windows too short to gain from it skip it.
+        """
         deadline = None if timeout is None else self._clock() + timeout
+        offered = -1  # the total event count when pending paths were last offered
+        offer = on_settle is not None and self._window > 2 * SETTLE_SECONDS
         with self._cond:
             while not self._closed:
                 now = self._clock()
@@ -89,6 +110,15 @@ class ChangeQueue:
                     if now >= quiet_at:
                         return self._take()
                     wait = quiet_at - now
+                    if offer and on_settle is not None and self.total_events != offered:
+                        settled_at = self._last + SETTLE_SECONDS
+                        if now >= settled_at:
+                            offered = self.total_events
+                            paths = frozenset(self._pending)
+                            with self._unlocked():
+                                on_settle(paths)
+                            continue
+                        wait = min(wait, settled_at - now)
                 else:
                     wait = None
                 if deadline is not None:
@@ -97,6 +127,14 @@ class ChangeQueue:
                     wait = min(wait, deadline - now) if wait is not None else deadline - now
                 self._cond.wait(wait)
             return None
+
+    @contextmanager
+    def _unlocked(self) -> Iterator[None]:
+        self._cond.release()
+        try:
+            yield
+        finally:
+            self._cond.acquire()
 
     def _take(self) -> Batch:
         batch = Batch(frozenset(self._pending), self._events, self._first, self._last)

@@ -32,6 +32,8 @@ from watcher.watch.status import StageResult, StatusBook, iso_time
 log = structlog.get_logger(__name__)
 
 PLAN_SUFFIX = ".hcl"
+#: A burst changing more plans than this (a checkout) is not prepared ahead of its run.
+AHEAD_LIMIT = 4
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,14 @@ class BuildOutcome:
 
 class PlanStage(Protocol):
     def ref_for(self, plan: Path) -> str: ...
+
+    def prepare(self, plan: Path) -> None:
+        """Start ``publish``'s work for the plan's current bytes, short of the tag; never raises.
+
+        Called while the debounce window is still open; ``publish`` then reuses the work
+        if the file still holds the same bytes. Doing nothing is a valid implementation.
+        """
+        ...
 
     def publish(self, plan: Path) -> PlanOutcome:
         """Validate, sign and publish; raise ``CloudbootError`` (with file:line) on failure."""
@@ -191,6 +201,19 @@ class Pipeline:
     def everything(self) -> list[Path]:
         """Every path the initial run considers: both trees."""
         return [d for d in (self.plans_dir, self.kernel_dir) if d.is_dir()]
+
+    def prepare_ahead(self, paths: Iterable[Path]) -> None:
+        """Let the plan stage start on changed plans while the debounce window runs."""
+        if self.plan_stage is None:
+            return
+        try:
+            plans = self.plan_work(paths).plans
+            if len(plans) > AHEAD_LIMIT:
+                return
+            for plan in plans:
+                self.plan_stage.prepare(plan)
+        except Exception as exc:  # only an optimisation: the run itself will report it
+            log.debug("preparing ahead failed", error=str(exc))
 
     # -- running ------------------------------------------------------------------------
 
