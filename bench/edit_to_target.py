@@ -46,17 +46,12 @@ import structlog  # noqa: E402
 from bench.linelog import LineClock  # noqa: E402
 from bench.results import Row, add_report_options, emit  # noqa: E402
 from guest.arch import Arch  # noqa: E402
-from guest.gpt import guid_from  # noqa: E402
 from publisher.config import load_config  # noqa: E402
-from publisher.demodisk import TARGET_MARKER, target_initrd  # noqa: E402
-from publisher.media.build import build_boot_iso, resolve_arch  # noqa: E402
-from publisher.media.debs import DebCache  # noqa: E402
-from publisher.media.esp import esp_size  # noqa: E402
-from publisher.media.iso import write_boot_iso  # noqa: E402
-from publisher.media.uki import UkiParts, build_uki  # noqa: E402
+from publisher.demodisk import TARGET_MARKER  # noqa: E402
+from publisher.media.build import build_boot_iso  # noqa: E402
 from publisher.run import spawn  # noqa: E402
 from tests.e2e.harness import LiveLoop  # noqa: E402
-from tests.qemu_boot import repo_recipe  # noqa: E402
+from tests.qemu_boot import demo_target_iso, repo_recipe  # noqa: E402
 from watcher.vm.firmware import find_firmware  # noqa: E402
 from watcher.vm.nvram import restore_template  # noqa: E402
 from watcher.vm.qemu import kvm_usable, qemu_argv  # noqa: E402
@@ -137,20 +132,9 @@ def bare_vm(spec: VmSpec, iso: Path, work: Path) -> Iterator[tuple[float, LineCl
 
 def floor_isos(out: Path) -> tuple[Path, Path]:
     """(a) busybox-marker boot.iso from the repo recipe; (b) target UKI on a boot.iso."""
-    recipe = repo_recipe("busybox-marker")
     marker_iso = out / "marker.iso"
-    build_boot_iso(recipe, marker_iso, [Arch.X86_64])
-    inputs = resolve_arch(recipe.for_arch(Arch.X86_64), recipe, DebCache(), None, offline=False)
-    parts = UkiParts(inputs.stub.read_bytes(),
-                     inputs.kernel.vmlinuz.read_bytes(),
-                     target_initrd(inputs.busybox.read_bytes()), TARGET_CMDLINE,
-                     inputs.kernel.uname)  # fmt: skip
-    uki = build_uki(parts, Arch.X86_64)
-    target_iso = out / "target.iso"
-    write_boot_iso(target_iso, {Arch.X86_64.efi_boot_file: uki}, esp_size=esp_size([len(uki)]),
-                   epoch=0, disk_guid=guid_from("floor-disk"), esp_guid=guid_from("floor-esp"),
-                   volume_id=1)  # fmt: skip
-    return marker_iso, target_iso
+    build_boot_iso(repo_recipe("busybox-marker"), marker_iso, [Arch.X86_64])
+    return marker_iso, demo_target_iso(out, TARGET_CMDLINE)
 
 
 def measure_floor(spec: VmSpec, iso: Path, marker: str, work: Path) -> float:

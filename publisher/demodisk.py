@@ -6,6 +6,11 @@ end-to-end tests: the guest agent reads ``/boot/vmlinuz-*`` and its paired initr
 userland, stages them, and the firmware boots them. The initrd prints
 ``CLOUDBOOT-TARGET-UP target=<cloudboot.demo> ...`` (the plan's cmdline names the target)
 and then idles, so the VM keeps running the target until the next restart.
+
+Like a real distro it powers off when the VM's power button is pressed (ACPI, which is how
+the VM backends ask a guest to stop), so a restart does not sit out the stop timeout
+before forcing the VM off. That needs the kernel's power-button and evdev drivers, which
+Debian ships as modules: the initrd carries them and loads them after the marker.
 """
 
 from __future__ import annotations
@@ -13,11 +18,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from guest.arch import Arch
-from publisher.media import cpio
+from publisher.media import cpio, kmods
 from publisher.media.debs import DebCache
 from publisher.run import require_tool, run
 
@@ -25,14 +31,27 @@ from publisher.run import require_tool, run
 DEMO_LABEL = "cbtarget"
 TARGET_MARKER = "CLOUDBOOT-TARGET-UP"
 
+#: Drivers the power-off needs, in load order (any that are built in are skipped).
+POWER_BUTTON_MODULES = ("evdev", "button")
+
 _INIT = """#!/bin/busybox sh
-/bin/busybox mount -t proc proc /proc
+bb=/bin/busybox
+$bb mount -t proc proc /proc
 target=unknown
-for word in $(/bin/busybox cat /proc/cmdline); do
+for word in $($bb cat /proc/cmdline); do
   case "$word" in cloudboot.demo=*) target="${word#cloudboot.demo=}" ;; esac
 done
-echo "MARKER target=$target cmdline=$(/bin/busybox cat /proc/cmdline)"
-while true; do /bin/busybox sleep 3600; done
+echo "MARKER target=$target cmdline=$($bb cat /proc/cmdline)"
+# power off on the power button: one reader per "Power Button" input device
+$bb mount -t sysfs sysfs /sys
+$bb mount -t devtmpfs devtmpfs /dev
+for ko in /lib/modules/*.ko; do [ -f "$ko" ] && $bb insmod "$ko"; done
+for event in /sys/class/input/event*; do
+  [ "$($bb cat "$event/device/name" 2>/dev/null)" = "Power Button" ] || continue
+  ( $bb head -c 1 "/dev/input/${event##*/}" >/dev/null && echo "power button: power off" &&
+    $bb poweroff -f ) &
+done
+while true; do $bb sleep 3600; done
 """
 
 
@@ -43,17 +62,34 @@ class DemoDisk:
     created: bool
 
 
-def target_initrd(busybox: bytes) -> bytes:
-    """The gzip'd newc initrd whose /init prints the target marker and idles."""
+def target_initrd(busybox: bytes, modules: Sequence[tuple[str, bytes]] = ()) -> bytes:
+    """The gzip'd newc initrd whose /init prints the target marker and idles.
+
+    ``modules`` (name, .ko bytes) are loaded in the given order after the marker; without
+    the power-button ones the target simply ignores the power button.
+    """
     init = _INIT.replace("MARKER", TARGET_MARKER).encode()
     entries = [
         cpio.directory("/dev"),
         cpio.char_device("/dev/console", 5, 1),
         cpio.directory("/proc"),
+        cpio.directory("/sys"),
         cpio.file("/bin/busybox", busybox, 0o755),
         cpio.file("/init", init, 0o755),
+        cpio.directory("/lib"),
+        cpio.directory("/lib/modules"),
     ]
+    for number, (name, ko) in enumerate(modules):  # the glob in /init keeps this order
+        entries.append(cpio.file(f"/lib/modules/{number:02d}-{name}.ko", ko, 0o644))
     return cpio.compress(cpio.newc(entries), cpio.Compression.GZIP)
+
+
+def power_button_modules(modules_dir: Path) -> list[tuple[str, bytes]]:
+    """The power-off drivers this kernel has as modules (with dependencies), in load order."""
+    available = kmods.index_modules(modules_dir)
+    builtin = kmods.builtin_modules(modules_dir)
+    wanted = [m for m in POWER_BUTTON_MODULES if m in available or m in builtin]
+    return [(n, available[n].read_bytes()) for n in kmods.resolve(wanted, available, builtin)]
 
 
 def ensure_demo_disk(
@@ -83,7 +119,9 @@ def ensure_demo_disk(
         boot = tree / "boot"
         boot.mkdir(parents=True)
         shutil.copyfile(vmlinuz, boot / vmlinuz.name)
-        (boot / f"initrd.img-{release}").write_bytes(target_initrd(busybox.read_bytes()))
+        modules = power_button_modules(kernel_pkg.root / "lib" / "modules" / release)
+        initrd = target_initrd(busybox.read_bytes(), modules)
+        (boot / f"initrd.img-{release}").write_bytes(initrd)
         # Distros keep these convenience links; the guest's path walk must cope with them.
         (tree / "vmlinuz").symlink_to(f"boot/{vmlinuz.name}")
         (tree / "initrd.img").symlink_to(f"boot/initrd.img-{release}")

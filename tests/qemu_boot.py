@@ -12,8 +12,14 @@ import time
 from pathlib import Path
 
 from guest.arch import Arch
-from publisher.media.build import BuildResult, build_boot_iso
+from guest.gpt import guid_from
+from publisher.demodisk import power_button_modules, target_initrd
+from publisher.media.build import BuildResult, build_boot_iso, resolve_arch
+from publisher.media.debs import DebCache
+from publisher.media.esp import esp_size
+from publisher.media.iso import write_boot_iso
 from publisher.media.recipe import Recipe, parse_recipe
+from publisher.media.uki import UkiParts, build_uki
 from publisher.run import spawn
 from tests.conftest import REPO
 
@@ -42,6 +48,25 @@ def repo_recipe(init: str = "busybox-marker") -> Recipe:
 
 def build(out: Path, arches: list[Arch], **kwargs: object) -> BuildResult:
     return build_boot_iso(repo_recipe(), out, arches, **kwargs)  # type: ignore[arg-type]
+
+
+def demo_target_iso(out: Path, cmdline: str, arch: Arch = Arch.X86_64) -> Path:
+    """The demo target (the repo recipe's Debian kernel + the demo initrd) as a UKI on a
+    boot.iso: what the guest agent stages from the demo disk, bootable without the agent.
+    """
+    recipe = repo_recipe()
+    inputs = resolve_arch(recipe.for_arch(arch), recipe, DebCache(), None, offline=False)
+    initrd = target_initrd(
+        inputs.busybox.read_bytes(), power_button_modules(inputs.kernel.modules_dir)
+    )
+    parts = UkiParts(inputs.stub.read_bytes(), inputs.kernel.vmlinuz.read_bytes(), initrd,
+                     cmdline, inputs.kernel.uname)  # fmt: skip
+    uki = build_uki(parts, arch)
+    iso = out / f"demo-target-{arch.value}.iso"
+    write_boot_iso(iso, {arch.efi_boot_file: uki}, esp_size=esp_size([len(uki)]), epoch=0,
+                   disk_guid=guid_from("demo-target-disk"), esp_guid=guid_from("demo-target-esp"),
+                   volume_id=1)  # fmt: skip
+    return iso
 
 
 def qemu_argv(arch: Arch, image: Path, vars_copy: Path, *, cdrom: bool) -> list[str]:
