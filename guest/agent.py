@@ -113,7 +113,8 @@ class Agent:
                 c.warn(warning)
             with self.system.open_esp(esp) as files:
                 stage.write_files(files, target.name, kernel, initrd)
-            c.log(f"staged {len(kernel)} + {len(initrd or b'')} bytes on {esp.device.name}")
+            sizes = f"{stage.data_size(kernel)} + {stage.data_size(initrd or b'')}"
+            c.log(f"staged {sizes} bytes on {esp.device.name}")
         with c.step("nvram"):
             self.system.ensure_efivars(self.paths.efivars)
             self.nvram_touched = True
@@ -296,7 +297,9 @@ class Agent:
 
     # -- sources -------------------------------------------------------------------------
 
-    def _materialise(self, target: plan.Target) -> tuple[bytes, bytes | None, str | None]:
+    def _materialise(
+        self, target: plan.Target
+    ) -> tuple[stage.FileData, stage.FileData | None, str | None]:
         source = target.source
         if isinstance(source, plan.DiskSource):
             if source.fs != "ext4":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import fnmatch
 import posixpath
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -20,6 +19,7 @@ from typing import Any, BinaryIO
 import ext4
 
 from guest.errors import CloudbootError
+from guest.stage import DeviceRuns, FileData
 
 MAX_SYMLINK_HOPS = 40
 KERNEL_PATTERNS = ("/boot/vmlinuz-*", "/boot/Image-*", "/vmlinuz-*", "/Image-*")
@@ -33,11 +33,15 @@ class DiskReadError(CloudbootError):
 
 @dataclass(frozen=True)
 class BootFiles:
-    """What a disk target boots: the kernel, its initrd (may be absent), where they were."""
+    """What a disk target boots: the kernel, its initrd (may be absent), where they were.
 
-    kernel: bytes
+    The contents are where they lie on the device when the file is plain extents (the
+    usual case), so staging copies them without reading them into memory first.
+    """
+
+    kernel: FileData
     kernel_path: str
-    initrd: bytes | None
+    initrd: FileData | None
     initrd_path: str | None
 
 
@@ -136,55 +140,78 @@ class Ext4Reader:
             return False
         return True
 
-    def read(self, path: str, sink: Callable[[bytes], None] | None = None) -> tuple[str, bytes]:
-        """Whole file contents (and its canonical path); ``sink`` also sees every chunk."""
+    def read(self, path: str) -> tuple[str, bytes]:
+        """Whole file contents (and its canonical path)."""
+        canon, data = self.locate(path)
+        return canon, data.read() if isinstance(data, DeviceRuns) else data
+
+    def locate(self, path: str) -> tuple[str, FileData]:
+        """Where the file's bytes are on the device; its bytes when it is not in extents.
+
+        Holes and extents never written become runs of zeros, as the kernel reads them.
+        Inline data and block maps (old ext3-style files) are read through the package.
+        """
         canon, inode = self.resolve(path)
         if not isinstance(inode, ext4.File):
             raise DiskReadError("not a regular file", where=f"{self.where}:{canon}")
-        data = self._read_extents(inode, canon)
-        if data is None:  # inline data or block-mapped: the package's own stream
-            data = self._read_stream(inode)
+        runs = self._runs(inode, canon)
+        if runs is not None:
+            return canon, DeviceRuns(Path(self.where), runs)
+        data = self._read_stream(inode)
         if len(data) != inode.i_size:
             raise DiskReadError(
                 f"read {len(data)} of {inode.i_size} bytes", where=f"{self.where}:{canon}"
             )
-        if sink:
-            sink(data)
         return canon, data
+
+    def _runs(self, inode: Any, canon: str) -> tuple[tuple[int | None, int], ...] | None:
+        extents = self._extent_map(inode)
+        if extents is None:
+            return None
+        device_size = self.volume.stream.seek(0, 2)
+        runs: list[tuple[int | None, int]] = []
+        covered = 0
+        for start, offset, length, initialised in [*extents, (int(inode.i_size), 0, 0, False)]:
+            if start > covered:
+                runs.append((None, start - covered))  # a hole
+            if not length:
+                break
+            if offset + length > device_size:
+                raise DiskReadError(
+                    f"extent at byte {offset} is past the end of the device",
+                    where=f"{self.where}:{canon}",
+                )
+            last = runs[-1] if runs else (None, 0)
+            here = offset if initialised else None
+            if here is not None and last[0] is not None and last[0] + last[1] == here:
+                runs[-1] = (last[0], last[1] + length)
+            else:
+                runs.append((here, length))
+            covered = start + length
+        return tuple(runs)
+
+    def _extent_map(self, inode: Any) -> list[tuple[int, int, int, bool]] | None:
+        """(file offset, device offset, length, initialised) per extent, in file order and
+        clipped to the file size; None for inline data or block maps."""
+        if inode.is_inline or not inode.has_extents:
+            return None
+        size = int(inode.i_size)
+        block = int(self.volume.block_size)
+        out = []
+        for extent in sorted(inode.extents, key=lambda e: int(e.ee_block)):
+            start = int(extent.ee_block) * block
+            if start >= size:
+                break
+            length = min(int(extent.len) * block, size - start)
+            offset = int(self.volume.offset) + int(extent.ee_start) * block
+            out.append((start, offset, length, bool(extent.is_initialized)))
+        return out
 
     def _read_stream(self, inode: Any) -> bytes:
         stream = inode.open()
         out = bytearray()
         while chunk := stream.read(_CHUNK):
             out += chunk
-        return bytes(out)
-
-    def _read_extents(self, inode: Any, canon: str) -> bytes | None:
-        """Whole extents straight from the device: one seek + read per extent.
-
-        The package reads block by block through Python objects, which for a 15 MB
-        kernel cost ~7 s under TCG; the extent list is all we need from it. Holes and
-        uninitialised extents read as zeros, as the kernel would return them.
-        """
-        if inode.is_inline or not inode.has_extents:
-            return None
-        size = int(inode.i_size)
-        block = int(self.volume.block_size)
-        out = bytearray(size)
-        stream = self.volume.stream
-        for extent in inode.extents:
-            start = int(extent.ee_block) * block
-            if start >= size or not extent.is_initialized:
-                continue
-            length = min(int(extent.len) * block, size - start)
-            stream.seek(self.volume.offset + int(extent.ee_start) * block)
-            chunk = stream.read(length)
-            if len(chunk) != length:
-                raise DiskReadError(
-                    f"extent at block {extent.ee_start} is past the end of the device",
-                    where=f"{self.where}:{canon}",
-                )
-            out[start : start + length] = chunk
         return bytes(out)
 
 
@@ -219,9 +246,9 @@ def paired_initrd(reader: Ext4Reader, kernel_path: str) -> str | None:
 def read_boot_files(reader: Ext4Reader, kernel: str = "", initrd: str = "") -> BootFiles:
     """The kernel (given or default) and its initrd (given or paired with the kernel)."""
     kernel_path = kernel or default_kernel(reader)
-    canon_kernel, kernel_bytes = reader.read(kernel_path)
+    canon_kernel, kernel_data = reader.locate(kernel_path)
     initrd_path = initrd or paired_initrd(reader, canon_kernel)
     if initrd_path is None:
-        return BootFiles(kernel_bytes, canon_kernel, None, None)
-    canon_initrd, initrd_bytes = reader.read(initrd_path)
-    return BootFiles(kernel_bytes, canon_kernel, initrd_bytes, canon_initrd)
+        return BootFiles(kernel_data, canon_kernel, None, None)
+    canon_initrd, initrd_data = reader.locate(initrd_path)
+    return BootFiles(kernel_data, canon_kernel, initrd_data, canon_initrd)

@@ -25,7 +25,7 @@ from guest.efi import GLOBAL_VARIABLE_GUID, bootorder
 from guest.efi.efivarfs import EfiVarStore
 from guest.efi.loadoption import LoadOption
 from guest.lease import Lease
-from guest.stage import CacheEsp, EspFiles
+from guest.stage import CacheEsp, DeviceRuns, EspFiles, FileData
 from publisher.localregistry import RunningRegistry
 from publisher.run import run
 from tests.test_guest_fetch import new_key, push_plan, sign
@@ -41,12 +41,12 @@ class MtoolsEsp:
     def __init__(self, image: Path) -> None:
         self.image = image
 
-    def write(self, path: str, data: bytes) -> None:
+    def write(self, path: str, data: FileData) -> None:
         parts = [p for p in path.split("\\") if p]
         for i in range(1, len(parts)):
             run(["mmd", "-i", self.image, "::/" + "/".join(parts[:i])], check=False)
         src = self.image.parent / "upload.tmp"
-        src.write_bytes(data)
+        src.write_bytes(data.read() if isinstance(data, DeviceRuns) else data)
         run(["mcopy", "-o", "-i", self.image, src, "::/" + "/".join(parts)])
         src.unlink()
 

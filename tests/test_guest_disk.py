@@ -12,6 +12,7 @@ import pytest
 from guest import gpt
 from guest.blockdev import DeviceNotFoundError, identify, resolve, scan
 from guest.diskread import DiskReadError, Ext4Reader, default_kernel, read_boot_files
+from guest.stage import DeviceRuns, FileData, MountedEsp
 from publisher.run import run
 
 MIB = 1 << 20
@@ -68,6 +69,26 @@ def test_read_regular_files_byte_exact(ext4_image: tuple[Path, dict[str, bytes]]
             assert fs.read("/" + rel)[1] == data
 
 
+def _bytes(data: FileData | None) -> bytes | None:
+    return data.read() if isinstance(data, DeviceRuns) else data
+
+
+def test_located_files_stage_byte_exact_without_being_read(
+    ext4_image: tuple[Path, dict[str, bytes]], tmp_path: Path
+) -> None:
+    image, files = ext4_image
+    esp = MountedEsp(tmp_path / "esp")
+    with Ext4Reader.open(image) as fs:
+        for rel, data in files.items():
+            canon, located = fs.locate("/" + rel)
+            assert canon == "/" + rel
+            # extents stay on the device; the file's hole is a run of zeros, not a read
+            assert isinstance(located, DeviceRuns), rel
+            assert any(at is None for at, _ in located.runs) == (rel == "boot/sparse"), rel
+            esp.write("\\staged\\" + rel.replace("/", "_"), located)
+            assert (tmp_path / "esp/staged" / rel.replace("/", "_")).read_bytes() == data
+
+
 def test_symlinks_relative_absolute_dotdot_and_directory(
     ext4_image: tuple[Path, dict[str, bytes]],
 ) -> None:
@@ -95,7 +116,8 @@ def test_default_kernel_is_lexicographically_largest_and_initrd_is_paired(
         assert default_kernel(fs) == "/boot/vmlinuz-6.1.0-9-amd64"
         boot = read_boot_files(fs)
         assert boot.initrd_path == "/boot/initramfs-6.1.0-9-amd64"
-        assert boot.initrd == files["boot/initramfs-6.1.0-9-amd64"]
+        assert _bytes(boot.initrd) == files["boot/initramfs-6.1.0-9-amd64"]
+        assert _bytes(boot.kernel) == files["boot/vmlinuz-6.1.0-9-amd64"]
         # an explicit kernel through a symlink pairs with the initrd of its real name
         boot = read_boot_files(fs, kernel="/vmlinuz")
         assert boot.kernel_path == "/boot/vmlinuz-6.1.0-13-amd64"

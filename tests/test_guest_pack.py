@@ -96,12 +96,13 @@ def test_ext4_and_cosign_in_the_packed_runtime(tree: Path, tmp_path: Path) -> No
         (
             "from pathlib import Path\n"
             "from guest.diskread import Ext4Reader, read_boot_files\n"
+            "from guest.stage import data_size\n"
             "from guest.cosign import load_public_key, verify_signature\n"
             "with Ext4Reader.open(Path(sys.argv[1])) as fs:\n"
             "    b = read_boot_files(fs)\n"
             "k = load_public_key(Path(sys.argv[2]).read_bytes())\n"
             "ok = verify_signature(k, b'{\"hello\":1}', sys.argv[3])\n"
-            "print(b.kernel_path, len(b.kernel), ok)"
+            "print(b.kernel_path, data_size(b.kernel), ok)"
         ),
         str(image),
         str(tmp_path / "key.pem"),
