@@ -140,6 +140,11 @@ class Config:
     def vm_arch(self) -> Arch:
         return Arch.parse(self.vm.arch) if self.vm.arch else Arch.host()
 
+    def media_arches(self) -> list[Arch]:
+        """``[build].arches``, plus the VM's arch if missing: the VM must boot our boot.iso."""
+        arches = [Arch.parse(a) for a in self.build.arches]
+        return arches if self.vm_arch() in arches else [*arches, self.vm_arch()]
+
     def to_json(self) -> dict[str, Any]:
         def plain(value: Any) -> Any:
             if isinstance(value, Path):

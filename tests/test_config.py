@@ -76,3 +76,16 @@ def test_template_lists_every_section_and_parses_back(tmp_path: Path) -> None:
     data = tomllib.loads(uncommented)
     data["vm"].pop("nvram"), data["vm"].pop("serial_log"), data["registry"].pop("ca_bundle")
     assert parse_config(data, tmp_path) == load_config(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "arches"),
+    [
+        ('[vm]\narch = "aarch64"\n', ["x86_64", "aarch64"]),  # the VM's arch is added
+        ('[build]\narches = ["aarch64"]\n[vm]\narch = "aarch64"\n', ["aarch64"]),
+        ('[build]\narches = ["aarch64", "x86_64"]\n[vm]\narch = "x86_64"\n', ["aarch64", "x86_64"]),
+    ],
+)
+def test_boot_media_always_carry_the_vm_arch(tmp_path: Path, text: str, arches: list[str]) -> None:
+    (tmp_path / "cloudboot.toml").write_text(text)
+    assert [a.value for a in load_config(tmp_path).media_arches()] == arches

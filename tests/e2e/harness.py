@@ -68,8 +68,9 @@ class SerialLog:
 class LiveLoop:
     """`cloudboot up` running in a fresh workspace under ``root``; stopped with SIGINT on exit."""
 
-    def __init__(self, root: Path, *, password: str = "e2e-password") -> None:
+    def __init__(self, root: Path, *, arch: str = "x86_64", password: str = "e2e-password") -> None:
         self.root = root
+        self.arch = arch
         self.port = free_port()
         self.env = {**os.environ, "COSIGN_PASSWORD": password}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -95,7 +96,7 @@ class LiveLoop:
         config = self.root / "cloudboot.toml"
         text = config.read_text()
         text = text.replace("[registry]\n", f'[registry]\nurl = "127.0.0.1:{self.port}"\n', 1)
-        text = text.replace("[vm]\n", '[vm]\narch = "x86_64"\n', 1)
+        text = text.replace("[vm]\n", f'[vm]\narch = "{self.arch}"\n', 1)
         config.write_text(text)
         # Guests reach the host's loopback registry as 10.0.2.2 (QEMU user networking).
         text = self.recipe.read_text().replace("10.0.2.2:5000", f"10.0.2.2:{self.port}")

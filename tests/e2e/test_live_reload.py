@@ -34,8 +34,24 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_edit_plan_and_kernel_live(tmp_path: Path) -> None:
-    with LiveLoop(tmp_path / "ws") as loop:
+@pytest.mark.parametrize(
+    "arch",
+    [
+        "x86_64",
+        pytest.param(
+            "aarch64",
+            marks=[
+                pytest.mark.aarch64,
+                pytest.mark.skipif(
+                    not Path("/usr/share/AAVMF/AAVMF_CODE.fd").exists(),
+                    reason="qemu-efi-aarch64 not installed",
+                ),
+            ],
+        ),
+    ],
+)
+def test_edit_plan_and_kernel_live(tmp_path: Path, arch: str) -> None:
+    with LiveLoop(tmp_path / "ws", arch=arch) as loop:
         # 1. First boot: bootstrap UKI -> agent -> target alpha.
         loop.serial.wait_for(rf"{TARGET_UP} target=alpha", alive=loop.alive)
         first = loop.serial.text()
@@ -78,7 +94,7 @@ def test_edit_plan_and_kernel_live(tmp_path: Path) -> None:
         mark = loop.serial.mark()
         loop.edit(loop.recipe, "cloudboot.insecure=1 ", "cloudboot.insecure=1 e2e.kernel=edit-1 ")
         loop.serial.wait_for(
-            r"Command line: .*e2e\.kernel=edit-1", since=mark, timeout=240, alive=loop.alive
+            r"[Cc]ommand line: .*e2e\.kernel=edit-1", since=mark, timeout=240, alive=loop.alive
         )
         # The registry still holds beta (the broken edit published nothing).
         loop.serial.wait_for(rf"{TARGET_UP} target=beta", since=mark, timeout=240)

@@ -39,7 +39,8 @@ def build(
         list[str] | None,
         typer.Option(
             "--arch",
-            help="x86_64 or aarch64; repeat for a multi-arch ISO (default: [build].arches).",
+            help="x86_64 or aarch64; repeat for a multi-arch ISO "
+            "(default: [build].arches plus [vm].arch).",
         ),
     ] = None,
     iso: Annotated[
@@ -74,7 +75,7 @@ def build(
     log = structlog.get_logger(__name__)
     config = state(ctx).config
     try:
-        arches = [Arch.parse(a) for a in (arch or config.build.arches)]
+        arches = [Arch.parse(a) for a in arch] if arch else config.media_arches()
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--arch") from None
     recipe = load_recipe(config.build.recipe)

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from guest.arch import Arch
 from guest.errors import CloudbootError
 from watcher.cli import state
 from watcher.cli.registry import loopback_host_port
@@ -116,7 +115,7 @@ def up(
         result = build_boot_iso(
             load_recipe(config.build.recipe),
             config.build.iso,
-            [Arch.parse(a) for a in config.build.arches],
+            config.media_arches(),
             signing_key=key,
             registry=lambda: client_from_config(config.registry),
         )

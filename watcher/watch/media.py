@@ -7,7 +7,6 @@ image into place, so a failed build leaves the previous boot.iso for the running
 
 from __future__ import annotations
 
-from guest.arch import Arch
 from publisher.config import Config
 from publisher.media.build import build_boot_iso
 from publisher.media.recipe import load_recipe
@@ -20,7 +19,7 @@ class MediaBuildStage:
     def __init__(self, config: Config, key: SigningKey | None) -> None:
         self.config = config
         self.key = key
-        self.arches = [Arch.parse(a) for a in config.build.arches]
+        self.arches = config.media_arches()
 
     @classmethod
     def from_config(cls, config: Config, key: SigningKey | None = None) -> MediaBuildStage:
