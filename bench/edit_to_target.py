@@ -52,6 +52,7 @@ from publisher.media.build import build_boot_iso  # noqa: E402
 from publisher.run import spawn  # noqa: E402
 from tests.e2e.harness import LiveLoop  # noqa: E402
 from tests.qemu_boot import demo_target_iso, repo_recipe  # noqa: E402
+from watcher.cli.demo import demo_disk_path  # noqa: E402
 from watcher.vm.firmware import find_firmware  # noqa: E402
 from watcher.vm.nvram import restore_template  # noqa: E402
 from watcher.vm.qemu import kvm_usable, qemu_argv  # noqa: E402
@@ -167,7 +168,7 @@ def main() -> None:
                 runs.append(measure_edit(loop, clock, current, new))
                 current = new
             spec = VmSpec.from_config(load_config(loop.root))
-            spec = dataclasses.replace(spec, disks=(loop.root / "build" / "demo-target.raw",))
+            spec = dataclasses.replace(spec, disks=(demo_disk_path(load_config(loop.root)),))
         # The loop is down now: the floor boots do not share the CPU with its idle VM.
         marker_iso, target_iso = floor_isos(tmp)
         floor_a = [

@@ -24,7 +24,10 @@ from watcher.cli.registry import loopback_host_port
 if TYPE_CHECKING:
     from publisher.config import Config
 
-DEMO_DISK = Path("build/demo-target.raw")
+
+def demo_disk_path(config: Config) -> Path:
+    """One demo disk per arch: its kernel must be the one the VM's firmware can boot."""
+    return config.root / "build" / f"demo-target-{config.vm_arch().value}.raw"
 
 
 def ensure_signing_key(config: Config) -> None:
@@ -76,7 +79,7 @@ def with_demo_disk(config: Config, enabled: bool) -> Config:
         return config
     from publisher.demodisk import ensure_demo_disk
 
-    disk = ensure_demo_disk(config.root / DEMO_DISK, config.vm_arch())
+    disk = ensure_demo_disk(demo_disk_path(config), config.vm_arch())
     typer.echo(f"demo target disk: {disk.path} (kernel {disk.kernel_release})")
     return dataclasses.replace(config, vm=dataclasses.replace(config.vm, disks=[disk.path]))
 
