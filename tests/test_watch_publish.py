@@ -44,7 +44,9 @@ def test_plan_edits_move_the_signed_tag(
         wait_for(lambda: daemon.pipeline.runs == 2, what="publish of the edit")
         second = skopeo_digest(ref)
         assert second not in (None, first)
-        assert second == daemon.pipeline.reports[-1].of("plan")[0].detail["digest"]
+        run = daemon.pipeline.reports[-1].of("plan")[0]
+        assert second == run.detail["digest"]
+        assert run.detail["prepared_ahead"]  # uploaded + signed in the window, tag moved after
         assert skopeo_signature_ok(ref.rsplit(":", 1)[0], second, public)
 
         # invalid edit: error with file:line:col, tag unchanged, watcher alive
@@ -106,7 +108,7 @@ def test_prepared_edit_is_signed_but_untagged_until_the_run_commits_it(
     wait_for(lambda: skopeo_signature_ok(name, ahead, public), what="signature of the new bytes")
     assert skopeo_digest(ref) == first  # prepared, signed by digest, tag not moved
     outcome = stage.publish(plan)
-    assert outcome.digest == ahead and outcome.uploaded
+    assert outcome.digest == ahead and outcome.uploaded and outcome.prepared_ahead
     assert skopeo_digest(ref) == ahead
 
     # the file changed again after the preparation: the run publishes what is on disk now
@@ -114,6 +116,7 @@ def test_prepared_edit_is_signed_but_untagged_until_the_run_commits_it(
     stage.prepare(plan)
     plan.write_text(PLAN.replace("v=1", "v=4"))
     outcome = stage.publish(plan)
+    assert not outcome.prepared_ahead  # those bytes were never prepared
     assert outcome.digest == _digest_of_plan(plan) == skopeo_digest(ref)
     assert skopeo_signature_ok(name, outcome.digest, public)
 

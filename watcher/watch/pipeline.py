@@ -42,6 +42,7 @@ class PlanOutcome:
     digest: str
     uploaded: bool  # False when the tag already pointed at this digest, signed
     uploaded_bytes: int = 0
+    prepared_ahead: bool = False  # the run only moved the tag (uploads ran in the window)
 
 
 @dataclass(frozen=True)
@@ -313,7 +314,12 @@ class Pipeline:
 
         def body() -> dict[str, Any]:
             outcome = stage.publish(plan)
-            return {"ref": outcome.ref, "digest": outcome.digest, "uploaded": outcome.uploaded}
+            return {
+                "ref": outcome.ref,
+                "digest": outcome.digest,
+                "uploaded": outcome.uploaded,
+                "prepared_ahead": outcome.prepared_ahead,
+            }
 
         result = self._timed("plan", rel, body)
         if result.ok:

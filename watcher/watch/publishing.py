@@ -145,13 +145,16 @@ class PublisherPlanStage:
     def publish(self, plan: Path) -> PlanOutcome:
         data = read_plan(plan)
         prepared = self._prepared(plan, hashlib.sha256(data).hexdigest())
+        ahead = prepared is not None
         try:  # prepare_plan validates the plan, before sending anything
             if prepared is None:
                 prepared = self._prepare(plan, data)
             result = commit(self.client, prepared)
         except InvalidPlanError as exc:
             raise first_error(exc.errors) from None
-        return PlanOutcome(result.ref, result.digest, result.uploaded, result.uploaded_bytes)
+        return PlanOutcome(
+            result.ref, result.digest, result.uploaded, result.uploaded_bytes, prepared_ahead=ahead
+        )
 
     def _prepared(self, plan: Path, sha: str) -> PreparedPush | None:
         """The background preparation of exactly these bytes, if one succeeded."""
