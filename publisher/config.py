@@ -106,6 +106,12 @@ class VmSection:
 class WatchSection:
     debounce_ms: int = setting(100, "Quiet time that closes a burst of file events.")
     ignore: list[str] = setting([], "Extra ignore patterns (as in .cloudbootignore).")
+    prepare_ahead: bool = setting(
+        True,
+        "Upload and sign a plan edit while the debounce window is still open, so the run "
+        "only moves the tag. Off: nothing is sent before the window closes (no untagged "
+        "manifests left behind by intermediate saves).",
+    )
 
 
 @dataclass(frozen=True)

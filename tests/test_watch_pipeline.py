@@ -236,3 +236,12 @@ def test_the_daemon_starts_an_edit_early_and_runs_it_once_the_window_closes(
         assert daemon.pipeline.runs == 0 and not stage.calls  # the window is still open
         wait_for(lambda: daemon.pipeline.runs == 1, what="the edit's run")
         assert stage.calls == [("demo.hcl", edited)]
+
+
+def test_prepare_ahead_off_sends_nothing_before_the_window_closes(tmp_path: Path) -> None:
+    root = make_workspace(tmp_path / "ws")
+    stage = FilePlanStage(tmp_path / "out")
+    with running_daemon(root, stage, prepare_ahead=False) as daemon:
+        (root / "plans" / "demo.hcl").write_text('default_target = "b"\n')
+        wait_for(lambda: daemon.pipeline.runs == 1, what="the edit's run")
+        assert stage.prepared == [] and len(stage.calls) == 1

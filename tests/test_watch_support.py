@@ -134,6 +134,7 @@ def running_daemon(
     *,
     window: float = 0.1,
     initial_run: bool = False,
+    prepare_ahead: bool = True,
 ) -> Iterator[WatchDaemon]:
     setup = WatchSetup(
         root=root,
@@ -143,6 +144,7 @@ def running_daemon(
         rules=IgnoreRules.for_workspace(root),
         plan_stage=plan_stage,
         build_stage=build_stage,
+        prepare_ahead=prepare_ahead,
     )
     status = StatusBook(root / ".cloudboot" / "status.json", watching=["plans/", "kernel/"])
     daemon = WatchDaemon(setup, status, vm_stage=vm_stage, initial_run=initial_run)

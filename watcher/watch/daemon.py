@@ -44,6 +44,7 @@ class WatchSetup:
     rules: IgnoreRules
     plan_stage: PlanStage | None
     build_stage: BuildStage | None
+    prepare_ahead: bool = True  # plan stage starts on settled edits inside the window
 
 
 class WatchDaemon:
@@ -183,7 +184,8 @@ class WatchDaemon:
                 self.pipeline.prime()
             self.status.set_state("idle")
             while True:
-                batch = self.queue.next_batch(on_settle=self.pipeline.prepare_ahead)
+                ahead = self.pipeline.prepare_ahead if self.setup.prepare_ahead else None
+                batch = self.queue.next_batch(on_settle=ahead)
                 if batch is None:
                     return
                 self._apply_pending_setup()

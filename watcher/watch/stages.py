@@ -137,6 +137,7 @@ def setup_for(config: Config, *, debounce_ms: int | None = None) -> WatchSetup:
         rules=IgnoreRules.for_workspace(config.root, config.watch.ignore),
         plan_stage=plan_stage_for(config, key),
         build_stage=build_stage_for(config, key),
+        prepare_ahead=config.watch.prepare_ahead,
     )
 
 
