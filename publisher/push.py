@@ -165,6 +165,8 @@ class PreparedPush:
     move_tag: bool  # the tag points elsewhere (or nowhere) and ``ref`` has a tag
     wrote: bool  # blobs, manifest or signature were written while preparing
     sent: int  # blob bytes uploaded while preparing
+    #: Upload sessions to open for the next publish here once this one is done (0: none).
+    next_uploads: int = 0
 
 
 def publish(
@@ -209,6 +211,8 @@ def commit(client: RegistryClient, prepared: PreparedPush) -> PushResult:
     ref = prepared.ref
     if prepared.move_tag:
         client.put_manifest(ref, prepared.manifest, prepared.media_type, ref.reference)
+    if prepared.next_uploads:  # a repeat publisher: the next one will want as many sessions
+        client.prepare_uploads(ref, prepared.next_uploads)
     changed = prepared.wrote or prepared.move_tag
     if changed:
         log.info(
@@ -260,9 +264,10 @@ def _prepare(
     client.put_manifest(ref.with_digest(digest), manifest_bytes, media_type, digest)
     if key is not None and not signed:
         sent += _put_signature(client, ref, digest, key, existing)
-    if repeat:  # the next publish here will want about as many upload sessions
-        client.prepare_uploads(ref, sum(1 for n in sizes if n))
-    return PreparedPush(ref, digest, manifest_bytes, media_type, sig_tag, move_tag, True, sent)
+    sessions = sum(1 for n in sizes if n) if repeat else 0
+    return PreparedPush(
+        ref, digest, manifest_bytes, media_type, sig_tag, move_tag, True, sent, sessions
+    )
 
 
 def publish_plan(
