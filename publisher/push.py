@@ -11,8 +11,6 @@ publishing an unchanged plan again finds the tag already at its digest and sends
 
 from __future__ import annotations
 
-import datetime
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,7 +35,6 @@ from guest.oci import (
 )
 from guest.plan import PlanError, validate_plan
 from publisher.registry import Blob, RegistryClient, RegistryError
-from publisher.run import CommandError, ToolMissingError, run
 from publisher.signing import SigningKey, sign_blob
 
 log = structlog.get_logger(__name__)
@@ -405,28 +402,3 @@ def verify_ref(client: RegistryClient, ref: Ref, public_key: cosign.PublicKey) -
         )
     cosign.check_signatures(public_key, digest, pairs)
     return PushResult(str(ref), digest, 0, cosign.signature_tag(digest), False, 0)
-
-
-def source_annotations(workdir: Path, env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """OCI annotations from git (revision, source) and ``SOURCE_DATE_EPOCH`` (created).
-
-    Never the wall clock: without ``SOURCE_DATE_EPOCH`` there is no ``created``.
-    """
-    env = os.environ if env is None else env
-    out: dict[str, str] = {}
-    try:
-        rev = run(["git", "-C", workdir, "rev-parse", "HEAD"]).stdout.decode().strip()
-        out["org.opencontainers.image.revision"] = rev
-        remote = run(["git", "-C", workdir, "remote", "get-url", "origin"], check=False)
-        if remote.returncode == 0 and remote.stdout.strip():
-            out["org.opencontainers.image.source"] = remote.stdout.decode().strip()
-    except (CommandError, ToolMissingError):
-        log.debug("no git revision for annotations", workdir=str(workdir))
-    epoch = env.get("SOURCE_DATE_EPOCH")
-    if epoch:
-        try:
-            created = datetime.datetime.fromtimestamp(int(epoch), datetime.UTC)
-        except ValueError:
-            raise CloudbootError(f"SOURCE_DATE_EPOCH={epoch!r} is not an integer") from None
-        out["org.opencontainers.image.created"] = created.strftime("%Y-%m-%dT%H:%M:%SZ")
-    return out

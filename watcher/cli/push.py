@@ -93,7 +93,8 @@ def push_plan(
     git_annotations: AnnotateOpt = False,
 ) -> None:
     """Validate a plan for every arch, then push it (and its signature, with --key)."""
-    from publisher.push import publish_plan, source_annotations
+    from publisher.annotations import source_annotations
+    from publisher.push import publish_plan
 
     config = state(ctx).config
     target = parse_ref(ref) if ref else parse_ref(config.plan_ref(file))
