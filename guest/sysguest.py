@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
 import subprocess
@@ -56,7 +55,9 @@ class SystemError_(CloudbootError):
     pass
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+#: glibc's soname, as in the Debian runtime we pack. Not ``ctypes.util.find_library``: it
+#: imports half the stdlib and then finds nothing in an initramfs without ldconfig.
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
 
 
 def _check(result: int, what: str) -> None:
