@@ -72,6 +72,29 @@ def test_agent_imports_and_plan_evaluates(tree: Path) -> None:
     assert out.strip() == "web"
 
 
+def test_guest_parses_plans_with_the_parser_snapshot(tree: Path) -> None:
+    """The packed parser pickle is what the guest uses, and it reports a syntax error at the
+    same place as the host's parser (the build already compared every repo plan)."""
+    assert (tree / "usr/lib/cloudboot/hcl2-parser.pickle").is_file()
+    out = _python(
+        tree,
+        (
+            "from guest.plan import tables, parse_plan, PlanError\n"
+            "import hcl2.parser\n"
+            "assert tables.parser() is not hcl2.parser.parser()\n"  # the snapshot, not hcl2's
+            "try:\n"
+            "    parse_plan('default_target = \"a\"\\nx = = 1\\n', 'bad.hcl')\n"
+            "except PlanError as exc:\n"
+            "    print(exc)\n"
+        ),
+    )
+    from guest.plan import PlanError, parse_plan
+
+    with pytest.raises(PlanError) as host:
+        parse_plan('default_target = "a"\nx = = 1\n', "bad.hcl")
+    assert out.strip() == str(host.value) and out.startswith("bad.hcl:2:")
+
+
 def _plan_file(tree: Path) -> Path:
     path = tree.parent / "p.hcl"
     path.write_text(
@@ -135,10 +158,11 @@ def test_payload_size_target(tree: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
-def test_hcl2_parser_cache_hits_at_the_guest_path(tmp_path: Path) -> None:
-    """Run inside the tree (chroot) so every path is the guest's: lark must load the
-    prebuilt tables, not rebuild them (which costs ~30 s under TCG). A fresh tree: the
-    other tests run the interpreter at host paths, where lark rewrites the cache."""
+def test_guest_path_uses_the_snapshot_then_the_lark_cache(tmp_path: Path) -> None:
+    """Run inside the tree (chroot) so every path is the guest's. With the parser snapshot
+    lark loads nothing; without it (the fallback) lark must load the prebuilt tables, not
+    rebuild them (~30 s under TCG). A fresh tree: the other tests run the interpreter at
+    host paths, where lark rewrites the cache."""
     tree = build_tree(tmp_path / "root", Arch.X86_64)
     cache = tree / "usr/lib/cloudboot/hcl2/.lark_cache.bin"
     before = cache.stat().st_mtime_ns
@@ -148,16 +172,22 @@ def test_hcl2_parser_cache_hits_at_the_guest_path(tmp_path: Path) -> None:
         "from guest.plan import parse_plan\n"
         "parse_plan('target \"a\" {\\n  subplan = \"h/r\"\\n}\\n', 'p.hcl')\n"
     )
-    proc = subprocess.run(
-        [shutil.which("chroot") or "/usr/sbin/chroot", tree,
-         "/usr/bin/python3.11", "-S", "-B", "-c", code],
-        env={"PYTHONHOME": "/usr",
-             "LD_LIBRARY_PATH": "/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu"},
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert "Loading grammar from cache: /usr/lib/cloudboot/hcl2/.lark_cache.bin" in proc.stderr
-    assert "Saving grammar" not in proc.stderr and "Failed" not in proc.stderr
+
+    def parse_in_guest() -> str:
+        proc = subprocess.run(
+            [shutil.which("chroot") or "/usr/sbin/chroot", tree,
+             "/usr/bin/python3.11", "-S", "-B", "-c", code],
+            env={"PYTHONHOME": "/usr",
+                 "LD_LIBRARY_PATH": "/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu"},
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert "Saving grammar" not in proc.stderr and "Failed" not in proc.stderr
+        return proc.stderr
+
+    assert "Loading grammar" not in parse_in_guest()  # the snapshot, already built
+    (tree / "usr/lib/cloudboot/hcl2-parser.pickle").unlink()
+    assert "Loading grammar from cache: /usr/lib/cloudboot/hcl2/.lark_cache.bin" in parse_in_guest()
     assert cache.stat().st_mtime_ns == before
 
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import hcl2
 from hcl2.utils import process_escape_sequences
 from lark import Token, Tree
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
 from guest.errors import Location
 from guest.plan import expr as ex
+from guest.plan import tables
 from guest.plan.errors import PlanError
 
 
@@ -103,7 +103,8 @@ def parse_document(text: str, source: str) -> Body:
     """Parse plan text into a positioned Body; every failure is a PlanError with a location."""
     text = text.removeprefix("\ufeff")  # a byte-order mark some editors write
     try:
-        tree = hcl2.parses_to_tree(text)
+        # As hcl2.parses_to_tree: the grammar needs a final newline (lark has no EOF token)
+        tree = tables.parser().parse(text + "\n")
     except UnexpectedInput as exc:
         raise _syntax_error(exc, text, source) from None
     except LarkError as exc:

@@ -260,6 +260,7 @@ def build_tree(
     _compile_sourceless(dest / "usr/lib/python3.11")
     _compile_sourceless(app, keep_sources=("guest/", "cloud-boot-init.py", "cloudboot-reset.py"))
     _warm_hcl2_cache(app)
+    _snapshot_hcl2_parser(app, repo)
     _record_dataclass_code(app)
     triplet = _triplet(arch)
     _write(dest / "init", INIT_SCRIPT.format(triplet=triplet), 0o755)
@@ -298,6 +299,34 @@ def _warm_hcl2_cache(app: Path) -> None:
     _run_packed(app, _WARM.format(app=str(app), guest=GUEST_APP_DIR))
     if not (app / "hcl2/.lark_cache.bin").is_file():
         raise RuntimeError("hcl2 parser cache was not written")
+
+
+#: Runs after ``_WARM`` (same interpreter): ``p.parser()`` is the cache-loaded parser.
+_SNAPSHOT = """
+from guest.plan import tables
+original = p.parser()
+texts = [pathlib.Path(f).read_text() for f in {plans!r}] + {broken!r}
+snapshot = tables.load(tables.dump(p.parser(), texts[0]))
+differ = tables.same_results(original, snapshot, texts)
+if differ:
+    raise SystemExit(f"the parser snapshot parses {{len(differ)}} text(s) differently")
+pathlib.Path({out!r}).write_bytes(tables.dump(snapshot, texts[0]))
+"""
+#: Texts that must fail the same way with the snapshot: a bad token, an unterminated
+#: string, a missing value, and a stray character.
+_BROKEN_PLANS = ['x = "a" "b"\n', 'x = "open\n', "x =\n", 'target "a" { kernel = ? }\n']
+
+
+def _snapshot_hcl2_parser(app: Path, repo: Path) -> None:
+    """The ready parser as one pickle (``guest.plan.tables``), checked against hcl2's own
+    on the repo's plans and broken texts; the guest boots ~0.4 s sooner under TCG."""
+    from guest.plan.tables import SNAPSHOT_PATH
+
+    plans = sorted(str(p) for p in (repo / "plans").glob("*.hcl"))
+    out = app / SNAPSHOT_PATH.name
+    warm = _WARM.format(app=str(app), guest=GUEST_APP_DIR)
+    code = _SNAPSHOT.format(plans=plans, broken=_BROKEN_PLANS, out=str(out))
+    _run_packed(app, warm + code)
 
 
 _RECORD = """
