@@ -305,16 +305,21 @@ def _warm_hcl2_cache(app: Path) -> None:
 _SNAPSHOT = """
 from guest.plan import tables
 original = p.parser()
-texts = [pathlib.Path(f).read_text() for f in {plans!r}] + {broken!r}
+texts = {samples!r} + [pathlib.Path(f).read_text() for f in {plans!r}]
 snapshot = tables.load(tables.dump(p.parser(), texts[0]))
 differ = tables.same_results(original, snapshot, texts)
 if differ:
     raise SystemExit(f"the parser snapshot parses {{len(differ)}} text(s) differently")
 pathlib.Path({out!r}).write_bytes(tables.dump(snapshot, texts[0]))
 """
-#: Texts that must fail the same way with the snapshot: a bad token, an unterminated
-#: string, a missing value, and a stray character.
-_BROKEN_PLANS = ['x = "a" "b"\n', 'x = "open\n', "x =\n", 'target "a" { kernel = ? }\n']
+#: Texts both parsers must agree on besides the repo's plans (which an installed package
+#: may not have): a plan with the common constructs, then a bad token, an unterminated
+#: string, a missing value and a stray character.
+_SAMPLE_PLANS = [
+    'locals { c = "ttyS0" }\ndefault_target = "a"\ntarget "a" {\n'
+    '  kernel = "r/k:1"\n  cmdline = ["console=${local.c}", arch == "arm64" ? "x" : "y"]\n}\n',
+    'x = "a" "b"\n', 'x = "open\n', "x =\n", 'target "a" { kernel = ? }\n',
+]  # fmt: skip
 
 
 def _snapshot_hcl2_parser(app: Path, repo: Path) -> None:
@@ -325,7 +330,7 @@ def _snapshot_hcl2_parser(app: Path, repo: Path) -> None:
     plans = sorted(str(p) for p in (repo / "plans").glob("*.hcl"))
     out = app / SNAPSHOT_PATH.name
     warm = _WARM.format(app=str(app), guest=GUEST_APP_DIR)
-    code = _SNAPSHOT.format(plans=plans, broken=_BROKEN_PLANS, out=str(out))
+    code = _SNAPSHOT.format(samples=_SAMPLE_PLANS, plans=plans, out=str(out))
     _run_packed(app, warm + code)
 
 
