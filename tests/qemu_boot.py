@@ -56,9 +56,9 @@ def demo_target_iso(out: Path, cmdline: str, arch: Arch = Arch.X86_64) -> Path:
     """
     recipe = repo_recipe()
     inputs = resolve_arch(recipe.for_arch(arch), recipe, DebCache(), None, offline=False)
-    initrd = target_initrd(
-        inputs.busybox.read_bytes(), power_button_modules(inputs.kernel.modules_dir)
-    )
+    modules_dir = inputs.kernel.modules_dir
+    modules = power_button_modules(modules_dir) if modules_dir else []
+    initrd = target_initrd(inputs.busybox.read_bytes(), modules)
     parts = UkiParts(inputs.stub.read_bytes(), inputs.kernel.vmlinuz.read_bytes(), initrd,
                      cmdline, inputs.kernel.uname)  # fmt: skip
     uki = build_uki(parts, arch)
