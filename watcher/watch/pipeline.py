@@ -207,8 +207,9 @@ class Pipeline:
         """Let the plan stage start on changed plans while the debounce window runs."""
         if self.plan_stage is None:
             return
-        try:
-            plans = self.plan_work(paths).plans
+        try:  # only plans: hashing a burst of kernel/ files here would be wasted
+            under_plans = [p for p in paths if p.resolve().is_relative_to(self.plans_dir)]
+            plans = self.plan_work(under_plans).plans
             if len(plans) > AHEAD_LIMIT:
                 return
             for plan in plans:
