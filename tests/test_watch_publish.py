@@ -24,18 +24,46 @@ from tests.test_watch_support import (
 from watcher.watch.publishing import PublisherPlanStage
 
 
-def test_plan_edits_move_the_signed_tag(
+@dataclass(frozen=True)
+class SignedStage:
+    stage: PublisherPlanStage
+    plan: Path
+    ref: str
+    public: bytes
+
+    @property
+    def root(self) -> Path:
+        return self.plan.parent.parent
+
+
+@pytest.fixture
+def workspace_stage(
     tmp_path: Path, registry: RunningRegistry, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> SignedStage:
+    """The watcher's plan stage on a signed workspace (plans/demo.hcl, nothing published)."""
     monkeypatch.setenv("COSIGN_PASSWORD", "pw")
     root = tmp_path / "ws"
     public = write_signed_workspace(root, registry.address)
     config = load_config(root)
     plan = root / "plans" / "demo.hcl"
-    ref = config.plan_ref(plan)
-    assert ref == f"{registry.address}/cloudboot/demo:latest"
     stage = PublisherPlanStage.from_config(config)
-    with running_daemon(root, stage, initial_run=True) as daemon:  # type: ignore[arg-type]
+    return SignedStage(stage, plan, config.plan_ref(plan), public)
+
+
+@pytest.fixture
+def signed_stage(workspace_stage: SignedStage) -> SignedStage:
+    """The same, with the plan published once."""
+    workspace_stage.stage.publish(workspace_stage.plan)
+    return workspace_stage
+
+
+def test_plan_edits_move_the_signed_tag(
+    workspace_stage: SignedStage, registry: RunningRegistry
+) -> None:
+    stage, plan, ref, public = (workspace_stage.stage, workspace_stage.plan,
+                                workspace_stage.ref, workspace_stage.public)  # fmt: skip
+    assert ref == f"{registry.address}/cloudboot/demo:latest"
+    with running_daemon(workspace_stage.root, stage, initial_run=True) as daemon:  # type: ignore[arg-type]
         first = skopeo_digest(ref)
         assert first is not None
         assert skopeo_signature_ok(ref.rsplit(":", 1)[0], first, public)
@@ -69,29 +97,6 @@ def _digest_of_plan(plan: Path) -> str:
 
     manifest, _ = plan_manifest(plan.read_bytes(), plan.name)
     return digest_of(bytes(manifest))
-
-
-@dataclass(frozen=True)
-class SignedStage:
-    stage: PublisherPlanStage
-    plan: Path
-    ref: str
-    public: bytes
-
-
-@pytest.fixture
-def signed_stage(
-    tmp_path: Path, registry: RunningRegistry, monkeypatch: pytest.MonkeyPatch
-) -> SignedStage:
-    """The watcher's plan stage on a signed workspace whose plan is published once."""
-    monkeypatch.setenv("COSIGN_PASSWORD", "pw")
-    root = tmp_path / "ws"
-    public = write_signed_workspace(root, registry.address)
-    config = load_config(root)
-    plan = root / "plans" / "demo.hcl"
-    stage = PublisherPlanStage.from_config(config)
-    stage.publish(plan)
-    return SignedStage(stage, plan, config.plan_ref(plan), public)
 
 
 def test_prepared_edit_is_signed_but_untagged_until_the_run_commits_it(

@@ -101,7 +101,7 @@ class ChangeQueue:
         """
         deadline = None if timeout is None else self._clock() + timeout
         offered = -1  # the total event count when pending paths were last offered
-        offer = on_settle is not None and self._window > 2 * SETTLE_SECONDS
+        offer = on_settle if self._window > 2 * SETTLE_SECONDS else None
         with self._cond:
             while not self._closed:
                 now = self._clock()
@@ -110,13 +110,13 @@ class ChangeQueue:
                     if now >= quiet_at:
                         return self._take()
                     wait = quiet_at - now
-                    if offer and on_settle is not None and self.total_events != offered:
+                    if offer is not None and self.total_events != offered:
                         settled_at = self._last + SETTLE_SECONDS
                         if now >= settled_at:
                             offered = self.total_events
                             paths = frozenset(self._pending)
                             with self._unlocked():
-                                on_settle(paths)
+                                offer(paths)
                             continue
                         wait = min(wait, settled_at - now)
                 else:
