@@ -45,7 +45,7 @@ import structlog  # noqa: E402
 
 from bench.linelog import LineClock  # noqa: E402
 from bench.results import Row, add_report_options, emit  # noqa: E402
-from guest.arch import Arch  # noqa: E402
+from guest.contract.arch import Arch  # noqa: E402
 from publisher.config import load_config  # noqa: E402
 from publisher.demodisk import TARGET_MARKER  # noqa: E402
 from publisher.media.build import build_boot_iso  # noqa: E402

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results import Row, add_report_options, emit
-from guest.arch import Arch
+from guest.contract.arch import Arch
 from publisher.media.guestpack import guest_agent_entries, measure
 from tests.test_guest_fetch import push_plan, sign
 from tests.test_guest_qemu import MARKER, PLAN, Lab, boot, build_iso, make_lab

@@ -29,8 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results import Row, add_report_options, emit
-from guest.arch import Arch
-from guest.gpt import ESP_TYPE, guid_from
+from guest.contract.arch import Arch
+from guest.contract.gpt import ESP_TYPE, guid_from
 from publisher.media.build import build_boot_iso, make_uki, resolve_arch
 from publisher.media.debs import DebCache
 from publisher.media.esp import esp_size

@@ -2,7 +2,7 @@
 
 The guest agent runs this path as PID 1 under QEMU TCG, where Python is roughly 10x
 slower than here, so each stage is timed in a fresh interpreter (nothing warm): Python
-start-up (the baseline), ``import hcl2`` (mostly lark), ``import guest.plan``, the first
+start-up (the baseline), ``import hcl2`` (mostly lark), ``import guest.contract.plan``, the first
 parse (which loads python-hcl2's pickled LALR tables from ``hcl2/.lark_cache.bin``), then
 evaluate + select. It also times building the grammar with no cache file, which is what
 the guest pays if the initramfs lacks ``.lark_cache.bin``, and python-hcl2's own
@@ -31,7 +31,7 @@ import json, sys, time
 t0 = time.perf_counter()
 import hcl2
 t1 = time.perf_counter()
-import guest.plan as gp
+import guest.contract.plan as gp
 t2 = time.perf_counter()
 text = open(sys.argv[1]).read()
 plan = gp.parse_plan(text, sys.argv[1])
@@ -99,7 +99,7 @@ def main() -> None:
     print(f"  baseline: python start-up (whole process)   {base * 1000:8.1f} ms")
     for key, label in (
         ("import_hcl2", "import hcl2 (lark + python-hcl2)"),
-        ("import_guest_plan", "import guest.plan (after hcl2)"),
+        ("import_guest_plan", "import guest.contract.plan (after hcl2)"),
         ("first_parse", "first parse (loads cached LALR tables)"),
         ("evaluate_select", "evaluate + select_target"),
         ("warm_parse_evaluate_select", "warm parse + evaluate + select"),

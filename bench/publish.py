@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.results import Row, add_report_options, emit  # noqa: E402
-from guest.oci import parse_ref  # noqa: E402
+from guest.contract.oci import parse_ref  # noqa: E402
 from publisher.localregistry import local_registry  # noqa: E402
 from publisher.push import publish_plan  # noqa: E402
 from publisher.registry import RegistryClient  # noqa: E402

@@ -34,7 +34,7 @@ import structlog  # noqa: E402
 
 from bench.readme import render  # noqa: E402
 from bench.results import load_rows, write_json_atomic, write_text_atomic  # noqa: E402
-from guest.arch import Arch  # noqa: E402
+from guest.contract.arch import Arch  # noqa: E402
 from publisher.run import CommandError, ToolMissingError, run, spawn  # noqa: E402
 from watcher.vm.qemu import kvm_usable  # noqa: E402
 

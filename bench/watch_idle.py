@@ -36,7 +36,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 PLAN = 'default_target = "a"\n\ntarget "a" {\n  kernel = "127.0.0.1:1/k:1"\n  cmdline = "%s"\n}\n'
 BASELINE = (
     "import time, structlog, typer, watchdog.observers, requests, cryptography, hcl2;"
-    "import publisher.push, guest.plan; time.sleep(%f)"
+    "import publisher.push, guest.contract.plan; time.sleep(%f)"
 )
 
 

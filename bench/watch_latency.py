@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.results import Row, add_report_options, emit  # noqa: E402
-from guest.oci import plan_manifest  # noqa: E402
+from guest.contract.oci import plan_manifest  # noqa: E402
 from publisher.localregistry import local_registry  # noqa: E402
 from publisher.signing import generate_key_pair  # noqa: E402
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import structlog
 
-from guest.errors import CloudbootError
+from guest.contract.errors import CloudbootError
 from publisher.run import CommandError, ToolMissingError, run
 
 log = structlog.get_logger(__name__)

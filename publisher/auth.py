@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from guest.errors import CloudbootError
+from guest.contract.errors import CloudbootError
 from publisher.run import ToolMissingError, run
 
 log = structlog.get_logger(__name__)

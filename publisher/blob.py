@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from guest.errors import CloudbootError
-from guest.oci import Ref, digest_of
+from guest.contract.errors import CloudbootError
+from guest.contract.oci import Ref, digest_of
 
 if TYPE_CHECKING:
     import requests

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from guest.arch import Arch
-from guest.errors import CloudbootError
+from guest.contract.arch import Arch
+from guest.contract.errors import CloudbootError
 
 CONFIG_NAME = "cloudboot.toml"
 

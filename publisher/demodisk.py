@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from guest.arch import Arch
+from guest.contract.arch import Arch
 from publisher.media import cpio, kmods
 from publisher.media.debs import DebCache
 from publisher.run import require_tool, run

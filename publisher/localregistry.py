@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from guest.errors import CloudbootError
+from guest.contract.errors import CloudbootError
 from publisher.run import require_tool, spawn
 
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import structlog
 
-from guest import cosign
-from guest.errors import CloudbootError
-from guest.oci import (
+from guest.contract import cosign
+from guest.contract.errors import CloudbootError
+from guest.contract.oci import (
     MEDIA_INDEX,
     Descriptor,
     Index,
@@ -33,7 +33,7 @@ from guest.oci import (
     is_index_media_type,
     plan_manifest,
 )
-from guest.plan import PlanError, validate_plan
+from guest.contract.plan import PlanError, validate_plan
 from publisher.registry import Blob, RegistryClient, RegistryError
 from publisher.signing import SigningKey, sign_blob
 

@@ -32,7 +32,7 @@ from urllib.parse import urljoin
 import requests
 import structlog
 
-from guest.oci import MANIFEST_ACCEPT, Ref, digest_of, media_type_of, verify_digest
+from guest.contract.oci import MANIFEST_ACCEPT, Ref, digest_of, media_type_of, verify_digest
 from publisher.auth import (
     Credentials,
     RegistryAuth,

@@ -20,7 +20,7 @@ import requests
 import structlog
 import tenacity
 
-from guest.errors import CloudbootError
+from guest.contract.errors import CloudbootError
 
 log = structlog.get_logger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from guest.errors import CloudbootError
+from guest.contract.errors import CloudbootError
 
 log = structlog.get_logger(__name__)
 

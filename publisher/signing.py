@@ -27,9 +27,9 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from guest.errors import CloudbootError
-from guest.oci import canonical_json
-from guest.pubkey import pem_blocks, pem_encode
+from guest.contract.errors import CloudbootError
+from guest.contract.oci import canonical_json
+from guest.contract.pubkey import pem_blocks, pem_encode
 
 ENCRYPTED_PEM_TYPES = ("ENCRYPTED SIGSTORE PRIVATE KEY", "ENCRYPTED COSIGN PRIVATE KEY")
 PLAIN_PEM_TYPES = ("PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY")

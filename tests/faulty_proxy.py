@@ -27,8 +27,8 @@ from typing import Literal
 
 import requests
 
-from guest import cosign
-from guest.oci import MANIFEST_ACCEPT, Manifest, digest_of
+from guest.contract import cosign
+from guest.contract.oci import MANIFEST_ACCEPT, Manifest, digest_of
 from publisher.localregistry import RunningRegistry
 
 #: Close the connection without an answer; the registry never sees the request.

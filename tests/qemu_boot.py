@@ -11,8 +11,8 @@ import shutil
 import time
 from pathlib import Path
 
-from guest.arch import Arch
-from guest.gpt import guid_from
+from guest.contract.arch import Arch
+from guest.contract.gpt import guid_from
 from publisher.demodisk import power_button_modules, target_initrd
 from publisher.media.build import BuildResult, build_boot_iso, resolve_arch
 from publisher.media.debs import DebCache

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from guest.arch import Arch
+from guest.contract.arch import Arch
 from tests.qemu_boot import MARKER, boot, build
 
 pytestmark = pytest.mark.slow

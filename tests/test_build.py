@@ -13,9 +13,9 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from guest.arch import Arch
-from guest.errors import CloudbootError
-from guest.gpt import SECTOR, read_gpt
+from guest.contract.arch import Arch
+from guest.contract.errors import CloudbootError
+from guest.contract.gpt import SECTOR, read_gpt
 from publisher.media.build import build_boot_iso, stamp_path
 from publisher.media.recipe import RecipeError, load_recipe, parse_recipe
 from publisher.run import run

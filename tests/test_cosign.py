@@ -1,4 +1,4 @@
-"""guest.cosign + guest.pubkey: payloads, tags, and pure-Python verification.
+"""guest.contract.cosign + guest.contract.pubkey: payloads, tags, and pure-Python verification.
 
 Every algorithm is cross-checked against ``cryptography`` (signatures it makes must verify
 here; tampered ones must not), since the guest cannot carry ``cryptography`` itself.
@@ -15,10 +15,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guest import cosign
-from guest.errors import FormatError
-from guest.oci import digest_of
-from guest.pubkey import EcdsaP256Key, Ed25519Key, RsaKey, load_public_key
+from guest.contract import cosign
+from guest.contract.errors import FormatError
+from guest.contract.oci import digest_of
+from guest.contract.pubkey import EcdsaP256Key, Ed25519Key, RsaKey, load_public_key
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 EC_KEY = ec.generate_private_key(ec.SECP256R1())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from guest.arch import Arch
+from guest.contract.arch import Arch
 from publisher.demodisk import TARGET_MARKER
 from publisher.run import spawn
 from tests.qemu_boot import FIRMWARE, demo_target_iso, qemu_argv

@@ -1,4 +1,4 @@
-"""guest.gpt: round trips, corruption detection, and cross-checks against sgdisk both ways."""
+"""guest.contract.gpt: round trips, corruption detection, cross-checks against sgdisk both ways."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guest.errors import FormatError
-from guest.gpt import (
+from guest.contract.errors import FormatError
+from guest.contract.gpt import (
     CACHE_PARTITION_NAME,
     ENTRY_SECTORS,
     ESP_TYPE,

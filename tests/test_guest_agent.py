@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from guest import gpt
-from guest.agent import Agent, Paths
-from guest.arch import Arch
-from guest.console import Console
-from guest.efi import GLOBAL_VARIABLE_GUID, bootorder
-from guest.efi.efivarfs import EfiVarStore
-from guest.efi.loadoption import LoadOption
-from guest.lease import Lease
-from guest.stage import CacheEsp, DeviceRuns, EspFiles, FileData
+from guest.agent.console import Console
+from guest.agent.lease import Lease
+from guest.agent.main import Agent, Paths
+from guest.agent.stage import CacheEsp, DeviceRuns, EspFiles, FileData
+from guest.contract import gpt
+from guest.contract.arch import Arch
+from guest.contract.efi import GLOBAL_VARIABLE_GUID, bootorder
+from guest.contract.efi.efivarfs import EfiVarStore
+from guest.contract.efi.loadoption import LoadOption
 from publisher.localregistry import RunningRegistry
 from publisher.run import run
 from tests.test_guest_fetch import new_key, push_plan, sign

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from guest.cmdline import CmdlineError, CosignPolicy, Options, parse_cmdline, split_words
+from guest.agent.cmdline import CmdlineError, CosignPolicy, Options, parse_cmdline, split_words
 
 
 def test_split_on_blanks_outside_quotes() -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from guest import gpt
-from guest.blockdev import DeviceNotFoundError, identify, resolve, scan
-from guest.diskread import DiskReadError, Ext4Reader, default_kernel, read_boot_files
-from guest.stage import DeviceRuns, FileData, MountedEsp
+from guest.agent.blockdev import DeviceNotFoundError, identify, resolve, scan
+from guest.agent.diskread import DiskReadError, Ext4Reader, default_kernel, read_boot_files
+from guest.agent.stage import DeviceRuns, FileData, MountedEsp
+from guest.contract import gpt
 from publisher.run import run
 
 MIB = 1 << 20

@@ -11,12 +11,12 @@ from virt.firmware.efi import bootentry as vf_bootentry
 from virt.firmware.efi import devpath as vf_devpath
 from virt.firmware.varstore.edk2 import Edk2VarStore
 
-from guest.efi import GLOBAL_VARIABLE_GUID, bootorder
-from guest.efi.devpath import HardDrive
-from guest.efi.edk2vars import VarsFile
-from guest.efi.loadoption import LoadOption, cloudboot_entry
-from guest.errors import CloudbootError
-from guest.reset import replace_vars_file, reset_vars_file
+from guest.agent.reset import replace_vars_file, reset_vars_file
+from guest.contract.efi import GLOBAL_VARIABLE_GUID, bootorder
+from guest.contract.efi.devpath import HardDrive
+from guest.contract.efi.edk2vars import VarsFile
+from guest.contract.efi.loadoption import LoadOption, cloudboot_entry
+from guest.contract.errors import CloudbootError
 
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 PART = HardDrive(1, 2048, 100000, uuid.UUID("0f3a4c1e-8a27-4b6c-9d2e-5a7b1c3d9e01"))

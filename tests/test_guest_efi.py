@@ -17,11 +17,11 @@ from virt.firmware.efi import bootentry as vf_bootentry
 from virt.firmware.efi import devpath as vf_devpath
 from virt.firmware.efi import ucs16 as vf_ucs16
 
-from guest.efi import GLOBAL_VARIABLE_GUID, boot_variable_name, bootorder
-from guest.efi.devpath import DevicePath, End, FilePath, HardDrive, RawNode
-from guest.efi.efivarfs import EfiVarStore
-from guest.efi.loadoption import LoadOption, cloudboot_entry, safe_name, staged_paths
-from guest.errors import FormatError
+from guest.contract.efi import GLOBAL_VARIABLE_GUID, boot_variable_name, bootorder
+from guest.contract.efi.devpath import DevicePath, End, FilePath, HardDrive, RawNode
+from guest.contract.efi.efivarfs import EfiVarStore
+from guest.contract.efi.loadoption import LoadOption, cloudboot_entry, safe_name, staged_paths
+from guest.contract.errors import FormatError
 
 PART = HardDrive(1, 2048, 522207, uuid.UUID("0f3a4c1e-8a27-4b6c-9d2e-5a7b1c3d9e01"))
 

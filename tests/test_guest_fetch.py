@@ -23,8 +23,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from guest import cosign, oci
-from guest.fetch import (
+from guest.agent.fetch import (
     Credentials,
     FetchError,
     RegistryClient,
@@ -33,6 +32,7 @@ from guest.fetch import (
     pull_plan,
     verify_signature,
 )
+from guest.contract import cosign, oci
 from publisher.localregistry import RegistryTls, RunningRegistry, local_registry
 from publisher.run import run
 

@@ -1,4 +1,4 @@
-"""guest.httpclient against real servers: Python's http.server for the framing corner cases
+"""guest.agent.httpclient against real servers: Python's http.server for the framing corner cases
 (chunked, redirects, truncation), docker-registry for a large blob. TLS and Basic/bearer
 auth through it are covered in test_guest_fetch (registry with a self-signed cert)."""
 
@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import pytest
 
-from guest import httpclient
+from guest.agent import httpclient
 from publisher.localregistry import RunningRegistry
 from tests.test_guest_fetch import push_blob
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from guest.menu import Entry, ask, choose, render
+from guest.agent.menu import Entry, ask, choose, render
 
 ENTRIES = [Entry("debian", "Debian 13", "6.12"), Entry("rescue", "rescue"),
            Entry("ubuntu", "Ubuntu", "24.04")]  # fmt: skip

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from guest import template
-from guest.arch import Arch
-from guest.lease import Lease, LeaseError, choose_dns, parse_lease, parse_servers, resolv_conf
-from guest.metadata import MetadataError, apply, parse_metadata
-from guest.plan import DiskSource, OciSource
+from guest.agent import template
+from guest.agent.lease import Lease, LeaseError, choose_dns, parse_lease, parse_servers, resolv_conf
+from guest.agent.metadata import MetadataError, apply, parse_metadata
+from guest.contract.arch import Arch
+from guest.contract.plan import DiskSource, OciSource
 from publisher.media.debs import DebCache
 from publisher.media.guestpack import UDHCPC_SCRIPT
 

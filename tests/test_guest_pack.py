@@ -15,9 +15,9 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from guest.arch import Arch
-from guest.efi import GLOBAL_VARIABLE_GUID, bootorder
-from guest.efi.efivarfs import EfiVarStore
+from guest.contract.arch import Arch
+from guest.contract.efi import GLOBAL_VARIABLE_GUID, bootorder
+from guest.contract.efi.efivarfs import EfiVarStore
 from publisher.media import cpio
 from publisher.media.guestpack import build_tree, measure
 from publisher.run import run
@@ -62,8 +62,8 @@ def test_agent_imports_and_plan_evaluates(tree: Path) -> None:
     out = _python(
         tree,
         (
-            "import guest.agent, guest.sysguest\n"
-            "from guest.plan import parse_plan, evaluate, select_target\n"
+            "import guest.agent.main, guest.agent.sysguest\n"
+            "from guest.contract.plan import parse_plan, evaluate, select_target\n"
             "p = parse_plan(open(sys.argv[1]).read(), 'p.hcl')\n"
             "print(select_target(evaluate(p, 'amd64'), None).name)"
         ),
@@ -79,7 +79,7 @@ def test_guest_parses_plans_with_the_parser_snapshot(tree: Path) -> None:
     out = _python(
         tree,
         (
-            "from guest.plan import tables, parse_plan, PlanError\n"
+            "from guest.contract.plan import tables, parse_plan, PlanError\n"
             "import hcl2.parser\n"
             "assert tables.parser() is not hcl2.parser.parser()\n"  # the snapshot, not hcl2's
             "try:\n"
@@ -88,7 +88,7 @@ def test_guest_parses_plans_with_the_parser_snapshot(tree: Path) -> None:
             "    print(exc)\n"
         ),
     )
-    from guest.plan import PlanError, parse_plan
+    from guest.contract.plan import PlanError, parse_plan
 
     with pytest.raises(PlanError) as host:
         parse_plan('default_target = "a"\nx = = 1\n', "bad.hcl")
@@ -118,9 +118,9 @@ def test_ext4_and_cosign_in_the_packed_runtime(tree: Path, tmp_path: Path) -> No
         tree,
         (
             "from pathlib import Path\n"
-            "from guest.diskread import Ext4Reader, read_boot_files\n"
-            "from guest.stage import data_size\n"
-            "from guest.cosign import load_public_key, verify_signature\n"
+            "from guest.agent.diskread import Ext4Reader, read_boot_files\n"
+            "from guest.agent.stage import data_size\n"
+            "from guest.contract.cosign import load_public_key, verify_signature\n"
             "with Ext4Reader.open(Path(sys.argv[1])) as fs:\n"
             "    b = read_boot_files(fs)\n"
             "k = load_public_key(Path(sys.argv[2]).read_bytes())\n"
@@ -169,7 +169,7 @@ def test_guest_path_uses_the_snapshot_then_the_lark_cache(tmp_path: Path) -> Non
     code = (
         "import sys, logging; sys.path.insert(0, '/usr/lib/cloudboot')\n"
         "from lark import logger; logging.basicConfig(); logger.setLevel(logging.DEBUG)\n"
-        "from guest.plan import parse_plan\n"
+        "from guest.contract.plan import parse_plan\n"
         "parse_plan('target \"a\" {\\n  subplan = \"h/r\"\\n}\\n', 'p.hcl')\n"
     )
 
@@ -196,21 +196,24 @@ def test_agent_bytecode_is_precompiled(tree: Path) -> None:
     dataclass method the agent defines comes out of the pack-time code cache: nothing is
     compiled on the guest's boot path (each compile costs ~10x more under TCG)."""
     app = tree / "usr/lib/cloudboot"
-    assert (app / "guest/__pycache__/agent.cpython-311.pyc").is_file()
-    assert not (app / "guest/agent.pyc").exists()
+    assert (app / "guest/agent/__pycache__/main.cpython-311.pyc").is_file()
+    assert not (app / "guest/agent/main.pyc").exists()
     out = _python(
         tree,
         (
-            "from guest import precompiled\n"
+            "from guest.agent import precompiled\n"
             f"cache = precompiled.install({str(app / 'dataclass-code.marshal')!r})\n"
-            "import guest.agent, guest.sysguest, guest.fetch, guest.cosign, guest.diskread\n"
-            "import guest.menu, guest.metadata, guest.template, guest.reset\n"
-            "print(cache.hits, cache.misses, guest.agent.__cached__)"
+            "import guest.agent.main, guest.agent.sysguest, guest.agent.fetch\n"
+            "import guest.agent.diskread\n"
+            "import guest.contract.cosign\n"
+            "import guest.agent.menu, guest.agent.metadata, guest.agent.template\n"
+            "import guest.agent.reset\n"
+            "print(cache.hits, cache.misses, guest.agent.main.__cached__)"
         ),
     )
     hits, misses, cached = out.split()
     assert int(hits) > 200 and int(misses) == 0, out
-    assert cached.endswith("guest/__pycache__/agent.cpython-311.pyc")
+    assert cached.endswith("guest/agent/__pycache__/main.cpython-311.pyc")
 
 
 def test_aarch64_tree_packs_with_arm64_runtime_and_caches(tmp_path: Path) -> None:

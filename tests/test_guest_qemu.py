@@ -22,7 +22,7 @@ import pytest
 from virt.firmware.efi import bootentry as vf_bootentry
 from virt.firmware.varstore.edk2 import Edk2VarStore
 
-from guest.arch import Arch
+from guest.contract.arch import Arch
 from publisher.localregistry import RunningRegistry, local_registry
 from publisher.media import cpio
 from publisher.media.build import build_boot_iso

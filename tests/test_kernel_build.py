@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from guest.arch import Arch
-from guest.gpt import SECTOR, read_gpt
+from guest.contract.arch import Arch
+from guest.contract.gpt import SECTOR, read_gpt
 from publisher.media import cpio
 from publisher.media.build import build_boot_iso
 from publisher.media.debs import DebCache

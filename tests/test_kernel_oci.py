@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from guest.arch import Arch
-from guest.gpt import SECTOR, read_gpt
-from guest.oci import (
+from guest.contract.arch import Arch
+from guest.contract.gpt import SECTOR, read_gpt
+from guest.contract.oci import (
     ANNOTATION_TITLE,
     MEDIA_CONFIG,
     Descriptor,

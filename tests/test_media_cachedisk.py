@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from guest.gpt import CACHE_PARTITION_NAME, ESP_TYPE, SECTOR, last_usable_lba, read_gpt
+from guest.contract.gpt import CACHE_PARTITION_NAME, ESP_TYPE, SECTOR, last_usable_lba, read_gpt
 from publisher.media.cachedisk import CacheDiskError, ensure_cache_disk
 from publisher.run import run
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from guest.errors import CloudbootError
+from guest.contract.errors import CloudbootError
 from publisher.media import cpio
 from publisher.run import require_tool, run
 

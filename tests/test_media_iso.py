@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from guest.arch import Arch
-from guest.gpt import ESP_TYPE, SECTOR, read_gpt
+from guest.contract.arch import Arch
+from guest.contract.gpt import ESP_TYPE, SECTOR, read_gpt
 from publisher.media.esp import MIB, esp_size
 from publisher.media.iso import ISO_ESP_NAME, read_boot_entry
 from publisher.run import run

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pefile
 import pytest
 
-from guest.arch import Arch
-from guest.errors import FormatError
+from guest.contract.arch import Arch
+from guest.contract.errors import FormatError
 from publisher.media.build import resolve_arch
 from publisher.media.debs import DebCache
 from publisher.media.pe import round_up, section_data

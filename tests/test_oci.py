@@ -1,4 +1,4 @@
-"""guest.oci: refs, canonical manifests, platform resolution, layer lookup."""
+"""guest.contract.oci: refs, canonical manifests, platform resolution, layer lookup."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guest.errors import FormatError
-from guest.oci import (
+from guest.contract.errors import FormatError
+from guest.contract.oci import (
     ANNOTATION_TITLE,
     MEDIA_CONFIG,
     MEDIA_INDEX,

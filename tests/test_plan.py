@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from guest.errors import Location
-from guest.plan import (
+from guest.contract.errors import Location
+from guest.contract.plan import (
     DiskSource,
     Lldp,
     OciSource,

@@ -12,10 +12,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from guest.plan import Lldp, PlanError, evaluate, parse_plan, select_target, validate_plan
-from guest.plan.evaluator import Locals, Scope
-from guest.plan.evaluator import evaluate as evaluate_expr
-from guest.plan.syntax import parse_expression
+from guest.contract.plan import Lldp, PlanError, evaluate, parse_plan, select_target, validate_plan
+from guest.contract.plan.evaluator import Locals, Scope
+from guest.contract.plan.evaluator import evaluate as evaluate_expr
+from guest.contract.plan.syntax import parse_expression
 from tests.conftest import REPO
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

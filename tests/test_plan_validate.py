@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from guest.plan import PlanError, parse_plan, validate_plan
+from guest.contract.plan import PlanError, parse_plan, validate_plan
 from tests.conftest import REPO
 
 SOURCE_RULE = (

@@ -18,9 +18,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from guest import cosign
-from guest.oci import digest_of, parse_ref
-from guest.pubkey import load_public_key
+from guest.contract import cosign
+from guest.contract.oci import digest_of, parse_ref
+from guest.contract.pubkey import load_public_key
 from publisher.localregistry import RunningRegistry
 from publisher.push import InvalidPlanError, publish_plan, push_artifact, push_index, verify_ref
 from publisher.registry import RegistryClient

@@ -17,8 +17,8 @@ from typing import Any
 import requests
 import structlog
 
-from guest import cosign
-from guest.oci import Manifest, parse_ref
+from guest.contract import cosign
+from guest.contract.oci import Manifest, parse_ref
 from publisher.localregistry import RunningRegistry, free_port, local_registry
 from publisher.push import publish_plan, verify_ref
 from publisher.registry import RegistryClient

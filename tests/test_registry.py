@@ -23,9 +23,9 @@ import pytest
 import requests
 import structlog
 
-from guest import cosign
-from guest.oci import MEDIA_MANIFEST, Descriptor, Manifest, digest_of, parse_ref
-from guest.pubkey import load_public_key
+from guest.contract import cosign
+from guest.contract.oci import MEDIA_MANIFEST, Descriptor, Manifest, digest_of, parse_ref
+from guest.contract.pubkey import load_public_key
 from publisher.auth import Credentials, lookup_credentials, parse_challenge
 from publisher.localregistry import RunningRegistry, free_port, local_registry
 from publisher.push import publish_plan, push_artifact, verify_ref

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import structlog
 
-from guest import cosign
-from guest.oci import Manifest, parse_ref
+from guest.contract import cosign
+from guest.contract.oci import Manifest, parse_ref
 from publisher.localregistry import RunningRegistry
 from publisher.push import PushResult, push_artifact, verify_ref
 from publisher.registry import (

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from guest.arch import Arch
+from guest.contract.arch import Arch
 from tests.test_vm_lifecycle import STOP_TIMEOUT, make_spec, wait_until
 from watcher.vm import VmState, open_backend
 from watcher.vm.firmware import find_firmware

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from guest.arch import Arch
+from guest.contract.arch import Arch
 from publisher.config import ConfigError, load_config
 from watcher.vm.firmware import Firmware, find_firmware
 from watcher.vm.qemu import _host_has_virtualization, qemu_argv

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from guest.arch import Arch
+from guest.contract.arch import Arch
 from publisher.run import run
 from tests.test_vm_lifecycle import wait_until
 from watcher.vm.firmware import find_firmware

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from virt.firmware.varstore.edk2 import Edk2VarStore
 
-from guest.arch import Arch
+from guest.contract.arch import Arch
 from tests.conftest import REPO
 from watcher.vm import VmBackend, VmError, VmSpec, VmState, open_backend
 from watcher.vm.firmware import find_firmware

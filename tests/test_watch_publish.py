@@ -93,7 +93,7 @@ def test_plan_edits_move_the_signed_tag(
 
 
 def _digest_of_plan(plan: Path) -> str:
-    from guest.oci import digest_of, plan_manifest
+    from guest.contract.oci import digest_of, plan_manifest
 
     manifest, _ = plan_manifest(plan.read_bytes(), plan.name)
     return digest_of(bytes(manifest))

@@ -19,7 +19,7 @@ from pathlib import Path
 import hcl2
 import lark
 
-from guest.errors import CloudbootError, Location
+from guest.contract.errors import CloudbootError, Location
 from watcher.watch.daemon import WatchDaemon, WatchSetup
 from watcher.watch.ignore import IgnoreRules
 from watcher.watch.pipeline import BuildOutcome, PlanOutcome, VmStage

@@ -23,7 +23,7 @@ from watcher.vm import VmState, open_backend
 from watcher.vm.qmp import QmpClient
 from watcher.vm.spec import BackendKind
 from watcher.vm.state import process_cmdline
-from watcher.watch.stages import BackendVmStage
+from watcher.watch.adapters import BackendVmStage
 
 pytestmark = pytest.mark.slow
 

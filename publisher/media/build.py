@@ -21,8 +21,8 @@ from pathlib import Path
 
 import structlog
 
-from guest.arch import Arch
-from guest.gpt import guid_from
+from guest.contract.arch import Arch
+from guest.contract.gpt import guid_from
 from publisher.media import cpio
 from publisher.media.debs import DebCache
 from publisher.media.esp import esp_size
@@ -128,7 +128,7 @@ def fingerprint(recipe: Recipe, inputs: Sequence[ArchInputs], epoch: int, signed
     here = Path(__file__).parent
     watched: list[Path] = [
         *(here / f for f in _CODE_FILES),
-        here.parent.parent / "guest" / "gpt.py",
+        here.parent.parent / "guest" / "contract" / "gpt.py",
     ]
     for extra in (recipe.cosign_public_key, recipe.secureboot_key, recipe.secureboot_cert):
         if extra is not None:

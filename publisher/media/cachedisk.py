@@ -16,8 +16,8 @@ import os
 import uuid
 from pathlib import Path
 
-from guest.errors import CloudbootError, FormatError
-from guest.gpt import (
+from guest.contract.errors import CloudbootError, FormatError
+from guest.contract.gpt import (
     CACHE_PARTITION_NAME,
     ESP_TYPE,
     PRIMARY_SECTORS,

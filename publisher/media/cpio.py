@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from guest.errors import CloudbootError
+from guest.contract.errors import CloudbootError
 from publisher.run import require_tool, run
 
 TRAILER = "TRAILER!!!"

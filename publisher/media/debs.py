@@ -14,8 +14,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from guest.arch import Arch
-from guest.errors import CloudbootError
+from guest.contract.arch import Arch
+from guest.contract.errors import CloudbootError
 from publisher.run import require_tool, run
 
 CONTROL_FILE = ".control"

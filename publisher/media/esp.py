@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from guest.errors import CloudbootError, FormatError
+from guest.contract.errors import CloudbootError, FormatError
 
 MIB = 1024 * 1024
 #: Smallest FAT32 pyfatfs will format (its cluster table starts at 32.5 MB).

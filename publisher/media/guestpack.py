@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from guest.arch import Arch
+from guest.contract.arch import Arch
 from publisher.media import cpio
 from publisher.media.debs import DebCache
 from publisher.run import run
@@ -71,20 +71,21 @@ exec /usr/bin/python3.11 -S -B /usr/lib/cloudboot/cloudboot-reset.py "$@"
 """
 #: Entry scripts: the dataclass code cache goes in before anything defines a dataclass.
 _ENTRY = (
-    "import sys\nfrom guest import precompiled\n"
+    "import sys\nfrom guest.agent import precompiled\n"
     "precompiled.install(sys.path[0] + '/' + precompiled.CACHE_NAME)\n"
 )
 #: The agent's: modules and DHCP start before the (slow to import) agent is imported.
 AGENT_MAIN = _ENTRY + (
-    "from guest.sysguest import GuestSystem\nsystem = GuestSystem()\nsystem.start_early()\n"
-    "from guest.agent import main\nmain(system)\n"
+    "from guest.agent.sysguest import GuestSystem\nsystem = GuestSystem()\nsystem.start_early()\n"
+    "from guest.agent.main import main\nmain(system)\n"
 )
-RESET_MAIN = _ENTRY + "from guest.reset import main\nsys.exit(main())\n"
+RESET_MAIN = _ENTRY + "from guest.agent.reset import main\nsys.exit(main())\n"
 #: Every guest module a boot may import (lazily or not): their dataclasses are cached.
-GUEST_MODULES = ("guest.agent", "guest.sysguest", "guest.fetch", "guest.cosign",
-                 "guest.diskread", "guest.menu", "guest.metadata", "guest.template",
-                 "guest.lease", "guest.reset", "guest.plan", "guest.httpclient",
-                 "guest.machine")  # fmt: skip
+GUEST_MODULES = (
+    *(f"guest.agent.{m}" for m in ("main", "sysguest", "fetch", "diskread", "menu", "metadata",
+                                   "template", "lease", "reset", "httpclient", "machine")),
+    "guest.contract.cosign", "guest.contract.plan",
+)  # fmt: skip
 #: busybox udhcpc calls this with $1 = deconfig|bound|renew and the lease in variables;
 #: besides configuring the interface it leaves the lease in LEASE_FILE for the agent
 #: (cmdline templates, resolv.conf). Applets by path: there are no applet links.
@@ -295,7 +296,7 @@ p.parser()
 
 #: Runs after ``_WARM`` (same interpreter): ``p.parser()`` is the cache-loaded parser.
 _SNAPSHOT = """
-from guest.plan import tables
+from guest.contract.plan import tables
 original = p.parser()
 texts = {samples!r} + [pathlib.Path(f).read_text() for f in {plans!r}]
 snapshot = tables.load(tables.dump(p.parser(), texts[0]))
@@ -316,9 +317,9 @@ _SAMPLE_PLANS = [
 
 def _prepare_hcl2_parser(app: Path, repo: Path) -> None:
     """One host interpreter builds hcl2's LALR tables (lark's cache: the guest would spend
-    ~30 s on them under TCG) and the ready parser as one pickle (``guest.plan.tables``),
+    ~30 s on them under TCG) and the ready parser as one pickle (``guest.contract.plan.tables``),
     checked against hcl2's own on sample texts and the repo's plans (~0.4 s per boot)."""
-    from guest.plan.tables import SNAPSHOT_PATH
+    from guest.contract.plan.tables import SNAPSHOT_PATH
 
     plans = sorted(str(p) for p in (repo / "plans").glob("*.hcl"))
     out = app / SNAPSHOT_PATH.name
@@ -331,7 +332,7 @@ def _prepare_hcl2_parser(app: Path, repo: Path) -> None:
 
 
 _RECORD = """
-from guest import precompiled
+from guest.agent import precompiled
 data = precompiled.record({modules!r})
 with open({out!r}, "wb") as out:
     out.write(data)
@@ -339,7 +340,7 @@ with open({out!r}, "wb") as out:
 
 
 def _record_dataclass_code(app: Path) -> None:
-    """Compile the guest's dataclass methods here (see ``guest.precompiled``): a fresh
+    """Compile the guest's dataclass methods here (see ``guest.agent.precompiled``): a fresh
     interpreter of the guest's minor version imports the packed modules and records."""
     if f"{sys.version_info[0]}.{sys.version_info[1]}" != GUEST_PYTHON:
         return  # code objects of another minor version would not load; the guest compiles

@@ -14,7 +14,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from guest.arch import Arch
+from guest.contract.arch import Arch
 from publisher.media import cpio, kmods
 from publisher.media.recipe import Recipe, RecipeError
 

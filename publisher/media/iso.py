@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from guest.errors import FormatError
-from guest.gpt import ESP_TYPE, SECTOR, GptLayout, Partition, build_gpt
+from guest.contract.errors import FormatError
+from guest.contract.gpt import ESP_TYPE, SECTOR, GptLayout, Partition, build_gpt
 from publisher.media.esp import write_fat
 
 ISO_BLOCK = 2048

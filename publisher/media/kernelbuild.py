@@ -31,8 +31,8 @@ from pathlib import Path
 
 import structlog
 
-from guest.arch import Arch
-from guest.errors import CloudbootError
+from guest.contract.arch import Arch
+from guest.contract.errors import CloudbootError
 from publisher.media.debs import user_cache_dir
 from publisher.run import CommandError, require_tool, run, spawn
 

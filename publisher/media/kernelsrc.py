@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from guest.arch import Arch
+from guest.contract.arch import Arch
 from publisher.media.debs import DebCache
 from publisher.media.initramfs import KernelInputs
 from publisher.media.kernelbuild import KernelBuildCache, KernelBuildSpec

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from guest.errors import CloudbootError
+from guest.contract.errors import CloudbootError
 
 _DEPENDS = re.compile(rb"(?:^|\0)depends=([^\0]*)\0")
 

@@ -27,9 +27,9 @@ from typing import Any
 
 import structlog
 
-from guest.arch import Arch
-from guest.errors import CloudbootError
-from guest.oci import (
+from guest.contract.arch import Arch
+from guest.contract.errors import CloudbootError
+from guest.contract.oci import (
     MEDIA_CONFIG,
     Index,
     LayerRole,
@@ -40,7 +40,7 @@ from guest.oci import (
     media_type_of,
     parse_ref,
 )
-from guest.pubkey import load_public_key
+from guest.contract.pubkey import load_public_key
 from publisher.media import cpio
 from publisher.media.debs import user_cache_dir
 from publisher.registry import RegistryClient

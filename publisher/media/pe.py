@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from guest.errors import FormatError
+from guest.contract.errors import FormatError
 
 PE32_PLUS = 0x20B
 SECTION_HEADER = struct.Struct("<8sIIIIIIHHI")

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from guest.arch import Arch
-from guest.errors import CloudbootError
-from guest.oci import RefError, parse_ref
+from guest.contract.arch import Arch
+from guest.contract.errors import CloudbootError
+from guest.contract.oci import RefError, parse_ref
 from publisher.media.cpio import Compression
 
 DEFAULT_CMDLINE = (

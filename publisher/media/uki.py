@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from guest.arch import Arch
-from guest.errors import FormatError
+from guest.contract.arch import Arch
+from guest.contract.errors import FormatError
 from publisher.media.pe import add_sections, image_size, parse_pe
 
 _MACHINE = {Arch.X86_64: 0x8664, Arch.AARCH64: 0xAA64}

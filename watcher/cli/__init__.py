@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from guest.errors import CloudbootError
+from guest.contract.errors import CloudbootError
 
 if TYPE_CHECKING:
     from publisher.config import Config

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from guest.arch import Arch
-from guest.errors import CloudbootError
+from guest.contract.arch import Arch
+from guest.contract.errors import CloudbootError
 from watcher.cli import state
 from watcher.cli.push import signing_key
 

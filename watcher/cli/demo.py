@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from guest.errors import CloudbootError
+from guest.contract.errors import CloudbootError
 from watcher.cli import state
 from watcher.cli.registry import loopback_host_port
 
@@ -102,9 +102,9 @@ def up(
     from publisher.registry import client_from_config
     from watcher.cli.watch import run_daemon
     from watcher.vm import VmSpec, VmState, open_backend
+    from watcher.watch.adapters import BackendVmStage
     from watcher.watch.gitops import format_outcomes, publish_workspace
     from watcher.watch.publishing import load_signing_key
-    from watcher.watch.stages import BackendVmStage
 
     config = state(ctx).config
     with contextlib.ExitStack() as stack:

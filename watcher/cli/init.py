@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from guest.errors import CloudbootError
+from guest.contract.errors import CloudbootError
 from publisher.config import CONFIG_NAME, render_template
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

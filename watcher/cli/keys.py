@@ -14,10 +14,10 @@ from typing import Annotated
 
 import typer
 
-from guest import cosign
-from guest.errors import CloudbootError
-from guest.oci import parse_ref
-from guest.pubkey import load_public_key
+from guest.contract import cosign
+from guest.contract.errors import CloudbootError
+from guest.contract.oci import parse_ref
+from guest.contract.pubkey import load_public_key
 from watcher.cli import state
 from watcher.cli.push import CaOpt, InsecureOpt, JsonOpt, emit, make_client, signing_key
 

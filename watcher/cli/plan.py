@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from guest.arch import Arch
-from guest.errors import CloudbootError, Location
+from guest.contract.arch import Arch
+from guest.contract.errors import CloudbootError, Location
 
-if TYPE_CHECKING:  # guest.plan pulls in hcl2/lark: imported where a plan is read
-    from guest.plan import PlanError
+if TYPE_CHECKING:  # guest.contract.plan pulls in hcl2/lark: imported where a plan is read
+    from guest.contract.plan import PlanError
 
 plan_app = typer.Typer(
     help="Check boot plans (HCL) and preview the targets a guest would boot.",
@@ -27,7 +27,7 @@ plan_app = typer.Typer(
 
 def plan_files(paths: list[Path]) -> tuple[list[Path], list[PlanError]]:
     """Files named directly, plus every *.hcl under named directories (sorted)."""
-    from guest.plan import PlanError
+    from guest.contract.plan import PlanError
 
     files: list[Path] = []
     problems: list[PlanError] = []
@@ -48,7 +48,7 @@ def plan_files(paths: list[Path]) -> tuple[list[Path], list[PlanError]]:
 
 def read_plan_text(path: Path) -> str:
     """The plan as text; a file that is not UTF-8 is a PlanError at the bad byte."""
-    from guest.plan import PlanError
+    from guest.contract.plan import PlanError
 
     data = path.read_bytes()
     try:
@@ -62,7 +62,7 @@ def read_plan_text(path: Path) -> str:
 
 
 def validate_file(path: Path) -> list[PlanError]:
-    from guest.plan import PlanError, validate_plan
+    from guest.contract.plan import PlanError, validate_plan
 
     try:
         return validate_plan(read_plan_text(path), str(path))
@@ -166,7 +166,7 @@ def render_command(
     ] = None,
 ) -> None:
     """Print one arch's evaluated targets; see RENDER_HELP."""
-    from guest.plan import PlanError, evaluate_collecting, parse_plan, select_target
+    from guest.contract.plan import PlanError, evaluate_collecting, parse_plan, select_target
 
     guest_arch = arch or Arch.host().oci
     plan = parse_plan(read_plan_text(path), str(path))

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from guest.arch import Arch
-from guest.errors import CloudbootError
-from guest.oci import parse_ref
+from guest.contract.arch import Arch
+from guest.contract.errors import CloudbootError
+from guest.contract.oci import parse_ref
 from watcher.cli import state
 
 if TYPE_CHECKING:  # requests, cryptography, hcl2: imported by the commands that push

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from guest.errors import CloudbootError
+from guest.contract.errors import CloudbootError
 from watcher.cli import state
 
 registry_app = typer.Typer(help="Run the embedded local OCI registry (docker-registry).")

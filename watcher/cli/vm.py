@@ -132,7 +132,7 @@ def reset_nvram(
         backend.reset_nvram()
         typer.echo(f"nvram reset: {backend.spec.nvram}")
         return
-    from guest.reset import reset_vars_file
+    from guest.agent.reset import reset_vars_file
     from watcher.vm import BackendKind, VmError, VmState
 
     spec = backend.spec

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from guest.errors import CloudbootError
+from guest.contract.errors import CloudbootError
 from watcher.cli import state
 
 if TYPE_CHECKING:  # the watch machinery (watchdog, publisher) loads when a command runs
@@ -48,7 +48,7 @@ def watch(
     ] = None,
 ) -> None:
     """Watch plans/ and kernel/; publish, rebuild and restart the VM on every change."""
-    from watcher.watch.stages import vm_stage_for
+    from watcher.watch.adapters import vm_stage_for
 
     config = state(ctx).config
     run_daemon(
@@ -69,9 +69,9 @@ def run_daemon(
     """Run the watcher in this process until SIGTERM/SIGINT (a second one aborts at once)."""
     import structlog
 
+    from watcher.watch.adapters import STATUS_FILE, reloader, setup_for
     from watcher.watch.daemon import WatchDaemon
-    from watcher.watch.service import Notifier
-    from watcher.watch.stages import STATUS_FILE, reloader, setup_for
+    from watcher.watch.sdnotify import Notifier
     from watcher.watch.status import StatusBook
 
     setup = setup_for(config, debounce_ms=debounce_ms)
@@ -106,7 +106,7 @@ def run_daemon(
 
 def status_cmd(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Show what the watcher did last: events, runs per stage, digests, VM state."""
-    from watcher.watch.stages import STATUS_FILE
+    from watcher.watch.adapters import STATUS_FILE
     from watcher.watch.status import format_status, load_status, with_liveness
 
     data = with_liveness(load_status(state(ctx).config.root / STATUS_FILE))
@@ -134,7 +134,7 @@ KindOption = Annotated[
 
 
 def _kind(value: str) -> Any:
-    from watcher.watch.agent import AgentKind
+    from watcher.watch.service import AgentKind
 
     if value == "auto":
         return AgentKind.for_host()
@@ -164,7 +164,7 @@ def agent_install(
     as_json: JsonOption = False,
 ) -> None:
     """Write the user service for this workspace and start it when a manager is reachable."""
-    from watcher.watch.agent import AgentSpec, cloudboot_argv, install, launchd_log_dir
+    from watcher.watch.service import AgentSpec, cloudboot_argv, install, launchd_log_dir
 
     spec = AgentSpec(cloudboot_argv(), state(ctx).config.root, launchd_log_dir())
     _print_report(install(spec, _kind(kind), start=start), as_json)
@@ -173,7 +173,7 @@ def agent_install(
 @agent_app.command("uninstall")
 def agent_uninstall(kind: KindOption = "auto", as_json: JsonOption = False) -> None:
     """Stop the user service and remove its file."""
-    from watcher.watch.agent import uninstall
+    from watcher.watch.service import uninstall
 
     _print_report(uninstall(_kind(kind)), as_json)
 
@@ -181,7 +181,7 @@ def agent_uninstall(kind: KindOption = "auto", as_json: JsonOption = False) -> N
 @agent_app.command("status")
 def agent_status(kind: KindOption = "auto", as_json: JsonOption = False) -> None:
     """Is the user service installed and running?"""
-    from watcher.watch.agent import status
+    from watcher.watch.service import status
 
     _print_report(status(_kind(kind)), as_json)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from guest.arch import Arch
+from guest.contract.arch import Arch
 from watcher.vm.spec import VmError
 
 

@@ -14,7 +14,7 @@ import os
 import platform
 from pathlib import Path
 
-from guest.arch import Arch
+from guest.contract.arch import Arch
 from publisher.run import require_tool
 from watcher.vm import nvram
 from watcher.vm.backend import ProcessBackend

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from guest.errors import CloudbootError
+from guest.contract.errors import CloudbootError
 
 
 class QmpError(CloudbootError):

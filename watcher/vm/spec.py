@@ -14,8 +14,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from guest.arch import Arch
-from guest.errors import CloudbootError
+from guest.contract.arch import Arch
+from guest.contract.errors import CloudbootError
 from publisher.config import Backend, Config, ConfigError
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from guest.errors import CloudbootError
+from guest.contract.errors import CloudbootError
 from watcher.vm.backend import VmBackend, VmState
 
 log = structlog.get_logger(__name__)

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import structlog
 
-from guest.errors import CloudbootError
+from guest.contract.errors import CloudbootError
 from watcher.watch.debounce import Batch, ChangeQueue
 from watcher.watch.events import WorkspaceEventHandler, observe
 from watcher.watch.ignore import IgnoreRules
 from watcher.watch.pipeline import BuildStage, Pipeline, PlanStage, VmStage
-from watcher.watch.service import Notifier, watchdog_interval
+from watcher.watch.sdnotify import Notifier, watchdog_interval
 from watcher.watch.status import StatusBook
 
 log = structlog.get_logger(__name__)

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from guest.errors import CloudbootError
+from guest.contract.errors import CloudbootError
 from publisher.config import Config
 from publisher.run import run
 from watcher.watch.ignore import IgnoreRules

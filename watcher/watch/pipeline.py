@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from guest.errors import CloudbootError
+from guest.contract.errors import CloudbootError
 from watcher.watch.debounce import Batch
 from watcher.watch.ignore import IgnoreRules
 from watcher.watch.status import StageResult, StatusBook, iso_time

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import structlog
 
-from guest.errors import CloudbootError
-from guest.oci import parse_ref
-from guest.plan import PlanError, validate_plan
+from guest.contract.errors import CloudbootError
+from guest.contract.oci import parse_ref
+from guest.contract.plan import PlanError, validate_plan
 from publisher.config import Config
 from publisher.push import InvalidPlanError, PreparedPush, commit, prepare_plan, read_plan
 from publisher.registry import RegistryClient, client_from_config

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from guest.errors import CloudbootError
+from guest.contract.errors import CloudbootError
 
 STATUS_VERSION = 1
 

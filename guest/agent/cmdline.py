@@ -1,0 +1,130 @@
+"""The kernel command line as the guest agent reads it (spec 5.1).
+
+Upstream splits ``/proc/cmdline`` on blanks outside double quotes, splits ``k=v`` at the
+first ``=``, treats a bare word as ``1`` and lets a later duplicate win. The knobs we act on
+live under ``cloudboot.``; ``Options`` gives them typed names so the agent never re-parses
+strings, and so a typo in a policy value is an error that names the key instead of a
+silently ignored word.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from guest.contract.errors import CloudbootError
+
+PREFIX = "cloudboot."
+
+
+class CmdlineError(CloudbootError):
+    pass
+
+
+def split_words(text: str) -> list[str]:
+    """Split on blanks outside double quotes; the quotes themselves are dropped."""
+    words: list[str] = []
+    current: list[str] = []
+    quoted = False
+    started = False
+    for char in text:
+        if char == '"':
+            quoted = not quoted
+            started = True
+        elif char.isspace() and not quoted:
+            if started:
+                words.append("".join(current))
+            current, started = [], False
+        else:
+            current.append(char)
+            started = True
+    if started:
+        words.append("".join(current))
+    return words
+
+
+def parse_cmdline(text: str) -> dict[str, str]:
+    """``k=v`` pairs (split at the first ``=``); a bare word means ``1``; later wins."""
+    params: dict[str, str] = {}
+    for word in split_words(text):
+        key, sep, value = word.partition("=")
+        params[key] = value if sep else "1"
+    return params
+
+
+class CosignPolicy(enum.Enum):
+    """What a missing or bad plan signature does: stop, warn and go on, or nothing."""
+
+    ENFORCE = "enforce"
+    WARN = "warn"
+    OFF = "off"
+
+
+_TRUE = {"1", "y", "yes", "true", "on"}
+_FALSE = {"0", "n", "no", "false", "off", ""}
+
+
+def _flag(params: Mapping[str, str], key: str, default: bool = False) -> bool:
+    value = params.get(key)
+    if value is None:
+        return default
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise CmdlineError(f"{key}={value!r}: expected 1/0, yes/no, true/false", where="/proc/cmdline")
+
+
+@dataclass(frozen=True)
+class Options:
+    """The ``cloudboot.*`` knobs of one boot, typed; ``raw`` keeps every ``cloudboot.*`` key."""
+
+    exit: str = "reboot"
+    plan: str = ""
+    target: str = ""
+    insecure: bool = False
+    cosign: CosignPolicy = CosignPolicy.ENFORCE
+    menu: bool | None = None
+    menu_timeout: str | None = None
+    menu_prompt: str | None = None
+    cmdline: str | None = None
+    dns: tuple[str, ...] = ()
+    debug: bool = False
+    quiet: bool = False
+    metadata_url: str = ""
+    raw: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> Options:
+        raw = {k: v for k, v in params.items() if k.startswith(PREFIX)}
+        policy_text = raw.get("cloudboot.cosign", "enforce").lower()
+        try:
+            policy = CosignPolicy(policy_text)
+        except ValueError:
+            raise CmdlineError(
+                f"cloudboot.cosign={policy_text!r}: expected enforce, warn or off",
+                where="/proc/cmdline",
+            ) from None
+        menu = _flag(raw, "cloudboot.menu") if "cloudboot.menu" in raw else None
+        dns = tuple(d for d in raw.get("cloudboot.dns", "").replace(";", ",").split(",") if d)
+        return cls(
+            exit=raw.get("cloudboot.exit", "reboot"),
+            plan=raw.get("cloudboot.plan", ""),
+            target=raw.get("cloudboot.target", ""),
+            insecure=_flag(raw, "cloudboot.insecure"),
+            cosign=policy,
+            menu=menu,
+            menu_timeout=raw.get("cloudboot.menu.timeout"),
+            menu_prompt=raw.get("cloudboot.menu.prompt"),
+            cmdline=raw.get("cloudboot.cmdline"),
+            dns=dns,
+            debug=_flag(raw, "cloudboot.debug"),
+            quiet=_flag(raw, "cloudboot.quiet"),
+            metadata_url=raw.get("cloudboot.metadata.url", ""),
+            raw=raw,
+        )
+
+    @classmethod
+    def from_text(cls, text: str) -> Options:
+        return cls.from_params(parse_cmdline(text))

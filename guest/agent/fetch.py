@@ -1,0 +1,290 @@
+"""OCI pulls in the guest, over ``guest.agent.httpclient`` (spec 2 and 3).
+
+Anonymous, Basic and bearer-token registries: a 401 answer's ``WWW-Authenticate``
+challenge says which; a bearer token is fetched from the realm (with Basic credentials
+when we have them) and cached per repository scope. Every blob is hashed while it streams
+and refused if it is not the digest the manifest pinned; manifests fetched by tag are
+pinned by their own digest from then on. Credentials travel only in unredirected headers
+(a blob redirect to object storage must not carry them) and never appear in errors.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import urlencode, urlsplit
+
+from guest.agent import httpclient
+from guest.contract import cosign, oci
+from guest.contract.errors import CloudbootError
+
+if TYPE_CHECKING:
+    import ssl
+
+CHUNK = 1 << 20
+MAX_MANIFEST = 4 << 20
+_CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
+
+
+class FetchError(CloudbootError):
+    pass
+
+
+class NotFoundError(FetchError):
+    pass
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+    def __repr__(self) -> str:  # never print a password, not even in a traceback
+        return f"Credentials(username={self.username!r}, password=***)"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A manifest pinned by digest; ``top_digest`` is what was tagged (what cosign signs)."""
+
+    ref: oci.Ref
+    top_digest: str
+    manifest: oci.Manifest
+    manifest_digest: str
+
+
+class RegistryClient:
+    """A minimal distribution-spec reader: manifests and blobs, with auth and digests."""
+
+    def __init__(
+        self,
+        *,
+        insecure: bool = False,
+        credentials: Mapping[str, Credentials] | None = None,
+        timeout: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        force_tls: bool = False,
+    ) -> None:
+        self.insecure = insecure
+        self.force_tls = force_tls
+        self.credentials = dict(credentials or {})
+        self.timeout = timeout
+        self.ssl_context = ssl_context
+        self._tokens: dict[tuple[str, str], str] = {}
+
+    def _base(self, ref: oci.Ref) -> str:
+        plain = not self.force_tls and (self.insecure or ref.insecure_default)
+        scheme = "http" if plain else "https"
+        return f"{scheme}://{ref.registry}/v2/{ref.repository}"
+
+    def _open(self, ref: oci.Ref, url: str, accept: str | None) -> httpclient.Response:
+        scope = f"repository:{ref.repository}:pull"
+        headers = {"Accept": accept} if accept else {}
+        for attempt in range(2):
+            auth = self._tokens.get((ref.registry, scope))
+            try:
+                resp = httpclient.get(
+                    url,
+                    headers,
+                    private={"Authorization": auth} if auth else None,
+                    timeout=self.timeout,
+                    ssl_context=self.ssl_context,
+                )
+            except OSError as exc:
+                reason = exc.strerror or exc
+                raise FetchError(f"cannot reach {ref.registry}: {reason}", where=str(ref)) from None
+            if resp.status < 400:
+                return resp
+            resp.close()
+            if resp.status == 401 and attempt == 0:
+                self._answer_challenge(ref, resp.header("www-authenticate") or "", scope)
+                continue
+            if resp.status == 404:
+                raise NotFoundError(f"not found (HTTP 404): {_strip(url)}", where=str(ref))
+            if resp.status != 401:
+                raise FetchError(
+                    f"HTTP {resp.status} {resp.reason} for {_strip(url)}", where=str(ref)
+                )
+        raise FetchError(f"registry refused our credentials for {scope}", where=str(ref))
+
+    def _answer_challenge(self, ref: oci.Ref, header: str, scope: str) -> None:
+        kind = header.split(" ", 1)[0].lower()
+        params = dict(_CHALLENGE.findall(header))
+        creds = self.credentials.get(ref.registry)
+        if kind == "basic":
+            if not creds:
+                raise FetchError(
+                    "registry wants Basic credentials and none were given", where=str(ref)
+                )
+            self._tokens[(ref.registry, scope)] = "Basic " + _basic(creds)
+            return
+        if kind != "bearer" or "realm" not in params:
+            raise FetchError(f"unsupported auth challenge {kind!r}", where=str(ref))
+        query = {"scope": params.get("scope", scope)}
+        if "service" in params:
+            query["service"] = params["service"]
+        url = params["realm"] + ("&" if "?" in params["realm"] else "?") + urlencode(query)
+        private = {"Authorization": "Basic " + _basic(creds)} if creds else None
+        try:
+            with httpclient.get(
+                url, private=private, timeout=self.timeout, ssl_context=self.ssl_context
+            ) as resp:
+                if resp.status != 200:
+                    raise FetchError(
+                        f"token server answered HTTP {resp.status} for {scope}", where=str(ref)
+                    )
+                answer = json.loads(resp.read(1 << 20))
+        except (OSError, ValueError) as exc:
+            raise FetchError(
+                f"token server {_strip(params['realm'])} failed: {exc}", where=str(ref)
+            ) from None
+        token = (
+            answer.get("token") or answer.get("access_token") if isinstance(answer, dict) else None
+        )
+        if not isinstance(token, str) or not token:
+            raise FetchError("token server answered without a token", where=str(ref))
+        self._tokens[(ref.registry, scope)] = "Bearer " + token
+
+    def manifest(self, ref: oci.Ref) -> tuple[bytes, str, str]:
+        """(bytes, media type, digest); a ref with a digest must match it."""
+        url = f"{self._base(ref)}/manifests/{ref.reference}"
+        with self._open(ref, url, oci.MANIFEST_ACCEPT) as resp:
+            data = resp.read(MAX_MANIFEST + 1)
+            header_type = resp.header("content-type")
+        if len(data) > MAX_MANIFEST:
+            raise FetchError(f"manifest larger than {MAX_MANIFEST} bytes", where=str(ref))
+        digest = oci.digest_of(data)
+        if ref.digest:
+            oci.verify_digest(data, ref.digest, what=f"manifest {ref}")
+        return data, oci.media_type_of(data, header_type), digest
+
+    def blob(
+        self, ref: oci.Ref, desc: oci.Descriptor, sink: Callable[[bytes], None] | None = None
+    ) -> bytes:
+        """A blob's bytes, hashed while streaming and checked against ``desc``."""
+        url = f"{self._base(ref)}/blobs/{desc.digest}"
+        verifier = oci.DigestVerifier(desc.digest, what=f"blob {desc.digest} of {ref}")
+        out = bytearray()
+        with self._open(ref, url, None) as resp:
+            while chunk := resp.read(CHUNK):
+                verifier.update(chunk)
+                out += chunk
+                if sink:
+                    sink(chunk)
+                if len(out) > desc.size:
+                    break
+        if len(out) != desc.size:
+            raise FetchError(
+                f"blob {desc.digest}: got {len(out)} bytes, manifest says {desc.size}",
+                where=str(ref),
+            )
+        verifier.check()
+        return bytes(out)
+
+    def resolve(self, ref: oci.Ref, architecture: str) -> Resolved:
+        """The manifest for linux/<architecture>, going through an index when there is one."""
+        data, media_type, digest = self.manifest(ref)
+        top = digest
+        if oci.is_index_media_type(media_type):
+            entry = oci.Index.from_bytes(data, what=f"index {ref}").resolve(architecture)
+            pinned = ref.with_digest(entry.digest)
+            data, media_type, digest = self.manifest(pinned)
+        manifest = oci.Manifest.from_bytes(data, what=f"manifest {ref}")
+        return Resolved(ref, top, manifest, digest)
+
+
+def _basic(creds: Credentials) -> str:
+    return base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
+
+
+def _strip(url: str) -> str:
+    """A URL without query or userinfo, safe for an error message."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
+
+
+def pull_plan(client: RegistryClient, ref: oci.Ref, architecture: str) -> tuple[Resolved, bytes]:
+    """The plan bytes: first plan-type layer of the manifest for linux/<architecture>."""
+    resolved = client.resolve(ref, architecture)
+    layer = resolved.manifest.plan_layer()
+    return resolved, client.blob(ref, layer)
+
+
+def verify_signature(
+    client: RegistryClient, ref: oci.Ref, digest: str, public_key: cosign.PublicKey
+) -> cosign.SignedPayload:
+    """Check the cosign signature of ``digest`` stored at ``sha256-<hex>.sig`` next to it.
+
+    The identity check compares the repository path only: the guest reaches the registry
+    under another host name than the publisher did (10.0.2.2 versus 127.0.0.1), while the
+    digest is what actually binds the signature to the content.
+    """
+    sig_ref = ref.with_tag(cosign.signature_tag(digest))
+    try:
+        data, _media, _d = client.manifest(sig_ref)
+    except NotFoundError:
+        raise cosign.NoSignatureError(
+            f"plan is not signed: no {sig_ref.tag} in {ref.name}"
+        ) from None
+    sig_manifest = oci.Manifest.from_bytes(data, what=f"signature manifest {sig_ref}")
+    candidates = [
+        (client.blob(sig_ref, s.descriptor), s.signature_b64)
+        for s in cosign.signature_layers(sig_manifest)
+    ]
+    signed = cosign.check_signatures(public_key, digest, candidates)
+    signed_repo = signed.docker_reference.split("/", 1)[-1]
+    if signed_repo != ref.repository:
+        raise cosign.DigestMismatchError(
+            f"signature names repository {signed_repo!r}, the plan lives in {ref.repository!r}"
+        )
+    return signed
+
+
+@dataclass(frozen=True)
+class OciBoot:
+    """Kernel, initrd (modules joined on) and the artifact's own cmdline, if any."""
+
+    kernel: bytes
+    initrd: bytes
+    cmdline: str | None
+
+
+def join_initrd(initrd: bytes, modules: bytes) -> bytes:
+    """Concatenate cpio archives the way the kernel unpacks them (zero padding is skipped)."""
+    if not modules:
+        return initrd
+    pad = (-len(initrd)) % 4
+    return initrd + bytes(pad) + modules
+
+
+def pull_boot(
+    client: RegistryClient,
+    refs: list[oci.Ref],
+    architecture: str,
+    sink: Callable[[bytes], None] | None = None,
+) -> OciBoot:
+    """Merge kernel/initrd/modules/cmdline layers from refs in order (later wins per role)."""
+    found: dict[oci.LayerRole, tuple[oci.Ref, oci.Descriptor]] = {}
+    for ref in refs:
+        resolved = client.resolve(ref, architecture)
+        for role in oci.ARTIFACT_ROLES:
+            layer = resolved.manifest.find_layer(role)
+            if layer is not None:
+                found[role] = (ref, layer)
+    if oci.LayerRole.KERNEL not in found:
+        raise FetchError("no kernel layer in " + ", ".join(str(r) for r in refs))
+
+    def get(role: oci.LayerRole) -> bytes:
+        if role not in found:
+            return b""
+        ref, desc = found[role]
+        return client.blob(ref, desc, sink)
+
+    cmdline = get(oci.LayerRole.CMDLINE).decode("utf-8", errors="replace").strip() or None
+    initrd = join_initrd(get(oci.LayerRole.INITRD), get(oci.LayerRole.MODULES))
+    return OciBoot(get(oci.LayerRole.KERNEL), initrd, cmdline)

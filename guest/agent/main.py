@@ -1,0 +1,396 @@
+"""cloud-boot-init for Path C: the guest agent that runs as PID 1 in our initramfs (spec 5).
+
+One pass: cmdline -> network -> metadata -> plan (OCI or embedded) -> signature -> target
+-> kernel and initrd -> cmdline template -> cache ESP -> Boot0001/BootOrder -> reboot.
+Everything that touches the machine (mounts, modules, DHCP, the ESP mount, reboot) is
+behind ``System`` so the same loop runs on the host against a directory tree and disk
+images; ``guest.agent.sysguest`` is the real one.
+Any failure before the NVRAM write prints ``FATAL:`` with a hint, leaves NVRAM untouched
+and waits (PID 1 must never exit).
+
+Python's start-up is a large part of a boot under TCG, so the modules only some boots
+need (OCI pulls and cosign, the menu, the ext4 reader, the metadata document) are
+imported where they are used, and the network comes up only when something needs it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from guest.agent import blockdev, stage, template
+from guest.agent.cmdline import CosignPolicy, Options, parse_cmdline
+from guest.agent.console import Console
+from guest.agent.lease import Lease, choose_dns, resolv_conf
+from guest.agent.machine import Paths as Paths
+from guest.agent.machine import System as System
+from guest.contract import plan
+from guest.contract.arch import Arch
+from guest.contract.efi.efivarfs import EfiVarStore
+from guest.contract.errors import CloudbootError
+
+if TYPE_CHECKING:  # imported when used: a boot that never needs them never pays for them
+    from guest.agent import fetch, sysguest
+    from guest.agent.metadata import Metadata
+    from guest.contract import oci
+
+DEBUG_HINT = "cloudboot.debug=1 on the kernel command line gives a shell on the console"
+
+
+@dataclass(frozen=True)
+class Fetched:
+    text: str
+    source: str  # ref or file, for PlanError locations
+    ref: oci.Ref | None
+
+
+class Agent:
+    def __init__(
+        self,
+        system: System,
+        console: Console,
+        paths: Paths,
+        arch: Arch,
+        client_factory: Callable[[Options], fetch.RegistryClient] | None = None,
+    ) -> None:
+        self.system = system
+        self.console = console
+        self.paths = paths
+        self.arch = arch
+        self.options = Options()
+        self.params: dict[str, str] = {}  # the kernel command line's, before metadata
+        self.client_factory = client_factory or _default_client
+        self._client: fetch.RegistryClient | None = None
+        self.metadata_overrides: dict[str, str] = {}
+        self.lease: Lease | None = None
+        self.network_done = False
+        self.dns_written: tuple[str, ...] = ()
+        self.nvram_touched = False
+
+    # -- the pass ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Returns 0 after staging (the caller reboots), 1 after a FATAL (the caller waits)."""
+        try:
+            self._run()
+        except CloudbootError as exc:
+            self.console.fatal(str(exc), _hint(exc))
+            return 1
+        except Exception as exc:  # PID 1: a bug must still end in a FATAL line, not a panic
+            self.console.fatal(f"internal error: {type(exc).__name__}: {exc}", DEBUG_HINT)
+            return 1
+        return 0
+
+    def _run(self) -> None:
+        c = self.console
+        with c.step("init"):
+            self.system.prepare()
+            self.params = parse_cmdline(self.paths.cmdline.read_text())
+            self.options = Options.from_params(self.params)
+            c.quiet = self.options.quiet
+            failed = self.system.load_modules(self.paths.modules)
+            for name in failed:
+                c.warn(f"module {name} did not load")
+        c.log(f"cloud-boot-init (python) arch={self.arch.oci} plan={self.options.plan or '-'}")
+        uptime = self.paths.root / "proc/uptime"
+        if uptime.exists():
+            since = float(uptime.read_text().split()[0]) - sum(c.timings.values())
+            c.log(f"python ready at {since:.2f}s since kernel start")
+        meta = self._metadata()
+        self._apply_dns(())
+        target = self._choose(meta)
+        c.log(f"target {target.name!r} ({target.source.kind})")
+        with c.step("read"):
+            kernel, initrd, artifact_cmdline = self._materialise(target)
+        cmdline = self._render_cmdline(
+            target, target.cmdline or artifact_cmdline or (self.options.cmdline or "")
+        )
+        with c.step("write"):
+            esp, warnings = stage.find_cache_esp(blockdev.scan(self.paths.sys, self.paths.dev))
+            for warning in warnings:
+                c.warn(warning)
+            with self.system.open_esp(esp) as files:
+                stage.write_files(files, target.name, kernel, initrd)
+            sizes = f"{stage.data_size(kernel)} + {stage.data_size(initrd or b'')}"
+            c.log(f"staged {sizes} bytes on {esp.device.name}")
+        with c.step("nvram"):
+            self.system.ensure_efivars(self.paths.efivars)
+            self.nvram_touched = True
+            stage.write_boot_entry(
+                EfiVarStore(self.paths.efivars),
+                target.name,
+                esp,
+                cmdline,
+                has_initrd=initrd is not None,
+            )
+        c.log(
+            f"Boot0001 = cloud-boot {target.name}; rebooting (total {sum(c.timings.values()):.3f}s)"
+        )
+
+    def client(self) -> fetch.RegistryClient:
+        if self._client is None:
+            self._client = self.client_factory(self.options)
+        return self._client
+
+    def _network(self) -> None:
+        """DHCP once, the first time anything needs the network (plan, metadata, OCI)."""
+        if self.network_done:
+            return
+        with self.console.step("network"):
+            self.lease = self.system.network_up(self.console)
+        self.network_done = True
+        if self.lease:
+            self.console.log(
+                f"lease {self.lease.cidr or self.lease.ip} on {self.lease.interface}"
+                f" gw {self.lease.gateway or '-'} dns {','.join(self.lease.dns) or '-'}"
+            )
+
+    # -- metadata and DNS ----------------------------------------------------------------
+
+    def _metadata(self) -> dict[str, Any]:
+        """Fetch the metadata document: its JSON is ``meta.*``, its ``cloudboot`` object
+        overrides knobs. Like upstream, a document that cannot be had is a warning and
+        the boot goes on with the command line's values."""
+        url = self.options.metadata_url
+        if not url:
+            return {}
+        self._network()
+        from guest.agent import metadata
+
+        try:
+            with self.console.step("metadata"):
+                token = self.options.raw.get("cloudboot.metadata.token", "")
+                data = metadata.fetch_document(url, token)
+                doc = metadata.parse_metadata(data, self.params, where=url)
+        except CloudbootError as exc:
+            self.console.warn(f"metadata: {exc}; going on with the command line's values")
+            return {}
+        self._apply_metadata(doc)
+        return dict(doc.document)
+
+    def _apply_metadata(self, doc: Metadata) -> None:
+        from guest.agent import metadata
+
+        for key in doc.refused:
+            self.console.warn(f"metadata may not set {key}; the command line's value stays")
+        for key, value in doc.overrides.items():
+            old = self.params.get(key)
+            shown = "***" if key.endswith("token") else repr(value)
+            self.console.log(
+                f"metadata: {key}={shown}" + (" (overrides the cmdline)" if old else "")
+            )
+        self.metadata_overrides = dict(doc.overrides)
+        self.options = Options.from_params(metadata.apply(self.params, doc))
+        self._client = None  # knobs such as the registry client's may have changed
+
+    def _apply_dns(self, plan_dns: tuple[str, ...]) -> None:
+        """/etc/resolv.conf by precedence cmdline < plan < metadata (spec 5.1).
+
+        Called before the plan fetch (command line or metadata resolvers, so the plan's
+        registry can be named) and again after the outermost plan is parsed.
+        """
+        chosen = choose_dns(
+            self.params.get("cloudboot.dns"), plan_dns, self.metadata_overrides.get("cloudboot.dns")
+        )
+        if chosen is None:
+            return
+        servers, source = chosen
+        if servers == self.dns_written:
+            return
+        _write_atomically(self.paths.resolv_conf, resolv_conf(servers).encode())
+        self.dns_written = servers
+        self.console.log(f"dns {','.join(servers)} (from {source}) -> /etc/resolv.conf")
+
+    def _render_cmdline(self, target: plan.Target, cmdline: str) -> str:
+        """Go-template text (``ip={{.IPSpec}}``) filled in from what this guest knows."""
+        if not template.has_template(cmdline):
+            return cmdline
+        if self.lease is None and not self.network_done:
+            self._network()  # the template may want the lease; DHCP now rather than fail
+        fields = template.target_fields(self.lease, target.source, insecure=self.options.insecure)
+        rendered = template.render(cmdline, fields, where=f"{target.where} cmdline")
+        self.console.log(f"cmdline rendered: {rendered}")
+        return rendered
+
+    def _fetch_plan(self, text_ref: str) -> Fetched:
+        c = self.console
+        if not text_ref:
+            if not self.paths.embedded_plan.exists():
+                raise CloudbootError(
+                    "no cloudboot.plan on the command line and no embedded plan",
+                    where=str(self.paths.embedded_plan),
+                )
+            c.log("using the embedded plan /etc/cloud-boot/plan.hcl")
+            return Fetched(self.paths.embedded_plan.read_text(), "/etc/cloud-boot/plan.hcl", None)
+        from guest.agent import fetch
+        from guest.contract import oci
+
+        ref = oci.parse_ref(text_ref)
+        self._network()
+        client = self.client()
+        with c.step("fetch"):
+            try:
+                resolved, data = fetch.pull_plan(client, ref, self.arch.oci)
+            except fetch.FetchError as exc:
+                if not self.paths.embedded_plan.exists():
+                    raise
+                c.warn(f"{exc}; falling back to the embedded plan")
+                return Fetched(
+                    self.paths.embedded_plan.read_text(), "/etc/cloud-boot/plan.hcl", None
+                )
+        c.log(f"plan {ref} {resolved.top_digest}")
+        with c.step("verify"):
+            self._verify(client, ref, resolved.top_digest)
+        return Fetched(data.decode("utf-8"), str(ref), ref)
+
+    def _verify(self, client: fetch.RegistryClient, ref: oci.Ref, digest: str) -> None:
+        from guest.agent import fetch
+        from guest.contract import cosign
+
+        policy = self.options.cosign
+        if policy is CosignPolicy.OFF:
+            self.console.warn("cloudboot.cosign=off: plan signature not checked")
+            return
+        if not self.paths.cosign_pub.exists():
+            self.console.warn("no /etc/cosign.pub in the image: plan signature not checked")
+            return
+        key = cosign.load_public_key(self.paths.cosign_pub.read_bytes())
+        try:
+            fetch.verify_signature(client, ref, digest, key)
+        except cosign.SigningError as exc:
+            if policy is CosignPolicy.ENFORCE:
+                raise cosign.SigningError(
+                    f"plan signature check failed: {exc}", where=str(ref)
+                ) from None
+            self.console.warn(f"plan signature check failed (cloudboot.cosign=warn): {exc}")
+            return
+        self.console.log(f"plan signature verified ({key.algorithm})")
+
+    def _choose(self, meta: dict[str, Any]) -> plan.Target:
+        text_ref = self.options.plan
+        wanted: str | None = self.options.target or None
+        for depth in range(plan.MAX_SUBPLAN_DEPTH + 1):
+            fetched = self._fetch_plan(text_ref)
+            with self.console.step("parse"):
+                parsed = plan.parse_plan(fetched.text, fetched.source)
+                evaluated = plan.evaluate(parsed, self.arch.oci, meta=meta)
+            if depth == 0:  # like upstream: the outermost plan's resolvers
+                self._apply_dns(evaluated.dns)
+            name = wanted or self._menu(evaluated)
+            target = plan.select_target(evaluated, name)
+            if not isinstance(target.source, plan.SubplanSource):
+                return target
+            if depth == plan.MAX_SUBPLAN_DEPTH:
+                break
+            self.console.log(f"target {target.name!r} chains to subplan {target.source.ref}")
+            text_ref, wanted = target.source.ref, None
+        raise CloudbootError(f"subplan chain deeper than {plan.MAX_SUBPLAN_DEPTH}", where=text_ref)
+
+    def _menu(self, evaluated: plan.EvaluatedPlan) -> str | None:
+        wants_menu = self.options.menu if self.options.menu is not None else bool(evaluated.menu)
+        fds = self.system.console_fds()
+        if not wants_menu or not fds:
+            return None
+        from guest.agent import menu
+
+        return menu.run_menu(self.console, fds, evaluated, self.options)
+
+    # -- sources -------------------------------------------------------------------------
+
+    def _materialise(
+        self, target: plan.Target
+    ) -> tuple[stage.FileData, stage.FileData | None, str | None]:
+        source = target.source
+        if isinstance(source, plan.DiskSource):
+            if source.fs != "ext4":
+                raise CloudbootError(
+                    f"fs {source.fs!r} is not readable by this guest (ext4 only)",
+                    where=str(target.where),
+                )
+            devices = blockdev.scan(self.paths.sys, self.paths.dev)
+            device = blockdev.resolve(source.device, devices)
+            self.console.log(f"reading {source.device} ({device.name})")
+            from guest.agent.diskread import Ext4Reader, read_boot_files
+
+            with Ext4Reader.open(device.node) as fs:
+                files = read_boot_files(fs, source.kernel or "", source.initrd or "")
+            self.console.log(f"kernel {files.kernel_path}, initrd {files.initrd_path or '-'}")
+            return files.kernel, files.initrd, None
+        if isinstance(source, plan.OciSource):
+            from guest.agent import fetch
+            from guest.contract import oci
+
+            self._network()
+            refs = [
+                oci.parse_ref(r)
+                for r in (source.index, source.kernel, source.initrd, source.modules)
+                if r
+            ]
+            boot = fetch.pull_boot(self.client(), refs, self.arch.oci)
+            return boot.kernel, boot.initrd or None, boot.cmdline
+        raise CloudbootError(f"unsupported source {source.kind}", where=str(target.where))
+
+
+def _default_client(options: Options) -> fetch.RegistryClient:
+    from guest.agent import fetch
+
+    return fetch.RegistryClient(insecure=options.insecure)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as out:
+        out.write(data)
+    os.replace(tmp, path)
+
+
+def _is(exc: BaseException, module: str, name: str) -> bool:
+    """isinstance against a class of a lazily imported module (not imported: not one)."""
+    mod = sys.modules.get(module)
+    return mod is not None and isinstance(exc, getattr(mod, name))
+
+
+def _hint(exc: CloudbootError) -> str:
+    if _is(exc, "guest.contract.cosign", "SigningError"):
+        return (
+            "push the plan signed with the key baked into boot.iso (`cloudboot push`), "
+            "or boot with cloudboot.cosign=warn; NVRAM was not touched"
+        )
+    if isinstance(exc, stage.StageError):
+        return stage.CACHE_DISK_HINT
+    if isinstance(exc, blockdev.DeviceNotFoundError):
+        return "check the target's disk.device in the plan against the disks attached"
+    if _is(exc, "guest.agent.fetch", "FetchError"):
+        return (
+            "check the network, the registry address (the host is 10.0.2.2 under QEMU) "
+            "and cloudboot.plan"
+        )
+    if isinstance(exc, template.TemplateError):
+        return "fix the target's cmdline template in the plan; NVRAM was not touched"
+    return DEBUG_HINT
+
+
+def main(system: sysguest.GuestSystem | None = None) -> None:
+    """PID 1 entry point: run once, reboot on success, otherwise wait (never exit).
+
+    The entry script passes the system it started early (``GuestSystem.start_early``).
+    """
+    from guest.agent import sysguest
+
+    system = system or sysguest.GuestSystem()
+    console = Console(system.console_streams())
+    agent = Agent(system, console, Paths(), Arch.host())
+    status = agent.run()
+    if status == 0:
+        system.finish()
+    system.wait_forever(agent.options.debug)
+    sys.exit(status)  # unreachable in the guest; kept for host runs
+
+
+if __name__ == "__main__":
+    main()

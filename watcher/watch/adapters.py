@@ -1,0 +1,167 @@
+"""The real stages behind the watcher's pipeline, and the ``WatchSetup`` a config yields.
+
+Each adapter is a thin translation from the pipeline's small protocols to the
+publishing, boot-media and VM APIs; all policy (ordering, retries of a whole run, failure
+isolation) stays in ``pipeline``. Imports of the heavier host modules happen when a stage
+is built, so ``cloudboot status`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from guest.contract.errors import CloudbootError
+from publisher.config import Config, load_config
+from publisher.registry import client_from_config
+from publisher.signing import SigningKey
+from watcher.vm import VmBackend, VmState
+from watcher.vm.spec import BackendKind
+from watcher.vm.supervisor import Supervisor
+from watcher.watch.daemon import WatchSetup
+from watcher.watch.ignore import IgnoreRules
+from watcher.watch.pipeline import BuildOutcome, BuildStage, PlanOutcome, PlanStage
+
+log = structlog.get_logger(__name__)
+
+#: Where the watcher keeps its status document, relative to the workspace root.
+STATUS_FILE = Path(".cloudboot/status.json")
+
+
+class BackendVmStage:
+    """Restarts the workspace VM with a fresh NVRAM store; remembers who started it.
+
+    A VM already running when the watcher first touches it belongs to someone else
+    (``cloudboot vm up`` in another terminal): the watcher restarts it on changes but
+    leaves it running when the watcher stops.
+
+    With ``supervise`` (the default for vfkit, where Apple VZ reports a guest reboot as a
+    stop and vfkit exits) a background supervisor relaunches a VM that stopped on its own
+    WITHOUT touching NVRAM, so the Boot0001 the guest agent just staged boots. QEMU reboots
+    guests in place, so there an exit means the guest powered off and is left alone.
+    """
+
+    def __init__(
+        self, backend: VmBackend, *, stop_timeout_s: float = 1.0, supervise: bool | None = None
+    ) -> None:
+        self.backend = backend
+        self.stop_timeout_s = stop_timeout_s
+        self._started_by_watcher = False
+        self._seen = False
+        if supervise is None:
+            supervise = backend.spec.backend is BackendKind.VFKIT
+        self.supervisor = Supervisor(backend) if supervise else None
+        self._supervision_stop = threading.Event()
+        self._supervision: threading.Thread | None = None
+
+    def supervise(self) -> None:
+        """Start relaunching a VM that stops on its own (no-op without a supervisor)."""
+        if self.supervisor is None or self._supervision is not None:
+            return
+        self._supervision = threading.Thread(
+            target=self.supervisor.run, args=(self._supervision_stop,), name="vm-supervisor",
+            daemon=True,
+        )  # fmt: skip
+        self._supervision.start()
+
+    @property
+    def started_by_watcher(self) -> bool:
+        return self._started_by_watcher
+
+    def restart(self) -> str:
+        if not self._seen:
+            self._seen = True
+            self._started_by_watcher = self.backend.status().state is not VmState.RUNNING
+        if self.supervisor is not None:  # under its lock: no relaunch races the restart
+            self.supervisor.request_restart(reset_nvram=True, stop_timeout=self.stop_timeout_s)
+            status = self.backend.status()
+        else:
+            status = self.backend.restart(reset_nvram=True, stop_timeout=self.stop_timeout_s)
+        self.supervise()
+        return status.state.value
+
+    def state(self) -> str:
+        return self.backend.status().state.value
+
+    def shutdown(self) -> None:
+        self._supervision_stop.set()
+        if self._supervision is not None:
+            self._supervision.join(10)
+        if self._started_by_watcher:
+            self.backend.down(timeout=self.stop_timeout_s)
+
+
+def vm_stage_for(config: Config) -> BackendVmStage:
+    from watcher.vm import VmSpec, open_backend
+
+    return BackendVmStage(
+        open_backend(VmSpec.from_config(config)), stop_timeout_s=config.vm.stop_timeout_ms / 1000
+    )
+
+
+def plan_stage_for(config: Config, key: SigningKey) -> PlanStage:
+    from watcher.watch.publishing import PublisherPlanStage
+
+    return PublisherPlanStage(config, client_from_config(config.registry), key)
+
+
+def build_stage_for(config: Config, key: SigningKey | None) -> BuildStage | None:
+    """The boot-media stage, or None when the workspace has no recipe (or no builder)."""
+    if not config.build.recipe.is_file():
+        log.info("no kernel recipe: the kernel stage is off", recipe=str(config.build.recipe))
+        return None
+    if importlib.util.find_spec("publisher.media.build") is None:
+        log.warning("boot media builder (publisher.media.build) not available: kernel stage off")
+        return None
+    from watcher.watch.media import MediaBuildStage
+
+    return MediaBuildStage(config, key)
+
+
+def setup_for(config: Config, *, debounce_ms: int | None = None) -> WatchSetup:
+    """Stages and settings from the config; the signing key is decrypted once, here."""
+    from watcher.watch.publishing import load_signing_key
+
+    key = load_signing_key(config)
+    window_ms = config.watch.debounce_ms if debounce_ms is None else debounce_ms
+    return WatchSetup(
+        root=config.root,
+        plans_dir=config.plans_dir,
+        kernel_dir=config.kernel_dir,
+        window=window_ms / 1000,
+        rules=IgnoreRules.for_workspace(config.root, config.watch.ignore),
+        plan_stage=plan_stage_for(config, key),
+        build_stage=build_stage_for(config, key),
+        prepare_ahead=config.watch.prepare_ahead,
+    )
+
+
+def reloader(workspace: Path, debounce_ms: int | None) -> Callable[[], WatchSetup]:
+    """A SIGHUP handler body: re-read cloudboot.toml and rebuild what depends on it."""
+
+    def reload() -> WatchSetup:
+        try:
+            return setup_for(load_config(workspace), debounce_ms=debounce_ms)
+        except CloudbootError:
+            raise
+        except Exception as exc:  # e.g. a key that no longer loads: keep the old setup
+            raise CloudbootError(f"reload failed: {exc}") from exc
+
+    return reload
+
+
+__all__ = [
+    "STATUS_FILE",
+    "BackendVmStage",
+    "BuildOutcome",
+    "PlanOutcome",
+    "build_stage_for",
+    "plan_stage_for",
+    "setup_for",
+    "vm_stage_for",
+]
