@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results import Row, add_report_options, emit
 from guest.contract.arch import Arch
-from publisher.media.guestpack import guest_agent_entries, measure
+from publisher.media.guestpack import guest_agent_entries, measure, pack_inputs
 from tests.test_guest_fetch import push_plan, sign
 from tests.test_guest_qemu import MARKER, PLAN, Lab, boot, build_iso, make_lab
 
@@ -106,7 +106,7 @@ def main() -> None:
             whole = Row(6, "kernel start -> reboot(2), disk target", reboot_at, "s", floor,
                         base_end, target="<= 5 s (TCG)", passed=reboot_at <= 5.0)  # fmt: skip
             rows.append(whole)
-        report = measure(guest_agent_entries(Arch.X86_64))
+        report = measure(guest_agent_entries(pack_inputs(Arch.X86_64)))
         print(
             f"agent payload: {report.files} files, {report.uncompressed / 2**20:.1f} MiB raw, "
             f"{report.gzip / 2**20:.1f} MiB gzip, {report.zstd / 2**20:.1f} MiB zstd "

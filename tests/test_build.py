@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,21 +16,56 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from guest.contract.arch import Arch
 from guest.contract.errors import CloudbootError
 from guest.contract.gpt import SECTOR, read_gpt
-from publisher.media.build import build_boot_iso, stamp_path
+from publisher.media.build import build_boot_iso, builder_code, stamp_path
+from publisher.media.guestpack import pack_inputs
 from publisher.media.recipe import RecipeError, load_recipe, parse_recipe
 from publisher.run import run
 from publisher.signing import generate_key_pair, parse_private_key
+from tests.conftest import REPO
 from tests.qemu_boot import build, recipe_text, repo_recipe
 
 
-def test_same_inputs_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
-    a = build(tmp_path / "a" / "boot.iso", [Arch.X86_64]).output
-    b = build(tmp_path / "b" / "boot.iso", [Arch.X86_64]).output
-    assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000002")
-    c = build(tmp_path / "c" / "boot.iso", [Arch.X86_64]).output
-    assert a.read_bytes() != c.read_bytes()
+def _build_in_process(workspace: Path, out: Path, *, seed: str, umask: int,
+                      epoch: str = "1700000000") -> bytes:  # fmt: skip
+    """``cloudboot build`` as a user runs it: its own process, hash seed, umask and cwd."""
+    out.parent.mkdir(parents=True)
+    env = {**os.environ, "SOURCE_DATE_EPOCH": epoch, "PYTHONHASHSEED": seed}
+    proc = subprocess.run(
+        [Path(sys.executable).parent / "cloudboot", "-C", workspace, "build", "--arch",
+         "x86_64", "--force", "--no-sign", "--iso", out],
+        env=env, cwd=out.parent, capture_output=True, text=True,
+        preexec_fn=lambda: os.umask(umask),  # no threads started here
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return out.read_bytes()
+
+
+def _two_builds_same_bytes(tmp_path: Path, init: str) -> bytes:
+    workspace = tmp_path / "ws"
+    (workspace / "kernel").mkdir(parents=True)
+    (workspace / "kernel" / "recipe.toml").write_text(recipe_text(init))
+    a = _build_in_process(workspace, tmp_path / "a" / "boot.iso", seed="1", umask=0o022)
+    b = _build_in_process(workspace, tmp_path / "b" / "deeper" / "x.iso", seed="2", umask=0o077)
+    if a != b:
+        first = next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
+        pytest.fail(f"two builds differ from byte {first} (MiB {first >> 20}) on")
+    return a
+
+
+def test_two_processes_same_bytes(tmp_path: Path) -> None:
+    """busybox-marker init: the same inputs give the same bytes in any process and output
+    path; another SOURCE_DATE_EPOCH gives other bytes."""
+    same = _two_builds_same_bytes(tmp_path, "busybox-marker")
+    other = _build_in_process(tmp_path / "ws", tmp_path / "c" / "boot.iso", seed="1",
+                              umask=0o022, epoch="1700000002")  # fmt: skip
+    assert other != same
+
+
+@pytest.mark.slow  # packs the Python runtime twice (~10 s per build)
+def test_two_processes_same_bytes_guest_agent(tmp_path: Path) -> None:
+    """The guest-agent init: bytecode, lark's cache, the parser pickle, the dataclass code
+    cache and the packed tree's modes all come out the same in another process."""
+    _two_builds_same_bytes(tmp_path, "guest-agent")
 
 
 def test_incremental_and_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,6 +145,38 @@ def test_cli_build_prints_output_and_stage_times(tmp_path: Path) -> None:
     again = subprocess.run([*cli, "build", "--arch", "x86_64", "--iso", tmp_path / "o.iso"],
                            capture_output=True, text=True, check=True)  # fmt: skip
     assert again.stdout.startswith("up to date")
+
+
+def _repo_copy(tmp_path: Path) -> Path:
+    """What the agent is packed from (``guest/`` and ``plans/``), in a copy a test may edit."""
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "guest", repo / "guest", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "plans", repo / "plans")
+    return repo
+
+
+def test_fingerprint_watches_what_the_packer_reads(tmp_path: Path) -> None:
+    repo = _repo_copy(tmp_path)
+    files = set(pack_inputs(Arch.X86_64, repo=repo, offline=True).files())
+    assert repo / "guest/agent/main.py" in files and repo / "plans/default.hcl" in files
+    assert not {p for p in files if "__pycache__" in p.parts}
+    code = {p.relative_to(REPO).as_posix() for p in builder_code()}
+    assert {"publisher/media/guestpack.py", "publisher/media/build.py",
+            "guest/contract/gpt.py"} <= code  # fmt: skip
+
+
+@pytest.mark.slow  # packs the Python runtime twice (~10 s per build)
+def test_edit_under_guest_rebuilds(tmp_path: Path) -> None:
+    """An edit in the agent's code makes the next build rebuild; no edit stays a no-op."""
+    repo = _repo_copy(tmp_path)
+    recipe, out = repo_recipe("guest-agent"), tmp_path / "boot.iso"
+    assert not build_boot_iso(recipe, out, [Arch.X86_64], agent_repo=repo).skipped
+    before = out.read_bytes()
+    assert build_boot_iso(recipe, out, [Arch.X86_64], agent_repo=repo).skipped
+    main = repo / "guest" / "agent" / "main.py"
+    main.write_text(main.read_text() + "# edited\n")
+    assert not build_boot_iso(recipe, out, [Arch.X86_64], agent_repo=repo).skipped
+    assert out.read_bytes() != before
 
 
 def test_secure_boot_signed_uki_verifies(tmp_path: Path) -> None:

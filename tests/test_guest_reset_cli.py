@@ -9,9 +9,11 @@ through virt-firmware, and a second run changes no byte.
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -86,3 +88,29 @@ def test_menu_reset_of_a_damaged_store_names_the_file(tmp_path: Path) -> None:
     err = proc.stderr.decode()
     assert err.startswith("error: ") and str(vars_fd) in err
     assert vars_fd.read_bytes() == bytes(image)  # nothing half-written
+
+
+def _waiting_for_a_lock(pid: int) -> bool:
+    """``pid`` is blocked in flock: /proc/locks lists a blocked waiter as
+    ``N: -> FLOCK ADVISORY WRITE <pid> ...``."""
+    waiters = [line.split() for line in Path("/proc/locks").read_text().splitlines()]
+    return any(f[1:2] == ["->"] and f[5:6] == [str(pid)] for f in waiters)
+
+
+def test_menu_reset_waits_for_the_vm_lock(tmp_path: Path) -> None:
+    """Like every VM operation, the edit runs under the backend's lock: while a `vm up` or
+    the watcher's restart holds it, the vars file is not touched."""
+    vars_fd = _workspace(tmp_path)
+    image = vars_fd.read_bytes()
+    with open(tmp_path / "vm" / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = subprocess.Popen([CLOUDBOOT, "-C", tmp_path, "vm", "reset-nvram", "--menu"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        while not _waiting_for_a_lock(proc.pid):
+            assert proc.poll() is None, "reset-nvram --menu finished without the VM lock"
+            time.sleep(0.05)
+        assert vars_fd.read_bytes() == image
+    stdout, stderr = proc.communicate()
+    assert proc.returncode == 0, stderr.decode()
+    assert "Boot0001 removed" in stdout.decode()
+    assert "Boot0001" not in _variables(vars_fd)

@@ -81,6 +81,14 @@ def test_tree_keeps_modes_and_symlinks(tmp_path: Path) -> None:
     entries = {e.path: e for e in cpio.tree(src, "/opt")}
     assert stat.S_IMODE(entries["/opt/usr/bin/agent"].mode) == 0o750
     assert entries["/opt/usr/bin/alias"].data == b"agent"
+    (src / "usr").chmod(0o700)
+    (src / "usr/lib").mkdir()
+    (src / "usr/lib/data").write_text("x")
+    (src / "usr/lib/data").chmod(0o600)
+    normal = {e.path: stat.S_IMODE(e.mode) for e in cpio.tree(src, normal_modes=True)}
+    assert normal == {"/usr": 0o755, "/usr/bin": 0o755, "/usr/bin/agent": 0o755,
+                      "/usr/bin/alias": 0o777, "/usr/lib": 0o755,
+                      "/usr/lib/data": 0o644}  # fmt: skip
 
 
 def test_dotdot_refused() -> None:

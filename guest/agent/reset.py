@@ -1,126 +1,20 @@
 """``cloudboot-reset``: back to the menu by forgetting the staged target (spec 5, NVRAM reset).
 
-The rule is the same in the guest (efivarfs) and on the host (a QEMU vars file): delete
-``Boot0001`` and drop ``0001`` from ``BootOrder``, leave every other variable alone. Both
-stores satisfy one tiny protocol so the rule is written once.
+The edit itself (delete ``Boot0001``, drop ``0001`` from ``BootOrder``, leave every other
+variable alone) is ``guest.contract.efi.varstore.forget_staged_target``, which the host's
+``cloudboot vm reset-nvram --menu`` runs on a stopped VM's vars file; here it runs on the
+running firmware's variables through efivarfs.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import tempfile
-import uuid
 from pathlib import Path
-from typing import Protocol
 
-from guest.contract.efi import BOOT_VARIABLE_ATTRIBUTES, GLOBAL_VARIABLE_GUID, bootorder
-from guest.contract.efi.edk2vars import VarsFile
+from guest.contract.efi import CLOUDBOOT_BOOT_VARIABLE
 from guest.contract.efi.efivarfs import EFIVARS_DIR, EfiVarStore
+from guest.contract.efi.varstore import forget_staged_target
 from guest.contract.errors import CloudbootError
-
-CLOUDBOOT_ENTRY = 0x0001
-
-
-class BootVariables(Protocol):
-    def read_data(self, name: str) -> tuple[int, bytes] | None: ...
-    def write_data(self, name: str, attributes: int, data: bytes) -> None: ...
-    def remove(self, name: str) -> bool: ...
-
-
-class _EfivarfsVariables:
-    def __init__(self, store: EfiVarStore) -> None:
-        self.store = store
-
-    def read_data(self, name: str) -> tuple[int, bytes] | None:
-        var = self.store.read(name, GLOBAL_VARIABLE_GUID)
-        return (var.attributes, var.data) if var else None
-
-    def write_data(self, name: str, attributes: int, data: bytes) -> None:
-        self.store.write(name, GLOBAL_VARIABLE_GUID, attributes, data)
-
-    def remove(self, name: str) -> bool:
-        return self.store.delete(name, GLOBAL_VARIABLE_GUID)
-
-
-class _VarsFileVariables:
-    def __init__(self, vars_file: VarsFile, guid: uuid.UUID = GLOBAL_VARIABLE_GUID) -> None:
-        self.file = vars_file
-        self.guid = guid
-
-    def read_data(self, name: str) -> tuple[int, bytes] | None:
-        var = self.file.get(name, self.guid)
-        return (var.attributes, var.data) if var else None
-
-    def write_data(self, name: str, attributes: int, data: bytes) -> None:
-        self.file.set(name, self.guid, attributes, data)
-
-    def remove(self, name: str) -> bool:
-        return self.file.delete(name, self.guid)
-
-
-def forget_staged_target(variables: BootVariables) -> bool:
-    """Delete Boot0001 and drop 0001 from BootOrder; True when anything changed."""
-    changed = variables.remove("Boot0001")
-    current = variables.read_data("BootOrder")
-    if current is not None:
-        attributes, data = current
-        order = bootorder.without(bootorder.parse(data), CLOUDBOOT_ENTRY)
-        if order is not None:
-            variables.write_data(
-                "BootOrder", attributes or BOOT_VARIABLE_ATTRIBUTES, bootorder.serialise(order)
-            )
-            changed = True
-    return changed
-
-
-def reset_efivars(root: Path = EFIVARS_DIR) -> bool:
-    """The guest side: edit the running firmware's variables through efivarfs."""
-    return forget_staged_target(_EfivarfsVariables(EfiVarStore(root)))
-
-
-def reset_vars_file(path: Path) -> bool:
-    """The host side: the same edit on a stopped VM's edk2 vars file, written atomically.
-
-    A vars file that was never initialised by the firmware (AAVMF's blank flash) holds no
-    boot entries, so there is nothing to do.
-    """
-    image = path.read_bytes()
-    if not image.strip(b"\x00\xff"):
-        return False
-    try:
-        vars_file = VarsFile.from_bytes(image)
-    except CloudbootError as exc:
-        raise CloudbootError(exc.message, where=f"{path}: {exc.where}") from exc
-    if not forget_staged_target(_VarsFileVariables(vars_file)):
-        return False
-    _replace_atomically(path, bytes(vars_file))
-    return True
-
-
-def replace_vars_file(path: Path, template: Path) -> None:
-    """The heavier reset: the firmware's pristine VARS template over the VM's vars file.
-
-    Needed when the VM's device list changed: a stale Boot#### pointing at a PCI slot
-    that now holds another device can hang OVMF.
-    """
-    _replace_atomically(path, template.read_bytes())
-
-
-def _replace_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        if path.exists():
-            shutil.copymode(path, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,18 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     root = Path(args[0]) if args else EFIVARS_DIR
     try:
-        changed = reset_efivars(root)
+        changed = forget_staged_target(EfiVarStore(root))
     except CloudbootError as exc:
         print(f"cloudboot-reset: error: {exc}", file=sys.stderr)
         return 1
-    print(
-        "cloudboot-reset: "
-        + (
-            "Boot0001 removed; next boot shows the menu"
-            if changed
-            else "no staged target; nothing to do"
-        )
-    )
+    if changed:
+        print(f"cloudboot-reset: {CLOUDBOOT_BOOT_VARIABLE} removed; next boot shows the menu")
+    else:
+        print("cloudboot-reset: no staged target; nothing to do")
     return 0
 
 

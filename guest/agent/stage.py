@@ -15,13 +15,12 @@ from typing import Protocol
 
 from guest.agent.blockdev import BlockDevice, read_disk_gpt
 from guest.contract import gpt
-from guest.contract.efi import BOOT_VARIABLE_ATTRIBUTES, GLOBAL_VARIABLE_GUID, bootorder, ucs16
+from guest.contract.efi import ucs16
 from guest.contract.efi.devpath import HardDrive
-from guest.contract.efi.efivarfs import EfiVarStore
 from guest.contract.efi.loadoption import cloudboot_entry, staged_paths
+from guest.contract.efi.varstore import VariableStore, stage_boot_entry
 from guest.contract.errors import CloudbootError
 
-BOOT_ENTRY = 0x0001
 CACHE_DISK_HINT = (
     "attach the cache disk (make one with `cloudboot cache-disk`): a GPT disk whose ESP "
     f"partition is named {gpt.CACHE_PARTITION_NAME!r}"
@@ -189,18 +188,10 @@ def write_files(esp: EspFiles, target: str, kernel: FileData, initrd: FileData |
 
 
 def write_boot_entry(
-    store: EfiVarStore, target: str, esp: CacheEsp, cmdline: str, has_initrd: bool = True
+    store: VariableStore, target: str, esp: CacheEsp, cmdline: str, has_initrd: bool = True
 ) -> bool:
     """Boot0001 + BootOrder (0001 first). Returns True when BootOrder was rewritten."""
     entry = cloudboot_entry(target, esp.hard_drive, cmdline)
     if not has_initrd:
         entry = replace(entry, optional_data=ucs16.encode(cmdline) if cmdline else b"")
-    store.write("Boot0001", GLOBAL_VARIABLE_GUID, BOOT_VARIABLE_ATTRIBUTES, bytes(entry))
-    current = store.read("BootOrder", GLOBAL_VARIABLE_GUID)
-    order = bootorder.put_first(bootorder.parse(current.data) if current else [], BOOT_ENTRY)
-    if order is None:
-        return False
-    store.write(
-        "BootOrder", GLOBAL_VARIABLE_GUID, BOOT_VARIABLE_ATTRIBUTES, bootorder.serialise(order)
-    )
-    return True
+    return stage_boot_entry(store, bytes(entry))

@@ -1,8 +1,9 @@
 """``cloudboot build``: recipe -> initramfs -> UKI per arch -> hybrid boot.iso (+ .sig).
 
 Incremental: a fingerprint of every input (recipe text, arches, command lines,
-SOURCE_DATE_EPOCH, the builder's own code, and size+mtime of every input file) is stored
-next to the image; when it matches, nothing is rebuilt. The image is written to a temp
+SOURCE_DATE_EPOCH, and size+mtime of every input file: the builder's own code, the
+recipe's files, and with the guest-agent init everything the agent's packer reads) is
+stored next to the image; when it matches, nothing is rebuilt. The image is written to a temp
 file in the same directory and renamed, so a VM never sees a half-written boot.iso and a
 failed build leaves the previous one in place. Timestamps and GUIDs derive from the
 inputs only, so the same inputs give the same bytes.
@@ -21,11 +22,14 @@ from pathlib import Path
 
 import structlog
 
+import guest.contract
+import publisher
 from guest.contract.arch import Arch
 from guest.contract.gpt import guid_from
 from publisher.media import cpio
 from publisher.media.debs import DebCache
 from publisher.media.esp import esp_size
+from publisher.media.guestpack import PackInputs, pack_inputs
 from publisher.media.initramfs import KernelInputs, initramfs_entries
 from publisher.media.iso import write_boot_iso
 from publisher.media.kernelsrc import KernelSources
@@ -39,9 +43,6 @@ log = structlog.get_logger(__name__)
 
 Progress = Callable[[str, int, int], None]
 STUB_PATH = "usr/lib/systemd/boot/efi/linux{suffix}.efi.stub"
-_CODE_FILES = ("build.py", "cpio.py", "esp.py", "initramfs.py", "iso.py", "kernelbuild.py",
-               "kernelsrc.py", "kmods.py", "ocikernel.py", "pe.py", "recipe.py",
-               "uki.py")  # fmt: skip
 
 
 @dataclass
@@ -74,6 +75,7 @@ class ArchInputs:
     busybox: Path
     cmdline: str
     files: tuple[Path, ...]  # everything the fingerprint must watch
+    pack: PackInputs | None = None  # the guest agent's inputs (init = "guest-agent")
 
 
 def source_epoch() -> int:
@@ -103,16 +105,22 @@ def resolve_arch(
     offline: bool,
     *,
     sources: KernelSources | None = None,
+    agent_repo: Path | None = None,
 ) -> ArchInputs:
-    """One arch's inputs as files; ``sources`` says how OCI and own-build kernels resolve."""
+    """One arch's inputs as files; ``sources`` says how OCI and own-build kernels resolve,
+    ``agent_repo`` where the guest agent is packed from (default: this installation)."""
     arch = spec.arch
     sources = sources or KernelSources(debs=cache, offline=offline)
     resolved = sources.resolve(spec, recipe)
     stub = _resolve_file(spec.stub, arch, cache, STUB_PATH.format(suffix=arch.efi_suffix),
                          offline)  # fmt: skip
     busybox = _resolve_file(spec.busybox, arch, cache, "bin/busybox", offline)
+    pack = None
+    if recipe.initramfs.init == "guest-agent":
+        pack = pack_inputs(arch, debs=cache, repo=agent_repo, offline=offline)
     return ArchInputs(arch, resolved.kernel, stub, busybox, recipe.cmdline_for(arch, cmdline),
-                      (*resolved.files, stub, busybox))  # fmt: skip
+                      (*resolved.files, stub, busybox, *(pack.files() if pack else ())),
+                      pack)  # fmt: skip
 
 
 def _stat(path: Path) -> list[object]:
@@ -123,13 +131,16 @@ def _stat(path: Path) -> list[object]:
     return [str(path), st.st_size, st.st_mtime_ns]
 
 
+def builder_code() -> list[Path]:
+    """The builder's own code, found where it lives rather than listed by hand: every
+    module of ``publisher`` and of the guest contract it builds with (GPT, arch, EFI)."""
+    roots = (Path(publisher.__file__).parent, Path(guest.contract.__file__).parent)
+    return [p for root in roots for p in sorted(root.rglob("*.py"))]
+
+
 def fingerprint(recipe: Recipe, inputs: Sequence[ArchInputs], epoch: int, signed: bool) -> str:
     """Hash of everything that can change the output (files by size and mtime)."""
-    here = Path(__file__).parent
-    watched: list[Path] = [
-        *(here / f for f in _CODE_FILES),
-        here.parent.parent / "guest" / "contract" / "gpt.py",
-    ]
+    watched = builder_code()
     for extra in (recipe.cosign_public_key, recipe.secureboot_key, recipe.secureboot_cert):
         if extra is not None:
             watched.append(extra)
@@ -148,7 +159,7 @@ def fingerprint(recipe: Recipe, inputs: Sequence[ArchInputs], epoch: int, signed
 
 
 def make_uki(recipe: Recipe, inputs: ArchInputs, epoch: int) -> bytes:
-    entries = initramfs_entries(recipe, inputs.arch, inputs.kernel, inputs.busybox)
+    entries = initramfs_entries(recipe, inputs.arch, inputs.kernel, inputs.busybox, inputs.pack)
     initrd = cpio.compress(cpio.newc(entries, mtime=epoch), recipe.initramfs.compression)
     parts = UkiParts(inputs.stub.read_bytes(), inputs.kernel.vmlinuz.read_bytes(), initrd,
                      inputs.cmdline, inputs.kernel.uname)  # fmt: skip
@@ -208,13 +219,15 @@ def build_boot_iso(
     registry: Callable[[], RegistryClient] | None = None,
     build_kernel: bool = False,
     sources: KernelSources | None = None,
+    agent_repo: Path | None = None,
 ) -> BuildResult:
     """Build ``out`` (and ``out.sig``, cosign sign-blob format, when ``signing_key`` is given).
 
     Skips all work when the inputs' fingerprint matches the last build of ``out``.
     ``registry`` makes the client for OCI kernel sources (the workspace's registry
     settings; called only if the network is needed); ``build_kernel`` runs make for a
-    ``{ build = ... }`` kernel whose inputs have no cached build yet.
+    ``{ build = ... }`` kernel whose inputs have no cached build yet; ``agent_repo``
+    holds the ``guest`` package and ``plans/`` the guest agent is packed from.
     """
     if not arches:
         raise RecipeError("no architecture selected", where=str(recipe.path))
@@ -228,7 +241,8 @@ def build_boot_iso(
     stages = _Stages(progress, 3 + len(arches) + (1 if signing_key else 0))
     with stages.stage("resolve"):
         inputs = [resolve_arch(recipe.for_arch(a), recipe, cache, cmdline, offline,
-                               sources=sources) for a in arches]  # fmt: skip
+                               sources=sources, agent_repo=agent_repo)
+                  for a in arches]  # fmt: skip
         print_ = fingerprint(recipe, inputs, epoch, signing_key is not None)
     sig = out.with_name(out.name + ".sig") if signing_key else None
     stamp = stamp_path(out)

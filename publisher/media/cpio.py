@@ -69,11 +69,14 @@ def block_device(path: str, major: int, minor: int, mode: int = 0o600) -> Entry:
     return Entry(_normalise(path), stat.S_IFBLK | mode, rdev=(major, minor))
 
 
-def tree(source: Path, dest: str = "/") -> list[Entry]:
+def tree(source: Path, dest: str = "/", *, normal_modes: bool = False) -> list[Entry]:
     """Every directory, file and symlink under ``source``, placed under ``dest``.
 
     Modes are kept (an executable stays executable); owners and times are not, they are
     fixed at archive time. This is how a whole runtime (e.g. a Python stdlib) is added.
+    ``normal_modes``: directories 0755, files 0755 if their owner may execute them else
+    0644, for a tree made in a temporary directory, whose modes carry the umask of the
+    process that made it (which must not change the image's bytes).
     """
     if not source.is_dir():
         raise CloudbootError(f"initramfs tree source is not a directory: {source}")
@@ -82,6 +85,8 @@ def tree(source: Path, dest: str = "/") -> list[Entry]:
         target = str(PurePosixPath(dest) / path.relative_to(source).as_posix())
         st = path.lstat()
         perm = stat.S_IMODE(st.st_mode)
+        if normal_modes:
+            perm = 0o755 if stat.S_ISDIR(st.st_mode) or perm & stat.S_IXUSR else 0o644
         if stat.S_ISLNK(st.st_mode):
             entries.append(symlink(target, str(path.readlink())))
         elif stat.S_ISDIR(st.st_mode):

@@ -9,9 +9,10 @@ sourceless ``.pyc`` (``compileall -b``, unchecked-hash: bytecode is arch-indepen
 since Debian ships none and compiling under TCG doubled Python's start-up. Every boot
 decompresses all of this, so ``measure`` reports the size.
 
-The boot-media build calls ``guest_agent_entries`` when the recipe says
-``init = "guest-agent"`` (as ``initramfs_entries``) and adds busybox, the kernel modules
-(names in ``/etc/cloudboot/modules``, order in ``modules.dep``) and /etc/cosign.pub.
+The boot-media build resolves ``pack_inputs`` (which it also fingerprints) and calls
+``guest_agent_entries`` with them when the recipe says ``init = "guest-agent"``, and adds
+busybox, the kernel modules (names in ``/etc/cloudboot/modules``, order in
+``modules.dep``) and /etc/cosign.pub.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from guest.contract.arch import Arch
 from publisher.media import cpio
-from publisher.media.debs import DebCache
+from publisher.media.debs import CONTROL_FILE, DebCache, DebError, Package
 from publisher.run import run
 
 #: The guest interpreter's version: bytecode compiled here must carry its magic number.
@@ -35,6 +36,11 @@ RUNTIME_PACKAGES = (
     "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib", "python3-regex",
     "libc6", "libssl3", "zlib1g", "libexpat1", "libffi8", "libbz2-1.0", "liblzma5", "libuuid1",
 )  # fmt: skip
+#: Where the agent's app directory lives in the guest.
+GUEST_APP_DIR = "/usr/lib/cloudboot"
+#: Every host interpreter the packer starts: set and frozenset order (in bytecode
+#: constants, lark's tables, pickles) must not change from one build to the next.
+_PACKER_ENV = {"PYTHONHASHSEED": "0"}
 #: Pure-Python wheels from PyPI, pinned as constraints.txt pins them (ext4's own wheel is
 #: the py3-none-any one: the venv's is a compiled x86_64 build).
 PYPI_PACKAGES = ("ext4==1.4.1", "cachetools==7.1.1", "crcmod==1.7", "typing_extensions==4.15.0")
@@ -145,16 +151,19 @@ def _prune(root: Path, arch: Arch) -> None:
             path.unlink()
 
 
-def _compile_sourceless(tree: Path, keep_sources: Iterable[str] = ()) -> None:
+def _compile_sourceless(tree: Path, guest_dir: str, keep_sources: Iterable[str] = ()) -> None:
     """Bytecode for every module, compiled here once (unchecked-hash: never re-validated).
 
     Legacy-location ``.pyc`` next to each ``.py`` (``-b``), then the ``.py`` is dropped.
     Kept sources (the agent's own, for readable tracebacks) get their ``.pyc`` moved into
     ``__pycache__`` instead: next to a ``.py`` a legacy ``.pyc`` is ignored, and the guest
-    would compile the agent from source on every boot (~1 s under TCG).
+    would compile the agent from source on every boot (~1 s under TCG). ``guest_dir`` is
+    where ``tree`` lives in the guest: the ``co_filename`` tracebacks show, and never the
+    packer's temporary directory (which would make every build's bytes differ).
     """
     run([sys.executable, "-m", "compileall", "-q", "-b", "-j", "0",
-         "--invalidation-mode", "unchecked-hash", "-d", "/", tree])  # fmt: skip
+         "--invalidation-mode", "unchecked-hash", "-d", guest_dir, tree],
+        env=_PACKER_ENV)  # fmt: skip
     keep = tuple(keep_sources)
     tag = f"cpython-{GUEST_PYTHON.replace('.', '')}"
     for source in tree.rglob("*.py"):
@@ -169,11 +178,14 @@ def _compile_sourceless(tree: Path, keep_sources: Iterable[str] = ()) -> None:
             source.unlink()
 
 
-def _pypi_sources(dest: Path, cache: Path) -> None:
+def _wheels(cache: Path, offline: bool) -> tuple[Path, ...]:
+    """The PyPI archives in the per-user cache, downloading what is missing."""
     wheels = cache / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     missing = [p for p in PYPI_PACKAGES
                if not list(wheels.glob(p.split("==")[0].replace("-", "_") + "-*"))]  # fmt: skip
+    if missing and offline:
+        raise DebError(f"PyPI package(s) {', '.join(missing)} are not in {wheels}")
     sdists = [p for p in missing if p.startswith("crcmod")]
     wheels_any = [p for p in missing if not p.startswith("crcmod")]
     if wheels_any:  # py3-none-any only: never the host's compiled build of the same version
@@ -183,53 +195,102 @@ def _pypi_sources(dest: Path, cache: Path) -> None:
     if sdists:  # crcmod has no wheel; its pure-Python fallback is in the sdist
         run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary",
              ":all:", "-d", wheels, *sdists])  # fmt: skip
-    for archive in sorted(wheels.iterdir()):
+    return tuple(sorted(wheels.iterdir()))
+
+
+_SDIST_SKIP = ("setup.py", "test", "docs", "PKG-INFO", "setup.cfg", "LICENSE", "README")
+
+
+def _unpack_wheels(dest: Path, archives: Iterable[Path]) -> None:
+    for archive in archives:
         with tempfile.TemporaryDirectory() as tmp:
             shutil.unpack_archive(archive, tmp, "zip" if archive.suffix == ".whl" else None)
             base = Path(tmp)
             if archive.suffix != ".whl":  # an sdist: sources under <name>-<ver>/
                 base = next(base.iterdir())
                 base = base / "python3" if (base / "python3").is_dir() else base
-            for item in base.iterdir():
-                if item.name.endswith((".dist-info", ".egg-info")) or item.name in (
-                    "setup.py",
-                    "test",
-                    "docs",
-                    "PKG-INFO",
-                    "setup.cfg",
-                    "LICENSE",
-                    "README",
-                ):
+            for item in sorted(base.iterdir()):
+                if item.name.endswith((".dist-info", ".egg-info")) or item.name in _SDIST_SKIP:
                     continue
-                if item.suffix in ("", ".py") or item.is_dir():
-                    target = dest / item.name
-                    if item.is_dir():
-                        shutil.copytree(
-                            item,
-                            target,
-                            dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("*.so", "*.c", "test*"),
-                        )
-                    else:
-                        shutil.copy2(item, target)
+                if item.is_dir():
+                    skip = shutil.ignore_patterns("*.so", "*.c", "test*")
+                    shutil.copytree(item, dest / item.name, dirs_exist_ok=True, ignore=skip)
+                elif item.suffix in ("", ".py"):
+                    shutil.copy2(item, dest / item.name)
+
+
+#: Never packed from a source tree (and so not an input either).
+_TREE_IGNORE = ("__pycache__", "*.pyi", "py.typed")
+
+
+@dataclass(frozen=True)
+class PackInputs:
+    """Everything the packer reads for one arch, resolved to files on disk.
+
+    ``build_tree`` packs exactly these, and the boot-media build fingerprints
+    ``files()``: an edit in any of them (the agent's code, a wheel, the host Python)
+    makes the next ``cloudboot build`` rebuild.
+    """
+
+    arch: Arch
+    runtime: tuple[Package, ...]  # the Debian packages of the Python runtime
+    site_packages: tuple[Path, ...]  # VENV_PACKAGES, from the host's site-packages
+    wheels: tuple[Path, ...]  # the PyPI archives
+    guest: Path  # the ``guest`` package packed as the agent
+    plans: tuple[Path, ...]  # sample plans the parser snapshot is checked on
+    ca_bundle: Path | None
+
+    def files(self) -> list[Path]:
+        """Every file read: the .debs (their extracted trees derive from them), the packed
+        source trees, the wheels, the plans, the CA bundle, this packer and the host
+        interpreter that compiles the bytecode."""
+        trees = [f for root in (*self.site_packages, self.guest) for f in _tree_files(root)]
+        extra = [self.ca_bundle] if self.ca_bundle else []
+        return [*(p.deb for p in self.runtime), *trees, *self.wheels, *self.plans, *extra,
+                Path(__file__).resolve(), Path(sys.executable).resolve()]  # fmt: skip
+
+
+def _tree_files(root: Path) -> list[Path]:
+    ignore = shutil.ignore_patterns(*_TREE_IGNORE)
+    found = []
+    for parent, dirs, names in os.walk(root):
+        skip = ignore(parent, [*dirs, *names])
+        dirs[:] = sorted(d for d in dirs if d not in skip)
+        found += [Path(parent, n) for n in sorted(names) if n not in skip]
+    return found
+
+
+def pack_inputs(
+    arch: Arch, *, debs: DebCache | None = None, repo: Path | None = None, offline: bool = False
+) -> PackInputs:
+    """The packer's inputs for ``arch`` (downloading missing packages unless ``offline``);
+    ``repo`` holds the ``guest`` package and ``plans/`` (default: this installation)."""
+    debs = debs or DebCache()
+    repo = repo or Path(__file__).resolve().parents[2]
+    venv_site = Path(sys.prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    ca = Path("/etc/ssl/certs/ca-certificates.crt")
+    return PackInputs(
+        arch=arch,
+        runtime=tuple(debs.package(n, arch, offline=offline) for n in RUNTIME_PACKAGES),
+        site_packages=tuple(venv_site / "site-packages" / n for n in VENV_PACKAGES),
+        wheels=_wheels(debs.root.parent, offline),
+        guest=repo / "guest",
+        plans=tuple(sorted((repo / "plans").glob("*.hcl"))),
+        ca_bundle=ca if ca.exists() else None,
+    )
 
 
 def build_tree(
-    dest: Path, arch: Arch, *, debs: DebCache | None = None, repo: Path | None = None
-) -> Path:
-    """Assemble the agent's part of the initramfs as a directory tree at ``dest``."""
-    debs = debs or DebCache()
-    repo = repo or Path(__file__).resolve().parents[2]
+    dest: Path, arch: Arch, *, debs: DebCache | None = None, repo: Path | None = None,
+    inputs: PackInputs | None = None,
+) -> Path:  # fmt: skip
+    """Assemble the agent's part of the initramfs as a directory tree at ``dest`` from
+    ``inputs`` (default: ``pack_inputs(arch, debs=debs, repo=repo)``)."""
+    inputs = inputs or pack_inputs(arch, debs=debs, repo=repo)
     dest.mkdir(parents=True, exist_ok=True)
-    for name in RUNTIME_PACKAGES:
-        pkg = debs.package(name, arch)
-        shutil.copytree(
-            pkg.root,
-            dest,
-            dirs_exist_ok=True,
-            symlinks=True,
-            ignore=shutil.ignore_patterns(".control"),
-        )
+    for pkg in inputs.runtime:
+        shutil.copytree(pkg.root, dest, dirs_exist_ok=True, symlinks=True,
+                        ignore=shutil.ignore_patterns(CONTROL_FILE))  # fmt: skip
     # python3-regex installs under dist-packages; our -S interpreter only sees the app dir
     app = dest / "usr/lib/cloudboot"
     app.mkdir(parents=True, exist_ok=True)
@@ -241,39 +302,27 @@ def build_tree(
                                 ignore=shutil.ignore_patterns("test_*"))  # fmt: skip
         shutil.rmtree(dest / "usr/lib/python3")
     _prune(dest, arch)
-    venv_site = Path(sys.prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
-    for name in VENV_PACKAGES:
-        shutil.copytree(
-            venv_site / "site-packages" / name,
-            app / name,
-            dirs_exist_ok=True,
-            ignore=shutil.ignore_patterns("__pycache__", "*.pyi", "py.typed"),
-        )
-    _pypi_sources(app, debs.root.parent)
-    shutil.copytree(
-        repo / "guest",
-        app / "guest",
-        dirs_exist_ok=True,
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
+    for tree in (*inputs.site_packages, inputs.guest):
+        shutil.copytree(tree, app / tree.name, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(*_TREE_IGNORE))  # fmt: skip
+    _unpack_wheels(app, inputs.wheels)
     (app / "cloud-boot-init.py").write_text(AGENT_MAIN)
     (app / "cloudboot-reset.py").write_text(RESET_MAIN)
-    _compile_sourceless(dest / "usr/lib/python3.11")
-    _compile_sourceless(app, keep_sources=("guest/", "cloud-boot-init.py", "cloudboot-reset.py"))
-    _prepare_hcl2_parser(app, repo)
+    _compile_sourceless(dest / "usr/lib/python3.11", "/usr/lib/python3.11")
+    keep = ("guest/", "cloud-boot-init.py", "cloudboot-reset.py")
+    _compile_sourceless(app, GUEST_APP_DIR, keep_sources=keep)
+    _prepare_hcl2_parser(app, inputs.plans)
     _record_dataclass_code(app)
     triplet = _triplet(arch)
     _write(dest / "init", INIT_SCRIPT.format(triplet=triplet), 0o755)
     _write(dest / "usr/bin/cloudboot-reset", RESET_SCRIPT.format(triplet=triplet), 0o755)
     _write(dest / "etc/cloud-boot/udhcpc.script", UDHCPC_SCRIPT, 0o755)
-    ca = Path("/etc/ssl/certs/ca-certificates.crt")
-    if ca.exists():
+    if inputs.ca_bundle is not None:
         (dest / "usr/lib/ssl").mkdir(parents=True, exist_ok=True)
-        shutil.copy(ca, dest / "usr/lib/ssl/cert.pem")
+        shutil.copy(inputs.ca_bundle, dest / "usr/lib/ssl/cert.pem")
     return dest
 
 
-GUEST_APP_DIR = "/usr/lib/cloudboot"
 #: Lark keys its parser cache on the options, and hcl2 passes the cache file's absolute
 #: path as one of them: the cache must be built as if the package lived at its guest path.
 #: Host-side runs import the packed pure-Python code, but the packed ``regex`` extension
@@ -289,14 +338,17 @@ import lark.lark as L
 real_open = L.FS.open
 L.FS.open = lambda name, mode="r", **kw: real_open(name.replace({guest!r}, {app!r}, 1), mode, **kw)
 import pathlib, hcl2.parser as p
+from guest.contract.plan import tables
 p.PARSER_FILE = pathlib.Path({guest!r} + "/hcl2/.lark_cache.bin")
-p.parser()
+with tables.reproducible_lark():
+    p.parser()
+p.parser.cache_clear()  # the snapshot starts from the parser as the cache file loads
+
 """
 
 
 #: Runs after ``_WARM`` (same interpreter): ``p.parser()`` is the cache-loaded parser.
 _SNAPSHOT = """
-from guest.contract.plan import tables
 original = p.parser()
 texts = {samples!r} + [pathlib.Path(f).read_text() for f in {plans!r}]
 snapshot = tables.load(tables.dump(p.parser(), texts[0]))
@@ -315,16 +367,15 @@ _SAMPLE_PLANS = [
 ]  # fmt: skip
 
 
-def _prepare_hcl2_parser(app: Path, repo: Path) -> None:
+def _prepare_hcl2_parser(app: Path, plans: Iterable[Path]) -> None:
     """One host interpreter builds hcl2's LALR tables (lark's cache: the guest would spend
     ~30 s on them under TCG) and the ready parser as one pickle (``guest.contract.plan.tables``),
     checked against hcl2's own on sample texts and the repo's plans (~0.4 s per boot)."""
     from guest.contract.plan.tables import SNAPSHOT_PATH
 
-    plans = sorted(str(p) for p in (repo / "plans").glob("*.hcl"))
     out = app / SNAPSHOT_PATH.name
     warm = _WARM.format(app=str(app), guest=GUEST_APP_DIR)
-    code = _SNAPSHOT.format(samples=_SAMPLE_PLANS, plans=plans, out=str(out))
+    code = _SNAPSHOT.format(samples=_SAMPLE_PLANS, plans=[str(p) for p in plans], out=str(out))
     _run_packed(app, warm + code)
     for made in (app / "hcl2/.lark_cache.bin", out):
         if not made.is_file():
@@ -357,7 +408,7 @@ def _run_packed(app: Path, code: str) -> None:
         raise RuntimeError("the host Python has no regex module (python-hcl2 needs it)")
     host_site = str(Path(spec.origin).parent.parent)
     prelude = _HOST_PRELUDE.format(host_site=host_site, app=str(app))
-    run([sys.executable, "-S", "-B", "-c", prelude + code])
+    run([sys.executable, "-S", "-B", "-c", prelude + code], env=_PACKER_ENV)
 
 
 def _write(path: Path, text: str, mode: int) -> None:
@@ -366,16 +417,11 @@ def _write(path: Path, text: str, mode: int) -> None:
     os.chmod(path, mode)
 
 
-def guest_agent_entries(arch: Arch, *, debs: DebCache | None = None) -> list[cpio.Entry]:
-    """cpio entries of the agent payload (the hook ``init = "guest-agent"`` calls)."""
+def guest_agent_entries(inputs: PackInputs) -> list[cpio.Entry]:
+    """cpio entries of the agent payload (what ``init = "guest-agent"`` adds)."""
     with tempfile.TemporaryDirectory(prefix="cloudboot-guest-") as tmp:
-        tree = build_tree(Path(tmp) / "root", arch, debs=debs)
-        return cpio.tree(tree)
-
-
-def initramfs_entries(arch: Arch) -> list[cpio.Entry]:
-    """The name ``publisher.media.initramfs`` calls for ``init = "guest-agent"``."""
-    return guest_agent_entries(arch)
+        tree = build_tree(Path(tmp) / "root", inputs.arch, inputs=inputs)
+        return cpio.tree(tree, normal_modes=True)
 
 
 def measure(entries: list[cpio.Entry]) -> PackReport:

@@ -9,13 +9,12 @@ guest agent's packer) for its entries, which then replace ``/init`` and add the 
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 from guest.contract.arch import Arch
 from publisher.media import cpio, kmods
+from publisher.media.guestpack import PackInputs, guest_agent_entries
 from publisher.media.recipe import Recipe, RecipeError
 
 #: The stand-in PID 1: proves the UKI, initramfs, modules and cmdline, then powers off.
@@ -69,9 +68,13 @@ def module_entries(kernel: KernelInputs, wanted: tuple[str, ...]) -> list[cpio.E
 
 
 def initramfs_entries(
-    recipe: Recipe, arch: Arch, kernel: KernelInputs, busybox: Path
+    recipe: Recipe, arch: Arch, kernel: KernelInputs, busybox: Path, pack: PackInputs | None
 ) -> list[cpio.Entry]:
-    """Every entry of the initramfs for ``arch``; later entries win on the same path."""
+    """Every entry of the initramfs for ``arch``; later entries win on the same path.
+
+    ``pack``: the guest agent's inputs, resolved (and fingerprinted) by the caller when
+    the recipe says ``init = "guest-agent"``.
+    """
     entries = [
         cpio.directory("/dev"),
         cpio.char_device("/dev/console", 5, 1),
@@ -89,19 +92,11 @@ def initramfs_entries(
         entries.append(cpio.file("/etc/cosign.pub", key.read_bytes()))
     entries += module_entries(kernel, recipe.initramfs.modules)
     if recipe.initramfs.init == "guest-agent":
-        entries += guest_agent_entries(arch)
+        if pack is None or pack.arch is not arch:
+            raise ValueError(f"guest-agent init without the packer's inputs for {arch.value}")
+        entries += guest_agent_entries(pack)
     for spec in recipe.initramfs.trees:
         entries += cpio.tree(spec.src, spec.dest)
     for spec in recipe.initramfs.files:
         entries.append(cpio.file(spec.dest, spec.src.read_bytes(), spec.mode))
-    return entries
-
-
-def guest_agent_entries(arch: Arch) -> list[cpio.Entry]:
-    """Entries from ``publisher.media.guestpack.initramfs_entries(arch)`` (guest agent's packer)."""
-    name = "publisher.media.guestpack"
-    if importlib.util.find_spec(name) is None:
-        raise RecipeError('initramfs.init = "guest-agent" needs publisher/media/guestpack.py, '
-                          'which does not exist yet; use "busybox-marker"')  # fmt: skip
-    entries: list[cpio.Entry] = importlib.import_module(name).initramfs_entries(arch)
     return entries

@@ -132,27 +132,13 @@ def reset_nvram(
         backend.reset_nvram()
         typer.echo(f"nvram reset: {backend.spec.nvram}")
         return
-    from guest.agent.reset import reset_vars_file
-    from watcher.vm import BackendKind, VmError, VmState
+    from guest.contract.efi import CLOUDBOOT_BOOT_VARIABLE
 
-    spec = backend.spec
-    if spec.backend is not BackendKind.QEMU:
-        raise VmError(
-            f"--menu edits QEMU (edk2) vars files; the {spec.backend.value} backend keeps "
-            "its own store: use `cloudboot vm reset-nvram` without --menu"
-        )
-    if backend.state() is VmState.RUNNING:
-        raise VmError(
-            "refusing to edit NVRAM: the VM is running; stop it first (`cloudboot vm down`)"
-        )
-    if not spec.nvram.exists():
-        typer.echo(f"nvram: {spec.nvram} does not exist yet; nothing to forget")
-        return
-    changed = reset_vars_file(spec.nvram)
+    store = backend.spec.nvram
     typer.echo(
-        f"nvram: Boot0001 removed from {spec.nvram}; the next boot shows the menu"
-        if changed
-        else f"nvram: no staged target in {spec.nvram}; nothing to do"
+        f"nvram: {CLOUDBOOT_BOOT_VARIABLE} removed from {store}; the next boot shows the menu"
+        if backend.forget_staged_target()
+        else f"nvram: no staged target in {store}; nothing to do"
     )
 
 

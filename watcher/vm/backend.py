@@ -83,6 +83,7 @@ class VmBackend(Protocol):
     def down(self, timeout: float = 5.0) -> bool: ...
     def restart(self, reset_nvram: bool, *, stop_timeout: float = 5.0) -> VmStatus: ...
     def reset_nvram(self) -> None: ...
+    def forget_staged_target(self) -> bool: ...
     def status(self) -> VmStatus: ...
     def state(self) -> VmState: ...
     def wait_stopped(self, timeout: float) -> bool: ...
@@ -130,6 +131,10 @@ class ProcessBackend(abc.ABC):
 
     @abc.abstractmethod
     def _nvram_template(self) -> Path | None: ...
+
+    @abc.abstractmethod
+    def _forget_staged_target(self) -> bool:
+        """Delete Boot0001 (and its BootOrder slot) from the stopped VM's store."""
 
     @abc.abstractmethod
     def _control_ready(self) -> bool: ...
@@ -308,14 +313,30 @@ class ProcessBackend(abc.ABC):
             self._reset_nvram()
 
     def _reset_nvram(self) -> None:
+        self._refuse_while_running("reset NVRAM", " or use `cloudboot vm restart --reset-nvram`")
+        self._wipe_nvram()
+        log.info("nvram reset", store=str(self.spec.nvram))
+
+    def forget_staged_target(self) -> bool:
+        """Back to the menu keeping the rest of the store (`vm reset-nvram --menu`); True
+        when Boot0001 or its BootOrder slot was there. Under the lock, so no `vm up` or
+        watcher restart starts the firmware while the file is rewritten."""
+        with self._exclusive():
+            self._refuse_while_running("edit NVRAM")
+            if not self.spec.nvram.exists():
+                return False
+            changed = self._forget_staged_target()
+            log.info("nvram: staged target forgotten", store=str(self.spec.nvram),
+                     changed=changed)  # fmt: skip
+            return changed
+
+    def _refuse_while_running(self, what: str, alternative: str = "") -> None:
         running = self.pid()
         if running is not None:
             raise VmError(
-                f"refusing to reset NVRAM: the VM is running (pid {running}); "
-                "stop it first (`cloudboot vm down`) or use `cloudboot vm restart --reset-nvram`"
+                f"refusing to {what}: the VM is running (pid {running}); "
+                f"stop it first (`cloudboot vm down`){alternative}"
             )
-        self._wipe_nvram()
-        log.info("nvram reset", store=str(self.spec.nvram))
 
     def state(self) -> VmState:
         """Just the state: cheap enough for a supervisor polling every second."""

@@ -1,9 +1,12 @@
-"""NVRAM ("back to the menu"): replace a stopped VM's variable store.
+"""NVRAM ("back to the menu"): replace or edit a stopped VM's variable store.
 
-QEMU: copy the firmware's VARS template over the per-VM vars file. vfkit: delete the
-store so the next launch passes ``create`` (vfkit then writes a fresh one). Either way
-the guest finds no Boot0001 and runs the agent again. Only ever with the VM stopped:
-the firmware of a running VM holds the store and would write its own copy back.
+Replace: QEMU copies the firmware's VARS template over the per-VM vars file; vfkit
+deletes the store so the next launch passes ``create`` (vfkit then writes a fresh one).
+Edit (QEMU only, ``vm reset-nvram --menu``): the guest's own reset
+(``varstore.forget_staged_target``) on the edk2 vars file, every other variable kept.
+Either way the guest finds no Boot0001 and runs the agent again. Only ever with the VM
+stopped (the backend checks, under its lock): the firmware of a running VM holds the
+store and would write its own copy back.
 """
 
 from __future__ import annotations
@@ -11,25 +14,60 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
+
+from guest.contract.efi.edk2vars import VarsFile
+from guest.contract.efi.varstore import forget_staged_target
+from guest.contract.errors import CloudbootError
 
 
-def restore_template(store: Path, template: Path) -> None:
-    """Atomically make ``store`` a byte-for-byte copy of ``template`` (temp file + rename)."""
+def _replace(store: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Atomically replace ``store`` with what ``write`` writes (temp file, fsync, rename,
+    keeping the old file's mode): a crash leaves the old store or the new, never half."""
     store.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{store.name}.", dir=store.parent)
     try:
-        with os.fdopen(fd, "wb") as out, open(template, "rb") as src:
-            while chunk := src.read(1 << 20):
-                out.write(chunk)
+        with os.fdopen(fd, "wb") as out:
+            write(out)
             out.flush()
             os.fsync(out.fileno())
+        if store.exists():
+            shutil.copymode(store, tmp)
         os.replace(tmp, store)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def restore_template(store: Path, template: Path) -> None:
+    """Atomically make ``store`` a byte-for-byte copy of ``template``."""
+    with open(template, "rb") as src:
+        _replace(store, lambda out: shutil.copyfileobj(src, out, 1 << 20))
+
+
+def forget_staged_target_in(store: Path) -> bool:
+    """Edit a stopped QEMU VM's vars file as ``cloudboot-reset`` edits the guest's
+    variables; True when anything changed (only then is the file rewritten).
+
+    A store the firmware never initialised (AAVMF's blank flash) holds no boot entries.
+    """
+    image = store.read_bytes()
+    if not image.strip(b"\x00\xff"):
+        return False
+    try:
+        vars_file = VarsFile.from_bytes(image)
+    except CloudbootError as exc:
+        raise CloudbootError(exc.message, where=f"{store}: {exc.where}") from exc
+    if not forget_staged_target(vars_file):
+        return False
+    data = bytes(vars_file)
+    _replace(store, lambda out: out.write(data))
+    return True
 
 
 def delete_store(store: Path) -> None:

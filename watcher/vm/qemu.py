@@ -142,6 +142,9 @@ class QemuBackend(ProcessBackend):
     def _nvram_template(self) -> Path | None:
         return self.firmware.vars_template
 
+    def _forget_staged_target(self) -> bool:
+        return nvram.forget_staged_target_in(self.spec.nvram)
+
     def _control_ready(self) -> bool:
         try:
             with QmpClient(self.spec.control_socket, timeout=2.0) as qmp:

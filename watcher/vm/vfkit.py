@@ -158,6 +158,12 @@ class VfkitBackend(ProcessBackend):
     def _nvram_template(self) -> Path | None:
         return None  # vfkit's store is made by Virtualization.framework: no template file
 
+    def _forget_staged_target(self) -> bool:
+        raise VmError(
+            "--menu edits QEMU (edk2) vars files; vfkit keeps its own store format: "
+            "use `cloudboot vm reset-nvram` without --menu"
+        )
+
     def _control_ready(self) -> bool:
         try:
             return bool(self.rest.state()["state"])

@@ -1,7 +1,9 @@
 """UEFI structures the guest writes and the host resets: one module per spec structure.
 
 ``devpath`` (device path nodes), ``loadoption`` (EFI_LOAD_OPTION), ``bootorder``,
-``efivarfs`` (the Linux variable files) and ``edk2vars`` (an OVMF/AAVMF vars file).
+``varstore`` (the variable-store protocol and the edits cloudboot makes through it), and
+its two stores: ``efivarfs`` (the Linux variable files) and ``edk2vars`` (an OVMF/AAVMF
+vars file).
 """
 
 from __future__ import annotations
@@ -23,3 +25,8 @@ def boot_variable_name(number: int) -> str:
     if not 0 <= number <= 0xFFFF:
         raise ValueError(f"boot option number {number} outside 0..0xFFFF")
     return f"Boot{number:04X}"
+
+
+#: The boot option cloudboot owns: the staged target (spec 5.7).
+CLOUDBOOT_BOOT_NUMBER = 0x0001
+CLOUDBOOT_BOOT_VARIABLE = boot_variable_name(CLOUDBOOT_BOOT_NUMBER)

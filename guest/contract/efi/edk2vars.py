@@ -9,7 +9,8 @@ variables stay in the log with a cleared State bit until the firmware reclaims s
 Editing rewrites only the variable region: live variables in their original order, the
 rest erased to 0xFF, every byte outside the region (FV header, FTW blocks) untouched. That
 is what "reset to the menu" on the host needs (delete Boot0001, drop 0001 from BootOrder)
-without replacing the user's other settings.
+without replacing the user's other settings. ``VarsFile`` is the host's
+``varstore.VariableStore``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import uuid
 from dataclasses import dataclass, replace
 
 from guest.contract.efi import ucs16
+from guest.contract.efi.varstore import Variable
 from guest.contract.errors import FormatError
 
 NV_DATA_FV_GUID = uuid.UUID("fff12b8d-7696-4c8b-a985-2747075b4f50")
@@ -99,18 +101,23 @@ class VarsFile:
             or (v.state == VAR_IN_DELETED_TRANSITION_ADDED and (v.name, v.guid) not in added)
         ]
 
-    def get(self, name: str, guid: uuid.UUID) -> StoredVariable | None:
+    def read(self, name: str, guid: uuid.UUID) -> Variable | None:
         for var in self.live():
             if var.name == name and var.guid == guid:
-                return var
+                return Variable(var.attributes, var.data)
         return None
 
     def delete(self, name: str, guid: uuid.UUID) -> bool:
-        before = len(self.variables)
-        self.variables = [v for v in self.live() if not (v.name == name and v.guid == guid)]
-        return len(self.variables) != before
+        """Drop a live variable; False when there is none (a dead entry of the same name in
+        the log is not a variable: deleting "it" would change nothing)."""
+        live = self.live()
+        kept = [v for v in live if not (v.name == name and v.guid == guid)]
+        if len(kept) == len(live):
+            return False
+        self.variables = kept
+        return True
 
-    def set(self, name: str, guid: uuid.UUID, attributes: int, data: bytes) -> None:
+    def write(self, name: str, guid: uuid.UUID, attributes: int, data: bytes) -> None:
         """Replace in place (keeping its position) or append."""
         current = self.live()
         for i, var in enumerate(current):

@@ -4,6 +4,7 @@ Each file holds the 4-byte little-endian attributes followed by the data. A writ
 ONE write(2) of attributes + data (efivarfs turns each write into one SetVariable call),
 and the kernel marks most variable files immutable, so ``FS_IMMUTABLE_FL`` is cleared
 first. The same class works on a plain directory, which is how the host tests drive it.
+It is the guest's ``varstore.VariableStore``.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import fcntl
 import os
 import struct
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
+from guest.contract.efi.varstore import Variable
 from guest.contract.errors import CloudbootError
 
 EFIVARS_DIR = Path("/sys/firmware/efi/efivars")
@@ -28,12 +29,6 @@ _NO_FLAGS = {errno.ENOTTY, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS}
 
 class EfiVarError(CloudbootError):
     pass
-
-
-@dataclass(frozen=True)
-class Variable:
-    attributes: int
-    data: bytes
 
 
 def _clear_immutable(fd: int) -> None:

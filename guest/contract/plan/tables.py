@@ -10,16 +10,26 @@ there, and any problem with it falls back to hcl2's loading, which is only slowe
 Two things stop a plain pickle: lark keeps a module (``re``) in its lexer configuration,
 and its LALR actions ``Shift``/``Reduce`` are singletons compared with ``is``. Both are
 pickled as references to what the loading interpreter already has.
+
+The bytes must not depend on the process that made them (boot.iso is reproducible):
+lark numbers its LALR states in the iteration order of a set of objects hashed by
+address, and which equal strings its cache pickle shares differs too.
+``reproducible_lark`` renumbers the states breadth-first from the start states and
+writes the cache with one object per string; the packer builds lark's cache inside it,
+under a fixed ``PYTHONHASHSEED``, and the snapshot from the parser loaded from that cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import io
 import pickle
+import sys
 import types
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +41,7 @@ from lark.parsers import lalr_analysis
 #: Where the packer puts the snapshot: the directory holding the ``guest`` package.
 SNAPSHOT_PATH = Path(__file__).resolve().parents[3] / "hcl2-parser.pickle"
 _SINGLETONS = {id(getattr(lalr_analysis, n)): n for n in ("Shift", "Reduce")}
+Shift = lalr_analysis.Shift
 
 
 class _Pickler(pickle.Pickler):
@@ -41,6 +52,71 @@ class _Pickler(pickle.Pickler):
         if name is not None:
             return getattr, (lalr_analysis, name)
         return NotImplemented
+
+
+def _canonical(table: lalr_analysis.ParseTable) -> lalr_analysis.IntParseTable:
+    """``table`` with its states numbered breadth-first from the start states (by name),
+    following shifts in token-name order, and every state's actions in token-name order."""
+    order: dict[Any, int] = {}
+    queue = deque(table.start_states[name] for name in sorted(table.start_states))
+    while queue:
+        state = queue.popleft()
+        if state in order:
+            continue
+        order[state] = len(order)
+        actions = table.states[state]
+        queue.extend(actions[t][1] for t in sorted(actions) if actions[t][0] is Shift)
+    if len(order) != len(table.states):
+        raise RuntimeError(f"{len(table.states) - len(order)} LALR state(s) unreachable")
+    states = {
+        order[state]: {
+            token: (Shift, order[arg]) if action is Shift else (action, arg)
+            for token, (action, arg) in sorted(table.states[state].items(), key=lambda i: i[0])
+        }
+        for state in sorted(order, key=order.__getitem__)
+    }
+    return lalr_analysis.IntParseTable(  # type: ignore[no-untyped-call]
+        states,
+        {name: order[s] for name, s in sorted(table.start_states.items())},
+        {name: order[s] for name, s in sorted(table.end_states.items())},
+    )
+
+
+def _shared_strings(value: Any) -> Any:
+    """``value`` (lark's serialised data: dicts, lists, tuples, scalars) rebuilt with one
+    object per distinct string: pickle shares objects by identity, and which equal strings
+    lark happens to share differs from run to run."""
+    if isinstance(value, str):
+        return sys.intern(value)
+    if isinstance(value, dict):
+        return {_shared_strings(k): _shared_strings(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_shared_strings(v) for v in value)
+    return value
+
+
+@contextlib.contextmanager
+def reproducible_lark() -> Iterator[None]:
+    """Inside this block, lark numbers LALR states canonically and writes its cache with
+    shared strings: the same grammar gives the same cache bytes in any process."""
+    table_cls = lalr_analysis.IntParseTable
+    saved_table = table_cls.__dict__["from_ParseTable"]
+    saved_save = Lark.save
+
+    def save(self: Lark, f: Any, exclude_options: Iterable[str] = ()) -> None:
+        raw = io.BytesIO()
+        saved_save(self, raw, list(exclude_options))
+        data = _shared_strings(pickle.loads(raw.getvalue()))  # what lark just wrote
+        pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+    canonical = classmethod(lambda cls, t: _canonical(t))
+    table_cls.from_ParseTable = canonical  # type: ignore[method-assign,assignment]
+    Lark.save = save  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        table_cls.from_ParseTable = saved_table  # type: ignore[method-assign]
+        Lark.save = saved_save  # type: ignore[method-assign]
 
 
 def dump(parser: Lark, warm_up: str) -> bytes:
