@@ -26,6 +26,7 @@ import guest.contract
 import publisher
 from guest.contract.arch import Arch
 from guest.contract.gpt import guid_from
+from publisher.config import Config
 from publisher.media import cpio
 from publisher.media.debs import DebCache
 from publisher.media.esp import esp_size
@@ -33,9 +34,9 @@ from publisher.media.guestpack import PackInputs, pack_inputs
 from publisher.media.initramfs import KernelInputs, initramfs_entries
 from publisher.media.iso import write_boot_iso
 from publisher.media.kernelsrc import KernelSources
-from publisher.media.recipe import ArchRecipe, Recipe, RecipeError, Source, SourceKind
+from publisher.media.recipe import ArchRecipe, Recipe, RecipeError, Source, SourceKind, load_recipe
 from publisher.media.uki import UkiParts, build_uki
-from publisher.registry import RegistryClient
+from publisher.registry import RegistryClient, client_from_config
 from publisher.run import require_tool, run
 from publisher.signing import SigningKey, sign_blob
 
@@ -287,3 +288,33 @@ def build_boot_iso(
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     return BuildResult(out, sig, False, arches, stages.timings, out.stat().st_size)
+
+
+def build_from_config(
+    config: Config,
+    signing_key: SigningKey | None,
+    *,
+    arches: Sequence[Arch] | None = None,
+    out: Path | None = None,
+    cmdline: str | None = None,
+    progress: Progress | None = None,
+    force: bool = False,
+    offline: bool = False,
+    build_kernel: bool = False,
+) -> BuildResult:
+    """boot.iso as the workspace says: ``[build].recipe`` (read again on every call: it is
+    one of the files being edited) into ``[build].iso`` for the media arches, OCI kernels
+    through the ``[registry]`` settings. ``cloudboot build`` (whose options override),
+    ``cloudboot up`` and the watcher's kernel stage all build through here."""
+    return build_boot_iso(
+        load_recipe(config.build.recipe),
+        out or config.build.iso,
+        arches or config.media_arches(),
+        cmdline,
+        progress,
+        signing_key=signing_key,
+        offline=offline,
+        force=force,
+        build_kernel=build_kernel,
+        registry=lambda: client_from_config(config.registry),
+    )

@@ -68,9 +68,7 @@ def build(
     """Build the hybrid boot.iso (UKI per arch) from the kernel/ recipe, and sign it."""
     import structlog
 
-    from publisher.media.build import build_boot_iso
-    from publisher.media.recipe import load_recipe
-    from publisher.registry import client_from_config
+    from publisher.media.build import build_from_config
 
     log = structlog.get_logger(__name__)
     config = state(ctx).config
@@ -78,7 +76,6 @@ def build(
         arches = [Arch.parse(a) for a in arch] if arch else config.media_arches()
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--arch") from None
-    recipe = load_recipe(config.build.recipe)
     key = None
     if not no_sign:
         if config.signing.key.is_file():
@@ -98,11 +95,9 @@ def build(
             bar.update(done - bar.pos)
 
     try:
-        result = build_boot_iso(
-            recipe, out, arches, cmdline, progress, signing_key=key, offline=offline,
-            force=force, build_kernel=build_kernel,
-            registry=lambda: client_from_config(config.registry),
-        )  # fmt: skip
+        result = build_from_config(config, key, arches=arches, out=out, cmdline=cmdline,
+                                   progress=progress, force=force, offline=offline,
+                                   build_kernel=build_kernel)  # fmt: skip
     finally:
         if bar_ctx is not None:
             bar_ctx.__exit__(None, None, None)

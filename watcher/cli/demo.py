@@ -96,10 +96,8 @@ def up(
     ] = True,
 ) -> None:
     """Set up and run the live-reload loop: registry, key, publish, build, VM, watch."""
-    from publisher.media.build import build_boot_iso
+    from publisher.media.build import build_from_config
     from publisher.media.cachedisk import ensure_cache_disk
-    from publisher.media.recipe import load_recipe
-    from publisher.registry import client_from_config
     from watcher.cli.watch import run_daemon
     from watcher.vm import VmSpec, VmState, open_backend
     from watcher.watch.adapters import BackendVmStage
@@ -115,13 +113,7 @@ def up(
         if any(not o.ok for o in outcomes):
             raise CloudbootError("fix the plans above, then run `cloudboot up` again")
         key = load_signing_key(config)
-        result = build_boot_iso(
-            load_recipe(config.build.recipe),
-            config.build.iso,
-            config.media_arches(),
-            signing_key=key,
-            registry=lambda: client_from_config(config.registry),
-        )
+        result = build_from_config(config, key)
         typer.echo(f"boot.iso: {result.output} ({'unchanged' if result.skipped else 'built'})")
         if ensure_cache_disk(config.build.cache_disk, config.build.cache_disk_size_mib):
             typer.echo(f"cache disk: created {config.build.cache_disk}")

@@ -8,9 +8,7 @@ image into place, so a failed build leaves the previous boot.iso for the running
 from __future__ import annotations
 
 from publisher.config import Config
-from publisher.media.build import build_boot_iso
-from publisher.media.recipe import load_recipe
-from publisher.registry import client_from_config
+from publisher.media.build import build_from_config
 from publisher.signing import SigningKey
 from watcher.watch.pipeline import BuildOutcome
 
@@ -19,22 +17,13 @@ class MediaBuildStage:
     def __init__(self, config: Config, key: SigningKey | None) -> None:
         self.config = config
         self.key = key
-        self.arches = config.media_arches()
 
     @classmethod
     def from_config(cls, config: Config, key: SigningKey | None = None) -> MediaBuildStage:
         return cls(config, key)
 
     def build(self) -> BuildOutcome:
-        recipe = load_recipe(self.config.build.recipe)
-        result = build_boot_iso(
-            recipe,
-            self.config.build.iso,
-            self.arches,
-            signing_key=self.key,
-            # an OCI kernel source honours the workspace's registry settings (TLS, CA, auth)
-            registry=lambda: client_from_config(self.config.registry),
-        )
+        result = build_from_config(self.config, self.key)
         timings = {name: round(seconds * 1000, 1) for name, seconds in result.timings.items()}
         return BuildOutcome(
             result.output,
