@@ -157,10 +157,10 @@ def _repo_copy(tmp_path: Path) -> Path:
 
 def test_fingerprint_watches_what_the_packer_reads(tmp_path: Path) -> None:
     repo = _repo_copy(tmp_path)
-    files = set(pack_inputs(Arch.X86_64, repo=repo, offline=True).files())
+    files = {Path(f) for f in pack_inputs(Arch.X86_64, repo=repo, offline=True).files()}
     assert repo / "guest/agent/main.py" in files and repo / "plans/default.hcl" in files
     assert not {p for p in files if "__pycache__" in p.parts}
-    code = {p.relative_to(REPO).as_posix() for p in builder_code()}
+    code = {Path(p).relative_to(REPO).as_posix() for p in builder_code()}
     assert {"publisher/media/guestpack.py", "publisher/media/build.py",
             "guest/contract/gpt.py"} <= code  # fmt: skip
 

@@ -30,7 +30,7 @@ from publisher.config import Config
 from publisher.media import cpio
 from publisher.media.debs import DebCache
 from publisher.media.esp import esp_size
-from publisher.media.guestpack import PackInputs, pack_inputs
+from publisher.media.guestpack import PackInputs, pack_inputs, tree_files
 from publisher.media.initramfs import KernelInputs, initramfs_entries
 from publisher.media.iso import write_boot_iso
 from publisher.media.kernelsrc import KernelSources
@@ -75,8 +75,11 @@ class ArchInputs:
     stub: Path
     busybox: Path
     cmdline: str
-    files: tuple[Path, ...]  # everything the fingerprint must watch
-    pack: PackInputs | None = None  # the guest agent's inputs (init = "guest-agent")
+    files: tuple[Path, ...]  # the recipe's files the fingerprint must watch
+    pack: PackInputs | None = None  # the guest agent's inputs (init = "guest-agent"): watched too
+
+    def watched(self) -> list[str | Path]:
+        return [*self.files, *(self.pack.files() if self.pack else ())]
 
 
 def source_epoch() -> int:
@@ -120,28 +123,28 @@ def resolve_arch(
     if recipe.initramfs.init == "guest-agent":
         pack = pack_inputs(arch, debs=cache, repo=agent_repo, offline=offline)
     return ArchInputs(arch, resolved.kernel, stub, busybox, recipe.cmdline_for(arch, cmdline),
-                      (*resolved.files, stub, busybox, *(pack.files() if pack else ())),
-                      pack)  # fmt: skip
+                      (*resolved.files, stub, busybox), pack)  # fmt: skip
 
 
-def _stat(path: Path) -> list[object]:
+def _stat(path: str | Path) -> list[object]:
+    name = os.fspath(path)
     try:
-        st = path.stat()
+        st = os.stat(name)
     except OSError:
-        return [str(path), None]
-    return [str(path), st.st_size, st.st_mtime_ns]
+        return [name, None]
+    return [name, st.st_size, st.st_mtime_ns]
 
 
-def builder_code() -> list[Path]:
+def builder_code() -> list[str]:
     """The builder's own code, found where it lives rather than listed by hand: every
     module of ``publisher`` and of the guest contract it builds with (GPT, arch, EFI)."""
     roots = (Path(publisher.__file__).parent, Path(guest.contract.__file__).parent)
-    return [p for root in roots for p in sorted(root.rglob("*.py"))]
+    return [p for root in roots for p in tree_files(root)]
 
 
 def fingerprint(recipe: Recipe, inputs: Sequence[ArchInputs], epoch: int, signed: bool) -> str:
     """Hash of everything that can change the output (files by size and mtime)."""
-    watched = builder_code()
+    watched: list[str | Path] = [*builder_code()]
     for extra in (recipe.cosign_public_key, recipe.secureboot_key, recipe.secureboot_cert):
         if extra is not None:
             watched.append(extra)
@@ -153,7 +156,9 @@ def fingerprint(recipe: Recipe, inputs: Sequence[ArchInputs], epoch: int, signed
         "recipe": recipe.digest,
         "epoch": epoch,
         "signed": signed,
-        "arches": [[i.arch.value, i.cmdline, i.kernel.uname, *map(_stat, i.files)] for i in inputs],
+        "arches": [
+            [i.arch.value, i.cmdline, i.kernel.uname, *map(_stat, i.watched())] for i in inputs
+        ],
         "files": [_stat(p) for p in watched],
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()

@@ -74,13 +74,37 @@ class Package:
 class DebCache:
     def __init__(self, root: Path | None = None) -> None:
         self.root = root or default_cache_dir()
+        self._listing: tuple[int, list[str]] = (-1, [])
+
+    def _names(self) -> list[str]:
+        """The cache directory's entries, listed again only when its mtime moved: every
+        no-op build asks for ~15 packages."""
+        try:
+            stamp = os.stat(self.root).st_mtime_ns
+            if stamp != self._listing[0]:
+                self._listing = (stamp, os.listdir(self.root))
+        except FileNotFoundError:
+            return []
+        return self._listing[1]
 
     def cached_deb(self, name: str, arch: Arch) -> Path | None:
         """The newest cached .deb of ``name`` for ``arch`` (or arch ``all``), if any."""
-        found = [
-            p for suffix in (arch.debian, "all") for p in self.root.glob(f"{name}_*_{suffix}.deb")
-        ]
-        return max(found, key=lambda p: p.name) if found else None
+        names = self._names()
+        prefix, ends = f"{name}_", (f"_{arch.debian}.deb", "_all.deb")
+        found = [  # what the glob f"{name}_*_{suffix}.deb" would match
+            n for n in names if n.startswith(prefix)
+            for end in ends if n.endswith(end) and len(n) >= len(prefix + end)
+        ]  # fmt: skip
+        return self.root / max(found) if found else None
+
+    def deb(self, name: str, arch: Arch, *, offline: bool = False) -> Path:
+        """The cached .deb of ``name``, downloaded first unless ``offline``."""
+        deb = self.cached_deb(name, arch)
+        if deb is not None:
+            return deb
+        if offline:
+            raise DebError(f"Debian package {name} ({arch.debian}) is not in {self.root}")
+        return self.download(name, arch)
 
     def download(self, name: str, arch: Arch) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -119,12 +143,7 @@ class DebCache:
         return Package(deb, target, parse_control(control.read_text()))
 
     def package(self, name: str, arch: Arch, *, offline: bool = False) -> Package:
-        deb = self.cached_deb(name, arch)
-        if deb is None:
-            if offline:
-                raise DebError(f"Debian package {name} ({arch.debian}) is not in {self.root}")
-            deb = self.download(name, arch)
-        return self.unpack(deb)
+        return self.unpack(self.deb(name, arch, offline=offline))
 
     def kernel_package(self, name: str, arch: Arch, *, offline: bool = False) -> Package:
         """The package holding ``boot/vmlinuz-*``: ``name`` or the image a meta package names."""

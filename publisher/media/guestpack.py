@@ -17,7 +17,9 @@ busybox, the kernel modules (names in ``/etc/cloudboot/modules``, order in
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from guest.contract.arch import Arch
 from publisher.media import cpio
-from publisher.media.debs import CONTROL_FILE, DebCache, DebError, Package
+from publisher.media.debs import CONTROL_FILE, DebCache, DebError
 from publisher.run import run
 
 #: The guest interpreter's version: bytecode compiled here must carry its magic number.
@@ -182,8 +184,9 @@ def _wheels(cache: Path, offline: bool) -> tuple[Path, ...]:
     """The PyPI archives in the per-user cache, downloading what is missing."""
     wheels = cache / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
-    missing = [p for p in PYPI_PACKAGES
-               if not list(wheels.glob(p.split("==")[0].replace("-", "_") + "-*"))]  # fmt: skip
+    have = os.listdir(wheels)
+    prefixes = {p: p.split("==")[0].replace("-", "_") + "-" for p in PYPI_PACKAGES}
+    missing = [p for p, start in prefixes.items() if not any(n.startswith(start) for n in have)]
     if missing and offline:
         raise DebError(f"PyPI package(s) {', '.join(missing)} are not in {wheels}")
     sdists = [p for p in missing if p.startswith("crcmod")]
@@ -195,7 +198,7 @@ def _wheels(cache: Path, offline: bool) -> tuple[Path, ...]:
     if sdists:  # crcmod has no wheel; its pure-Python fallback is in the sdist
         run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary",
              ":all:", "-d", wheels, *sdists])  # fmt: skip
-    return tuple(sorted(wheels.iterdir()))
+    return tuple(wheels / n for n in sorted(os.listdir(wheels) if missing else have))
 
 
 _SDIST_SKIP = ("setup.py", "test", "docs", "PKG-INFO", "setup.cfg", "LICENSE", "README")
@@ -220,7 +223,9 @@ def _unpack_wheels(dest: Path, archives: Iterable[Path]) -> None:
 
 
 #: Never packed from a source tree (and so not an input either).
-_TREE_IGNORE = ("__pycache__", "*.pyi", "py.typed")
+_IGNORE_RE = re.compile(
+    "|".join(fnmatch.translate(p) for p in ("__pycache__", "*.pyi", "py.typed"))
+)
 
 
 @dataclass(frozen=True)
@@ -233,31 +238,43 @@ class PackInputs:
     """
 
     arch: Arch
-    runtime: tuple[Package, ...]  # the Debian packages of the Python runtime
+    runtime: tuple[Path, ...]  # the .debs of the Python runtime (unpacked when packing)
     site_packages: tuple[Path, ...]  # VENV_PACKAGES, from the host's site-packages
     wheels: tuple[Path, ...]  # the PyPI archives
     guest: Path  # the ``guest`` package packed as the agent
     plans: tuple[Path, ...]  # sample plans the parser snapshot is checked on
     ca_bundle: Path | None
 
-    def files(self) -> list[Path]:
+    def files(self) -> list[str]:
         """Every file read: the .debs (their extracted trees derive from them), the packed
         source trees, the wheels, the plans, the CA bundle, this packer and the host
         interpreter that compiles the bytecode."""
-        trees = [f for root in (*self.site_packages, self.guest) for f in _tree_files(root)]
-        extra = [self.ca_bundle] if self.ca_bundle else []
-        return [*(p.deb for p in self.runtime), *trees, *self.wheels, *self.plans, *extra,
-                Path(__file__).resolve(), Path(sys.executable).resolve()]  # fmt: skip
+        trees = [f for root in (*self.site_packages, self.guest) for f in tree_files(root)]
+        ca = [self.ca_bundle] if self.ca_bundle else []
+        one = [*self.runtime, *self.wheels, *self.plans, *ca, Path(__file__).resolve(),
+               Path(sys.executable).resolve()]  # fmt: skip
+        return [*map(os.fspath, one), *trees]
 
 
-def _tree_files(root: Path) -> list[Path]:
-    ignore = shutil.ignore_patterns(*_TREE_IGNORE)
-    found = []
-    for parent, dirs, names in os.walk(root):
-        skip = ignore(parent, [*dirs, *names])
-        dirs[:] = sorted(d for d in dirs if d not in skip)
-        found += [Path(parent, n) for n in sorted(names) if n not in skip]
-    return found
+def _ignored(directory: str, names: list[str]) -> set[str]:
+    """What a copy of a source tree leaves out (``copytree``'s ``ignore``)."""
+    return {n for n in names if _IGNORE_RE.match(n)}
+
+
+def tree_files(root: Path) -> list[str]:
+    """The files under ``root`` a copy of it takes, sorted: a plain ``scandir`` walk (no
+    ``Path`` objects), since every no-op build lists a few hundred files."""
+    found, pending = [], [os.fspath(root)]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if _IGNORE_RE.match(entry.name):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                else:
+                    found.append(entry.path)
+    return sorted(found)
 
 
 def pack_inputs(
@@ -271,7 +288,7 @@ def pack_inputs(
     ca = Path("/etc/ssl/certs/ca-certificates.crt")
     return PackInputs(
         arch=arch,
-        runtime=tuple(debs.package(n, arch, offline=offline) for n in RUNTIME_PACKAGES),
+        runtime=tuple(debs.deb(n, arch, offline=offline) for n in RUNTIME_PACKAGES),
         site_packages=tuple(venv_site / "site-packages" / n for n in VENV_PACKAGES),
         wheels=_wheels(debs.root.parent, offline),
         guest=repo / "guest",
@@ -288,8 +305,9 @@ def build_tree(
     ``inputs`` (default: ``pack_inputs(arch, debs=debs, repo=repo)``)."""
     inputs = inputs or pack_inputs(arch, debs=debs, repo=repo)
     dest.mkdir(parents=True, exist_ok=True)
-    for pkg in inputs.runtime:
-        shutil.copytree(pkg.root, dest, dirs_exist_ok=True, symlinks=True,
+    for deb in inputs.runtime:
+        root = DebCache(deb.parent).unpack(deb).root  # unpacked next to it, once
+        shutil.copytree(root, dest, dirs_exist_ok=True, symlinks=True,
                         ignore=shutil.ignore_patterns(CONTROL_FILE))  # fmt: skip
     # python3-regex installs under dist-packages; our -S interpreter only sees the app dir
     app = dest / "usr/lib/cloudboot"
@@ -303,8 +321,7 @@ def build_tree(
         shutil.rmtree(dest / "usr/lib/python3")
     _prune(dest, arch)
     for tree in (*inputs.site_packages, inputs.guest):
-        shutil.copytree(tree, app / tree.name, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns(*_TREE_IGNORE))  # fmt: skip
+        shutil.copytree(tree, app / tree.name, dirs_exist_ok=True, ignore=_ignored)
     _unpack_wheels(app, inputs.wheels)
     (app / "cloud-boot-init.py").write_text(AGENT_MAIN)
     (app / "cloudboot-reset.py").write_text(RESET_MAIN)
