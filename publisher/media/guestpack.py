@@ -28,8 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from guest.contract.arch import Arch
-from publisher.media import cpio
+from publisher.media import cpio, guestwarm
 from publisher.media.debs import CONTROL_FILE, DebCache, DebError
+from publisher.media.guestwarm import (
+    GUEST_APP_DIR,
+    PACKER_ENV,
+    prepare_hcl2_parser,
+    record_dataclass_code,
+)
 from publisher.run import run
 
 #: The guest interpreter's version: bytecode compiled here must carry its magic number.
@@ -38,11 +44,6 @@ RUNTIME_PACKAGES = (
     "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib", "python3-regex",
     "libc6", "libssl3", "zlib1g", "libexpat1", "libffi8", "libbz2-1.0", "liblzma5", "libuuid1",
 )  # fmt: skip
-#: Where the agent's app directory lives in the guest.
-GUEST_APP_DIR = "/usr/lib/cloudboot"
-#: Every host interpreter the packer starts: set and frozenset order (in bytecode
-#: constants, lark's tables, pickles) must not change from one build to the next.
-_PACKER_ENV = {"PYTHONHASHSEED": "0"}
 #: Pure-Python wheels from PyPI, pinned as constraints.txt pins them (ext4's own wheel is
 #: the py3-none-any one: the venv's is a compiled x86_64 build).
 PYPI_PACKAGES = ("ext4==1.4.1", "cachetools==7.1.1", "crcmod==1.7", "typing_extensions==4.15.0")
@@ -88,12 +89,6 @@ AGENT_MAIN = _ENTRY + (
     "from guest.agent.main import main\nmain(system)\n"
 )
 RESET_MAIN = _ENTRY + "from guest.agent.reset import main\nsys.exit(main())\n"
-#: Every guest module a boot may import (lazily or not): their dataclasses are cached.
-GUEST_MODULES = (
-    *(f"guest.agent.{m}" for m in ("main", "sysguest", "fetch", "diskread", "menu", "metadata",
-                                   "template", "lease", "reset", "httpclient", "machine")),
-    "guest.contract.cosign", "guest.contract.plan",
-)  # fmt: skip
 #: busybox udhcpc calls this with $1 = deconfig|bound|renew and the lease in variables;
 #: besides configuring the interface it leaves the lease in LEASE_FILE for the agent
 #: (cmdline templates, resolv.conf). Applets by path: there are no applet links.
@@ -165,7 +160,7 @@ def _compile_sourceless(tree: Path, guest_dir: str, keep_sources: Iterable[str] 
     """
     run([sys.executable, "-m", "compileall", "-q", "-b", "-j", "0",
          "--invalidation-mode", "unchecked-hash", "-d", guest_dir, tree],
-        env=_PACKER_ENV)  # fmt: skip
+        env=PACKER_ENV)  # fmt: skip
     keep = tuple(keep_sources)
     tag = f"cpython-{GUEST_PYTHON.replace('.', '')}"
     for source in tree.rglob("*.py"):
@@ -248,10 +243,11 @@ class PackInputs:
     def files(self) -> list[str]:
         """Every file read: the .debs (their extracted trees derive from them), the packed
         source trees, the wheels, the plans, the CA bundle, this packer and the host
-        interpreter that compiles the bytecode."""
+        interpreter that compiles the bytecode (``guestwarm`` runs the rest)."""
         trees = [f for root in (*self.site_packages, self.guest) for f in tree_files(root)]
         ca = [self.ca_bundle] if self.ca_bundle else []
-        one = [*self.runtime, *self.wheels, *self.plans, *ca, Path(__file__).resolve(),
+        code = [Path(__file__).resolve(), Path(guestwarm.__file__).resolve()]
+        one = [*self.runtime, *self.wheels, *self.plans, *ca, *code,
                Path(sys.executable).resolve()]  # fmt: skip
         return [*map(os.fspath, one), *trees]
 
@@ -328,8 +324,9 @@ def build_tree(
     _compile_sourceless(dest / "usr/lib/python3.11", "/usr/lib/python3.11")
     keep = ("guest/", "cloud-boot-init.py", "cloudboot-reset.py")
     _compile_sourceless(app, GUEST_APP_DIR, keep_sources=keep)
-    _prepare_hcl2_parser(app, inputs.plans)
-    _record_dataclass_code(app)
+    prepare_hcl2_parser(app, inputs.plans)
+    if f"{sys.version_info[0]}.{sys.version_info[1]}" == GUEST_PYTHON:
+        record_dataclass_code(app)  # else code objects would not load: the guest compiles
     triplet = _triplet(arch)
     _write(dest / "init", INIT_SCRIPT.format(triplet=triplet), 0o755)
     _write(dest / "usr/bin/cloudboot-reset", RESET_SCRIPT.format(triplet=triplet), 0o755)
@@ -338,94 +335,6 @@ def build_tree(
         (dest / "usr/lib/ssl").mkdir(parents=True, exist_ok=True)
         shutil.copy(inputs.ca_bundle, dest / "usr/lib/ssl/cert.pem")
     return dest
-
-
-#: Lark keys its parser cache on the options, and hcl2 passes the cache file's absolute
-#: path as one of them: the cache must be built as if the package lived at its guest path.
-#: Host-side runs import the packed pure-Python code, but the packed ``regex`` extension
-#: is built for the guest's arch: the host's own ``regex`` is imported first instead.
-_HOST_PRELUDE = """
-import sys
-sys.path.insert(0, {host_site!r})
-import regex
-sys.path[0] = {app!r}
-"""
-_WARM = """
-import lark.lark as L
-real_open = L.FS.open
-L.FS.open = lambda name, mode="r", **kw: real_open(name.replace({guest!r}, {app!r}, 1), mode, **kw)
-import pathlib, hcl2.parser as p
-from guest.contract.plan import tables
-p.PARSER_FILE = pathlib.Path({guest!r} + "/hcl2/.lark_cache.bin")
-with tables.reproducible_lark():
-    p.parser()
-p.parser.cache_clear()  # the snapshot starts from the parser as the cache file loads
-
-"""
-
-
-#: Runs after ``_WARM`` (same interpreter): ``p.parser()`` is the cache-loaded parser.
-_SNAPSHOT = """
-original = p.parser()
-texts = {samples!r} + [pathlib.Path(f).read_text() for f in {plans!r}]
-snapshot = tables.load(tables.dump(p.parser(), texts[0]))
-differ = tables.same_results(original, snapshot, texts)
-if differ:
-    raise SystemExit(f"the parser snapshot parses {{len(differ)}} text(s) differently")
-pathlib.Path({out!r}).write_bytes(tables.dump(snapshot, texts[0]))
-"""
-#: Texts both parsers must agree on besides the repo's plans (which an installed package
-#: may not have): a plan with the common constructs, then a bad token, an unterminated
-#: string, a missing value and a stray character.
-_SAMPLE_PLANS = [
-    'locals { c = "ttyS0" }\ndefault_target = "a"\ntarget "a" {\n'
-    '  kernel = "r/k:1"\n  cmdline = ["console=${local.c}", arch == "arm64" ? "x" : "y"]\n}\n',
-    'x = "a" "b"\n', 'x = "open\n', "x =\n", 'target "a" { kernel = ? }\n',
-]  # fmt: skip
-
-
-def _prepare_hcl2_parser(app: Path, plans: Iterable[Path]) -> None:
-    """One host interpreter builds hcl2's LALR tables (lark's cache: the guest would spend
-    ~30 s on them under TCG) and the ready parser as one pickle (``guest.contract.plan.tables``),
-    checked against hcl2's own on sample texts and the repo's plans (~0.4 s per boot)."""
-    from guest.contract.plan.tables import SNAPSHOT_PATH
-
-    out = app / SNAPSHOT_PATH.name
-    warm = _WARM.format(app=str(app), guest=GUEST_APP_DIR)
-    code = _SNAPSHOT.format(samples=_SAMPLE_PLANS, plans=[str(p) for p in plans], out=str(out))
-    _run_packed(app, warm + code)
-    for made in (app / "hcl2/.lark_cache.bin", out):
-        if not made.is_file():
-            raise RuntimeError(f"{made.name} was not written")
-
-
-_RECORD = """
-from guest.agent import precompiled
-data = precompiled.record({modules!r})
-with open({out!r}, "wb") as out:
-    out.write(data)
-"""
-
-
-def _record_dataclass_code(app: Path) -> None:
-    """Compile the guest's dataclass methods here (see ``guest.agent.precompiled``): a fresh
-    interpreter of the guest's minor version imports the packed modules and records."""
-    if f"{sys.version_info[0]}.{sys.version_info[1]}" != GUEST_PYTHON:
-        return  # code objects of another minor version would not load; the guest compiles
-    out = app / "dataclass-code.marshal"
-    _run_packed(app, _RECORD.format(modules=GUEST_MODULES, out=str(out)))
-
-
-def _run_packed(app: Path, code: str) -> None:
-    """Run ``code`` in a fresh host interpreter that imports from the packed app dir."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("regex")  # the host's, for its location
-    if spec is None or spec.origin is None:
-        raise RuntimeError("the host Python has no regex module (python-hcl2 needs it)")
-    host_site = str(Path(spec.origin).parent.parent)
-    prelude = _HOST_PRELUDE.format(host_site=host_site, app=str(app))
-    run([sys.executable, "-S", "-B", "-c", prelude + code], env=_PACKER_ENV)
 
 
 def _write(path: Path, text: str, mode: int) -> None:
