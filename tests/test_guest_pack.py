@@ -20,7 +20,9 @@ from guest.contract.efi import GLOBAL_VARIABLE_GUID, bootorder
 from guest.contract.efi.efivarfs import EfiVarStore
 from publisher.media import cpio
 from publisher.media.guestpack import build_tree, measure
+from publisher.media.guestwarm import prepare_hcl2_parser
 from publisher.run import run
+from tests.conftest import REPO
 from tests.test_guest_fetch import new_key
 
 pytestmark = pytest.mark.skipif(Arch.host() is not Arch.X86_64, reason="runs the amd64 runtime")
@@ -189,6 +191,22 @@ def test_guest_path_uses_the_snapshot_then_the_lark_cache(tmp_path: Path) -> Non
     (tree / "usr/lib/cloudboot/hcl2-parser.pickle").unlink()
     assert "Loading grammar from cache: /usr/lib/cloudboot/hcl2/.lark_cache.bin" in parse_in_guest()
     assert cache.stat().st_mtime_ns == before
+
+
+def test_parser_files_are_the_same_from_another_process_and_path(
+    tree: Path, tmp_path: Path
+) -> None:
+    """lark's cache and the parser snapshot come out byte for byte the same when another
+    interpreter makes them in another directory (lark numbers its LALR states in an order
+    that changes from process to process unless the packer makes it canonical)."""
+    made = []
+    made_here = shutil.ignore_patterns(".lark_cache.bin", "hcl2-parser.pickle")
+    for where in (tmp_path / "a", tmp_path / "bb" / "deeper"):
+        shutil.copytree(tree / "usr/lib/cloudboot", where, ignore=made_here)
+        prepare_hcl2_parser(where, sorted((REPO / "plans").glob("*.hcl")))
+        made.append([(where / f).read_bytes() for f in ("hcl2/.lark_cache.bin",
+                                                         "hcl2-parser.pickle")])  # fmt: skip
+    assert made[0] == made[1]
 
 
 def test_agent_bytecode_is_precompiled(tree: Path) -> None:

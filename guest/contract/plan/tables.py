@@ -41,7 +41,7 @@ from lark.parsers import lalr_analysis
 #: Where the packer puts the snapshot: the directory holding the ``guest`` package.
 SNAPSHOT_PATH = Path(__file__).resolve().parents[3] / "hcl2-parser.pickle"
 _SINGLETONS = {id(getattr(lalr_analysis, n)): n for n in ("Shift", "Reduce")}
-Shift = lalr_analysis.Shift
+_SHIFT = lalr_analysis.Shift
 
 
 class _Pickler(pickle.Pickler):
@@ -65,12 +65,12 @@ def _canonical(table: lalr_analysis.ParseTable) -> lalr_analysis.IntParseTable:
             continue
         order[state] = len(order)
         actions = table.states[state]
-        queue.extend(actions[t][1] for t in sorted(actions) if actions[t][0] is Shift)
+        queue.extend(actions[t][1] for t in sorted(actions) if actions[t][0] is _SHIFT)
     if len(order) != len(table.states):
         raise RuntimeError(f"{len(table.states) - len(order)} LALR state(s) unreachable")
     states = {
         order[state]: {
-            token: (Shift, order[arg]) if action is Shift else (action, arg)
+            token: (_SHIFT, order[arg]) if action is _SHIFT else (action, arg)
             for token, (action, arg) in sorted(table.states[state].items(), key=lambda i: i[0])
         }
         for state in sorted(order, key=order.__getitem__)
