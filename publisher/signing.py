@@ -16,7 +16,6 @@ import json
 import os
 import secrets
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from guest.contract.errors import CloudbootError
+from guest.contract.fsutil import write_atomic
 from guest.contract.oci import canonical_json
 from guest.contract.pubkey import pem_blocks, pem_encode
 
@@ -190,20 +190,6 @@ def read_password(*, confirm: bool = False, env: Mapping[str, str] | None = None
     return first.encode()
 
 
-def write_private(path: Path, data: bytes, mode: int) -> None:
-    """Write via a temp file + rename with ``mode`` set before any byte lands."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_key_pair(
     private_path: Path, public_path: Path, password: bytes, *, force: bool = False
 ) -> None:
@@ -212,5 +198,6 @@ def write_key_pair(
         if path.exists() and not force:
             raise KeyFileError("already exists (use --force to overwrite)", where=str(path))
     private_pem, public_pem = generate_key_pair(password)
-    write_private(private_path, private_pem, 0o600)
-    write_private(public_path, public_pem, 0o644)
+    # durable: a crash right after `key generate` must not lose the only copy of the key
+    write_atomic(private_path, private_pem, durable=True, mode=0o600)
+    write_atomic(public_path, public_pem, durable=True, mode=0o644)

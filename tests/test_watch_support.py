@@ -20,10 +20,11 @@ import hcl2
 import lark
 
 from guest.contract.errors import CloudbootError, Location
+from guest.contract.fsutil import write_atomic
 from watcher.watch.daemon import WatchDaemon, WatchSetup
 from watcher.watch.ignore import IgnoreRules
 from watcher.watch.pipeline import BuildOutcome, PlanOutcome, VmStage
-from watcher.watch.status import StatusBook, write_atomic
+from watcher.watch.status import StatusBook
 
 
 class FilePlanStage:

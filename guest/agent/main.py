@@ -15,11 +15,9 @@ imported where they are used, and the network comes up only when something needs
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from guest.agent import blockdev, stage, template
@@ -32,6 +30,7 @@ from guest.contract import plan
 from guest.contract.arch import Arch
 from guest.contract.efi.efivarfs import EfiVarStore
 from guest.contract.errors import CloudbootError
+from guest.contract.fsutil import write_atomic
 
 if TYPE_CHECKING:  # imported when used: a boot that never needs them never pays for them
     from guest.agent import fetch, sysguest
@@ -201,7 +200,7 @@ class Agent:
         servers, source = chosen
         if servers == self.dns_written:
             return
-        _write_atomically(self.paths.resolv_conf, resolv_conf(servers).encode())
+        write_atomic(self.paths.resolv_conf, resolv_conf(servers).encode())
         self.dns_written = servers
         self.console.log(f"dns {','.join(servers)} (from {source}) -> /etc/resolv.conf")
 
@@ -339,14 +338,6 @@ def _default_client(options: Options) -> fetch.RegistryClient:
     from guest.agent import fetch
 
     return fetch.RegistryClient(insecure=options.insecure)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as out:
-        out.write(data)
-    os.replace(tmp, path)
 
 
 def _is(exc: BaseException, module: str, name: str) -> bool:

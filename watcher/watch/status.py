@@ -8,11 +8,9 @@ VM state. The pid in it tells a reader whether the writer is still alive.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -21,28 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from guest.contract.errors import CloudbootError
+from guest.contract.fsutil import write_atomic
+from watcher.vm.state import pid_alive
 
 STATUS_VERSION = 1
-
-
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` so readers see the old or the new file, never a mix.
-
-    No fsync: this is for state that is rewritten all the time (the status file, service
-    files); after a crash the previous version, or nothing, is fine, and an fsync per
-    run would sit on the edit-to-publish latency.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def iso_time(ts: float) -> str:
@@ -140,7 +120,7 @@ class StatusBook:
         with self._lock:
             self.data["updated_at"] = iso_time(self._clock())
             payload = json.dumps(self.data, indent=2, sort_keys=False).encode() + b"\n"
-        write_atomic(self.path, payload)
+        write_atomic(self.path, payload)  # not durable: rewritten after every stage
 
 
 def load_status(path: Path) -> dict[str, Any]:
@@ -159,16 +139,6 @@ def load_status(path: Path) -> dict[str, Any]:
             f"unsupported status file (expected version {STATUS_VERSION})", where=str(path)
         )
     return data
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def with_liveness(data: dict[str, Any]) -> dict[str, Any]:
