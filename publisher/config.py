@@ -22,6 +22,8 @@ from guest.contract.arch import Arch
 from guest.contract.errors import CloudbootError
 
 CONFIG_NAME = "cloudboot.toml"
+#: Plan files are plans/**/*.hcl; the suffix is dropped from the default ref name.
+PLAN_SUFFIX = ".hcl"
 
 
 class ConfigError(CloudbootError):
@@ -128,6 +130,11 @@ class Config:
     watch: WatchSection
 
     @property
+    def where(self) -> str:
+        """How an error about a setting names the config: its file (or the default name)."""
+        return str(self.source) if self.source else CONFIG_NAME
+
+    @property
     def plans_dir(self) -> Path:
         return self.root / "plans"
 
@@ -140,7 +147,7 @@ class Config:
         rel = plan_file.resolve().relative_to(self.plans_dir.resolve()).as_posix()
         if rel in self.publish.refs:
             return self.publish.refs[rel]
-        name = rel.removesuffix(".hcl").replace("/", "-")
+        name = rel.removesuffix(PLAN_SUFFIX).replace("/", "-")
         return self.publish.ref.format(registry=self.registry.url, name=name)
 
     def vm_arch(self) -> Arch:

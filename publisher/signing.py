@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,12 +155,42 @@ def is_encrypted(data: bytes) -> bool:
     return any(kind in ENCRYPTED_PEM_TYPES for kind, _ in pem_blocks(data))
 
 
-def load_private_key(path: Path, password: bytes | None) -> SigningKey:
+def _read_key(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise KeyFileError(f"cannot read key: {exc.strerror}", where=str(path)) from None
-    return parse_private_key(data, password, source=str(path))
+
+
+def load_private_key(path: Path, password: bytes | None) -> SigningKey:
+    return parse_private_key(_read_key(path), password, source=str(path))
+
+
+_loaded: dict[tuple[Path, int, int, int, int], SigningKey] = {}
+_loading = threading.Lock()
+
+
+def load_key_file(path: Path) -> SigningKey:
+    """The key at ``path``, read and decrypted once per process.
+
+    The password (``$COSIGN_PASSWORD``, else the terminal) is asked for only when the key
+    is encrypted. `cloudboot up` needs the key for publishing, for boot.iso's signature
+    and for the watcher: one scrypt derivation and one prompt, not three. The key is
+    known by the file's identity (device, inode, mtime, size), so a replaced key file is
+    read again (a SIGHUP reload after `cloudboot key generate --force`).
+    """
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read key: {exc.strerror}", where=str(path)) from None
+    identity = (path.resolve(), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    with _loading:
+        key = _loaded.get(identity)
+        if key is None:
+            data = _read_key(path)
+            password = read_password() if is_encrypted(data) else None
+            key = _loaded[identity] = parse_private_key(data, password, source=str(path))
+    return key
 
 
 def sign(key: SigningKey, data: bytes) -> bytes:

@@ -13,6 +13,7 @@ import pytest
 
 from publisher.config import load_config
 from publisher.localregistry import RunningRegistry
+from publisher.workspace import PlanOutcome, PlanPublisher
 from tests.test_watch_support import (
     PLAN,
     running_daemon,
@@ -21,12 +22,11 @@ from tests.test_watch_support import (
     wait_for,
     write_signed_workspace,
 )
-from watcher.watch.publishing import PublisherPlanStage
 
 
 @dataclass(frozen=True)
 class SignedStage:
-    stage: PublisherPlanStage
+    stage: PlanPublisher
     plan: Path
     ref: str
     public: bytes
@@ -46,7 +46,7 @@ def workspace_stage(
     public = write_signed_workspace(root, registry.address)
     config = load_config(root)
     plan = root / "plans" / "demo.hcl"
-    stage = PublisherPlanStage.from_config(config)
+    stage = PlanPublisher.from_config(config)
     return SignedStage(stage, plan, config.plan_ref(plan), public)
 
 
@@ -73,8 +73,8 @@ def test_plan_edits_move_the_signed_tag(
         second = skopeo_digest(ref)
         assert second not in (None, first)
         run = daemon.pipeline.reports[-1].of("plan")[0]
-        assert second == run.detail["digest"]
-        assert run.detail["prepared_ahead"]  # uploaded + signed in the window, tag moved after
+        assert isinstance(run.outcome, PlanOutcome) and second == run.outcome.digest
+        assert run.outcome.prepared_ahead  # uploaded + signed in the window, tag moved after
         assert skopeo_signature_ok(ref.rsplit(":", 1)[0], second, public)
 
         # invalid edit: error with file:line:col, tag unchanged, watcher alive

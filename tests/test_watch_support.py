@@ -21,9 +21,11 @@ import lark
 
 from guest.contract.errors import CloudbootError, Location
 from guest.contract.fsutil import write_atomic
+from publisher.ignore import IgnoreRules
+from publisher.workspace import PlanOutcome
 from watcher.watch.daemon import WatchDaemon, WatchSetup
-from watcher.watch.ignore import IgnoreRules
-from watcher.watch.pipeline import BuildOutcome, PlanOutcome, VmStage
+from watcher.watch.outcomes import BuildOutcome
+from watcher.watch.pipeline import VmStage
 from watcher.watch.status import StatusBook
 
 

@@ -224,7 +224,7 @@ class Agent:
                     where=str(self.paths.embedded_plan),
                 )
             c.log("using the embedded plan /etc/cloud-boot/plan.hcl")
-            return Fetched(self.paths.embedded_plan.read_text(), "/etc/cloud-boot/plan.hcl", None)
+            return self._embedded_plan()
         from guest.agent import fetch
         from guest.contract import oci
 
@@ -238,13 +238,16 @@ class Agent:
                 if not self.paths.embedded_plan.exists():
                     raise
                 c.warn(f"{exc}; falling back to the embedded plan")
-                return Fetched(
-                    self.paths.embedded_plan.read_text(), "/etc/cloud-boot/plan.hcl", None
-                )
+                return self._embedded_plan()
         c.log(f"plan {ref} {resolved.top_digest}")
         with c.step("verify"):
             self._verify(client, ref, resolved.top_digest)
-        return Fetched(data.decode("utf-8"), str(ref), ref)
+        return Fetched(plan.plan_text(data, str(ref)), str(ref), ref)
+
+    def _embedded_plan(self) -> Fetched:
+        source = "/etc/cloud-boot/plan.hcl"
+        data = plan.read_plan_bytes(self.paths.embedded_plan)
+        return Fetched(plan.plan_text(data, source), source, None)
 
     def _verify(self, client: fetch.RegistryClient, ref: oci.Ref, digest: str) -> None:
         from guest.agent import fetch

@@ -18,9 +18,9 @@ from pathlib import Path
 import structlog
 
 from guest.contract.errors import CloudbootError
+from publisher.ignore import IgnoreRules
 from watcher.watch.debounce import Batch, ChangeQueue
 from watcher.watch.events import WorkspaceEventHandler, observe
-from watcher.watch.ignore import IgnoreRules
 from watcher.watch.pipeline import BuildStage, Pipeline, PlanStage, VmStage
 from watcher.watch.sdnotify import Notifier, watchdog_interval
 from watcher.watch.status import StatusBook

@@ -4,6 +4,9 @@ The watcher rewrites the whole file atomically (temp file + rename) after every 
 stage, so a reader never sees a half-written document and needs no socket or lock: last
 event, last run of each stage with its duration and result, published digest per plan,
 VM state. The pid in it tells a reader whether the writer is still alive.
+
+Stages hand over typed outcomes (``watcher.watch.outcomes``); this module is the only
+place they become JSON.
 """
 
 from __future__ import annotations
@@ -13,14 +16,15 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from guest.contract.errors import CloudbootError
 from guest.contract.fsutil import write_atomic
 from watcher.vm.state import pid_alive
+from watcher.watch.outcomes import Outcome, StageResult
 
 STATUS_VERSION = 1
 
@@ -29,23 +33,33 @@ def iso_time(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds")
 
 
-@dataclass(frozen=True)
-class StageResult:
-    """One stage of one run: what it worked on, how long it took, how it ended."""
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
-    stage: str  # "plan", "kernel" or "vm"
-    subject: str  # plan file, recipe or VM name
-    ok: bool
-    duration_ms: float
-    started_at: str
-    detail: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["result"] = "ok" if self.ok else "error"
-        out["duration_ms"] = round(self.duration_ms, 1)
-        return out
+def outcome_json(outcome: Outcome | None) -> dict[str, Any]:
+    """A stage outcome's fields as JSON values: the status file's ``detail``, log fields."""
+    if outcome is None:
+        return {}
+    return {f.name: _plain(getattr(outcome, f.name)) for f in fields(outcome)}
+
+
+def stage_json(result: StageResult) -> dict[str, Any]:
+    """One stage's entry in the status file."""
+    return {
+        "stage": result.stage,
+        "subject": result.subject,
+        "ok": result.ok,
+        "duration_ms": round(result.duration_ms, 1),
+        "started_at": result.started_at,
+        "detail": outcome_json(result.outcome),
+        "error": result.error,
+        "result": "ok" if result.ok else "error",
+    }
 
 
 class StatusBook:
@@ -99,7 +113,7 @@ class StatusBook:
 
     def record_stage(self, result: StageResult) -> None:
         with self._lock:
-            self.data["stages"][result.stage] = result.to_json()
+            self.data["stages"][result.stage] = stage_json(result)
 
     def record_plan(self, rel: str, *, ref: str, digest: str | None, error: str | None) -> None:
         with self._lock:
