@@ -4,16 +4,22 @@ Each section is a frozen dataclass; each field declares its type, default and he
 and that single declaration drives parsing, validation (with the key's path in every
 error), ``cloudboot init``'s commented template and the JSON dump. Paths are resolved
 against the workspace root so the rest of the code never sees a relative path.
+
+Values are checked here and only here: enums (backend, accel), ranges (cpus, memory), the
+MAC and the architectures are parsed by the setting's ``parse`` hook, so a ``Config``
+holds only valid, typed values and its users (``watcher.vm.spec`` ...) never re-check.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import re
+import sys
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,18 +36,68 @@ class ConfigError(CloudbootError):
     pass
 
 
-def setting(default: Any, help: str, *, must_exist: bool = False) -> Any:
-    """Declare one setting: its default, its help text, whether a path must exist."""
-    meta = {"help": help, "must_exist": must_exist}
+#: Turns a value (each item of a list) into the setting's value; ValueError says why not.
+Parse = Callable[[Any], Any]
+
+
+def setting(
+    default: Any, help: str, *, must_exist: bool = False, parse: Parse | None = None
+) -> Any:
+    """Declare one setting: default, help text, whether a path must exist, a parse hook.
+
+    ``parse`` gets the TOML value (for a list: each item) once it has the declared basic
+    type (a string for enums and arches); its ValueError becomes a ConfigError naming the
+    key and the file.
+    """
+    meta = {"help": help, "must_exist": must_exist, "parse": parse}
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
+def at_least(minimum: int) -> Parse:
+    def check(value: int) -> int:
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return check
+
+
+_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+def mac_address(value: str) -> str:
+    """A fixed unicast-style MAC, lower case (vfkit has no ``mac=auto``)."""
+    if not _MAC.match(value):
+        raise ValueError(
+            f"expected a fixed MAC like 52:54:00:12:34:56, got {value!r} (vfkit rejects mac=auto)"
+        )
+    return value.lower()
+
+
 class Backend(enum.Enum):
+    """The VM backend; ``auto`` is resolved per host by :meth:`resolve`."""
+
     AUTO = "auto"
     QEMU = "qemu"
     VFKIT = "vfkit"
+
+    @classmethod
+    def for_host(cls, platform: str = sys.platform) -> Backend:
+        """vfkit on macOS (Virtualization.framework), QEMU everywhere else."""
+        return cls.VFKIT if platform == "darwin" else cls.QEMU
+
+    def resolve(self, platform: str = sys.platform) -> Backend:
+        return Backend.for_host(platform) if self is Backend.AUTO else self
+
+
+class Accel(enum.Enum):
+    """QEMU's accelerator; ``auto`` is KVM when /dev/kvm works (decided at launch)."""
+
+    AUTO = "auto"
+    KVM = "kvm"
+    TCG = "tcg"
 
 
 @dataclass(frozen=True)
@@ -79,23 +135,29 @@ class BuildSection:
     iso: Path = setting(Path("build/boot.iso"), "Where `cloudboot build` writes boot.iso.")
     cache_disk: Path = setting(Path("build/menu-cache.raw"), "The writable cache disk.")
     cache_disk_size_mib: int = setting(256, "Size of a new cache disk in MiB.")
-    arches: list[str] = setting(["x86_64"], "Architectures baked into boot.iso.")
+    arches: list[Arch] = setting(
+        [Arch.X86_64], "Architectures baked into boot.iso.", parse=Arch.parse
+    )
 
 
 @dataclass(frozen=True)
 class VmSection:
     backend: Backend = setting(Backend.AUTO, "auto (vfkit on macOS, qemu elsewhere), qemu, vfkit.")
-    arch: str = setting("", "Guest architecture; empty means the host's.")
-    cpus: int = setting(2, "Virtual CPUs.")
-    memory_mib: int = setting(1024, "Guest memory in MiB.")
+    arch: Arch | None = setting(
+        None, "Guest architecture; empty means the host's.", parse=Arch.parse
+    )
+    cpus: int = setting(2, "Virtual CPUs.", parse=at_least(1))
+    memory_mib: int = setting(1024, "Guest memory in MiB.", parse=at_least(128))
     disks: list[Path] = setting([], "Extra disks (raw), e.g. the chained distro.", must_exist=True)
-    mac: str = setting("52:54:00:c1:0b:01", "Fixed MAC of the NIC (vfkit rejects mac=auto).")
+    mac: str = setting(
+        "52:54:00:c1:0b:01", "Fixed MAC of the NIC (vfkit rejects mac=auto).", parse=mac_address
+    )
     gui: bool = setting(False, "Show a graphical console.")
     state_dir: Path = setting(Path(".cloudboot/vm"), "NVRAM store, serial log, sockets, pidfile.")
     nvram: Path | None = setting(None, "NVRAM variable store; default <state_dir>/nvram.fd.")
     serial_log: Path | None = setting(None, "Serial log; default <state_dir>/serial.log.")
-    accel: str = setting(
-        "auto", "QEMU accelerator: auto (KVM when /dev/kvm works, else TCG), kvm or tcg."
+    accel: Accel = setting(
+        Accel.AUTO, "QEMU accelerator: auto (KVM when /dev/kvm works, else TCG), kvm or tcg."
     )
     stop_timeout_ms: int = setting(
         1000,
@@ -132,7 +194,7 @@ class Config:
     @property
     def where(self) -> str:
         """How an error about a setting names the config: its file (or the default name)."""
-        return str(self.source) if self.source else CONFIG_NAME
+        return _where(self.source)
 
     @property
     def plans_dir(self) -> Path:
@@ -151,11 +213,11 @@ class Config:
         return self.publish.ref.format(registry=self.registry.url, name=name)
 
     def vm_arch(self) -> Arch:
-        return Arch.parse(self.vm.arch) if self.vm.arch else Arch.host()
+        return self.vm.arch or Arch.host()
 
     def media_arches(self) -> list[Arch]:
         """``[build].arches``, plus the VM's arch if missing: the VM must boot our boot.iso."""
-        arches = [Arch.parse(a) for a in self.build.arches]
+        arches = list(self.build.arches)
         return arches if self.vm_arch() in arches else [*arches, self.vm_arch()]
 
     def to_json(self) -> dict[str, Any]:
@@ -205,8 +267,15 @@ def _type_name(tp: Any) -> str:
     return str(tp)
 
 
-def _convert(value: Any, tp: Any, key: str, root: Path, where: str) -> Any:
-    """Check ``value`` against the declared type and convert it (paths resolved)."""
+def _convert(
+    value: Any, tp: Any, key: str, root: Path, where: str, parse: Parse | None = None
+) -> Any:
+    """Check ``value`` against the declared type and convert it (paths resolved).
+
+    With a ``parse`` hook, each leaf value (a list's items) goes through it after the
+    basic type check; a leaf of a type TOML has no name for (an enum, Arch) must be a
+    string that the hook turns into it.
+    """
 
     def fail() -> ConfigError:
         shown = repr(value) if not isinstance(value, str) else f'"{value}"'
@@ -216,7 +285,19 @@ def _convert(value: Any, tp: Any, key: str, root: Path, where: str) -> Any:
 
     if isinstance(tp, types.UnionType):  # X | None
         (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return None if value in (None, "") else _convert(value, inner, key, root, where)
+        return None if value in (None, "") else _convert(value, inner, key, root, where, parse)
+    origin = typing.get_origin(tp)
+    if parse is not None and origin is None:
+        if tp in (bool, int, str, Path):
+            basic = _convert(value, tp, key, root, where)
+        elif isinstance(value, str):
+            basic = value
+        else:
+            raise fail()
+        try:
+            return parse(basic)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}", where=where) from None
     if tp is bool:
         if not isinstance(value, bool):
             raise fail()
@@ -241,12 +322,11 @@ def _convert(value: Any, tp: Any, key: str, root: Path, where: str) -> Any:
             return tp(value)
         except ValueError:
             raise fail() from None
-    origin = typing.get_origin(tp)
     if origin is list:
         if not isinstance(value, list):
             raise fail()
         (item,) = typing.get_args(tp)
-        return [_convert(v, item, f"{key}[{i}]", root, where) for i, v in enumerate(value)]
+        return [_convert(v, item, f"{key}[{i}]", root, where, parse) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise fail()
@@ -272,7 +352,7 @@ def _load_section(cls: type, raw: Mapping[str, Any], name: str, root: Path, wher
     for fname, f in fields.items():
         tp = hints[fname]
         if fname in raw:
-            value = _convert(raw[fname], tp, f"[{name}].{fname}", root, where)
+            value = _convert(raw[fname], tp, f"[{name}].{fname}", root, where, f.metadata["parse"])
             if f.metadata.get("must_exist"):
                 paths = value if isinstance(value, list) else [value]
                 for i, p in enumerate(paths):
@@ -290,8 +370,12 @@ def _load_section(cls: type, raw: Mapping[str, Any], name: str, root: Path, wher
     return cls(**values)
 
 
+def _where(source: Path | None) -> str:
+    return str(source) if source else CONFIG_NAME
+
+
 def parse_config(data: Mapping[str, Any], root: Path, source: Path | None = None) -> Config:
-    where = str(source) if source else CONFIG_NAME
+    where = _where(source)
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
         raise ConfigError(
@@ -303,19 +387,7 @@ def parse_config(data: Mapping[str, Any], root: Path, source: Path | None = None
         if not isinstance(raw, dict):
             raise ConfigError(f"[{name}]: expected a table, got {type(raw).__name__}", where=where)
         sections[name] = _load_section(cls, raw, name, root, where)
-    config = Config(root=root, source=source, **sections)
-    vm: VmSection = sections["vm"]
-    if vm.arch:
-        try:
-            Arch.parse(vm.arch)
-        except ValueError as exc:
-            raise ConfigError(f"[vm].arch: {exc}", where=where) from None
-    for i, arch in enumerate(sections["build"].arches):
-        try:
-            Arch.parse(arch)
-        except ValueError as exc:
-            raise ConfigError(f"[build].arches[{i}]: {exc}", where=where) from None
-    return config
+    return Config(root=root, source=source, **sections)
 
 
 def find_workspace(start: Path) -> Path:

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from guest.contract.arch import Arch
+from publisher.config import Backend
 from tests.test_vm_lifecycle import STOP_TIMEOUT, make_spec, wait_until
 from watcher.vm import VmState, open_backend
 from watcher.vm.firmware import find_firmware
-from watcher.vm.spec import BackendKind
 from watcher.vm.state import process_cmdline
 
 pytestmark = [
@@ -33,7 +33,7 @@ def sha(path: Path) -> str:
 
 
 def test_aarch64_vm_boots_firmware_and_resets(tmp_path: Path) -> None:
-    spec = dataclasses.replace(make_spec(tmp_path, BackendKind.QEMU), arch=Arch.AARCH64)
+    spec = dataclasses.replace(make_spec(tmp_path, Backend.QEMU), arch=Arch.AARCH64)
     backend = open_backend(spec)
     template = find_firmware(Arch.AARCH64).vars_template
     try:

@@ -20,11 +20,11 @@ import pytest
 from virt.firmware.varstore.edk2 import Edk2VarStore
 
 from guest.contract.arch import Arch
+from publisher.config import Accel, Backend
 from tests.conftest import REPO
 from watcher.vm import VmBackend, VmError, VmSpec, VmState, open_backend
 from watcher.vm.firmware import find_firmware
 from watcher.vm.qmp import QmpClient
-from watcher.vm.spec import Accel, BackendKind
 from watcher.vm.state import process_cmdline
 from watcher.vm.supervisor import Action, Supervisor
 
@@ -38,7 +38,7 @@ def host_arch() -> Arch:
     return Arch.host()
 
 
-def make_spec(root: Path, kind: BackendKind) -> VmSpec:
+def make_spec(root: Path, kind: Backend) -> VmSpec:
     (root / "boot.iso").write_bytes(bytes(1 << 20))
     (root / "cache.raw").write_bytes(bytes(1 << 20))
     state_dir = root / "vm"
@@ -82,12 +82,12 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture(params=[BackendKind.QEMU, BackendKind.VFKIT], ids=["qemu", "vfkit"])
+@pytest.fixture(params=[Backend.QEMU, Backend.VFKIT], ids=["qemu", "vfkit"])
 def backend(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[VmBackend]:
-    kind: BackendKind = request.param
-    if kind is BackendKind.VFKIT:
+    kind: Backend = request.param
+    if kind is Backend.VFKIT:
         monkeypatch.setenv("CLOUDBOOT_VFKIT", str(STANDIN))
     vm = open_backend(make_spec(tmp_path, kind))
     try:
@@ -100,7 +100,7 @@ def backend(
 def test_up_status_restart_reset_and_supervision(backend: VmBackend) -> None:
     spec = backend.spec
     template = find_firmware(spec.arch).vars_template
-    names = {BackendKind.QEMU: "qemu-system", BackendKind.VFKIT: "vfkit"}[spec.backend]
+    names = {Backend.QEMU: "qemu-system", Backend.VFKIT: "vfkit"}[spec.backend]
 
     # up: a fresh store from the template, which the firmware then writes to
     st = backend.up()
@@ -165,7 +165,7 @@ def test_up_status_restart_reset_and_supervision(backend: VmBackend) -> None:
     # store is removed so the next launch passes `create`
     set_marker(spec.nvram)
     backend.reset_nvram()
-    if spec.backend is BackendKind.QEMU:
+    if spec.backend is Backend.QEMU:
         assert spec.nvram.read_bytes() == template.read_bytes()
         assert backend.status().nvram.pristine is True
     else:
@@ -195,7 +195,7 @@ def test_guest_reboot_keeps_nvram(backend: VmBackend, monkeypatch: pytest.Monkey
     the store keeps what the guest staged, so the firmware boots the staged Boot0001."""
     spec = backend.spec
     qmp_socket = spec.control_socket
-    if spec.backend is BackendKind.VFKIT:  # reach the QEMU inside the stand-in
+    if spec.backend is Backend.VFKIT:  # reach the QEMU inside the stand-in
         qmp_socket = spec.state_dir / "standin-qmp.sock"
         monkeypatch.setenv("VFKIT_STANDIN_QMP_SOCKET", str(qmp_socket))
     backend.up()
@@ -206,7 +206,7 @@ def test_guest_reboot_keeps_nvram(backend: VmBackend, monkeypatch: pytest.Monkey
 
     with QmpClient(qmp_socket) as qmp:  # the reset a rebooting guest causes
         qmp.execute("system_reset")
-    if spec.backend is BackendKind.QEMU:
+    if spec.backend is Backend.QEMU:
         time.sleep(1)
         assert backend.status().pid == pid and supervisor.poll() is Action.NONE
     else:  # Apple VZ may report a guest reboot as a stop: vfkit exits

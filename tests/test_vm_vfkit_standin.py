@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 from virt.firmware.varstore.edk2 import Edk2VarStore
 
+from publisher.config import Backend
 from publisher.run import run, spawn
 from tests.test_vm_lifecycle import STANDIN, has_marker, make_spec, set_marker, wait_until
 from watcher.vm.firmware import find_firmware
-from watcher.vm.spec import BackendKind, VmSpec
+from watcher.vm.spec import VmSpec
 from watcher.vm.state import read_pidfile
 from watcher.vm.vfkit import VfkitRest, _UnixHTTPConnection, vfkit_argv
 
@@ -28,7 +29,7 @@ from watcher.vm.vfkit import VfkitRest, _UnixHTTPConnection, vfkit_argv
 def standin_spec(root: Path) -> VmSpec:
     """The lifecycle tests' VM on the vfkit backend, its state dir already there (the
     stand-in is started by hand here, not through the backend that would create it)."""
-    spec = make_spec(root, BackendKind.VFKIT)
+    spec = make_spec(root, Backend.VFKIT)
     spec.state_dir.mkdir(exist_ok=True)
     return spec
 

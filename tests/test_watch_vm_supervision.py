@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from publisher.config import Backend
 from tests.test_vm_lifecycle import (
     STANDIN,
     STOP_TIMEOUT,
@@ -21,7 +22,6 @@ from tests.test_vm_lifecycle import (
 )
 from watcher.vm import VmState, open_backend
 from watcher.vm.qmp import QmpClient
-from watcher.vm.spec import BackendKind
 from watcher.vm.state import process_cmdline
 from watcher.watch.adapters import BackendVmStage
 
@@ -32,7 +32,7 @@ def test_guest_reboot_under_vfkit_is_relaunched_with_nvram_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CLOUDBOOT_VFKIT", str(STANDIN))
-    spec = make_spec(tmp_path, BackendKind.VFKIT)
+    spec = make_spec(tmp_path, Backend.VFKIT)
     qmp_socket = spec.state_dir / "standin-qmp.sock"
     monkeypatch.setenv("VFKIT_STANDIN_QMP_SOCKET", str(qmp_socket))
     backend = open_backend(spec)
@@ -70,5 +70,5 @@ def test_guest_reboot_under_vfkit_is_relaunched_with_nvram_kept(
 
 def test_qemu_stage_is_not_supervised(tmp_path: Path) -> None:
     """QEMU reboots guests in place; its exit means the guest powered off: leave it off."""
-    stage = BackendVmStage(open_backend(make_spec(tmp_path, BackendKind.QEMU)))
+    stage = BackendVmStage(open_backend(make_spec(tmp_path, Backend.QEMU)))
     assert stage.supervisor is None

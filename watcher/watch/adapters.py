@@ -15,12 +15,11 @@ from pathlib import Path
 import structlog
 
 from guest.contract.errors import CloudbootError
-from publisher.config import Config, load_config
+from publisher.config import Backend, Config, load_config
 from publisher.ignore import IgnoreRules
 from publisher.registry import client_from_config
 from publisher.signing import SigningKey
 from watcher.vm import VmBackend, VmState
-from watcher.vm.spec import BackendKind
 from watcher.vm.supervisor import Supervisor
 from watcher.watch.daemon import WatchSetup
 from watcher.watch.pipeline import BuildStage, PlanStage
@@ -52,7 +51,7 @@ class BackendVmStage:
         self._started_by_watcher = False
         self._seen = False
         if supervise is None:
-            supervise = backend.spec.backend is BackendKind.VFKIT
+            supervise = backend.spec.backend is Backend.VFKIT
         self.supervisor = Supervisor(backend) if supervise else None
         self._supervision_stop = threading.Event()
         self._supervision: threading.Thread | None = None
