@@ -34,7 +34,7 @@ import structlog  # noqa: E402
 from bench.results import Row, add_report_options, emit  # noqa: E402
 from publisher.config import Accel, Backend  # noqa: E402
 from publisher.run import spawn  # noqa: E402
-from tests.test_vm_lifecycle import make_spec  # noqa: E402
+from tests.helpers import make_spec  # noqa: E402
 from watcher.vm import open_backend  # noqa: E402
 from watcher.vm.firmware import find_firmware  # noqa: E402
 from watcher.vm.nvram import restore_template  # noqa: E402

@@ -162,10 +162,6 @@ def _read_key(path: Path) -> bytes:
         raise KeyFileError(f"cannot read key: {exc.strerror}", where=str(path)) from None
 
 
-def load_private_key(path: Path, password: bytes | None) -> SigningKey:
-    return parse_private_key(_read_key(path), password, source=str(path))
-
-
 _loaded: dict[tuple[Path, int, int, int, int], SigningKey] = {}
 _loading = threading.Lock()
 

@@ -20,8 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from guest.agent.fetch import (
     Credentials,
@@ -35,96 +33,12 @@ from guest.agent.fetch import (
 from guest.contract import cosign, oci
 from publisher.localregistry import RegistryTls, RunningRegistry, local_registry
 from publisher.run import run
+from tests.helpers import new_key, push_blob, push_manifest, push_plan, sign
 
 PLAN = b'default_target = "t"\ntarget "t" {\n  disk { device = "LABEL=root" }\n}\n'
 
 
 # ---- raw-HTTP pushing (the test's own, independent of publisher/) -----------------------
-
-
-def _request(
-    url: str,
-    method: str,
-    data: bytes | None = None,
-    headers: dict[str, str] | None = None,
-    context: ssl.SSLContext | None = None,
-) -> tuple[int, dict[str, str]]:
-    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    with urllib.request.urlopen(req, context=context) as resp:
-        return resp.status, dict(resp.headers)
-
-
-def push_blob(
-    base: str,
-    repo: str,
-    data: bytes,
-    headers: dict[str, str] | None = None,
-    context: ssl.SSLContext | None = None,
-) -> oci.Descriptor:
-    digest = oci.digest_of(data)
-    _status, got = _request(f"{base}/v2/{repo}/blobs/uploads/", "POST", b"", headers, context)
-    location = got["Location"]
-    if location.startswith("/"):
-        location = base + location
-    sep = "&" if "?" in location else "?"
-    _request(
-        f"{location}{sep}digest={digest}",
-        "PUT",
-        data,
-        {**(headers or {}), "Content-Type": "application/octet-stream"},
-        context,
-    )
-    return oci.Descriptor("application/octet-stream", digest, len(data))
-
-
-def push_manifest(
-    base: str,
-    repo: str,
-    reference: str,
-    data: bytes,
-    media_type: str,
-    headers: dict[str, str] | None = None,
-    context: ssl.SSLContext | None = None,
-) -> str:
-    _request(
-        f"{base}/v2/{repo}/manifests/{reference}",
-        "PUT",
-        data,
-        {**(headers or {}), "Content-Type": media_type},
-        context,
-    )
-    return oci.digest_of(data)
-
-
-def push_plan(base: str, repo: str, tag: str, plan: bytes, **kw: object) -> str:
-    manifest, config = oci.plan_manifest(plan, "plan.hcl")
-    push_blob(base, repo, config, **kw)  # type: ignore[arg-type]
-    push_blob(base, repo, plan, **kw)  # type: ignore[arg-type]
-    return push_manifest(base, repo, tag, bytes(manifest), oci.MEDIA_MANIFEST, **kw)  # type: ignore[arg-type]
-
-
-def new_key() -> tuple[ec.EllipticCurvePrivateKey, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    pem = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return key, pem
-
-
-def sign(
-    base: str,
-    repo: str,
-    identity: str,
-    digest: str,
-    key: ec.EllipticCurvePrivateKey,
-    payload: bytes | None = None,
-) -> None:
-    data = payload or cosign.payload(identity, digest)
-    sig = base64.b64encode(key.sign(data, ec.ECDSA(hashes.SHA256()))).decode()
-    manifest, config = cosign.signature_manifest([(data, sig)])
-    push_blob(base, repo, config)
-    push_blob(base, repo, data)
-    push_manifest(base, repo, cosign.signature_tag(digest), bytes(manifest), oci.MEDIA_MANIFEST)
 
 
 # ---- tests -------------------------------------------------------------------------------

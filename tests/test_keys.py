@@ -27,10 +27,11 @@ from publisher.signing import (
     KeyFileError,
     encrypt_private_key,
     generate_key_pair,
-    load_private_key,
+    load_key_file,
     parse_private_key,
     sign_blob,
 )
+from tests.helpers import load_private_key
 
 BIN = Path(sys.executable).parent
 
@@ -95,7 +96,7 @@ def test_wrong_password_and_missing_password_name_the_file(tmp_path: Path) -> No
     with pytest.raises(KeyFileError, match="COSIGN_PASSWORD"):
         load_private_key(path, None)
     with pytest.raises(KeyFileError, match="cannot read key"):
-        load_private_key(tmp_path / "absent.key", b"x")
+        load_key_file(tmp_path / "absent.key")
 
 
 def test_plain_and_legacy_keys_are_read() -> None:

@@ -18,7 +18,7 @@ from publisher.push import InvalidPlanError, publish_plan
 from publisher.registry import RegistryClient
 from publisher.signing import generate_key_pair, parse_private_key
 from publisher.workspace import PlanPublisher, publish_workspace
-from tests.test_watch_support import write_signed_workspace
+from tests.helpers import write_signed_workspace
 
 BIN = Path(sys.executable).parent
 #: "\xff" is at byte offset 34: line 2, column 14.

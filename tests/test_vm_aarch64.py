@@ -15,7 +15,7 @@ import pytest
 
 from guest.contract.arch import Arch
 from publisher.config import Backend
-from tests.test_vm_lifecycle import STOP_TIMEOUT, make_spec, wait_until
+from tests.helpers import STOP_TIMEOUT, make_spec, wait_for
 from watcher.vm import VmState, open_backend
 from watcher.vm.firmware import find_firmware
 from watcher.vm.state import process_cmdline
@@ -42,7 +42,7 @@ def test_aarch64_vm_boots_firmware_and_resets(tmp_path: Path) -> None:
         cmd = process_cmdline(status.pid or 0) or []
         assert cmd[0].endswith("qemu-system-aarch64") and "virt" in " ".join(cmd)
         # AAVMF reaches its boot manager: it found nothing bootable on our blank disks.
-        wait_until(
+        wait_for(
             lambda: "BdsDxe" in spec.serial_log.read_text(errors="replace"), 90, "AAVMF output"
         )
         assert backend.down(STOP_TIMEOUT)

@@ -13,69 +13,18 @@ import hashlib
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from virt.firmware.varstore.edk2 import Edk2VarStore
 
-from guest.contract.arch import Arch
-from publisher.config import Accel, Backend
-from tests.conftest import REPO
-from watcher.vm import VmBackend, VmError, VmSpec, VmState, open_backend
+from publisher.config import Backend
+from tests.helpers import STANDIN, STOP_TIMEOUT, has_marker, make_spec, set_marker, wait_for
+from watcher.vm import VmBackend, VmError, VmState, open_backend
 from watcher.vm.firmware import find_firmware
 from watcher.vm.qmp import QmpClient
 from watcher.vm.state import process_cmdline
 from watcher.vm.supervisor import Action, Supervisor
-
-STANDIN = REPO / "tests" / "vfkit_standin" / "vfkit"
-MARKER = "CloudbootTestMarker"
-#: What a guest that ignores ACPI (firmware, our agent) gets before the hard stop.
-STOP_TIMEOUT = 1.0
-
-
-def host_arch() -> Arch:
-    return Arch.host()
-
-
-def make_spec(root: Path, kind: Backend) -> VmSpec:
-    (root / "boot.iso").write_bytes(bytes(1 << 20))
-    (root / "cache.raw").write_bytes(bytes(1 << 20))
-    state_dir = root / "vm"
-    return VmSpec(
-        arch=host_arch(),
-        cpus=1,
-        memory_mib=256,
-        iso=root / "boot.iso",
-        cache_disk=root / "cache.raw",
-        disks=(),
-        mac="52:54:00:c1:0b:01",
-        gui=False,
-        nvram=state_dir / "nvram.fd",
-        serial_log=state_dir / "serial.log",
-        state_dir=state_dir,
-        backend=kind,
-        accel=Accel.TCG,
-    )
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
-
-
-def set_marker(store: Path) -> None:
-    vars_file = Edk2VarStore(str(store))
-    varlist = vars_file.get_varlist()
-    varlist.set_uint32(MARKER, 0xC10B)
-    vars_file.write_varstore(str(store), varlist)
-
-
-def has_marker(store: Path) -> bool:
-    return MARKER in Edk2VarStore(str(store)).get_varlist()
 
 
 def sha(path: Path) -> str:
@@ -106,8 +55,8 @@ def test_up_status_restart_reset_and_supervision(backend: VmBackend) -> None:
     st = backend.up()
     assert st.state is VmState.RUNNING and st.pid is not None
     assert names in " ".join(process_cmdline(st.pid) or [])
-    wait_until(lambda: sha(spec.nvram) != sha(template), 90, "the firmware to write NVRAM")
-    wait_until(
+    wait_for(lambda: sha(spec.nvram) != sha(template), 90, "the firmware to write NVRAM")
+    wait_for(
         lambda: any("BdsDxe" in line for line in backend.status().serial_tail),
         60,
         "the boot manager on the serial log",
@@ -141,7 +90,7 @@ def test_up_status_restart_reset_and_supervision(backend: VmBackend) -> None:
         killed = backend.status().pid
         assert killed is not None
         os.kill(killed, signal.SIGKILL)
-        wait_until(lambda: backend.status().state is VmState.EXITED, 10, "the kill to show")
+        wait_for(lambda: backend.status().state is VmState.EXITED, 10, "the kill to show")
         assert backend.status().pid is None
         assert supervisor.poll() is expected
         if expected is Action.WAITING:  # a second stop in a row: relaunch backed off
@@ -210,7 +159,7 @@ def test_guest_reboot_keeps_nvram(backend: VmBackend, monkeypatch: pytest.Monkey
         time.sleep(1)
         assert backend.status().pid == pid and supervisor.poll() is Action.NONE
     else:  # Apple VZ may report a guest reboot as a stop: vfkit exits
-        wait_until(lambda: backend.status().state is VmState.EXITED, 10, "vfkit to exit")
+        wait_for(lambda: backend.status().state is VmState.EXITED, 10, "vfkit to exit")
         assert supervisor.poll() is Action.RELAUNCHED
         assert backend.status().state is VmState.RUNNING and backend.status().pid != pid
         assert "--bootloader" in (cmd := process_cmdline(backend.status().pid or 0) or [])

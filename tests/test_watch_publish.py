@@ -13,8 +13,8 @@ import pytest
 
 from publisher.config import load_config
 from publisher.localregistry import RunningRegistry
-from publisher.workspace import PlanOutcome, PlanPublisher
-from tests.test_watch_support import (
+from publisher.workspace import PlanPublisher
+from tests.helpers import (
     PLAN,
     running_daemon,
     skopeo_digest,
@@ -72,15 +72,15 @@ def test_plan_edits_move_the_signed_tag(
         wait_for(lambda: daemon.pipeline.runs == 2, what="publish of the edit")
         second = skopeo_digest(ref)
         assert second not in (None, first)
-        run = daemon.pipeline.reports[-1].of("plan")[0]
-        assert isinstance(run.outcome, PlanOutcome) and second == run.outcome.digest
-        assert run.outcome.prepared_ahead  # uploaded + signed in the window, tag moved after
+        run = daemon.status.data["stages"]["plan"]["detail"]
+        assert run["digest"] == second
+        assert run["prepared_ahead"]  # uploaded + signed in the window, tag moved after
         assert skopeo_signature_ok(ref.rsplit(":", 1)[0], second, public)
 
         # invalid edit: error with file:line:col, tag unchanged, watcher alive
         plan.write_text(PLAN.replace('default_target = "a"', 'default_target = "nope"'))
         wait_for(lambda: daemon.pipeline.runs == 3, what="invalid run")
-        error = daemon.pipeline.reports[-1].of("plan")[0].error or ""
+        error = daemon.status.data["stages"]["plan"]["error"] or ""
         assert error.startswith(f"{plan}:1:"), error
         assert "nope" in error
         assert skopeo_digest(ref) == second

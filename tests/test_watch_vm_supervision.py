@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from publisher.config import Backend
-from tests.test_vm_lifecycle import (
+from tests.helpers import (
     STANDIN,
     STOP_TIMEOUT,
     has_marker,
     make_spec,
     set_marker,
-    wait_until,
+    wait_for,
 )
 from watcher.vm import VmState, open_backend
 from watcher.vm.qmp import QmpClient
@@ -48,7 +48,7 @@ def test_guest_reboot_under_vfkit_is_relaunched_with_nvram_kept(
         pid = backend.up().pid
         with QmpClient(qmp_socket) as qmp:  # the reboot the guest agent ends with
             qmp.execute("system_reset")
-        wait_until(
+        wait_for(
             lambda: backend.status().state is VmState.RUNNING and backend.status().pid != pid,
             30,
             "the supervisor to relaunch vfkit",

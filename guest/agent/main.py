@@ -24,8 +24,7 @@ from guest.agent import blockdev, stage, template
 from guest.agent.cmdline import CosignPolicy, Options, parse_cmdline
 from guest.agent.console import Console
 from guest.agent.lease import Lease, choose_dns, resolv_conf
-from guest.agent.machine import Paths as Paths
-from guest.agent.machine import System as System
+from guest.agent.machine import Paths, System
 from guest.contract import plan
 from guest.contract.arch import Arch
 from guest.contract.efi.efivarfs import EfiVarStore

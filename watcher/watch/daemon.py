@@ -10,7 +10,6 @@ this watcher started itself.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,7 +178,7 @@ class WatchDaemon:
         try:
             if self.initial_run:
                 everything = self.pipeline.everything()
-                self.pipeline.run_batch(Batch(frozenset(everything), 0, time.monotonic()))
+                self.pipeline.run_batch(Batch(frozenset(everything), 0))
             else:
                 self.pipeline.prime()
             self.status.set_state("idle")

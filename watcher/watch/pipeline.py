@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,19 +98,15 @@ class Work:
 
 @dataclass(frozen=True)
 class RunReport:
-    """One pipeline run: the batch it served and each stage's result, in order."""
+    """One pipeline run: each stage's result, in order."""
 
     number: int
-    batch_events: int
     stages: list[StageResult]
     duration_ms: float
 
     @property
     def ok(self) -> bool:
         return all(s.ok for s in self.stages)
-
-    def of(self, stage: str) -> list[StageResult]:
-        return [s for s in self.stages if s.stage == stage]
 
 
 class Pipeline:
@@ -136,9 +131,7 @@ class Pipeline:
         self.rules = rules or IgnoreRules()
         self.should_stop = should_stop
         self.hashes: dict[Path, str] = {}  # content last handled successfully
-        self.reports: deque[RunReport] = deque(maxlen=100)
         self.runs = 0
-        self.on_run: Callable[[RunReport], None] | None = None
 
     # -- what changed -------------------------------------------------------------------
 
@@ -214,9 +207,9 @@ class Pipeline:
             log.debug("batch without content changes", events=batch.events)
             self.status.flush()
             return None
-        return self.run(work, events=batch.events)
+        return self.run(work)
 
-    def run(self, work: Work, *, events: int = 0) -> RunReport:
+    def run(self, work: Work) -> RunReport:
         number = self.runs + 1
         started = time.time()
         t0 = time.perf_counter()
@@ -239,8 +232,7 @@ class Pipeline:
         if produced and self.vm_stage is not None and not self.should_stop():
             stages.append(self._restart_vm())
         duration = (time.perf_counter() - t0) * 1000
-        report = RunReport(number, events, stages, duration)
-        self.reports.append(report)
+        report = RunReport(number, stages, duration)
         self.runs = number  # counted once complete, so a reader seeing N sees N finished runs
         self.status.record_run(started, duration, report.ok, [s.stage for s in stages])
         self.status.set_state("idle")
@@ -251,8 +243,6 @@ class Pipeline:
             duration_ms=round(duration, 1),
             stages=[f"{s.stage}:{'ok' if s.ok else 'error'}" for s in stages],
         )
-        if self.on_run:
-            self.on_run(report)
         return report
 
     def _timed(self, stage: StageName, subject: str, body: Callable[[], Outcome]) -> StageResult:
