@@ -9,13 +9,8 @@ against the registry, not against our own publisher. Signatures are made with
 from __future__ import annotations
 
 import base64
-import contextlib
-import http.server
-import json
 import ssl
 import subprocess
-import threading
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +28,7 @@ from guest.agent.fetch import (
 from guest.contract import cosign, oci
 from publisher.localregistry import RegistryTls, RunningRegistry, local_registry
 from publisher.run import run
+from tests.bearer_front import MIXED, PLAIN, bearer_front
 from tests.helpers import new_key, push_blob, push_manifest, push_plan, sign
 
 PLAN = b'default_target = "t"\ntarget "t" {\n  disk { device = "LABEL=root" }\n}\n'
@@ -190,69 +186,11 @@ def test_basic_auth_over_tls(basic_registry: tuple[RunningRegistry, ssl.SSLConte
     assert "s3cret" not in repr(good.credentials)
 
 
-class _BearerFront(http.server.BaseHTTPRequestHandler):
-    """A registry front that wants bearer tokens (and a token server at /token)."""
-
-    upstream = ""
-    token = "tok-123"
-    issued = 0
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        if self.path.startswith("/token"):
-            want = "Basic " + base64.b64encode(b"bob:pw").decode()
-            if self.headers.get("Authorization") != want or "scope=repository" not in self.path:
-                self.send_response(401)
-                self.end_headers()
-                return
-            type(self).issued += 1
-            body = json.dumps({"access_token": self.token}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            return
-        if self.headers.get("Authorization") != f"Bearer {self.token}":
-            host = self.headers["Host"]
-            self.send_response(401)
-            self.send_header(
-                "WWW-Authenticate",
-                f'Bearer realm="http://{host}/token",service="test",'
-                'scope="repository:plans/web:pull"',
-            )
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        req = urllib.request.Request(
-            self.upstream + self.path, headers={"Accept": self.headers.get("Accept", "*/*")}
-        )
-        with urllib.request.urlopen(req) as resp:
-            body = resp.read()
-            self.send_response(resp.status)
-            self.send_header("Content-Type", resp.headers.get("Content-Type", ""))
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-
-@contextlib.contextmanager
-def _bearer_front(upstream: str) -> Iterator[str]:
-    handler = type("Front", (_BearerFront,), {"upstream": upstream, "issued": 0})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_bearer_token_flow(registry: RunningRegistry) -> None:
+@pytest.mark.parametrize("challenge", [PLAIN, MIXED], ids=["plain", "mixed"])
+def test_bearer_token_flow(registry: RunningRegistry, challenge: str) -> None:
     push_plan(registry.url, "plans/web", "latest", PLAN)
-    with _bearer_front(registry.url) as front:
+    settings = {"challenge": challenge, "user": "bob:pw", "token_field": "access_token"}
+    with bearer_front(registry.url, **settings) as (front, _handler):
         ref = oci.parse_ref(f"{front}/plans/web")
         with pytest.raises(FetchError, match="token server answered HTTP 401"):
             pull_plan(RegistryClient(), ref, "amd64")
