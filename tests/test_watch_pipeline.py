@@ -1,6 +1,6 @@
 """The watcher's scheduling with the real watchdog observer on a real directory.
 
-Stages are simple but real (see test_watch_support): the plan stage parses HCL with the
+Stages are simple but real (see tests/helpers.py): the plan stage parses HCL with the
 real parser and writes its output atomically; what is asserted is what a user would see:
 which content got published, how many runs happened, what the status file says.
 """

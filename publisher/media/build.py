@@ -264,5 +264,5 @@ def build_boot_iso(
     with stages.stage("rename"):
         if sig is not None and signature is not None:
             write_atomic(sig, signature.encode(), durable=True)
-        stamp.write_text(print_)
+        write_atomic(stamp, print_.encode())  # a torn stamp would only force a rebuild
     return BuildResult(out, sig, False, arches, stages.timings, out.stat().st_size)
