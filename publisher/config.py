@@ -3,7 +3,8 @@
 Each section is a frozen dataclass; each field declares its type, default and help once,
 and that single declaration drives parsing, validation (with the key's path in every
 error), ``cloudboot init``'s commented template and the JSON dump. Paths are resolved
-against the workspace root so the rest of the code never sees a relative path.
+against the workspace root so the rest of the code never sees a relative path. The
+generic machinery (``setting``, conversion, parse hooks) is ``publisher.settings``.
 
 Values are checked here and only here: enums (backend, accel), ranges (cpus, memory), the
 MAC and the architectures are parsed by the setting's ``parse`` hook, so a ``Config``
@@ -14,18 +15,25 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import re
 import sys
 import tomllib
-import types
 import typing
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from guest.contract.arch import Arch
 from guest.contract.errors import CloudbootError
+from publisher.settings import (
+    SettingError,
+    at_least,
+    convert,
+    mac_address,
+    plain,
+    setting,
+    toml_value,
+)
 
 CONFIG_NAME = "cloudboot.toml"
 #: Plan files are plans/**/*.hcl; the suffix is dropped from the default ref name.
@@ -34,46 +42,6 @@ PLAN_SUFFIX = ".hcl"
 
 class ConfigError(CloudbootError):
     pass
-
-
-#: Turns a value (each item of a list) into the setting's value; ValueError says why not.
-Parse = Callable[[Any], Any]
-
-
-def setting(
-    default: Any, help: str, *, must_exist: bool = False, parse: Parse | None = None
-) -> Any:
-    """Declare one setting: default, help text, whether a path must exist, a parse hook.
-
-    ``parse`` gets the TOML value (for a list: each item) once it has the declared basic
-    type (a string for enums and arches); its ValueError becomes a ConfigError naming the
-    key and the file.
-    """
-    meta = {"help": help, "must_exist": must_exist, "parse": parse}
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def at_least(minimum: int) -> Parse:
-    def check(value: int) -> int:
-        if value < minimum:
-            raise ValueError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return check
-
-
-_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
-
-
-def mac_address(value: str) -> str:
-    """A fixed unicast-style MAC, lower case (vfkit has no ``mac=auto``)."""
-    if not _MAC.match(value):
-        raise ValueError(
-            f"expected a fixed MAC like 52:54:00:12:34:56, got {value!r} (vfkit rejects mac=auto)"
-        )
-    return value.lower()
 
 
 class Backend(enum.Enum):
@@ -221,17 +189,6 @@ class Config:
         return arches if self.vm_arch() in arches else [*arches, self.vm_arch()]
 
     def to_json(self) -> dict[str, Any]:
-        def plain(value: Any) -> Any:
-            if isinstance(value, Path):
-                return str(value)
-            if isinstance(value, enum.Enum):
-                return value.value
-            if isinstance(value, list):
-                return [plain(v) for v in value]
-            if isinstance(value, dict):
-                return {k: plain(v) for k, v in value.items()}
-            return value
-
         out: dict[str, Any] = {"root": str(self.root)}
         for name, cls in SECTIONS.items():
             section = getattr(self, name)
@@ -247,91 +204,6 @@ SECTIONS: dict[str, type] = {
     "vm": VmSection,
     "watch": WatchSection,
 }
-
-
-def _type_name(tp: Any) -> str:
-    names = {str: "a string", int: "an integer", bool: "a boolean", Path: "a path (string)"}
-    if tp in names:
-        return names[tp]
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return "one of " + ", ".join(repr(m.value) for m in tp)
-    origin = typing.get_origin(tp)
-    if origin is list:
-        return (
-            "a list of "
-            + _type_name(typing.get_args(tp)[0]).removeprefix("a ").removeprefix("an ")
-            + "s"
-        )
-    if origin is dict:
-        return "a table of strings"
-    return str(tp)
-
-
-def _convert(
-    value: Any, tp: Any, key: str, root: Path, where: str, parse: Parse | None = None
-) -> Any:
-    """Check ``value`` against the declared type and convert it (paths resolved).
-
-    With a ``parse`` hook, each leaf value (a list's items) goes through it after the
-    basic type check; a leaf of a type TOML has no name for (an enum, Arch) must be a
-    string that the hook turns into it.
-    """
-
-    def fail() -> ConfigError:
-        shown = repr(value) if not isinstance(value, str) else f'"{value}"'
-        return ConfigError(
-            f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {shown}", where=where
-        )
-
-    if isinstance(tp, types.UnionType):  # X | None
-        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return None if value in (None, "") else _convert(value, inner, key, root, where, parse)
-    origin = typing.get_origin(tp)
-    if parse is not None and origin is None:
-        if tp in (bool, int, str, Path):
-            basic = _convert(value, tp, key, root, where)
-        elif isinstance(value, str):
-            basic = value
-        else:
-            raise fail()
-        try:
-            return parse(basic)
-        except ValueError as exc:
-            raise ConfigError(f"{key}: {exc}", where=where) from None
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise fail()
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise fail()
-        if value < 0:
-            raise ConfigError(f"{key}: must not be negative, got {value}", where=where)
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise fail()
-        return value
-    if tp is Path:
-        if not isinstance(value, str) or not value:
-            raise fail()
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else root / path
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        try:
-            return tp(value)
-        except ValueError:
-            raise fail() from None
-    if origin is list:
-        if not isinstance(value, list):
-            raise fail()
-        (item,) = typing.get_args(tp)
-        return [_convert(v, item, f"{key}[{i}]", root, where, parse) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-            raise fail()
-        return dict(value)
-    raise TypeError(f"unsupported setting type {tp!r}")  # a bug in SECTIONS, not user input
 
 
 def _resolve_default(value: Any, tp: Any, root: Path) -> Any:
@@ -352,7 +224,10 @@ def _load_section(cls: type, raw: Mapping[str, Any], name: str, root: Path, wher
     for fname, f in fields.items():
         tp = hints[fname]
         if fname in raw:
-            value = _convert(raw[fname], tp, f"[{name}].{fname}", root, where, f.metadata["parse"])
+            try:
+                value = convert(raw[fname], tp, f"[{name}].{fname}", root, f.metadata["parse"])
+            except SettingError as exc:
+                raise ConfigError(str(exc), where=where) from None
             if f.metadata.get("must_exist"):
                 paths = value if isinstance(value, list) else [value]
                 for i, p in enumerate(paths):
@@ -426,24 +301,6 @@ def render_template() -> str:
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             )
             lines.append(f"# {f.metadata['help']}")
-            lines.append(f"# {f.name} = {_toml_value(default)}")
+            lines.append(f"# {f.name} = {toml_value(default)}")
         lines.append("")
     return "\n".join(lines)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, enum.Enum):
-        return f'"{value.value}"'
-    if isinstance(value, Path):
-        return f'"{value}"'
-    if value is None:
-        return '""'
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f'"{k}" = {_toml_value(v)}' for k, v in value.items()) + "}"
-    return str(value)
