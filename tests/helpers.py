@@ -189,7 +189,7 @@ def running_daemon(
     daemon = WatchDaemon(setup, status, vm_stage=vm_stage, initial_run=initial_run)
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
-    daemon.ready.wait(10)
+    # idle: the observer runs (the worker starts inside it) and the first run is done
     wait_for(lambda: status.data["state"] == "idle", what="watcher idle")
     try:
         yield daemon

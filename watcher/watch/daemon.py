@@ -68,7 +68,6 @@ class WatchDaemon:
         self._reload_requested = threading.Event()
         self._pending_setup: WatchSetup | None = None
         self._lock = threading.Lock()
-        self.ready = threading.Event()  # set once the observer runs (tests wait on it)
         self.crashed: BaseException | None = None
         self.handler: WorkspaceEventHandler | None = None
         self.pipeline = Pipeline(
@@ -106,7 +105,6 @@ class WatchDaemon:
             self.handler = handler
             worker = threading.Thread(target=self._work, name="cloudboot-pipeline", daemon=True)
             worker.start()
-            self.ready.set()
             self.notifier.ready(f"watching {', '.join(d.name + '/' for d in dirs)}")
             log.info("watching", dirs=[str(d) for d in dirs], debounce_ms=setup.window * 1000)
             interval = watchdog_interval()
