@@ -155,13 +155,6 @@ def is_encrypted(data: bytes) -> bool:
     return any(kind in ENCRYPTED_PEM_TYPES for kind, _ in pem_blocks(data))
 
 
-def _read_key(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise KeyFileError(f"cannot read key: {exc.strerror}", where=str(path)) from None
-
-
 _loaded: dict[tuple[Path, int, int, int, int], SigningKey] = {}
 _loading = threading.Lock()
 
@@ -175,15 +168,15 @@ def load_key_file(path: Path) -> SigningKey:
     known by the file's identity (device, inode, mtime, size), so a replaced key file is
     read again (a SIGHUP reload after `cloudboot key generate --force`).
     """
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise KeyFileError(f"cannot read key: {exc.strerror}", where=str(path)) from None
-    identity = (path.resolve(), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
     with _loading:
-        key = _loaded.get(identity)
+        try:
+            st = path.stat()
+            identity = (path.resolve(), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+            key = _loaded.get(identity)
+            data = path.read_bytes() if key is None else b""
+        except OSError as exc:
+            raise KeyFileError(f"cannot read key: {exc.strerror}", where=str(path)) from None
         if key is None:
-            data = _read_key(path)
             password = read_password() if is_encrypted(data) else None
             key = _loaded[identity] = parse_private_key(data, password, source=str(path))
     return key
