@@ -21,7 +21,7 @@ from publisher.media.guestpack import pack_inputs
 from publisher.media.recipe import RecipeError, load_recipe, parse_recipe
 from publisher.run import run
 from publisher.signing import generate_key_pair, parse_private_key
-from tests.conftest import REPO
+from tests.helpers import REPO
 from tests.qemu_boot import build, recipe_text, repo_recipe
 
 

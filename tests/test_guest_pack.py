@@ -22,8 +22,7 @@ from publisher.media import cpio
 from publisher.media.guestpack import build_tree, measure
 from publisher.media.guestwarm import prepare_hcl2_parser
 from publisher.run import run
-from tests.conftest import REPO
-from tests.test_guest_fetch import new_key
+from tests.helpers import REPO, new_key
 
 pytestmark = pytest.mark.skipif(Arch.host() is not Arch.X86_64, reason="runs the amd64 runtime")
 

@@ -98,11 +98,10 @@ def up(
     """Set up and run the live-reload loop: registry, key, publish, build, VM, watch."""
     from publisher.media.build import build_from_config
     from publisher.media.cachedisk import ensure_cache_disk
+    from publisher.workspace import format_outcomes, load_signing_key, publish_workspace
     from watcher.cli.watch import run_daemon
     from watcher.vm import VmSpec, VmState, open_backend
     from watcher.watch.adapters import BackendVmStage
-    from watcher.watch.gitops import format_outcomes, publish_workspace
-    from watcher.watch.publishing import load_signing_key
 
     config = state(ctx).config
     with contextlib.ExitStack() as stack:

@@ -13,41 +13,20 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import shutil
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from guest.contract.efi.edk2vars import VarsFile
 from guest.contract.efi.varstore import forget_staged_target
 from guest.contract.errors import CloudbootError
-
-
-def _replace(store: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Atomically replace ``store`` with what ``write`` writes (temp file, fsync, rename,
-    keeping the old file's mode): a crash leaves the old store or the new, never half."""
-    store.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{store.name}.", dir=store.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            write(out)
-            out.flush()
-            os.fsync(out.fileno())
-        if store.exists():
-            shutil.copymode(store, tmp)
-        os.replace(tmp, store)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from guest.contract.fsutil import atomic_file, write_atomic
 
 
 def restore_template(store: Path, template: Path) -> None:
-    """Atomically make ``store`` a byte-for-byte copy of ``template``."""
-    with open(template, "rb") as src:
-        _replace(store, lambda out: shutil.copyfileobj(src, out, 1 << 20))
+    """Atomically and durably make ``store`` a byte-for-byte copy of ``template``."""
+    with atomic_file(store, durable=True) as out, open(template, "rb") as src:
+        shutil.copyfileobj(src, out, 1 << 20)
 
 
 def forget_staged_target_in(store: Path) -> bool:
@@ -65,8 +44,7 @@ def forget_staged_target_in(store: Path) -> bool:
         raise CloudbootError(exc.message, where=f"{store}: {exc.where}") from exc
     if not forget_staged_target(vars_file):
         return False
-    data = bytes(vars_file)
-    _replace(store, lambda out: out.write(data))
+    write_atomic(store, bytes(vars_file), durable=True)
     return True
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from publisher.config import Config
 from publisher.media.build import build_from_config
 from publisher.signing import SigningKey
-from watcher.watch.pipeline import BuildOutcome
+from watcher.watch.outcomes import BuildOutcome
 
 
 class MediaBuildStage:
@@ -18,19 +18,13 @@ class MediaBuildStage:
         self.config = config
         self.key = key
 
-    @classmethod
-    def from_config(cls, config: Config, key: SigningKey | None = None) -> MediaBuildStage:
-        return cls(config, key)
-
     def build(self) -> BuildOutcome:
         result = build_from_config(self.config, self.key)
         timings = {name: round(seconds * 1000, 1) for name, seconds in result.timings.items()}
         return BuildOutcome(
             result.output,
             changed=not result.skipped,
-            detail={
-                "size": result.size,
-                "signed": result.signature is not None,
-                "steps_ms": timings,
-            },
+            size=result.size,
+            signed=result.signature is not None,
+            steps_ms=timings,
         )
