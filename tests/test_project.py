@@ -1,8 +1,9 @@
-"""Project rules checked as tests: lint, types, and the guest's independence."""
+"""Project rules checked as tests: lint, format, types, layering, and citations."""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,13 @@ BIN = Path(sys.executable).parent
 
 def test_ruff_clean() -> None:
     proc = subprocess.run([BIN / "ruff", "check", "."], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ruff_format_clean() -> None:
+    proc = subprocess.run(
+        [BIN / "ruff", "format", "--check", "."], cwd=REPO, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -64,3 +72,31 @@ def test_cli_version_and_help() -> None:
         [BIN / "cloudboot", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "live-reload" in help_text
+
+
+WIRE_FORMATS = REPO / "docs" / "wire-formats.md"
+#: ``docs/wire-formats.md §5.5-§5.8``, ``... §2, §3``, ``... §1.3 and §5.4``: the numbers.
+_CITATION = re.compile(r"docs/wire-formats\.md((?:[ ,-]|and |§[0-9]+(?:\.[0-9]+)?)+)")
+
+
+def _sections(markdown: str) -> set[str]:
+    """Section numbers of a docs page: ``## 5. Guest`` gives 5, ``### 5.7 Boot0001`` 5.7."""
+    found = re.findall(r"^#{2,3} ([0-9]+(?:\.[0-9]+)?)\.? ", markdown, re.MULTILINE)
+    return set(found)
+
+
+def test_cited_wire_format_sections_exist() -> None:
+    """Every ``docs/wire-formats.md §N.N`` in code, tests, benches and README is a real section."""
+    sections = _sections(WIRE_FORMATS.read_text())
+    assert {"1", "5", "5.7", "5.11", "10"} <= sections, sorted(sections)
+    files = [REPO / "README.md", REPO / "pyproject.toml"]
+    for top in ("guest", "publisher", "watcher", "tests", "bench", "docs"):
+        files += sorted((REPO / top).rglob("*.py")) + sorted((REPO / top).rglob("*.md"))
+    dangling = []
+    for path in files:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            for match in _CITATION.finditer(line):
+                for cited in re.findall(r"§([0-9]+(?:\.[0-9]+)?)", match.group(1)):
+                    if cited not in sections:
+                        dangling.append(f"{path.relative_to(REPO)}:{number}: §{cited}")
+    assert not dangling, dangling
