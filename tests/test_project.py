@@ -95,6 +95,26 @@ def test_cli_version_and_help() -> None:
     assert "live-reload" in help_text
 
 
+#: Ways code has cited the compat spec kept outside the repository (the shared spec file,
+#: "spec 5.7", "(spec 2 and 3)", "spec section 8"); the repository's own docs replace it.
+_EXTERNAL_SPEC = re.compile(
+    r"shared/spec|cloud-boot-compat|compat spec|\(spec [0-9]|spec section [0-9]"
+    r"|\bspec [0-9]+(\.[0-9]+)?\b"
+)
+
+
+def test_code_cites_the_repositorys_docs_not_an_outside_spec() -> None:
+    """Comments cite docs/wire-formats.md §N.N (same numbers), never a file outside the repo."""
+    offenders = [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+        for top in ("guest", "publisher", "watcher")
+        for path in sorted((REPO / top).rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if _EXTERNAL_SPEC.search(line)
+    ]
+    assert not offenders, "cite docs/wire-formats.md §N.N instead:\n" + "\n".join(offenders)
+
+
 WIRE_FORMATS = REPO / "docs" / "wire-formats.md"
 #: ``docs/wire-formats.md §5.5-§5.8``, ``... §2, §3``, ``... §1.3 and §5.4``: the numbers.
 _CITATION = re.compile(r"docs/wire-formats\.md((?:[ ,-]|and |§[0-9]+(?:\.[0-9]+)?)+)")

@@ -1,4 +1,5 @@
-"""``cloudboot-reset``: back to the menu by forgetting the staged target (spec 5, NVRAM reset).
+"""``cloudboot-reset``: back to the menu by forgetting the staged target
+(docs/wire-formats.md §5.11).
 
 The rule is the same in the guest (efivarfs) and on the host (a QEMU vars file): delete
 ``Boot0001`` and drop ``0001`` from ``BootOrder``, leave every other variable alone. Both
