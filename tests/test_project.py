@@ -67,6 +67,21 @@ def test_guest_imports_nothing_from_host_packages() -> None:
     assert not offenders, offenders
 
 
+def test_guest_contract_imports_nothing_from_the_agent() -> None:
+    """guest.contract is what the host uses too: it must not pull PID 1's modules in."""
+    offenders = []
+    for path in (REPO / "guest" / "contract").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            if any(n == "guest.agent" or n.startswith("guest.agent.") for n in names):
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not offenders, offenders
+
+
 def test_publisher_does_not_import_watcher() -> None:
     offenders = [
         str(path.relative_to(REPO))
