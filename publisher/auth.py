@@ -1,4 +1,4 @@
-"""Registry credentials and the bearer-token challenge flow (spec section 2, "Auth").
+"""Registry credentials and the bearer-token challenge flow (docs/wire-formats.md §2.6).
 
 Credentials come from docker's ``config.json`` (``credHelpers``, inline ``auths``,
 ``credsStore``) and then ``REGISTRY_USERNAME``/``REGISTRY_PASSWORD``, so a machine that

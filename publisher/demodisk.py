@@ -1,7 +1,7 @@
 """The demo "chained distro" disk: an ext4 filesystem holding a Debian kernel and a tiny
 initrd that announces which plan target booted it.
 
-It stands in for a real distro root (the seed's trixie.raw) in `cloudboot up` and in the
+It stands in for a real distro root (say a Debian trixie raw image) in `cloudboot up` and in the
 end-to-end tests: the guest agent reads ``/boot/vmlinuz-*`` and its paired initrd from it in
 userland, stages them, and the firmware boots them. The initrd prints
 ``CLOUDBOOT-TARGET-UP target=<cloudboot.demo> ...`` (the plan's cmdline names the target)

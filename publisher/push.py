@@ -1,6 +1,6 @@
-"""Publishing plans, kernel artifacts and indexes, signed, in the spec's order.
+"""Publishing plans, kernel artifacts and indexes, signed, in a safe order.
 
-The order is the safety property (spec section 3, "Our rule"): blobs, then the manifest
+The order is the safety property (docs/wire-formats.md §2.7): blobs, then the manifest
 by digest, then its signature, and only then the tag. A reader that follows the tag
 therefore never meets a manifest with missing blobs or without its signature, even when
 the registry dies half-way and the push resumes after retries.
@@ -208,7 +208,7 @@ def prepare(
     blobs: Sequence[Blob],
     key: SigningKey | None = None,
 ) -> PreparedPush:
-    """Everything of ``publish`` before the tag move, in the spec's order.
+    """Everything of ``publish`` before the tag move, in the order of docs/wire-formats.md §2.7.
 
     The independent first steps (tag lookup, blob uploads, existing signatures) run
     concurrently; the manifest and signature PUTs run one after the other. If the

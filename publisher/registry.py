@@ -1,7 +1,7 @@
 """An OCI distribution client for publishing: blobs, manifests, tags, with retries and auth.
 
 Written on ``requests`` rather than on oras-py's provider because each of the things
-oras-py does its own way hurt here (spec section 8): it prints to stdout, sleeps up to
+oras-py does its own way hurt here (docs/wire-formats.md §8.5): it prints to stdout, sleeps up to
 ~2 minutes in its retry decorator, reads whole files into memory, and re-serialises
 manifests. This client keeps one ``requests.Session`` (pooled connections, cached bearer
 tokens) so the watcher can publish in-process per edit in a few milliseconds.

@@ -1,4 +1,4 @@
-"""cosign-compatible signing keys: generate, encrypt, load, sign (spec section 3).
+"""cosign-compatible signing keys: generate, encrypt, load, sign (docs/wire-formats.md §3.3).
 
 Keys are written exactly as ``cosign generate-key-pair`` writes them (PKCS#8 DER sealed
 with nacl secretbox under an scrypt-derived key, PEM type ``ENCRYPTED SIGSTORE PRIVATE

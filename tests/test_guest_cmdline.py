@@ -1,4 +1,4 @@
-"""Kernel command line parsing as spec 5.1 states it."""
+"""Kernel command line parsing as docs/wire-formats.md §5.1 states it."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Validation: one broken plan per rule, each asserting the exact location and message.
 
-The spec (section 1) rules: default_target names a target (or there is exactly one);
+The docs/wire-formats.md §1.5 rules: default_target names a target (or there is exactly one);
 every target has exactly one source kind, a known fs and a valid arch; local.* and
 self.* references resolve and self.* stays in its target; errors name file:line:col.
 Checked for amd64 and arm64. Syntax errors are reported the same way.

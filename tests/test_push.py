@@ -1,6 +1,7 @@
-"""publisher.push and `cloudboot push`: artifacts exactly as the spec's table, read back
-with skopeo; signatures checked by an independent cosign v2 verifier written here with
-``cryptography``; unchanged re-publish sends nothing; invalid plans send nothing."""
+"""publisher.push and `cloudboot push`: artifacts exactly as docs/wire-formats.md §2 has
+them, read back with skopeo; signatures checked by an independent cosign v2 verifier
+written here with ``cryptography``; unchanged re-publish sends nothing; invalid plans
+send nothing."""
 
 from __future__ import annotations
 

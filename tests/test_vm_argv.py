@@ -1,8 +1,8 @@
 """VM command lines as data: the exact vfkit/QEMU argv for a config, pinned without a VM.
 
-The vfkit argv is the seed quickstart's command line (boot.iso read-only, cache disk,
+The vfkit argv is the quickstart's command line (boot.iso read-only, cache disk,
 the chained distro disk, NAT with a fixed MAC, serial log, rng), driven from a real
-cloudboot.toml; the QEMU argv carries the spec section 7 rules (pflash code read-only +
+cloudboot.toml; the QEMU argv carries the docs/wire-formats.md §7 rules (pflash code read-only +
 per-VM vars, no bootindex, virtio-rng, user networking, QMP).
 """
 
@@ -139,7 +139,8 @@ def test_qemu_argv_aarch64_kvm_gui_and_escaping(tmp_path: Path) -> None:
 
 
 def test_qemu_argv_never_sets_bootindex(tmp_path: Path) -> None:
-    """OVMF would prune the guest's HD() Boot0001 if QEMU passed a boot order (spec 7)."""
+    """OVMF would prune the guest's HD() Boot0001 if QEMU passed a boot order
+    (docs/wire-formats.md §7)."""
     for arch in Arch:
         assert not any("bootindex" in a for a in qemu_argv(qemu_spec(tmp_path, arch), FW))
 

@@ -1,4 +1,5 @@
-"""Block devices as the guest sees them, and device specs resolved to them (spec 1, 5.4).
+"""Block devices as the guest sees them, and device specs resolved to them
+(docs/wire-formats.md §1.3, §5.4).
 
 A plan names its disk as ``/dev/vda3``, ``LABEL=``, ``UUID=``, ``PARTLABEL=`` or
 ``PARTUUID=``. There is no udev (and no blkid) in our initramfs, so we list devices from

@@ -1,4 +1,4 @@
-"""The kernel command line as the guest agent reads it (spec 5.1).
+"""The kernel command line as the guest agent reads it (docs/wire-formats.md §5.1).
 
 Upstream splits ``/proc/cmdline`` on blanks outside double quotes, splits ``k=v`` at the
 first ``=``, treats a bare word as ``1`` and lets a later duplicate win. The knobs we act on

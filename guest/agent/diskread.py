@@ -1,4 +1,4 @@
-"""Kernel and initrd read from an ext4 filesystem in userland (spec 5.4).
+"""Kernel and initrd read from an ext4 filesystem in userland (docs/wire-formats.md §5.4).
 
 The ``ext4`` package reads inodes, extents and directories; it does not follow symlinks
 in a path walk, and distributions make ``/boot/vmlinuz`` a symlink to ``vmlinuz-6.1...``

@@ -1,4 +1,4 @@
-"""OCI pulls in the guest, over ``guest.agent.httpclient`` (spec 2 and 3).
+"""OCI pulls in the guest, over ``guest.agent.httpclient`` (docs/wire-formats.md §2, §3).
 
 Anonymous, Basic and bearer-token registries: a 401 answer's ``WWW-Authenticate``
 challenge says which; a bearer token is fetched from the realm (with Basic credentials

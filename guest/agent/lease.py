@@ -1,4 +1,4 @@
-"""The DHCP lease the guest got, and the resolv.conf it implies (spec 5.1, 5.2).
+"""The DHCP lease the guest got, and the resolv.conf it implies (docs/wire-formats.md §5.1, §5.2).
 
 busybox ``udhcpc`` hands the lease to its script as shell variables; our script
 (``publisher.media.guestpack.UDHCPC_SCRIPT``) copies them into ``key=value`` lines so
@@ -134,10 +134,11 @@ def resolv_conf(servers: Iterable[str], *, search: str = "") -> str:
 def choose_dns(
     cmdline: str | None, plan_dns: Sequence[str], metadata: str | None
 ) -> tuple[tuple[str, ...], str] | None:
-    """The resolvers to use and their source; later wins: cmdline < plan < metadata (5.1).
+    """The resolvers to use and their source; later wins: cmdline < plan < metadata
+    (docs/wire-formats.md §5.1).
 
     None when nobody asked for any: the DHCP lease's resolv.conf stays. (Upstream lets
-    ``cloudboot.dns`` beat the plan; the spec's precedence is the rule here.)
+    ``cloudboot.dns`` beat the plan; ours is the rule here.)
     """
     if metadata:
         return parse_servers(metadata, where="metadata cloudboot.dns"), "metadata"

@@ -1,4 +1,5 @@
-"""cloud-boot-init for Path C: the guest agent that runs as PID 1 in our initramfs (spec 5).
+"""cloud-boot-init for Path C: the guest agent that runs as PID 1 in our initramfs
+(docs/wire-formats.md §5).
 
 One pass: cmdline -> network -> metadata -> plan (OCI or embedded) -> signature -> target
 -> kernel and initrd -> cmdline template -> cache ESP -> Boot0001/BootOrder -> reboot.
@@ -186,7 +187,7 @@ class Agent:
         self._client = None  # knobs such as the registry client's may have changed
 
     def _apply_dns(self, plan_dns: tuple[str, ...]) -> None:
-        """/etc/resolv.conf by precedence cmdline < plan < metadata (spec 5.1).
+        """/etc/resolv.conf by precedence cmdline < plan < metadata (docs/wire-formats.md §5.1).
 
         Called before the plan fetch (command line or metadata resolvers, so the plan's
         registry can be named) and again after the outermost plan is parsed.

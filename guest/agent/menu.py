@@ -1,4 +1,5 @@
-"""The console menu (spec 5.3): arch-eligible targets, ``*`` on the default, a countdown.
+"""The console menu (docs/wire-formats.md §5.3): arch-eligible targets, ``*`` on the default,
+a countdown.
 
 Input is empty (the default), a number, a name, or a unique prefix of a name. Rendering
 and choosing are pure functions; ``ask`` waits on several consoles at once (serial and

@@ -1,4 +1,5 @@
-"""The metadata-URL document (``cloudboot.metadata.url``, spec 5.1): facts and overrides.
+"""The metadata-URL document (``cloudboot.metadata.url``): facts and overrides
+(docs/wire-formats.md §5.1).
 
 One JSON object does two jobs. The whole object is ``meta.*`` in plan expressions; its
 ``cloudboot`` object (upstream's shape: ``{"cloudboot": {"target": "web", ...}}``)

@@ -1,4 +1,5 @@
-"""``cloudboot-reset``: back to the menu by forgetting the staged target (spec 5, NVRAM reset).
+"""``cloudboot-reset``: back to the menu by forgetting the staged target
+(docs/wire-formats.md §5.11).
 
 The edit itself (delete ``Boot0001``, drop ``0001`` from ``BootOrder``, leave every other
 variable alone) is ``guest.contract.efi.varstore.forget_staged_target``, which the host's

@@ -1,4 +1,5 @@
-"""Staging a target on the cache ESP and pointing the firmware at it (spec 5.5 - 5.8).
+"""Staging a target on the cache ESP and pointing the firmware at it
+(docs/wire-formats.md §5.5-§5.8).
 
 Order matters: the files are written and flushed to the disk BEFORE any NVRAM write, so a
 power cut can leave a stale file but never a Boot0001 that points at nothing. Any error
@@ -48,7 +49,7 @@ class CacheEsp:
 
 
 def find_cache_esp(devices: Sequence[BlockDevice]) -> tuple[CacheEsp, list[str]]:
-    """Spec 5.5: prefer the ESP named cloud-boot-cache; one unnamed ESP with a warning.
+    """Prefer the ESP named cloud-boot-cache, else one unnamed ESP (docs/wire-formats.md §5.5).
 
     Returns the ESP and any warnings to log. ESPs on disks we booted from (an ISO's
     appended partition is named too, but not with our name) are never "unnamed" picks

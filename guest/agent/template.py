@@ -1,4 +1,4 @@
-"""Go-template text in a target's cmdline, rendered by the guest (spec 1, "NOT HCL").
+"""Go-template text in a target's cmdline, rendered by the guest (docs/wire-formats.md §1.7).
 
 Plans may write ``ip={{.IPSpec}}`` so the next kernel reuses the lease the guest already
 has. The host passes such text through untouched; only the guest knows the values.

@@ -1,4 +1,5 @@
-"""cosign v2 keyed "simple signing": payloads, signature tags and manifests (spec section 3).
+"""cosign v2 keyed "simple signing": payloads, signature tags and manifests
+(docs/wire-formats.md §3).
 
 Pure: the publisher builds signatures with it and the guest checks them with it, so both
 sides agree byte for byte on the payload cosign itself would produce and on where the

@@ -1,4 +1,4 @@
-"""GUID Partition Table (UEFI spec 2.10, section 5.3) and its protective MBR: parse and build.
+"""GUID Partition Table (UEFI 2.10, section 5.3) and its protective MBR: parse and build.
 
 Both sides of the boot flow need it: the host writes the GPT of boot.iso and of the cache
 disk, the guest reads the cache disk's GPT to find the ESP named ``cloud-boot-cache``.
@@ -32,7 +32,7 @@ PRIMARY_SECTORS = 2 + ENTRY_SECTORS
 
 ESP_TYPE = uuid.UUID("C12A7328-F81F-11D2-BA4B-00A0C93EC93B")
 LINUX_DATA_TYPE = uuid.UUID("0FC63DAF-8483-4772-8E79-3D69D8477DE4")
-#: The GPT partition name the guest looks for on the cache disk (spec section 4).
+#: The GPT partition name the guest looks for on the cache disk (docs/wire-formats.md §4.4).
 CACHE_PARTITION_NAME = "cloud-boot-cache"
 
 _HEADER = struct.Struct("<8sIIIIQQQQ16sQIII")

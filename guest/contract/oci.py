@@ -1,4 +1,4 @@
-"""OCI references, descriptors, image manifests and indexes (spec section 2).
+"""OCI references, descriptors, image manifests and indexes (docs/wire-formats.md §2).
 
 Pure: bytes in, bytes out. Both the host publisher and the guest's pull client build on
 this module, so the rules that decide where a plan lives (ref syntax, plain HTTP for
@@ -206,7 +206,7 @@ GENERIC_LAYER_TYPES = frozenset(
     }
 )
 
-#: Artifact layers in the order the spec puts them.
+#: Artifact layers in the order of docs/wire-formats.md §2.3.
 ARTIFACT_ROLES = (LayerRole.KERNEL, LayerRole.INITRD, LayerRole.MODULES, LayerRole.CMDLINE)
 
 
@@ -331,7 +331,7 @@ class Index(_CanonicalDocument):
         )
 
     def resolve(self, architecture: str, os: str = "linux") -> Descriptor:
-        """The first entry for ``os``/``architecture`` (spec: first match wins)."""
+        """The first ``os``/``architecture`` entry wins (docs/wire-formats.md §2.4)."""
         for entry in self.manifests:
             if (
                 entry.platform
@@ -363,7 +363,7 @@ def media_type_of(data: bytes, header: str | None = None) -> str:
 
 
 def plan_config() -> bytes:
-    """Config blob of a plan artifact (spec: ``{"created":null}``)."""
+    """Config blob of a plan artifact (docs/wire-formats.md §2.2: ``{"created":null}``)."""
     return canonical_json({"created": None})
 
 
@@ -375,7 +375,7 @@ def artifact_config(architecture: str) -> bytes:
 def plan_manifest(
     plan: bytes, title: str, annotations: Mapping[str, str] | None = None
 ) -> tuple[Manifest, bytes]:
-    """The plan artifact of spec section 2: (manifest, config blob); the plan is its layer."""
+    """The plan artifact (docs/wire-formats.md §2.2): (manifest, config); the plan is its layer."""
     config = plan_config()
     manifest = Manifest(
         config=Descriptor.for_bytes(MEDIA_CONFIG, config),
@@ -390,7 +390,7 @@ def artifact_manifest(
     layers: Mapping[LayerRole, Descriptor],
     annotations: Mapping[str, str] | None = None,
 ) -> tuple[Manifest, bytes]:
-    """A kernel/initrd artifact: layers put in the spec's order, titled by role."""
+    """A kernel/initrd artifact: layers in docs/wire-formats.md §2.3's order, titled by role."""
     config = artifact_config(architecture)
     ordered = []
     for role in ARTIFACT_ROLES:

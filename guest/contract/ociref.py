@@ -1,6 +1,6 @@
 """OCI references and content digests: where an artifact lives and how it is pinned.
 
-Pure. ``parse_ref`` holds the project's reference rules (spec section 2, "Our rule"): an
+Pure. ``parse_ref`` holds the project's reference rules (docs/wire-formats.md §2.5): an
 ``oci://`` prefix is stripped, there is no default registry, and loopback registries are
 spoken to over plain HTTP unless told otherwise.
 """

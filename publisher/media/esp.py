@@ -2,9 +2,9 @@
 
 pyfatfs formats and fills the filesystem in place inside the target file at an offset,
 so the ESP bytes are written once, straight into the image that carries them. This
-module also owns the work-arounds for the pyfatfs behaviours listed in the spec (section
-8): it stamps every timestamp from one epoch (pyfatfs reads the wall clock), checks free
-space itself, keeps labels short and upper case, and repairs the FAT32 FSInfo counters
+module also owns the work-arounds for the pyfatfs behaviours of docs/wire-formats.md
+§8.2: it stamps every timestamp from one epoch (pyfatfs reads the wall clock), checks
+free space itself, keeps labels short and upper case, and repairs the FAT32 FSInfo counters
 so ``fsck.vfat -n`` finds nothing to complain about.
 """
 
@@ -42,7 +42,7 @@ class EspError(CloudbootError):
 
 
 def esp_size(payload_sizes: Sequence[int]) -> int:
-    """The spec's ESP size: 1.5 x the sum of the EFI binaries + 8 MiB, rounded up to 16 MiB."""
+    """1.5 x the EFI binaries' total + 8 MiB, rounded up to 16 MiB (docs/wire-formats.md §4.3)."""
     raw = sum(payload_sizes) * 3 // 2 + 8 * MIB
     return -(-raw // (16 * MIB)) * (16 * MIB)
 

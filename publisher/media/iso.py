@@ -8,7 +8,7 @@ Layout (byte offsets, 512-byte LBAs for the GPT):
     end      backup GPT
 
 pycdlib cannot point a boot entry outside its own tree, so it gets a one-sector
-placeholder and the catalog entry is patched to the ESP afterwards (spec section 8):
+placeholder and the catalog entry is patched to the ESP afterwards (docs/wire-formats.md §8.1):
 load RBA = E / 2048 and a sector count that covers the ESP, because OVMF reads a count
 below 2 as "to the end of the ISO volume", which the appended ESP lies beyond.
 """
@@ -69,7 +69,7 @@ def read_boot_entry(iso: bytes) -> BootEntry:
 def patch_boot_entry(iso: bytearray, *, load_rba: int, image_size: int) -> None:
     """Point the initial entry at ``load_rba`` (2048-byte blocks) covering ``image_size``.
 
-    The count is in 512-byte sectors, capped at 65535 (a u16), as the spec requires.
+    The count is in 512-byte sectors, capped at 65535 (a u16), as docs/wire-formats.md §4.3 says.
     """
     entry = catalog_lba(bytes(iso[: _BOOT_RECORD + ISO_BLOCK])) * ISO_BLOCK + 32
     count = min(-(-image_size // SECTOR), 0xFFFF)

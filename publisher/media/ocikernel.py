@@ -1,4 +1,5 @@
-"""Kernel artifacts from an OCI registry (spec section 2), cached by digest for offline rebuilds.
+"""Kernel artifacts from an OCI registry (docs/wire-formats.md §2.3), cached by digest for
+offline rebuilds.
 
 A recipe's ``kernel = { oci = "REF" }`` names a cloud-boot kernel artifact: a manifest
 (or an index that resolves to one per arch) whose layers are the kernel and, optionally,
@@ -48,7 +49,7 @@ from publisher.registry import RegistryClient
 log = structlog.get_logger(__name__)
 
 #: Where an artifact may state its kernel release: a config field and a manifest or
-#: kernel-layer annotation (the spec's config has neither; both are our extension).
+#: kernel-layer annotation (upstream's config has neither; both are our extension).
 CONFIG_UNAME = "uname"
 ANNOTATION_UNAME = "dev.cloud-boot.kernel.uname"
 _MODULE_ROOTS = ("lib/modules", "usr/lib/modules")

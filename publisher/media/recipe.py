@@ -42,7 +42,7 @@ class RecipeError(CloudbootError):
 class SourceKind(enum.Enum):
     DEB = "deb"
     FILE = "file"
-    OCI = "oci"  # kernel only: a cloud-boot kernel artifact (spec section 2)
+    OCI = "oci"  # kernel only: a cloud-boot kernel artifact (docs/wire-formats.md §2.3)
     BUILD = "build"  # kernel only: `cloudboot kernel build` output for a source tree
 
 

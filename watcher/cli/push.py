@@ -1,4 +1,4 @@
-"""`cloudboot push plan|artifact|index`: publish OCI artifacts (spec section 2), signed.
+"""`cloudboot push plan|artifact|index`: publish OCI artifacts (docs/wire-formats.md §2), signed.
 
 Each command prints ``REF@sha256:...`` on stdout (or one JSON object with ``--json``), so
 scripts can pin exactly what was published; progress and retries go to the log on stderr.

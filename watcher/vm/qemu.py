@@ -24,7 +24,7 @@ from watcher.vm.qmp import QmpClient, QmpError
 from watcher.vm.spec import VmSpec
 
 MACHINE = {Arch.X86_64: "q35", Arch.AARCH64: "virt"}
-#: TCG CPU models: cortex-a72 avoids emulating pointer authentication (spec section 7).
+#: TCG CPU models: cortex-a72 avoids emulating pointer authentication (docs/wire-formats.md §7).
 TCG_CPU = {Arch.X86_64: None, Arch.AARCH64: "cortex-a72"}
 DISPLAY_DEVICE = {Arch.X86_64: "VGA", Arch.AARCH64: "virtio-gpu-pci"}
 
@@ -40,7 +40,7 @@ def qemu_argv(
     """The full QEMU command line for ``spec``; pure, so a unit test pins it.
 
     Disks get no ``bootindex``: with a boot order OVMF prunes the HD() Boot#### entries
-    of devices it does not list, which would delete the guest's Boot0001 (spec 7).
+    of devices it does not list, which would delete the guest's Boot0001 (docs/wire-formats.md §7).
     """
     arch = spec.arch
     if accel is Accel.AUTO:

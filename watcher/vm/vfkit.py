@@ -33,7 +33,7 @@ def _vfkit_path(path: Path, key: str) -> str:
 
 
 def vfkit_argv(spec: VmSpec, create_nvram: bool, *, binary: str = "vfkit") -> list[str]:
-    """The vfkit command line of the seed's quickstart for ``spec``; pure."""
+    """The vfkit command line (docs/wire-formats.md §6.1) for ``spec``; pure."""
     store = "efi,variable-store=" + _vfkit_path(spec.nvram, "[vm].nvram")
     if create_nvram:
         store += ",create"

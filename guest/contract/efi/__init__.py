@@ -1,4 +1,4 @@
-"""UEFI structures the guest writes and the host resets: one module per spec structure.
+"""UEFI structures the guest writes and the host resets: one module per UEFI structure.
 
 ``devpath`` (device path nodes), ``loadoption`` (EFI_LOAD_OPTION), ``bootorder``,
 ``varstore`` (the variable-store protocol and the edits cloudboot makes through it), and
@@ -16,7 +16,7 @@ GLOBAL_VARIABLE_GUID = uuid.UUID("8be4df61-93ca-11d2-aa0d-00e098032b8c")
 NON_VOLATILE = 0x1
 BOOTSERVICE_ACCESS = 0x2
 RUNTIME_ACCESS = 0x4
-#: NV|BS|RT: what Boot#### and BootOrder carry (spec 5.7).
+#: NV|BS|RT: what Boot#### and BootOrder carry (docs/wire-formats.md §5.7).
 BOOT_VARIABLE_ATTRIBUTES = NON_VOLATILE | BOOTSERVICE_ACCESS | RUNTIME_ACCESS
 
 

@@ -1,4 +1,5 @@
-"""UEFI device paths: the HD(), File() and End nodes of spec 5.7, and a generic node.
+"""UEFI device paths: the HD(), File() and End nodes of docs/wire-formats.md §5.7,
+and a generic node.
 
 A device path is a chain of nodes ``type u8, subtype u8, length u16`` + body, closed by an
 End node. We build the ``HD(GPT partition) + File(path) + End`` shape that firmware can
@@ -135,7 +136,7 @@ class DevicePath:
 
     @classmethod
     def hd_file(cls, partition: HardDrive, path: str) -> DevicePath:
-        """The shape Boot0001 uses (spec 5.7): ``HD(...)/File(path)``."""
+        """The shape Boot0001 uses (docs/wire-formats.md §5.7): ``HD(...)/File(path)``."""
         return cls((partition, FilePath(path)))
 
     @classmethod

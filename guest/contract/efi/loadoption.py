@@ -78,7 +78,7 @@ def staged_paths(target: str) -> tuple[str, str]:
 
 
 def cloudboot_entry(target: str, partition: HardDrive, cmdline: str) -> LoadOption:
-    """The Boot0001 we write for a staged target (spec 5.7)."""
+    """The Boot0001 we write for a staged target (docs/wire-formats.md §5.7)."""
     kernel, initrd = staged_paths(target)
     options = f"initrd={initrd} {cmdline}".rstrip()
     return LoadOption(

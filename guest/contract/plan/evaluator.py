@@ -1,4 +1,4 @@
-"""Evaluate plan expressions against the scopes the spec defines.
+"""Evaluate plan expressions against the scopes of docs/wire-formats.md §1.4.
 
 Scopes: ``arch`` (the guest's plan arch), ``local.*`` (evaluated lazily, so locals may use
 each other in any order; a cycle is an error), ``self.name/arch/version`` (only inside a

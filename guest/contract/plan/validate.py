@@ -1,6 +1,6 @@
 """Host-side validation: the checks upstream runs at boot, for every arch we can boot.
 
-Section 1 of the compat spec: ``default_target`` names a defined target (or there is
+docs/wire-formats.md §1.5: ``default_target`` names a defined target (or there is
 exactly one target); every target has exactly one source kind, a known ``fs`` and a
 valid ``arch``; every ``local.*``/``self.*`` reference resolves and ``self.*`` stays in
 its own target. References are checked statically over *all* branches of every
