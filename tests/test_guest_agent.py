@@ -400,3 +400,22 @@ def test_unreachable_metadata_is_a_warning(machine: Path) -> None:
     )
     assert status == 0, log
     assert "WARNING: metadata: http://127.0.0.1:9/md: cannot fetch" in log
+
+
+def test_metadata_url_secrets_never_reach_the_console(machine: Path) -> None:
+    """Userinfo and the query (where a metadata token often travels) are cut from every line
+    the agent prints about the URL: the fetch error and the parse error."""
+    (machine / "etc/cloud-boot/plan.hcl").write_bytes(_plan("quiet"))
+    status, log, _system = _run(
+        machine, "cloudboot.metadata.url=http://u:pw-1@127.0.0.1:9/md?token=tk-1", lease=LEASE
+    )
+    assert status == 0, log
+    assert "WARNING: metadata: http://127.0.0.1:9/md: cannot fetch" in log
+    assert "pw-1" not in log and "tk-1" not in log
+    with _metadata_server(b"not json") as (url, _seen):
+        status, log, _system = _run(
+            machine, f"cloudboot.metadata.url={url}?sig=tk-2#frag-3", lease=LEASE
+        )
+    assert status == 0, log
+    assert f"WARNING: metadata: {url}: not JSON" in log
+    assert "tk-2" not in log and "frag-3" not in log

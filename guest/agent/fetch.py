@@ -16,9 +16,10 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from guest.agent import httpclient
+from guest.agent.stage import MAX_BOOT_FILE
 from guest.contract import cosign, oci
 from guest.contract.errors import CloudbootError
 
@@ -27,6 +28,11 @@ if TYPE_CHECKING:
 
 CHUNK = 1 << 20
 MAX_MANIFEST = 4 << 20
+#: Upper bounds on what a descriptor may announce, checked before anything is fetched: a
+#: manifest fetched by tag is not verified yet, so its sizes are claims.
+MAX_PLAN_BLOB = 4 << 20
+MAX_SIGNATURE_BLOB = 1 << 20
+MAX_CMDLINE_BLOB = 64 << 10
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -104,10 +110,13 @@ class RegistryClient:
                 self._answer_challenge(ref, resp.header("www-authenticate") or "", scope)
                 continue
             if resp.status == 404:
-                raise NotFoundError(f"not found (HTTP 404): {_strip(url)}", where=str(ref))
+                raise NotFoundError(
+                    f"not found (HTTP 404): {httpclient.redact_url(url)}", where=str(ref)
+                )
             if resp.status != 401:
                 raise FetchError(
-                    f"HTTP {resp.status} {resp.reason} for {_strip(url)}", where=str(ref)
+                    f"HTTP {resp.status} {resp.reason} for {httpclient.redact_url(url)}",
+                    where=str(ref),
                 )
         raise FetchError(f"registry refused our credentials for {scope}", where=str(ref))
 
@@ -140,7 +149,8 @@ class RegistryClient:
                 answer = json.loads(resp.read(1 << 20))
         except (OSError, ValueError) as exc:
             raise FetchError(
-                f"token server {_strip(params['realm'])} failed: {exc}", where=str(ref)
+                f"token server {httpclient.redact_url(params['realm'])} failed: {exc}",
+                where=str(ref),
             ) from None
         token = (
             answer.get("token") or answer.get("access_token") if isinstance(answer, dict) else None
@@ -163,9 +173,23 @@ class RegistryClient:
         return data, oci.media_type_of(data, header_type), digest
 
     def blob(
-        self, ref: oci.Ref, desc: oci.Descriptor, sink: Callable[[bytes], None] | None = None
+        self,
+        ref: oci.Ref,
+        desc: oci.Descriptor,
+        sink: Callable[[bytes], None] | None = None,
+        *,
+        limit: int,
     ) -> bytes:
-        """A blob's bytes, hashed while streaming and checked against ``desc``."""
+        """A blob's bytes, hashed while streaming and checked against ``desc``.
+
+        ``desc.size`` is held against ``limit`` before the request: the memory a blob may
+        take is ours to bound, not the (maybe unverified) manifest's.
+        """
+        if desc.size > limit:
+            raise FetchError(
+                f"blob {desc.digest} announces {desc.size} bytes, more than {limit}",
+                where=str(ref),
+            )
         url = f"{self._base(ref)}/blobs/{desc.digest}"
         verifier = oci.DigestVerifier(desc.digest, what=f"blob {desc.digest} of {ref}")
         out = bytearray()
@@ -201,18 +225,11 @@ def _basic(creds: Credentials) -> str:
     return base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
 
 
-def _strip(url: str) -> str:
-    """A URL without query or userinfo, safe for an error message."""
-    parts = urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
-
-
 def pull_plan(client: RegistryClient, ref: oci.Ref, architecture: str) -> tuple[Resolved, bytes]:
     """The plan bytes: first plan-type layer of the manifest for linux/<architecture>."""
     resolved = client.resolve(ref, architecture)
     layer = resolved.manifest.plan_layer()
-    return resolved, client.blob(ref, layer)
+    return resolved, client.blob(ref, layer, limit=MAX_PLAN_BLOB)
 
 
 def verify_signature(
@@ -233,7 +250,7 @@ def verify_signature(
         ) from None
     sig_manifest = oci.Manifest.from_bytes(data, what=f"signature manifest {sig_ref}")
     candidates = [
-        (client.blob(sig_ref, s.descriptor), s.signature_b64)
+        (client.blob(sig_ref, s.descriptor, limit=MAX_SIGNATURE_BLOB), s.signature_b64)
         for s in cosign.signature_layers(sig_manifest)
     ]
     signed = cosign.check_signatures(public_key, digest, candidates)
@@ -283,7 +300,8 @@ def pull_boot(
         if role not in found:
             return b""
         ref, desc = found[role]
-        return client.blob(ref, desc, sink)
+        limit = MAX_CMDLINE_BLOB if role == oci.LayerRole.CMDLINE else MAX_BOOT_FILE
+        return client.blob(ref, desc, sink, limit=limit)
 
     cmdline = get(oci.LayerRole.CMDLINE).decode("utf-8", errors="replace").strip() or None
     initrd = join_initrd(get(oci.LayerRole.INITRD), get(oci.LayerRole.MODULES))

@@ -159,13 +159,14 @@ class Agent:
         if not url:
             return {}
         self._network()
-        from guest.agent import metadata
+        from guest.agent import httpclient, metadata
 
         try:
             with self.console.step("metadata"):
                 token = self.options.raw.get("cloudboot.metadata.token", "")
                 data = metadata.fetch_document(url, token)
-                doc = metadata.parse_metadata(data, self.params, where=url)
+                shown = httpclient.redact_url(url)
+                doc = metadata.parse_metadata(data, self.params, where=shown)
         except CloudbootError as exc:
             self.console.warn(f"metadata: {exc}; going on with the command line's values")
             return {}

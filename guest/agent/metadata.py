@@ -94,12 +94,13 @@ def fetch_document(url: str, token: str = "", *, timeout: float = 10.0) -> bytes
     from guest.agent import httpclient
 
     private = {"Authorization": "Bearer " + token} if token else None
+    shown = httpclient.redact_url(url)  # the console is not the place for a query's token
     try:
         with httpclient.get(
             url, {"Accept": "application/json"}, private=private, timeout=timeout
         ) as r:
             if r.status != 200:
-                raise MetadataError(f"HTTP {r.status} {r.reason}", where=url)
+                raise MetadataError(f"HTTP {r.status} {r.reason}", where=shown)
             return r.read(MAX_DOCUMENT + 1)
     except OSError as exc:
-        raise MetadataError(f"cannot fetch: {exc.strerror or exc}", where=url) from None
+        raise MetadataError(f"cannot fetch: {exc.strerror or exc}", where=shown) from None

@@ -22,6 +22,9 @@ from guest.contract.efi.loadoption import cloudboot_entry, staged_paths
 from guest.contract.errors import CloudbootError
 
 BOOT_ENTRY = 0x0001
+#: The largest kernel or initrd (each) the guest stages, from a registry or a disk: real
+#: ones are tens of MiB; the bound keeps a hostile size from filling memory or the ESP.
+MAX_BOOT_FILE = 512 << 20
 CACHE_DISK_HINT = (
     "attach the cache disk (make one with `cloudboot cache-disk`): a GPT disk whose ESP "
     f"partition is named {gpt.CACHE_PARTITION_NAME!r}"
