@@ -69,12 +69,27 @@ def demo_target_iso(out: Path, cmdline: str, arch: Arch = Arch.X86_64) -> Path:
     return iso
 
 
-def qemu_argv(arch: Arch, image: Path, vars_copy: Path, *, cdrom: bool) -> list[str]:
-    """QEMU for a UEFI boot of ``image`` as a CD-ROM or a read-only virtio disk (no bootindex)."""
+#: OVMF built with Secure Boot (and SMM, which it requires: the variable store is then
+#: writable only from SMM, so the OS cannot rewrite db).
+SECBOOT_CODE = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
+
+
+def qemu_argv(
+    arch: Arch, image: Path, vars_copy: Path, *, cdrom: bool, secure_boot: bool = False
+) -> list[str]:
+    """QEMU for a UEFI boot of ``image`` as a CD-ROM or a read-only virtio disk (no bootindex).
+
+    ``secure_boot`` (x86_64): OVMF's Secure Boot build, SMM on, the vars flash secure.
+    """
     code, _ = FIRMWARE[arch]
     argv = [arch.qemu_binary, "-m", "768", "-nographic", "-no-reboot", "-display", "none",
             "-serial", "stdio", "-monitor", "none"]  # fmt: skip
-    if arch is Arch.X86_64:
+    if secure_boot:
+        assert arch is Arch.X86_64, "Secure Boot tests run on OVMF"
+        code = SECBOOT_CODE
+        argv += ["-M", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on",
+                 "-nic", "none"]  # fmt: skip
+    elif arch is Arch.X86_64:
         argv += ["-M", "q35"]
     else:
         argv += ["-M", "virt", "-cpu", "cortex-a72"]
