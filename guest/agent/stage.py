@@ -134,7 +134,7 @@ def copy_into(fd: int, data: FileData) -> None:
     with open(data.device, "rb", buffering=0) as src:
         for start, length in data.runs:
             if start is None:
-                copy_into(fd, bytes(length))
+                _write_zeros(fd, length)
                 continue
             offset, left = start, length
             while left:
@@ -142,6 +142,18 @@ def copy_into(fd: int, data: FileData) -> None:
                 if sent == 0:
                     raise StageError("device ended early", where=f"{data.device}@{offset}")
                 offset, left = offset + sent, left - sent
+
+
+def _write_zeros(fd: int, length: int) -> None:
+    """A hole, written from one 1 MiB buffer: never ``bytes(length)`` of a hole's size."""
+    while length:
+        view = memoryview(_ZEROS)[: min(length, len(_ZEROS))]
+        while view:
+            written = os.write(fd, view)
+            view, length = view[written:], length - written
+
+
+_ZEROS = bytes(1 << 20)
 
 
 class EspFiles(Protocol):
