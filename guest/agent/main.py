@@ -110,7 +110,10 @@ class Agent:
             target, target.cmdline or artifact_cmdline or (self.options.cmdline or "")
         )
         with c.step("write"):
-            esp, warnings = stage.find_cache_esp(blockdev.scan(self.paths.sys, self.paths.dev))
+            self.system.ensure_efivars(self.paths.efivars)
+            booted = stage.booted_partition(EfiVarStore(self.paths.efivars))
+            devices = blockdev.scan(self.paths.sys, self.paths.dev)
+            esp, warnings = stage.find_cache_esp(devices, booted)
             for warning in warnings:
                 c.warn(warning)
             with self.system.open_esp(esp) as files:

@@ -8,6 +8,7 @@ before ``write_boot_entry`` leaves NVRAM exactly as it was.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from guest.contract import gpt
 from guest.contract.efi import BOOT_VARIABLE_ATTRIBUTES, GLOBAL_VARIABLE_GUID, bootorder, ucs16
 from guest.contract.efi.devpath import HardDrive
 from guest.contract.efi.efivarfs import EfiVarStore
-from guest.contract.efi.loadoption import cloudboot_entry, staged_paths
+from guest.contract.efi.loadoption import CACHE_MARKER, cloudboot_entry, staged_paths
 from guest.contract.errors import CloudbootError
 
 BOOT_ENTRY = 0x0001
@@ -50,18 +51,39 @@ class CacheEsp:
         return HardDrive(p.number, p.first_lba, p.size_sectors, p.unique_guid)
 
 
-def find_cache_esp(devices: Sequence[BlockDevice]) -> tuple[CacheEsp, list[str]]:
+#: systemd-stub's record of the partition the UKI was started from (a UCS-2 GUID).
+LOADER_GUID = uuid.UUID("4a67b082-0a4c-41cf-b6c7-440b29bb8c4f")
+
+
+def booted_partition(store: EfiVarStore) -> uuid.UUID | None:
+    """``LoaderDevicePartUUID``: the partition our UKI came from, when the stub said."""
+    var = store.read("LoaderDevicePartUUID", LOADER_GUID)
+    if var is None:
+        return None
+    try:
+        return uuid.UUID(var.data.decode("utf-16-le").rstrip("\0"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def find_cache_esp(
+    devices: Sequence[BlockDevice], booted_from: uuid.UUID | None = None
+) -> tuple[CacheEsp, list[str]]:
     """Spec 5.5: prefer the ESP named cloud-boot-cache; one unnamed ESP with a warning.
 
-    Returns the ESP and any warnings to log. ESPs on disks we booted from (an ISO's
-    appended partition is named too, but not with our name) are never "unnamed" picks
-    unless they are the only one.
+    Returns the ESP and any warnings to log. Chosen deliberately, not first-found: the
+    disk the UKI was booted from (``booted_from``, its partition GUID) never receives
+    kernels; two ESPs named cloud-boot-cache are an error naming both, not a race won by
+    the lower device name (a USB stick against the virtio disk); and ``write_files``
+    then wants the marker file ``cloudboot cache-disk`` wrote.
     """
     named: list[CacheEsp] = []
     unnamed: list[CacheEsp] = []
     for disk in (d for d in devices if not d.is_partition):
         table = read_disk_gpt(disk.node)
         if table is None:
+            continue
+        if booted_from is not None and any(p.unique_guid == booted_from for p in table.partitions):
             continue
         for part in table.esps():
             dev = next(
@@ -71,6 +93,13 @@ def find_cache_esp(devices: Sequence[BlockDevice]) -> tuple[CacheEsp, list[str]]
                 continue
             esp = CacheEsp(disk, part, dev, part.name == gpt.CACHE_PARTITION_NAME)
             (named if esp.named else unnamed).append(esp)
+    if len(named) > 1:
+        names = " and ".join(e.device.name for e in named)
+        raise StageError(
+            f"ESPs named {gpt.CACHE_PARTITION_NAME!r} on {names}: refusing to guess which one "
+            "receives kernels; detach the one that is not the cache disk",
+            where="GPT",
+        )
     if named:
         return named[0], []
     if len(unnamed) == 1:
@@ -160,6 +189,7 @@ class EspFiles(Protocol):
     """Somewhere to put files on the ESP; ``flush`` returns once they are on the disk."""
 
     def write(self, path: str, data: FileData) -> None: ...
+    def has(self, path: str) -> bool: ...
     def flush(self) -> None: ...
 
 
@@ -173,8 +203,14 @@ class MountedEsp:
     def __init__(self, root: Path) -> None:
         self.root = root
 
+    def _path(self, path: str) -> Path:
+        return self.root.joinpath(*[p for p in path.split("\\") if p])
+
+    def has(self, path: str) -> bool:
+        return self._path(path).is_file()
+
     def write(self, path: str, data: FileData) -> None:
-        target = self.root.joinpath(*[p for p in path.split("\\") if p])
+        target = self._path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".tmp")
         try:
@@ -196,6 +232,12 @@ class MountedEsp:
 
 
 def write_files(esp: EspFiles, target: str, kernel: FileData, initrd: FileData | None) -> None:
+    if not esp.has(CACHE_MARKER):
+        raise StageError(
+            f"no {CACHE_MARKER} on it: not a disk made by `cloudboot cache-disk` (one made "
+            "before the marker existed: delete it and run `cloudboot cache-disk` again)",
+            where="cache ESP",
+        )
     kernel_path, initrd_path = staged_paths(target)
     esp.write(kernel_path, kernel)
     if initrd is not None:
