@@ -9,6 +9,7 @@ import base64
 import os
 import shutil
 import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from guest.contract.arch import Arch
 from guest.contract.efi import GLOBAL_VARIABLE_GUID, bootorder
 from guest.contract.efi.efivarfs import EfiVarStore
-from publisher.media import cpio
+from publisher.media import cpio, guestpack
+from publisher.media.debs import DebCache
 from publisher.media.guestpack import build_tree, measure
+from publisher.media.wheelpins import WheelHashError
 from publisher.run import run
 from tests.test_guest_fetch import new_key
 
@@ -229,3 +232,23 @@ def test_aarch64_tree_packs_with_arm64_runtime_and_caches(tmp_path: Path) -> Non
     report = measure(cpio.tree(tree))
     print(f"aarch64 guest payload: {report}")
     assert report.zstd < 20 * 1024 * 1024
+
+
+def test_a_substituted_wheel_is_refused_and_removed(tmp_path: Path) -> None:
+    """The attack: ext4's wheel in the cache swapped for one with extra code (a valid
+    zip, same name, same version). The pack refuses it by its sha256, names it, deletes
+    it, and unpacks nothing of it; the genuine wheels pass (and a fresh download of the
+    pinned files does too)."""
+    cache = tmp_path / "cache"
+    user_wheels = DebCache().root.parent / "wheels"  # what earlier packs downloaded
+    if user_wheels.is_dir():
+        shutil.copytree(user_wheels, cache / "wheels")
+    guestpack._pypi_sources(tmp_path / "first", cache)  # checks them (downloads what is missing)
+    wheel = cache / "wheels" / "ext4-1.4.1-py3-none-any.whl"
+    assert (tmp_path / "first" / "ext4").is_dir()
+    with zipfile.ZipFile(wheel, "a") as zf:
+        zf.writestr("ext4/_payload.py", "import os\nos.system('evil')\n")
+    dest = tmp_path / "second"
+    with pytest.raises(WheelHashError, match=r"ext4-1\.4\.1-py3-none-any\.whl: sha256 .* pinned"):
+        guestpack._pypi_sources(dest, cache)
+    assert not wheel.exists() and not (dest / "ext4").exists()

@@ -27,6 +27,7 @@ from pathlib import Path
 from guest.contract.arch import Arch
 from publisher.media import cpio
 from publisher.media.debs import DebCache
+from publisher.media.wheelpins import verify_archive
 from publisher.run import run
 
 #: The guest interpreter's version: bytecode compiled here must carry its magic number.
@@ -184,6 +185,7 @@ def _pypi_sources(dest: Path, cache: Path) -> None:
         run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary",
              ":all:", "-d", wheels, *sdists])  # fmt: skip
     for archive in sorted(wheels.iterdir()):
+        verify_archive(archive)
         with tempfile.TemporaryDirectory() as tmp:
             shutil.unpack_archive(archive, tmp, "zip" if archive.suffix == ".whl" else None)
             base = Path(tmp)
