@@ -513,3 +513,48 @@ def test_a_cache_esp_without_the_marker_receives_nothing(machine: Path, tmp_path
     )
     assert _efivars_snapshot(machine) == before
     assert run(["mdir", "-b", "-i", machine / "dev/vda1", "::/"], check=False).stdout == b""
+
+
+def _secure_boot_machine(machine: Path, tmp_path: Path, kernel: bytes) -> None:
+    """SecureBoot=1 in efivars, and the target disk's kernel replaced by ``kernel``."""
+    EfiVarStore(machine / "sys/firmware/efi/efivars").write(
+        "SecureBoot", GLOBAL_VARIABLE_GUID, 6, b"\x01"
+    )
+    tree = tmp_path / "sbtree"
+    (tree / "boot").mkdir(parents=True)
+    (tree / "boot/vmlinuz-6.1.0-28-amd64").write_bytes(kernel)
+    (tree / "vmlinuz").symlink_to("boot/vmlinuz-6.1.0-28-amd64")
+    fs = machine / "dev/vdb1"
+    fs.unlink()
+    run(["mkfs.ext4", "-q", "-F", "-L", "debroot", "-d", tree, fs, "16M"])
+    (machine / "etc/cloud-boot/plan.hcl").write_bytes(_plan())
+
+
+SYSTEMD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")  # some real PE image
+
+
+def test_secure_boot_refuses_an_unsigned_kernel_before_anything_is_written(
+    machine: Path, tmp_path: Path
+) -> None:
+    """The path chosen for staged kernels under Secure Boot: the firmware verifies them
+    against db; the agent refuses at once one with no signature at all (a PE image, but
+    unsigned), instead of pointing Boot0001 at an image the firmware will refuse."""
+    _secure_boot_machine(machine, tmp_path, SYSTEMD_BOOT.read_bytes())
+    before = _efivars_snapshot(machine)
+    status, log, system = _run(machine, "console=ttyS0", lease=LEASE)
+    assert status == 1
+    assert "Secure Boot is on and this kernel carries no Authenticode signature" in _fatal(log)
+    assert _efivars_snapshot(machine) == before and system.esp_opened == []
+
+
+def test_secure_boot_stages_a_signed_kernel(machine: Path, tmp_path: Path) -> None:
+    key, cert = tmp_path / "db.key", tmp_path / "db.crt"
+    run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+         "-out", cert, "-days", "30", "-subj", "/CN=cloudboot test db"])  # fmt: skip
+    signed = tmp_path / "signed.efi"
+    run(["sbsign", "--key", key, "--cert", cert, "--output", signed, SYSTEMD_BOOT])
+    _secure_boot_machine(machine, tmp_path, signed.read_bytes())
+    status, log, system = _run(machine, "console=ttyS0", lease=LEASE)
+    assert status == 0, log
+    assert system.esp_opened == ["vda1"]
+    assert _mtype(machine / "dev/vda1", "::/EFI/Linux/debian-vmlinuz.efi") == signed.read_bytes()

@@ -111,7 +111,11 @@ class Agent:
         )
         with c.step("write"):
             self.system.ensure_efivars(self.paths.efivars)
-            booted = stage.booted_partition(EfiVarStore(self.paths.efivars))
+            from guest.agent.secureboot import require_signed_under_secure_boot
+
+            store = EfiVarStore(self.paths.efivars)
+            require_signed_under_secure_boot(store, kernel, target.name)
+            booted = stage.booted_partition(store)
             devices = blockdev.scan(self.paths.sys, self.paths.dev)
             esp, warnings = stage.find_cache_esp(devices, booted)
             for warning in warnings:
