@@ -145,6 +145,7 @@ class EspFiles(Protocol):
     """Somewhere to put files on the ESP; ``flush`` returns once they are on the disk."""
 
     def write(self, path: str, data: FileData) -> None: ...
+    def read(self, path: str, limit: int) -> bytes | None: ...
     def flush(self) -> None: ...
 
 
@@ -175,6 +176,16 @@ class MountedEsp:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+    def read(self, path: str, limit: int) -> bytes | None:
+        """A small file's bytes (None when absent or larger than ``limit``)."""
+        target = self.root.joinpath(*[p for p in path.split("\\") if p])
+        try:
+            with open(target, "rb") as f:
+                data = f.read(limit + 1)
+        except OSError:
+            return None
+        return data if len(data) <= limit else None
 
     def flush(self) -> None:
         os.sync()
