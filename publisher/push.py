@@ -346,19 +346,17 @@ def resolve_digest(client: RegistryClient, ref: Ref) -> str:
 def sign_ref(client: RegistryClient, ref: Ref, key: SigningKey) -> PushResult:
     """Sign what ``ref`` points at now (the digest, so a later tag move is not covered).
 
-    A plan gets the same pins and a fresh version as at publish time; signing again
-    what is already signed with the same pins changes nothing.
+    An explicit signature is a new publication: it always gets a fresh version (so it is
+    the deliberate way to roll a tag back to older content, docs/trust-model.md), and a
+    plan gets its tags pinned as at publish time. Our older signatures are replaced.
     """
     data, media_type, digest = client.get_manifest(ref)
     _, existing = existing_signatures(client, ref, digest)
     found = split_signatures(existing, key, digest)
     pins = _plan_pins_of(client, ref, data, media_type)
-    tag = cosign.signature_tag(digest)
-    if not needs_signature(found, pins, moving=False):
-        return PushResult(str(ref), digest, len(data), tag, False, 0)
     optional = cosign.trust_optional(pins, next_version(found.ours))
     sent = put_signature(client, ref, digest, key, found, optional)
-    return PushResult(str(ref), digest, len(data), tag, True, sent)
+    return PushResult(str(ref), digest, len(data), cosign.signature_tag(digest), True, sent)
 
 
 def _plan_pins_of(client: RegistryClient, ref: Ref, data: bytes, media_type: str) -> dict[str, str]:
