@@ -123,7 +123,7 @@ def test_tag_moved_to_an_unsigned_kernel(trust_lab: TrustLab) -> None:
 
     # 3. the same registry state under cloudboot.cosign=warn: boots, and says so
     warn_lab = dataclasses.replace(lab, iso=t.warn_iso)
-    log, vars_fd = boot(warn_lab, "warn", "CLOUDBOOT-TRUST-", timeout=300)
+    log, vars_fd = boot(warn_lab, "warn-boot", "CLOUDBOOT-TRUST-", timeout=300)
     assert f"WARNING: artifact {artifact}: NOT VERIFIED" in log, log[-3000:]
     assert MOVED in log and SIGNED not in log
     assert _cloudboot_entries(vars_fd) == ["cloud-boot linux"]
