@@ -15,9 +15,9 @@ its own signature by the same key.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable
-from dataclasses import replace
 
 import requests
 import structlog
@@ -25,9 +25,10 @@ import structlog
 from guest.contract import cosign
 from guest.contract.arch import BOOTABLE_PLAN_ARCHES
 from guest.contract.errors import CloudbootError
-from guest.contract.oci import MANIFEST_ACCEPT, Ref, digest_of, parse_ref
+from guest.contract.oci import Ref, parse_ref
 from guest.contract.plan import OciSource, evaluate_collecting, parse_plan
 from publisher.registry import RegistryClient
+from publisher.retry import RetryPolicy
 
 log = structlog.get_logger(__name__)
 
@@ -35,8 +36,8 @@ log = structlog.get_logger(__name__)
 #: user-mode network maps 10.0.2.2 to the host's 127.0.0.1.
 GUEST_HOST_ALIASES = ("10.0.2.2",)
 
-#: A pin lookup is one GET, not the retried publish path: an unreachable registry named
-#: in a plan must not hold a publish for the whole retry budget.
+#: A pin lookup is one GET without retries: an unreachable registry named in a plan must
+#: not hold a publish for the whole retry budget.
 RESOLVE_TIMEOUT = 10.0
 
 
@@ -70,38 +71,34 @@ def host_view(ref: Ref) -> Ref:
     """The ref as this host reaches it (``10.0.2.2:5000`` is ``127.0.0.1:5000`` here)."""
     host, sep, port = ref.registry.partition(":")
     if host in GUEST_HOST_ALIASES:
-        return replace(ref, registry=f"127.0.0.1{sep}{port}")
+        return dataclasses.replace(ref, registry=f"127.0.0.1{sep}{port}")
     return ref
 
 
 def resolve_tag(client: RegistryClient, ref: Ref) -> str | None:
     """The digest ``ref``'s tag points at now (hashed here, not a header), or None."""
-    where = host_view(ref)
     try:
-        resp = client.request(
-            "GET",
-            where,
-            f"/v2/{where.repository}/manifests/{where.reference}",
-            what="manifest GET (pin)",
-            ok=(200,),
-            missing_ok=True,
-            headers={"Accept": MANIFEST_ACCEPT},
-            timeout=RESOLVE_TIMEOUT,
-        )
+        found = client.find_manifest(host_view(ref))
     except (CloudbootError, requests.RequestException) as exc:
         log.warning("tag not pinned: cannot resolve it", ref=str(ref), error=str(exc))
         return None
-    if resp.status_code == 404:
+    if found is None:
         log.warning("tag not pinned: no such manifest yet", ref=str(ref))
         return None
-    return digest_of(resp.content)
+    return found[2]
 
 
 def resolve_pins(client: RegistryClient, refs: Iterable[Ref]) -> dict[str, str]:
-    """``{ref as the plan names it: digest}`` for every ref that resolves (in parallel)."""
+    """``{ref as the plan names it: digest}`` for every ref that resolves (in parallel).
+
+    One attempt each, on a client sharing ``client``'s session and credentials.
+    """
     wanted = list(refs)
+    if not wanted:
+        return {}
+    once = dataclasses.replace(client, retry=RetryPolicy(total=0.0), timeout=RESOLVE_TIMEOUT)
     pool = client.pool()
-    futures = [(ref, pool.submit(resolve_tag, client, ref)) for ref in wanted]
+    futures = [(ref, pool.submit(resolve_tag, once, ref)) for ref in wanted]
     pins = {str(ref): digest for ref, f in futures if (digest := f.result()) is not None}
     if pins:
         log.info("tags pinned in the signature", pins=pins)
