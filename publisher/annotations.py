@@ -11,6 +11,7 @@ import datetime
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 
@@ -18,6 +19,18 @@ from guest.contract.errors import CloudbootError
 from publisher.run import CommandError, ToolMissingError, run
 
 log = structlog.get_logger(__name__)
+
+
+def strip_userinfo(url: str) -> str:
+    """``url`` without ``user:password@``: a CI clone URL carries a token there
+    (``https://gitlab-ci-token:...@host/...``) and annotations are public.
+
+    scp-like remotes (``git@host:path``) name an account, not a secret, and stay.
+    """
+    parts = urlsplit(url)
+    if not parts.scheme or "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def source_annotations(workdir: Path, env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -32,7 +45,7 @@ def source_annotations(workdir: Path, env: Mapping[str, str] | None = None) -> d
         out["org.opencontainers.image.revision"] = rev
         remote = run(["git", "-C", workdir, "remote", "get-url", "origin"], check=False)
         if remote.returncode == 0 and remote.stdout.strip():
-            out["org.opencontainers.image.source"] = remote.stdout.decode().strip()
+            out["org.opencontainers.image.source"] = strip_userinfo(remote.stdout.decode().strip())
     except (CommandError, ToolMissingError):
         log.debug("no git revision for annotations", workdir=str(workdir))
     epoch = env.get("SOURCE_DATE_EPOCH")

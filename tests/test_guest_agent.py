@@ -51,9 +51,15 @@ class MtoolsEsp:
         run(["mcopy", "-o", "-i", self.image, src, "::/" + "/".join(parts)])
         src.unlink()
 
-    def has(self, path: str) -> bool:
-        target = "::/" + "/".join(p for p in path.split("\\") if p)
-        return run(["mtype", "-i", self.image, target], check=False).returncode == 0
+    def read(self, path: str, limit: int) -> bytes | None:
+        parts = [p for p in path.split("\\") if p]
+        dest = self.image.parent / "download.tmp"
+        done = run(["mcopy", "-o", "-i", self.image, "::/" + "/".join(parts), dest], check=False)
+        if done.returncode != 0:
+            return None
+        data = dest.read_bytes()
+        dest.unlink()
+        return data if len(data) <= limit else None
 
     def flush(self) -> None:
         pass
@@ -198,7 +204,7 @@ def test_signed_plan_stages_disk_target_and_writes_boot0001(
         f"console=ttyS0 cloudboot.plan=oci://{registry.address}/plans/web cloudboot.exit=reboot",
     )
     assert status == 0, log
-    assert system.rebooted and system.esp_opened == ["vda1"]
+    assert system.rebooted and system.esp_opened == ["vda1", "vda1"]  # floor read, staging
     assert "plan signature verified" in log
     for step in ("init", "network", "fetch", "verify", "read", "write", "nvram"):
         assert f"step {step} " in log

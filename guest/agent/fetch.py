@@ -245,9 +245,7 @@ def verify_signature(
     try:
         data, _media, _d = client.manifest(sig_ref)
     except NotFoundError:
-        raise cosign.NoSignatureError(
-            f"plan is not signed: no {sig_ref.tag} in {ref.name}"
-        ) from None
+        raise cosign.NoSignatureError(f"not signed: no {sig_ref.tag} in {ref.name}") from None
     sig_manifest = oci.Manifest.from_bytes(data, what=f"signature manifest {sig_ref}")
     candidates = [
         (client.blob(sig_ref, s.descriptor, limit=MAX_SIGNATURE_BLOB), s.signature_b64)
@@ -260,6 +258,59 @@ def verify_signature(
             f"signature names repository {signed_repo!r}, the plan lives in {ref.repository!r}"
         )
     return signed
+
+
+@dataclass(frozen=True)
+class ArtifactTrust:
+    """What binds a plan's OCI artifacts to the key (docs/trust-model.md).
+
+    ``pins`` come from the plan's verified signature (ref as the plan names it ->
+    digest); ``key`` is the image's public key; ``enforce`` refuses an artifact that is
+    neither pinned nor signed, otherwise it is fetched by tag and reported.
+    """
+
+    pins: Mapping[str, str]
+    key: cosign.PublicKey | None
+    enforce: bool
+
+
+@dataclass(frozen=True)
+class Bound:
+    """An artifact ref as it will be fetched, and how it is trusted (for the log)."""
+
+    ref: oci.Ref
+    how: str
+    verified: bool
+
+
+def bind_artifact(client: RegistryClient, ref: oci.Ref, trust: ArtifactTrust) -> Bound:
+    """Turn a plan's artifact ref into one fetched by a digest the key vouches for.
+
+    A digest in the plan is covered by the plan's signature; a tag is replaced by the
+    digest the signature pinned; otherwise the artifact's own cosign signature (same key)
+    must verify, and the digest it signs is what is fetched. Under enforce anything else
+    is a ``SigningError`` naming the artifact.
+    """
+    if ref.digest:
+        return Bound(ref, "by digest in the plan", True)
+    pinned = trust.pins.get(str(ref))
+    if pinned:
+        return Bound(ref.with_digest(pinned), f"pinned by the plan signature to {pinned}", True)
+    why = "no public key in the image"
+    if trust.key is not None:
+        _data, _media, top = client.manifest(ref)
+        try:
+            verify_signature(client, ref, top, trust.key)
+        except cosign.SigningError as exc:
+            why = str(exc)
+        else:
+            return Bound(ref.with_digest(top), f"own signature verified ({top})", True)
+    if trust.enforce:
+        raise cosign.SigningError(
+            f"artifact {ref} is not pinned by the plan signature and not signed: {why}",
+            where=str(ref),
+        )
+    return Bound(ref, f"NOT VERIFIED (neither pinned nor signed: {why})", False)
 
 
 @dataclass(frozen=True)

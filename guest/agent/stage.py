@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from guest.agent.blockdev import BlockDevice, read_disk_gpt
+from guest.agent.blockdev import BlockDevice, read_disk_gpt, scan
 from guest.contract import gpt
 from guest.contract.efi import BOOT_VARIABLE_ATTRIBUTES, GLOBAL_VARIABLE_GUID, bootorder, ucs16
 from guest.contract.efi.devpath import HardDrive
@@ -189,7 +189,7 @@ class EspFiles(Protocol):
     """Somewhere to put files on the ESP; ``flush`` returns once they are on the disk."""
 
     def write(self, path: str, data: FileData) -> None: ...
-    def has(self, path: str) -> bool: ...
+    def read(self, path: str, limit: int) -> bytes | None: ...
     def flush(self) -> None: ...
 
 
@@ -205,9 +205,6 @@ class MountedEsp:
 
     def _path(self, path: str) -> Path:
         return self.root.joinpath(*[p for p in path.split("\\") if p])
-
-    def has(self, path: str) -> bool:
-        return self._path(path).is_file()
 
     def write(self, path: str, data: FileData) -> None:
         target = self._path(path)
@@ -227,17 +224,39 @@ class MountedEsp:
         finally:
             os.close(dir_fd)
 
+    def read(self, path: str, limit: int) -> bytes | None:
+        """A small file's bytes (None when absent or larger than ``limit``)."""
+        target = self._path(path)
+        try:
+            with open(target, "rb") as f:
+                data = f.read(limit + 1)
+        except OSError:
+            return None
+        return data if len(data) <= limit else None
+
     def flush(self) -> None:
         os.sync()
 
 
-def write_files(esp: EspFiles, target: str, kernel: FileData, initrd: FileData | None) -> None:
-    if not esp.has(CACHE_MARKER):
+def choose_cache_esp(sys_root: Path, dev_root: Path, efivars: Path) -> tuple[CacheEsp, list[str]]:
+    """The cache ESP for this machine: ``find_cache_esp`` over every disk, leaving out
+    the one the stub says we booted from. One choice for staging and the floor alike."""
+    booted = booted_partition(EfiVarStore(efivars))
+    return find_cache_esp(scan(sys_root, dev_root), booted)
+
+
+def require_marker(esp: EspFiles) -> None:
+    """Nothing is read from or written to a cache ESP without the cache-disk marker."""
+    if esp.read(CACHE_MARKER, 4096) is None:
         raise StageError(
             f"no {CACHE_MARKER} on it: not a disk made by `cloudboot cache-disk` (one made "
             "before the marker existed: delete it and run `cloudboot cache-disk` again)",
             where="cache ESP",
         )
+
+
+def write_files(esp: EspFiles, target: str, kernel: FileData, initrd: FileData | None) -> None:
+    require_marker(esp)
     kernel_path, initrd_path = staged_paths(target)
     esp.write(kernel_path, kernel)
     if initrd is not None:
