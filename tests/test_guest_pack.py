@@ -9,6 +9,7 @@ import base64
 import os
 import shutil
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -21,8 +22,8 @@ from guest.contract.efi import GLOBAL_VARIABLE_GUID, bootorder
 from guest.contract.efi.efivarfs import EfiVarStore
 from publisher.media import cpio, guestpack
 from publisher.media.debs import DebCache
-from publisher.media.guestpack import build_tree, measure
-from publisher.media.wheelpins import WheelHashError
+from publisher.media.guestpack import GUEST_PYTHON, build_tree, measure
+from publisher.media.wheelpins import WheelHashError, verify_tree
 from publisher.run import run
 from tests.test_guest_fetch import new_key
 
@@ -252,3 +253,18 @@ def test_a_substituted_wheel_is_refused_and_removed(tmp_path: Path) -> None:
     with pytest.raises(WheelHashError, match=r"ext4-1\.4\.1-py3-none-any\.whl: sha256 .* pinned"):
         guestpack._pypi_sources(dest, cache)
     assert not wheel.exists() and not (dest / "ext4").exists()
+
+
+def test_venv_packages_are_the_pinned_trees(tmp_path: Path) -> None:
+    """hcl2 and lark come from the host's venv: the copy is checked against the digest of
+    the pinned wheels' files, so an edited (or other-version) package fails the pack."""
+    site = Path(sys.prefix) / "lib" / f"python{GUEST_PYTHON}" / "site-packages"
+    for name in ("hcl2", "lark"):
+        copy = tmp_path / name
+        skip = shutil.ignore_patterns("__pycache__", "*.pyi", "py.typed")
+        shutil.copytree(site / name, copy, ignore=skip)
+        verify_tree(copy, name)
+    with open(tmp_path / "lark" / "__init__.py", "a") as f:
+        f.write("import os  # one more line\n")
+    with pytest.raises(WheelHashError, match=r"package 'lark' from the host's venv is not"):
+        verify_tree(tmp_path / "lark", "lark")

@@ -27,7 +27,7 @@ from pathlib import Path
 from guest.contract.arch import Arch
 from publisher.media import cpio
 from publisher.media.debs import DebCache
-from publisher.media.wheelpins import verify_archive
+from publisher.media.wheelpins import verify_archive, verify_tree
 from publisher.run import run
 
 #: The guest interpreter's version: bytecode compiled here must carry its magic number.
@@ -251,6 +251,7 @@ def build_tree(
             dirs_exist_ok=True,
             ignore=shutil.ignore_patterns("__pycache__", "*.pyi", "py.typed"),
         )
+        verify_tree(app / name, name)
     _pypi_sources(app, debs.root.parent)
     shutil.copytree(
         repo / "guest",

@@ -50,3 +50,40 @@ def verify_archive(archive: Path) -> None:
             f"sha256 {digest.hexdigest()} is not the pinned {expected}; the file was removed",
             where=str(archive),
         )
+
+
+#: ``hcl2`` and ``lark`` are copied from the host's venv (pip installed them from these
+#: pinned versions: python-hcl2 8.1.4, lark 1.3.1); what is copied is pinned as a tree:
+#: sha256 over the sorted (path, sha256 of the bytes) of every file ``guestpack`` copies,
+#: equal to the same digest over the files of the wheels python_hcl2-8.1.4-py3-none-any
+#: (sha256 75738bd9...0feae) and lark-1.3.1-py3-none-any (sha256 c629b661...d1e12).
+#: Generated caches are not the package's files and are left out of the digest.
+VENV_TREE_SHA256 = {
+    "hcl2": "6d8ec62c4d4c95e8f5ad24903cbb3236ab4ae216cbe17dc98190bf1203927f32",
+    "lark": "71ed480578d70c652147d8a0c104b526ecaac4a0e21e4036b69e8a1169b8abab",
+}
+
+
+#: Files a package writes next to itself at run time (lark's grammar cache for hcl2).
+GENERATED = frozenset({".lark_cache.bin"})
+
+
+def tree_digest(root: Path) -> str:
+    """sha256 over the sorted (relative path, sha256 of contents) of the files under root."""
+    outer = hashlib.sha256()
+    files = (p for p in root.rglob("*") if p.is_file() and p.name not in GENERATED)
+    for path in sorted(files):
+        rel = path.relative_to(root).as_posix()
+        outer.update(f"{rel}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+    return outer.hexdigest()
+
+
+def verify_tree(root: Path, name: str) -> None:
+    """Raise unless the copied package ``name`` at ``root`` is the pinned tree."""
+    got, expected = tree_digest(root), VENV_TREE_SHA256[name]
+    if got != expected:
+        raise WheelHashError(
+            f"package {name!r} from the host's venv is not the pinned tree "
+            f"(sha256 {got}, pinned {expected}): reinstall it from constraints.txt",
+            where=str(root),
+        )
