@@ -25,7 +25,7 @@ from publisher.media.debs import DebCache
 from publisher.media.guestpack import GUEST_PYTHON, build_tree, measure
 from publisher.media.wheelpins import WheelHashError, verify_tree
 from publisher.run import run
-from tests.test_guest_fetch import new_key
+from tests.helpers import new_key
 
 pytestmark = pytest.mark.skipif(Arch.host() is not Arch.X86_64, reason="runs the amd64 runtime")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -21,6 +20,7 @@ from urllib.parse import urlencode
 from guest.agent import httpclient
 from guest.agent.stage import MAX_BOOT_FILE
 from guest.contract import cosign, oci
+from guest.contract.challenge import parse_challenge
 from guest.contract.errors import CloudbootError
 
 if TYPE_CHECKING:
@@ -33,7 +33,6 @@ MAX_MANIFEST = 4 << 20
 MAX_PLAN_BLOB = 4 << 20
 MAX_SIGNATURE_BLOB = 1 << 20
 MAX_CMDLINE_BLOB = 64 << 10
-_CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 
 
 class FetchError(CloudbootError):
@@ -121,8 +120,8 @@ class RegistryClient:
         raise FetchError(f"registry refused our credentials for {scope}", where=str(ref))
 
     def _answer_challenge(self, ref: oci.Ref, header: str, scope: str) -> None:
-        kind = header.split(" ", 1)[0].lower()
-        params = dict(_CHALLENGE.findall(header))
+        challenge = parse_challenge(header)
+        kind, params = challenge.scheme, challenge.params
         creds = self.credentials.get(ref.registry)
         if kind == "basic":
             if not creds:
