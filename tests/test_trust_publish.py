@@ -23,7 +23,7 @@ from publisher.registry import RegistryClient
 from publisher.run import run
 from publisher.signing import SigningKey, generate_key_pair, parse_private_key
 from publisher.sigtag import existing_signatures
-from tests.test_watch_support import skopeo_signature_ok
+from tests.helpers import skopeo_signature_ok
 
 
 def _key() -> tuple[SigningKey, bytes]:
