@@ -15,6 +15,7 @@ import datetime
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 
@@ -37,6 +38,18 @@ def _git(root: Path, *args: str) -> str | None:
     return proc.stdout.decode().strip() if proc.returncode == 0 else None
 
 
+def strip_userinfo(url: str) -> str:
+    """``url`` without ``user:password@``: a CI clone URL carries a token there
+    (``https://gitlab-ci-token:...@host/...``) and annotations are public.
+
+    scp-like remotes (``git@host:path``) name an account, not a secret, and stay.
+    """
+    parts = urlsplit(url)
+    if not parts.scheme or "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
 def source_annotations(workdir: Path, env: Mapping[str, str] | None = None) -> dict[str, str]:
     """OCI annotations from git (revision, source) and ``SOURCE_DATE_EPOCH`` (created).
 
@@ -49,7 +62,7 @@ def source_annotations(workdir: Path, env: Mapping[str, str] | None = None) -> d
         out[REVISION] = rev
         remote = _git(workdir, "remote", "get-url", "origin")
         if remote:
-            out[SOURCE] = remote
+            out[SOURCE] = strip_userinfo(remote)
     else:
         log.debug("no git revision for annotations", workdir=str(workdir))
     epoch = env.get("SOURCE_DATE_EPOCH")

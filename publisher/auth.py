@@ -18,9 +18,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 
+from guest.agent.httpclient import redact_url
 from guest.contract.challenge import Challenge, parse_challenge
 from guest.contract.errors import CloudbootError
 from publisher.run import ToolMissingError, run
@@ -133,6 +135,16 @@ def lookup_credentials(
     return None
 
 
+def realm_may_see_credentials(realm: str, registry: str) -> bool:
+    """Basic credentials go to a token realm over https, or over plain HTTP only to the
+    registry's own ``host:port`` (the one place the user already reaches in the clear):
+    a challenge must not be able to send them through the clear to a host of its choice."""
+    parts = urlsplit(realm)
+    if parts.scheme == "https":
+        return True
+    return parts.scheme == "http" and parts.netloc.rpartition("@")[2].lower() == registry.lower()
+
+
 @dataclass
 class _Token:
     value: str
@@ -233,6 +245,12 @@ class RegistryAuth:
         if self._bearer_scope.get((registry, repository)) == key and self.tokens.get(key):
             return False  # that very token was just refused
         params = {k: v for k, v in (("service", service), ("scope", scope)) if v}
+        if creds is not None and not realm_may_see_credentials(realm, registry):
+            raise CredentialsError(
+                f"token realm {redact_url(realm)} is plain HTTP on another host than the "
+                "registry: credentials are not sent there",
+                where=registry,
+            )
         headers = {"Authorization": creds.basic_header()} if creds else {}
         status, body = self.fetch_token(realm, params, headers)
         if status in (401, 403) or not isinstance(body, Mapping):

@@ -22,6 +22,7 @@ from guest.contract import cosign
 from guest.contract.errors import CloudbootError
 from guest.contract.oci import (
     MEDIA_INDEX,
+    MEDIA_PLAN,
     Descriptor,
     Index,
     LayerRole,
@@ -34,8 +35,16 @@ from guest.contract.oci import (
     plan_manifest,
 )
 from guest.contract.plan import PlanError, plan_text, read_plan_bytes, validate_plan
+from publisher.pins import next_version, plan_pins
 from publisher.registry import Blob, RegistryClient, RegistryError
-from publisher.signing import SigningKey, sign_blob
+from publisher.signing import SigningKey
+from publisher.sigtag import (
+    existing_signatures,
+    needs_signature,
+    put_signature,
+    speculative_signature_blobs,
+    split_signatures,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -93,60 +102,6 @@ def check_plan(data: bytes, plan_path: Path) -> CheckedPlan:
 def load_plan(plan_path: Path) -> CheckedPlan:
     """Read (errors name the file) and check a plan file."""
     return check_plan(read_plan_bytes(plan_path), plan_path)
-
-
-def _existing_signatures(
-    client: RegistryClient, ref: Ref, digest: str
-) -> tuple[Manifest | None, list[tuple[bytes, str]]]:
-    """The signature manifest at ``sha256-<hex>.sig`` (if any) and its (payload, sig) pairs."""
-    sig_ref = ref.with_tag(cosign.signature_tag(digest))
-    found = client.find_manifest(sig_ref)  # one GET: a HEAD first would add a round trip
-    if found is None:
-        return None, []
-    manifest = Manifest.from_bytes(found[0], what=str(sig_ref))
-    pairs = [
-        (client.get_blob(ref, layer.descriptor.digest), layer.signature_b64)
-        for layer in cosign.signature_layers(manifest)
-    ]
-    return manifest, pairs
-
-
-def _signed_by(pairs: Sequence[tuple[bytes, str]], key: SigningKey, digest: str) -> bool:
-    public = cosign.load_public_key(key.public_pem)
-    try:
-        cosign.check_signatures(public, digest, pairs)
-    except cosign.SigningError:
-        return False
-    return True
-
-
-def _put_signature(
-    client: RegistryClient,
-    ref: Ref,
-    digest: str,
-    key: SigningKey,
-    existing: Sequence[tuple[bytes, str]],
-) -> int:
-    """Add our signature to the ones already at the signature tag; returns bytes sent."""
-    data = cosign.payload(ref.name, digest)
-    pairs = [*existing, (data, sign_blob(key, data))]
-    manifest, config = cosign.signature_manifest(pairs)
-    sent = sum(client.push_blob(ref, Blob.of_bytes(blob)) for blob in (data, config))
-    tag = cosign.signature_tag(digest)
-    client.put_manifest(ref, bytes(manifest), manifest.media_type, tag)
-    log.debug("signed", ref=ref.name, digest=digest, signature_tag=tag)
-    return sent
-
-
-def _speculative_signature_blobs(ref: Ref, digest: str) -> list[Blob]:
-    """The payload and the signature-manifest config for a first signature of ``digest``.
-
-    Both are deterministic (the ECDSA signature lives in an annotation, not in a blob), so
-    they can be uploaded alongside the artifact's own blobs; re-publishing finds them there.
-    """
-    data = cosign.payload(ref.name, digest)
-    _, config = cosign.signature_manifest([(data, "")])
-    return [Blob.of_bytes(data), Blob.of_bytes(config)]
 
 
 def _current_tag(client: RegistryClient, ref: Ref, digest: str) -> str | None:
@@ -207,6 +162,7 @@ def prepare(
     media_type: str,
     blobs: Sequence[Blob],
     key: SigningKey | None = None,
+    pins: Mapping[str, str] | None = None,
 ) -> PreparedPush:
     """Everything of ``publish`` before the tag move, in the order of docs/wire-formats.md §2.7.
 
@@ -215,14 +171,15 @@ def prepare(
     registry lost blobs this client believed were there (a wiped embedded registry), the
     manifest PUT says so; the beliefs are dropped and the preparation redone.
     """
+    args = (client, ref, manifest_bytes, media_type, blobs, key, dict(pins or {}))
     try:
-        return _prepare(client, ref, manifest_bytes, media_type, blobs, key)
+        return _prepare(*args)
     except RegistryError as exc:
         if not _lost_blobs(exc):
             raise
         log.warning("registry lost blobs this client had seen; publishing again", ref=ref.name)
         client.forget_blobs(ref)
-        return _prepare(client, ref, manifest_bytes, media_type, blobs, key)
+        return _prepare(*args)
 
 
 def commit(client: RegistryClient, prepared: PreparedPush) -> PushResult:
@@ -258,6 +215,7 @@ def _prepare(
     media_type: str,
     blobs: Sequence[Blob],
     key: SigningKey | None,
+    pins: dict[str, str],
 ) -> PreparedPush:
     digest = digest_of(manifest_bytes)
     if ref.digest and ref.digest != digest:
@@ -268,21 +226,27 @@ def _prepare(
     repeat = client.memory.writes_to(ref)  # published here before: likely again soon
     pool = client.pool()
     current = pool.submit(_current_tag, client, ref, digest) if tagged else None
-    signatures = pool.submit(_existing_signatures, client, ref, digest) if key else None
-    extra = _speculative_signature_blobs(ref, digest) if key else []
+    signatures = pool.submit(existing_signatures, client, ref, digest) if key else None
+    version = next_version(())
+    # The payload carries a fresh version, so uploading it ahead is a bet that a new
+    # signature is due: taken only when this client saw the tag elsewhere (the watcher's
+    # next publish), never on a re-publish that may change nothing.
+    moving = tagged and client.memory.tag(ref) not in (None, digest)
+    extra = speculative_signature_blobs(ref, digest, pins, version) if key and moving else []
     uploads = [pool.submit(client.push_blob, ref, blob) for blob in (*blobs, *extra)]
     sizes = [f.result() for f in uploads]
     sent = sum(sizes)
     at = current.result() if current else None
-    existing = signatures.result()[1] if signatures else []
-    signed = key is None or _signed_by(existing, key, digest)
-    sig_tag = cosign.signature_tag(digest) if key else None
     move_tag = tagged and at != digest
-    if not move_tag and signed:
+    found = split_signatures(signatures.result()[1], key, digest) if signatures and key else None
+    resign = found is not None and needs_signature(found, pins, move_tag)
+    sig_tag = cosign.signature_tag(digest) if key else None
+    if not move_tag and not resign:
         return PreparedPush(ref, digest, manifest_bytes, media_type, sig_tag, False, False, sent)
     client.put_manifest(ref.with_digest(digest), manifest_bytes, media_type, digest)
-    if key is not None and not signed:
-        sent += _put_signature(client, ref, digest, key, existing)
+    if key is not None and found is not None and resign:
+        optional = cosign.trust_optional(pins, next_version(found.ours, now_ms=version))
+        sent += put_signature(client, ref, digest, key, found, optional)
     sessions = sum(1 for n in sizes if n) if repeat else 0
     return PreparedPush(
         ref, digest, manifest_bytes, media_type, sig_tag, move_tag, True, sent, sessions
@@ -310,7 +274,9 @@ def prepare_plan(
     """Everything of publishing a checked plan but the tag move."""
     manifest, config = plan_manifest(plan.data, plan.path.name, annotations)
     blobs = [Blob.of_bytes(config), Blob.of_bytes(plan.data)]
-    return prepare(client, ref, bytes(manifest), manifest.media_type, blobs, key)
+    text = plan.data.decode()  # a CheckedPlan decoded already
+    pins = plan_pins(client, text, str(plan.path)) if key else {}
+    return prepare(client, ref, bytes(manifest), manifest.media_type, blobs, key, pins)
 
 
 def push_artifact(
@@ -385,22 +351,41 @@ def resolve_digest(client: RegistryClient, ref: Ref) -> str:
 
 
 def sign_ref(client: RegistryClient, ref: Ref, key: SigningKey) -> PushResult:
-    """Sign what ``ref`` points at now (the digest, so a later tag move is not covered)."""
-    info = client.head_manifest(ref)
-    if info is None:
-        raise RegistryError(f"manifest unknown: {ref}", status=404)
-    _, existing = _existing_signatures(client, ref, info.digest)
-    tag = cosign.signature_tag(info.digest)
-    if _signed_by(existing, key, info.digest):
-        return PushResult(str(ref), info.digest, info.size, tag, False, 0)
-    sent = _put_signature(client, ref, info.digest, key, existing)
-    return PushResult(str(ref), info.digest, info.size, tag, True, sent)
+    """Sign what ``ref`` points at now (the digest, so a later tag move is not covered).
+
+    An explicit signature is a new publication: it always gets a fresh version (so it is
+    the deliberate way to roll a tag back to older content, docs/trust-model.md), and a
+    plan gets its tags pinned as at publish time. Our older signatures are replaced.
+    """
+    data, media_type, digest = client.get_manifest(ref)
+    _, existing = existing_signatures(client, ref, digest)
+    found = split_signatures(existing, key, digest)
+    pins = _plan_pins_of(client, ref, data, media_type)
+    optional = cosign.trust_optional(pins, next_version(found.ours))
+    sent = put_signature(client, ref, digest, key, found, optional)
+    return PushResult(str(ref), digest, len(data), cosign.signature_tag(digest), True, sent)
+
+
+def _plan_pins_of(client: RegistryClient, ref: Ref, data: bytes, media_type: str) -> dict[str, str]:
+    """The pins of a published plan (its plan layer), or none for anything else."""
+    if is_index_media_type(media_type):
+        return {}
+    manifest = Manifest.from_bytes(data, what=str(ref))
+    layer = next((d for d in manifest.layers if d.media_type == MEDIA_PLAN), None)
+    if layer is None:
+        return {}
+    text = client.get_blob(ref, layer.digest).decode("utf-8", errors="replace")
+    try:
+        return plan_pins(client, text, str(ref))
+    except CloudbootError as exc:  # not a valid plan: sign it as an opaque artifact
+        log.warning("plan does not parse; signed without pins", ref=str(ref), error=str(exc))
+        return {}
 
 
 def verify_ref(client: RegistryClient, ref: Ref, public_key: cosign.PublicKey) -> PushResult:
     """Check ``ref`` carries a valid signature by ``public_key``; raises a SigningError if not."""
     digest = resolve_digest(client, ref)
-    manifest, pairs = _existing_signatures(client, ref, digest)
+    manifest, pairs = existing_signatures(client, ref, digest)
     if manifest is None:
         raise cosign.NoSignatureError(
             f"no signature for {digest} (tag {cosign.signature_tag(digest)} not found)",

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import structlog
@@ -214,11 +214,15 @@ class RegistryClient:
         **kwargs: Any,
     ) -> requests.Response:
         """One HTTP exchange with auth (answering at most one challenge); no retries here."""
-        full = urljoin(self.base_url(ref) + "/", url.lstrip("/")) if "://" not in url else url
+        base = self.base_url(ref)
+        full = urljoin(base + "/", url.lstrip("/")) if "://" not in url else url
+        # An upload Location or a pagination Link may name another host: it gets no
+        # credentials and no challenge answered on its behalf (docs/trust-model.md).
+        ours = _origin(full) == _origin(base)
         settings = {"timeout": self.timeout, **self._settings(full), **kwargs}
         for attempt in range(2):
             hdrs = dict(headers or {})
-            if auth := self._auth.header(ref.registry, ref.repository):
+            if ours and (auth := self._auth.header(ref.registry, ref.repository)):
                 hdrs["Authorization"] = auth
             try:
                 resp = self.session.request(method, full, headers=hdrs, **settings)
@@ -227,6 +231,7 @@ class RegistryClient:
             if (
                 resp.status_code == 401
                 and attempt == 0
+                and ours
                 and self._auth.answer(
                     ref.registry,
                     ref.repository,
@@ -409,6 +414,13 @@ class RegistryClient:
             tags += resp.json().get("tags") or []
             url = resp.links.get("next", {}).get("url")
         return tags
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the scheme's default port filled in."""
+    parts = urlsplit(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or default
 
 
 def client_from_config(

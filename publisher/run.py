@@ -55,8 +55,32 @@ def require_tool(tool: str, package: str | None = None) -> str:
     return found
 
 
-def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
-    env = dict(os.environ)
+#: What a child inherits from our environment, by exact name: what tools need to find
+#: things (PATH, HOME, locale, temp dir), to reach the network the way the user's shell
+#: does (proxies, CA bundles) and to talk to the user's session (systemctl --user, a
+#: credential helper's keyring). Everything else, ``COSIGN_PASSWORD`` and
+#: ``REGISTRY_PASSWORD`` above all, stays with us: a child that needs a value is given it
+#: explicitly through ``env=``.
+ENV_ALLOW = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TERM", "TZ", "TMPDIR",
+    "SOURCE_DATE_EPOCH", "DEBIAN_FRONTEND", "APT_CONFIG", "DOCKER_CONFIG",
+    "DISPLAY", "WAYLAND_DISPLAY", "DBUS_SESSION_BUS_ADDRESS", "SSH_AUTH_SOCK",
+    "http_proxy", "https_proxy", "no_proxy", "all_proxy",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+    "PYTHONHASHSEED", "PYTHONDONTWRITEBYTECODE", "VIRTUAL_ENV",
+})  # fmt: skip
+#: ... and by prefix: locale categories, XDG directories, pip's own settings (the guest
+#: wheels are downloaded with the user's index), git's.
+ENV_ALLOW_PREFIXES = ("LC_", "XDG_", "PIP_", "GIT_")
+
+
+def child_env(
+    extra: Mapping[str, str] | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment a child process gets: the allow-listed part of ours, plus ``extra``."""
+    source = os.environ if environ is None else environ
+    env = {k: v for k, v in source.items() if k in ENV_ALLOW or k.startswith(ENV_ALLOW_PREFIXES)}
     env.setdefault("LC_ALL", "C.UTF-8")
     if extra:
         env.update(extra)
@@ -86,7 +110,7 @@ def run(
             input=input,
             stdout=subprocess.PIPE if capture else None,
             stderr=subprocess.PIPE if capture else None,
-            env=_env(env),
+            env=child_env(env),
             cwd=cwd,
             timeout=timeout,
             check=False,
@@ -165,7 +189,7 @@ def _start_detached(
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=_env(env),
+            env=child_env(env),
             cwd=cwd,
             start_new_session=True,
         )

@@ -35,6 +35,12 @@ from guest.contract.pubkey import pem_blocks, pem_encode
 ENCRYPTED_PEM_TYPES = ("ENCRYPTED SIGSTORE PRIVATE KEY", "ENCRYPTED COSIGN PRIVATE KEY")
 PLAIN_PEM_TYPES = ("PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY")
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 65536, 8, 1
+#: The scrypt (N, r, p) sets cosign's key library reads (go-securesystemslib
+#: ``encrypted``: legacy, standard, OWASP) and nothing else: a key file chooses its own
+#: KDF cost, so an N=2 key would be a password guessable at line speed, and a huge N a
+#: memory bomb.
+SCRYPT_ACCEPTED = ((32768, 8, 1), (65536, 8, 1), (131072, 8, 1))
+SALT_BYTES, NONCE_BYTES = 32, 24
 PASSWORD_ENV = "COSIGN_PASSWORD"
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
@@ -62,7 +68,7 @@ def _scrypt(password: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
 
 def encrypt_private_key(pkcs8_der: bytes, password: bytes) -> bytes:
     """Seal PKCS#8 DER the way cosign does and wrap it as ``ENCRYPTED SIGSTORE PRIVATE KEY``."""
-    salt, nonce = secrets.token_bytes(32), secrets.token_bytes(24)
+    salt, nonce = secrets.token_bytes(SALT_BYTES), secrets.token_bytes(NONCE_BYTES)
     key = _scrypt(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
     sealed = nacl.secret.SecretBox(key).encrypt(pkcs8_der, nonce).ciphertext
 
@@ -89,17 +95,34 @@ def decrypt_private_key(body: bytes, password: bytes, *, source: str = "key") ->
         doc = json.loads(body)
         kdf, cipher = doc["kdf"], doc["cipher"]
         params = kdf["params"]
-        salt = base64.b64decode(kdf["salt"])
-        nonce = base64.b64decode(cipher["nonce"])
-        sealed = base64.b64decode(doc["ciphertext"])
-        n, r, p = int(params["N"]), int(params["r"]), int(params["p"])
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        salt = base64.b64decode(kdf["salt"], validate=True)
+        nonce = base64.b64decode(cipher["nonce"], validate=True)
+        sealed = base64.b64decode(doc["ciphertext"], validate=True)
+        n, r, p = params["N"], params["r"], params["p"]
+        kdf_name, cipher_name = kdf.get("name"), cipher.get("name")
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
         raise KeyFileError(
-            f"encrypted key body is not cosign's JSON format ({exc})", where=source
+            f"encrypted key body is not cosign's JSON format ({type(exc).__name__}: {exc})",
+            where=source,
         ) from None
-    if kdf.get("name") != "scrypt" or cipher.get("name") != "nacl/secretbox":
+    if kdf_name != "scrypt" or cipher_name != "nacl/secretbox":
         raise KeyFileError(
-            f"unsupported kdf/cipher {kdf.get('name')}/{cipher.get('name')}", where=source
+            f"unsupported kdf/cipher {kdf_name!r}/{cipher_name!r}; cosign writes"
+            " scrypt/nacl/secretbox",
+            where=source,
+        )
+    if not all(type(v) is int for v in (n, r, p)) or (n, r, p) not in SCRYPT_ACCEPTED:
+        accepted = ", ".join(f"N={a} r={b} p={c}" for a, b, c in SCRYPT_ACCEPTED)
+        raise KeyFileError(
+            f"scrypt parameters N={n!r} r={r!r} p={p!r} are not what cosign writes"
+            f" (accepted: {accepted})",
+            where=source,
+        )
+    if len(salt) != SALT_BYTES or len(nonce) != NONCE_BYTES:
+        raise KeyFileError(
+            f"salt of {len(salt)} bytes / nonce of {len(nonce)} bytes; cosign writes"
+            f" {SALT_BYTES} / {NONCE_BYTES}",
+            where=source,
         )
     try:
         return nacl.secret.SecretBox(_scrypt(password, salt, n, r, p)).decrypt(sealed, nonce)

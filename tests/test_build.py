@@ -134,11 +134,24 @@ def test_recipe_errors_name_file_and_key(tmp_path: Path) -> None:
 
 
 def test_cli_build_prints_output_and_stage_times(tmp_path: Path) -> None:
+    """Also fail closed: the recipe names ``../cosign.pub``; while it is missing (or not a
+    key) the build stops with the key and the file named, and writes no image."""
     (tmp_path / "kernel").mkdir()
     (tmp_path / "kernel" / "recipe.toml").write_text(recipe_text())
     cli = [os.fspath(Path(sys.executable).parent / "cloudboot"), "-C", os.fspath(tmp_path)]
-    proc = subprocess.run([*cli, "build", "--arch", "x86_64", "--iso", tmp_path / "o.iso"],
-                          capture_output=True, text=True)  # fmt: skip
+    build_cmd = [*cli, "build", "--arch", "x86_64", "--iso", tmp_path / "o.iso"]
+    missing = subprocess.run(build_cmd, capture_output=True, text=True)
+    assert missing.returncode != 0 and not (tmp_path / "o.iso").exists()
+    assert f"signing.cosign_public_key = {tmp_path / 'cosign.pub'}" in missing.stderr
+    assert "No such file" in missing.stderr and "cloudboot key generate" in missing.stderr
+    (tmp_path / "cosign.pub").write_text(
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+    )
+    wrong = subprocess.run(build_cmd, capture_output=True, text=True)
+    assert wrong.returncode != 0 and not (tmp_path / "o.iso").exists()
+    assert "not a public key cosign writes" in wrong.stderr, wrong.stderr
+    (tmp_path / "cosign.pub").write_bytes(generate_key_pair(b"pw")[1])
+    proc = subprocess.run(build_cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"wrote {tmp_path / 'o.iso'}")
     assert "uki-x86_64" in proc.stdout and " ms" in proc.stdout

@@ -151,3 +151,36 @@ def test_signature_manifest_round_trip_and_check() -> None:
     wrong = load_public_key(pem(ec.generate_private_key(ec.SECP256R1())))
     with pytest.raises(cosign.BadSignatureError, match="none of 2 signature"):
         cosign.check_signatures(wrong, DIGEST, pairs)
+
+
+def test_optional_section_pins_version_and_the_freshest_signature_wins() -> None:
+    """Our signed ``optional`` keys; malformed entries are not trusted; of two valid
+    signatures of one digest the higher version is what the guest reads (an older one
+    left in the signature tag must not shadow a re-pinning)."""
+    other = "sha256:" + "f" * 64
+    old = cosign.payload("r.io/p", DIGEST, cosign.trust_optional({"r.io/k:1": other}, 5))
+    new = cosign.payload("r.io/p", DIGEST, cosign.trust_optional({"r.io/k:1": DIGEST}, 9))
+    assert json.loads(new)["optional"] == {
+        "dev.cloudboot.pins": {"r.io/k:1": DIGEST},
+        "dev.cloudboot.version": 9,
+    }
+    key = load_public_key(pem(EC_KEY))
+    pairs = [(d, b64(EC_KEY.sign(d, ec.ECDSA(hashes.SHA256())))) for d in (new, old)]
+    for order in (pairs, pairs[::-1]):
+        chosen = cosign.check_signatures(key, DIGEST, order)
+        assert (chosen.version, chosen.pins) == (9, {"r.io/k:1": DIGEST})
+    odd = cosign.parse_payload(
+        cosign.payload(
+            "r.io/p",
+            DIGEST,
+            {
+                "dev.cloudboot.pins": {"a": "md5:x", "b": 3, "c": DIGEST},
+                "dev.cloudboot.version": -1,
+            },
+        )
+    )
+    assert odd.pins == {"c": DIGEST} and odd.version is None
+    for version in (True, "9", 1.5):
+        raw = cosign.payload("r.io/p", DIGEST, {"dev.cloudboot.version": version})
+        assert cosign.parse_payload(raw).version is None
+    assert cosign.parse_payload(cosign.payload("r.io/p", DIGEST)).optional is None

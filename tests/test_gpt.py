@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import struct
 import uuid
+import zlib
 from pathlib import Path
 
 import pytest
@@ -176,3 +178,23 @@ def test_round_trip_property(sizes: list[int], names: list[str]) -> None:
         lba += size
     layout = build_gpt(total * SECTOR, parts, guid_from("p"))
     assert parse_gpt(layout.primary).partitions == tuple(parts)
+
+
+@pytest.mark.parametrize(
+    ("count", "entry_size"),
+    [(128, 0xFFFFFFF8), (16384, 1 << 20), (16384, 256), (128, 136)],
+)
+def test_entry_array_size_is_bounded_above(tmp_path: Path, count: int, entry_size: int) -> None:
+    """A header with a valid CRC that asks for a huge entry array: a FormatError naming the
+    header's offset, never a MemoryError (the array used to be read whole first)."""
+    disk = tmp_path / "evil.raw"
+    disk.write_bytes(bytes(4 * MIB))
+    run([_sgdisk(), "-o", "-n", "1:2048:+1M", "-t", "1:EF00", disk])
+    raw = bytearray(disk.read_bytes())
+    header = SECTOR
+    struct.pack_into("<II", raw, header + 80, count, entry_size)
+    struct.pack_into("<I", raw, header + 16, 0)
+    struct.pack_into("<I", raw, header + 16, zlib.crc32(raw[header : header + 92]))
+    disk.write_bytes(raw)
+    with open(disk, "rb") as f, pytest.raises(FormatError, match=r"gpt@0x250.*implausible"):
+        read_gpt(f)

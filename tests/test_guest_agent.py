@@ -10,6 +10,7 @@ import http.server
 import io
 import json
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,12 +22,12 @@ from guest.agent.console import Console
 from guest.agent.lease import Lease
 from guest.agent.machine import Paths
 from guest.agent.main import Agent
-from guest.agent.stage import CacheEsp, DeviceRuns, EspFiles, FileData
+from guest.agent.stage import LOADER_GUID, CacheEsp, DeviceRuns, EspFiles, FileData
 from guest.contract import gpt
 from guest.contract.arch import Arch
 from guest.contract.efi import GLOBAL_VARIABLE_GUID, bootorder
 from guest.contract.efi.efivarfs import EfiVarStore
-from guest.contract.efi.loadoption import LoadOption
+from guest.contract.efi.loadoption import CACHE_MARKER, CACHE_MARKER_TEXT, LoadOption
 from publisher.localregistry import RunningRegistry
 from publisher.run import run
 from tests.helpers import new_key, push_plan, sign
@@ -50,6 +51,16 @@ class MtoolsEsp:
         src.write_bytes(data.read() if isinstance(data, DeviceRuns) else data)
         run(["mcopy", "-o", "-i", self.image, src, "::/" + "/".join(parts)])
         src.unlink()
+
+    def read(self, path: str, limit: int) -> bytes | None:
+        parts = [p for p in path.split("\\") if p]
+        dest = self.image.parent / "download.tmp"
+        done = run(["mcopy", "-o", "-i", self.image, "::/" + "/".join(parts), dest], check=False)
+        if done.returncode != 0:
+            return None
+        data = dest.read_bytes()
+        dest.unlink()
+        return data if len(data) <= limit else None
 
     def flush(self) -> None:
         pass
@@ -118,6 +129,14 @@ def _disk(
     return table
 
 
+def _put_marker(esp: Path) -> None:
+    """The marker file `cloudboot cache-disk` writes (here with mtools, independently)."""
+    marker = esp.parent / "marker"
+    marker.write_bytes(CACHE_MARKER_TEXT)
+    run(["mmd", "-i", esp, "::/EFI"], check=False)
+    run(["mcopy", "-i", esp, marker, "::/" + CACHE_MARKER.strip("\\").replace("\\", "/")])
+
+
 @pytest.fixture
 def machine(tmp_path: Path) -> Path:
     root = tmp_path / "root"
@@ -132,6 +151,7 @@ def machine(tmp_path: Path) -> Path:
     with open(esp, "wb") as f:
         f.truncate(40 * MIB)
     run(["mkfs.vfat", "-F", "32", "-n", "CBCACHE", esp])
+    _put_marker(esp)
     _disk(root, "vda", [("ef00", "cloud-boot-cache", 40)], {1: esp})
     # target disk: ext4 labelled root with a kernel + initrd behind a symlink
     tree = tmp_path / "tree"
@@ -185,7 +205,7 @@ def test_signed_plan_stages_disk_target_and_writes_boot0001(
         f"console=ttyS0 cloudboot.plan=oci://{registry.address}/plans/web cloudboot.exit=reboot",
     )
     assert status == 0, log
-    assert system.rebooted and system.esp_opened == ["vda1"]
+    assert system.rebooted and system.esp_opened == ["vda1", "vda1"]  # floor read, staging
     assert "plan signature verified" in log
     for step in ("init", "network", "fetch", "verify", "read", "write", "nvram"):
         assert f"step {step} " in log
@@ -401,3 +421,147 @@ def test_unreachable_metadata_is_a_warning(machine: Path) -> None:
     )
     assert status == 0, log
     assert "WARNING: metadata: http://127.0.0.1:9/md: cannot fetch" in log
+
+
+def test_metadata_url_secrets_never_reach_the_console(machine: Path) -> None:
+    """Userinfo and the query (where a metadata token often travels) are cut from every line
+    the agent prints about the URL: the fetch error and the parse error."""
+    (machine / "etc/cloud-boot/plan.hcl").write_bytes(_plan("quiet"))
+    status, log, _system = _run(
+        machine, "cloudboot.metadata.url=http://u:pw-1@127.0.0.1:9/md?token=tk-1", lease=LEASE
+    )
+    assert status == 0, log
+    assert "WARNING: metadata: http://127.0.0.1:9/md: cannot fetch" in log
+    assert "pw-1" not in log and "tk-1" not in log
+    with _metadata_server(b"not json") as (url, _seen):
+        status, log, _system = _run(
+            machine, f"cloudboot.metadata.url={url}?sig=tk-2#frag-3", lease=LEASE
+        )
+    assert status == 0, log
+    assert f"WARNING: metadata: {url}: not JSON" in log
+    assert "tk-2" not in log and "frag-3" not in log
+
+
+def _efivars_snapshot(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (root / "sys/firmware/efi/efivars").iterdir()}
+
+
+def _fatal(log: str) -> str:
+    lines = [line for line in log.splitlines() if line.startswith("FATAL: ")]
+    assert lines, log
+    return lines[0]
+
+
+def test_a_second_disk_with_the_target_label_is_an_error_naming_both(
+    machine: Path, tmp_path: Path
+) -> None:
+    """A USB stick labelled like the root disk: it used to win (sda sorts before vdb)."""
+    (machine / "etc/cloud-boot/plan.hcl").write_bytes(_plan())
+    tree = tmp_path / "stick"
+    (tree / "boot").mkdir(parents=True)
+    (tree / "boot/vmlinuz-6.6.6-evil").write_bytes(b"MZ evil")
+    stick = tmp_path / "stick.ext4"
+    run(["mkfs.ext4", "-q", "-F", "-L", "debroot", "-d", tree, stick, "16M"])
+    _disk(machine, "sda", [("8300", "usb", 16)], {1: stick})
+    before = _efivars_snapshot(machine)
+    status, log, system = _run(machine, "console=ttyS0", lease=LEASE)
+    assert status == 1
+    assert "'LABEL=debroot' matches sda1 and vdb1: refusing to guess" in _fatal(log)
+    assert _efivars_snapshot(machine) == before and system.esp_opened == []
+
+
+def _named_esp(root: Path, tmp_path: Path, name: str, *, marker: bool = True) -> gpt.Gpt:
+    esp = tmp_path / f"{name}.fat"
+    with open(esp, "wb") as f:
+        f.truncate(40 * MIB)
+    run(["mkfs.vfat", "-F", "32", "-n", "CBCACHE", esp])
+    if marker:
+        _put_marker(esp)
+    return _disk(root, name, [("ef00", "cloud-boot-cache", 40)], {1: esp})
+
+
+def test_two_cache_esps_are_an_error_naming_both(machine: Path, tmp_path: Path) -> None:
+    (machine / "etc/cloud-boot/plan.hcl").write_bytes(_plan())
+    _named_esp(machine, tmp_path, "sdb")
+    before = _efivars_snapshot(machine)
+    status, log, system = _run(machine, "console=ttyS0", lease=LEASE)
+    assert status == 1
+    assert "ESPs named 'cloud-boot-cache' on sdb1 and vda1: refusing to guess" in _fatal(log)
+    assert _efivars_snapshot(machine) == before and system.esp_opened == []
+
+
+def test_the_disk_the_uki_came_from_never_receives_kernels(machine: Path, tmp_path: Path) -> None:
+    """The stub's LoaderDevicePartUUID names the boot disk's ESP: a cache-named ESP there is
+    left out, so the real cache disk is chosen without ambiguity."""
+    (machine / "etc/cloud-boot/plan.hcl").write_bytes(_plan())
+    boot = _named_esp(machine, tmp_path, "sdb")
+    booted = str(boot.partitions[0].unique_guid).upper()
+    EfiVarStore(machine / "sys/firmware/efi/efivars").write(
+        "LoaderDevicePartUUID", LOADER_GUID, 6, (booted + "\0").encode("utf-16-le")
+    )
+    status, log, system = _run(machine, "console=ttyS0", lease=LEASE)
+    assert status == 0, log
+    assert system.esp_opened == ["vda1"]
+
+
+def test_a_cache_esp_without_the_marker_receives_nothing(machine: Path, tmp_path: Path) -> None:
+    (machine / "etc/cloud-boot/plan.hcl").write_bytes(_plan())
+    for p in (machine / "sys/block").iterdir():
+        if p.name == "vda":
+            shutil.rmtree(p)
+    (machine / "dev/vda").unlink()
+    (machine / "dev/vda1").unlink()
+    _named_esp(machine, tmp_path, "vda", marker=False)
+    before = _efivars_snapshot(machine)
+    status, log, _system = _run(machine, "console=ttyS0", lease=LEASE)
+    assert status == 1
+    assert r"no \EFI\cloud-boot-cache on it: not a disk made by `cloudboot cache-disk`" in _fatal(
+        log
+    )
+    assert _efivars_snapshot(machine) == before
+    assert run(["mdir", "-b", "-i", machine / "dev/vda1", "::/"], check=False).stdout == b""
+
+
+def _secure_boot_machine(machine: Path, tmp_path: Path, kernel: bytes) -> None:
+    """SecureBoot=1 in efivars, and the target disk's kernel replaced by ``kernel``."""
+    EfiVarStore(machine / "sys/firmware/efi/efivars").write(
+        "SecureBoot", GLOBAL_VARIABLE_GUID, 6, b"\x01"
+    )
+    tree = tmp_path / "sbtree"
+    (tree / "boot").mkdir(parents=True)
+    (tree / "boot/vmlinuz-6.1.0-28-amd64").write_bytes(kernel)
+    (tree / "vmlinuz").symlink_to("boot/vmlinuz-6.1.0-28-amd64")
+    fs = machine / "dev/vdb1"
+    fs.unlink()
+    run(["mkfs.ext4", "-q", "-F", "-L", "debroot", "-d", tree, fs, "16M"])
+    (machine / "etc/cloud-boot/plan.hcl").write_bytes(_plan())
+
+
+SYSTEMD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")  # some real PE image
+
+
+def test_secure_boot_refuses_an_unsigned_kernel_before_anything_is_written(
+    machine: Path, tmp_path: Path
+) -> None:
+    """The path chosen for staged kernels under Secure Boot: the firmware verifies them
+    against db; the agent refuses at once one with no signature at all (a PE image, but
+    unsigned), instead of pointing Boot0001 at an image the firmware will refuse."""
+    _secure_boot_machine(machine, tmp_path, SYSTEMD_BOOT.read_bytes())
+    before = _efivars_snapshot(machine)
+    status, log, system = _run(machine, "console=ttyS0", lease=LEASE)
+    assert status == 1
+    assert "Secure Boot is on and this kernel carries no Authenticode signature" in _fatal(log)
+    assert _efivars_snapshot(machine) == before and system.esp_opened == []
+
+
+def test_secure_boot_stages_a_signed_kernel(machine: Path, tmp_path: Path) -> None:
+    key, cert = tmp_path / "db.key", tmp_path / "db.crt"
+    run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+         "-out", cert, "-days", "30", "-subj", "/CN=cloudboot test db"])  # fmt: skip
+    signed = tmp_path / "signed.efi"
+    run(["sbsign", "--key", key, "--cert", cert, "--output", signed, SYSTEMD_BOOT])
+    _secure_boot_machine(machine, tmp_path, signed.read_bytes())
+    status, log, system = _run(machine, "console=ttyS0", lease=LEASE)
+    assert status == 0, log
+    assert system.esp_opened == ["vda1"]
+    assert _mtype(machine / "dev/vda1", "::/EFI/Linux/debian-vmlinuz.efi") == signed.read_bytes()

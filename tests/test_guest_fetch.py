@@ -9,6 +9,7 @@ against the registry, not against our own publisher. Signatures are made with
 from __future__ import annotations
 
 import base64
+import json
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from guest.agent.fetch import (
     verify_signature,
 )
 from guest.contract import cosign, oci
+from guest.contract.errors import FormatError
 from publisher.localregistry import RegistryTls, RunningRegistry, local_registry
 from publisher.run import run
 from tests.bearer_front import MIXED, PLAIN, bearer_front
@@ -213,3 +215,30 @@ def test_skopeo_reads_what_this_test_pushes(registry: RunningRegistry) -> None:
         check=True,
     ).stdout
     assert oci.digest_of(out) == digest
+
+
+def test_announced_blob_sizes_are_bounded_before_any_byte_is_read(
+    registry: RunningRegistry,
+) -> None:
+    """A manifest fetched by tag is a claim: its kernel layer says 600 MiB (over the guest's
+    cap), its bytes are 1 MiB. Refused before the blob is requested: not one byte reaches
+    the sink (the old client read until the announced size or the end, into memory)."""
+    base = registry.url
+    real = push_blob(base, "k/liar", bytes(1 << 20))
+    kernel = oci.Descriptor(real.media_type, real.digest, 600 << 20)
+    manifest, config = oci.artifact_manifest("amd64", {oci.LayerRole.KERNEL: kernel})
+    push_blob(base, "k/liar", config)
+    push_manifest(base, "k/liar", "1", bytes(manifest), oci.MEDIA_MANIFEST)
+    seen: list[int] = []
+    ref = oci.parse_ref(f"{registry.address}/k/liar:1")
+    with pytest.raises(FetchError, match=r"announces 629145600 bytes, more than 536870912"):
+        pull_boot(RegistryClient(), [ref], "amd64", sink=lambda b: seen.append(len(b)))
+    assert seen == []
+
+
+def test_layer_count_is_bounded() -> None:
+    layer = oci.Descriptor("application/octet-stream", oci.digest_of(b""), 0).to_json()
+    doc = {"schemaVersion": 2, "mediaType": oci.MEDIA_MANIFEST, "layers": [layer] * 65,
+           "config": layer}  # fmt: skip
+    with pytest.raises(FormatError, match="65 layers, more than 64"):
+        oci.Manifest.from_bytes(json.dumps(doc).encode(), what="sig manifest")

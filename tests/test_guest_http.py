@@ -128,3 +128,42 @@ def test_large_blob_from_docker_registry(registry: RunningRegistry) -> None:
         while piece := resp.read(1 << 20):
             hasher.update(piece)
     assert "sha256:" + hasher.hexdigest() == digest
+
+
+@contextlib.contextmanager
+def _raw_server(answer: bytes) -> Iterator[str]:
+    """One connection answered with ``answer`` verbatim, then closed."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            conn.recv(4096)
+            with contextlib.suppress(OSError):
+                conn.sendall(answer)
+            conn.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+        yield f"http://127.0.0.1:{port}/"
+
+
+@pytest.mark.parametrize(
+    ("head", "error"),
+    [
+        (b"Transfer-Encoding: chunked\r\n\r\n-1\r\n", "bad chunk size"),
+        (b"Transfer-Encoding: chunked\r\n\r\n-0x1\r\n", "bad chunk size"),
+        (b"Transfer-Encoding: chunked\r\n\r\n1_0\r\n", "bad chunk size"),
+        (b"Content-Length: -1\r\n\r\n", "bad Content-Length"),
+        (b"Content-Length: +5\r\n\r\n", "bad Content-Length"),
+    ],
+)
+def test_negative_sizes_cannot_defeat_read_limits(head: bytes, error: str) -> None:
+    """A negative size used to become ``stream.read(-1)``: the whole 4 MiB flood, read into
+    memory by a caller that asked for at most 1000 bytes."""
+    flood = bytes(4 << 20)
+    with (
+        _raw_server(b"HTTP/1.1 200 OK\r\n" + head + flood) as url,
+        pytest.raises(httpclient.HttpError, match=error),
+        httpclient.get(url) as resp,
+    ):
+        assert len(resp.read(1000)) <= 1000

@@ -94,7 +94,10 @@ def test_metadata_overrides_and_refusals() -> None:
     doc = json.dumps({
         "site": {"rack": "r7"},
         "cloudboot": {"target": "rescue", "menu": False, "dns": ["192.0.2.53", "192.0.2.54"],
-                      "cosign": "off", "insecure": "1", "metadata.url": "http://evil"},
+                      "menu.timeout": 3, "cosign": "off", "insecure": "1",
+                      "metadata.url": "http://evil", "plan": "evil.example/plan",
+                      "cmdline": "systemd.run=/evil", "debug": 1, "rollback": 1,
+                      "exit": "shell", "quiet": 1},
     }).encode()  # fmt: skip
     params = {"cloudboot.target": "web", "cloudboot.cosign": "warn", "console": "ttyS0"}
     md = parse_metadata(doc, params, where="http://md")
@@ -103,8 +106,13 @@ def test_metadata_overrides_and_refusals() -> None:
         "cloudboot.target": "rescue",
         "cloudboot.menu": "0",
         "cloudboot.dns": "192.0.2.53,192.0.2.54",
+        "cloudboot.menu.timeout": "3",
     }
-    assert set(md.refused) == {"cloudboot.cosign", "cloudboot.insecure", "cloudboot.metadata.url"}
+    assert set(md.refused) == {
+        "cloudboot.cosign", "cloudboot.insecure", "cloudboot.metadata.url", "cloudboot.plan",
+        "cloudboot.cmdline", "cloudboot.debug", "cloudboot.rollback", "cloudboot.exit",
+        "cloudboot.quiet",
+    }  # fmt: skip
     merged = apply(params, md)
     assert merged["cloudboot.target"] == "rescue" and merged["cloudboot.cosign"] == "warn"
     # a stronger policy is fine

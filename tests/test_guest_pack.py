@@ -9,6 +9,8 @@ import base64
 import os
 import shutil
 import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,9 +20,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from guest.contract.arch import Arch
 from guest.contract.efi import GLOBAL_VARIABLE_GUID, bootorder
 from guest.contract.efi.efivarfs import EfiVarStore
-from publisher.media import cpio
-from publisher.media.guestpack import build_tree, measure
+from publisher.media import cpio, guestpack
+from publisher.media.debs import DebCache
+from publisher.media.guestpack import GUEST_PYTHON, build_tree, measure
 from publisher.media.guestwarm import prepare_hcl2_parser
+from publisher.media.wheelpins import WheelHashError, verify_tree
 from publisher.run import run
 from tests.helpers import REPO, new_key
 
@@ -246,3 +250,39 @@ def test_aarch64_tree_packs_with_arm64_runtime_and_caches(tmp_path: Path) -> Non
     report = measure(cpio.tree(tree))
     print(f"aarch64 guest payload: {report}")
     assert report.zstd < 20 * 1024 * 1024
+
+
+def test_a_substituted_wheel_is_refused_and_removed(tmp_path: Path) -> None:
+    """The attack: ext4's wheel in the cache swapped for one with extra code (a valid
+    zip, same name, same version). The pack refuses it by its sha256, names it, deletes
+    it, and unpacks nothing of it; the genuine wheels pass (and a fresh download of the
+    pinned files does too)."""
+    cache = tmp_path / "cache"
+    user_wheels = DebCache().root.parent / "wheels"  # what earlier packs downloaded
+    if user_wheels.is_dir():
+        shutil.copytree(user_wheels, cache / "wheels")
+    archives = guestpack._wheels(cache, offline=False)  # downloads what is missing
+    guestpack._unpack_wheels(tmp_path / "first", archives)  # checks each against its pin
+    wheel = cache / "wheels" / "ext4-1.4.1-py3-none-any.whl"
+    assert (tmp_path / "first" / "ext4").is_dir()
+    with zipfile.ZipFile(wheel, "a") as zf:
+        zf.writestr("ext4/_payload.py", "import os\nos.system('evil')\n")
+    dest = tmp_path / "second"
+    with pytest.raises(WheelHashError, match=r"ext4-1\.4\.1-py3-none-any\.whl: sha256 .* pinned"):
+        guestpack._unpack_wheels(dest, guestpack._wheels(cache, offline=True))
+    assert not wheel.exists() and not (dest / "ext4").exists()
+
+
+def test_venv_packages_are_the_pinned_trees(tmp_path: Path) -> None:
+    """hcl2 and lark come from the host's venv: the copy is checked against the digest of
+    the pinned wheels' files, so an edited (or other-version) package fails the pack."""
+    site = Path(sys.prefix) / "lib" / f"python{GUEST_PYTHON}" / "site-packages"
+    for name in ("hcl2", "lark"):
+        copy = tmp_path / name
+        skip = shutil.ignore_patterns("__pycache__", "*.pyi", "py.typed")
+        shutil.copytree(site / name, copy, ignore=skip)
+        verify_tree(copy, name)
+    with open(tmp_path / "lark" / "__init__.py", "a") as f:
+        f.write("import os  # one more line\n")
+    with pytest.raises(WheelHashError, match=r"package 'lark' from the host's venv is not"):
+        verify_tree(tmp_path / "lark", "lark")

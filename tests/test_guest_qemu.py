@@ -56,9 +56,9 @@ class Lab:
     arch: Arch = Arch.X86_64
 
 
-def _tiny_initrd(busybox: Path) -> bytes:
+def _tiny_initrd(busybox: Path, marker: str = MARKER) -> bytes:
     init = (
-        f"#!/bin/busybox sh\necho {MARKER} $(/bin/busybox cat /proc/cmdline)\n"
+        f"#!/bin/busybox sh\necho {marker} $(/bin/busybox cat /proc/cmdline)\n"
         "/bin/busybox poweroff -f\n"
     )
     entries = [cpio.directory("/dev"), cpio.char_device("/dev/console", 5, 1),

@@ -98,10 +98,11 @@ class Workspace:
         self.env = {**os.environ, "XDG_CACHE_HOME": str(cache), "COSIGN_PASSWORD": PASSWORD}
         self.oci_cache = cache / "cloudboot" / "oci"
         self.iso = root / "boot.iso"
+        key_pair(root)  # the recipe's ../cosign.pub: a build without it fails closed
 
     def recipe(self, ref: str, *, verify: bool = False, extra: str = "") -> None:
         text = recipe_text()
-        option = ", verify = true" if verify else ""
+        option = "" if verify else ", verify = false"  # verified unless opted out
         text, count = re.subn(
             r'(?m)^kernel = \{ deb = "linux-image-cloud-amd64" \}.*$',
             f'kernel = {{ oci = "{ref}"{option} }}\n{extra}',
@@ -228,9 +229,11 @@ def test_tampered_blob_fails_naming_ref_and_digest(
     assert not (ws.oci_cache / "blobs" / "sha256" / hexpart).exists()  # nothing bad cached
 
 
-def test_verify_true_checks_the_cosign_signature(
+def test_oci_kernel_is_verified_by_default(
     tmp_path: Path, registry: RunningRegistry, debian_kernel: DebianKernel
 ) -> None:
+    """No ``verify`` key: the signature is checked; an unsigned or foreign-signed artifact
+    fails the build naming it, and so does a recipe without a key to check with."""
     ws = Workspace(tmp_path / "ws")
     key, _ = key_pair(ws.root)  # ws/cosign.pub: the recipe's signing.cosign_public_key
     signed = f"{registry.address}/kernels/signed:1"
@@ -250,6 +253,12 @@ def test_verify_true_checks_the_cosign_signature(
     proc = ws.build("--force", check=False)
     assert proc.returncode != 0
     assert f"signature check of {digest}" in proc.stderr
+    # no key configured at all: verifying by default cannot be done, so it is an error
+    recipe = ws.root / "kernel" / "recipe.toml"
+    recipe.write_text(recipe.read_text().replace('cosign_public_key = "../cosign.pub"', ""))
+    proc = ws.build("--force", check=False)
+    assert proc.returncode != 0
+    assert "verify = false for an unsigned artifact" in proc.stderr, proc.stderr
 
 
 def test_index_resolves_the_arch_and_generic_layers_are_found_by_title(

@@ -167,6 +167,56 @@ def test_cli_key_generate_and_verify_blob(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "invalid signature" in bad.stderr
 
 
+def _sealed_key(password: bytes, params: object, *, salt: bytes = b"s" * 32) -> bytes:
+    """An encrypted key written out by hand (not by our writer) with chosen KDF params."""
+    der = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    n = params.get("N") if isinstance(params, dict) else None
+    cost = n if isinstance(n, int) and n in (2, 32768, 131072) else 65536
+    key = hashlib.scrypt(password, salt=salt, n=cost, r=8, p=1, maxmem=2**28, dklen=32)
+    nonce = b"n" * 24
+    sealed = nacl.secret.SecretBox(key).encrypt(der, nonce).ciphertext
+    body = json.dumps({
+        "kdf": {"name": "scrypt", "params": params, "salt": base64.b64encode(salt).decode()},
+        "cipher": {"name": "nacl/secretbox", "nonce": base64.b64encode(nonce).decode()},
+        "ciphertext": base64.b64encode(sealed).decode(),
+    }).encode()  # fmt: skip
+    b64 = base64.encodebytes(body).decode()
+    pem = f"-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\n{b64}"
+    return (pem + "-----END ENCRYPTED SIGSTORE PRIVATE KEY-----\n").encode()
+
+
+def test_only_the_scrypt_parameters_cosign_writes_are_accepted(tmp_path: Path) -> None:
+    """cosign's key library reads N=2^15, 2^16, 2^17 with r=8 p=1; an N=2 key (a password
+    that costs nothing to guess) and odd values are refused with a KeyFileError naming
+    the file, never a bare ValueError."""
+    for n in (32768, 131072):
+        assert parse_private_key(_sealed_key(b"pw", {"N": n, "r": 8, "p": 1}), b"pw")
+    path = tmp_path / "weak.key"
+    path.write_bytes(_sealed_key(b"pw", {"N": 2, "r": 8, "p": 1}))
+    with pytest.raises(KeyFileError, match=r"N=2 r=8 p=1 are not what cosign writes") as info:
+        load_private_key(path, b"pw")
+    assert str(info.value).startswith(f"{path}: ")
+    odd: list[object] = [
+        {"N": 3, "r": 8, "p": 1},
+        {"N": -65536, "r": 8, "p": 1},
+        {"N": "65536", "r": 8, "p": 1},
+        {"N": 65536.0, "r": 8, "p": 1},
+        {"N": True, "r": 8, "p": 1},
+        {"N": 65536, "r": 0, "p": 1},
+        {"N": 65536, "r": 8, "p": 2**40},
+        {"N": 65536},
+        [],
+        None,
+    ]
+    for params in odd:
+        with pytest.raises(KeyFileError):
+            parse_private_key(_sealed_key(b"pw", params), b"pw", source="odd.key")
+    with pytest.raises(KeyFileError, match="salt of 16 bytes"):
+        parse_private_key(_sealed_key(b"pw", {"N": 65536, "r": 8, "p": 1}, salt=b"x" * 16), b"pw")
+
+
 def test_key_file_is_decrypted_once_per_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from guest.contract.efi.loadoption import CACHE_MARKER_TEXT
 from guest.contract.gpt import CACHE_PARTITION_NAME, ESP_TYPE, SECTOR, last_usable_lba, read_gpt
 from publisher.media.cachedisk import CacheDiskError, ensure_cache_disk
 from publisher.run import run
@@ -32,7 +33,9 @@ def test_layout_matches_the_spec(tmp_path: Path) -> None:
     info = run(["sgdisk", "-i", "1", disk]).stdout.decode()
     assert f"Partition name: '{CACHE_PARTITION_NAME}'" in info
     listing = run(["mdir", "-b", "-i", f"{disk}@@{2048 * SECTOR}", "::/EFI"]).stdout.decode()
-    assert listing.split() == ["::/EFI/Linux/"]
+    assert sorted(listing.split()) == ["::/EFI/Linux/", "::/EFI/cloud-boot-cache"]
+    marker = run(["mtype", "-i", f"{disk}@@{2048 * SECTOR}", "::/EFI/cloud-boot-cache"]).stdout
+    assert marker == CACHE_MARKER_TEXT
     part_img = tmp_path / "p.img"
     with open(disk, "rb") as f:
         f.seek(part.first_lba * SECTOR)
@@ -82,3 +85,17 @@ def test_cli_cache_disk(tmp_path: Path) -> None:
     (tmp_path / "x.raw").write_text("x")
     bad = subprocess.run([*cli, "cache-disk", tmp_path / "x.raw"], capture_output=True, text=True)
     assert bad.returncode == 1 and "error:" in bad.stderr and "--force" in bad.stderr
+
+
+def test_cache_disk_without_the_marker_is_remade_only_when_forced(tmp_path: Path) -> None:
+    """A disk made before the marker existed (or a stray ESP named cloud-boot-cache): the
+    guest would refuse it, so cache-disk says so instead of calling it a cache disk."""
+    disk = tmp_path / "old.raw"
+    ensure_cache_disk(disk, 40)
+    run(["mdel", "-i", f"{disk}@@{2048 * SECTOR}", "::/EFI/cloud-boot-cache"])
+    before = disk.read_bytes()
+    with pytest.raises(CacheDiskError, match=r"not a cache disk.*cloud-boot-cache.*--force"):
+        ensure_cache_disk(disk, 40)
+    assert disk.read_bytes() == before
+    assert ensure_cache_disk(disk, 40, force=True) is True
+    assert ensure_cache_disk(disk, 40) is False

@@ -22,6 +22,7 @@ from publisher.localregistry import RunningRegistry, free_port, local_registry
 from publisher.push import publish_plan, verify_ref
 from publisher.registry import RegistryClient
 from publisher.signing import SigningKey, generate_key_pair, parse_private_key
+from publisher.sigtag import existing_signatures
 from tests.faulty_proxy import watch_tag
 from tests.helpers import wait_for
 
@@ -90,7 +91,9 @@ def test_repeat_publish_sends_only_what_changed(registry: RunningRegistry, tmp_p
 
 def test_tag_moved_by_another_writer_is_put_back(registry: RunningRegistry, tmp_path: Path) -> None:
     """The client remembers where it put the tag, but re-publishing that same content
-    still asks the registry: another writer may have moved the tag since."""
+    still asks the registry: another writer may have moved the tag since. Moving the
+    tag back is a new publication: it is signed again with a fresher version than the
+    other writer's, so a guest's rollback floor does not refuse it (docs/trust-model.md)."""
     plan_a, plan_b = tmp_path / "a.hcl", tmp_path / "b.hcl"
     plan_a.write_text(PLAN.format(n="a"))
     plan_b.write_text(PLAN.format(n="b"))
@@ -101,7 +104,13 @@ def test_tag_moved_by_another_writer_is_put_back(registry: RunningRegistry, tmp_
     moved = publish_plan(other, ref, plan_b, key)
     again = publish_plan(mine, ref, plan_a, key)
     assert again.digest == first.digest != moved.digest
-    assert again.uploaded and again.uploaded_bytes == 0  # only the tag moved back
+    assert again.uploaded  # the tag moved back, under a new signature
+    public = cosign.load_public_key(key.public_pem)
+    versions = [
+        cosign.check_signatures(public, d, existing_signatures(RegistryClient(), ref, d)[1]).version
+        for d in (moved.digest, again.digest)
+    ]
+    assert versions[0] is not None and versions[1] is not None and versions[1] > versions[0]
     head = RegistryClient().head_manifest(ref)
     assert head is not None and head.digest == first.digest
     unchanged = publish_plan(mine, ref, plan_a, key)

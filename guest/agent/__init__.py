@@ -2,6 +2,7 @@
 
 ``main`` drives one pass (network, fetch, verify, pick, stage, NVRAM, reboot); the other
 modules are its parts: the registry client (``fetch``, ``httpclient``), disks
-(``blockdev``, ``diskread``), staging on the cache ESP (``stage``), the console and menu,
-DHCP leases, metadata and the kernel command line. Builds on ``guest.contract`` only.
+(``blockdev``, ``diskread``), staging on the cache ESP (``stage``, ``secureboot``), the
+console and menu, DHCP leases, metadata and the kernel command line. Builds on
+``guest.contract`` only.
 """

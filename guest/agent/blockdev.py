@@ -27,6 +27,10 @@ class DeviceNotFoundError(CloudbootError):
     pass
 
 
+class AmbiguousDeviceError(CloudbootError):
+    """Two devices carry the label/UUID a plan names."""
+
+
 @dataclass(frozen=True)
 class BlockDevice:
     """A disk or partition: kernel name, device node, and for partitions parent + number."""
@@ -115,6 +119,7 @@ def resolve(spec: str, devices: Iterable[BlockDevice]) -> BlockDevice:
     if not sep:
         return _by_node(spec, devices)
     key = key.upper()
+    found: list[BlockDevice] = []
     if key in ("LABEL", "UUID"):
         for dev in devices:
             ident = identify(_read_head(dev.node))
@@ -122,7 +127,7 @@ def resolve(spec: str, devices: Iterable[BlockDevice]) -> BlockDevice:
                 continue
             have = ident.label if key == "LABEL" else ident.uuid
             if (have == value) if key == "LABEL" else (have.lower() == value.lower()):
-                return dev
+                found.append(dev)
     elif key in ("PARTLABEL", "PARTUUID"):
         for disk in (d for d in devices if not d.is_partition):
             table = read_disk_gpt(disk.node)
@@ -135,11 +140,19 @@ def resolve(spec: str, devices: Iterable[BlockDevice]) -> BlockDevice:
                     else str(part.unique_guid).lower() == value.lower()
                 )
                 if match:
-                    return _partition(disk, part.number, devices)
+                    found.append(_partition(disk, part.number, devices))
     else:
         raise DeviceNotFoundError(
             f"device spec {spec!r}: expected /dev/..., LABEL=, UUID=, PARTLABEL= or PARTUUID="
         )
+    if len(found) > 1:
+        # never "the first one wins": a USB stick labelled like the root disk would
+        names = " and ".join(d.name for d in found)
+        raise AmbiguousDeviceError(
+            f"{spec!r} matches {names}: refusing to guess; give a unique label or a /dev name"
+        )
+    if found:
+        return found[0]
     seen = ", ".join(d.name for d in devices) or "none"
     raise DeviceNotFoundError(f"no block device matches {spec!r} (devices seen: {seen})")
 

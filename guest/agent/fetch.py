@@ -15,9 +15,10 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from guest.agent import httpclient
+from guest.agent.stage import MAX_BOOT_FILE
 from guest.contract import cosign, oci
 from guest.contract.challenge import parse_challenge
 from guest.contract.errors import CloudbootError
@@ -27,6 +28,11 @@ if TYPE_CHECKING:
 
 CHUNK = 1 << 20
 MAX_MANIFEST = 4 << 20
+#: Upper bounds on what a descriptor may announce, checked before anything is fetched: a
+#: manifest fetched by tag is not verified yet, so its sizes are claims.
+MAX_PLAN_BLOB = 4 << 20
+MAX_SIGNATURE_BLOB = 1 << 20
+MAX_CMDLINE_BLOB = 64 << 10
 
 
 class FetchError(CloudbootError):
@@ -103,10 +109,13 @@ class RegistryClient:
                 self._answer_challenge(ref, resp.header("www-authenticate") or "", scope)
                 continue
             if resp.status == 404:
-                raise NotFoundError(f"not found (HTTP 404): {_strip(url)}", where=str(ref))
+                raise NotFoundError(
+                    f"not found (HTTP 404): {httpclient.redact_url(url)}", where=str(ref)
+                )
             if resp.status != 401:
                 raise FetchError(
-                    f"HTTP {resp.status} {resp.reason} for {_strip(url)}", where=str(ref)
+                    f"HTTP {resp.status} {resp.reason} for {httpclient.redact_url(url)}",
+                    where=str(ref),
                 )
         raise FetchError(f"registry refused our credentials for {scope}", where=str(ref))
 
@@ -139,7 +148,8 @@ class RegistryClient:
                 answer = json.loads(resp.read(1 << 20))
         except (OSError, ValueError) as exc:
             raise FetchError(
-                f"token server {_strip(params['realm'])} failed: {exc}", where=str(ref)
+                f"token server {httpclient.redact_url(params['realm'])} failed: {exc}",
+                where=str(ref),
             ) from None
         token = (
             answer.get("token") or answer.get("access_token") if isinstance(answer, dict) else None
@@ -162,9 +172,23 @@ class RegistryClient:
         return data, oci.media_type_of(data, header_type), digest
 
     def blob(
-        self, ref: oci.Ref, desc: oci.Descriptor, sink: Callable[[bytes], None] | None = None
+        self,
+        ref: oci.Ref,
+        desc: oci.Descriptor,
+        sink: Callable[[bytes], None] | None = None,
+        *,
+        limit: int,
     ) -> bytes:
-        """A blob's bytes, hashed while streaming and checked against ``desc``."""
+        """A blob's bytes, hashed while streaming and checked against ``desc``.
+
+        ``desc.size`` is held against ``limit`` before the request: the memory a blob may
+        take is ours to bound, not the (maybe unverified) manifest's.
+        """
+        if desc.size > limit:
+            raise FetchError(
+                f"blob {desc.digest} announces {desc.size} bytes, more than {limit}",
+                where=str(ref),
+            )
         url = f"{self._base(ref)}/blobs/{desc.digest}"
         verifier = oci.DigestVerifier(desc.digest, what=f"blob {desc.digest} of {ref}")
         out = bytearray()
@@ -200,18 +224,11 @@ def _basic(creds: Credentials) -> str:
     return base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
 
 
-def _strip(url: str) -> str:
-    """A URL without query or userinfo, safe for an error message."""
-    parts = urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
-
-
 def pull_plan(client: RegistryClient, ref: oci.Ref, architecture: str) -> tuple[Resolved, bytes]:
     """The plan bytes: first plan-type layer of the manifest for linux/<architecture>."""
     resolved = client.resolve(ref, architecture)
     layer = resolved.manifest.plan_layer()
-    return resolved, client.blob(ref, layer)
+    return resolved, client.blob(ref, layer, limit=MAX_PLAN_BLOB)
 
 
 def verify_signature(
@@ -227,12 +244,10 @@ def verify_signature(
     try:
         data, _media, _d = client.manifest(sig_ref)
     except NotFoundError:
-        raise cosign.NoSignatureError(
-            f"plan is not signed: no {sig_ref.tag} in {ref.name}"
-        ) from None
+        raise cosign.NoSignatureError(f"not signed: no {sig_ref.tag} in {ref.name}") from None
     sig_manifest = oci.Manifest.from_bytes(data, what=f"signature manifest {sig_ref}")
     candidates = [
-        (client.blob(sig_ref, s.descriptor), s.signature_b64)
+        (client.blob(sig_ref, s.descriptor, limit=MAX_SIGNATURE_BLOB), s.signature_b64)
         for s in cosign.signature_layers(sig_manifest)
     ]
     signed = cosign.check_signatures(public_key, digest, candidates)
@@ -242,6 +257,59 @@ def verify_signature(
             f"signature names repository {signed_repo!r}, the plan lives in {ref.repository!r}"
         )
     return signed
+
+
+@dataclass(frozen=True)
+class ArtifactTrust:
+    """What binds a plan's OCI artifacts to the key (docs/trust-model.md).
+
+    ``pins`` come from the plan's verified signature (ref as the plan names it ->
+    digest); ``key`` is the image's public key; ``enforce`` refuses an artifact that is
+    neither pinned nor signed, otherwise it is fetched by tag and reported.
+    """
+
+    pins: Mapping[str, str]
+    key: cosign.PublicKey | None
+    enforce: bool
+
+
+@dataclass(frozen=True)
+class Bound:
+    """An artifact ref as it will be fetched, and how it is trusted (for the log)."""
+
+    ref: oci.Ref
+    how: str
+    verified: bool
+
+
+def bind_artifact(client: RegistryClient, ref: oci.Ref, trust: ArtifactTrust) -> Bound:
+    """Turn a plan's artifact ref into one fetched by a digest the key vouches for.
+
+    A digest in the plan is covered by the plan's signature; a tag is replaced by the
+    digest the signature pinned; otherwise the artifact's own cosign signature (same key)
+    must verify, and the digest it signs is what is fetched. Under enforce anything else
+    is a ``SigningError`` naming the artifact.
+    """
+    if ref.digest:
+        return Bound(ref, "by digest in the plan", True)
+    pinned = trust.pins.get(str(ref))
+    if pinned:
+        return Bound(ref.with_digest(pinned), f"pinned by the plan signature to {pinned}", True)
+    why = "no public key in the image"
+    if trust.key is not None:
+        _data, _media, top = client.manifest(ref)
+        try:
+            verify_signature(client, ref, top, trust.key)
+        except cosign.SigningError as exc:
+            why = str(exc)
+        else:
+            return Bound(ref.with_digest(top), f"own signature verified ({top})", True)
+    if trust.enforce:
+        raise cosign.SigningError(
+            f"artifact {ref} is not pinned by the plan signature and not signed: {why}",
+            where=str(ref),
+        )
+    return Bound(ref, f"NOT VERIFIED (neither pinned nor signed: {why})", False)
 
 
 @dataclass(frozen=True)
@@ -282,7 +350,8 @@ def pull_boot(
         if role not in found:
             return b""
         ref, desc = found[role]
-        return client.blob(ref, desc, sink)
+        limit = MAX_CMDLINE_BLOB if role == oci.LayerRole.CMDLINE else MAX_BOOT_FILE
+        return client.blob(ref, desc, sink, limit=limit)
 
     cmdline = get(oci.LayerRole.CMDLINE).decode("utf-8", errors="replace").strip() or None
     initrd = join_initrd(get(oci.LayerRole.INITRD), get(oci.LayerRole.MODULES))

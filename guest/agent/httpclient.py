@@ -14,6 +14,7 @@ must not carry registry credentials. Errors never include header values.
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Mapping
 from types import TracebackType
@@ -27,6 +28,8 @@ MAX_REDIRECTS = 5
 MAX_HEADER_LINE = 65536
 MAX_HEADERS = 100
 REDIRECTS = (301, 302, 303, 307, 308)
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_DECIMAL = re.compile(r"[0-9]{1,19}")
 
 
 class HttpError(OSError):
@@ -89,10 +92,12 @@ class _Body:
         if self.chunked:
             if self.chunk_left == 0:
                 line = self.stream.readline(MAX_HEADER_LINE)
-                try:
-                    self.chunk_left = int(line.split(b";", 1)[0].strip(), 16)
-                except ValueError:
-                    raise HttpError(f"bad chunk size line {line[:40]!r}") from None
+                size = line.split(b";", 1)[0].strip()
+                # hex digits only: int(..., 16) also takes "-5", "+5", "0x5" and "5_0",
+                # and a negative size would turn a bounded read into read-to-the-end
+                if not _HEX.fullmatch(size):
+                    raise HttpError(f"bad chunk size line {line[:40]!r}")
+                self.chunk_left = int(size, 16)
                 if self.chunk_left == 0:
                     while self.stream.readline(MAX_HEADER_LINE) not in (b"\r\n", b"\n", b""):
                         pass  # trailers
@@ -178,12 +183,23 @@ def _request(
         raise
     length_text = fields.get("content-length")
     chunked = "chunked" in fields.get("transfer-encoding", "").lower()
-    try:
-        length = None if chunked or length_text is None else int(length_text)
-    except ValueError:
+    if not chunked and length_text is not None and not _DECIMAL.fullmatch(length_text):
         sock.close()
-        raise HttpError(f"bad Content-Length {str(length_text)[:20]!r}") from None
+        raise HttpError(f"bad Content-Length {length_text[:20]!r}")
+    length = None if chunked or length_text is None else int(length_text)
     return Response(url, status, reason, fields, _Body(stream, sock, length, chunked))
+
+
+def redact_url(url: str) -> str:
+    """``url`` as logs and errors may show it: no userinfo, query or fragment (a metadata
+    URL's query often carries a token, and a registry URL may carry a password)."""
+    parts = urlsplit(url)
+    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{host or ''}{port}{parts.path}"
 
 
 def _read_head(stream: BinaryIO) -> tuple[int, str, dict[str, str]]:

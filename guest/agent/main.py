@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from guest.agent import blockdev, stage, template
-from guest.agent.cmdline import CosignPolicy, Options, parse_cmdline
+from guest.agent.cmdline import Options, parse_cmdline
 from guest.agent.console import Console
 from guest.agent.lease import Lease, choose_dns, resolv_conf
 from guest.agent.machine import Paths, System
@@ -35,7 +35,7 @@ from guest.contract.fsutil import write_atomic
 if TYPE_CHECKING:  # imported when used: a boot that never needs them never pays for them
     from guest.agent import fetch, sysguest
     from guest.agent.metadata import Metadata
-    from guest.contract import oci
+    from guest.contract import cosign, oci
 
 DEBUG_HINT = "cloudboot.debug=1 on the kernel command line gives a shell on the console"
 
@@ -69,6 +69,9 @@ class Agent:
         self.network_done = False
         self.dns_written: tuple[str, ...] = ()
         self.nvram_touched = False
+        self.signed: cosign.SignedPayload | None = None  # the chosen plan's signature
+        self.accepted: dict[str, int] = {}  # plan ref -> version, for the freshness floor
+        self._floors: dict[str, int] | None = None
 
     # -- the pass ------------------------------------------------------------------------
 
@@ -109,10 +112,22 @@ class Agent:
             target, target.cmdline or artifact_cmdline or (self.options.cmdline or "")
         )
         with c.step("write"):
-            esp, warnings = stage.find_cache_esp(blockdev.scan(self.paths.sys, self.paths.dev))
+            self.system.ensure_efivars(self.paths.efivars)
+            from guest.agent.secureboot import require_signed_under_secure_boot
+
+            store = EfiVarStore(self.paths.efivars)
+            require_signed_under_secure_boot(store, kernel, target.name)
+            p = self.paths
+            esp, warnings = stage.choose_cache_esp(p.sys, p.dev, p.efivars)
             for warning in warnings:
                 c.warn(warning)
             with self.system.open_esp(esp) as files:
+                stage.require_marker(files)  # before the floor too
+                if self.accepted:
+                    from guest.agent import floor
+
+                    merged = floor.advanced(self._floors or {}, self.accepted)
+                    files.write(floor.FLOOR_PATH, floor.dump(merged))
                 stage.write_files(files, target.name, kernel, initrd)
             sizes = f"{stage.data_size(kernel)} + {stage.data_size(initrd or b'')}"
             c.log(f"staged {sizes} bytes on {esp.device.name}")
@@ -158,13 +173,14 @@ class Agent:
         if not url:
             return {}
         self._network()
-        from guest.agent import metadata
+        from guest.agent import httpclient, metadata
 
         try:
             with self.console.step("metadata"):
                 token = self.options.raw.get("cloudboot.metadata.token", "")
                 data = metadata.fetch_document(url, token)
-                doc = metadata.parse_metadata(data, self.params, where=url)
+                shown = httpclient.redact_url(url)
+                doc = metadata.parse_metadata(data, self.params, where=shown)
         except CloudbootError as exc:
             self.console.warn(f"metadata: {exc}; going on with the command line's values")
             return {}
@@ -224,6 +240,7 @@ class Agent:
                     where=str(self.paths.embedded_plan),
                 )
             c.log("using the embedded plan /etc/cloud-boot/plan.hcl")
+            self.signed = None
             return self._embedded_plan()
         from guest.agent import fetch
         from guest.contract import oci
@@ -238,6 +255,7 @@ class Agent:
                 if not self.paths.embedded_plan.exists():
                     raise
                 c.warn(f"{exc}; falling back to the embedded plan")
+                self.signed = None
                 return self._embedded_plan()
         c.log(f"plan {ref} {resolved.top_digest}")
         with c.step("verify"):
@@ -250,27 +268,24 @@ class Agent:
         return Fetched(plan.plan_text(data, source), source, None)
 
     def _verify(self, client: fetch.RegistryClient, ref: oci.Ref, digest: str) -> None:
-        from guest.agent import fetch
-        from guest.contract import cosign
+        """Plan signature, then freshness against the floor on the cache ESP."""
+        from guest.agent import trust
 
-        policy = self.options.cosign
-        if policy is CosignPolicy.OFF:
-            self.console.warn("cloudboot.cosign=off: plan signature not checked")
+        c = self.console
+        self.signed = trust.verify_plan(c, self.options, self.paths.cosign_pub, client, ref, digest)
+        if self.signed is None:
             return
-        if not self.paths.cosign_pub.exists():
-            self.console.warn("no /etc/cosign.pub in the image: plan signature not checked")
-            return
-        key = cosign.load_public_key(self.paths.cosign_pub.read_bytes())
-        try:
-            fetch.verify_signature(client, ref, digest, key)
-        except cosign.SigningError as exc:
-            if policy is CosignPolicy.ENFORCE:
-                raise cosign.SigningError(
-                    f"plan signature check failed: {exc}", where=str(ref)
-                ) from None
-            self.console.warn(f"plan signature check failed (cloudboot.cosign=warn): {exc}")
-            return
-        self.console.log(f"plan signature verified ({key.algorithm})")
+        version = trust.check_fresh(c, self.options, self._load_floors(), ref, self.signed)
+        key = trust.floor_key(ref)
+        if version is not None and key is not None:
+            self.accepted[key] = version
+
+    def _load_floors(self) -> dict[str, int]:
+        if self._floors is None:
+            from guest.agent import trust
+
+            self._floors = trust.read_floors(self.system, self.paths, self.console)
+        return self._floors
 
     def _choose(self, meta: dict[str, Any]) -> plan.Target:
         text_ref = self.options.plan
@@ -323,15 +338,18 @@ class Agent:
             self.console.log(f"kernel {files.kernel_path}, initrd {files.initrd_path or '-'}")
             return files.kernel, files.initrd, None
         if isinstance(source, plan.OciSource):
-            from guest.agent import fetch
+            from guest.agent import fetch, trust
             from guest.contract import oci
 
             self._network()
-            refs = [
+            named = [
                 oci.parse_ref(r)
                 for r in (source.index, source.kernel, source.initrd, source.modules)
                 if r
             ]
+            refs = trust.bind_artifacts(
+                self.console, self.options, self.paths.cosign_pub, self.client(), named, self.signed
+            )
             boot = fetch.pull_boot(self.client(), refs, self.arch.oci)
             return boot.kernel, boot.initrd or None, boot.cmdline
         raise CloudbootError(f"unsupported source {source.kind}", where=str(target.where))

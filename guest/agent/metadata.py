@@ -7,10 +7,13 @@ overrides ``cloudboot.<key>`` knobs, and wins over the kernel command line and t
 (precedence cmdline < plan < metadata). ``parse_metadata`` is pure; ``fetch_document``
 is the one function here that touches the network.
 
-**Our rule** beyond upstream: the document is not signed, so it may not weaken the plan
-signature policy below what the command line asked for (``cloudboot.cosign``) nor turn
-on plain HTTP (``cloudboot.insecure``) or point at another metadata URL; such keys are
-reported back as refused and the boot goes on with the command line's values.
+**Our rule** beyond upstream (docs/trust-model.md): the document is not signed (it
+usually comes over plain HTTP from a link-local address), so it is an allow-list: it may
+choose among what the signed plan offers (``target``, the ``menu`` knobs), name DNS
+servers (``dns``) and make the signature policy stricter (``cosign``, never weaker).
+Everything else (``plan``, ``cmdline``, ``debug``, ``insecure``, ``metadata.*``,
+``rollback``, any unknown key) comes only from the baked kernel command line; such keys
+are reported back as refused and the boot goes on with the command line's values.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from guest.contract.errors import CloudbootError
 
 MAX_DOCUMENT = 1 << 20
 _POLICY_STRENGTH = {"off": 0, "warn": 1, "enforce": 2}
-_NEVER_FROM_METADATA = ("metadata.url", "metadata.token", "insecure")
+#: What an unsigned document may set (``cosign`` only to a stricter policy).
+ALLOWED_FROM_METADATA = frozenset({"target", "dns", "menu", "menu.timeout", "menu.prompt"})
 
 
 class MetadataError(CloudbootError):
@@ -59,7 +63,8 @@ def parse_metadata(data: bytes, params: Mapping[str, str], *, where: str) -> Met
     for key, value in block.items():
         full = PREFIX + key
         text = _knob_text(value, full, where)
-        if key in _NEVER_FROM_METADATA or (key == "cosign" and _weakens(params, text)):
+        allowed = key in ALLOWED_FROM_METADATA or (key == "cosign" and not _weakens(params, text))
+        if not allowed:
             refused.append(full)
             continue
         overrides[full] = text
@@ -95,12 +100,13 @@ def fetch_document(url: str, token: str = "", *, timeout: float = 10.0) -> bytes
     from guest.agent import httpclient
 
     private = {"Authorization": "Bearer " + token} if token else None
+    shown = httpclient.redact_url(url)  # the console is not the place for a query's token
     try:
         with httpclient.get(
             url, {"Accept": "application/json"}, private=private, timeout=timeout
         ) as r:
             if r.status != 200:
-                raise MetadataError(f"HTTP {r.status} {r.reason}", where=url)
+                raise MetadataError(f"HTTP {r.status} {r.reason}", where=shown)
             return r.read(MAX_DOCUMENT + 1)
     except OSError as exc:
-        raise MetadataError(f"cannot fetch: {exc.strerror or exc}", where=url) from None
+        raise MetadataError(f"cannot fetch: {exc.strerror or exc}", where=shown) from None

@@ -9,19 +9,25 @@ before ``write_boot_entry`` leaves NVRAM exactly as it was.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from guest.agent.blockdev import BlockDevice, read_disk_gpt
+from guest.agent.blockdev import BlockDevice, read_disk_gpt, scan
 from guest.contract import gpt
 from guest.contract.efi import ucs16
 from guest.contract.efi.devpath import HardDrive
-from guest.contract.efi.loadoption import cloudboot_entry, staged_paths
+from guest.contract.efi.efivarfs import EfiVarStore
+from guest.contract.efi.loadoption import CACHE_MARKER, cloudboot_entry, staged_paths
 from guest.contract.efi.varstore import VariableStore, stage_boot_entry
 from guest.contract.errors import CloudbootError
 from guest.contract.fsutil import atomic_file
+
+#: The largest kernel or initrd (each) the guest stages, from a registry or a disk: real
+#: ones are tens of MiB; the bound keeps a hostile size from filling memory or the ESP.
+MAX_BOOT_FILE = 512 << 20
 
 CACHE_DISK_HINT = (
     "attach the cache disk (make one with `cloudboot cache-disk`): a GPT disk whose ESP "
@@ -48,18 +54,39 @@ class CacheEsp:
         return HardDrive(p.number, p.first_lba, p.size_sectors, p.unique_guid)
 
 
-def find_cache_esp(devices: Sequence[BlockDevice]) -> tuple[CacheEsp, list[str]]:
+#: systemd-stub's record of the partition the UKI was started from (a UCS-2 GUID).
+LOADER_GUID = uuid.UUID("4a67b082-0a4c-41cf-b6c7-440b29bb8c4f")
+
+
+def booted_partition(store: EfiVarStore) -> uuid.UUID | None:
+    """``LoaderDevicePartUUID``: the partition our UKI came from, when the stub said."""
+    var = store.read("LoaderDevicePartUUID", LOADER_GUID)
+    if var is None:
+        return None
+    try:
+        return uuid.UUID(var.data.decode("utf-16-le").rstrip("\0"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def find_cache_esp(
+    devices: Sequence[BlockDevice], booted_from: uuid.UUID | None = None
+) -> tuple[CacheEsp, list[str]]:
     """Prefer the ESP named cloud-boot-cache, else one unnamed ESP (docs/wire-formats.md §5.5).
 
-    Returns the ESP and any warnings to log. ESPs on disks we booted from (an ISO's
-    appended partition is named too, but not with our name) are never "unnamed" picks
-    unless they are the only one.
+    Returns the ESP and any warnings to log. Chosen deliberately, not first-found: the
+    disk the UKI was booted from (``booted_from``, its partition GUID) never receives
+    kernels; two ESPs named cloud-boot-cache are an error naming both, not a race won by
+    the lower device name (a USB stick against the virtio disk); and ``write_files``
+    then wants the marker file ``cloudboot cache-disk`` wrote.
     """
     named: list[CacheEsp] = []
     unnamed: list[CacheEsp] = []
     for disk in (d for d in devices if not d.is_partition):
         table = read_disk_gpt(disk.node)
         if table is None:
+            continue
+        if booted_from is not None and any(p.unique_guid == booted_from for p in table.partitions):
             continue
         for part in table.esps():
             dev = next(
@@ -69,6 +96,13 @@ def find_cache_esp(devices: Sequence[BlockDevice]) -> tuple[CacheEsp, list[str]]
                 continue
             esp = CacheEsp(disk, part, dev, part.name == gpt.CACHE_PARTITION_NAME)
             (named if esp.named else unnamed).append(esp)
+    if len(named) > 1:
+        names = " and ".join(e.device.name for e in named)
+        raise StageError(
+            f"ESPs named {gpt.CACHE_PARTITION_NAME!r} on {names}: refusing to guess which one "
+            "receives kernels; detach the one that is not the cache disk",
+            where="GPT",
+        )
     if named:
         return named[0], []
     if len(unnamed) == 1:
@@ -132,7 +166,7 @@ def copy_into(fd: int, data: FileData) -> None:
     with open(data.device, "rb", buffering=0) as src:
         for start, length in data.runs:
             if start is None:
-                copy_into(fd, bytes(length))
+                _write_zeros(fd, length)
                 continue
             offset, left = start, length
             while left:
@@ -142,10 +176,23 @@ def copy_into(fd: int, data: FileData) -> None:
                 offset, left = offset + sent, left - sent
 
 
+def _write_zeros(fd: int, length: int) -> None:
+    """A hole, written from one 1 MiB buffer: never ``bytes(length)`` of a hole's size."""
+    while length:
+        view = memoryview(_ZEROS)[: min(length, len(_ZEROS))]
+        while view:
+            written = os.write(fd, view)
+            view, length = view[written:], length - written
+
+
+_ZEROS = bytes(1 << 20)
+
+
 class EspFiles(Protocol):
     """Somewhere to put files on the ESP; ``flush`` returns once they are on the disk."""
 
     def write(self, path: str, data: FileData) -> None: ...
+    def read(self, path: str, limit: int) -> bytes | None: ...
     def flush(self) -> None: ...
 
 
@@ -159,19 +206,50 @@ class MountedEsp:
     def __init__(self, root: Path) -> None:
         self.root = root
 
+    def _path(self, path: str) -> Path:
+        return self.root.joinpath(*[p for p in path.split("\\") if p])
+
     def write(self, path: str, data: FileData) -> None:
-        target = self.root.joinpath(*[p for p in path.split("\\") if p])
+        target = self._path(path)
         try:
             with atomic_file(target, durable=True) as out:
                 copy_into(out.fileno(), data)
         except OSError as exc:
             raise StageError(f"cannot write {path}: {exc.strerror}", where=str(target)) from exc
 
+    def read(self, path: str, limit: int) -> bytes | None:
+        """A small file's bytes (None when absent or larger than ``limit``)."""
+        target = self._path(path)
+        try:
+            with open(target, "rb") as f:
+                data = f.read(limit + 1)
+        except OSError:
+            return None
+        return data if len(data) <= limit else None
+
     def flush(self) -> None:
         os.sync()
 
 
+def choose_cache_esp(sys_root: Path, dev_root: Path, efivars: Path) -> tuple[CacheEsp, list[str]]:
+    """The cache ESP for this machine: ``find_cache_esp`` over every disk, leaving out
+    the one the stub says we booted from. One choice for staging and the floor alike."""
+    booted = booted_partition(EfiVarStore(efivars))
+    return find_cache_esp(scan(sys_root, dev_root), booted)
+
+
+def require_marker(esp: EspFiles) -> None:
+    """Nothing is read from or written to a cache ESP without the cache-disk marker."""
+    if esp.read(CACHE_MARKER, 4096) is None:
+        raise StageError(
+            f"no {CACHE_MARKER} on it: not a disk made by `cloudboot cache-disk` (one made "
+            "before the marker existed: delete it and run `cloudboot cache-disk` again)",
+            where="cache ESP",
+        )
+
+
 def write_files(esp: EspFiles, target: str, kernel: FileData, initrd: FileData | None) -> None:
+    require_marker(esp)
     kernel_path, initrd_path = staged_paths(target)
     esp.write(kernel_path, kernel)
     if initrd is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from guest.contract.errors import CloudbootError, FormatError
@@ -28,6 +28,8 @@ from guest.contract.pubkey import PublicKey, load_public_key
 
 __all__ = [
     "ANNOTATION_SIGNATURE",
+    "OPTIONAL_PINS",
+    "OPTIONAL_VERSION",
     "PAYLOAD_TYPE",
     "BadSignatureError",
     "DigestMismatchError",
@@ -43,6 +45,7 @@ __all__ = [
     "signature_layers",
     "signature_manifest",
     "signature_tag",
+    "trust_optional",
     "verify_payload",
     "verify_signature",
 ]
@@ -73,8 +76,22 @@ def signature_tag(digest: str) -> str:
     return f"{algorithm}-{hexpart}.sig"
 
 
-def payload(docker_reference: str, manifest_digest: str) -> bytes:
-    """The simple-signing payload exactly as cosign serialises it (Go struct order, compact)."""
+#: Keys of our signed ``optional`` section (docs/trust-model.md): the digest each tag
+#: the plan names had when it was published, and the publication's freshness version.
+OPTIONAL_PINS = "dev.cloudboot.pins"
+OPTIONAL_VERSION = "dev.cloudboot.version"
+
+
+def payload(
+    docker_reference: str,
+    manifest_digest: str,
+    optional: Mapping[str, object] | None = None,
+) -> bytes:
+    """The simple-signing payload exactly as cosign serialises it (Go struct order, compact).
+
+    ``optional`` is cosign's free-form, signed annotations object (``null`` when empty, as
+    cosign writes it); cosign and upstream guests ignore keys they do not know.
+    """
     return canonical_json(
         {
             "critical": {
@@ -82,9 +99,17 @@ def payload(docker_reference: str, manifest_digest: str) -> bytes:
                 "image": {"docker-manifest-digest": check_digest(manifest_digest)},
                 "type": PAYLOAD_TYPE,
             },
-            "optional": None,
+            "optional": dict(optional) if optional else None,
         }
     )
+
+
+def trust_optional(pins: Mapping[str, str], version: int) -> dict[str, object]:
+    """Our ``optional`` section: ``pins`` (ref as the plan names it -> digest) and version."""
+    return {
+        OPTIONAL_PINS: {ref: check_digest(d) for ref, d in sorted(pins.items())},
+        OPTIONAL_VERSION: version,
+    }
 
 
 @dataclass(frozen=True)
@@ -92,6 +117,27 @@ class SignedPayload:
     docker_reference: str
     manifest_digest: str
     optional: dict[str, object] | None
+
+    @property
+    def pins(self) -> dict[str, str]:
+        """The signed tag -> digest pins; malformed entries are dropped (not trusted)."""
+        raw = (self.optional or {}).get(OPTIONAL_PINS)
+        if not isinstance(raw, dict):
+            return {}
+        pins = {}
+        for ref, digest in raw.items():
+            if isinstance(ref, str) and isinstance(digest, str):
+                try:
+                    pins[ref] = check_digest(digest)
+                except FormatError:
+                    continue
+        return pins
+
+    @property
+    def version(self) -> int | None:
+        """The publication's freshness version (milliseconds since the epoch), if signed."""
+        raw = (self.optional or {}).get(OPTIONAL_VERSION)
+        return raw if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0 else None
 
 
 def parse_payload(data: bytes) -> SignedPayload:
@@ -169,10 +215,13 @@ def check_signatures(
 ) -> SignedPayload:
     """Accept when any (payload, signature) pair is valid for ``manifest_digest``.
 
-    Raises ``NoSignatureError`` when there are no candidates, ``DigestMismatchError`` when
+    Of several valid ones the freshest (highest signed version) wins: a re-publication
+    adds a newer signature with new pins, and the older one must not shadow it. Raises
+    ``NoSignatureError`` when there are no candidates, ``DigestMismatchError`` when
     the only valid signatures speak about another digest, else ``BadSignatureError``.
     """
     seen = mismatched = 0
+    valid: list[SignedPayload] = []
     for data, sig in candidates:
         seen += 1
         if not verify_signature(public_key, data, sig):
@@ -182,7 +231,9 @@ def check_signatures(
         except (DigestMismatchError, FormatError):
             mismatched += 1
             continue
-        return parse_payload(data)
+        valid.append(parse_payload(data))
+    if valid:
+        return max(valid, key=lambda signed: signed.version or 0)
     if not seen:
         raise NoSignatureError(f"no signature for {manifest_digest}")
     if mismatched:

@@ -25,6 +25,10 @@ REVISION_1_0 = 0x00010000
 HEADER_SIZE = 92
 ENTRY_COUNT = 128
 ENTRY_SIZE = 128
+#: Upper bounds on the entry array a header may ask us to read: 16384 entries of 128 bytes
+#: (2 MiB) is far past any real disk (128 x 128 is the usual array).
+MAX_ENTRY_SIZE = 4096
+MAX_ENTRY_ARRAY = 16384 * ENTRY_SIZE
 #: Sectors the entry array occupies with the default 128 x 128 bytes.
 ENTRY_SECTORS = ENTRY_COUNT * ENTRY_SIZE // SECTOR
 #: LBA0 (MBR) + LBA1 (header) + the entry array: what a reader needs from the disk start.
@@ -145,7 +149,15 @@ class GptHeader:
         struct.pack_into("<I", raw, 16, 0)
         if zlib.crc32(raw) != crc:
             raise FormatError("GPT header CRC32 mismatch", offset=offset + 16, what="gpt")
-        if entry_size < ENTRY_SIZE or entry_size % 8 or count == 0 or count > 16384:
+        # UEFI: SizeOfPartitionEntry is 128 x 2^n. Bounded above too: count x size bytes
+        # are read and held, and a 4 GiB "entry" made that a MemoryError.
+        if (
+            entry_size < ENTRY_SIZE
+            or entry_size > MAX_ENTRY_SIZE
+            or entry_size & (entry_size - 1)
+            or count == 0
+            or count * entry_size > MAX_ENTRY_ARRAY
+        ):
             raise FormatError(
                 f"implausible GPT entry array ({count} x {entry_size} bytes)",
                 offset=offset + 80,

@@ -196,6 +196,10 @@ class LayerRole(enum.Enum):
         return title == self.title
 
 
+#: Layers a manifest may have: a cloudboot artifact has at most four, a cosign signature
+#: manifest one per signature.
+MAX_LAYERS = 64
+
 #: Layer media types too generic to say anything; such layers are recognised by title.
 GENERIC_LAYER_TYPES = frozenset(
     {
@@ -262,6 +266,9 @@ class Manifest(_CanonicalDocument):
         layers = obj.get("layers", [])
         if not isinstance(layers, list):
             raise FormatError("layers is not a list", what=what)
+        if len(layers) > MAX_LAYERS:
+            # each layer of a signature manifest is a blob fetched: bound the work
+            raise FormatError(f"{len(layers)} layers, more than {MAX_LAYERS}", what=what)
         return cls(
             config=Descriptor.from_json(obj.get("config"), what=f"{what} config"),
             layers=tuple(

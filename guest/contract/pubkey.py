@@ -34,11 +34,13 @@ def _der_read(data: bytes, pos: int, what: str) -> tuple[int, bytes, int]:
     pos += 2
     if first < 0x80:
         length = first
-    else:
+    else:  # DER, not BER: no indefinite form, and the shortest long form only
         count = first & 0x7F
         if count == 0 or count > 4 or pos + count > len(data):
             raise FormatError("bad DER length", offset=pos - 1, what=what)
         length = int.from_bytes(data[pos : pos + count], "big")
+        if length < 0x80 or data[pos] == 0:
+            raise FormatError("non-minimal DER length", offset=pos - 1, what=what)
         pos += count
     if pos + length > len(data):
         raise FormatError("DER element runs past the end", offset=pos, what=what)
@@ -76,8 +78,15 @@ def _der_oid(value: bytes) -> str:
 
 
 def _der_uint(value: bytes, what: str) -> int:
+    """A non-negative INTEGER in its one DER form (a leading zero only before a high bit).
+
+    BER's padded forms must be refused in signatures: accepting them makes a signature
+    malleable (many byte strings for one (r, s)), which Wycheproof tests for.
+    """
     if not value or value[0] & 0x80:
         raise FormatError("DER INTEGER is empty or negative", what=what)
+    if len(value) > 1 and value[0] == 0 and not value[1] & 0x80:
+        raise FormatError("DER INTEGER has a superfluous leading zero", what=what)
     return int.from_bytes(value, "big")
 
 

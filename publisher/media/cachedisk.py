@@ -14,6 +14,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+from guest.contract.efi.loadoption import CACHE_MARKER, CACHE_MARKER_TEXT
 from guest.contract.errors import CloudbootError, FormatError
 from guest.contract.fsutil import replacing
 from guest.contract.gpt import (
@@ -30,6 +31,8 @@ from guest.contract.gpt import (
 from publisher.media.esp import FAT32_MIN, FatType, write_fat
 
 MIB = 1024 * 1024
+#: The marker file, as a FAT path (one fact: guest.contract.efi.loadoption.CACHE_MARKER).
+MARKER = CACHE_MARKER.strip("\\").replace("\\", "/")
 FIRST_LBA = 2048
 DEFAULT_SIZE_MIB = 256
 #: FAT32 needs ~33 MiB; plus the 1 MiB gap and the backup GPT.
@@ -52,14 +55,28 @@ def cache_disk_layout(size_mib: int, *, disk_guid: uuid.UUID, part_guid: uuid.UU
 
 
 def is_cache_disk(path: Path) -> bool:
-    """Whether ``path`` already is a cache disk: GPT entry 1 named ``cloud-boot-cache``."""
+    """Whether ``path`` already is a cache disk: GPT entry 1 named ``cloud-boot-cache``
+    and the marker file on its FAT (a disk made before the marker is not one: the guest
+    would refuse it, so it is re-made only with ``--force``)."""
     try:
         with open(path, "rb") as f:
             head = f.read(PRIMARY_SECTORS * SECTOR)
         gpt = read_gpt(head)
     except (OSError, FormatError):
         return False
-    return any(p.number == 1 and p.name == CACHE_PARTITION_NAME for p in gpt.partitions)
+    part = next((p for p in gpt.partitions if p.number == 1), None)
+    if part is None or part.name != CACHE_PARTITION_NAME:
+        return False
+    from pyfatfs.PyFatFS import PyFatFS
+
+    try:
+        fs = PyFatFS(str(path), offset=part.first_lba * SECTOR, read_only=True)
+    except Exception:  # pyfatfs raises assorted types on a bad volume
+        return False
+    try:
+        return bool(fs.exists("/" + MARKER))
+    finally:
+        fs.close()
 
 
 def ensure_cache_disk(path: Path, size_mib: int = DEFAULT_SIZE_MIB, force: bool = False) -> bool:
@@ -74,7 +91,8 @@ def ensure_cache_disk(path: Path, size_mib: int = DEFAULT_SIZE_MIB, force: bool 
             return False
         if not force:
             raise CacheDiskError(
-                f"exists and is not a cache disk (no GPT partition {CACHE_PARTITION_NAME!r}); "
+                f"exists and is not a cache disk (no GPT partition {CACHE_PARTITION_NAME!r} "
+                f"with /{MARKER}); "
                 "use --force to overwrite it",
                 where=str(path),
             )
@@ -86,7 +104,8 @@ def ensure_cache_disk(path: Path, size_mib: int = DEFAULT_SIZE_MIB, force: bool 
             f.write(layout.primary)
         part = layout.gpt.partitions[0]
         write_fat(tmp, offset=part.first_lba * SECTOR, size=part.size_sectors * SECTOR,
-                  files={}, dirs=["EFI/Linux"], fat_type=FatType.FAT32, label="CBCACHE",
+                  files={MARKER: CACHE_MARKER_TEXT}, dirs=["EFI/Linux"],
+                  fat_type=FatType.FAT32, label="CBCACHE",
                   volume_id=int.from_bytes(part.unique_guid.bytes[:4], "little"))  # fmt: skip
         with open(tmp, "r+b") as f:
             f.seek(layout.backup_offset)

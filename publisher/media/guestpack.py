@@ -36,6 +36,7 @@ from publisher.media.guestwarm import (
     prepare_hcl2_parser,
     record_dataclass_code,
 )
+from publisher.media.wheelpins import verify_archive, verify_tree
 from publisher.run import run
 
 #: The guest interpreter's version: bytecode compiled here must carry its magic number.
@@ -201,6 +202,7 @@ _SDIST_SKIP = ("setup.py", "test", "docs", "PKG-INFO", "setup.cfg", "LICENSE", "
 
 def _unpack_wheels(dest: Path, archives: Iterable[Path]) -> None:
     for archive in archives:
+        verify_archive(archive)  # pinned by sha256, cached or fresh (docs/trust-model.md)
         with tempfile.TemporaryDirectory() as tmp:
             shutil.unpack_archive(archive, tmp, "zip" if archive.suffix == ".whl" else None)
             base = Path(tmp)
@@ -318,6 +320,8 @@ def build_tree(
     _prune(dest, arch)
     for tree in (*inputs.site_packages, inputs.guest):
         shutil.copytree(tree, app / tree.name, dirs_exist_ok=True, ignore=_ignored)
+    for tree in inputs.site_packages:
+        verify_tree(app / tree.name, tree.name)
     _unpack_wheels(app, inputs.wheels)
     (app / "cloud-boot-init.py").write_text(AGENT_MAIN)
     (app / "cloudboot-reset.py").write_text(RESET_MAIN)

@@ -88,7 +88,7 @@ def initramfs_entries(
         cpio.file("/init", MARKER_INIT.encode(), 0o755),
     ]
     key = recipe.cosign_public_key
-    if key is not None and key.is_file():
+    if key is not None:  # checked before the build started (build.check_public_key)
         entries.append(cpio.file("/etc/cosign.pub", key.read_bytes()))
     entries += module_entries(kernel, recipe.initramfs.modules)
     if recipe.initramfs.init == "guest-agent":

@@ -72,7 +72,9 @@ class KernelSources:
             public_key = recipe.cosign_public_key
             if public_key is None:
                 raise RecipeError(
-                    f"{source.key}.verify: needs signing.cosign_public_key", where=str(recipe.path)
+                    f"{source.key}: an OCI kernel is verified by default and that needs"
+                    " signing.cosign_public_key (or verify = false for an unsigned artifact)",
+                    where=str(recipe.path),
                 )
         pulled = self.puller().pull(
             source.value,

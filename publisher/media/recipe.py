@@ -56,15 +56,16 @@ KERNEL_ONLY_KINDS = (SourceKind.OCI, SourceKind.BUILD)
 class Source:
     """Where one input comes from; ``key`` is its recipe key, for error messages.
 
-    ``verify`` (OCI only): check the artifact's cosign signature with the recipe's
-    ``signing.cosign_public_key`` before using it. ``config`` (build only): the kernel
-    .config the tree is built with.
+    ``verify`` (OCI only, on unless ``verify = false``): check the artifact's cosign
+    signature with the recipe's ``signing.cosign_public_key`` before using it
+    (docs/trust-model.md: every byte that boots is bound to the key). ``config`` (build
+    only): the kernel .config the tree is built with.
     """
 
     kind: SourceKind
     value: str
     key: str
-    verify: bool = False
+    verify: bool = True
     config: Path | None = None
 
     @property
@@ -183,7 +184,7 @@ class _Reader:
         kinds = [k for k in (raw if isinstance(raw, dict) else {}) if k in _KIND_NAMES]
         if not isinstance(raw, dict) or len(kinds) != 1:
             raise self.fail(key, 'expected one of { deb = "pkg" }, { file = "path" }, '
-                                 '{ oci = "ref" [, verify = true] }, '
+                                 '{ oci = "ref" [, verify = false] }, '
                                  '{ build = "src dir" [, config = "file"] }')  # fmt: skip
         kind = SourceKind(kinds[0])
         value = raw[kind.value]
@@ -197,7 +198,7 @@ class _Reader:
                                                    f"known: {known}")  # fmt: skip
         if not isinstance(value, str) or not value:
             raise self.fail(f"{key}.{kind.value}", "expected a non-empty string")
-        verify = raw.get("verify", False)
+        verify = raw.get("verify", True)
         if not isinstance(verify, bool):
             raise self.fail(f"{key}.verify", "expected true or false")
         config = None

@@ -71,6 +71,13 @@ def safe_name(target: str) -> str:
     return "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in target)
 
 
+#: The file ``cloudboot cache-disk`` writes on the cache ESP. The guest stages only onto
+#: an ESP that carries it: a partition merely *named* cloud-boot-cache (any USB stick can
+#: be) is not chosen by accident. It is a marker, not a secret (docs/trust-model.md).
+CACHE_MARKER = r"\EFI\cloud-boot-cache"
+CACHE_MARKER_TEXT = b"cloudboot cache disk: staged kernels live in /EFI/Linux\n"
+
+
 def staged_paths(target: str) -> tuple[str, str]:
     r"""ESP paths (``\EFI\Linux\<safe>-vmlinuz.efi``, ``...-initrd``) for a target."""
     safe = safe_name(target)

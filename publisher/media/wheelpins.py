@@ -1,0 +1,89 @@
+"""sha256 pins of the PyPI archives packed into the guest (issue 13).
+
+``guestpack`` downloads them once into a per-user cache and unpacks them into every
+initramfs: pinned by version alone, a substituted file in the index or in the cache would
+run as PID 1 code on every machine. Each archive is checked against its pin before it is
+unpacked, whether it was just downloaded or found in the cache; a mismatch removes the
+file and fails the build, naming it. The hashes are those the package index served for
+these exact files (``pip download``), as ``pip-compile --generate-hashes`` records them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from guest.contract.errors import CloudbootError
+
+#: File name -> sha256, one per ``guestpack.PYPI_PACKAGES`` entry.
+WHEEL_SHA256 = {
+    "ext4-1.4.1-py3-none-any.whl":
+        "a92ce289160162d6e68a9ccc9c717184bfa65c1b547de6bd801b248bd98daede",
+    "cachetools-7.1.1-py3-none-any.whl":
+        "0335cd7a0952d2b22327441fb0628139e234c565559eeb91a8a4ac7551c5353d",
+    "crcmod-1.7.tar.gz":
+        "dc7051a0db5f2bd48665a990d3ec1cc305a466a77358ca4492826f41f283601e",
+    "typing_extensions-4.15.0-py3-none-any.whl":
+        "f0fa19c6845758ab08074a0cfa8b7aecb71c999ca73d62883bc25cc018c4e548",
+}  # fmt: skip
+
+
+class WheelHashError(CloudbootError):
+    pass
+
+
+def verify_archive(archive: Path) -> None:
+    """Raise (and delete ``archive``) unless it is a pinned file with its pinned hash."""
+    expected = WHEEL_SHA256.get(archive.name)
+    if expected is None:
+        raise WheelHashError(
+            "not a pinned guest archive (remove it, or pin it in publisher/media/wheelpins.py)",
+            where=str(archive),
+        )
+    digest = hashlib.sha256()
+    with open(archive, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        archive.unlink()
+        raise WheelHashError(
+            f"sha256 {digest.hexdigest()} is not the pinned {expected}; the file was removed",
+            where=str(archive),
+        )
+
+
+#: ``hcl2`` and ``lark`` are copied from the host's venv (pip installed them from these
+#: pinned versions: python-hcl2 8.1.4, lark 1.3.1); what is copied is pinned as a tree:
+#: sha256 over the sorted (path, sha256 of the bytes) of every file ``guestpack`` copies,
+#: equal to the same digest over the files of the wheels python_hcl2-8.1.4-py3-none-any
+#: (sha256 75738bd9...0feae) and lark-1.3.1-py3-none-any (sha256 c629b661...d1e12).
+#: Generated caches are not the package's files and are left out of the digest.
+VENV_TREE_SHA256 = {
+    "hcl2": "6d8ec62c4d4c95e8f5ad24903cbb3236ab4ae216cbe17dc98190bf1203927f32",
+    "lark": "71ed480578d70c652147d8a0c104b526ecaac4a0e21e4036b69e8a1169b8abab",
+}
+
+
+#: Files a package writes next to itself at run time (lark's grammar cache for hcl2).
+GENERATED = frozenset({".lark_cache.bin"})
+
+
+def tree_digest(root: Path) -> str:
+    """sha256 over the sorted (relative path, sha256 of contents) of the files under root."""
+    outer = hashlib.sha256()
+    files = (p for p in root.rglob("*") if p.is_file() and p.name not in GENERATED)
+    for path in sorted(files):
+        rel = path.relative_to(root).as_posix()
+        outer.update(f"{rel}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+    return outer.hexdigest()
+
+
+def verify_tree(root: Path, name: str) -> None:
+    """Raise unless the copied package ``name`` at ``root`` is the pinned tree."""
+    got, expected = tree_digest(root), VENV_TREE_SHA256[name]
+    if got != expected:
+        raise WheelHashError(
+            f"package {name!r} from the host's venv is not the pinned tree "
+            f"(sha256 {got}, pinned {expected}): reinstall it from constraints.txt",
+            where=str(root),
+        )

@@ -1,0 +1,119 @@
+"""What a plan's signature vouches for besides the plan: pinned digests and freshness.
+
+A plan names kernels by tag (``reg/linux:6.6``); the plan's own signature covers the
+plan's bytes, not what the tag points at. At publish time each tag the plan names, for
+every arch the plan can boot on, is resolved here and its digest goes into the signed
+``optional`` section of the cosign payload (docs/trust-model.md), with a freshness
+version. The plan's bytes stay the user's: upstream guests still read the plan, and
+cosign still verifies the signature.
+
+Tags that cannot be resolved now (a registry the host cannot reach, a tag not pushed
+yet, a ref that depends on ``meta.*`` or LLDP at boot) stay unpinned and are logged; a
+guest under ``cloudboot.cosign=enforce`` then boots such an artifact only if it carries
+its own signature by the same key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterable
+
+import requests
+import structlog
+
+from guest.contract import cosign
+from guest.contract.arch import BOOTABLE_PLAN_ARCHES
+from guest.contract.errors import CloudbootError
+from guest.contract.oci import Ref, parse_ref
+from guest.contract.plan import OciSource, evaluate_collecting, parse_plan
+from publisher.registry import RegistryClient
+from publisher.retry import RetryPolicy
+
+log = structlog.get_logger(__name__)
+
+#: Addresses under which a guest reaches the host's own loopback registry: QEMU's
+#: user-mode network maps 10.0.2.2 to the host's 127.0.0.1.
+GUEST_HOST_ALIASES = ("10.0.2.2",)
+
+#: A pin lookup is one GET without retries: an unreachable registry named in a plan must
+#: not hold a publish for the whole retry budget.
+RESOLVE_TIMEOUT = 10.0
+
+
+def plan_refs(text: str, source: str) -> list[Ref]:
+    """Every tagged OCI ref a target names (index, kernel, initrd, modules), all arches.
+
+    Subplans are not here: a subplan is a plan, published and signed on its own. Refs
+    with a digest need no pin (the signed plan bytes carry it).
+    """
+    plan = parse_plan(text, source)
+    found: dict[str, Ref] = {}
+    for arch in BOOTABLE_PLAN_ARCHES:
+        evaluated, _errors = evaluate_collecting(plan, arch)  # validated before this
+        for target in evaluated.targets:
+            if not isinstance(target.source, OciSource):
+                continue
+            src = target.source
+            for text_ref in (src.index, src.kernel, src.initrd, src.modules):
+                if not text_ref:
+                    continue
+                try:
+                    ref = parse_ref(text_ref)
+                except CloudbootError:
+                    continue
+                if not ref.digest:
+                    found.setdefault(str(ref), ref)
+    return [found[k] for k in sorted(found)]
+
+
+def host_view(ref: Ref) -> Ref:
+    """The ref as this host reaches it (``10.0.2.2:5000`` is ``127.0.0.1:5000`` here)."""
+    host, sep, port = ref.registry.partition(":")
+    if host in GUEST_HOST_ALIASES:
+        return dataclasses.replace(ref, registry=f"127.0.0.1{sep}{port}")
+    return ref
+
+
+def resolve_tag(client: RegistryClient, ref: Ref) -> str | None:
+    """The digest ``ref``'s tag points at now (hashed here, not a header), or None."""
+    try:
+        found = client.find_manifest(host_view(ref))
+    except (CloudbootError, requests.RequestException) as exc:
+        log.warning("tag not pinned: cannot resolve it", ref=str(ref), error=str(exc))
+        return None
+    if found is None:
+        log.warning("tag not pinned: no such manifest yet", ref=str(ref))
+        return None
+    return found[2]
+
+
+def resolve_pins(client: RegistryClient, refs: Iterable[Ref]) -> dict[str, str]:
+    """``{ref as the plan names it: digest}`` for every ref that resolves (in parallel).
+
+    One attempt each, on a client sharing ``client``'s session and credentials.
+    """
+    wanted = list(refs)
+    if not wanted:
+        return {}
+    once = dataclasses.replace(client, retry=RetryPolicy(total=0.0), timeout=RESOLVE_TIMEOUT)
+    pool = client.pool()
+    futures = [(ref, pool.submit(resolve_tag, once, ref)) for ref in wanted]
+    pins = {str(ref): digest for ref, f in futures if (digest := f.result()) is not None}
+    if pins:
+        log.info("tags pinned in the signature", pins=pins)
+    return pins
+
+
+def plan_pins(client: RegistryClient, text: str, source: str) -> dict[str, str]:
+    return resolve_pins(client, plan_refs(text, source))
+
+
+def next_version(existing: Iterable[cosign.SignedPayload], now_ms: int | None = None) -> int:
+    """A freshness version newer than every one already signed for this content.
+
+    Milliseconds since the epoch: monotonic across publishers with roughly right clocks,
+    and strictly above what was signed before even when a clock lags.
+    """
+    now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    return max([now, *((s.version or 0) + 1 for s in existing)])

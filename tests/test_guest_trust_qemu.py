@@ -1,0 +1,129 @@
+"""The tag-move attack booted for real (QEMU TCG + OVMF, the agent's boot.iso).
+
+A signed plan names a kernel artifact by tag; the registry attacker moves the tag to
+another, unsigned kernel/initrd (a tiny initrd printing its own marker):
+
+- the publisher pinned the tag's digest in the plan signature: enforce boots the signed
+  kernel, the moved tag's bytes never boot;
+- a plan signed without pins (a plain ``cosign sign``), the kernel signed on its own:
+  enforce refuses with a FATAL naming the artifact and no cloud-boot entry in NVRAM;
+- the same under ``cloudboot.cosign=warn`` (a second boot.iso): it boots the moved
+  kernel and says on the console that the artifact is not verified.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from virt.firmware.efi import bootentry as vf_bootentry
+
+from guest.contract.oci import parse_ref
+from publisher.media.debs import DebCache
+from publisher.push import publish_plan, push_artifact
+from publisher.registry import RegistryClient
+from publisher.signing import SigningKey
+from tests.test_guest_fetch import push_plan, sign
+from tests.test_guest_qemu import OVMF_CODE, Lab, _tiny_initrd, _vars, boot, build_iso, make_lab
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not OVMF_CODE.exists(), reason="ovmf not installed"),
+]
+SIGNED, MOVED = "CLOUDBOOT-TRUST-SIGNED-3c1e", "CLOUDBOOT-TRUST-MOVED-3c1e"
+
+
+@dataclasses.dataclass
+class TrustLab:
+    lab: Lab
+    warn_iso: Path
+    kernel: Path
+    initrds: dict[str, Path]
+
+
+@pytest.fixture(scope="module")
+def trust_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrustLab]:
+    root = tmp_path_factory.mktemp("qemu-trust")
+    with make_lab(root) as lab:
+        warn_root = root / "warn"
+        warn_root.mkdir()
+        shutil.copy(root / "cosign.pub", warn_root / "cosign.pub")
+        cmdline = (
+            f"cloudboot.exit=reboot cloudboot.plan=oci://10.0.2.2:{lab.registry.port}"
+            "/plans/web cloudboot.insecure=1 cloudboot.cosign=warn console=ttyS0"
+        )
+        warn_iso = build_iso(warn_root, "guest-agent", cmdline)
+        debs = DebCache()
+        kpkg = debs.kernel_package("linux-image-cloud-amd64", lab.arch)
+        busybox = debs.package("busybox-static", lab.arch).root / "bin/busybox"
+        initrds = {}
+        for marker in (SIGNED, MOVED):
+            initrds[marker] = root / f"{marker}.img"
+            initrds[marker].write_bytes(_tiny_initrd(busybox, marker))
+        kernel = next((kpkg.root / "boot").glob("vmlinuz-*"))
+        yield TrustLab(lab, warn_iso, kernel, initrds)
+
+
+def _push_kernel(t: TrustLab, marker: str, *, signed: bool) -> str:
+    ref = parse_ref(f"{t.lab.registry.address}/kernels/linux:1")
+    key = SigningKey(t.lab.key) if signed else None  # type: ignore[arg-type]
+    return push_artifact(
+        RegistryClient(), ref, "amd64", t.kernel, t.initrds[marker], key=key
+    ).digest
+
+
+def _plan(t: TrustLab) -> bytes:
+    return (
+        'default_target = "linux"\n'
+        f'target "linux" {{\n  kernel = "10.0.2.2:{t.lab.registry.port}/kernels/linux:1"\n'
+        '  cmdline = "console=ttyS0 panic=-1"\n}\n'
+    ).encode()
+
+
+def _cloudboot_entries(vars_fd: Path) -> list[str]:
+    titles = [
+        str(vf_bootentry.BootEntry(data=data).title)
+        for name, data in _vars(vars_fd).items()
+        if name.startswith("Boot") and name[4:].isalnum() and len(name) == 8
+    ]
+    return [t for t in titles if t.startswith("cloud-boot")]
+
+
+def test_tag_moved_to_an_unsigned_kernel(trust_lab: TrustLab) -> None:
+    t, lab = trust_lab, trust_lab.lab
+    artifact = f"10.0.2.2:{lab.registry.port}/kernels/linux:1"
+    # 1. published by cloudboot: the tag's digest is pinned in the plan signature
+    signed_digest = _push_kernel(t, SIGNED, signed=True)
+    plan_file = lab.root / "plan.hcl"
+    plan_file.write_bytes(_plan(t))
+    web = parse_ref(f"{lab.registry.address}/plans/web:latest")
+    publish_plan(RegistryClient(), web, plan_file, SigningKey(lab.key))  # type: ignore[arg-type]
+    _push_kernel(t, MOVED, signed=False)  # the attacker moves the tag
+    log, vars_fd = boot(lab, "pinned", "CLOUDBOOT-TRUST-", timeout=300)
+    assert f"artifact {artifact}: pinned by the plan signature to {signed_digest}" in log, log[
+        -3000:
+    ]
+    assert SIGNED in log and MOVED not in log, log[-3000:]
+    assert _cloudboot_entries(vars_fd) == ["cloud-boot linux"]
+
+    # 2. a plan signed without pins; the kernel carries its own signature, then is moved
+    _push_kernel(t, SIGNED, signed=True)
+    digest = push_plan(lab.registry.url, "plans/web", "latest", _plan(t) + b"# unpinned\n")
+    sign(lab.registry.url, "plans/web", f"{lab.registry.address}/plans/web", digest, lab.key)  # type: ignore[arg-type]
+    _push_kernel(t, MOVED, signed=False)
+    log, vars_fd = boot(lab, "enforce", "FATAL")
+    fatal = [line for line in log.splitlines() if line.startswith("FATAL: ")]
+    assert fatal and f"artifact {artifact} is not pinned" in fatal[0], log[-3000:]
+    assert "not signed" in fatal[0] and MOVED not in log and SIGNED not in log
+    assert _cloudboot_entries(vars_fd) == []  # NVRAM untouched
+    assert _vars(vars_fd)["BootOrder"][:2] == b"\x00\x00"
+
+    # 3. the same registry state under cloudboot.cosign=warn: boots, and says so
+    warn_lab = dataclasses.replace(lab, iso=t.warn_iso)
+    log, vars_fd = boot(warn_lab, "warn-boot", "CLOUDBOOT-TRUST-", timeout=300)
+    assert f"WARNING: artifact {artifact}: NOT VERIFIED" in log, log[-3000:]
+    assert MOVED in log and SIGNED not in log
+    assert _cloudboot_entries(vars_fd) == ["cloud-boot linux"]
