@@ -34,6 +34,7 @@ from guest.contract.oci import (
     plan_manifest,
 )
 from guest.contract.plan import PlanError, validate_plan
+from publisher.inputs import MAX_PLAN_BYTES, read_input
 from publisher.registry import Blob, RegistryClient, RegistryError
 from publisher.signing import SigningKey, sign_blob
 
@@ -280,10 +281,8 @@ def publish_plan(
 
 
 def read_plan(plan_path: Path) -> bytes:
-    try:
-        return plan_path.read_bytes()
-    except OSError as exc:
-        raise CloudbootError(f"cannot read plan: {exc.strerror}", where=str(plan_path)) from None
+    """The plan's bytes: a regular file (or ``-``) of at most ``MAX_PLAN_BYTES``."""
+    return read_input(plan_path, limit=MAX_PLAN_BYTES, what="plan")
 
 
 def prepare_plan(

@@ -132,6 +132,7 @@ def cache_disk(
 
 
 kernel_app = typer.Typer(
+    rich_markup_mode=None,
     help="Own kernels: build a Linux tree out of tree, cached by a hash of its inputs.",
     no_args_is_help=True,
 )

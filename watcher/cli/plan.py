@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # guest.contract.plan pulls in hcl2/lark: imported where a pl
     from guest.contract.plan import PlanError
 
 plan_app = typer.Typer(
+    rich_markup_mode=None,
     help="Check boot plans (HCL) and preview the targets a guest would boot.",
     no_args_is_help=True,
 )
@@ -39,18 +40,30 @@ def plan_files(paths: list[Path]) -> tuple[list[Path], list[PlanError]]:
                     PlanError("no *.hcl plan files in this directory", Location(str(path)))
                 )
             files += found
-        elif path.is_file():
+        elif str(path) == "-" or path.is_file():
             files.append(path)
         else:
-            problems.append(PlanError("no such file or directory", Location(str(path))))
+            problems.append(PlanError(_not_a_plan(path), Location(str(path))))
     return files, problems
+
+
+def _not_a_plan(path: Path) -> str:
+    """Why ``path`` is no plan file: missing, a broken symlink, a FIFO, a device ..."""
+    from publisher.inputs import InputError, check_regular
+
+    try:
+        check_regular(path, "plan")
+    except InputError as exc:
+        return exc.message
+    return "not a plan file"
 
 
 def read_plan_text(path: Path) -> str:
     """The plan as text; a file that is not UTF-8 is a PlanError at the bad byte."""
     from guest.contract.plan import PlanError
+    from publisher.inputs import MAX_PLAN_BYTES, read_input
 
-    data = path.read_bytes()
+    data = read_input(path, limit=MAX_PLAN_BYTES, what="plan")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -68,8 +81,8 @@ def validate_file(path: Path) -> list[PlanError]:
         return validate_plan(read_plan_text(path), str(path))
     except PlanError as exc:
         return [exc]
-    except OSError as exc:
-        return [PlanError(f"cannot read: {exc.strerror}", Location(str(path)))]
+    except CloudbootError as exc:  # unreadable, too large, not a regular file
+        return [PlanError(exc.message, Location(str(path)))]
 
 
 VALIDATE_HELP = (

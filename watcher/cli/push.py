@@ -13,31 +13,30 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from guest.contract.arch import Arch
-from guest.contract.errors import CloudbootError
 from guest.contract.oci import parse_ref
 from watcher.cli import state
+from watcher.cli.errors import UsageError
+from watcher.cli.transport import (
+    AuthfileOpt,
+    CaOpt,
+    InsecureOpt,
+    PlainHttpOpt,
+    TlsVerifyOpt,
+    make_client,
+)
 
 if TYPE_CHECKING:  # requests, cryptography, hcl2: imported by the commands that push
     from publisher.push import PushResult
-    from publisher.registry import RegistryClient
     from publisher.signing import SigningKey
 
-push_app = typer.Typer(help="Publish plans, kernel artifacts and multi-arch indexes.")
+push_app = typer.Typer(
+    rich_markup_mode=None, help="Publish plans, kernel artifacts and multi-arch indexes."
+)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 KeyOpt = Annotated[
     Path | None,
     typer.Option("--key", "-k", help="Sign with this cosign key (password: $COSIGN_PASSWORD)."),
-]
-InsecureOpt = Annotated[
-    bool | None,
-    typer.Option(
-        "--insecure/--secure",
-        help="Plain HTTP / force HTTPS (default: plain HTTP for loopback only).",
-    ),
-]
-CaOpt = Annotated[
-    Path | None, typer.Option("--ca-bundle", help="PEM CA bundle to trust for HTTPS.")
 ]
 AnnotateOpt = Annotated[
     bool,
@@ -49,25 +48,16 @@ AnnotateOpt = Annotated[
 ]
 
 
-def make_client(
-    ctx: typer.Context, insecure: bool | None, ca_bundle: Path | None
-) -> RegistryClient:
-    from publisher.registry import client_from_config
-
-    return client_from_config(state(ctx).config.registry, insecure=insecure, ca_bundle=ca_bundle)
-
-
 def signing_key(path: Path | None) -> SigningKey | None:
     """Load a key; ask for the password only when the key is encrypted."""
     if path is None:
         return None
-    from publisher.signing import is_encrypted, load_private_key, read_password
+    from publisher.inputs import MAX_KEY_BYTES, read_input
+    from publisher.signing import is_encrypted, parse_private_key, read_password
 
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CloudbootError(f"cannot read key: {exc.strerror}", where=str(path)) from None
-    return load_private_key(path, read_password() if is_encrypted(data) else None)
+    data = read_input(path, limit=MAX_KEY_BYTES, what="private key")
+    password = read_password() if is_encrypted(data) else None
+    return parse_private_key(data, password, source=str(path))
 
 
 def emit(result: PushResult, as_json: bool) -> None:
@@ -75,6 +65,17 @@ def emit(result: PushResult, as_json: bool) -> None:
         typer.echo(json.dumps(result.to_json()))
     else:
         typer.echo(str(result))
+
+
+def _workspace_ref(ctx: typer.Context, file: Path) -> str:
+    """The plan's ref from cloudboot.toml, once no other plan claims the same ref."""
+    from publisher.planrefs import check_plan_refs, plan_ref
+    from watcher.watch.gitops import find_plans
+
+    config = state(ctx).config
+    if config.plans_dir.is_dir():
+        check_plan_refs(config, find_plans(config))
+    return plan_ref(config, file)
 
 
 @push_app.command("plan")
@@ -88,19 +89,25 @@ def push_plan(
     ),
     key: KeyOpt = None,
     as_json: JsonOpt = False,
-    insecure: InsecureOpt = None,
+    plain_http: PlainHttpOpt = None,
+    insecure: InsecureOpt = False,
+    tls_verify: TlsVerifyOpt = None,
     ca_bundle: CaOpt = None,
+    authfile: AuthfileOpt = None,
     git_annotations: AnnotateOpt = False,
 ) -> None:
     """Validate a plan for every arch, then push it (and its signature, with --key)."""
     from publisher.annotations import source_annotations
     from publisher.push import publish_plan
 
-    config = state(ctx).config
-    target = parse_ref(ref) if ref else parse_ref(config.plan_ref(file))
+    if ref is not None and not ref.strip():
+        raise UsageError("empty REF: name a ref (host/repo:tag) or leave it out", where="REF")
+    if not str(file) or str(file) == ".":
+        raise UsageError("empty plan path: name a plan file", where="--file")
+    target = parse_ref(ref) if ref else parse_ref(_workspace_ref(ctx, file))
     signer = signing_key(key)
     annotations = source_annotations(file.resolve().parent) if git_annotations else None
-    client = make_client(ctx, insecure, ca_bundle)
+    client = make_client(ctx, plain_http, insecure, tls_verify, ca_bundle, authfile)
     emit(publish_plan(client, target, file, signer, annotations), as_json)
 
 
@@ -119,8 +126,11 @@ def push_artifact_cmd(
     cmdline: Annotated[str | None, typer.Option("--cmdline", help="Kernel command line.")] = None,
     key: KeyOpt = None,
     as_json: JsonOpt = False,
-    insecure: InsecureOpt = None,
+    plain_http: PlainHttpOpt = None,
+    insecure: InsecureOpt = False,
+    tls_verify: TlsVerifyOpt = None,
     ca_bundle: CaOpt = None,
+    authfile: AuthfileOpt = None,
 ) -> None:
     """Push a kernel (+ initrd, modules, cmdline) artifact for one architecture."""
     from publisher.push import push_artifact
@@ -128,7 +138,7 @@ def push_artifact_cmd(
     arch = _platform_arch(platform, "--platform")
     target = parse_ref(ref)
     signer = signing_key(key)
-    client = make_client(ctx, insecure, ca_bundle)
+    client = make_client(ctx, plain_http, insecure, tls_verify, ca_bundle, authfile)
     result = push_artifact(client, target, arch, kernel, initrd, modules, cmdline, key=signer)
     emit(result, as_json)
 
@@ -153,8 +163,11 @@ def push_index_cmd(
     ],
     key: KeyOpt = None,
     as_json: JsonOpt = False,
-    insecure: InsecureOpt = None,
+    plain_http: PlainHttpOpt = None,
+    insecure: InsecureOpt = False,
+    tls_verify: TlsVerifyOpt = None,
     ca_bundle: CaOpt = None,
+    authfile: AuthfileOpt = None,
 ) -> None:
     """Push a multi-arch index over per-arch manifests (copied into REF's repository)."""
     from publisher.push import push_index
@@ -167,7 +180,7 @@ def push_index_cmd(
         entries.append((_platform_arch(plat, "-p"), parse_ref(source)))
     target = parse_ref(ref)
     signer = signing_key(key)
-    client = make_client(ctx, insecure, ca_bundle)
+    client = make_client(ctx, plain_http, insecure, tls_verify, ca_bundle, authfile)
     emit(push_index(client, target, entries, signer), as_json)
 
 

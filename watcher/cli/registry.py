@@ -18,7 +18,9 @@ import typer
 from guest.contract.errors import CloudbootError
 from watcher.cli import state
 
-registry_app = typer.Typer(help="Run the embedded local OCI registry (docker-registry).")
+registry_app = typer.Typer(
+    rich_markup_mode=None, help="Run the embedded local OCI registry (docker-registry)."
+)
 
 
 def loopback_host_port(url: str) -> tuple[str, int]:

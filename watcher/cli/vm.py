@@ -22,7 +22,11 @@ from watcher.cli import state
 if TYPE_CHECKING:  # watcher.vm (and structlog with it) loads when a command runs
     from watcher.vm import VmBackend, VmStatus
 
-vm_app = typer.Typer(help="Control the VM (vfkit on macOS, QEMU elsewhere).", no_args_is_help=True)
+vm_app = typer.Typer(
+    rich_markup_mode=None,
+    help="Control the VM (vfkit on macOS, QEMU elsewhere).",
+    no_args_is_help=True,
+)
 
 TimeoutOption = Annotated[
     float, typer.Option("--timeout", help="Seconds the guest gets to stop before a hard stop.")

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # the watch machinery (watchdog, publisher) loads when a comm
     from watcher.watch.pipeline import VmStage
 
 agent_app = typer.Typer(
+    rich_markup_mode=None,
     help="Run `cloudboot watch` in the background (systemd user unit or launchd agent).",
     no_args_is_help=True,
 )
@@ -115,11 +116,15 @@ def status_cmd(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
 def publish(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Validate and publish every plan under plans/ once (for CI); exit 0 only if all did."""
-    from watcher.watch.gitops import format_outcomes, publish_workspace
+    from publisher.planrefs import check_plan_refs
+    from watcher.watch.gitops import find_plans, format_outcomes, publish_workspace
 
-    outcomes = publish_workspace(state(ctx).config)
+    config = state(ctx).config
+    check_plan_refs(config, find_plans(config))  # one ref per plan, before anything is pushed
+    outcomes = publish_workspace(config)
     if as_json:
-        typer.echo(json.dumps([o.to_json() for o in outcomes], indent=2))
+        ok = all(o.ok for o in outcomes)
+        typer.echo(json.dumps({"ok": ok, "plans": [o.to_json() for o in outcomes]}, indent=2))
     else:
         typer.echo(format_outcomes(outcomes))
     failed = [o for o in outcomes if not o.ok]
