@@ -55,7 +55,7 @@ def check_regular(path: Path, what: str) -> None:
             raise InputError(
                 f"broken symlink to {target}: fix or remove it", where=str(path)
             ) from None
-        raise InputError(f"{what} not found: check the path", where=str(path)) from None
+        raise InputError("no such file or directory: check the path", where=str(path)) from None
     except OSError as exc:
         raise InputError(f"cannot read {what}: {exc.strerror}", where=str(path)) from None
     if not stat.S_ISREG(st.st_mode):

@@ -163,4 +163,4 @@ def test_cli_key_generate_and_verify_blob(tmp_path: Path) -> None:
     assert ok.returncode == 0 and ok.stdout.startswith("Verified OK"), ok.stderr
     iso.write_bytes(iso.read_bytes()[:-1] + b"\x00")
     bad = cli("verify-blob", "--key", str(pub), "--signature", str(sig), str(iso))
-    assert bad.returncode == 1 and "invalid signature" in bad.stderr
+    assert bad.returncode == 3 and "invalid signature" in bad.stderr

@@ -26,7 +26,7 @@ registry_app = typer.Typer(
 def loopback_host_port(url: str) -> tuple[str, int]:
     """Split ``host:port`` and insist the host is loopback."""
     host, _, port_text = url.rpartition(":")
-    if not host or not port_text.isdigit():
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise CloudbootError(f"expected host:port, got {url!r}", where="[registry].url")
     host = host.strip("[]")
     try:
@@ -43,7 +43,10 @@ def loopback_host_port(url: str) -> tuple[str, int]:
 @registry_app.command("serve")
 def serve(
     ctx: typer.Context,
-    port: Annotated[int | None, typer.Option(help="Override the port of [registry].url.")] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Override the port of [registry].url."),
+    ] = None,
 ) -> None:
     """Serve the workspace's registry in the foreground until Ctrl-C / SIGTERM."""
     from publisher.localregistry import local_registry

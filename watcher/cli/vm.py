@@ -12,6 +12,7 @@ import json
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -181,19 +182,34 @@ def console(
     ] = True,
 ) -> None:
     """Print the serial log since the last launch, then follow it."""
-    from watcher.vm import VmSpec
+    from watcher.vm import VmError, VmSpec, VmState, open_backend
     from watcher.vm.state import load_record
 
     spec = VmSpec.from_config(state(ctx).config)
     record = load_record(spec.record_file)
+    if record is None and not spec.serial_log.exists():
+        raise VmError(
+            f"no VM has run in this workspace (no serial log at {spec.serial_log}):"
+            " start one with `cloudboot vm up` or `cloudboot up`"
+        )
     offset = record.serial_offset if record else 0
-    with contextlib.suppress(KeyboardInterrupt):
-        _follow(spec.serial_log, offset, follow)
+    backend = open_backend(spec)
+    running = backend.state() is VmState.RUNNING
+    _follow(spec.serial_log, offset, follow and running, backend.state)
+    if follow and not running:
+        typer.echo("vm is not running: nothing more to follow", err=True)
 
 
-def _follow(log: Path, offset: int, follow: bool) -> None:
-    """Copy the log from ``offset`` to stdout; a truncated log is read from its start."""
+def _follow(log: Path, offset: int, follow: bool, vm_state: Callable[[], object]) -> None:
+    """Copy the log from ``offset`` to stdout; a truncated log is read from its start.
+
+    Following ends when the VM stops (checked about once a second), so the command
+    never waits forever on a VM that is gone; Ctrl-C ends it with 130.
+    """
+    from watcher.vm import VmState
+
     out = typer.get_binary_stream("stdout")
+    polls = 0
     while True:
         try:
             with open(log, "rb") as f:
@@ -201,14 +217,19 @@ def _follow(log: Path, offset: int, follow: bool) -> None:
                 if size < offset:
                     offset = 0
                 f.seek(offset)
-                data = f.read()
+                data = f.read(1 << 20)
         except FileNotFoundError:
             data = b""
         if data:
             out.write(data)
             out.flush()
             offset += len(data)
+            continue
         if not follow:
+            return
+        polls += 1
+        if polls % 5 == 0 and vm_state() is not VmState.RUNNING:
+            typer.echo("vm stopped", err=True)
             return
         time.sleep(0.2)
 

@@ -110,8 +110,34 @@ def status_cmd(ctx: typer.Context, as_json: JsonOption = False) -> None:
     from watcher.watch.adapters import STATUS_FILE
     from watcher.watch.status import format_status, load_status, with_liveness
 
-    data = with_liveness(load_status(state(ctx).config.root / STATUS_FILE))
-    typer.echo(json.dumps(data, indent=2) if as_json else format_status(data))
+    config = state(ctx).config
+    data = with_liveness(load_status(config.root / STATUS_FILE))
+    if not data.get("alive"):
+        data = _live_vm_state(config, data)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    text = format_status(data)
+    if seen := data["vm"].get("last_seen_by_watcher") if not data.get("alive") else None:
+        text += (
+            f"\n(vm state checked now; the watcher is not running and last saw"
+            f" {seen['state']} at {seen['at']})"
+        )
+    typer.echo(text)
+
+
+def _live_vm_state(config: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """The VM's state checked now: a stopped watcher's last record is history, not state."""
+    from watcher.vm import VmSpec, open_backend
+
+    vm = dict(data.get("vm") or {})
+    seen, at = vm.get("state", "unknown"), data.get("updated_at") or data.get("started_at")
+    try:
+        vm["state"] = open_backend(VmSpec.from_config(config)).state().value
+    except CloudbootError as exc:
+        vm["state"] = f"{seen} as last seen at {at} by a watcher that is not running ({exc})"
+    vm["last_seen_by_watcher"] = {"state": seen, "at": at}
+    return {**data, "vm": vm}
 
 
 def publish(ctx: typer.Context, as_json: JsonOption = False) -> None:
