@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 import tomllib
 import types
 import typing
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from guest.contract.arch import Arch
-from guest.contract.errors import CloudbootError
+from guest.contract.errors import CloudbootError, Location
 
 CONFIG_NAME = "cloudboot.toml"
 
@@ -330,11 +331,31 @@ def load_config(workspace: Path | None = None) -> Config:
     path = root / CONFIG_NAME
     if not path.is_file():
         return parse_config({}, root)
+    text = path.read_text()
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"invalid TOML: {exc}", where=str(path)) from None
+        raise toml_error(exc, path, text) from None
     return parse_config(data, root, path)
+
+
+def toml_error(exc: tomllib.TOMLDecodeError, path: Path, text: str) -> ConfigError:
+    """``path:line: ...`` for a TOML error; a table declared twice names both lines."""
+    message = str(exc)
+    found = re.search(r"\(at line (\d+), column (\d+)\)$", message)
+    if not found:
+        return ConfigError(f"invalid TOML: {message}", where=str(path))
+    line = int(found.group(1))
+    message = message[: found.start()].strip()
+    twice = re.match(r"Cannot declare \((.*)\) twice", message)
+    if twice:
+        name = ".".join(
+            part.strip().strip("'\"") for part in twice.group(1).split(",") if part.strip()
+        )
+        header = re.compile(rf"^\s*\[\s*{re.escape(name)}\s*\]")
+        first = next((n for n, x in enumerate(text.splitlines(), 1) if header.match(x)), 0)
+        message = f"[{name}] declared twice (first at line {first}): merge the two tables"
+    return ConfigError(f"invalid TOML: {message}", where=Location(str(path), line))
 
 
 def render_template() -> str:

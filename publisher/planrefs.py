@@ -20,6 +20,11 @@ PLACEHOLDERS = ("registry", "name")
 
 def plan_ref(config: Config, plan_file: Path) -> str:
     """The ref ``plan_file`` publishes to, with errors that name the plan or the key."""
+    if str(plan_file) == "-":
+        raise CloudbootError(
+            "a plan read from stdin has no ref from cloudboot.toml: pass the target REF"
+            " (cloudboot push plan REF -f -)"
+        )
     plans = config.plans_dir.resolve()
     try:
         plan_file.resolve().relative_to(plans)

@@ -301,7 +301,8 @@ def prepare_plan(
             f"plan is not UTF-8 (byte offset {exc.start})", where=str(plan_path)
         ) from None
     validate_plan_text(text, str(plan_path))
-    manifest, config = plan_manifest(plan, plan_path.name, annotations)
+    title = "plan.hcl" if str(plan_path) == "-" else plan_path.name  # stdin has no name
+    manifest, config = plan_manifest(plan, title, annotations)
     blobs = [Blob.of_bytes(config), Blob.of_bytes(plan)]
     return prepare(client, ref, bytes(manifest), manifest.media_type, blobs, key)
 

@@ -77,9 +77,12 @@ class CliState:
 
     @property
     def config(self) -> Config:
-        """The workspace config, loaded on first use; outside any workspace, say how to make one."""
+        """The workspace config, loaded on first use; outside any workspace, say how to make one.
+
+        A directory named with -C is taken as the workspace (every default applies).
+        """
         config = self.settings
-        if config.source is None and not config.plans_dir.is_dir():
+        if self.workspace is None and config.source is None and not config.plans_dir.is_dir():
             raise CloudbootError(
                 "not a cloudboot workspace (no cloudboot.toml or plans/ here or in a parent"
                 " directory): run `cloudboot init` to create one, or pass -C DIR",

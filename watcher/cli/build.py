@@ -38,9 +38,6 @@ def _print_result(result: BuildResult, as_json: bool) -> None:
         typer.echo(f"  {stage:<14} {seconds * 1000:8.1f} ms")
 
 
-NO_COLOR = "NO_COLOR" in os.environ
-
-
 def check_output_path(path: Path, where: str) -> None:
     """Refuse an output the build could not write, before minutes of work are spent."""
     if path.is_dir():
@@ -108,13 +105,15 @@ def build(
             key = signing_key(config.signing.key)
         else:
             log.warning("no signing key: boot.iso is not signed", key=str(config.signing.key))
+    from watcher.cli.logsetup import use_color
+
     if recipe.cosign_public_key is None or not Path(recipe.cosign_public_key).is_file():
         typer.secho(
             "warning: no cosign.pub baked into boot.iso: guests booting it will not verify"
             " plan signatures. Run `cloudboot key generate` and build again.",
             err=True,
-            fg=None if NO_COLOR else "yellow",
-            bold=not NO_COLOR,
+            fg="yellow" if use_color() else None,
+            bold=use_color(),
         )
     out = iso or config.build.iso
     check_output_path(out, "--iso" if iso else "[build].iso")

@@ -84,9 +84,14 @@ def push_plan(
     ref: Annotated[
         str | None, typer.Argument(help="Target ref; default from cloudboot.toml.")
     ] = None,
-    file: Annotated[Path, typer.Option("--file", "-f", help="The plan (.hcl).")] = Path(
-        "plans/default.hcl"
-    ),
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            "-f",
+            help="The plan (.hcl; - for stdin); default: the workspace's plans/default.hcl.",
+        ),
+    ] = None,
     key: KeyOpt = None,
     as_json: JsonOpt = False,
     plain_http: PlainHttpOpt = None,
@@ -102,7 +107,9 @@ def push_plan(
 
     if ref is not None and not ref.strip():
         raise UsageError("empty REF: name a ref (host/repo:tag) or leave it out", where="REF")
-    if not str(file) or str(file) == ".":
+    if file is None:
+        file = state(ctx).config.plans_dir / "default.hcl"
+    elif not str(file) or str(file) == ".":
         raise UsageError("empty plan path: name a plan file", where="--file")
     target = parse_ref(ref) if ref else parse_ref(_workspace_ref(ctx, file))
     signer = signing_key(key)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from watcher.cli import state
+from watcher.cli.errors import json_path
 
 if TYPE_CHECKING:  # watcher.vm (and structlog with it) loads when a command runs
     from watcher.vm import VmBackend, VmStatus
@@ -29,6 +30,7 @@ vm_app = typer.Typer(
     no_args_is_help=True,
 )
 
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 TimeoutOption = Annotated[
     float, typer.Option("--timeout", help="Seconds the guest gets to stop before a hard stop.")
 ]
@@ -79,11 +81,16 @@ def up(
             "(vfkit exits on a guest reboot); Ctrl-C leaves the VM running.",
         ),
     ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Start the VM (detached); does nothing if it is already running."""
     backend = _backend(ctx)
     st = backend.up(reset_nvram=reset_nvram)
-    typer.echo(f"vm running (pid {st.pid}); serial log: {backend.spec.serial_log}")
+    if as_json:
+        doc = {"ok": True, **st.to_json(), "serial_log": json_path(backend.spec.serial_log)}
+        typer.echo(json.dumps(doc))
+    else:
+        typer.echo(f"vm running (pid {st.pid}); serial log: {backend.spec.serial_log}")
     if supervise:
         from watcher.vm.supervisor import Supervisor
 
@@ -94,10 +101,13 @@ def up(
 
 
 @vm_app.command("down")
-def down(ctx: typer.Context, timeout: TimeoutOption = 5.0) -> None:
+def down(ctx: typer.Context, timeout: TimeoutOption = 5.0, as_json: JsonOption = False) -> None:
     """Stop the VM: ask the guest, then hard-stop, then signal the process."""
     was_running = _backend(ctx).down(timeout)
-    typer.echo("vm stopped" if was_running else "vm was not running")
+    if as_json:
+        typer.echo(json.dumps({"ok": True, "was_running": was_running, "state": "stopped"}))
+    else:
+        typer.echo("vm stopped" if was_running else "vm was not running")
 
 
 @vm_app.command("restart")
