@@ -97,6 +97,16 @@ def _error_detail(resp: requests.Response) -> str:
         return ""
 
 
+def _https_only(resp: requests.Response) -> bool:
+    """A TLS port answering plain HTTP: Go's bare ``HTTP/1.0 400`` without any header
+    (a HEAD has no body to say "Client sent an HTTP request to an HTTPS server")."""
+    if not resp.url.startswith("http://"):
+        return False
+    if "HTTP request to an HTTPS server" in resp.text[:512]:
+        return True
+    return getattr(resp.raw, "version", 11) == 10 and not resp.headers
+
+
 #: Server errors that no waiting fixes: the registry does not implement the request.
 PERMANENT_5XX = frozenset({501, 505})
 
@@ -120,6 +130,8 @@ def error_for_status(resp: requests.Response, where: str, what: str, config: str
     message = f"{status} {resp.reason or ''} for {where} ({what})".replace("  ", " ")
     if detail := _error_detail(resp):
         message += f": {detail}"
+    elif status == 400 and _https_only(resp):
+        message += ": this registry speaks HTTPS; drop --plain-http (or [registry].insecure)"
     if (status >= 500 and status not in PERMANENT_5XX) or status in (408, 429):
         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         return TransientRegistryError(message, status=status, retry_after=retry_after)

@@ -181,7 +181,10 @@ def render_command(
     """Print one arch's evaluated targets; see RENDER_HELP."""
     from guest.contract.plan import PlanError, evaluate_collecting, parse_plan, select_target
 
-    guest_arch = arch or Arch.host().oci
+    try:
+        guest_arch = Arch.parse(arch).oci if arch else Arch.host().oci
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--arch") from None
     plan = parse_plan(read_plan_text(path), str(path))
     evaluated, errors = evaluate_collecting(
         plan, guest_arch, meta=load_meta(meta) if meta else None
