@@ -260,3 +260,43 @@ def test_login_authfile_push_logout(tmp_path: Path, secure: TlsRegistry) -> None
     assert addr not in json.loads(auth.read_text())["auths"]
     refused = cli("push", "plan", ref, *tls, "--authfile", str(auth), cwd=ws)
     assert refused.returncode == 1 and "401" in refused.stderr
+
+
+@pytest.fixture
+def pass_store(tmp_path: Path) -> dict[str, str]:
+    """A real `pass` store (gpg key without passphrase) for docker-credential-pass."""
+    env = {"GNUPGHOME": str(tmp_path / "gnupg"), "PASSWORD_STORE_DIR": str(tmp_path / "store")}
+    Path(env["GNUPGHOME"]).mkdir(mode=0o700)
+    full = {**ENV, **env}
+    subprocess.run(
+        ["gpg", "--batch", "--passphrase", "", "--quick-gen-key", "cloudboot test <t@example>",
+         "default", "default", "never"], env=full, check=True, capture_output=True,
+    )  # fmt: skip
+    listing = subprocess.run(["gpg", "--list-keys", "--with-colons"], env=full, check=True,
+                             capture_output=True, text=True).stdout  # fmt: skip
+    fingerprint = next(x.split(":")[9] for x in listing.splitlines() if x.startswith("fpr"))
+    subprocess.run(["pass", "init", fingerprint], env=full, check=True, capture_output=True)
+    return env
+
+
+def test_login_through_the_credential_helper(
+    tmp_path: Path, secure: TlsRegistry, pass_store: dict[str, str]
+) -> None:
+    """credsStore = "pass": the password goes to docker-credential-pass, never the file."""
+    ws = tmp_path / "ws"
+    assert cli("init", str(ws), cwd=tmp_path).returncode == 0
+    auth = tmp_path / "config.json"
+    auth.write_text(json.dumps({"credsStore": "pass"}))
+    addr = secure.registry.address
+    tls = ["--no-plain-http", "--ca-bundle", str(secure.ca), "--authfile", str(auth)]
+
+    login = cli("login", addr, "-u", secure.user, "--password-stdin", "--authfile", str(auth),
+                cwd=ws, stdin=secure.password + "\n", **pass_store)  # fmt: skip
+    assert login.returncode == 0 and "docker-credential-pass" in login.stdout, login.stderr
+    assert secure.password not in auth.read_text()
+    pushed = cli("push", "plan", f"{addr}/me/plan:t", *tls, cwd=ws, **pass_store)
+    assert pushed.returncode == 0, pushed.stderr
+
+    assert cli("logout", addr, "--authfile", str(auth), cwd=ws, **pass_store).returncode == 0
+    refused = cli("push", "plan", f"{addr}/me/plan:u", *tls, cwd=ws, **pass_store)
+    assert refused.returncode == 1 and "401" in refused.stderr
