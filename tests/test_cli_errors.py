@@ -298,6 +298,13 @@ ROWS: list[Row] = [
         ("broken symlink",),
         setup=symlink("d.hcl", "gone.hcl"),
     ),
+    Row(
+        "validate-dir-dangling",
+        ["plan", "validate", "plans"],
+        1,
+        ("gone.hcl", "broken symlink"),
+        setup=symlink("plans/gone.hcl", "nothing.hcl"),
+    ),
     Row("validate-empty-dir", ["plan", "validate", "kernel"], 1, ("no *.hcl",)),
     Row(
         "validate-stdin",

@@ -118,7 +118,13 @@ def _version_callback(value: bool) -> None:
 def root(
     ctx: typer.Context,
     verbose: Annotated[
-        int, typer.Option("--verbose", "-v", count=True, help="More log detail (-v debug).")
+        int,
+        typer.Option(
+            "--verbose",
+            "-v",
+            count=True,
+            help="More log detail: -v debug and tracebacks (repeatable: -vv).",
+        ),
     ] = 0,
     log_format: Annotated[
         str,

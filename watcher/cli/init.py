@@ -60,14 +60,9 @@ def create_new(path: Path, data: bytes) -> bool:
 
 def replace_file(path: Path, data: bytes) -> None:
     """Atomically replace ``path`` (only for what ``--force`` says it overwrites)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from publisher.signing import write_private  # temp file + rename, mode set first
+
+    write_private(path, data, 0o644)
 
 
 def add_ignore_lines(path: Path, template: str) -> list[str]:

@@ -35,6 +35,11 @@ def plan_files(paths: list[Path]) -> tuple[list[Path], list[PlanError]]:
     for path in paths:
         if path.is_dir():
             found = sorted(p for p in path.rglob("*.hcl") if p.is_file())
+            problems += [
+                PlanError(_not_a_plan(p), Location(str(p)))
+                for p in sorted(path.rglob("*.hcl"))
+                if not p.is_file() and not p.is_dir()
+            ]
             if not found:
                 problems.append(
                     PlanError("no *.hcl plan files in this directory", Location(str(path)))

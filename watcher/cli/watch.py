@@ -70,11 +70,15 @@ def run_daemon(
     """Run the watcher in this process until SIGTERM/SIGINT (a second one aborts at once)."""
     import structlog
 
+    from publisher.planrefs import check_plan_refs
     from watcher.watch.adapters import STATUS_FILE, reloader, setup_for
     from watcher.watch.daemon import WatchDaemon
+    from watcher.watch.gitops import find_plans
     from watcher.watch.sdnotify import Notifier
     from watcher.watch.status import StatusBook
 
+    if config.plans_dir.is_dir():  # one ref per plan, or the tag flips between two plans
+        check_plan_refs(config, find_plans(config))
     setup = setup_for(config, debounce_ms=debounce_ms)
     status = StatusBook(config.root / STATUS_FILE, watching=["plans/", "kernel/"])
     daemon = WatchDaemon(
