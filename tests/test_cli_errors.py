@@ -11,6 +11,7 @@ state (own directory, own repository), so they can run in parallel.
 from __future__ import annotations
 
 import contextlib
+import errno
 import http.server
 import json
 import os
@@ -26,6 +27,7 @@ import pytest
 
 from publisher.localregistry import RunningRegistry, free_port
 from tests.registry_tls import TlsRegistry, tls_registry
+from watcher.cli.errors import failure_of
 
 CLOUDBOOT = str(Path(sys.executable).parent / "cloudboot")
 PASSWORD = "correct horse"
@@ -647,6 +649,13 @@ ROWS: list[Row] = [
         ("not a cache disk", "--force"),
         setup=write("c.img", "my data"),
     ),
+    Row(
+        "reset-nvram-unwritable",
+        ["vm", "reset-nvram"],
+        1,
+        ("/proc/cbvm",),
+        setup=toml('[vm]\nstate_dir = "/proc/cbvm"\n'),
+    ),
     Row("build-iso-dir", ["build", "--iso", "plans"], 1, ("is a directory",)),
     Row("build-bad-arch", ["build", "--arch", "sparc"], 2, ("--arch",)),
     Row(
@@ -670,6 +679,13 @@ ROWS: list[Row] = [
         ('"ok": false', "would both publish"),
         setup=both(toml(ROW_TOML), symlink("plans/alias.hcl", "default.hcl")),
     ),
+    # help texts: config keys survive, no metavars on flags that take none
+    Row("help-key", ["key", "generate", "--help"], 0, ("[signing].key",), absent=("<bool>",)),
+    Row("help-build", ["build", "--help"], 0, ("[build].iso", "--no-sign"), absent=("<bool>",)),
+    Row("help-watch", ["watch", "--help"], 0, ("[watch].debounce_ms",), absent=("<bool>",)),
+    Row("help-registry", ["registry", "serve", "--help"], 0, ("[registry].url",)),
+    Row("help-root", ["--help"], 0, ("-v, --verbose", "-vv"), absent=("<int>", "<bool>")),
+    Row("help-push", ["push", "plan", "--help"], 0, ("--plain-http", "--insecure", "--authfile")),
     # login / logout
     Row("login-no-tty", ["login", "<REG>", "-u", "me"], 2, ("--password-stdin",)),
     Row(
@@ -749,3 +765,15 @@ def test_bad_input_gets_a_clear_answer(
 
 def test_the_table_covers_at_least_seventy_inputs() -> None:
     assert len({r.id for r in ROWS}) == len(ROWS) >= 70
+
+
+@pytest.mark.parametrize(
+    ("code", "hint"),
+    [(errno.ENOSPC, "disk is full"), (errno.EACCES, "permissions"), (errno.EROFS, "read-only")],
+)
+def test_os_errors_name_the_path_and_what_to_do(code: int, hint: str) -> None:
+    """A full or unwritable output (no way to fill a disk in a parallel-safe test) still
+    becomes one message naming the file and the fix."""
+    failure = failure_of(OSError(code, os.strerror(code), "/out/boot.iso"))
+    assert failure.message.startswith("/out/boot.iso: ") and hint in failure.message
+    assert failure.exit_code == 1 and failure.where == "/out/boot.iso"
