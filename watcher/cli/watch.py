@@ -152,14 +152,18 @@ def publish(ctx: typer.Context, as_json: JsonOption = False) -> None:
     config = state(ctx).config
     check_plan_refs(config, find_plans(config))  # one ref per plan, before anything is pushed
     outcomes = publish_workspace(config)
+    failed = [o for o in outcomes if not o.ok]
     if as_json:
-        ok = all(o.ok for o in outcomes)
-        typer.echo(json.dumps({"ok": ok, "plans": [o.to_json() for o in outcomes]}, indent=2))
+        doc = {"ok": not failed, "plans": [o.to_json() for o in outcomes]}
+        typer.echo(json.dumps(doc, indent=2))
     else:
         typer.echo(format_outcomes(outcomes))
-    failed = [o for o in outcomes if not o.ok]
     if failed:
-        raise CloudbootError(f"{len(failed)} of {len(outcomes)} plans failed to publish")
+        message = f"{len(failed)} of {len(outcomes)} plans failed to publish"
+        if as_json:  # the report above is the one JSON document on stdout
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(1)
+        raise CloudbootError(message)
 
 
 KindOption = Annotated[
