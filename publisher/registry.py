@@ -241,7 +241,7 @@ class RegistryClient:
             try:
                 resp = self.session.request(method, full, headers=hdrs, **settings)
             except requests.exceptions.SSLError as exc:
-                raise tls_error(exc, ref.registry) from None
+                raise tls_error(exc, ref.registry, skipping_verify=not self.tls_verify) from None
             self._reached.add(ref.registry)
             if (
                 resp.status_code == 401

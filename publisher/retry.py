@@ -138,7 +138,9 @@ def error_for_status(resp: requests.Response, where: str, what: str, config: str
     return RegistryError(message, status=status)
 
 
-def tls_error(exc: requests.exceptions.SSLError, registry: str) -> RegistryError:
+def tls_error(
+    exc: requests.exceptions.SSLError, registry: str, *, skipping_verify: bool = False
+) -> RegistryError:
     """A certificate problem, said once and not retried: waiting does not fix it.
 
     A plain-HTTP registry spoken to over HTTPS shows up as "wrong version number": the
@@ -146,9 +148,10 @@ def tls_error(exc: requests.exceptions.SSLError, registry: str) -> RegistryError
     """
     text = str(exc)
     if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text:
+        note = " (--insecure only skips certificate checks, as in oras)" if skipping_verify else ""
         return RegistryError(
             f"{registry} does not speak HTTPS (TLS handshake got plain HTTP): if it is a"
-            " plain-HTTP registry, pass --plain-http (or set [registry].insecure = true)"
+            f" plain-HTTP registry, pass --plain-http (or set [registry].insecure = true){note}"
         )
     reason = "handshake failed"
     for marker in ("CERTIFICATE_VERIFY_FAILED", "hostname mismatch"):

@@ -527,6 +527,12 @@ ROWS: list[Row] = [
         absent=("--ca-bundle",),
     ),
     Row(
+        "push-insecure-old-meaning",
+        ["push", "plan", "<REG>/x/y:z", "--no-plain-http", "--insecure"],
+        1,
+        ("--plain-http", "only skips certificate checks"),
+    ),
+    Row(
         "push-ca-missing",
         ["push", "plan", "<REG>/x/y:z", "--ca-bundle", "nope.pem"],
         1,
