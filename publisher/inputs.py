@@ -91,3 +91,21 @@ def read_input(path: Path | str, *, limit: int, what: str) -> bytes:
             return _read_capped(f, limit, what, str(path))
         except OSError as exc:
             raise InputError(f"cannot read {what}: {exc.strerror}", where=str(path)) from None
+
+
+def check_output(path: Path, what: str) -> None:
+    """Refuse to replace something that is not a regular file (``/dev/null``, a FIFO, a
+    directory): an atomic rename over it would swap a device node for our file."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise InputError(f"cannot use as {what}: {exc.strerror}", where=str(path)) from None
+    if stat.S_ISLNK(st.st_mode):
+        raise InputError(f"is a symlink: name the {what} file itself", where=str(path))
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(
+            f"{file_kind(st.st_mode)}, not a file to write the {what} to: choose another path",
+            where=str(path),
+        )

@@ -685,6 +685,50 @@ ROWS: list[Row] = [
         ('"ok": false', "would both publish"),
         setup=both(toml(ROW_TOML), symlink("plans/alias.hcl", "default.hcl")),
     ),
+    # outputs that are devices are never replaced, even with --force (root could lose /dev/null)
+    Row(
+        "key-onto-device",
+        ["key", "generate", "-o", "/dev/null", "--force"],
+        1,
+        ("/dev/null", "character device"),
+    ),
+    Row(
+        "cache-disk-onto-device",
+        ["cache-disk", "/dev/null", "--force"],
+        1,
+        ("/dev/null", "character device"),
+    ),
+    Row(
+        "build-onto-device",
+        ["build", "--iso", "/dev/null", "--force"],
+        1,
+        ("/dev/null", "character device"),
+    ),
+    Row(
+        "render-meta-device",
+        ["plan", "render", "plans/default.hcl", "--meta", "/dev/zero"],
+        1,
+        ("/dev/zero", "character device"),
+    ),
+    Row(
+        "artifact-kernel-device",
+        ["push", "artifact", "<REG>/a/k:1", "--kernel", "/dev/zero"],
+        1,
+        ("/dev/zero", "character device"),
+    ),
+    Row(
+        "index-source-missing",
+        ["push", "index", "<REG>/a/i:1", "-p", "linux/amd64=<REG>/a/none:1"],
+        1,
+        ("manifest unknown", "a/none"),
+    ),
+    Row("verify-empty-ref", ["verify", "", "-k", "cosign.pub"], 1, ("invalid reference",)),
+    Row(
+        "render-no-target",
+        ["plan", "render", "plans/default.hcl", "--target", "nope"],
+        1,
+        ('no target "nope"',),
+    ),
     # help texts: config keys survive, no metavars on flags that take none
     Row("help-key", ["key", "generate", "--help"], 0, ("[signing].key",), absent=("<bool>",)),
     Row("help-build", ["build", "--help"], 0, ("[build].iso", "--no-sign"), absent=("<bool>",)),

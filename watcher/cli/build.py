@@ -40,8 +40,11 @@ def _print_result(result: BuildResult, as_json: bool) -> None:
 
 def check_output_path(path: Path, where: str) -> None:
     """Refuse an output the build could not write, before minutes of work are spent."""
+    from publisher.inputs import check_output
+
     if path.is_dir():
         raise CloudbootError(f"{where} is a directory: name a file", where=str(path))
+    check_output(path, where)
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -98,6 +101,8 @@ def build(
         arches = [Arch.parse(a) for a in arch] if arch else config.media_arches()
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--arch") from None
+    out = iso or config.build.iso
+    check_output_path(out, "--iso" if iso else "[build].iso")
     recipe = load_recipe(config.build.recipe)
     key = None
     if not no_sign:
@@ -115,8 +120,6 @@ def build(
             fg="yellow" if use_color() else None,
             bold=use_color(),
         )
-    out = iso or config.build.iso
-    check_output_path(out, "--iso" if iso else "[build].iso")
     progress: Any = None
     bar_ctx: Any = None
     if sys.stderr.isatty() and not as_json:
@@ -156,6 +159,8 @@ def cache_disk(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Create the writable cache disk (GPT, ESP named cloud-boot-cache, FAT32); idempotent."""
+    from publisher.inputs import check_output
+
     config = state(ctx).config
     target = path or config.build.cache_disk
     size = size_mib if size_mib is not None else config.build.cache_disk_size_mib
@@ -166,6 +171,9 @@ def cache_disk(
             where="--size-mib" if size_mib is not None else "[build].cache_disk_size_mib",
         )
     from publisher.media.cachedisk import ensure_cache_disk
+
+    if not target.is_dir():
+        check_output(target, "cache disk")
 
     try:
         created = ensure_cache_disk(target, size, force=force)

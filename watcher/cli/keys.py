@@ -42,9 +42,12 @@ def key_paths(private: Path, public: Path, *, force: bool) -> None:
             " private key (e.g. -o cosign.key; the public key goes next to it as .pub)",
             where=str(private),
         )
+    from publisher.inputs import check_output
+
     for path in (private, public):
         if path.is_dir():
             raise UsageError("is a directory: name a key file", where=str(path))
+        check_output(path, "key")
         if (path.exists() or path.is_symlink()) and not force:
             raise CloudbootError(
                 "already exists: not overwritten (pass --force to replace the key pair)",

@@ -153,10 +153,11 @@ def validate_command(
 
 def load_meta(path: Path) -> dict[str, Any]:
     """The metadata document a guest would fetch from cloudboot.metadata.url (a JSON object)."""
+    from publisher.inputs import MAX_PLAN_BYTES, read_input
+
+    data = read_input(path, limit=MAX_PLAN_BYTES, what="metadata")  # as the guest's 1 MiB cap
     try:
-        doc = json.loads(path.read_text())
-    except OSError as exc:
-        raise CloudbootError(f"cannot read metadata: {exc.strerror}", where=str(path)) from None
+        doc = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         where: Location | str = str(path)
         if isinstance(exc, json.JSONDecodeError):

@@ -140,9 +140,13 @@ def push_artifact_cmd(
     authfile: AuthfileOpt = None,
 ) -> None:
     """Push a kernel (+ initrd, modules, cmdline) artifact for one architecture."""
+    from publisher.inputs import check_regular
     from publisher.push import push_artifact
 
     arch = _platform_arch(platform, "--platform")
+    for name, given in (("kernel", kernel), ("initrd", initrd), ("modules", modules)):
+        if given is not None:
+            check_regular(given, name)
     target = parse_ref(ref)
     signer = signing_key(key)
     client = make_client(ctx, plain_http, insecure, tls_verify, ca_bundle, authfile)
