@@ -186,6 +186,7 @@ def report(failure: Failure, *, as_json: bool, usage: str = "") -> None:
 
 def run_cli(app: Callable[..., Any], argv: Sequence[str]) -> NoReturn:
     """Run the typer ``app`` on ``argv`` and exit with the code of how it ended."""
+    # typer vendors click (typer._click) and raises its exceptions when not standalone
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
     from typer._click.exceptions import UsageError as ClickUsageError
     from typer.exceptions import Abort
@@ -208,8 +209,13 @@ def run_cli(app: Callable[..., Any], argv: Sequence[str]) -> NoReturn:
     except ClickException as exc:
         report(Failure(exc.format_message(), exc.exit_code, type(exc).__name__), as_json=as_json)
         sys.exit(exc.exit_code)
-    except (Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:
         _interrupted()
+    except Abort:  # typer turns EOF on stdin into Abort; Ctrl-C arrives as 130 instead
+        if INTERRUPTS.seen:
+            _interrupted()
+        report(Failure("input ended (EOF on stdin)", EXIT_FAILED, "Abort"), as_json=as_json)
+        sys.exit(EXIT_FAILED)
     except SystemExit:
         raise
     except BaseException as exc:

@@ -142,7 +142,7 @@ def scaffold(target: Path, *, force: bool = False) -> Scaffold:
     added: list[str] = []
     if create_new(gitignore, GITIGNORE_TEMPLATE.encode()):
         written.append(gitignore)
-    else:
+    elif gitignore.is_file():  # not a FIFO or a device that would block the read
         added = add_ignore_lines(gitignore, GITIGNORE_TEMPLATE)
     return Scaffold(written, kept, added)
 
