@@ -827,3 +827,15 @@ def test_os_errors_name_the_path_and_what_to_do(code: int, hint: str) -> None:
     failure = failure_of(OSError(code, os.strerror(code), "/out/boot.iso"))
     assert failure.message.startswith("/out/boot.iso: ") and hint in failure.message
     assert failure.exit_code == 1 and failure.where == "/out/boot.iso"
+
+
+def test_json_paths_are_absolute(template: Path, servers: Servers, tmp_path: Path) -> None:
+    """One form of path in every JSON output, whatever form the user typed."""
+    row = Row("json-paths", ["plan", "validate", "plans", "k.hcl", "--json"], 1,
+              setup=write("k.hcl", K42))  # fmt: skip
+    proc = run_row(row, template, servers, tmp_path)
+    doc = json.loads(proc.stdout)
+    paths = [p["path"] for p in doc["plans"]] + [
+        e["path"] for p in doc["plans"] for e in p["errors"]
+    ]
+    assert paths and all(Path(p).is_absolute() for p in paths), paths

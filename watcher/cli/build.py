@@ -27,7 +27,10 @@ if TYPE_CHECKING:  # image and HTTP libraries: imported by the commands that bui
 
 def _print_result(result: BuildResult, as_json: bool) -> None:
     if as_json:
-        typer.echo(json.dumps(result.to_json()))
+        doc = result.to_json()
+        doc["output"] = json_path(result.output)
+        doc["signature"] = json_path(result.signature) if result.signature else None
+        typer.echo(json.dumps(doc))
         return
     verb = "up to date" if result.skipped else "wrote"
     typer.echo(f"{verb} {result.output} ({result.size / 1048576:.1f} MiB, "

@@ -90,6 +90,13 @@ def validate_file(path: Path) -> list[PlanError]:
         return [PlanError(exc.message, Location(str(path)))]
 
 
+def _json_path(name: str) -> str:
+    """Paths in JSON are absolute, as everywhere in the CLI; stdin stays ``-``."""
+    from watcher.cli.errors import json_path
+
+    return name if name == "-" else json_path(name)
+
+
 VALIDATE_HELP = (
     "Check plans as the publisher does before a push, for amd64 and arm64.\n\n"
     "Every error is printed as FILE:LINE:COL: MESSAGE on stdout (a summary goes to stderr). "
@@ -131,7 +138,11 @@ def validate_command(
         report = {
             "valid": not invalid,
             "plans": [
-                {"path": name, "valid": not errors, "errors": [e.to_json() for e in errors]}
+                {
+                    "path": _json_path(name),
+                    "valid": not errors,
+                    "errors": [{**e.to_json(), "path": _json_path(e.where.path)} for e in errors],
+                }
                 for name, errors in results.items()
             ],
         }
