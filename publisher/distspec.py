@@ -52,3 +52,10 @@ def require_digest(resp: requests.Response, ref: Ref, digest: str, what: str) ->
             " the content was changed on the way (a proxy?) or the registry is broken",
             status=resp.status_code,
         )
+
+
+def require_not_html(resp: requests.Response, where: str, what: str) -> None:
+    """A registry never answers a manifest or blob request with a web page."""
+    kind = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if kind in ("text/html", "application/xhtml+xml"):
+        raise RegistryError(not_a_registry(resp, where, what), status=resp.status_code)

@@ -42,7 +42,7 @@ from publisher.auth import (
 )
 from publisher.blob import Blob, OpenUploads, StoreMemory, open_upload, send_blob
 from publisher.config import RegistrySection
-from publisher.distspec import require_digest
+from publisher.distspec import require_digest, require_not_html
 from publisher.retry import (
     RegistryError,
     RegistryUnavailableError,
@@ -180,6 +180,7 @@ class RegistryClient:
             missing_ok=True,
         )
         if resp.status_code == 200:
+            require_not_html(resp, ref.name, "blob HEAD")
             self.memory.add_blob(ref, digest)
         return resp.status_code == 200
 
@@ -357,6 +358,7 @@ class RegistryClient:
             )
             if resp.status_code == 404:
                 return None
+            require_not_html(resp, ref.name, "manifest HEAD")
             digest = resp.headers.get("Docker-Content-Digest") or ref.digest
             if not digest:  # some registries omit it on HEAD: GET and hash
                 data, media, digest = self.get_manifest(ref)
@@ -393,6 +395,7 @@ class RegistryClient:
         if resp.status_code == 404:
             self.memory.saw(ref, ref.reference, None)
             return None
+        require_not_html(resp, ref.name, "manifest GET")
         data = resp.content
         if ref.digest:
             verify_digest(data, ref.digest, what=str(ref))

@@ -504,6 +504,12 @@ ROWS: list[Row] = [
         1,
         ("200 (text/html)", "does not answer as an OCI registry"),
     ),
+    Row(
+        "verify-html-server",
+        ["verify", "<HTML>/a/b:c", "-k", "cosign.pub"],
+        1,
+        ("text/html", "does not answer as an OCI registry"),
+    ),
     Row("push-501", ["push", "plan", "<E501>/a/b:c"], 1, ("501",), absent=("registry retry",)),
     Row(
         "push-503-bounded",
