@@ -25,6 +25,8 @@ from publisher.run import ToolMissingError, run
 
 AUTH_FILE_ENV = "REGISTRY_AUTH_FILE"
 ENV_CREDENTIALS = "REGISTRY_USERNAME/REGISTRY_PASSWORD"
+#: Secrets in our environment that a credential helper has no use for.
+SECRET_ENV = ("REGISTRY_PASSWORD", "COSIGN_PASSWORD")
 #: A credentials file is small; a huge one is a mistake, not something to parse.
 MAX_AUTH_FILE = 4 << 20
 
@@ -104,7 +106,9 @@ def _helper_for(doc: Mapping[str, Any], registry: str) -> str | None:
 def _helper(helper: str, action: str, payload: bytes, registry: str) -> None:
     binary = f"docker-credential-{helper}"
     try:
-        proc = run([binary, action], input=payload, check=False)
+        # The helper needs its own store's environment, not our other secrets.
+        scrub = {name: "" for name in SECRET_ENV if name in os.environ}
+        proc = run([binary, action], input=payload, check=False, env=scrub)
     except ToolMissingError:
         raise CredentialsError(
             f"credential helper {binary} is not installed (named by the credentials file):"
