@@ -28,7 +28,8 @@ PlainHttpOpt = Annotated[
     typer.Option(
         "--plain-http/--no-plain-http",
         "--allow-http-registry/--secure",
-        help="Talk plain HTTP to the registry (default: plain HTTP for loopback only).",
+        help="Talk plain HTTP to the registry (default: plain HTTP for loopback only; "
+        "--secure is a deprecated spelling of --no-plain-http).",
     ),
 ]
 InsecureOpt = Annotated[
