@@ -133,7 +133,7 @@ def login(
 
     name = _registry_name(registry)
     if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
+        password = sys.stdin.readline(4096).rstrip("\r\n")  # a password, not a stream
     elif sys.stdin.isatty():
         password = getpass.getpass(f"Password for {username}@{name}: ")
     else:
