@@ -14,11 +14,11 @@ from __future__ import annotations
 import base64
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from guest.contract.fsutil import write_atomic
 from publisher.auth import Credentials, CredentialsError, docker_config_path, lookup_credentials
 from publisher.inputs import read_input
 from publisher.run import ToolMissingError, run
@@ -82,17 +82,9 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _save(path: Path, doc: Mapping[str, Any]) -> None:
+    """Replace the file atomically, 0600 (it holds secrets when no helper is configured)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent="\t")
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, (json.dumps(doc, indent="\t") + "\n").encode(), durable=True, mode=0o600)
 
 
 def _helper_for(doc: Mapping[str, Any], registry: str) -> str | None:

@@ -64,6 +64,15 @@ def check_regular(path: Path, what: str) -> None:
         )
 
 
+def check_small_file(path: Path, limit: int, what: str) -> None:
+    """``check_regular`` plus the size cap, for files a library reads itself."""
+    check_regular(path, what)
+    if path.stat().st_size > limit:
+        raise InputError(
+            f"{what} larger than {limit} bytes: is this the right file?", where=str(path)
+        )
+
+
 def _read_capped(stream: BinaryIO, limit: int, what: str, where: str) -> bytes:
     data = stream.read(limit + 1)
     if len(data) > limit:

@@ -33,7 +33,7 @@ from guest.contract.oci import (
     is_index_media_type,
     plan_manifest,
 )
-from guest.contract.plan import PlanError, validate_plan
+from guest.contract.plan import PlanError, plan_text, validate_plan
 from publisher.inputs import MAX_PLAN_BYTES, read_input
 from publisher.registry import Blob, RegistryClient, RegistryError
 from publisher.signing import SigningKey, sign_blob
@@ -67,11 +67,33 @@ class InvalidPlanError(CloudbootError):
         super().__init__(f"invalid plan, nothing published ({count} error(s)):\n  {lines}")
 
 
-def validate_plan_text(text: str, source: str) -> None:
-    """Run the plan validator (every bootable arch) before anything is sent."""
-    errors = validate_plan(text, source)
+@dataclass(frozen=True)
+class CheckedPlan:
+    """Plan bytes that decoded and validated for every bootable arch: what gets published.
+
+    Publishing takes only this type, so a plan is validated exactly once on its way out,
+    whoever publishes it (``cloudboot push``, ``cloudboot publish``, the watcher).
+    """
+
+    path: Path
+    data: bytes
+
+
+def check_plan(data: bytes, plan_path: Path) -> CheckedPlan:
+    """Decode and validate plan bytes read from ``plan_path``; InvalidPlanError if bad."""
+    source = str(plan_path)
+    try:
+        errors = validate_plan(plan_text(data, source), source)
+    except PlanError as exc:  # not UTF-8: located at the bad byte
+        errors = [exc]
     if errors:
         raise InvalidPlanError(errors)
+    return CheckedPlan(plan_path, data)
+
+
+def load_plan(plan_path: Path) -> CheckedPlan:
+    """Read (a regular file or ``-``, at most ``MAX_PLAN_BYTES``; errors name it) and check."""
+    return check_plan(read_input(plan_path, limit=MAX_PLAN_BYTES, what="plan"), plan_path)
 
 
 def _existing_signatures(
@@ -276,34 +298,20 @@ def publish_plan(
     annotations: Mapping[str, str] | None = None,
 ) -> PushResult:
     """Validate ``plan_path`` for every bootable arch, then publish it as a plan artifact."""
-    plan = read_plan(plan_path)
-    return commit(client, prepare_plan(client, ref, plan, plan_path, key, annotations))
-
-
-def read_plan(plan_path: Path) -> bytes:
-    """The plan's bytes: a regular file (or ``-``) of at most ``MAX_PLAN_BYTES``."""
-    return read_input(plan_path, limit=MAX_PLAN_BYTES, what="plan")
+    return commit(client, prepare_plan(client, ref, load_plan(plan_path), key, annotations))
 
 
 def prepare_plan(
     client: RegistryClient,
     ref: Ref,
-    plan: bytes,
-    plan_path: Path,
+    plan: CheckedPlan,
     key: SigningKey | None = None,
     annotations: Mapping[str, str] | None = None,
 ) -> PreparedPush:
-    """Validate the plan bytes read from ``plan_path``; then everything but the tag move."""
-    try:
-        text = plan.decode()
-    except UnicodeDecodeError as exc:
-        raise CloudbootError(
-            f"plan is not UTF-8 (byte offset {exc.start})", where=str(plan_path)
-        ) from None
-    validate_plan_text(text, str(plan_path))
-    title = "plan.hcl" if str(plan_path) == "-" else plan_path.name  # stdin has no name
-    manifest, config = plan_manifest(plan, title, annotations)
-    blobs = [Blob.of_bytes(config), Blob.of_bytes(plan)]
+    """Everything of publishing a checked plan but the tag move."""
+    title = "plan.hcl" if str(plan.path) == "-" else plan.path.name  # stdin has no name
+    manifest, config = plan_manifest(plan.data, title, annotations)
+    blobs = [Blob.of_bytes(config), Blob.of_bytes(plan.data)]
     return prepare(client, ref, bytes(manifest), manifest.media_type, blobs, key)
 
 

@@ -10,15 +10,12 @@ state (own directory, own repository), so they can run in parallel.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import http.server
 import json
 import os
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,49 +23,12 @@ from pathlib import Path
 import pytest
 
 from publisher.localregistry import RunningRegistry, free_port
+from tests.not_a_registry import fake_server
 from tests.registry_tls import TlsRegistry, tls_registry
 from watcher.cli.errors import failure_of
 
 CLOUDBOOT = str(Path(sys.executable).parent / "cloudboot")
 PASSWORD = "correct horse"
-
-
-# --- servers that are not registries ---------------------------------------------------------
-
-
-def _handler(status: int, content_type: str) -> type[http.server.BaseHTTPRequestHandler]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def _answer(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length:
-                self.rfile.read(length)
-            body = b"<html><body>hello</body></html>" if status == 200 else b""
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    return Handler
-
-
-@contextlib.contextmanager
-def fake_server(status: int, content_type: str = "text/html") -> Iterator[str]:
-    """An HTTP server answering ``status`` to every request; yields host:port."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(status, content_type))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @dataclass(frozen=True)

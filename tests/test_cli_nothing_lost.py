@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from publisher.localregistry import RunningRegistry
+from tests.not_a_registry import fake_server
 from tests.registry_tls import TlsRegistry, tls_registry
-from tests.test_cli_errors import fake_server
 
 CLOUDBOOT = str(Path(sys.executable).parent / "cloudboot")
 ENV = {

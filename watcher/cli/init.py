@@ -60,9 +60,9 @@ def create_new(path: Path, data: bytes) -> bool:
 
 def replace_file(path: Path, data: bytes) -> None:
     """Atomically replace ``path`` (only for what ``--force`` says it overwrites)."""
-    from publisher.signing import write_private  # temp file + rename, mode set first
+    from guest.contract.fsutil import write_atomic
 
-    write_private(path, data, 0o644)
+    write_atomic(path, data)
 
 
 def add_ignore_lines(path: Path, template: str) -> list[str]:

@@ -64,19 +64,11 @@ def _not_a_plan(path: Path) -> str:
 
 
 def read_plan_text(path: Path) -> str:
-    """The plan as text; a file that is not UTF-8 is a PlanError at the bad byte."""
-    from guest.contract.plan import PlanError
+    """The plan as text: bounded, regular files (or ``-``) only, decoded by the one loader."""
+    from guest.contract.plan import plan_text
     from publisher.inputs import MAX_PLAN_BYTES, read_input
 
-    data = read_input(path, limit=MAX_PLAN_BYTES, what="plan")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise PlanError(
-            f"not UTF-8 text (byte offset {exc.start})", Location(str(path), line, column)
-        ) from None
+    return plan_text(read_input(path, limit=MAX_PLAN_BYTES, what="plan"), str(path))
 
 
 def validate_file(path: Path) -> list[PlanError]:

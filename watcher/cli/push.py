@@ -52,12 +52,11 @@ def signing_key(path: Path | None) -> SigningKey | None:
     """Load a key; ask for the password only when the key is encrypted."""
     if path is None:
         return None
-    from publisher.inputs import MAX_KEY_BYTES, read_input
-    from publisher.signing import is_encrypted, parse_private_key, read_password
+    from publisher.inputs import MAX_KEY_BYTES, check_small_file
+    from publisher.signing import load_key_file
 
-    data = read_input(path, limit=MAX_KEY_BYTES, what="private key")
-    password = read_password() if is_encrypted(data) else None
-    return parse_private_key(data, password, source=str(path))
+    check_small_file(path, MAX_KEY_BYTES, "private key")  # no FIFO, device or huge file
+    return load_key_file(path)
 
 
 def emit(result: PushResult, as_json: bool) -> None:
@@ -70,7 +69,7 @@ def emit(result: PushResult, as_json: bool) -> None:
 def _workspace_ref(ctx: typer.Context, file: Path) -> str:
     """The plan's ref from cloudboot.toml, once no other plan claims the same ref."""
     from publisher.planrefs import check_plan_refs, plan_ref
-    from watcher.watch.gitops import find_plans
+    from publisher.workspace import find_plans
 
     config = state(ctx).config
     if config.plans_dir.is_dir():

@@ -71,9 +71,9 @@ def run_daemon(
     import structlog
 
     from publisher.planrefs import check_plan_refs
+    from publisher.workspace import find_plans
     from watcher.watch.adapters import STATUS_FILE, reloader, setup_for
     from watcher.watch.daemon import WatchDaemon
-    from watcher.watch.gitops import find_plans
     from watcher.watch.sdnotify import Notifier
     from watcher.watch.status import StatusBook
 
@@ -146,12 +146,9 @@ def _live_vm_state(config: Any, data: dict[str, Any]) -> dict[str, Any]:
 
 def publish(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Validate and publish every plan under plans/ once (for CI); exit 0 only if all did."""
-    from publisher.planrefs import check_plan_refs
-    from watcher.watch.gitops import find_plans, format_outcomes, publish_workspace
+    from publisher.workspace import format_outcomes, publish_workspace
 
-    config = state(ctx).config
-    check_plan_refs(config, find_plans(config))  # one ref per plan, before anything is pushed
-    outcomes = publish_workspace(config)
+    outcomes = publish_workspace(state(ctx).config)  # refuses two plans on one ref first
     failed = [o for o in outcomes if not o.ok]
     if as_json:
         doc = {"ok": not failed, "plans": [o.to_json() for o in outcomes]}
