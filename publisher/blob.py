@@ -21,6 +21,7 @@ import structlog
 
 from guest.contract.errors import CloudbootError
 from guest.contract.oci import Ref, digest_of
+from publisher.distspec import require_digest, require_location
 
 if TYPE_CHECKING:
     import requests
@@ -131,8 +132,10 @@ class Requester(Protocol):
 
 def open_upload(request: Requester, ref: Ref) -> str:
     """Start an upload session in ``ref``'s repository; its URL for PATCH/PUT."""
-    resp = request("POST", ref, f"/v2/{ref.repository}/blobs/uploads/", what="blob upload start")
-    return str(resp.headers["Location"])
+    resp = request(
+        "POST", ref, f"/v2/{ref.repository}/blobs/uploads/", what="blob upload start", ok=(202,)
+    )
+    return require_location(resp, ref, "blob upload start")
 
 
 def send_blob(request: Requester, ref: Ref, location: str, blob: Blob, chunk_size: int) -> int:
@@ -149,6 +152,7 @@ def send_blob(request: Requester, ref: Ref, location: str, blob: Blob, chunk_siz
                 ref,
                 location,
                 what="blob chunk",
+                ok=(202,),
                 data=chunk,
                 headers={
                     "Content-Type": "application/octet-stream",
@@ -162,14 +166,16 @@ def send_blob(request: Requester, ref: Ref, location: str, blob: Blob, chunk_siz
         body = blob.data if blob.data is not None else b"".join(blob.chunks(blob.size))
         sent = len(body)
     sep = "&" if "?" in location else "?"
-    request(
+    resp = request(
         "PUT",
         ref,
         f"{location}{sep}digest={blob.digest}",
         what="blob upload finish",
+        ok=(201,),
         data=body,
         headers={"Content-Type": "application/octet-stream"},
     )
+    require_digest(resp, ref, blob.digest, "blob upload finish")
     return sent
 
 

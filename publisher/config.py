@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from guest.contract.arch import Arch
-from guest.contract.errors import CloudbootError
+from guest.contract.errors import CloudbootError, Location
 from publisher.settings import (
     SettingError,
     at_least,
@@ -32,6 +32,7 @@ from publisher.settings import (
     mac_address,
     plain,
     setting,
+    toml_error_where,
     toml_value,
 )
 
@@ -284,10 +285,13 @@ def load_config(workspace: Path | None = None) -> Config:
     path = root / CONFIG_NAME
     if not path.is_file():
         return parse_config({}, root)
+    text = path.read_text()
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"invalid TOML: {exc}", where=str(path)) from None
+        message, line = toml_error_where(str(exc), text)
+        where = Location(str(path), line) if line else str(path)
+        raise ConfigError(f"invalid TOML: {message}", where=where) from None
     return parse_config(data, root, path)
 
 

@@ -34,7 +34,8 @@ from guest.contract.oci import (
     is_index_media_type,
     plan_manifest,
 )
-from guest.contract.plan import PlanError, plan_text, read_plan_bytes, validate_plan
+from guest.contract.plan import PlanError, plan_text, validate_plan
+from publisher.inputs import MAX_PLAN_BYTES, read_input
 from publisher.pins import next_version, plan_pins
 from publisher.registry import Blob, RegistryClient, RegistryError
 from publisher.signing import SigningKey
@@ -100,8 +101,8 @@ def check_plan(data: bytes, plan_path: Path) -> CheckedPlan:
 
 
 def load_plan(plan_path: Path) -> CheckedPlan:
-    """Read (errors name the file) and check a plan file."""
-    return check_plan(read_plan_bytes(plan_path), plan_path)
+    """Read (a regular file or ``-``, at most ``MAX_PLAN_BYTES``; errors name it) and check."""
+    return check_plan(read_input(plan_path, limit=MAX_PLAN_BYTES, what="plan"), plan_path)
 
 
 def _current_tag(client: RegistryClient, ref: Ref, digest: str) -> str | None:
@@ -272,7 +273,8 @@ def prepare_plan(
     annotations: Mapping[str, str] | None = None,
 ) -> PreparedPush:
     """Everything of publishing a checked plan but the tag move."""
-    manifest, config = plan_manifest(plan.data, plan.path.name, annotations)
+    title = "plan.hcl" if str(plan.path) == "-" else plan.path.name  # stdin has no name
+    manifest, config = plan_manifest(plan.data, title, annotations)
     blobs = [Blob.of_bytes(config), Blob.of_bytes(plan.data)]
     text = plan.data.decode()  # a CheckedPlan decoded already
     pins = plan_pins(client, text, str(plan.path)) if key else {}

@@ -37,11 +37,12 @@ from publisher.auth import (
     Credentials,
     RegistryAuth,
     TokenCache,
-    docker_config_hint,
+    docker_config_path,
     lookup_credentials,
 )
 from publisher.blob import Blob, OpenUploads, StoreMemory, open_upload, send_blob
 from publisher.config import RegistrySection
+from publisher.distspec import require_digest, require_not_html
 from publisher.retry import (
     RegistryError,
     RegistryUnavailableError,
@@ -100,10 +101,18 @@ class RegistryClient:
     uploaded_bytes: int = 0  # running total of blob bytes sent, for reports and bench
     #: Upload sessions kept open per repository for the next publish (0: never).
     spare_uploads: int = 4
+    #: False: HTTPS without certificate checks (``--insecure``, as oras means it).
+    tls_verify: bool = True
 
     def __post_init__(self) -> None:
         # Passed on every request: a session-level setting loses to $REQUESTS_CA_BUNDLE.
         self._verify: str | bool = str(self.ca_bundle) if self.ca_bundle else True
+        if not self.tls_verify:
+            import urllib3
+
+            self._verify = False
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        self._authfile = docker_config_path()
         # The environment (proxies, $REQUESTS_CA_BUNDLE) is read once per registry, not on
         # every request as requests does by default: that lookup was ~0.4 ms a request.
         self.session.trust_env = False
@@ -113,6 +122,15 @@ class RegistryClient:
         self._uploads = OpenUploads()
         self._lock = threading.Lock()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._reached: set[str] = set()  # registries that answered (refusals then retried)
+
+    def use_authfile(self, path: Path) -> None:
+        """Read credentials from ``path`` (``--authfile``, ``$REGISTRY_AUTH_FILE``)."""
+        from publisher.authfile import credentials_lookup
+
+        self._authfile = path
+        self.credentials = credentials_lookup(path)
+        self._auth = RegistryAuth(self.credentials, self.tokens, self._fetch_token)
 
     def pool(self) -> concurrent.futures.ThreadPoolExecutor:
         """Threads for independent requests (blob uploads, lookups) within one publish."""
@@ -162,6 +180,7 @@ class RegistryClient:
             missing_ok=True,
         )
         if resp.status_code == 200:
+            require_not_html(resp, ref.name, "blob HEAD")
             self.memory.add_blob(ref, digest)
         return resp.status_code == 200
 
@@ -227,7 +246,8 @@ class RegistryClient:
             try:
                 resp = self.session.request(method, full, headers=hdrs, **settings)
             except requests.exceptions.SSLError as exc:
-                raise tls_error(exc, ref.registry) from None
+                raise tls_error(exc, ref.registry, skipping_verify=not self.tls_verify) from None
+            self._reached.add(ref.registry)
             if (
                 resp.status_code == 401
                 and attempt == 0
@@ -243,11 +263,19 @@ class RegistryClient:
             break
         if resp.status_code in ok or (missing_ok and resp.status_code == 404):
             return resp
-        raise error_for_status(resp, ref.name, what, docker_config_hint())
+        hint = ""
+        if resp.status_code in (401, 403):
+            from publisher.authfile import auth_hint
+
+            creds = self.credentials(ref.registry)
+            hint = auth_hint(ref.registry, creds, self._authfile)
+        raise error_for_status(resp, ref.name, what, hint)
 
     def retrying(self, what: str, ref: Ref, operation: Callable[[], T]) -> T:
         """Run ``operation`` with bounded, jittered exponential backoff on transient faults."""
-        return retry_call(what, ref.registry, self.retry, operation)
+        return retry_call(
+            what, ref.registry, self.retry, operation, lambda: ref.registry in self._reached
+        )
 
     # --- blobs ----------------------------------------------------------------------------
 
@@ -335,6 +363,7 @@ class RegistryClient:
             )
             if resp.status_code == 404:
                 return None
+            require_not_html(resp, ref.name, "manifest HEAD")
             digest = resp.headers.get("Docker-Content-Digest") or ref.digest
             if not digest:  # some registries omit it on HEAD: GET and hash
                 data, media, digest = self.get_manifest(ref)
@@ -371,6 +400,7 @@ class RegistryClient:
         if resp.status_code == 404:
             self.memory.saw(ref, ref.reference, None)
             return None
+        require_not_html(resp, ref.name, "manifest GET")
         data = resp.content
         if ref.digest:
             verify_digest(data, ref.digest, what=str(ref))
@@ -381,18 +411,21 @@ class RegistryClient:
     def put_manifest(self, ref: Ref, data: bytes, media_type: str, reference: str) -> str:
         """PUT manifest bytes under ``reference`` (a digest or a tag); returns their digest."""
 
+        digest = digest_of(data)
+
         def put() -> None:
-            self.request(
+            resp = self.request(
                 "PUT",
                 ref,
                 f"/v2/{ref.repository}/manifests/{reference}",
                 what=f"manifest PUT {reference[:19]}",
+                ok=(201,),
                 data=data,
                 headers={"Content-Type": media_type},
             )
+            require_digest(resp, ref, digest, f"manifest PUT {reference[:19]}")
 
         self.retrying(f"manifest PUT {reference[:19]}", ref, put)
-        digest = digest_of(data)
         self.memory.saw(ref, reference, digest, written=True)
         return digest
 
@@ -424,11 +457,25 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 
 
 def client_from_config(
-    registry: RegistrySection, *, insecure: bool | None = None, ca_bundle: Path | None = None
+    registry: RegistrySection,
+    *,
+    insecure: bool | None = None,
+    ca_bundle: Path | None = None,
+    tls_verify: bool = True,
+    authfile: Path | None = None,
 ) -> RegistryClient:
-    """A client with the workspace's registry settings; CLI flags override them."""
-    return RegistryClient(
+    """A client with the workspace's registry settings; CLI flags override them.
+
+    ``insecure`` is plain HTTP (``--plain-http``); ``tls_verify`` False skips certificate
+    checks (``--insecure``); ``authfile`` replaces docker's config as the credentials file.
+    """
+    client = RegistryClient(
         insecure=(True if registry.insecure else None) if insecure is None else insecure,
         ca_bundle=ca_bundle or registry.ca_bundle,
         retry=RetryPolicy(total=float(registry.retry_seconds)),
+        tls_verify=tls_verify,
     )
+    from publisher.authfile import auth_file
+
+    client.use_authfile(auth_file(authfile))
+    return client

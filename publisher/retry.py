@@ -1,7 +1,10 @@
 """Bounded retries for registry operations, and the registry error types.
 
-Connection errors, 5xx, 408 and 429 are worth waiting for (a registry restarting, a
-proxy shedding load); everything else is the caller's mistake and fails at once. Every
+Only what can recover is retried: 5xx (but 501, which no wait fixes), 408, 429, timeouts
+and connections reset or refused by a registry that answered before (a registry
+restarting, a proxy shedding load). An unknown host, no route to the network, a
+connection refused by a registry never reached and a TLS failure are configuration
+mistakes: they fail at once, with their cause, instead of 60 s of retries. Every
 retry is logged with its reason, and the total time is capped so a registry that stays
 down gives a clear error instead of a hang. A ``Retry-After`` the registry sends is
 honoured (we never come back sooner than asked) as long as it fits in that bound; one
@@ -11,8 +14,10 @@ that does not fit ends the retries at once rather than sleeping past the bound.
 from __future__ import annotations
 
 import email.utils
+import errno
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -92,54 +97,119 @@ def _error_detail(resp: requests.Response) -> str:
         return ""
 
 
+def _https_only(resp: requests.Response) -> bool:
+    """A TLS port answering plain HTTP: Go's bare ``HTTP/1.0 400`` without any header
+    (a HEAD has no body to say "Client sent an HTTP request to an HTTPS server")."""
+    if not resp.url.startswith("http://"):
+        return False
+    if "HTTP request to an HTTPS server" in resp.text[:512]:
+        return True
+    return getattr(resp.raw, "version", 11) == 10 and not resp.headers
+
+
+#: Server errors that no waiting fixes: the registry does not implement the request.
+PERMANENT_5XX = frozenset({501, 505})
+
+
 def error_for_status(resp: requests.Response, where: str, what: str, config: str) -> RegistryError:
     """The error for a refused request: transient (5xx, 408, 429) or the caller's to fix.
 
     ``where`` names the repository (``host:port/me/plan``), ``what`` the operation and
-    ``config`` the docker config file that 401/403 messages point at.
+    ``config`` what 401/403 messages tell the user to do (which credentials were refused).
     """
     status = resp.status_code
     if status in (401, 403):
         word = "unauthorized" if status == 401 else "forbidden"
         return RegistryError(
-            f"{status} {word} for {where}: check credentials in {config}", status=status
+            f"{status} {word} for {where}: {config or 'check the credentials'}", status=status
         )
     if status < 400:
-        return RegistryError(f"unexpected {status} for {where} ({what})", status=status)
+        from publisher.distspec import not_a_registry
+
+        return RegistryError(not_a_registry(resp, where, what), status=status)
     message = f"{status} {resp.reason or ''} for {where} ({what})".replace("  ", " ")
     if detail := _error_detail(resp):
         message += f": {detail}"
-    if status >= 500 or status in (408, 429):
+    elif status == 400 and _https_only(resp):
+        message += ": this registry speaks HTTPS; drop --plain-http (or [registry].insecure)"
+    if (status >= 500 and status not in PERMANENT_5XX) or status in (408, 429):
         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         return TransientRegistryError(message, status=status, retry_after=retry_after)
     return RegistryError(message, status=status)
 
 
-def tls_error(exc: requests.exceptions.SSLError, registry: str) -> RegistryError:
-    """A certificate problem, said once and not retried: waiting does not fix it."""
+def tls_error(
+    exc: requests.exceptions.SSLError, registry: str, *, skipping_verify: bool = False
+) -> RegistryError:
+    """A certificate problem, said once and not retried: waiting does not fix it.
+
+    A plain-HTTP registry spoken to over HTTPS shows up as "wrong version number": the
+    fix is --plain-http, not a CA bundle, so that case gets its own advice.
+    """
     text = str(exc)
+    if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text:
+        note = " (--insecure only skips certificate checks, as in oras)" if skipping_verify else ""
+        return RegistryError(
+            f"{registry} does not speak HTTPS (TLS handshake got plain HTTP): if it is a"
+            f" plain-HTTP registry, pass --plain-http (or set [registry].insecure = true){note}"
+        )
     reason = "handshake failed"
-    for marker in ("CERTIFICATE_VERIFY_FAILED", "WRONG_VERSION_NUMBER", "hostname mismatch"):
+    for marker in ("CERTIFICATE_VERIFY_FAILED", "hostname mismatch"):
         if marker in text:
             reason = marker.lower().replace("_", " ")
             break
     return RegistryError(
         f"TLS verification failed for {registry}: {reason};"
-        " pass --ca-bundle (or [registry].ca_bundle) for a private CA"
+        " pass --ca-bundle (or [registry].ca_bundle) for a private CA, or --insecure to"
+        " skip verification (never for a registry you do not control)"
     )
 
 
-def _is_transient(exc: BaseException) -> bool:
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps (requests -> urllib3 -> socket), breadth first."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        item = todo.pop(0)
+        if id(item) in seen or len(seen) > 16:
+            continue
+        seen.add(id(item))
+        yield item
+        inner = [getattr(item, "reason", None), item.__cause__, item.__context__, *item.args]
+        todo += [x for x in inner if isinstance(x, BaseException)]
+
+
+def connection_cause(exc: BaseException) -> str:
+    """What went wrong with a connection, in the words a user searches for."""
+    for cause in _causes(exc):
+        if isinstance(cause, socket.gaierror) or type(cause).__name__ == "NameResolutionError":
+            return "unknown host (DNS lookup failed)"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, OSError) and cause.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return "no route to the registry (network unreachable)"
+        if isinstance(cause, ConnectionResetError):
+            return "connection reset"
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    return "connection failed"
+
+
+def _is_transient(exc: BaseException, reached: bool = True) -> bool:
     if isinstance(exc, requests.exceptions.SSLError):
         return False  # a certificate problem does not heal by waiting
+    if isinstance(exc, requests.ConnectionError) and not isinstance(exc, requests.Timeout):
+        cause = connection_cause(exc)
+        if cause.startswith(("unknown host", "no route")):
+            return False
+        if cause == "connection refused":
+            return reached  # a registry restarting, not one that was never there
     return isinstance(exc, TransientRegistryError | requests.ConnectionError | requests.Timeout)
 
 
 def _reason(exc: BaseException | None) -> str:
-    if isinstance(exc, requests.ConnectionError):
-        return "connection failed"
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
+    if isinstance(exc, requests.ConnectionError | requests.Timeout):
+        return connection_cause(exc)
     return str(exc)
 
 
@@ -160,8 +230,18 @@ def _backoff(policy: RetryPolicy) -> Callable[[tenacity.RetryCallState], float]:
     return wait
 
 
-def retry_call(what: str, registry: str, policy: RetryPolicy, operation: Callable[[], T]) -> T:
-    """Run ``operation``; retry transient faults with jittered exponential backoff."""
+def retry_call(
+    what: str,
+    registry: str,
+    policy: RetryPolicy,
+    operation: Callable[[], T],
+    reached: Callable[[], bool] = lambda: True,
+) -> T:
+    """Run ``operation``; retry transient faults with jittered exponential backoff.
+
+    ``reached`` tells whether the registry ever answered: a refused connection is only
+    worth waiting for then.
+    """
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -177,7 +257,7 @@ def retry_call(what: str, registry: str, policy: RetryPolicy, operation: Callabl
         )
 
     retryer = tenacity.Retrying(
-        retry=tenacity.retry_if_exception(_is_transient),
+        retry=tenacity.retry_if_exception(lambda exc: _is_transient(exc, reached())),
         wait=_backoff(policy),
         stop=tenacity.stop_before_delay(policy.total),
         before_sleep=before_sleep,
@@ -189,6 +269,12 @@ def retry_call(what: str, registry: str, policy: RetryPolicy, operation: Callabl
     except (TransientRegistryError, requests.ConnectionError, requests.Timeout) as exc:
         if isinstance(exc, requests.exceptions.SSLError):
             raise
+        if not _is_transient(exc, reached()):
+            raise RegistryError(
+                f"cannot reach registry {registry} for {what}: {_reason(exc)};"
+                " check the host and port in the ref or [registry].url, and that the registry"
+                " runs (`cloudboot registry serve` for the local one)"
+            ) from None
         attempts = retryer.statistics.get("attempt_number", 1)
         message = (
             f"registry {registry} unavailable for {what} after {attempts} attempt(s)"

@@ -173,3 +173,24 @@ def toml_value(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f'"{k}" = {toml_value(v)}' for k, v in value.items()) + "}"
     return str(value)
+
+
+def toml_error_where(message: str, text: str) -> tuple[str, int]:
+    """A tomllib error as (message, line): the line apart, a table declared twice with both.
+
+    tomllib says ``Cannot declare ('registry',) twice (at line 6, column 10)``; a user
+    wants ``:6`` where the editor jumps, and where the first ``[registry]`` is.
+    """
+    found = re.search(r"\(at line (\d+), column (\d+)\)$", message)
+    if not found:
+        return message, 0
+    line = int(found.group(1))
+    message = message[: found.start()].strip()
+    twice = re.match(r"Cannot declare \((.*)\) twice", message)
+    if twice:
+        parts = [part.strip().strip("'\"") for part in twice.group(1).split(",")]
+        name = ".".join(part for part in parts if part)
+        header = re.compile(rf"^\s*\[\s*{re.escape(name)}\s*\]")
+        first = next((n for n, x in enumerate(text.splitlines(), 1) if header.match(x)), 0)
+        message = f"[{name}] declared twice (first at line {first}): merge the two tables"
+    return message, line

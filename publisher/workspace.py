@@ -36,6 +36,7 @@ from guest.contract.plan import PlanError, read_plan_bytes
 from publisher.annotations import git_annotations
 from publisher.config import PLAN_SUFFIX, Config
 from publisher.ignore import IgnoreRules
+from publisher.planrefs import check_plan_refs
 from publisher.push import CheckedPlan, InvalidPlanError, PreparedPush, check_plan, commit
 from publisher.push import prepare_plan as prepare_checked
 from publisher.registry import RegistryClient, client_from_config
@@ -268,6 +269,7 @@ def publish_workspace(
     plans = find_plans(config)
     if not plans:
         raise CloudbootError("no plans (*.hcl) to publish", where=str(config.plans_dir))
+    check_plan_refs(config, plans)  # one ref per plan, before anything is pushed
     annotations = git_annotations(config.root, os.environ if env is None else env)
     publisher = PlanPublisher.from_config(config, annotations)
     return publish_plans(plans, config.plans_dir, publisher)

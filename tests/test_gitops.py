@@ -59,7 +59,7 @@ def publish(root: Path) -> tuple[int, list[dict[str, object]], str]:
     # exactly how GitHub Actions runs a step with `shell: bash`
     argv = ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", ci_command()]
     proc = subprocess.run(argv, cwd=root, capture_output=True, text=True, env=env)
-    report = json.loads((root / "publish.json").read_text() or "[]")
+    report = json.loads((root / "publish.json").read_text() or '{"plans": []}')["plans"]
     return proc.returncode, report, proc.stderr
 
 

@@ -164,7 +164,7 @@ def test_cli_key_generate_and_verify_blob(tmp_path: Path) -> None:
     assert ok.returncode == 0 and ok.stdout.startswith("Verified OK"), ok.stderr
     iso.write_bytes(iso.read_bytes()[:-1] + b"\x00")
     bad = cli("verify-blob", "--key", str(pub), "--signature", str(sig), str(iso))
-    assert bad.returncode == 1 and "invalid signature" in bad.stderr
+    assert bad.returncode == 3 and "invalid signature" in bad.stderr
 
 
 def _sealed_key(password: bytes, params: object, *, salt: bytes = b"s" * 32) -> bytes:

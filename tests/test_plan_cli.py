@@ -81,7 +81,7 @@ def test_validate_json_report(tmp_path: Path) -> None:
     assert (error["line"], error["column"]) == (2, 11)
     assert error["message"].startswith('target "a": arch "x86" is not valid')
     assert by_path[str(tmp_path / "missing.hcl")]["errors"][0]["message"] == (
-        "no such file or directory"
+        "no such file or directory: check the path"
     )
 
 

@@ -280,14 +280,14 @@ def test_cli_push_sign_verify(registry: RunningRegistry, tmp_path: Path) -> None
     other = tmp_path / "other"
     cli("key", "generate", "-o", str(other / "cosign.key"), env=env)
     wrong = cli("verify", ref, "--key", str(other / "cosign.pub"))
-    assert wrong.returncode == 1 and "none of 1 signature(s)" in wrong.stderr
+    assert wrong.returncode == 3 and "none of 1 signature(s)" in wrong.stderr
 
     unsigned = cli("push", "plan", f"{registry.address}/me/unsigned", "-f", str(plan))
     assert unsigned.returncode == 0
     missing = cli(
         "verify", f"{registry.address}/me/unsigned", "--key", str(tmp_path / "cosign.pub")
     )
-    assert missing.returncode == 1 and "no signature" in missing.stderr
+    assert missing.returncode == 3 and "no signature" in missing.stderr
 
     signed = cli(
         "sign", f"{registry.address}/me/unsigned", "--key", str(tmp_path / "cosign.key"), env=env

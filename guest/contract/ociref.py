@@ -145,6 +145,9 @@ def parse_ref(text: str) -> Ref:
     registry, path = rest.split("/", 1)
     if not _HOST_RE.match(registry):
         raise fail(f"registry host {registry!r} is not host[:port]")
+    port = registry.rpartition(":")[2] if not registry.endswith("]") else ""
+    if port.isdigit() and not 0 < int(port) < 65536:
+        raise fail(f"port {port} is out of range (1-65535)")
     tag: str | None = None
     last = path.rsplit("/", 1)[-1]
     if ":" in last:

@@ -27,9 +27,12 @@ if TYPE_CHECKING:
     from publisher.config import Config
 
 #: Command-group modules, in --help order (a missing one is an ImportError, not a skip).
-COMMAND_MODULES = ("init", "plan", "push", "keys", "build", "vm", "watch", "registry", "demo")
+COMMAND_MODULES = (
+    "init", "plan", "push", "keys", "transport", "build", "vm", "watch", "registry", "demo",
+)  # fmt: skip
 
 app = typer.Typer(
+    rich_markup_mode=None,
     name="cloudboot",
     help=(
         "Build, sign and publish cloud-boot plans and boot media, and live-reload a VM "
@@ -47,13 +50,35 @@ class CliState:
     _config: Config | None = None
 
     @property
-    def config(self) -> Config:
-        """The workspace config, loaded on first use (commands that need none never fail on it)."""
+    def settings(self) -> Config:
+        """The config, defaults outside a workspace (registry options of `verify`, `sign`)."""
         if self._config is None:
             from publisher.config import load_config
 
+            if self.workspace is not None and not self.workspace.is_dir():
+                what = "does not exist" if not self.workspace.exists() else "is not a directory"
+                raise CloudbootError(
+                    f"workspace directory {what}: pass an existing directory to -C/--workspace"
+                    " (or create one with `cloudboot init DIR`)",
+                    where=str(self.workspace),
+                )
             self._config = load_config(self.workspace)
         return self._config
+
+    @property
+    def config(self) -> Config:
+        """The workspace config, loaded on first use; outside any workspace, say how to make one.
+
+        A directory named with -C is taken as the workspace (every default applies).
+        """
+        config = self.settings
+        if self.workspace is None and config.source is None and not config.plans_dir.is_dir():
+            raise CloudbootError(
+                "not a cloudboot workspace (no cloudboot.toml or plans/ here or in a parent"
+                " directory): run `cloudboot init` to create one, or pass -C DIR",
+                where=str(config.root),
+            )
+        return config
 
 
 def state(ctx: typer.Context) -> CliState:
@@ -83,7 +108,13 @@ def _version_callback(value: bool) -> None:
 def root(
     ctx: typer.Context,
     verbose: Annotated[
-        int, typer.Option("--verbose", "-v", count=True, help="More log detail (-v debug).")
+        int,
+        typer.Option(
+            "--verbose",
+            "-v",
+            count=True,
+            help="More log detail: -v debug and tracebacks (repeatable: -vv).",
+        ),
     ] = 0,
     log_format: Annotated[
         str,
@@ -125,15 +156,7 @@ _register_groups()
 
 
 def main() -> None:
-    """Console-script entry: run the app and turn our errors into one line and an exit code."""
-    try:
-        app()
-    except CloudbootError as exc:
-        import structlog
+    """Console-script entry: watcher.cli.errors turns every way a command ends into an exit code."""
+    from watcher.cli.errors import run_cli
 
-        structlog.get_logger("cloudboot").debug("error", exc_info=True)
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+    run_cli(app, sys.argv[1:])

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -13,7 +14,11 @@ import typer
 from guest.contract.arch import Arch
 from guest.contract.errors import CloudbootError
 from watcher.cli import state
+from watcher.cli.errors import UsageError, json_path
 from watcher.cli.push import signing_key
+
+#: pyfatfs cannot lay out a FAT32 volume much beyond this (64 GiB fails).
+MAX_CACHE_DISK_MIB = 32768
 
 if TYPE_CHECKING:  # image and HTTP libraries: imported by the commands that build
     from publisher.media.build import BuildResult
@@ -22,7 +27,10 @@ if TYPE_CHECKING:  # image and HTTP libraries: imported by the commands that bui
 
 def _print_result(result: BuildResult, as_json: bool) -> None:
     if as_json:
-        typer.echo(json.dumps(result.to_json()))
+        doc = result.to_json()
+        doc["output"] = json_path(result.output)
+        doc["signature"] = json_path(result.signature) if result.signature else None
+        typer.echo(json.dumps(doc))
         return
     verb = "up to date" if result.skipped else "wrote"
     typer.echo(f"{verb} {result.output} ({result.size / 1048576:.1f} MiB, "
@@ -31,6 +39,24 @@ def _print_result(result: BuildResult, as_json: bool) -> None:
         typer.echo(f"signature {result.signature}")
     for stage, seconds in result.timings.items():
         typer.echo(f"  {stage:<14} {seconds * 1000:8.1f} ms")
+
+
+def check_output_path(path: Path, where: str) -> None:
+    """Refuse an output the build could not write, before minutes of work are spent."""
+    from publisher.inputs import check_output
+
+    if path.is_dir():
+        raise CloudbootError(f"{where} is a directory: name a file", where=str(path))
+    check_output(path, where)
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise CloudbootError(
+            f"cannot write here ({where}): {parent} is not a writable directory;"
+            " choose another output path",
+            where=str(path),
+        )
 
 
 def build(
@@ -69,6 +95,7 @@ def build(
     import structlog
 
     from publisher.media.build import build_from_config
+    from publisher.media.recipe import load_recipe
 
     log = structlog.get_logger(__name__)
     config = state(ctx).config
@@ -76,13 +103,25 @@ def build(
         arches = [Arch.parse(a) for a in arch] if arch else config.media_arches()
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--arch") from None
+    out = iso or config.build.iso
+    check_output_path(out, "--iso" if iso else "[build].iso")
+    recipe = load_recipe(config.build.recipe)
     key = None
     if not no_sign:
         if config.signing.key.is_file():
             key = signing_key(config.signing.key)
         else:
             log.warning("no signing key: boot.iso is not signed", key=str(config.signing.key))
-    out = iso or config.build.iso
+    from watcher.cli.logsetup import use_color
+
+    if recipe.cosign_public_key is None or not Path(recipe.cosign_public_key).is_file():
+        typer.secho(
+            "warning: no cosign.pub baked into boot.iso: guests booting it will not verify"
+            " plan signatures. Run `cloudboot key generate` and build again.",
+            err=True,
+            fg="yellow" if use_color() else None,
+            bold=use_color(),
+        )
     progress: Any = None
     bar_ctx: Any = None
     if sys.stderr.isatty() and not as_json:
@@ -98,6 +137,10 @@ def build(
         result = build_from_config(config, key, arches=arches, out=out, cmdline=cmdline,
                                    progress=progress, force=force, offline=offline,
                                    build_kernel=build_kernel)  # fmt: skip
+    except OSError as exc:
+        if exc.filename is None or Path(exc.filename).parent != out.parent:
+            raise
+        raise CloudbootError(f"cannot write boot.iso: {exc.strerror}", where=str(out)) from None
     finally:
         if bar_ctx is not None:
             bar_ctx.__exit__(None, None, None)
@@ -113,20 +156,40 @@ def cache_disk(
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite a file that is not a cache disk.")
     ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Create the writable cache disk (GPT, ESP named cloud-boot-cache, FAT32); idempotent."""
+    from publisher.inputs import check_output
+
     config = state(ctx).config
     target = path or config.build.cache_disk
     size = size_mib if size_mib is not None else config.build.cache_disk_size_mib
-    if size <= 0:
-        raise CloudbootError(f"--size-mib must be positive, got {size}")
+    if not 0 < size <= MAX_CACHE_DISK_MIB:
+        raise UsageError(
+            f"--size-mib must be 1..{MAX_CACHE_DISK_MIB} (a cache holds kernels and images;"
+            f" the FAT32 writer stops there), got {size}",
+            where="--size-mib" if size_mib is not None else "[build].cache_disk_size_mib",
+        )
     from publisher.media.cachedisk import ensure_cache_disk
 
-    created = ensure_cache_disk(target, size, force=force)
-    typer.echo(f"{'created' if created else 'kept existing'} {target}")
+    if not target.is_dir():
+        check_output(target, "cache disk")
+
+    try:
+        created = ensure_cache_disk(target, size, force=force)
+    except OSError as exc:
+        raise CloudbootError(
+            f"cannot write the cache disk: {exc.strerror}; choose a writable path",
+            where=str(target),
+        ) from None
+    if as_json:
+        typer.echo(json.dumps({"ok": True, "path": json_path(target), "created": created}))
+    else:
+        typer.echo(f"{'created' if created else 'kept existing'} {target}")
 
 
 kernel_app = typer.Typer(
+    rich_markup_mode=None,
     help="Own kernels: build a Linux tree out of tree, cached by a hash of its inputs.",
     no_args_is_help=True,
 )

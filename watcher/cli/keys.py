@@ -1,7 +1,8 @@
 """`cloudboot key generate`, `sign`, `verify`, `verify-blob`: cosign-compatible keys.
 
-``verify`` and ``verify-blob`` exit 0 when the signature is valid and 1 otherwise, with a
-message that says whether it was missing, invalid, or for another digest.
+``verify`` and ``verify-blob`` exit 0 when the signature is valid, 3 when it is missing,
+invalid or for another digest (the message says which), and 1 when it could not be
+checked (registry down, unreadable key).
 """
 
 from __future__ import annotations
@@ -19,9 +20,39 @@ from guest.contract.errors import CloudbootError
 from guest.contract.oci import parse_ref
 from guest.contract.pubkey import load_public_key
 from watcher.cli import state
-from watcher.cli.push import CaOpt, InsecureOpt, JsonOpt, emit, make_client, signing_key
+from watcher.cli.errors import InvalidError, UsageError, json_path
+from watcher.cli.push import JsonOpt, emit, signing_key
+from watcher.cli.transport import (
+    AuthfileOpt,
+    CaOpt,
+    InsecureOpt,
+    PlainHttpOpt,
+    TlsVerifyOpt,
+    make_client,
+)
 
-key_app = typer.Typer(help="cosign-compatible signing keys.")
+key_app = typer.Typer(rich_markup_mode=None, help="cosign-compatible signing keys.")
+
+
+def key_paths(private: Path, public: Path, *, force: bool) -> None:
+    """Refuse key outputs that would lose a key: one path for both, or files that exist."""
+    if private.resolve() == public.resolve():
+        raise UsageError(
+            f"the private and the public key would both be written to {private}: name the"
+            " private key (e.g. -o cosign.key; the public key goes next to it as .pub)",
+            where=str(private),
+        )
+    from publisher.inputs import check_output
+
+    for path in (private, public):
+        if path.is_dir():
+            raise UsageError("is a directory: name a key file", where=str(path))
+        check_output(path, "key")
+        if (path.exists() or path.is_symlink()) and not force:
+            raise CloudbootError(
+                "already exists: not overwritten (pass --force to replace the key pair)",
+                where=str(path),
+            )
 
 
 @key_app.command("generate")
@@ -29,26 +60,53 @@ def generate(
     ctx: typer.Context,
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Private key path (default: [signing].key)."),
+        typer.Option(
+            "--output",
+            "-o",
+            help="Private key path (default: [signing].key); the public key is written "
+            "next to it with the suffix .pub.",
+        ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing keys.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Write an encrypted cosign.key (mode 0600) and cosign.pub (password: $COSIGN_PASSWORD)."""
     from publisher.signing import read_password, write_key_pair
 
-    signing = state(ctx).config.signing
-    private = output or signing.key
-    public = private.with_suffix(".pub") if output else signing.public_key
-    write_key_pair(private, public, read_password(confirm=True), force=force)
+    if output is None:
+        signing = state(ctx).config.signing
+        private, public = signing.key, signing.public_key
+    else:
+        private, public = output, output.with_suffix(".pub")
+    key_paths(private, public, force=force)
+    password = read_password(confirm=True)
+    try:
+        write_key_pair(private, public, password, force=force)
+    except OSError as exc:
+        raise CloudbootError(
+            f"cannot write the key pair: {exc.strerror}; choose a writable path with -o",
+            where=str(private),
+        ) from None
+    if as_json:
+        doc = {"ok": True, "private_key": json_path(private), "public_key": json_path(public)}
+        typer.echo(json.dumps(doc))
+        return
     typer.echo(f"Private key written to {private}")
     typer.echo(f"Public key written to {public}")
 
 
 def _public_key(path: Path) -> cosign.PublicKey:
+    from publisher.inputs import MAX_KEY_BYTES, read_input
+
+    data = read_input(path, limit=MAX_KEY_BYTES, what="public key")
     try:
-        return load_public_key(path.read_bytes())
-    except OSError as exc:
-        raise CloudbootError(f"cannot read public key: {exc.strerror}", where=str(path)) from None
+        return load_public_key(data)
+    except CloudbootError as exc:
+        raise CloudbootError(
+            f"not a public key ({exc.message}): pass the cosign.pub from `cloudboot key"
+            " generate` or `cosign generate-key-pair`",
+            where=str(path),
+        ) from None
 
 
 def sign(
@@ -56,15 +114,18 @@ def sign(
     ref: Annotated[str, typer.Argument(help="Image ref to sign (its current digest).")],
     key: Annotated[Path, typer.Option("--key", "-k", help="cosign private key.")],
     as_json: JsonOpt = False,
-    insecure: InsecureOpt = None,
+    plain_http: PlainHttpOpt = None,
+    insecure: InsecureOpt = False,
+    tls_verify: TlsVerifyOpt = None,
     ca_bundle: CaOpt = None,
+    authfile: AuthfileOpt = None,
 ) -> None:
     """Sign what REF points at now and push the signature to sha256-<hex>.sig."""
     from publisher.push import sign_ref
 
     signer = signing_key(key)
     assert signer is not None
-    client = make_client(ctx, insecure, ca_bundle)
+    client = make_client(ctx, plain_http, insecure, tls_verify, ca_bundle, authfile)
     result = sign_ref(client, parse_ref(ref), signer)
     if as_json:
         emit(result, True)
@@ -77,15 +138,21 @@ def verify(
     ref: Annotated[str, typer.Argument(help="Image ref to verify.")],
     key: Annotated[Path, typer.Option("--key", "-k", help="cosign public key (cosign.pub).")],
     as_json: JsonOpt = False,
-    insecure: InsecureOpt = None,
+    plain_http: PlainHttpOpt = None,
+    insecure: InsecureOpt = False,
+    tls_verify: TlsVerifyOpt = None,
     ca_bundle: CaOpt = None,
+    authfile: AuthfileOpt = None,
 ) -> None:
-    """Exit 0 when REF has a valid signature by KEY, 1 when it is missing or invalid."""
+    """Exit 0: REF has a valid signature by KEY; 3: missing or invalid; 1: could not check."""
     from publisher.push import verify_ref
 
     public = _public_key(key)
-    client = make_client(ctx, insecure, ca_bundle)
-    result = verify_ref(client, parse_ref(ref), public)
+    client = make_client(ctx, plain_http, insecure, tls_verify, ca_bundle, authfile)
+    try:
+        result = verify_ref(client, parse_ref(ref), public)
+    except cosign.SigningError as exc:
+        raise InvalidError(str(exc)) from None
     if as_json:
         typer.echo(json.dumps({**result.to_json(), "verified": True}))
     else:
@@ -98,24 +165,27 @@ def verify_blob(
     signature: Annotated[
         Path, typer.Option("--signature", help="base64 signature file (cosign sign-blob).")
     ],
+    as_json: JsonOpt = False,
 ) -> None:
-    """Check a `cosign sign-blob` signature of FILE; exit 0 valid, 1 invalid."""
+    """Check a `cosign sign-blob` signature of FILE; exit 0 valid, 3 invalid, 1 unreadable."""
     public = _public_key(key)
+    from publisher.inputs import MAX_KEY_BYTES, check_regular, read_input
+
+    check_regular(blob, "signed")
     try:
-        sig_text = signature.read_text().strip()
+        sig_text = read_input(signature, limit=MAX_KEY_BYTES, what="signature").decode().strip()
         base64.b64decode(sig_text, validate=True)
         data = blob.read_bytes()
     except OSError as exc:
         raise CloudbootError(f"cannot read: {exc.strerror}", where=exc.filename) from None
     except (binascii.Error, UnicodeDecodeError):
-        raise cosign.BadSignatureError(
-            "signature file is not base64", where=str(signature)
-        ) from None
+        raise InvalidError("signature file is not base64", where=str(signature)) from None
     if not cosign.verify_signature(public, data, sig_text):
-        raise cosign.BadSignatureError(
-            f"invalid signature: {signature} does not verify {blob} with {key}"
-        )
-    typer.echo(f"Verified OK: {blob}")
+        raise InvalidError(f"invalid signature: {signature} does not verify {blob} with {key}")
+    if as_json:
+        typer.echo(json.dumps({"ok": True, "verified": True, "file": json_path(blob)}))
+    else:
+        typer.echo(f"Verified OK: {blob}")
 
 
 def register(app: typer.Typer) -> None:

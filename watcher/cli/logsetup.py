@@ -6,7 +6,9 @@ Logs go to stderr so stdout stays clean for results (`REF@sha256:...`, `--json`)
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Mapping
 from typing import Literal
 
 import structlog
@@ -24,6 +26,12 @@ def _redact(_: object, __: str, event: structlog.typing.EventDict) -> structlog.
     return event
 
 
+def use_color(env: Mapping[str, str] | None = None) -> bool:
+    """Colour only on a terminal, and never when ``NO_COLOR`` is set (https://no-color.org)."""
+    env = os.environ if env is None else env
+    return sys.stderr.isatty() and not env.get("NO_COLOR")
+
+
 def configure_logging(verbose: int = 0, fmt: LogFormat = "auto") -> None:
     level = {0: logging.INFO, 1: logging.DEBUG}.get(verbose, logging.DEBUG)
     if fmt == "auto":
@@ -32,7 +40,7 @@ def configure_logging(verbose: int = 0, fmt: LogFormat = "auto") -> None:
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        renderer = structlog.dev.ConsoleRenderer(colors=use_color())
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # guest.contract.plan pulls in hcl2/lark: imported where a pl
     from guest.contract.plan import PlanError
 
 plan_app = typer.Typer(
+    rich_markup_mode=None,
     help="Check boot plans (HCL) and preview the targets a guest would boot.",
     no_args_is_help=True,
 )
@@ -34,25 +35,58 @@ def plan_files(paths: list[Path]) -> tuple[list[Path], list[PlanError]]:
     for path in paths:
         if path.is_dir():
             found = sorted(p for p in path.rglob("*.hcl") if p.is_file())
+            problems += [
+                PlanError(_not_a_plan(p), Location(str(p)))
+                for p in sorted(path.rglob("*.hcl"))
+                if not p.is_file() and not p.is_dir()
+            ]
             if not found:
                 problems.append(
                     PlanError("no *.hcl plan files in this directory", Location(str(path)))
                 )
             files += found
-        elif path.is_file():
+        elif str(path) == "-" or path.is_file():
             files.append(path)
         else:
-            problems.append(PlanError("no such file or directory", Location(str(path))))
+            problems.append(PlanError(_not_a_plan(path), Location(str(path))))
     return files, problems
 
 
+def _not_a_plan(path: Path) -> str:
+    """Why ``path`` is no plan file: missing, a broken symlink, a FIFO, a device ..."""
+    from publisher.inputs import InputError, check_regular
+
+    try:
+        check_regular(path, "plan")
+    except InputError as exc:
+        return exc.message
+    return "not a plan file"
+
+
+def read_plan_text(path: Path) -> str:
+    """The plan as text: bounded, regular files (or ``-``) only, decoded by the one loader."""
+    from guest.contract.plan import plan_text
+    from publisher.inputs import MAX_PLAN_BYTES, read_input
+
+    return plan_text(read_input(path, limit=MAX_PLAN_BYTES, what="plan"), str(path))
+
+
 def validate_file(path: Path) -> list[PlanError]:
-    from guest.contract.plan import PlanError, read_plan_text, validate_plan
+    from guest.contract.plan import PlanError, validate_plan
 
     try:
         return validate_plan(read_plan_text(path), str(path))
     except PlanError as exc:
         return [exc]
+    except CloudbootError as exc:  # unreadable, too large, not a regular file
+        return [PlanError(exc.message, Location(str(path)))]
+
+
+def _json_path(name: str) -> str:
+    """Paths in JSON are absolute, as everywhere in the CLI; stdin stays ``-``."""
+    from watcher.cli.errors import json_path
+
+    return name if name == "-" else json_path(name)
 
 
 VALIDATE_HELP = (
@@ -96,7 +130,11 @@ def validate_command(
         report = {
             "valid": not invalid,
             "plans": [
-                {"path": name, "valid": not errors, "errors": [e.to_json() for e in errors]}
+                {
+                    "path": _json_path(name),
+                    "valid": not errors,
+                    "errors": [{**e.to_json(), "path": _json_path(e.where.path)} for e in errors],
+                }
                 for name, errors in results.items()
             ],
         }
@@ -118,10 +156,11 @@ def validate_command(
 
 def load_meta(path: Path) -> dict[str, Any]:
     """The metadata document a guest would fetch from cloudboot.metadata.url (a JSON object)."""
+    from publisher.inputs import MAX_PLAN_BYTES, read_input
+
+    data = read_input(path, limit=MAX_PLAN_BYTES, what="metadata")  # as the guest's 1 MiB cap
     try:
-        doc = json.loads(path.read_text())
-    except OSError as exc:
-        raise CloudbootError(f"cannot read metadata: {exc.strerror}", where=str(path)) from None
+        doc = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         where: Location | str = str(path)
         if isinstance(exc, json.JSONDecodeError):
@@ -149,15 +188,12 @@ def render_command(
     ] = None,
 ) -> None:
     """Print one arch's evaluated targets; see RENDER_HELP."""
-    from guest.contract.plan import (
-        PlanError,
-        evaluate_collecting,
-        parse_plan,
-        read_plan_text,
-        select_target,
-    )
+    from guest.contract.plan import PlanError, evaluate_collecting, parse_plan, select_target
 
-    guest_arch = arch or Arch.host().oci
+    try:
+        guest_arch = Arch.parse(arch).oci if arch else Arch.host().oci
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--arch") from None
     plan = parse_plan(read_plan_text(path), str(path))
     evaluated, errors = evaluate_collecting(
         plan, guest_arch, meta=load_meta(meta) if meta else None

@@ -15,28 +15,28 @@ import typer
 from guest.contract.arch import Arch
 from guest.contract.oci import parse_ref
 from watcher.cli import state
+from watcher.cli.errors import UsageError
+from watcher.cli.transport import (
+    AuthfileOpt,
+    CaOpt,
+    InsecureOpt,
+    PlainHttpOpt,
+    TlsVerifyOpt,
+    make_client,
+)
 
 if TYPE_CHECKING:  # requests, cryptography, hcl2: imported by the commands that push
     from publisher.push import PushResult
-    from publisher.registry import RegistryClient
     from publisher.signing import SigningKey
 
-push_app = typer.Typer(help="Publish plans, kernel artifacts and multi-arch indexes.")
+push_app = typer.Typer(
+    rich_markup_mode=None, help="Publish plans, kernel artifacts and multi-arch indexes."
+)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 KeyOpt = Annotated[
     Path | None,
     typer.Option("--key", "-k", help="Sign with this cosign key (password: $COSIGN_PASSWORD)."),
-]
-InsecureOpt = Annotated[
-    bool | None,
-    typer.Option(
-        "--insecure/--secure",
-        help="Plain HTTP / force HTTPS (default: plain HTTP for loopback only).",
-    ),
-]
-CaOpt = Annotated[
-    Path | None, typer.Option("--ca-bundle", help="PEM CA bundle to trust for HTTPS.")
 ]
 AnnotateOpt = Annotated[
     bool,
@@ -48,20 +48,14 @@ AnnotateOpt = Annotated[
 ]
 
 
-def make_client(
-    ctx: typer.Context, insecure: bool | None, ca_bundle: Path | None
-) -> RegistryClient:
-    from publisher.registry import client_from_config
-
-    return client_from_config(state(ctx).config.registry, insecure=insecure, ca_bundle=ca_bundle)
-
-
 def signing_key(path: Path | None) -> SigningKey | None:
     """Load a key; ask for the password only when the key is encrypted."""
     if path is None:
         return None
+    from publisher.inputs import MAX_KEY_BYTES, check_small_file
     from publisher.signing import load_key_file
 
+    check_small_file(path, MAX_KEY_BYTES, "private key")  # no FIFO, device or huge file
     return load_key_file(path)
 
 
@@ -72,30 +66,54 @@ def emit(result: PushResult, as_json: bool) -> None:
         typer.echo(str(result))
 
 
+def _workspace_ref(ctx: typer.Context, file: Path) -> str:
+    """The plan's ref from cloudboot.toml, once no other plan claims the same ref."""
+    from publisher.planrefs import check_plan_refs, plan_ref
+    from publisher.workspace import find_plans
+
+    config = state(ctx).config
+    if config.plans_dir.is_dir():
+        check_plan_refs(config, find_plans(config))
+    return plan_ref(config, file)
+
+
 @push_app.command("plan")
 def push_plan(
     ctx: typer.Context,
     ref: Annotated[
         str | None, typer.Argument(help="Target ref; default from cloudboot.toml.")
     ] = None,
-    file: Annotated[Path, typer.Option("--file", "-f", help="The plan (.hcl).")] = Path(
-        "plans/default.hcl"
-    ),
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            "-f",
+            help="The plan (.hcl; - for stdin); default: the workspace's plans/default.hcl.",
+        ),
+    ] = None,
     key: KeyOpt = None,
     as_json: JsonOpt = False,
-    insecure: InsecureOpt = None,
+    plain_http: PlainHttpOpt = None,
+    insecure: InsecureOpt = False,
+    tls_verify: TlsVerifyOpt = None,
     ca_bundle: CaOpt = None,
+    authfile: AuthfileOpt = None,
     git_annotations: AnnotateOpt = False,
 ) -> None:
     """Validate a plan for every arch, then push it (and its signature, with --key)."""
     from publisher.annotations import source_annotations
     from publisher.push import publish_plan
 
-    config = state(ctx).config
-    target = parse_ref(ref) if ref else parse_ref(config.plan_ref(file))
+    if ref is not None and not ref.strip():
+        raise UsageError("empty REF: name a ref (host/repo:tag) or leave it out", where="REF")
+    if file is None:
+        file = state(ctx).config.plans_dir / "default.hcl"
+    elif not str(file) or str(file) == ".":
+        raise UsageError("empty plan path: name a plan file", where="--file")
+    target = parse_ref(ref) if ref else parse_ref(_workspace_ref(ctx, file))
     signer = signing_key(key)
     annotations = source_annotations(file.resolve().parent) if git_annotations else None
-    client = make_client(ctx, insecure, ca_bundle)
+    client = make_client(ctx, plain_http, insecure, tls_verify, ca_bundle, authfile)
     emit(publish_plan(client, target, file, signer, annotations), as_json)
 
 
@@ -114,16 +132,23 @@ def push_artifact_cmd(
     cmdline: Annotated[str | None, typer.Option("--cmdline", help="Kernel command line.")] = None,
     key: KeyOpt = None,
     as_json: JsonOpt = False,
-    insecure: InsecureOpt = None,
+    plain_http: PlainHttpOpt = None,
+    insecure: InsecureOpt = False,
+    tls_verify: TlsVerifyOpt = None,
     ca_bundle: CaOpt = None,
+    authfile: AuthfileOpt = None,
 ) -> None:
     """Push a kernel (+ initrd, modules, cmdline) artifact for one architecture."""
+    from publisher.inputs import check_regular
     from publisher.push import push_artifact
 
     arch = _platform_arch(platform, "--platform")
+    for name, given in (("kernel", kernel), ("initrd", initrd), ("modules", modules)):
+        if given is not None:
+            check_regular(given, name)
     target = parse_ref(ref)
     signer = signing_key(key)
-    client = make_client(ctx, insecure, ca_bundle)
+    client = make_client(ctx, plain_http, insecure, tls_verify, ca_bundle, authfile)
     result = push_artifact(client, target, arch, kernel, initrd, modules, cmdline, key=signer)
     emit(result, as_json)
 
@@ -148,8 +173,11 @@ def push_index_cmd(
     ],
     key: KeyOpt = None,
     as_json: JsonOpt = False,
-    insecure: InsecureOpt = None,
+    plain_http: PlainHttpOpt = None,
+    insecure: InsecureOpt = False,
+    tls_verify: TlsVerifyOpt = None,
     ca_bundle: CaOpt = None,
+    authfile: AuthfileOpt = None,
 ) -> None:
     """Push a multi-arch index over per-arch manifests (copied into REF's repository)."""
     from publisher.push import push_index
@@ -162,7 +190,7 @@ def push_index_cmd(
         entries.append((_platform_arch(plat, "-p"), parse_ref(source)))
     target = parse_ref(ref)
     signer = signing_key(key)
-    client = make_client(ctx, insecure, ca_bundle)
+    client = make_client(ctx, plain_http, insecure, tls_verify, ca_bundle, authfile)
     emit(push_index(client, target, entries, signer), as_json)
 
 

@@ -18,13 +18,15 @@ import typer
 from guest.contract.errors import CloudbootError
 from watcher.cli import state
 
-registry_app = typer.Typer(help="Run the embedded local OCI registry (docker-registry).")
+registry_app = typer.Typer(
+    rich_markup_mode=None, help="Run the embedded local OCI registry (docker-registry)."
+)
 
 
 def loopback_host_port(url: str) -> tuple[str, int]:
     """Split ``host:port`` and insist the host is loopback."""
     host, _, port_text = url.rpartition(":")
-    if not host or not port_text.isdigit():
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise CloudbootError(f"expected host:port, got {url!r}", where="[registry].url")
     host = host.strip("[]")
     try:
@@ -41,7 +43,10 @@ def loopback_host_port(url: str) -> tuple[str, int]:
 @registry_app.command("serve")
 def serve(
     ctx: typer.Context,
-    port: Annotated[int | None, typer.Option(help="Override the port of [registry].url.")] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Override the port of [registry].url."),
+    ] = None,
 ) -> None:
     """Serve the workspace's registry in the foreground until Ctrl-C / SIGTERM."""
     from publisher.localregistry import local_registry

@@ -12,18 +12,25 @@ import json
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from watcher.cli import state
+from watcher.cli.errors import json_path
 
 if TYPE_CHECKING:  # watcher.vm (and structlog with it) loads when a command runs
     from watcher.vm import VmBackend, VmStatus
 
-vm_app = typer.Typer(help="Control the VM (vfkit on macOS, QEMU elsewhere).", no_args_is_help=True)
+vm_app = typer.Typer(
+    rich_markup_mode=None,
+    help="Control the VM (vfkit on macOS, QEMU elsewhere).",
+    no_args_is_help=True,
+)
 
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 TimeoutOption = Annotated[
     float, typer.Option("--timeout", help="Seconds the guest gets to stop before a hard stop.")
 ]
@@ -74,11 +81,16 @@ def up(
             "(vfkit exits on a guest reboot); Ctrl-C leaves the VM running.",
         ),
     ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Start the VM (detached); does nothing if it is already running."""
     backend = _backend(ctx)
     st = backend.up(reset_nvram=reset_nvram)
-    typer.echo(f"vm running (pid {st.pid}); serial log: {backend.spec.serial_log}")
+    if as_json:
+        doc = {"ok": True, **st.to_json(), "serial_log": json_path(backend.spec.serial_log)}
+        typer.echo(json.dumps(doc))
+    else:
+        typer.echo(f"vm running (pid {st.pid}); serial log: {backend.spec.serial_log}")
     if supervise:
         from watcher.vm.supervisor import Supervisor
 
@@ -89,10 +101,13 @@ def up(
 
 
 @vm_app.command("down")
-def down(ctx: typer.Context, timeout: TimeoutOption = 5.0) -> None:
+def down(ctx: typer.Context, timeout: TimeoutOption = 5.0, as_json: JsonOption = False) -> None:
     """Stop the VM: ask the guest, then hard-stop, then signal the process."""
     was_running = _backend(ctx).down(timeout)
-    typer.echo("vm stopped" if was_running else "vm was not running")
+    if as_json:
+        typer.echo(json.dumps({"ok": True, "was_running": was_running, "state": "stopped"}))
+    else:
+        typer.echo("vm stopped" if was_running else "vm was not running")
 
 
 @vm_app.command("restart")
@@ -163,19 +178,34 @@ def console(
     ] = True,
 ) -> None:
     """Print the serial log since the last launch, then follow it."""
-    from watcher.vm import VmSpec
+    from watcher.vm import VmError, VmSpec, VmState, open_backend
     from watcher.vm.state import load_record
 
     spec = VmSpec.from_config(state(ctx).config)
     record = load_record(spec.record_file)
+    if record is None and not spec.serial_log.exists():
+        raise VmError(
+            f"no VM has run in this workspace (no serial log at {spec.serial_log}):"
+            " start one with `cloudboot vm up` or `cloudboot up`"
+        )
     offset = record.serial_offset if record else 0
-    with contextlib.suppress(KeyboardInterrupt):
-        _follow(spec.serial_log, offset, follow)
+    backend = open_backend(spec)
+    running = backend.state() is VmState.RUNNING
+    _follow(spec.serial_log, offset, follow and running, backend.state)
+    if follow and not running:
+        typer.echo("vm is not running: nothing more to follow", err=True)
 
 
-def _follow(log: Path, offset: int, follow: bool) -> None:
-    """Copy the log from ``offset`` to stdout; a truncated log is read from its start."""
+def _follow(log: Path, offset: int, follow: bool, vm_state: Callable[[], object]) -> None:
+    """Copy the log from ``offset`` to stdout; a truncated log is read from its start.
+
+    Following ends when the VM stops (checked about once a second), so the command
+    never waits forever on a VM that is gone; Ctrl-C ends it with 130.
+    """
+    from watcher.vm import VmState
+
     out = typer.get_binary_stream("stdout")
+    polls = 0
     while True:
         try:
             with open(log, "rb") as f:
@@ -183,14 +213,19 @@ def _follow(log: Path, offset: int, follow: bool) -> None:
                 if size < offset:
                     offset = 0
                 f.seek(offset)
-                data = f.read()
+                data = f.read(1 << 20)
         except FileNotFoundError:
             data = b""
         if data:
             out.write(data)
             out.flush()
             offset += len(data)
+            continue
         if not follow:
+            return
+        polls += 1
+        if polls % 5 == 0 and vm_state() is not VmState.RUNNING:
+            typer.echo("vm stopped", err=True)
             return
         time.sleep(0.2)
 

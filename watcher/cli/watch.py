@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # the watch machinery (watchdog, publisher) loads when a comm
     from watcher.watch.pipeline import VmStage
 
 agent_app = typer.Typer(
+    rich_markup_mode=None,
     help="Run `cloudboot watch` in the background (systemd user unit or launchd agent).",
     no_args_is_help=True,
 )
@@ -69,11 +70,15 @@ def run_daemon(
     """Run the watcher in this process until SIGTERM/SIGINT (a second one aborts at once)."""
     import structlog
 
+    from publisher.planrefs import check_plan_refs
+    from publisher.workspace import find_plans
     from watcher.watch.adapters import STATUS_FILE, reloader, setup_for
     from watcher.watch.daemon import WatchDaemon
     from watcher.watch.sdnotify import Notifier
     from watcher.watch.status import StatusBook
 
+    if config.plans_dir.is_dir():  # one ref per plan, or the tag flips between two plans
+        check_plan_refs(config, find_plans(config))
     setup = setup_for(config, debounce_ms=debounce_ms)
     status = StatusBook(config.root / STATUS_FILE, watching=["plans/", "kernel/"])
     daemon = WatchDaemon(
@@ -109,22 +114,53 @@ def status_cmd(ctx: typer.Context, as_json: JsonOption = False) -> None:
     from watcher.watch.adapters import STATUS_FILE
     from watcher.watch.status import format_status, load_status, with_liveness
 
-    data = with_liveness(load_status(state(ctx).config.root / STATUS_FILE))
-    typer.echo(json.dumps(data, indent=2) if as_json else format_status(data))
+    config = state(ctx).config
+    data = with_liveness(load_status(config.root / STATUS_FILE))
+    if not data.get("alive"):
+        data = _live_vm_state(config, data)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    text = format_status(data)
+    if seen := data["vm"].get("last_seen_by_watcher") if not data.get("alive") else None:
+        text += (
+            f"\n(vm state checked now; the watcher is not running and last saw"
+            f" {seen['state']} at {seen['at']})"
+        )
+    typer.echo(text)
+
+
+def _live_vm_state(config: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """The VM's state checked now: a stopped watcher's last record is history, not state."""
+    from watcher.vm import VmSpec, open_backend
+
+    vm = dict(data.get("vm") or {})
+    seen, at = vm.get("state", "unknown"), data.get("updated_at") or data.get("started_at")
+    try:
+        vm["state"] = open_backend(VmSpec.from_config(config)).state().value
+    except CloudbootError as exc:
+        vm["state"] = f"{seen} as last seen at {at} by a watcher that is not running ({exc})"
+    vm["last_seen_by_watcher"] = {"state": seen, "at": at}
+    return {**data, "vm": vm}
 
 
 def publish(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Validate and publish every plan under plans/ once (for CI); exit 0 only if all did."""
     from publisher.workspace import format_outcomes, publish_workspace
 
-    outcomes = publish_workspace(state(ctx).config)
+    outcomes = publish_workspace(state(ctx).config)  # refuses two plans on one ref first
+    failed = [o for o in outcomes if not o.ok]
     if as_json:
-        typer.echo(json.dumps([o.to_json() for o in outcomes], indent=2))
+        doc = {"ok": not failed, "plans": [o.to_json() for o in outcomes]}
+        typer.echo(json.dumps(doc, indent=2))
     else:
         typer.echo(format_outcomes(outcomes))
-    failed = [o for o in outcomes if not o.ok]
     if failed:
-        raise CloudbootError(f"{len(failed)} of {len(outcomes)} plans failed to publish")
+        message = f"{len(failed)} of {len(outcomes)} plans failed to publish"
+        if as_json:  # the report above is the one JSON document on stdout
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(1)
+        raise CloudbootError(message)
 
 
 KindOption = Annotated[

@@ -282,7 +282,8 @@ class _Resolver:
         return OciSource(**refs)
 
     def disk(self, decl: TargetDecl, disk: DiskDecl, scope: Scope) -> DiskSource:
-        values = {key: self.text(attr, scope, convert=True) for key, attr in disk.fields.items()}
+        # Paths and device names: a number is a typo (kernel = 42), never coerced to "42".
+        values = {key: self.text(attr, scope, convert=False) for key, attr in disk.fields.items()}
         fs = values.get("fs") or "ext4"
         if fs not in DISK_FILESYSTEMS:
             self.errors.append(
