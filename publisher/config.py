@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import sys
 import tomllib
 import types
 import typing
@@ -142,6 +143,17 @@ class Config:
             return self.publish.refs[rel]
         name = rel.removesuffix(".hcl").replace("/", "-")
         return self.publish.ref.format(registry=self.registry.url, name=name)
+
+    def vm_backend(self) -> Backend:
+        """``[vm].backend`` resolved for this host (see ``vm_backend_for``)."""
+        return self.vm_backend_for(self.vm.backend, sys.platform)
+
+    @staticmethod
+    def vm_backend_for(backend: Backend, platform: str) -> Backend:
+        """auto is vfkit on macOS (Virtualization.framework), QEMU everywhere else."""
+        if backend is not Backend.AUTO:
+            return backend
+        return Backend.VFKIT if platform == "darwin" else Backend.QEMU
 
     def vm_arch(self) -> Arch:
         return Arch.parse(self.vm.arch) if self.vm.arch else Arch.host()

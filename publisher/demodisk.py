@@ -1,5 +1,6 @@
 """The demo "chained distro" disk: an ext4 filesystem holding a Debian kernel and a tiny
-initrd that announces which plan target booted it.
+initrd that announces which plan target booted it (on the serial console, or on vfkit's
+virtio console hvc0 once its module is loaded).
 
 It stands in for a real distro root (the seed's trixie.raw) in `cloudboot up` and in the
 end-to-end tests: the guest agent reads ``/boot/vmlinuz-*`` and its paired initrd from it in
@@ -31,8 +32,9 @@ from publisher.run import require_tool, run
 DEMO_LABEL = "cbtarget"
 TARGET_MARKER = "CLOUDBOOT-TARGET-UP"
 
-#: Drivers the power-off needs, in load order (any that are built in are skipped).
-POWER_BUTTON_MODULES = ("evdev", "button")
+#: Drivers the initrd loads, in load order (any that are built in are skipped): vfkit's
+#: console (a virtio console, hvc0; docs/wire-formats.md §6), then what the power-off needs.
+POWER_BUTTON_MODULES = ("virtio_console", "evdev", "button")
 
 _INIT = """#!/bin/busybox sh
 bb=/bin/busybox
@@ -41,13 +43,20 @@ target=unknown
 for word in $($bb cat /proc/cmdline); do
   case "$word" in cloudboot.demo=*) target="${word#cloudboot.demo=}" ;; esac
 done
-echo "MARKER target=$target cmdline=$($bb cat /proc/cmdline)"
-# power off on the power button: one reader per "Power Button" input device
 $bb mount -t sysfs sysfs /sys
 $bb mount -t devtmpfs devtmpfs /dev
 for ko in /lib/modules/*.ko; do [ -f "$ko" ] && $bb insmod "$ko"; done
+# console=hvc0 (vfkit) exists only now that virtio_console is loaded: reopen the console
+case " $($bb cat /proc/cmdline) " in *" console=hvc0 "*)
+  for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /dev/hvc0 ] && break; $bb sleep 0.2; done
+  [ -e /dev/hvc0 ] && exec </dev/console >/dev/console 2>&1 ;;
+esac
+echo "MARKER target=$target cmdline=$($bb cat /proc/cmdline)"
+# power off on the power button: one reader per power-button input device (ACPI's
+# "Power Button"; gpio-keys, Virtualization.framework's power key on arm64)
 for event in /sys/class/input/event*; do
-  [ "$($bb cat "$event/device/name" 2>/dev/null)" = "Power Button" ] || continue
+  name="$($bb cat "$event/device/name" 2>/dev/null)"
+  [ "$name" = "Power Button" ] || [ "$name" = gpio-keys ] || continue
   ( $bb head -c 1 "/dev/input/${event##*/}" >/dev/null && echo "power button: power off" &&
     $bb poweroff -f ) &
 done

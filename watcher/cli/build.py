@@ -69,7 +69,7 @@ def build(
     import structlog
 
     from publisher.media.build import build_boot_iso
-    from publisher.media.recipe import load_recipe
+    from publisher.media.recipe import configured, load_recipe
     from publisher.registry import client_from_config
 
     log = structlog.get_logger(__name__)
@@ -78,7 +78,7 @@ def build(
         arches = [Arch.parse(a) for a in arch] if arch else config.media_arches()
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--arch") from None
-    recipe = load_recipe(config.build.recipe)
+    recipe = configured(load_recipe(config.build.recipe), config)
     key = None
     if not no_sign:
         if config.signing.key.is_file():

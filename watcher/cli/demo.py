@@ -98,7 +98,7 @@ def up(
     """Set up and run the live-reload loop: registry, key, publish, build, VM, watch."""
     from publisher.media.build import build_boot_iso
     from publisher.media.cachedisk import ensure_cache_disk
-    from publisher.media.recipe import load_recipe
+    from publisher.media.recipe import configured, load_recipe
     from publisher.registry import client_from_config
     from watcher.cli.watch import run_daemon
     from watcher.vm import VmSpec, VmState, open_backend
@@ -116,7 +116,7 @@ def up(
             raise CloudbootError("fix the plans above, then run `cloudboot up` again")
         key = load_signing_key(config)
         result = build_boot_iso(
-            load_recipe(config.build.recipe),
+            configured(load_recipe(config.build.recipe), config),
             config.build.iso,
             config.media_arches(),
             signing_key=key,

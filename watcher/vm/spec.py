@@ -16,6 +16,7 @@ from pathlib import Path
 
 from guest.contract.arch import Arch
 from guest.contract.errors import CloudbootError
+from guest.contract.ociref import parse_ref
 from publisher.config import Backend, Config, ConfigError
 
 
@@ -29,8 +30,8 @@ class BackendKind(enum.Enum):
 
     @classmethod
     def for_host(cls, platform: str = sys.platform) -> BackendKind:
-        """vfkit on macOS (Virtualization.framework), QEMU everywhere else."""
-        return cls.VFKIT if platform == "darwin" else cls.QEMU
+        """What ``[vm].backend = "auto"`` means on ``platform`` (``Config.vm_backend``)."""
+        return cls(Config.vm_backend_for(Backend.AUTO, platform).value)
 
 
 class Accel(enum.Enum):
@@ -46,6 +47,13 @@ class Disk:
     path: Path
     readonly: bool
     config_key: str
+
+
+def _loopback_ports(registry_url: str) -> tuple[int, ...]:
+    """The registry's port when it listens on the host's loopback (the embedded one)."""
+    ref = parse_ref(f"{registry_url}/x")
+    port = ref.registry.rpartition(":")[2]
+    return (int(port),) if ref.insecure_default and port.isdigit() else ()
 
 
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
@@ -68,6 +76,10 @@ class VmSpec:
     state_dir: Path
     backend: BackendKind
     accel: Accel = Accel.AUTO
+    #: Ports of services on the host's loopback the guest must reach at its gateway (the
+    #: registry). QEMU's user network does that by itself; vfkit's NAT does not, so the
+    #: vfkit backend forwards them from the bridge address while the VM runs.
+    host_ports: tuple[int, ...] = ()
 
     @classmethod
     def from_config(cls, config: Config) -> VmSpec:
@@ -92,9 +104,7 @@ class VmSpec:
             raise ConfigError(
                 f"[vm].accel: expected one of auto, kvm, tcg, got {vm.accel!r}", where=where
             ) from None
-        backend = (
-            BackendKind.for_host() if vm.backend is Backend.AUTO else BackendKind(vm.backend.value)
-        )
+        backend = BackendKind(config.vm_backend().value)
         state_dir = vm.state_dir
         return cls(
             arch=config.vm_arch(),
@@ -110,6 +120,7 @@ class VmSpec:
             state_dir=state_dir,
             backend=backend,
             accel=accel,
+            host_ports=_loopback_ports(config.registry.url),
         )
 
     @property

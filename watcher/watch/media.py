@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from publisher.config import Config
 from publisher.media.build import build_boot_iso
-from publisher.media.recipe import load_recipe
+from publisher.media.recipe import configured, load_recipe
 from publisher.registry import client_from_config
 from publisher.signing import SigningKey
 from watcher.watch.pipeline import BuildOutcome
@@ -26,7 +26,7 @@ class MediaBuildStage:
         return cls(config, key)
 
     def build(self) -> BuildOutcome:
-        recipe = load_recipe(self.config.build.recipe)
+        recipe = configured(load_recipe(self.config.build.recipe), self.config)
         result = build_boot_iso(
             recipe,
             self.config.build.iso,
