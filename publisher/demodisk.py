@@ -33,8 +33,9 @@ DEMO_LABEL = "cbtarget"
 TARGET_MARKER = "CLOUDBOOT-TARGET-UP"
 
 #: Drivers the initrd loads, in load order (any that are built in are skipped): vfkit's
-#: console (a virtio console, hvc0; docs/wire-formats.md §6), then what the power-off needs.
-POWER_BUTTON_MODULES = ("virtio_console", "evdev", "button")
+#: console (a virtio console, hvc0, on PCI; docs/wire-formats.md §6), then what the power-off
+#: needs.
+POWER_BUTTON_MODULES = ("virtio_pci", "virtio_console", "evdev", "button")
 
 _INIT = """#!/bin/busybox sh
 bb=/bin/busybox
