@@ -16,25 +16,20 @@ cleans up (VM, forwarder, registry). A second test shows the NAT is real: with t
 forwarder bound elsewhere the guest cannot reach the registry at all.
 
 The Debian half (kernel, stub, busybox, the guest's Python runtime, the demo disk's ext4)
-comes from a "Linux build host" step that runs with the full PATH first. See the module's
-``BUILD_HOST`` note for what that step does until the OCI base artifact replaces it.
+comes from a "Linux build host" step that runs with the full PATH first
+(tests/e2e/macloop.py, ``BUILD_HOST``).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from guest.contract.arch import Arch
-from publisher.localregistry import local_registry
-from tests.conftest import REPO
-from tests.e2e.harness import CLOUDBOOT, TARGET_UP, LiveLoop
+from tests.e2e.harness import TARGET_UP
+from tests.e2e.macloop import BRIDGE_HOST, GUEST_BRIDGE, MacLoop, port_open
 
 pytestmark = [
     pytest.mark.slow,
@@ -43,103 +38,6 @@ pytestmark = [
     ),
     pytest.mark.skipif(os.geteuid() != 0, reason="the vfkit stand-in's NAT needs root (netns)"),
 ]
-
-STANDIN = REPO / "tests" / "vfkit_standin" / "vfkit"
-#: Tools a Mac does not have (Homebrew: no formula, or keg-only), hidden from cloudboot.
-NOT_ON_A_MAC = ("apt-get", "dpkg-deb", "mkfs.ext4", "docker-registry")
-#: The stand-in's bridge address on this host (vmnet's 192.168.64.1 as the guest sees it).
-BRIDGE_HOST = "127.0.64.1"
-GUEST_BRIDGE = "192.168.64.1"
-
-#: BUILD_HOST: until `cloudboot push base` (the OCI base artifact) is merged, the Debian
-#: packages come from the per-user package cache that this step fills with apt-get, and
-#: the embedded registry is docker-registry started here; both with the full PATH. The
-#: `cloudboot up` under test never runs either tool.
-
-
-def mac_shaped_path(root: Path) -> str:
-    """A PATH with the stand-in as ``vfkit`` and every other tool except the Mac-less ones
-    and QEMU (a Mac runs vfkit; only the stand-in uses QEMU, by absolute path)."""
-    vfkit_dir, tools = root / "vfkit-bin", root / "bin"
-    vfkit_dir.mkdir(parents=True)
-    tools.mkdir()
-    (vfkit_dir / "vfkit").symlink_to(STANDIN)
-    for directory in os.environ["PATH"].split(os.pathsep):
-        if not os.path.isdir(directory):
-            continue
-        for entry in os.scandir(directory):
-            name = entry.name
-            if name in NOT_ON_A_MAC or name.startswith("qemu-system-"):
-                continue
-            if (tools / name).exists() or not os.access(entry.path, os.X_OK):
-                continue
-            (tools / name).symlink_to(entry.path)
-    return f"{vfkit_dir}{os.pathsep}{tools}"
-
-
-def port_open(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        return sock.connect_ex((host, port)) == 0
-
-
-class MacLoop(LiveLoop):
-    """`cloudboot up` with the vfkit backend under a Mac-shaped PATH."""
-
-    def __init__(self, root: Path, *, bridge_address: str = BRIDGE_HOST) -> None:
-        super().__init__(root, arch=Arch.host().value)
-        qemu = shutil.which(f"qemu-system-{Arch.host().value}")
-        assert qemu, "the stand-in needs QEMU"
-        self.env.update(
-            PATH=mac_shaped_path(root.parent / "mac-path"),
-            VFKIT_STANDIN_QEMU=qemu,
-            VFKIT_STANDIN_BRIDGE_HOST=BRIDGE_HOST,
-            VFKIT_STANDIN_BRIDGE_PORTS=str(self.port),
-            CLOUDBOOT_VFKIT_BRIDGE_ADDRESS=bridge_address,
-        )
-        self.registry: object | None = None
-
-    def create_workspace(self) -> None:
-        super().create_workspace()
-        config = self.root / "cloudboot.toml"
-        config.write_text(config.read_text().replace("[vm]\n", '[vm]\nbackend = "vfkit"\n', 1))
-        self.build_host()
-
-    def build_host(self) -> None:
-        """The Linux build host's part (BUILD_HOST above), with the full PATH."""
-        from publisher.config import load_config
-        from publisher.demodisk import ensure_demo_disk
-        from watcher.cli.demo import demo_disk_path
-
-        config = load_config(self.root)
-        scratch = self.root.parent / "build-host"
-        subprocess.run([CLOUDBOOT, "init", str(scratch)], check=True, capture_output=True)
-        subprocess.run([CLOUDBOOT, "-C", str(scratch), "build", "--no-sign"], check=True,
-                       capture_output=True)  # fmt: skip
-        ensure_demo_disk(demo_disk_path(config), config.vm_arch())
-
-    def __enter__(self) -> MacLoop:
-        self.create_workspace()
-        if shutil.which("docker-registry", path=self.env["PATH"]) is None and not _own_registry():
-            storage = self.root / ".cloudboot" / "registry"
-            self._registry_cm = local_registry(
-                self.root / "registry-run", host="127.0.0.1", port=self.port, storage=storage
-            )
-            self.registry = self._registry_cm.__enter__()
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        if self.registry is not None:
-            self._registry_cm.__exit__(None, None, None)
-
-
-def _own_registry() -> bool:
-    """Whether `cloudboot up`'s embedded registry runs without docker-registry (macbase)."""
-    import importlib.util
-
-    return importlib.util.find_spec("publisher.ociserver") is not None
 
 
 @pytest.fixture
@@ -190,6 +88,6 @@ def test_guest_reaches_the_registry_only_through_the_bridge(loop_root: Path) -> 
     with MacLoop(loop_root, bridge_address="127.0.64.2") as loop:
         match, _ = loop.serial.wait_for(r"^FATAL: .*", alive=loop.alive)
         text = loop.serial.text()
-        assert f"{GUEST_BRIDGE}:{loop.port}" in match.group(0), text[-2000:]
+        assert f"cannot reach {GUEST_BRIDGE}:{loop.port}" in match.group(0), text[-2000:]
         assert TARGET_UP not in text and "Boot0001" not in text
         assert loop.registry_up(), "the registry itself is up, on loopback"
