@@ -13,7 +13,6 @@ of a verified artifact stays verified without asking the registry again.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -41,6 +40,7 @@ from guest.contract.oci import (
     parse_ref,
 )
 from guest.contract.pubkey import load_public_key
+from publisher.atomic import write_atomic as _write_atomic
 from publisher.media import cpio
 from publisher.media.debs import user_cache_dir
 from publisher.registry import RegistryClient
@@ -125,17 +125,6 @@ def safe_member(path: str) -> PurePosixPath | None:
 
 
 # --- the cache: content-addressed blobs, tag records, verification marks ------------------
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 class OciCache:

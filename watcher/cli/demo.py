@@ -68,9 +68,10 @@ def start_registry(config: Config, stack: contextlib.ExitStack) -> None:
             host=host,
             port=port,
             storage=config.registry.storage,
+            implementation=config.registry.server.value,
         )
     )
-    typer.echo(f"registry: started {reg.url} (storage {reg.storage})")
+    typer.echo(f"registry: started {reg.implementation} {reg.url} (storage {reg.storage})")
 
 
 def with_demo_disk(config: Config, enabled: bool) -> Config:
