@@ -201,11 +201,7 @@ def main() -> None:
         if "macos" in loops:
             mac = MacLoop(tmp / "mac" / "ws")
             mac.create_workspace()  # includes the Linux build host's part: not timed
-            mac.start_registry_if_needed()
-            try:
-                mac_first, mac_runs = run_loop(mac, edits)
-            finally:
-                mac.__exit__(None, None, None)
+            mac_first, mac_runs = run_loop(mac, edits)
             rows += summarise_macos(mac_runs, mac_first, qemu_total, edits)
     print_table(rows)
     emit(rows, args.json)

@@ -17,12 +17,9 @@ import os
 import shutil
 import socket
 import subprocess
-from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
 
 from guest.contract.arch import Arch
-from publisher.localregistry import local_registry
 from tests.conftest import REPO
 from tests.e2e.harness import CLOUDBOOT, LiveLoop
 
@@ -34,9 +31,10 @@ BRIDGE_HOST = "127.0.64.1"
 GUEST_BRIDGE = "192.168.64.1"
 
 #: BUILD_HOST: until `cloudboot push base` (the OCI base artifact) is merged, the Debian
-#: packages come from the per-user package cache that this step fills with apt-get, and
-#: the embedded registry is docker-registry started here; both with the full PATH. The
-#: `cloudboot up` under test never runs either tool.
+#: packages come from the per-user package cache, which this step fills with apt-get and
+#: dpkg-deb (a scratch `cloudboot build`), and the demo disk is made with mkfs.ext4; both
+#: with the full PATH. The `cloudboot up` under test runs neither tool; its registry is
+#: its own embedded one (the builtin server: docker-registry is not on its PATH).
 
 
 def mac_shaped_path(root: Path) -> str:
@@ -79,8 +77,6 @@ class MacLoop(LiveLoop):
             VFKIT_STANDIN_BRIDGE_PORTS=str(self.port),
             CLOUDBOOT_VFKIT_BRIDGE_ADDRESS=bridge_address,
         )
-        self.registry: Any = None
-        self._registry_cm: AbstractContextManager[Any] | None = None
 
     def create_workspace(self) -> None:
         super().create_workspace()
@@ -103,28 +99,5 @@ class MacLoop(LiveLoop):
 
     def __enter__(self) -> MacLoop:
         self.create_workspace()
-        self.start_registry_if_needed()
         self.start()
         return self
-
-    def start_registry_if_needed(self) -> None:
-        """BUILD_HOST: docker-registry, started here, until `cloudboot up` needs none."""
-        if _own_registry() or self._registry_cm is not None:
-            return
-        storage = self.root / ".cloudboot" / "registry"
-        self._registry_cm = local_registry(
-            self.root / "registry-run", host="127.0.0.1", port=self.port, storage=storage
-        )
-        self.registry = self._registry_cm.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        if self._registry_cm is not None:
-            self._registry_cm.__exit__(None, None, None)
-
-
-def _own_registry() -> bool:
-    """Whether `cloudboot up`'s embedded registry runs without docker-registry (macbase)."""
-    import importlib.util
-
-    return importlib.util.find_spec("publisher.ociserver") is not None
