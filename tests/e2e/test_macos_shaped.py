@@ -45,19 +45,28 @@ def loop_root(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path / "ws"
 
 
-def test_macos_shaped_loop(loop_root: Path) -> None:
+@pytest.mark.parametrize("reboot", ["in-place", "exit"])
+def test_macos_shaped_loop(loop_root: Path, reboot: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``reboot``: VZ's reset in place (vfkit keeps running), or a VZ that reports the
+    reboot as a stop (vfkit exits; the supervisor relaunches it with the staged NVRAM)."""
+    monkeypatch.setenv("VFKIT_STANDIN_REBOOT", reboot)
     with MacLoop(loop_root) as loop:
         guest_ref = f"oci://{GUEST_BRIDGE}:{loop.port}/cloudboot/default:latest"
         # 1. First boot: firmware -> UKI (console=hvc0) -> agent on the virtio console,
-        #    plan over the bridge forwarder -> Boot0001 -> reboot in place -> target alpha.
+        #    plan over the bridge forwarder -> Boot0001 -> reboot -> target alpha.
         up, _ = loop.serial.wait_for(rf"{TARGET_UP} target=alpha .*", alive=loop.alive)
         assert "console=hvc0" in up.group(0)  # the target, on the virtio console too
-        first = loop.serial.text()
-        assert f"cloudboot.plan rendered: {guest_ref}" in first
-        assert "plan signature verified" in first and "Boot0001 = cloud-boot alpha" in first
         started = [e for e in loop.log_events() if e.get("event") == "vm started"]
-        assert len(started) == 1, "the reboot into the target stayed in the same vfkit"
-        assert loop.vm_pid() == started[0]["pid"]
+        agent_log = loop.serial.text()
+        if reboot == "in-place":
+            assert len(started) == 1, "the reboot into the target stayed in the same vfkit"
+        else:  # relaunched once, NVRAM kept; the agent's pass is in the previous log
+            assert [e["reset"] for e in started] == [True, False]
+            agent_log = (loop.serial.path.parent / "serial.log.1").read_text()
+        assert loop.vm_pid() == started[-1]["pid"]
+        assert f"cloudboot.plan rendered: {guest_ref}" in agent_log
+        assert "plan signature verified" in agent_log
+        assert "Boot0001 = cloud-boot alpha" in agent_log
         assert port_open(BRIDGE_HOST, loop.port), "the forwarder runs while the VM does"
 
         # 2. Edit the default target: signed, published, restarted with a fresh NVRAM.
@@ -71,6 +80,8 @@ def test_macos_shaped_loop(loop_root: Path) -> None:
         _, seen_beta = loop.serial.wait_for(rf"{TARGET_UP} target=beta", timeout=240,
                                             alive=loop.alive)  # fmt: skip
         after = loop.serial.text()
+        if reboot == "exit":
+            after = (loop.serial.path.parent / "serial.log.1").read_text() + after
         assert "Boot0001 = cloud-boot beta" in after and "target=alpha" not in after
         print(f"macOS-shaped edit -> target beta running: {seen_beta - edited:.1f} s")
         final_pid = loop.vm_pid()

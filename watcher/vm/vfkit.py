@@ -201,6 +201,10 @@ class VfkitRest:
 _GONE = (ConnectionError, FileNotFoundError, http.client.HTTPException, TimeoutError)
 
 
+def previous_serial_log(log: Path) -> Path:
+    return log.with_name(log.name + ".1")
+
+
 class VfkitBackend(ProcessBackend):
     process_names = ("vfkit",)
     serial_truncated_at_launch = True
@@ -215,7 +219,15 @@ class VfkitBackend(ProcessBackend):
         binary = find_vfkit()
         check_version(binary)
         create = reset_nvram or not self.spec.nvram.exists()
+        self._keep_previous_log()
         return vfkit_argv(self.spec, create, binary=binary)
+
+    def _keep_previous_log(self) -> None:
+        """vfkit truncates the serial log at launch: the last launch's goes to ``.1``
+        (after a relaunch, that is the guest agent's pass)."""
+        log = self.spec.serial_log
+        if log.is_file() and log.stat().st_size:
+            os.replace(log, previous_serial_log(log))
 
     def _after_start(self) -> None:
         """Forward the host's loopback services (the registry) from the bridge address."""
