@@ -48,13 +48,13 @@ def test_plan_ref_and_console_follow_config_and_backend(tmp_path: Path) -> None:
     line = configured(recipe, vfkit).cmdline_for(Arch.AARCH64)
     assert "cloudboot.plan=oci://{{.Gateway}}:5000/cloudboot/default:latest" in line
     assert line.endswith("console=hvc0")
-    assert VmSpec.from_config(vfkit).host_ports == (5000,)
+    assert VmSpec.from_config(vfkit).host_services == (("127.0.0.1", 5000),)
 
     remote = load_config(workspace(tmp_path / "c", "registry.example.com:443"))
     assert "cloudboot.plan=oci://registry.example.com:443/cloudboot/default:latest" in (
         configured(recipe, remote).cmdline_for(Arch.X86_64)
     )
-    assert VmSpec.from_config(remote).host_ports == ()
+    assert VmSpec.from_config(remote).host_services == ()
     # no workspace: the default embedded registry at the gateway
     assert "oci://{{.Gateway}}:5000/" in recipe.cmdline_for(Arch.X86_64)
 

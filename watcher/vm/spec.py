@@ -49,11 +49,14 @@ class Disk:
     config_key: str
 
 
-def _loopback_ports(registry_url: str) -> tuple[int, ...]:
-    """The registry's port when it listens on the host's loopback (the embedded one)."""
+def _loopback_services(registry_url: str) -> tuple[tuple[str, int], ...]:
+    """The registry's (host, port) when it listens on the host's loopback (the embedded one)."""
     ref = parse_ref(f"{registry_url}/x")
-    port = ref.registry.rpartition(":")[2]
-    return (int(port),) if ref.insecure_default and port.isdigit() else ()
+    host, _, port = ref.registry.rpartition(":")
+    if not ref.insecure_default or not port.isdigit():
+        return ()
+    host = host.strip("[]")
+    return (("127.0.0.1" if host == "localhost" else host, int(port)),)
 
 
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
@@ -76,10 +79,11 @@ class VmSpec:
     state_dir: Path
     backend: BackendKind
     accel: Accel = Accel.AUTO
-    #: Ports of services on the host's loopback the guest must reach at its gateway (the
-    #: registry). QEMU's user network does that by itself; vfkit's NAT does not, so the
-    #: vfkit backend forwards them from the bridge address while the VM runs.
-    host_ports: tuple[int, ...] = ()
+    #: (host, port) of services on the host's loopback the guest must reach at its gateway,
+    #: on the same port (the registry). QEMU's user network does that by itself; vfkit's
+    #: NAT does not, so the vfkit backend forwards them from the bridge address while the
+    #: VM runs.
+    host_services: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def from_config(cls, config: Config) -> VmSpec:
@@ -120,7 +124,7 @@ class VmSpec:
             state_dir=state_dir,
             backend=backend,
             accel=accel,
-            host_ports=_loopback_ports(config.registry.url),
+            host_services=_loopback_services(config.registry.url),
         )
 
     @property

@@ -232,9 +232,9 @@ class VfkitBackend(ProcessBackend):
     def _after_start(self) -> None:
         """Forward the host's loopback services (the registry) from the bridge address."""
         self._after_stop()
-        if not self.spec.host_ports:
+        if not self.spec.host_services:
             return
-        forwards = [Forward(port, "127.0.0.1", port) for port in self.spec.host_ports]
+        forwards = [Forward(port, host, port) for host, port in self.spec.host_services]
         self.forwarder = BridgeForwarder(bridge_address(), forwards)
         self.forwarder.start()
 
