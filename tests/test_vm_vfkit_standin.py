@@ -24,6 +24,7 @@ from virt.firmware.varstore.edk2 import Edk2VarStore
 from publisher.run import run, spawn
 from tests.test_vm_lifecycle import STANDIN, has_marker, make_spec, set_marker, wait_until
 from watcher.vm import VmError, VmState, open_backend
+from watcher.vm import backend as backend_module
 from watcher.vm.firmware import find_firmware
 from watcher.vm.qmp import QmpClient
 from watcher.vm.spec import BackendKind, VmSpec
@@ -117,6 +118,22 @@ def test_old_vfkit_without_pidfile_is_refused_by_version(
     assert backend.state() is VmState.STOPPED
     monkeypatch.setenv("VFKIT_STANDIN_VERSION", "v0.6.2")
     check_version(str(STANDIN))  # the next release passes
+
+
+def test_up_fails_clearly_when_the_vm_never_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """REST answering is not enough: a VM stuck in Stopped is a failed start, named as such,
+    and the vfkit process is not left behind."""
+    monkeypatch.setenv("CLOUDBOOT_VFKIT", str(STANDIN))
+    monkeypatch.setenv("VFKIT_STANDIN_HOLD_STOPPED_S", "600")
+    monkeypatch.setattr(backend_module, "START_TIMEOUT_S", 3.0)
+    backend = open_backend(make_spec(tmp_path, BackendKind.VFKIT))
+    with pytest.raises(VmError) as failed:
+        backend.up()
+    assert "vfkit did not report VirtualMachineStateRunning (last answer: " in str(failed.value)
+    assert "VirtualMachineStateStopped) within 3 s" in str(failed.value)
+    assert backend.state() is VmState.STOPPED and backend.pid() is None
 
 
 def raw_post(sock: Path, body: bytes) -> tuple[int, bytes]:
