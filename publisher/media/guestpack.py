@@ -169,7 +169,9 @@ def _compile_sourceless(tree: Path, keep_sources: Iterable[str] = ()) -> None:
             source.unlink()
 
 
-def _pypi_sources(dest: Path, cache: Path) -> None:
+def download_wheels(cache: Path) -> Path:
+    """``cache/wheels`` holding PYPI_PACKAGES (downloaded when missing; a base artifact
+    ships them there already, publisher/media/base.py)."""
     wheels = cache / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     missing = [p for p in PYPI_PACKAGES
@@ -183,6 +185,11 @@ def _pypi_sources(dest: Path, cache: Path) -> None:
     if sdists:  # crcmod has no wheel; its pure-Python fallback is in the sdist
         run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary",
              ":all:", "-d", wheels, *sdists])  # fmt: skip
+    return wheels
+
+
+def _pypi_sources(dest: Path, cache: Path) -> None:
+    wheels = download_wheels(cache)
     for archive in sorted(wheels.iterdir()):
         with tempfile.TemporaryDirectory() as tmp:
             shutil.unpack_archive(archive, tmp, "zip" if archive.suffix == ".whl" else None)
@@ -373,9 +380,9 @@ def guest_agent_entries(arch: Arch, *, debs: DebCache | None = None) -> list[cpi
         return cpio.tree(tree)
 
 
-def initramfs_entries(arch: Arch) -> list[cpio.Entry]:
+def initramfs_entries(arch: Arch, debs: DebCache | None = None) -> list[cpio.Entry]:
     """The name ``publisher.media.initramfs`` calls for ``init = "guest-agent"``."""
-    return guest_agent_entries(arch)
+    return guest_agent_entries(arch, debs=debs)
 
 
 def measure(entries: list[cpio.Entry]) -> PackReport:
