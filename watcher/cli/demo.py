@@ -98,6 +98,10 @@ def up(
             help="Attach a generated target disk (Debian kernel) when [vm].disks is empty.",
         ),
     ] = True,
+    preflight: Annotated[
+        bool,
+        typer.Option("--preflight/--no-preflight", help="Run `cloudboot doctor`'s checks first."),
+    ] = True,
 ) -> None:
     """Set up and run the live-reload loop: registry, key, publish, build, VM, watch."""
     from publisher.media.base import packages_for
@@ -112,6 +116,10 @@ def up(
     from watcher.watch.publishing import load_signing_key
 
     config = state(ctx).config
+    if preflight:
+        from watcher.cli.doctor import preflight_or_stop
+
+        preflight_or_stop(config)
     with contextlib.ExitStack() as stack:
         ensure_signing_key(config)
         start_registry(config, stack)
