@@ -82,6 +82,7 @@ def test_doctor_under_a_mac_shaped_path(tmp_path: Path) -> None:
              "fix": "brew install vfkit"}  # fmt: skip
     assert found["vfkit"] == vfkit
     assert found["guest network"]["status"] == "missing"  # 10.0.2.2 is QEMU's address
+    assert "cloudboot.plan={plan}" in found["guest network"]["fix"]
     # `up` stops with the same list before it starts, creates or publishes anything
     proc = subprocess.run([str(CLI), "-C", str(ws), "up", "--no-vm"], capture_output=True,
                           text=True, env={**os.environ, "PATH": path})  # fmt: skip
@@ -112,3 +113,6 @@ def test_vfkit_versions_and_mac_fix_commands() -> None:
     assert py.fix.startswith("brew install python@3.11") and "3.12" in py.detail
     no_zstd = check(facts(vfkit_version="v0.6.4", tools={"vfkit": "/x"}))
     assert [f.fix for f in blocking(no_zstd)] == ["brew install zstd"]
+    for cmdline in ("cloudboot.plan={plan} x", "cloudboot.plan=oci://{{.Gateway}}:5000/a:b"):
+        found = check(facts(vfkit_version="v0.6.4", plan_cmdline=cmdline))
+        assert [f.status for f in found if f.check == "guest network"] == [Status.OK]

@@ -19,6 +19,8 @@ GUEST_PYTHON = (3, 11)
 VFKIT_MIN = (0, 6, 2)
 #: The host as QEMU's user network shows it to the guest (docs/wire-formats.md §6).
 QEMU_HOST_ADDRESS = "10.0.2.2"
+#: A plan ref host the guest agent replaces with its DHCP gateway (the host, under both).
+GATEWAY = "{{.Gateway}}"
 _PLAN_HOST = re.compile(r"cloudboot\.plan=oci://([^/\s]+)/")
 
 
@@ -169,6 +171,9 @@ def check_key(facts: Facts) -> Finding:
 
 def check_guest_network(facts: Facts) -> Finding:
     """The registry as the guest will see it: the plan ref baked into boot.iso."""
+    if "cloudboot.plan={plan}" in facts.plan_cmdline:
+        detail = f"plan ref derived from [registry].url ({facts.registry_url}) for {facts.backend}"
+        return Finding("guest network", Status.OK, detail)
     match = _PLAN_HOST.search(facts.plan_cmdline)
     if match is None:
         return Finding("guest network", Status.WARN, "no cloudboot.plan=oci://HOST/... in the "
@@ -176,12 +181,15 @@ def check_guest_network(facts: Facts) -> Finding:
     host, _, port = match.group(1).rpartition(":")
     host = host or match.group(1)
     reg_port = facts.registry_url.rpartition(":")[2]
+    if host == GATEWAY:
+        return Finding("guest network", Status.OK, f"guest asks its DHCP gateway:{port} (the "
+                       "host under QEMU user networking and vfkit NAT)")  # fmt: skip
     if host == QEMU_HOST_ADDRESS:
         if facts.backend == "vfkit":
             return Finding("guest network", Status.MISSING, f"the plan ref uses {host}, QEMU's "
                            "host address; a vfkit (NAT) guest cannot reach it",
-                           "set the recipe's cmdline plan ref to the host as the vfkit guest "
-                           "sees it")  # fmt: skip
+                           "use cloudboot.plan={plan} in the recipe's cmdline (derived from "
+                           "[registry].url) or oci://{{.Gateway}}:PORT/...")  # fmt: skip
         if port and port != reg_port:
             return Finding("guest network", Status.MISSING, f"the guest asks {host}:{port} but "
                            f"the registry listens on port {reg_port}",

@@ -69,7 +69,7 @@ def gather(config: Config) -> Facts:
     try:
         recipe = load_recipe(config.build.recipe)
         base, compression = recipe.base, recipe.initramfs.compression.value
-        cmdline = recipe.cmdline_for(arch) if arch in recipe.arches else recipe.cmdline
+        cmdline = recipe.cmdline
     except CloudbootError as exc:
         recipe_error = str(exc)
     registry = config.registry
