@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from publisher.localregistry import free_port, local_registry
 from tests.conftest import REPO
 from watcher.preflight import Facts, Status, blocking, check
 
@@ -90,6 +91,20 @@ def test_doctor_under_a_mac_shaped_path(tmp_path: Path) -> None:
     assert "not everything `cloudboot up` needs is here" in proc.stderr
     assert "cloudboot push base REF" in proc.stderr and "apt-get install e2fsprogs" in proc.stderr
     assert sorted(p.name for p in ws.iterdir()) == ["cloudboot.toml", "kernel"]
+
+
+def test_external_registry_reachability(tmp_path: Path) -> None:
+    port = free_port()
+    ws = workspace(tmp_path / "ws", config=f'[registry]\nurl = "127.0.0.1:{port}"\n'
+                   "embedded = false\n")  # fmt: skip
+    _, found, _ = doctor(ws)
+    assert (
+        found["registry"]["status"] == "missing"
+        and "does not answer" in found["registry"]["detail"]
+    )
+    with local_registry(tmp_path / "reg", port=port, implementation="builtin"):
+        _, found, _ = doctor(ws)
+    assert found["registry"]["status"] == "ok"
 
 
 def facts(**changes: object) -> Facts:

@@ -38,16 +38,19 @@ def _vfkit_version(path: str | None) -> str | None:
 
 
 def _reachable(url: str) -> bool:
+    """Whether anything answers ``/v2/`` there (HTTPS first, then plain HTTP)."""
     import urllib.error
     import urllib.request
 
-    try:
-        urllib.request.urlopen(f"http://{url}/v2/", timeout=3).close()
-    except urllib.error.HTTPError:
-        return True  # 401: it is there and wants credentials
-    except (urllib.error.URLError, OSError):
-        return False
-    return True
+    for scheme in ("https", "http"):
+        try:
+            urllib.request.urlopen(f"{scheme}://{url}/v2/", timeout=3).close()
+        except urllib.error.HTTPError:
+            return True  # 401: it is there and wants credentials
+        except (urllib.error.URLError, OSError):
+            continue
+        return True
+    return False
 
 
 def gather(config: Config) -> Facts:
