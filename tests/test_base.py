@@ -112,6 +112,35 @@ def test_build_and_demo_disk_without_debian_tools(pushed: Pushed, tmp_path: Path
     iso = Path(json.loads(proc.stdout)["output"])
     with iso.open("rb") as image:
         assert len(read_gpt(image).partitions) == 1  # the ESP with the UKI
+    # the same initramfs as apt + dpkg-deb give on this host
+    code = (
+        "import hashlib, json, sys; from pathlib import Path; from guest.contract.arch import Arch;"
+        "from publisher.media.recipe import load_recipe; from publisher.media.build import "
+        "resolve_arch; from publisher.media.initramfs import initramfs_entries;"
+        "from publisher.media.base import packages_for; r = load_recipe(Path(sys.argv[1]));"
+        "src = packages_for(r.base, r.cosign_public_key);"
+        "i = resolve_arch(r.for_arch(Arch.X86_64), r, src, None, False);"
+        "e = initramfs_entries(r, Arch.X86_64, i.kernel, i.busybox, src);"
+        "print(json.dumps({x.path: [x.mode, hashlib.sha256(x.data or b'').hexdigest()] "
+        "for x in e}))"
+    )
+    trees = []
+    for recipe, extra in (
+        (ws / "kernel/recipe.toml", env),
+        (pushed.workspace / "kernel/recipe.toml", {}),
+    ):
+        proc = subprocess.run([sys.executable, "-c", code, str(recipe)], capture_output=True,
+                              text=True, env={**os.environ, **extra})  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        trees.append(json.loads(proc.stdout.splitlines()[-1]))  # after any log lines
+    # hcl2's parser caches are pickles made per pack (not byte-stable across processes)
+    for tree in trees:
+        for cache in (
+            "/usr/lib/cloudboot/hcl2-parser.pickle",
+            "/usr/lib/cloudboot/hcl2/.lark_cache.bin",
+        ):
+            assert tree.pop(cache)
+    assert trees[0] == trees[1]
     # the demo target disk comes out of the base too: no mkfs.ext4 anywhere
     code = (
         "from pathlib import Path; from guest.contract.arch import Arch;"

@@ -177,11 +177,11 @@ class BasePackages(DebCache):
         return manifest
 
     def _layer(self, desc: Descriptor, what: str) -> Path:
+        """The layer unpacked under its digest (present = complete: it is renamed in)."""
         target = user_cache_dir("base") / "x" / desc.digest.partition(":")[2]
-        if not (target / ".complete").is_file():
+        if not target.is_dir():
             data = self.puller.blob(self.ref, desc.digest, f"{self.what}: {what}")
             unpack_tar(data, target, f"{self.what}: {what}")
-            (target / ".complete").write_text(desc.digest + "\n")
         return target
 
     def _unpack_wheels(self, manifest: Manifest) -> None:
@@ -192,7 +192,7 @@ class BasePackages(DebCache):
                 dest = self.root.parent / "wheels"
                 dest.mkdir(parents=True, exist_ok=True)
                 for item in wheels.iterdir():
-                    if item.name != ".complete" and not (dest / item.name).exists():
+                    if not (dest / item.name).exists():
                         shutil.copyfile(item, dest / item.name)
 
     def package(self, name: str, arch: Arch, *, offline: bool = False) -> Package:
