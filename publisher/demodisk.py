@@ -12,6 +12,13 @@ Like a real distro it powers off when the VM's power button is pressed (ACPI, wh
 the VM backends ask a guest to stop), so a restart does not sit out the stop timeout
 before forcing the VM off. That needs the kernel's power-button and evdev drivers, which
 Debian ships as modules: the initrd carries them and loads them after the marker.
+
+Where it comes from: with a base artifact (``[base]`` in the recipe) the disk image is a
+layer of the base, so neither Debian tools nor mkfs.ext4 are needed (a Mac has neither
+on PATH: Homebrew's e2fsprogs is keg-only); otherwise it is made here with mkfs.ext4,
+found on PATH or in Homebrew's keg directories. UUID, hash seed and file times are fixed,
+but mkfs -d copies each file's ctime from the build tree, so two images still differ in
+their inode ctimes (a base pushed again uploads its demo disk layer again).
 """
 
 from __future__ import annotations
@@ -19,14 +26,20 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from guest.contract.arch import Arch
+from guest.contract.errors import CloudbootError
 from publisher.media import cpio, kmods
+from publisher.media.base import BasePackages
 from publisher.media.debs import DebCache
-from publisher.run import require_tool, run
+from publisher.run import run
+
+#: Homebrew installs e2fsprogs keg-only: its mkfs.ext4 is here, not on PATH.
+KEG_SBIN = (Path("/opt/homebrew/opt/e2fsprogs/sbin"), Path("/usr/local/opt/e2fsprogs/sbin"))
 
 #: Filesystem label the demo plan's targets point at (``device = "LABEL=cbtarget"``).
 DEMO_LABEL = "cbtarget"
@@ -102,6 +115,17 @@ def power_button_modules(modules_dir: Path) -> list[tuple[str, bytes]]:
     return [(n, available[n].read_bytes()) for n in kmods.resolve(wanted, available, builtin)]
 
 
+def find_mkfs_ext4() -> str | None:
+    """mkfs.ext4 on PATH, else in Homebrew's e2fsprogs keg; None when neither has it."""
+    found = shutil.which("mkfs.ext4")
+    if found:
+        return found
+    for sbin in KEG_SBIN:
+        if os.access(sbin / "mkfs.ext4", os.X_OK):
+            return str(sbin / "mkfs.ext4")
+    return None
+
+
 def ensure_demo_disk(
     path: Path,
     arch: Arch,
@@ -114,15 +138,29 @@ def ensure_demo_disk(
     """Create the demo target disk unless it already exists (then it is left untouched).
 
     Built in a temp file next to ``path`` and renamed, so a VM never sees half an image.
+    A base artifact's own image is used as it is.
     """
     cache = cache or DebCache()
+    shipped = cache.demo_image(arch) if isinstance(cache, BasePackages) else None
+    if shipped is not None:
+        if not path.exists() or force:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shipped.write(path)
+            return DemoDisk(path, shipped.uname, created=True)
+        return DemoDisk(path, shipped.uname, created=False)
     kernel_pkg = cache.kernel_package(f"linux-image-cloud-{arch.debian}", arch, offline=offline)
     vmlinuz = max((kernel_pkg.root / "boot").glob("vmlinuz-*"))
     release = vmlinuz.name.removeprefix("vmlinuz-")
     if path.exists() and not force:
         return DemoDisk(path, release, created=False)
     busybox = cache.package("busybox-static", arch, offline=offline).root / "bin" / "busybox"
-    mkfs = require_tool("mkfs.ext4", "e2fsprogs")
+    mkfs = find_mkfs_ext4()
+    if mkfs is None:
+        raise CloudbootError(
+            "mkfs.ext4 is needed for the demo target disk and is neither on PATH nor in "
+            "Homebrew's keg (apt-get install e2fsprogs / brew install e2fsprogs); or point "
+            "the recipe's [base] at a base artifact, which ships the disk"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".demo-disk-") as tmp:
         tree = Path(tmp) / "tree"
@@ -136,6 +174,10 @@ def ensure_demo_disk(
         (tree / "vmlinuz").symlink_to(f"boot/{vmlinuz.name}")
         (tree / "initrd.img").symlink_to(f"boot/initrd.img-{release}")
         image = Path(tmp) / "disk.raw"
-        run([mkfs, "-q", "-F", "-L", DEMO_LABEL, "-d", tree, image, f"{size_mib}M"])
+        for item in [tree, *tree.rglob("*")]:  # mkfs -d copies the times of the tree
+            os.utime(item, (0, 0), follow_symlinks=False)
+        fixed = str(uuid.uuid5(uuid.NAMESPACE_URL, f"cloudboot-demo-disk:{release}"))
+        run([mkfs, "-q", "-F", "-L", DEMO_LABEL, "-U", fixed, "-E", f"hash_seed={fixed}",
+             "-d", tree, image, f"{size_mib}M"], env={"E2FSPROGS_FAKE_TIME": "1"})  # fmt: skip
         os.replace(image, path)
     return DemoDisk(path, release, created=True)

@@ -50,6 +50,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "cloudboot-ociserver/1"
     store: Store  # set on the subclass made by ``make_server``
+    timeout = 60  # seconds a client may stall mid-request before its socket is closed
     consumed = False  # the request body has been read
 
     # --- plumbing ----------------------------------------------------------------------
@@ -119,7 +120,11 @@ class Handler(BaseHTTPRequestHandler):
                 self._uploads(name, match["upload"])
         except StoreError as exc:
             self._drain()
+            self.close_connection = self.command in ("PUT", "PATCH", "POST")  # body may be left
             self._error(exc)
+        except ValueError as exc:  # a malformed number: chunk size, Content-Range, Length
+            self.close_connection = True
+            self._error(StoreError(400, "BAD_REQUEST", f"malformed request: {exc}"))
 
     def _drain(self) -> None:
         if self.command in ("PUT", "PATCH", "POST"):

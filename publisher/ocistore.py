@@ -39,6 +39,8 @@ TAG_RE = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
 DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}")
 #: A manifest is read into memory to check it: bound it (distribution's own limit is 4 MiB).
 MAX_MANIFEST = 4 * 1024 * 1024
+#: An upload may not grow beyond this (boot media are tens of MiB; a disk image a few GiB).
+MAX_BLOB = 16 * 1024**3
 _INDEX_TYPES = (MEDIA_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json")
 _MANIFEST_TYPES = (MEDIA_MANIFEST, "application/vnd.docker.distribution.manifest.v2+json")
 
@@ -134,6 +136,11 @@ class Store:
             )
         with path.open("ab") as out:
             for chunk in chunks:
+                size += len(chunk)
+                if size > MAX_BLOB:
+                    out.close()
+                    path.unlink()
+                    raise StoreError(413, "SIZE_INVALID", f"upload over {MAX_BLOB} bytes")
                 out.write(chunk)
         return path.stat().st_size
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,6 +156,16 @@ def test_http_head_ranges_chunked_uploads_and_errors(builtin: RunningRegistry) -
     # delete by digest drops the manifest and its tags
     assert requests.delete(f"{base}/r/manifests/{digest_of(manifest)}").status_code == 202
     assert requests.get(f"{base}/r/manifests/t0").status_code == 404
+
+
+def test_malformed_chunked_body_is_a_400(builtin: RunningRegistry) -> None:
+    location = requests.post(f"{builtin.url}/v2/r/blobs/uploads/").headers["Location"]
+    with socket.create_connection((builtin.host, builtin.port), timeout=10) as sock:
+        sock.sendall(f"PATCH {location} HTTP/1.1\r\nHost: x\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\nzz\r\n".encode())  # fmt: skip
+        answer = sock.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 400") and "BAD_REQUEST" in answer
+    assert requests.get(f"{builtin.url}/v2/").status_code == 200  # still serving
 
 
 def test_loopback_only_and_auto_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

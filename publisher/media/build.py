@@ -24,6 +24,7 @@ import structlog
 from guest.contract.arch import Arch
 from guest.contract.gpt import guid_from
 from publisher.media import cpio
+from publisher.media.base import packages_for
 from publisher.media.debs import DebCache
 from publisher.media.esp import esp_size
 from publisher.media.initramfs import KernelInputs, initramfs_entries
@@ -39,8 +40,8 @@ log = structlog.get_logger(__name__)
 
 Progress = Callable[[str, int, int], None]
 STUB_PATH = "usr/lib/systemd/boot/efi/linux{suffix}.efi.stub"
-_CODE_FILES = ("build.py", "cpio.py", "esp.py", "initramfs.py", "iso.py", "kernelbuild.py",
-               "kernelsrc.py", "kmods.py", "ocikernel.py", "pe.py", "recipe.py",
+_CODE_FILES = ("base.py", "build.py", "cpio.py", "esp.py", "initramfs.py", "iso.py",
+               "kernelbuild.py", "kernelsrc.py", "kmods.py", "ocikernel.py", "pe.py", "recipe.py",
                "uki.py")  # fmt: skip
 
 
@@ -147,8 +148,8 @@ def fingerprint(recipe: Recipe, inputs: Sequence[ArchInputs], epoch: int, signed
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
-def make_uki(recipe: Recipe, inputs: ArchInputs, epoch: int) -> bytes:
-    entries = initramfs_entries(recipe, inputs.arch, inputs.kernel, inputs.busybox)
+def make_uki(recipe: Recipe, inputs: ArchInputs, epoch: int, debs: DebCache | None = None) -> bytes:
+    entries = initramfs_entries(recipe, inputs.arch, inputs.kernel, inputs.busybox, debs)
     initrd = cpio.compress(cpio.newc(entries, mtime=epoch), recipe.initramfs.compression)
     parts = UkiParts(inputs.stub.read_bytes(), inputs.kernel.vmlinuz.read_bytes(), initrd,
                      inputs.cmdline, inputs.kernel.uname)  # fmt: skip
@@ -219,7 +220,8 @@ def build_boot_iso(
     if not arches:
         raise RecipeError("no architecture selected", where=str(recipe.path))
     arches = list(dict.fromkeys(arches))
-    cache = cache or DebCache()
+    if cache is None:  # the recipe's [base] artifact, else apt
+        cache = packages_for(recipe.base, recipe.cosign_public_key, registry, offline=offline)
     if sources is None:
         sources = KernelSources(debs=cache, offline=offline, build_missing=build_kernel)
         if registry is not None:
@@ -239,7 +241,7 @@ def build_boot_iso(
     efi_files: dict[str, bytes] = {}
     for item in inputs:
         with stages.stage(f"uki-{item.arch.value}"):
-            uki = make_uki(recipe, item, epoch)
+            uki = make_uki(recipe, item, epoch, cache)
         if recipe.secureboot_key and recipe.secureboot_cert:
             with stages.stage(f"sbsign-{item.arch.value}"):
                 uki = sbsign(uki, recipe.secureboot_key, recipe.secureboot_cert, out.parent)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from guest.contract.arch import Arch
+from guest.contract.errors import CloudbootError
 from publisher.media import cpio
 from publisher.media.debs import DebCache
 from publisher.run import run
@@ -169,7 +170,9 @@ def _compile_sourceless(tree: Path, keep_sources: Iterable[str] = ()) -> None:
             source.unlink()
 
 
-def _pypi_sources(dest: Path, cache: Path) -> None:
+def download_wheels(cache: Path) -> Path:
+    """``cache/wheels`` holding PYPI_PACKAGES (downloaded when missing; a base artifact
+    ships them there already, publisher/media/base.py)."""
     wheels = cache / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     missing = [p for p in PYPI_PACKAGES
@@ -183,6 +186,11 @@ def _pypi_sources(dest: Path, cache: Path) -> None:
     if sdists:  # crcmod has no wheel; its pure-Python fallback is in the sdist
         run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary",
              ":all:", "-d", wheels, *sdists])  # fmt: skip
+    return wheels
+
+
+def _pypi_sources(dest: Path, cache: Path) -> None:
+    wheels = download_wheels(cache)
     for archive in sorted(wheels.iterdir()):
         with tempfile.TemporaryDirectory() as tmp:
             shutil.unpack_archive(archive, tmp, "zip" if archive.suffix == ".whl" else None)
@@ -214,10 +222,32 @@ def _pypi_sources(dest: Path, cache: Path) -> None:
                         shutil.copy2(item, target)
 
 
+class GuestPythonError(CloudbootError):
+    pass
+
+
+def check_host_python(version: tuple[int, int], executable: str) -> None:
+    """Refuse a host interpreter that is not the guest's minor version.
+
+    The stdlib and the agent are byte-compiled here, and bytecode carries its
+    interpreter's magic number: a 3.12 host would give the 3.11 guest .pyc files it
+    rejects, and PID 1 would die at its first import.
+    """
+    host = f"{version[0]}.{version[1]}"
+    if host != GUEST_PYTHON:
+        raise GuestPythonError(
+            f"the guest runs Python {GUEST_PYTHON} but cloudboot runs on Python {host} "
+            f"({executable}): bytecode compiled by {host} does not load in {GUEST_PYTHON}. "
+            f"Run cloudboot from a Python {GUEST_PYTHON} venv (./bootstrap picks python"
+            f"{GUEST_PYTHON}; macOS: brew install python@{GUEST_PYTHON})"
+        )
+
+
 def build_tree(
     dest: Path, arch: Arch, *, debs: DebCache | None = None, repo: Path | None = None
 ) -> Path:
     """Assemble the agent's part of the initramfs as a directory tree at ``dest``."""
+    check_host_python((sys.version_info[0], sys.version_info[1]), sys.executable)
     debs = debs or DebCache()
     repo = repo or Path(__file__).resolve().parents[2]
     dest.mkdir(parents=True, exist_ok=True)
@@ -373,9 +403,9 @@ def guest_agent_entries(arch: Arch, *, debs: DebCache | None = None) -> list[cpi
         return cpio.tree(tree)
 
 
-def initramfs_entries(arch: Arch) -> list[cpio.Entry]:
+def initramfs_entries(arch: Arch, debs: DebCache | None = None) -> list[cpio.Entry]:
     """The name ``publisher.media.initramfs`` calls for ``init = "guest-agent"``."""
-    return guest_agent_entries(arch)
+    return guest_agent_entries(arch, debs=debs)
 
 
 def measure(entries: list[cpio.Entry]) -> PackReport:

@@ -13,10 +13,14 @@ import importlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from guest.contract.arch import Arch
 from publisher.media import cpio, kmods
 from publisher.media.recipe import Recipe, RecipeError
+
+if TYPE_CHECKING:
+    from publisher.media.debs import DebCache
 
 #: The stand-in PID 1: proves the UKI, initramfs, modules and cmdline, then powers off.
 MARKER_INIT = """#!/bin/busybox sh
@@ -69,7 +73,7 @@ def module_entries(kernel: KernelInputs, wanted: tuple[str, ...]) -> list[cpio.E
 
 
 def initramfs_entries(
-    recipe: Recipe, arch: Arch, kernel: KernelInputs, busybox: Path
+    recipe: Recipe, arch: Arch, kernel: KernelInputs, busybox: Path, debs: DebCache | None = None
 ) -> list[cpio.Entry]:
     """Every entry of the initramfs for ``arch``; later entries win on the same path."""
     entries = [
@@ -89,7 +93,7 @@ def initramfs_entries(
         entries.append(cpio.file("/etc/cosign.pub", key.read_bytes()))
     entries += module_entries(kernel, recipe.initramfs.modules)
     if recipe.initramfs.init == "guest-agent":
-        entries += guest_agent_entries(arch)
+        entries += guest_agent_entries(arch, debs)
     for spec in recipe.initramfs.trees:
         entries += cpio.tree(spec.src, spec.dest)
     for spec in recipe.initramfs.files:
@@ -97,11 +101,12 @@ def initramfs_entries(
     return entries
 
 
-def guest_agent_entries(arch: Arch) -> list[cpio.Entry]:
-    """Entries from ``publisher.media.guestpack.initramfs_entries(arch)`` (guest agent's packer)."""
+def guest_agent_entries(arch: Arch, debs: DebCache | None = None) -> list[cpio.Entry]:
+    """Entries from ``publisher.media.guestpack.initramfs_entries(arch)`` (guest agent's packer);
+    ``debs``: where its Debian packages come from (a DebCache or a base artifact)."""
     name = "publisher.media.guestpack"
     if importlib.util.find_spec(name) is None:
         raise RecipeError('initramfs.init = "guest-agent" needs publisher/media/guestpack.py, '
                           'which does not exist yet; use "busybox-marker"')  # fmt: skip
-    entries: list[cpio.Entry] = importlib.import_module(name).initramfs_entries(arch)
+    entries: list[cpio.Entry] = importlib.import_module(name).initramfs_entries(arch, debs)
     return entries

@@ -119,6 +119,9 @@ class Recipe:
     secureboot_cert: Path | None
     initramfs: InitramfsRecipe
     arches: dict[Arch, ArchRecipe] = field(default_factory=dict)
+    #: ``[base] oci``: a signed base artifact (REF@sha256:...) every deb source, the guest
+    #: runtime and the demo disk come from instead of apt (publisher/media/base.py).
+    base: str | None = None
     #: What ``{plan}`` becomes (``configured`` derives it from the workspace).
     plan_ref: str = DEFAULT_PLAN_REF
     #: The VM backend's console for every arch (vfkit: hvc0); None = each arch's ``console``.
@@ -259,9 +262,18 @@ def parse_recipe(text: str, path: Path) -> Recipe:
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"invalid TOML: {exc}", where=str(path)) from None
     r = _Reader(path)
-    unknown = sorted(set(data) - {"cmdline", "signing", "initramfs", "arch"})
+    unknown = sorted(set(data) - {"cmdline", "signing", "initramfs", "arch", "base"})
     if unknown:
-        raise r.fail(unknown[0], "unknown key; known: arch, cmdline, initramfs, signing")
+        raise r.fail(unknown[0], "unknown key; known: arch, base, cmdline, initramfs, signing")
+    base = r.string(r.table(data, "base", {"oci"}), "base.oci", "") or None
+    if base is not None:
+        try:
+            pinned = parse_ref(base).digest
+        except RefError as exc:
+            raise r.fail("base.oci", exc.message) from None
+        if not pinned:
+            raise r.fail("base.oci", f"{base} is not pinned: use the REF@sha256:... that "
+                                     "`cloudboot push base` prints")  # fmt: skip
     cmdline = r.string(data, "cmdline", DEFAULT_CMDLINE)
     signing = r.table(data, "signing", {"cosign_public_key", "secureboot_key", "secureboot_cert"})
     sb_key = r.opt_path(signing, "signing.secureboot_key")
@@ -326,6 +338,7 @@ def parse_recipe(text: str, path: Path) -> Recipe:
         secureboot_cert=sb_cert,
         initramfs=initramfs,
         arches=arches,
+        base=base,
     )
 
 

@@ -28,7 +28,18 @@ if TYPE_CHECKING:
     from publisher.config import Config
 
 #: Command-group modules, in --help order. A module that is not there yet is skipped.
-COMMAND_MODULES = ("init", "plan", "push", "keys", "build", "vm", "watch", "registry", "demo")
+COMMAND_MODULES = (
+    "init",
+    "plan",
+    "push",
+    "keys",
+    "build",
+    "vm",
+    "watch",
+    "registry",
+    "demo",
+    "doctor",
+)
 
 app = typer.Typer(
     name="cloudboot",
