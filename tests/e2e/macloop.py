@@ -13,6 +13,7 @@ same loop. What makes it Mac-shaped (README.md "macOS"):
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -20,6 +21,7 @@ import subprocess
 from pathlib import Path
 
 from guest.contract.arch import Arch
+from publisher.localregistry import local_registry
 from tests.conftest import REPO
 from tests.e2e.harness import CLOUDBOOT, LiveLoop
 
@@ -30,11 +32,13 @@ NOT_ON_A_MAC = ("apt-get", "dpkg-deb", "mkfs.ext4", "docker-registry")
 BRIDGE_HOST = "127.0.64.1"
 GUEST_BRIDGE = "192.168.64.1"
 
-#: BUILD_HOST: until `cloudboot push base` (the OCI base artifact) is merged, the Debian
-#: packages come from the per-user package cache, which this step fills with apt-get and
-#: dpkg-deb (a scratch `cloudboot build`), and the demo disk is made with mkfs.ext4; both
-#: with the full PATH. The `cloudboot up` under test runs neither tool; its registry is
-#: its own embedded one (the builtin server: docker-registry is not on its PATH).
+#: BUILD_HOST: what a Linux host (a CI job, a build host) does once for Macs, with the full
+#: PATH: `cloudboot push base` publishes every Debian-derived boot input (kernel, stub,
+#: busybox, the guest's Python runtime, the demo disk) as a signed OCI artifact into the
+#: registry storage the workspace's embedded registry serves, and the workspace's recipe
+#: pins it (``[base] oci = "...@sha256:..."``). The `cloudboot up` under test then runs with
+#: an empty package cache ($XDG_CACHE_HOME) and none of apt-get, dpkg-deb, mkfs.ext4,
+#: docker-registry or QEMU on its PATH: everything comes from the artifact.
 
 
 def mac_shaped_path(root: Path) -> str:
@@ -76,6 +80,7 @@ class MacLoop(LiveLoop):
             VFKIT_STANDIN_BRIDGE_HOST=BRIDGE_HOST,
             VFKIT_STANDIN_BRIDGE_PORTS=str(self.port),
             CLOUDBOOT_VFKIT_BRIDGE_ADDRESS=bridge_address,
+            XDG_CACHE_HOME=str(root.parent / "empty-cache"),  # no debs, no base cached
         )
 
     def create_workspace(self) -> None:
@@ -87,15 +92,24 @@ class MacLoop(LiveLoop):
     def build_host(self) -> None:
         """The Linux build host's part (BUILD_HOST above), with the full PATH."""
         from publisher.config import load_config
-        from publisher.demodisk import ensure_demo_disk
-        from watcher.cli.demo import demo_disk_path
+        from publisher.signing import write_key_pair
 
         config = load_config(self.root)
-        scratch = self.root.parent / "build-host"
-        subprocess.run([CLOUDBOOT, "init", str(scratch)], check=True, capture_output=True)
-        subprocess.run([CLOUDBOOT, "-C", str(scratch), "build", "--no-sign"], check=True,
-                       capture_output=True)  # fmt: skip
-        ensure_demo_disk(demo_disk_path(config), config.vm_arch())
+        write_key_pair(config.signing.key, config.signing.public_key,
+                       self.env["COSIGN_PASSWORD"].encode())  # fmt: skip
+        ref = f"127.0.0.1:{self.port}/cloudboot/base:bookworm"
+        with local_registry(self.root.parent / "build-host-registry", port=self.port,
+                            storage=config.registry.storage, implementation="builtin"):  # fmt: skip
+            proc = subprocess.run(
+                [CLOUDBOOT, "-C", str(self.root), "push", "base", ref, "--json"],
+                capture_output=True, text=True,
+                env={**os.environ, "COSIGN_PASSWORD": self.env["COSIGN_PASSWORD"]},
+            )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        digest = json.loads(proc.stdout)["digest"]
+        pinned = f"127.0.0.1:{self.port}/cloudboot/base@{digest}"
+        with self.recipe.open("a") as recipe:
+            recipe.write(f'\n[base]\noci = "{pinned}"\n')
 
     def __enter__(self) -> MacLoop:
         self.create_workspace()

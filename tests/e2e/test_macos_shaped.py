@@ -15,9 +15,9 @@ Then, as a user would: the first target boots, an edit boots the other target, C
 cleans up (VM, forwarder, registry). A second test shows the NAT is real: with the
 forwarder bound elsewhere the guest cannot reach the registry at all.
 
-The Debian half (kernel, stub, busybox, the guest's Python runtime, the demo disk's ext4)
-comes from a "Linux build host" step that runs with the full PATH first
-(tests/e2e/macloop.py, ``BUILD_HOST``).
+Boot inputs come from the OCI base artifact: a "Linux build host" step (full PATH) runs
+`cloudboot push base` once and the workspace's recipe pins it; `cloudboot up` then starts
+with an empty package cache (tests/e2e/macloop.py, ``BUILD_HOST``).
 """
 
 from __future__ import annotations
@@ -90,6 +90,10 @@ def test_macos_shaped_loop(loop_root: Path, reboot: str, monkeypatch: pytest.Mon
     assert not Path(f"/proc/{final_pid}").exists()  # the vfkit `up` started is gone
     assert not port_open(BRIDGE_HOST, loop.port), "the forwarder is gone with the VM"
     assert not loop.registry_up()
+    assert "registry: started builtin" in loop.log_path.read_text()  # up's own, no docker
+    # boot inputs came from the OCI base artifact: no Debian package in up's (empty) cache
+    cache = Path(loop.env["XDG_CACHE_HOME"]) / "cloudboot"
+    assert not list(cache.glob("debs/*.deb")) and any(cache.glob("base/*"))
 
 
 def test_guest_reaches_the_registry_only_through_the_bridge(loop_root: Path) -> None:
