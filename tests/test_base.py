@@ -24,7 +24,7 @@ from publisher.media.base import MEDIA_DEMO_DISK, MEDIA_PACKAGE
 from publisher.push import sign_ref
 from publisher.registry import RegistryClient
 from publisher.signing import generate_key_pair, parse_private_key, write_key_pair
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 CLI = Path(sys.executable).parent / "cloudboot"
 #: What a Mac workspace's PATH offers a build (zstd: brew install zstd): no Debian tools,

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from publisher.localregistry import free_port, local_registry
-from tests.conftest import REPO
+from tests.helpers import REPO
 from watcher.preflight import Facts, Status, blocking, check
 
 CLI = Path(sys.executable).parent / "cloudboot"

@@ -25,7 +25,7 @@ from guest.contract.arch import Arch
 from publisher.config import load_config
 from publisher.localregistry import free_port
 from publisher.media.recipe import configured, load_recipe
-from tests.conftest import REPO
+from tests.helpers import REPO
 from watcher.vm.bridge import BridgeForwarder, Forward, bridge_address
 from watcher.vm.spec import VmSpec
 

@@ -21,13 +21,14 @@ from pathlib import Path
 import pytest
 from virt.firmware.varstore.edk2 import Edk2VarStore
 
+from publisher.config import Backend
 from publisher.run import run, spawn
-from tests.test_vm_lifecycle import STANDIN, has_marker, make_spec, set_marker, wait_until
+from tests.helpers import STANDIN, has_marker, make_spec, set_marker, wait_for
 from watcher.vm import VmError, VmState, open_backend
 from watcher.vm import backend as backend_module
 from watcher.vm.firmware import find_firmware
 from watcher.vm.qmp import QmpClient
-from watcher.vm.spec import BackendKind, VmSpec
+from watcher.vm.spec import VmSpec
 from watcher.vm.state import read_pidfile
 from watcher.vm.supervisor import Action, Supervisor
 from watcher.vm.vfkit import (
@@ -42,7 +43,7 @@ from watcher.vm.vfkit import (
 def standin_spec(root: Path) -> VmSpec:
     """The lifecycle tests' VM on the vfkit backend, its state dir already there (the
     stand-in is started by hand here, not through the backend that would create it)."""
-    spec = make_spec(root, BackendKind.VFKIT)
+    spec = make_spec(root, Backend.VFKIT)
     spec.state_dir.mkdir(exist_ok=True)
     return spec
 
@@ -112,7 +113,7 @@ def test_old_vfkit_without_pidfile_is_refused_by_version(
     proc = run([STANDIN, "--pidfile", "x"], check=False)
     assert proc.returncode == 1 and b"Error: unknown flag: --pidfile" in proc.stderr
     monkeypatch.setenv("CLOUDBOOT_VFKIT", str(STANDIN))
-    backend = open_backend(make_spec(tmp_path, BackendKind.VFKIT))
+    backend = open_backend(make_spec(tmp_path, Backend.VFKIT))
     with pytest.raises(VmError, match=r"vfkit 0\.6\.1 \(.*\) is too old: .*0\.6\.2 or newer"):
         backend.up()
     assert backend.state() is VmState.STOPPED
@@ -128,7 +129,7 @@ def test_up_fails_clearly_when_the_vm_never_runs(
     monkeypatch.setenv("CLOUDBOOT_VFKIT", str(STANDIN))
     monkeypatch.setenv("VFKIT_STANDIN_HOLD_STOPPED_S", "600")
     monkeypatch.setattr(backend_module, "START_TIMEOUT_S", 3.0)
-    backend = open_backend(make_spec(tmp_path, BackendKind.VFKIT))
+    backend = open_backend(make_spec(tmp_path, Backend.VFKIT))
     with pytest.raises(VmError) as failed:
         backend.up()
     assert "vfkit did not report VirtualMachineStateRunning (last answer: " in str(failed.value)
@@ -159,11 +160,11 @@ def test_rest_api_shapes_create_overwrites_and_exit_on_stop(
     argv = vfkit_argv(spec, create_nvram=True, binary=str(STANDIN))
     rest = VfkitRest(spec.control_socket)
     with spawn(argv) as proc:
-        wait_until(lambda: read_pidfile(spec.pidfile) == proc.pid, 20, "the pidfile")
-        wait_until(spec.control_socket.exists, 20, "the REST socket")
+        wait_for(lambda: read_pidfile(spec.pidfile) == proc.pid, 20, "the pidfile")
+        wait_for(spec.control_socket.exists, 20, "the REST socket")
         first = rest.state()  # REST before the VM: vfkit's first answer is Stopped
         assert first["state"] == "VirtualMachineStateStopped" and first["canStart"] is True
-        wait_until(lambda: rest.state()["state"] == "VirtualMachineStateRunning", 30, "Running")
+        wait_for(lambda: rest.state()["state"] == "VirtualMachineStateRunning", 30, "Running")
         assert not has_marker(spec.nvram)
         assert Edk2VarStore(str(spec.nvram)).get_varlist() is not None
         assert "the last launch's log" not in spec.serial_log.read_text()  # truncated
@@ -203,9 +204,7 @@ def test_rest_api_shapes_create_overwrites_and_exit_on_stop(
 
         with contextlib.suppress(ConnectionError, http.client.HTTPException):
             rest.change_state("HardStop")  # vfkit's HardStop reply races its exit
-        deadline = time.monotonic() + 10
-        while proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: proc.poll() is not None, what="vfkit to exit")
         assert proc.returncode == 0, "vfkit exits when its VM stops"
         assert not spec.control_socket.exists()
 
@@ -218,7 +217,7 @@ def test_up_waits_for_running_and_a_reboot_stays_in_place(
     guest reboot resets the VM in place: same process, NVRAM kept, no supervisor action."""
     monkeypatch.setenv("CLOUDBOOT_VFKIT", str(STANDIN))
     monkeypatch.setenv("VFKIT_STANDIN_HOLD_STOPPED_S", "3")
-    spec = make_spec(tmp_path, BackendKind.VFKIT)
+    spec = make_spec(tmp_path, Backend.VFKIT)
     qmp_socket = spec.state_dir / "standin-qmp.sock"
     monkeypatch.setenv("VFKIT_STANDIN_QMP_SOCKET", str(qmp_socket))
     backend = open_backend(spec)

@@ -370,5 +370,5 @@ def configured(recipe: Recipe, config: Config) -> Recipe:
         port = ref.registry.rpartition(":")[2] if not ref.registry.endswith("]") else ""
         host = GATEWAY_HOST + (f":{port}" if port.isdigit() else "")
         ref = replace(ref, registry=host)
-    vfkit = config.vm_backend() is Backend.VFKIT
+    vfkit = config.vm.backend.resolve() is Backend.VFKIT
     return replace(recipe, plan_ref=f"oci://{ref}", console=VIRTIO_CONSOLE if vfkit else None)

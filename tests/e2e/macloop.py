@@ -22,8 +22,8 @@ from pathlib import Path
 
 from guest.contract.arch import Arch
 from publisher.localregistry import local_registry
-from tests.conftest import REPO
 from tests.e2e.harness import CLOUDBOOT, LiveLoop
+from tests.helpers import REPO
 
 STANDIN = REPO / "tests" / "vfkit_standin" / "vfkit"
 #: Tools a Mac does not have (Homebrew: no formula, or keg-only), hidden from cloudboot.

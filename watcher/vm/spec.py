@@ -8,36 +8,17 @@ VM again (pidfile, control socket) is derived from ``state_dir``.
 
 from __future__ import annotations
 
-import enum
-import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from guest.contract.arch import Arch
 from guest.contract.errors import CloudbootError
 from guest.contract.ociref import parse_ref
-from publisher.config import Backend, Config, ConfigError
+from publisher.config import Accel, Backend, Config
 
 
 class VmError(CloudbootError):
     """A VM operation that cannot be done (missing disk, VM in the wrong state ...)."""
-
-
-class BackendKind(enum.Enum):
-    QEMU = "qemu"
-    VFKIT = "vfkit"
-
-    @classmethod
-    def for_host(cls, platform: str = sys.platform) -> BackendKind:
-        """What ``[vm].backend = "auto"`` means on ``platform`` (``Config.vm_backend``)."""
-        return cls(Config.vm_backend_for(Backend.AUTO, platform).value)
-
-
-class Accel(enum.Enum):
-    AUTO = "auto"
-    KVM = "kvm"
-    TCG = "tcg"
 
 
 @dataclass(frozen=True)
@@ -59,7 +40,6 @@ def _loopback_services(registry_url: str) -> tuple[tuple[str, int], ...]:
     return (("127.0.0.1" if host == "localhost" else host, int(port)),)
 
 
-_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 #: sun_path is 108 bytes on Linux and 104 on macOS (NUL included).
 MAX_SOCKET_PATH = 103
 
@@ -77,7 +57,7 @@ class VmSpec:
     nvram: Path
     serial_log: Path
     state_dir: Path
-    backend: BackendKind
+    backend: Backend  # never AUTO: resolved for this host
     accel: Accel = Accel.AUTO
     #: (host, port) of services on the host's loopback the guest must reach at its gateway,
     #: on the same port (the registry). QEMU's user network does that by itself; vfkit's
@@ -87,28 +67,9 @@ class VmSpec:
 
     @classmethod
     def from_config(cls, config: Config) -> VmSpec:
-        """Resolve defaults (backend per host, paths under state_dir) and check values."""
+        """Resolve defaults (backend per host, paths under state_dir); the config has
+        already checked every value (publisher.config's parse hooks)."""
         vm = config.vm
-        where = str(config.source) if config.source else "cloudboot.toml"
-        if not _MAC.match(vm.mac):
-            raise ConfigError(
-                f"[vm].mac: expected a fixed MAC like 52:54:00:12:34:56, got {vm.mac!r} "
-                "(vfkit rejects mac=auto)",
-                where=where,
-            )
-        if vm.cpus < 1:
-            raise ConfigError(f"[vm].cpus: must be at least 1, got {vm.cpus}", where=where)
-        if vm.memory_mib < 128:
-            raise ConfigError(
-                f"[vm].memory_mib: must be at least 128, got {vm.memory_mib}", where=where
-            )
-        try:
-            accel = Accel(vm.accel)
-        except ValueError:
-            raise ConfigError(
-                f"[vm].accel: expected one of auto, kvm, tcg, got {vm.accel!r}", where=where
-            ) from None
-        backend = BackendKind(config.vm_backend().value)
         state_dir = vm.state_dir
         return cls(
             arch=config.vm_arch(),
@@ -117,13 +78,13 @@ class VmSpec:
             iso=config.build.iso,
             cache_disk=config.build.cache_disk,
             disks=tuple(vm.disks),
-            mac=vm.mac.lower(),
+            mac=vm.mac,
             gui=vm.gui,
             nvram=vm.nvram or state_dir / "nvram.fd",
             serial_log=vm.serial_log or state_dir / "serial.log",
             state_dir=state_dir,
-            backend=backend,
-            accel=accel,
+            backend=vm.backend.resolve(),
+            accel=vm.accel,
             host_services=_loopback_services(config.registry.url),
         )
 
@@ -143,7 +104,7 @@ class VmSpec:
     @property
     def control_socket(self) -> Path:
         """QMP socket (QEMU) or vfkit's REST socket."""
-        name = "qmp.sock" if self.backend is BackendKind.QEMU else "rest.sock"
+        name = "qmp.sock" if self.backend is Backend.QEMU else "rest.sock"
         return self.state_dir / name
 
     @property
