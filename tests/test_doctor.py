@@ -82,6 +82,18 @@ def test_doctor_under_a_mac_shaped_path(tmp_path: Path) -> None:
     vfkit = {"check": "vfkit", "status": "missing", "detail": "vfkit not on PATH",
              "fix": "brew install vfkit"}  # fmt: skip
     assert found["vfkit"] == vfkit
+    # the repo recipe derives the plan ref ({plan} -> oci://{{.Gateway}}:PORT/...)
+    assert found["guest network"]["status"] == "ok"
+    # a recipe that still names QEMU's host address is what vfkit guests cannot reach
+    qemu_host = based.parent / "qemu-host"
+    shutil.copytree(based, qemu_host)
+    recipe = qemu_host / "kernel" / "recipe.toml"
+    recipe.write_text(
+        recipe.read_text().replace(
+            "cloudboot.plan={plan}", "cloudboot.plan=oci://10.0.2.2:5000/cloudboot/default:latest"
+        )
+    )
+    _, found, _ = doctor(qemu_host, path)
     assert found["guest network"]["status"] == "missing"  # 10.0.2.2 is QEMU's address
     assert "cloudboot.plan={plan}" in found["guest network"]["fix"]
     # `up` stops with the same list before it starts, creates or publishes anything
