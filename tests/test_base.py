@@ -24,9 +24,9 @@ from publisher.media.base import MEDIA_DEMO_DISK, MEDIA_PACKAGE
 from publisher.push import sign_ref
 from publisher.registry import RegistryClient
 from publisher.signing import generate_key_pair, parse_private_key, write_key_pair
-from tests.conftest import REPO
+from tests.helpers import CLOUDBOOT, REPO
 
-CLI = Path(sys.executable).parent / "cloudboot"
+CLI = CLOUDBOOT
 #: What a Mac workspace's PATH offers a build (zstd: brew install zstd): no Debian tools,
 #: no mkfs.ext4.
 MAC_TOOLS = ("sh", "env", "uname", "cat", "zstd")

@@ -9,14 +9,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from publisher.localregistry import free_port, local_registry
-from tests.conftest import REPO
+from tests.helpers import CLOUDBOOT, REPO
 from watcher.preflight import Facts, Status, blocking, check
 
-CLI = Path(sys.executable).parent / "cloudboot"
+CLI = CLOUDBOOT
 #: Host tools the checks look up whose absence makes a PATH "macOS-shaped".
 NOT_ON_A_MAC = ("apt-get", "dpkg-deb", "mkfs.ext4", "docker-registry", "qemu-system-x86_64",
                 "qemu-system-aarch64")  # fmt: skip

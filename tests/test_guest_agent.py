@@ -19,7 +19,8 @@ import pytest
 
 from guest.agent.console import Console
 from guest.agent.lease import Lease
-from guest.agent.main import Agent, Paths
+from guest.agent.machine import Paths
+from guest.agent.main import Agent
 from guest.agent.stage import CacheEsp, DeviceRuns, EspFiles, FileData
 from guest.contract import gpt
 from guest.contract.arch import Arch
@@ -28,7 +29,7 @@ from guest.contract.efi.efivarfs import EfiVarStore
 from guest.contract.efi.loadoption import LoadOption
 from publisher.localregistry import RunningRegistry
 from publisher.run import run
-from tests.test_guest_fetch import new_key, push_plan, sign
+from tests.helpers import new_key, push_plan, sign
 
 MIB = 1 << 20
 KERNEL = os.urandom(2 * MIB + 17)

@@ -30,9 +30,8 @@ from publisher.media.cachedisk import ensure_cache_disk
 from publisher.media.debs import DebCache
 from publisher.media.recipe import load_recipe
 from publisher.run import run, spawn
-from tests.conftest import REPO
+from tests.helpers import REPO, new_key, push_plan, sign
 from tests.qemu_boot import recipe_text
-from tests.test_guest_fetch import new_key, push_plan, sign
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")

@@ -27,10 +27,11 @@ from publisher.signing import (
     KeyFileError,
     encrypt_private_key,
     generate_key_pair,
-    load_private_key,
+    load_key_file,
     parse_private_key,
     sign_blob,
 )
+from tests.helpers import load_private_key
 
 BIN = Path(sys.executable).parent
 
@@ -95,7 +96,7 @@ def test_wrong_password_and_missing_password_name_the_file(tmp_path: Path) -> No
     with pytest.raises(KeyFileError, match="COSIGN_PASSWORD"):
         load_private_key(path, None)
     with pytest.raises(KeyFileError, match="cannot read key"):
-        load_private_key(tmp_path / "absent.key", b"x")
+        load_key_file(tmp_path / "absent.key")
 
 
 def test_plain_and_legacy_keys_are_read() -> None:
@@ -164,3 +165,26 @@ def test_cli_key_generate_and_verify_blob(tmp_path: Path) -> None:
     iso.write_bytes(iso.read_bytes()[:-1] + b"\x00")
     bad = cli("verify-blob", "--key", str(pub), "--signature", str(sig), str(iso))
     assert bad.returncode == 1 and "invalid signature" in bad.stderr
+
+
+def test_key_file_is_decrypted_once_per_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cloudboot up` asks for the key three times (publish, boot.iso, watcher): one scrypt."""
+    from publisher import signing
+
+    key = tmp_path / "cosign.key"
+    signing.write_key_pair(key, tmp_path / "cosign.pub", b"pw")
+    asked: list[int] = []
+
+    def password(**_: object) -> bytes:
+        asked.append(1)
+        return b"pw"
+
+    monkeypatch.setattr(signing, "read_password", password)
+    first = signing.load_key_file(key)
+    assert signing.load_key_file(key) is first and len(asked) == 1
+    signing.write_key_pair(key, tmp_path / "cosign.pub", b"pw", force=True)  # a new key
+    second = signing.load_key_file(key)
+    assert second is not first and len(asked) == 2
+    assert second.public_pem == (tmp_path / "cosign.pub").read_bytes()

@@ -13,7 +13,6 @@ import json
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from publisher.ociserver import make_server
 from publisher.push import publish_plan, push_artifact, push_index, verify_ref
 from publisher.registry import RegistryClient
 from publisher.signing import generate_key_pair, parse_private_key
+from tests.helpers import CLOUDBOOT
 
 PLAN = 'default_target = "a"\ntarget "a" {\n  kernel = "127.0.0.1:5000/k:1"\n}\n'
 
@@ -190,8 +190,7 @@ def test_cli_registry_serve_builtin(tmp_path: Path) -> None:
     """`registry serve --server builtin` serves the workspace storage; SIGTERM ends it."""
     port = free_port()
     (tmp_path / "cloudboot.toml").write_text(f'[registry]\nurl = "127.0.0.1:{port}"\n')
-    cli = Path(sys.executable).parent / "cloudboot"
-    proc = subprocess.Popen([str(cli), "-C", str(tmp_path), "registry", "serve", "--server",
+    proc = subprocess.Popen([str(CLOUDBOOT), "-C", str(tmp_path), "registry", "serve", "--server",
                              "builtin"], stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert proc.stdout is not None
