@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 GUEST_PYTHON = (3, 11)
@@ -71,7 +71,6 @@ class Facts:
     compression: str = "zstd"
     demo_disk: bool = True  # a demo target disk will be made ([vm].disks empty)
     plan_cmdline: str = ""
-    extra: Mapping[str, str] = field(default_factory=dict)
 
 
 def install(facts: Facts, debian: str, brew: str | None) -> str:

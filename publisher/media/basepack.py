@@ -57,7 +57,7 @@ DROP_PREFIXES = ("usr/share/doc", "usr/share/man", "usr/share/lintian", "usr/sha
 
 @dataclass(frozen=True)
 class Layer:
-    path: Path
+    blob: Blob  # streamed from its file when uploaded
     descriptor: Descriptor
 
 
@@ -97,7 +97,7 @@ def write_tar(root: Path, names: Iterable[str], out: Path, *, compress: bool) ->
 
 def _layer(path: Path, media_type: str, annotations: dict[str, str]) -> Layer:
     blob = Blob.of_file(path)
-    return Layer(path, Descriptor(media_type, blob.digest, blob.size, annotations))
+    return Layer(blob, Descriptor(media_type, blob.digest, blob.size, annotations))
 
 
 def _kernel_keep(pkg: Package, wanted: Sequence[str]) -> set[str]:
@@ -186,7 +186,7 @@ def push_base(
                 tuple(layer.descriptor for layer in layers),
                 artifact_type=ARTIFACT_TYPE,
             )
-            blobs = [Blob.of_bytes(config), *(Blob.of_file(layer.path) for layer in layers)]
+            blobs = [Blob.of_bytes(config), *(layer.blob for layer in layers)]
             data = bytes(manifest)
             # by digest only: the index's signature covers it (the index lists its digest)
             list(client.pool().map(lambda blob: client.push_blob(ref, blob), blobs))

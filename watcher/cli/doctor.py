@@ -55,7 +55,6 @@ def _reachable(url: str) -> bool:
 
 def gather(config: Config) -> Facts:
     """The facts about this host and workspace that the checks need."""
-    from guest.contract.arch import Arch
     from publisher.demodisk import find_mkfs_ext4
     from publisher.media.recipe import load_recipe
     from watcher.preflight import Facts
@@ -97,7 +96,6 @@ def gather(config: Config) -> Facts:
         compression=compression,
         demo_disk=not config.vm.disks,
         plan_cmdline=cmdline,
-        extra={"host_arch": Arch.host().value},
     )
 
 
