@@ -198,10 +198,11 @@ def check_guest_network(facts: Facts) -> Finding:
                    "from here: make sure the guest can route to it)")  # fmt: skip
 
 
-def check(facts: Facts) -> list[Finding]:
+def check(facts: Facts, *, vm: bool = True) -> list[Finding]:
+    """Every finding; ``vm=False`` (`cloudboot up --no-vm`) leaves out the VM backend."""
     return [
         check_python(facts),
-        *check_backend(facts),
+        *(check_backend(facts) if vm else []),
         check_registry(facts),
         *check_inputs(facts),
         check_key(facts),

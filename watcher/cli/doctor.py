@@ -116,11 +116,16 @@ def render(findings: list[Finding]) -> str:
     return "\n".join(lines)
 
 
-def preflight_or_stop(config: Config) -> None:
+def preflight_or_stop(config: Config, *, vm: bool = True, demo_disk: bool = True) -> None:
     """What `cloudboot up` runs first: stop with the whole list if anything is missing."""
+    import dataclasses
+
     from watcher.preflight import blocking, check
 
-    findings = check(gather(config))
+    facts = gather(config)
+    if not (vm and demo_disk):
+        facts = dataclasses.replace(facts, demo_disk=False)
+    findings = check(facts, vm=vm)
     missing = blocking(findings)
     if missing:
         raise CloudbootError(
