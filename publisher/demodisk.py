@@ -18,7 +18,7 @@ layer of the base, so neither Debian tools nor mkfs.ext4 are needed (a Mac has n
 on PATH: Homebrew's e2fsprogs is keg-only); otherwise it is made here with mkfs.ext4,
 found on PATH or in Homebrew's keg directories. UUID, hash seed and file times are fixed,
 but mkfs -d copies each file's ctime from the build tree, so two images still differ in
-their inode ctimes (a base pushed again uploads its demo disk layer again).
+their inode ctimes (``cloudboot push base`` therefore keeps the first image it made).
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from guest.contract.fsutil import write_atomic
 from guest.contract.oci import MEDIA_INDEX, MEDIA_MANIFEST
-from publisher.atomic import write_atomic
 
 #: Repository names and tags as the distribution spec defines them.
 NAME_RE = re.compile(

@@ -20,13 +20,14 @@ import pytest
 from guest.contract.gpt import read_gpt
 from guest.contract.oci import Index, Manifest, parse_ref
 from publisher.localregistry import RunningRegistry, local_registry
-from publisher.media.base import MEDIA_DEMO_DISK, MEDIA_PACKAGE
+from publisher.media.base import MEDIA_DEMO_DISK, MEDIA_PACKAGE, BaseError, BasePackages
+from publisher.media.recipe import RecipeError, parse_recipe
 from publisher.push import sign_ref
 from publisher.registry import RegistryClient
 from publisher.signing import generate_key_pair, parse_private_key, write_key_pair
-from tests.helpers import REPO
+from tests.helpers import CLOUDBOOT, REPO
 
-CLI = Path(sys.executable).parent / "cloudboot"
+CLI = CLOUDBOOT
 #: What a Mac workspace's PATH offers a build (zstd: brew install zstd): no Debian tools,
 #: no mkfs.ext4.
 MAC_TOOLS = ("sh", "env", "uname", "cat", "zstd")
@@ -112,6 +113,10 @@ def test_build_and_demo_disk_without_debian_tools(pushed: Pushed, tmp_path: Path
     iso = Path(json.loads(proc.stdout)["output"])
     with iso.open("rb") as image:
         assert len(read_gpt(image).partitions) == 1  # the ESP with the UKI
+    # nothing came from apt or PyPI: no package cache, the wheels are the base's
+    cache = tmp_path / "empty-cache" / "cloudboot"
+    assert not (cache / "debs").exists() and not (cache / "wheels").exists()
+    assert list((cache / "base").glob("*/wheels/*.whl"))
     # the same initramfs as apt + dpkg-deb give on this host
     code = (
         "import hashlib, json, sys; from pathlib import Path; from guest.contract.arch import Arch;"
@@ -194,3 +199,16 @@ def test_altered_blob_in_the_registry_is_refused(pushed: Pushed, tmp_path: Path)
     data.write_bytes(bytes(raw))
     err = refused(pushed, tmp_path, pushed.ref)
     assert layer.digest in err
+
+
+def test_recipe_base_must_be_pinned(tmp_path: Path) -> None:
+    path = tmp_path / "recipe.toml"
+    arch = "[arch.x86_64]\n"
+    with pytest.raises(RecipeError, match=r"recipe.toml: base.oci: .* is not pinned"):
+        parse_recipe(f'[base]\noci = "127.0.0.1:5000/b:1"\n{arch}', path)
+    with pytest.raises(RecipeError, match=r"base.ref: unknown key; known: oci"):
+        parse_recipe(f'[base]\nref = "x"\n{arch}', path)
+    pinned = f"127.0.0.1:5000/b@sha256:{'a' * 64}"
+    assert parse_recipe(f'[base]\noci = "{pinned}"\n{arch}', path).base == pinned
+    with pytest.raises(BaseError, match=r"verified with signing\.cosign_public_key"):
+        BasePackages(pinned, None)

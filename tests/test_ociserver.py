@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -22,11 +23,17 @@ from guest.agent import fetch
 from guest.contract import oci
 from guest.contract.oci import MEDIA_MANIFEST, Descriptor, Manifest, digest_of, parse_ref
 from guest.contract.pubkey import load_public_key
-from publisher.localregistry import RunningRegistry, local_registry, pick_implementation
+from publisher.localregistry import (
+    RunningRegistry,
+    free_port,
+    local_registry,
+    pick_implementation,
+)
 from publisher.ociserver import make_server
 from publisher.push import publish_plan, push_artifact, push_index, verify_ref
 from publisher.registry import RegistryClient
 from publisher.signing import generate_key_pair, parse_private_key
+from tests.helpers import CLOUDBOOT
 
 PLAN = 'default_target = "a"\ntarget "a" {\n  kernel = "127.0.0.1:5000/k:1"\n}\n'
 
@@ -163,8 +170,10 @@ def test_malformed_chunked_body_is_a_400(builtin: RunningRegistry) -> None:
     with socket.create_connection((builtin.host, builtin.port), timeout=10) as sock:
         sock.sendall(f"PATCH {location} HTTP/1.1\r\nHost: x\r\n"
                      "Transfer-Encoding: chunked\r\n\r\nzz\r\n".encode())  # fmt: skip
-        answer = sock.recv(4096).decode()
-    assert answer.startswith("HTTP/1.1 400") and "BAD_REQUEST" in answer
+        answer = b""
+        while chunk := sock.recv(4096):  # the server closes the connection after it
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400") and b"BAD_REQUEST" in answer
     assert requests.get(f"{builtin.url}/v2/").status_code == 200  # still serving
 
 
@@ -175,3 +184,20 @@ def test_loopback_only_and_auto_choice(tmp_path: Path, monkeypatch: pytest.Monke
     assert pick_implementation("auto") == "builtin"
     monkeypatch.undo()
     assert pick_implementation("docker-registry") == "docker-registry"
+
+
+def test_cli_registry_serve_builtin(tmp_path: Path) -> None:
+    """`registry serve --server builtin` serves the workspace storage; SIGTERM ends it."""
+    port = free_port()
+    (tmp_path / "cloudboot.toml").write_text(f'[registry]\nurl = "127.0.0.1:{port}"\n')
+    proc = subprocess.Popen([str(CLOUDBOOT), "-C", str(tmp_path), "registry", "serve", "--server",
+                             "builtin"], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith(f"registry (builtin) serving at http://127.0.0.1:{port}")
+        assert requests.get(f"http://127.0.0.1:{port}/v2/").status_code == 200
+        assert (tmp_path / ".cloudboot" / "registry").is_dir()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 GUEST_PYTHON = (3, 11)
@@ -71,7 +71,6 @@ class Facts:
     compression: str = "zstd"
     demo_disk: bool = True  # a demo target disk will be made ([vm].disks empty)
     plan_cmdline: str = ""
-    extra: Mapping[str, str] = field(default_factory=dict)
 
 
 def install(facts: Facts, debian: str, brew: str | None) -> str:
@@ -199,10 +198,11 @@ def check_guest_network(facts: Facts) -> Finding:
                    "from here: make sure the guest can route to it)")  # fmt: skip
 
 
-def check(facts: Facts) -> list[Finding]:
+def check(facts: Facts, *, vm: bool = True) -> list[Finding]:
+    """Every finding; ``vm=False`` (`cloudboot up --no-vm`) leaves out the VM backend."""
     return [
         check_python(facts),
-        *check_backend(facts),
+        *(check_backend(facts) if vm else []),
         check_registry(facts),
         *check_inputs(facts),
         check_key(facts),

@@ -45,8 +45,14 @@ import structlog
 
 from guest.contract.arch import Arch
 from guest.contract.oci import Descriptor, Manifest, parse_ref
-from publisher.media.debs import CONTROL_FILE, DebCache, DebError, Package, parse_control
-from publisher.media.debs import user_cache_dir as user_cache_dir
+from publisher.media.debs import (
+    CONTROL_FILE,
+    DebCache,
+    DebError,
+    Package,
+    parse_control,
+    user_cache_dir,
+)
 from publisher.media.ocikernel import OciCache, OciKernelError, OciKernelPuller, safe_member
 from publisher.registry import RegistryClient
 

@@ -4,12 +4,14 @@ Run on a Linux host with apt (a CI job, a build host): the packages come from th
 per-user ``DebCache``, exactly what ``cloudboot build`` would use there. The layout and
 media types are those publisher/media/base.py reads (its docstring is the reference).
 Layers are deterministic (sorted tar members, zero times and owners, gzip without a
-timestamp), so pushing the same packages again uploads nothing and keeps the digest.
+timestamp; the demo disk image is kept per inputs), so pushing the same packages again
+from the same host uploads nothing and keeps the digest.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import tarfile
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from guest.contract.arch import Arch
+from guest.contract.fsutil import replacing
 from guest.contract.oci import (
     ANNOTATION_TITLE,
     MEDIA_INDEX,
@@ -28,6 +31,7 @@ from guest.contract.oci import (
     Platform,
     Ref,
 )
+from publisher import demodisk
 from publisher.blob import Blob
 from publisher.demodisk import POWER_BUTTON_MODULES, ensure_demo_disk
 from publisher.media import kmods
@@ -41,7 +45,7 @@ from publisher.media.base import (
     MEDIA_PACKAGE,
     MEDIA_WHEELS,
 )
-from publisher.media.debs import DebCache, Package
+from publisher.media.debs import DebCache, Package, user_cache_dir
 from publisher.media.guestpack import RUNTIME_PACKAGES, download_wheels
 from publisher.media.recipe import Recipe, SourceKind
 from publisher.push import PushResult, publish
@@ -57,7 +61,7 @@ DROP_PREFIXES = ("usr/share/doc", "usr/share/man", "usr/share/lintian", "usr/sha
 
 @dataclass(frozen=True)
 class Layer:
-    path: Path
+    blob: Blob  # streamed from its file when uploaded
     descriptor: Descriptor
 
 
@@ -97,7 +101,7 @@ def write_tar(root: Path, names: Iterable[str], out: Path, *, compress: bool) ->
 
 def _layer(path: Path, media_type: str, annotations: dict[str, str]) -> Layer:
     blob = Blob.of_file(path)
-    return Layer(path, Descriptor(media_type, blob.digest, blob.size, annotations))
+    return Layer(blob, Descriptor(media_type, blob.digest, blob.size, annotations))
 
 
 def _kernel_keep(pkg: Package, wanted: Sequence[str]) -> set[str]:
@@ -146,16 +150,36 @@ def arch_layers(recipe: Recipe, arch: Arch, debs: DebCache, work: Path) -> list[
     out = work / "wheels.tar"
     write_tar(wheels, sorted(p.name for p in wheels.iterdir()), out, compress=False)
     layers.append(_layer(out, MEDIA_WHEELS, {ANNOTATION_TITLE: "wheels.tar"}))
-    disk = ensure_demo_disk(work / "demo.raw", arch, cache=debs, force=True)
-    out = work / "demo.raw.gz"
-    with disk.path.open("rb") as src, gzip.GzipFile(out, "wb", mtime=0) as dst:
-        while block := src.read(1 << 20):
-            dst.write(block)
-    disk.path.unlink()
+    out, release = demo_disk_layer(arch, debs, work)
     layers.append(_layer(out, MEDIA_DEMO_DISK, {
-        ANNOTATION_UNAME: disk.kernel_release, ANNOTATION_TITLE: "demo-target.raw.gz",
+        ANNOTATION_UNAME: release, ANNOTATION_TITLE: "demo-target.raw.gz",
     }))  # fmt: skip
     return layers
+
+
+def demo_disk_layer(arch: Arch, debs: DebCache, work: Path) -> tuple[Path, str]:
+    """The gzip'd demo disk, made once per (kernel, busybox, demodisk code) on this host.
+
+    mkfs -d copies each file's ctime into the image, so two images of the same inputs
+    differ; keeping the first one keeps the base's digest when it is pushed again.
+    """
+    kernel = debs.kernel_package(f"linux-image-cloud-{arch.debian}", arch)
+    busybox = debs.package("busybox-static", arch)
+    code = Path(demodisk.__file__).read_bytes()
+    key = hashlib.sha256(f"{kernel.deb.name}\0{busybox.deb.name}\0".encode() + code)
+    kept = user_cache_dir("base-demo") / f"{key.hexdigest()[:32]}.raw.gz"
+    release = max((kernel.root / "boot").glob("vmlinuz-*")).name.removeprefix("vmlinuz-")
+    if not kept.is_file():
+        disk = ensure_demo_disk(work / "demo.raw", arch, cache=debs, force=True)
+        with (
+            replacing(kept) as tmp,  # renamed in after the gzip stream is closed
+            gzip.GzipFile(tmp, "wb", mtime=0) as dst,
+            disk.path.open("rb") as src,
+        ):
+            while block := src.read(1 << 20):
+                dst.write(block)
+        disk.path.unlink()
+    return kept, release
 
 
 def push_base(
@@ -186,7 +210,7 @@ def push_base(
                 tuple(layer.descriptor for layer in layers),
                 artifact_type=ARTIFACT_TYPE,
             )
-            blobs = [Blob.of_bytes(config), *(Blob.of_file(layer.path) for layer in layers)]
+            blobs = [Blob.of_bytes(config), *(layer.blob for layer in layers)]
             data = bytes(manifest)
             # by digest only: the index's signature covers it (the index lists its digest)
             list(client.pool().map(lambda blob: client.push_blob(ref, blob), blobs))

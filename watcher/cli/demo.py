@@ -118,7 +118,7 @@ def up(
     if preflight:
         from watcher.cli.doctor import preflight_or_stop
 
-        preflight_or_stop(config)
+        preflight_or_stop(config, vm=vm, demo_disk=demo_disk)
     with contextlib.ExitStack() as stack:
         ensure_signing_key(config)
         start_registry(config, stack)

@@ -55,7 +55,6 @@ def _reachable(url: str) -> bool:
 
 def gather(config: Config) -> Facts:
     """The facts about this host and workspace that the checks need."""
-    from guest.contract.arch import Arch
     from publisher.demodisk import find_mkfs_ext4
     from publisher.media.recipe import load_recipe
     from watcher.preflight import Facts
@@ -97,7 +96,6 @@ def gather(config: Config) -> Facts:
         compression=compression,
         demo_disk=not config.vm.disks,
         plan_cmdline=cmdline,
-        extra={"host_arch": Arch.host().value},
     )
 
 
@@ -118,11 +116,16 @@ def render(findings: list[Finding]) -> str:
     return "\n".join(lines)
 
 
-def preflight_or_stop(config: Config) -> None:
+def preflight_or_stop(config: Config, *, vm: bool = True, demo_disk: bool = True) -> None:
     """What `cloudboot up` runs first: stop with the whole list if anything is missing."""
+    import dataclasses
+
     from watcher.preflight import blocking, check
 
-    findings = check(gather(config))
+    facts = gather(config)
+    if not (vm and demo_disk):
+        facts = dataclasses.replace(facts, demo_disk=False)
+    findings = check(facts, vm=vm)
     missing = blocking(findings)
     if missing:
         raise CloudbootError(
