@@ -19,7 +19,13 @@ start, firmware + kernel + initramfs to python ready, agent steps (the ``step X 
 lines), menu wait, rest of the agent, reboot -> target marker. Two stages have a floor
 counterpart ((a) and (b)); what each stage costs beyond it is its share of the overhead.
 
+The macOS-shaped loop runs next, measured the same way (tests/e2e/macloop.py: the vfkit
+backend driving the vfkit stand-in, a Mac-shaped PATH, vmnet-like NAT with the registry
+reached through the bridge forwarder, hvc0, reboot in place); its edit -> new target time
+is reported next to the QEMU loop's (same machine, same edits, one after the other).
+
 Usage: .venv/bin/python bench/edit_to_target.py [--edits N] [--quick] [--json PATH]
+       [--loops qemu,macos]
 (3 edits, or 1 with ``--quick``; ``--json``: rows for bench/report.py)
 """
 
@@ -51,6 +57,7 @@ from publisher.demodisk import TARGET_MARKER  # noqa: E402
 from publisher.media.build import build_boot_iso  # noqa: E402
 from publisher.run import spawn  # noqa: E402
 from tests.e2e.harness import LiveLoop  # noqa: E402
+from tests.e2e.macloop import MacLoop  # noqa: E402
 from tests.qemu_boot import demo_target_iso, repo_recipe  # noqa: E402
 from watcher.cli.demo import demo_disk_path  # noqa: E402
 from watcher.vm.firmware import find_firmware  # noqa: E402
@@ -144,43 +151,76 @@ def measure_floor(spec: VmSpec, iso: Path, marker: str, work: Path) -> float:
     return seen - start
 
 
+def run_loop(loop: LiveLoop, edits: int) -> tuple[float, list[dict[str, float]]]:
+    """`cloudboot up` -> first target (s), then ``edits`` measured edits; the loop stops."""
+    with contextlib.ExitStack() as stack:
+        started = time.time()
+        loop.start()
+        stack.callback(loop.stop)
+        clock = stack.enter_context(LineClock(loop.serial.path))
+        t_first, _ = clock.wait(rf"{TARGET_MARKER} target=alpha\b", timeout=900,
+                                alive=loop.alive)  # fmt: skip
+        runs, current = [], "alpha"
+        for _ in range(edits):
+            new = "beta" if current == "alpha" else "alpha"
+            runs.append(measure_edit(loop, clock, current, new))
+            current = new
+    return t_first - started, runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--edits", type=int, default=None, help="default 3 (--quick: 1)")
+    parser.add_argument("--loops", default="qemu,macos", help="qemu, macos or both (default)")
     add_report_options(parser)
     args = parser.parse_args()
     edits = args.edits or (1 if args.quick else 3)
+    loops = set(args.loops.split(","))
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-e2t-") as tmp_name:
         tmp = Path(tmp_name)
-        loop = LiveLoop(tmp / "ws")
-        loop.create_workspace()  # `cloudboot init`: not part of the first-boot time
-        with contextlib.ExitStack() as stack:
-            started = time.time()
-            loop.start()
-            stack.callback(loop.stop)
-            clock = stack.enter_context(LineClock(loop.serial.path))
-            t_first, _ = clock.wait(rf"{TARGET_MARKER} target=alpha\b", timeout=900,
-                                    alive=loop.alive)  # fmt: skip
-            runs, current = [], "alpha"
-            for _ in range(edits):
-                new = "beta" if current == "alpha" else "alpha"
-                runs.append(measure_edit(loop, clock, current, new))
-                current = new
+        qemu_total = None
+        if "qemu" in loops:
+            loop = LiveLoop(tmp / "ws")
+            loop.create_workspace()  # `cloudboot init`: not part of the first-boot time
+            first, runs = run_loop(loop, edits)
             spec = VmSpec.from_config(load_config(loop.root))
             spec = dataclasses.replace(spec, disks=(demo_disk_path(load_config(loop.root)),))
-        # The loop is down now: the floor boots do not share the CPU with its idle VM.
-        marker_iso, target_iso = floor_isos(tmp)
-        floor_a = [
-            measure_floor(spec, marker_iso, INIT_MARKER, tmp / f"a{i}") for i in range(edits)
-        ]
-        floor_b = [measure_floor(spec, target_iso, TARGET_MARKER, tmp / f"b{i}")
-                   for i in range(edits)]  # fmt: skip
-    rows = summarise(runs, statistics.median(floor_a), statistics.median(floor_b), edits)
-    rows.append(Row(8, "`cloudboot up` -> first target up", t_first - started, "s",
-                    note="fresh workspace: key, registry, publish, build, boot"))  # fmt: skip
+            # The loop is down now: the floor boots do not share the CPU with its idle VM.
+            marker_iso, target_iso = floor_isos(tmp)
+            floor_a = [
+                measure_floor(spec, marker_iso, INIT_MARKER, tmp / f"a{i}") for i in range(edits)
+            ]
+            floor_b = [measure_floor(spec, target_iso, TARGET_MARKER, tmp / f"b{i}")
+                       for i in range(edits)]  # fmt: skip
+            rows += summarise(runs, statistics.median(floor_a), statistics.median(floor_b), edits)
+            note = "fresh workspace: key, registry, publish, build, boot"
+            rows.append(Row(8, "`cloudboot up` -> first target up", first, "s", note=note))
+            qemu_total = statistics.median(r["total"] for r in runs)
+        if "macos" in loops:
+            mac = MacLoop(tmp / "mac" / "ws")
+            mac.create_workspace()  # includes the Linux build host's part: not timed
+            mac_first, mac_runs = run_loop(mac, edits)
+            rows += summarise_macos(mac_runs, mac_first, qemu_total, edits)
     print_table(rows)
     emit(rows, args.json)
+
+
+def summarise_macos(
+    runs: list[dict[str, float]], first: float, qemu_total: float | None, n: int
+) -> list[Row]:
+    """The macOS-shaped loop's rows, against the QEMU loop's edit -> new target time."""
+    med = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    stages = ", ".join(f"{name.split(':')[0]} {med[name]:.1f}" for name in STAGES)
+    rows = [
+        Row(8, f"macOS-shaped loop (vfkit stand-in): plan edit -> new target (median of {n})",
+            med["total"], "s", "QEMU loop, plan edit -> new target running" if qemu_total
+            else None, qemu_total, note=f"stages (s): {stages}"),
+        Row(8, "macOS-shaped `cloudboot up` -> first target up", first, "s",
+            note="vfkit stand-in; build host step (debs, demo disk) not timed"),
+    ]  # fmt: skip
+    return rows
 
 
 def summarise(runs: list[dict[str, float]], floor_a: float, floor_b: float, n: int) -> list[Row]:

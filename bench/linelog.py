@@ -17,13 +17,20 @@ from types import TracebackType
 
 
 class LineClock:
-    """Tails ``path`` (append-only) and records ``(seen_at, byte_offset, line)``."""
+    """Tails ``path`` and records ``(seen_at, byte_offset, line)``.
+
+    vfkit truncates its serial log at every launch: offsets then keep counting from where
+    the old file ended (a truncation is seen as the file shrinking below what was read,
+    which is safe because a VM writes nothing for a while after it starts), so marks
+    taken before a restart still mean "after this point".
+    """
 
     def __init__(self, path: Path, *, poll_s: float = 0.01) -> None:
         self.path = path
         self.poll_s = poll_s
         self._lines: list[tuple[float, int, str]] = []
         self._lock = threading.Lock()
+        self._base = 0  # bytes of earlier (truncated) incarnations of the file
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="line-clock", daemon=True)
 
@@ -32,6 +39,10 @@ class LineClock:
         while not self._stop.is_set():
             try:
                 with self.path.open("rb") as f:
+                    if f.seek(0, 2) < offset:  # truncated: a new launch's log
+                        with self._lock:
+                            self._base += offset
+                        offset, pending = 0, b""
                     f.seek(offset)
                     chunk = f.read()
             except FileNotFoundError:
@@ -39,7 +50,7 @@ class LineClock:
             now = time.time()
             if chunk:
                 data = pending + chunk
-                start = offset - len(pending)
+                start = self._base + offset - len(pending)
                 *complete, pending = data.split(b"\n")
                 with self._lock:
                     for raw in complete:
@@ -62,8 +73,11 @@ class LineClock:
         self._thread.join()
 
     def size(self) -> int:
-        """The file's current length: a mark that later searches start from."""
-        return self.path.stat().st_size if self.path.exists() else 0
+        """The file's current length (after earlier incarnations): a mark that later
+        searches start from."""
+        with self._lock:
+            base = self._base
+        return base + (self.path.stat().st_size if self.path.exists() else 0)
 
     def all(
         self, pattern: str | re.Pattern[str], *, since: int = 0

@@ -8,6 +8,8 @@
 
 default_target = "alpha"
 
+# Two consoles: the arch's UART (QEMU) and hvc0, vfkit's virtio console; the last one
+# that exists is /dev/console, so the same plan shows its output under both backends.
 locals {
   console = arch == "arm64" ? "ttyAMA0" : "ttyS0"
 }
@@ -20,6 +22,7 @@ target "alpha" {
   }
   cmdline = [
     "console=${local.console}",
+    "console=hvc0",
     "root=LABEL=cbtarget",
     "ro",
     "cloudboot.demo=${self.name}",
@@ -34,6 +37,7 @@ target "beta" {
   }
   cmdline = [
     "console=${local.console}",
+    "console=hvc0",
     "root=LABEL=cbtarget",
     "ro",
     "cloudboot.demo=${self.name}",

@@ -69,6 +69,14 @@ class Accel(enum.Enum):
     TCG = "tcg"
 
 
+class RegistryServer(enum.Enum):
+    """Which server ``cloudboot up`` embeds (publisher/localregistry.py)."""
+
+    AUTO = "auto"
+    DOCKER_REGISTRY = "docker-registry"
+    BUILTIN = "builtin"
+
+
 @dataclass(frozen=True)
 class RegistrySection:
     url: str = setting("127.0.0.1:5000", "Registry host[:port] that plan refs default to.")
@@ -76,6 +84,11 @@ class RegistrySection:
     ca_bundle: Path | None = setting(None, "PEM CA bundle for a private registry.", must_exist=True)
     embedded: bool = setting(
         True, "Start a local docker-registry on `url` for `cloudboot up` (loopback only)."
+    )
+    server: RegistryServer = setting(
+        RegistryServer.AUTO,
+        "Embedded registry: auto (docker-registry when installed, else builtin), "
+        "docker-registry, or builtin (cloudboot's own, pure Python; what a Mac gets).",
     )
     storage: Path = setting(Path(".cloudboot/registry"), "Storage of the embedded registry.")
     retry_seconds: int = setting(

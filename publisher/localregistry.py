@@ -1,15 +1,20 @@
-"""A local OCI registry (Debian's ``docker-registry``, the CNCF distribution server).
+"""A local OCI registry: Debian's ``docker-registry`` (the CNCF distribution server) or
+the builtin one (``publisher.ociserver``).
 
 Used by ``cloudboot up`` as the embedded default and by the tests as the real registry,
 so both exercise the same server. Optional TLS and htpasswd auth let tests cover
-credentials and custom CA bundles.
+credentials and custom CA bundles (docker-registry only). ``implementation`` picks the
+server: ``auto`` takes docker-registry when it is installed and the builtin server
+otherwise (a Mac has no docker-registry: docs/wire-formats.md §6).
 """
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import ssl
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -34,6 +39,7 @@ class RunningRegistry:
     storage: Path
     log: Path
     tls: RegistryTls | None = None
+    implementation: str = "docker-registry"
 
     @property
     def address(self) -> str:
@@ -80,11 +86,28 @@ def _config_yaml(addr: str, storage: Path, tls: RegistryTls | None, htpasswd: Pa
     return "\n".join(lines) + "\n"
 
 
+#: ``[registry].server`` values, in the order ``auto`` tries them.
+IMPLEMENTATIONS = ("auto", "docker-registry", "builtin")
+
+
+def pick_implementation(wanted: str = "auto") -> str:
+    """``docker-registry`` or ``builtin``: what ``wanted`` means on this machine."""
+    if wanted not in IMPLEMENTATIONS:
+        raise CloudbootError(
+            f"unknown registry implementation {wanted!r}; expected one of "
+            + ", ".join(IMPLEMENTATIONS),
+            where="[registry].server",
+        )
+    if wanted == "auto":
+        return "docker-registry" if shutil.which("docker-registry") else "builtin"
+    return wanted
+
+
 def _wait_ready(url: str, proc_alive: object, deadline: float, ca: Path | None) -> None:
     context = ssl.create_default_context(cafile=str(ca)) if ca else None
     while time.monotonic() < deadline:
         if not proc_alive():  # type: ignore[operator]
-            raise CloudbootError("docker-registry exited during start-up", where=url)
+            raise CloudbootError("the registry exited during start-up", where=url)
         try:
             urllib.request.urlopen(f"{url}/v2/", timeout=1, context=context).close()
             return
@@ -92,7 +115,7 @@ def _wait_ready(url: str, proc_alive: object, deadline: float, ca: Path | None) 
             return  # 401 from an auth-enabled registry still means it is serving
         except (urllib.error.URLError, OSError):
             time.sleep(0.05)
-    raise CloudbootError("docker-registry did not answer within the start-up timeout", where=url)
+    raise CloudbootError("the registry did not answer within the start-up timeout", where=url)
 
 
 @contextlib.contextmanager
@@ -105,22 +128,35 @@ def local_registry(
     tls: RegistryTls | None = None,
     htpasswd: Path | None = None,
     startup_timeout: float = 20.0,
+    implementation: str = "docker-registry",
 ) -> Iterator[RunningRegistry]:
-    """Run docker-registry on ``host:port`` (a free port by default) until the block ends."""
-    binary = require_tool("docker-registry", "docker-registry")
+    """Run a registry on ``host:port`` (a free port by default) until the block ends.
+
+    The tests' default is docker-registry, the real thing; ``cloudboot up`` passes the
+    workspace's ``[registry].server`` (``auto``).
+    """
+    chosen = pick_implementation(implementation)
+    if chosen == "builtin" and (tls or htpasswd):
+        raise CloudbootError("the builtin registry has no TLS or auth; use docker-registry")
+    binary = require_tool("docker-registry", "docker-registry") if chosen != "builtin" else ""
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port(host)
     if port_in_use(host, port):
         raise CloudbootError(f"port {port} on {host} is already in use", where="registry")
     storage = storage or workdir / "storage"
     storage.mkdir(parents=True, exist_ok=True)
-    config = workdir / "registry.yml"
-    config.write_text(_config_yaml(f"{host}:{port}", storage, tls, htpasswd))
     log = workdir / "registry.log"
-    registry = RunningRegistry(host=host, port=port, storage=storage, log=log, tls=tls)
+    registry = RunningRegistry(host, port, storage, log, tls, chosen)
+    if chosen == "builtin":
+        argv = [sys.executable, "-m", "publisher.ociserver", "--root", str(storage),
+                "--host", host, "--port", str(port)]  # fmt: skip
+    else:
+        config = workdir / "registry.yml"
+        config.write_text(_config_yaml(f"{host}:{port}", storage, tls, htpasswd))
+        argv = [binary, "serve", str(config)]
     # OTEL tracing in distribution >= 3 tries to reach a collector; keep it quiet and local.
     env = {"OTEL_TRACES_EXPORTER": "none"}
-    with spawn([binary, "serve", config], stdout=log, env=env) as proc:
+    with spawn(argv, stdout=log, env=env) as proc:
         _wait_ready(
             registry.url,
             lambda: proc.poll() is None,

@@ -6,6 +6,7 @@ with mtools instead of a vfat mount, and fsck.vfat / mtype check what landed the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.server
 import io
 import json
@@ -565,3 +566,25 @@ def test_secure_boot_stages_a_signed_kernel(machine: Path, tmp_path: Path) -> No
     assert status == 0, log
     assert system.esp_opened == ["vda1"]
     assert _mtype(machine / "dev/vda1", "::/EFI/Linux/debian-vmlinuz.efi") == signed.read_bytes()
+
+
+def test_plan_ref_names_the_dhcp_gateway(machine: Path, registry: RunningRegistry) -> None:
+    """The baked ``oci://{{.Gateway}}:PORT/...`` (README, "macOS"): the guest fills in the
+    host as its lease shows it, 10.0.2.2 under QEMU, the vmnet bridge under vfkit. Here the
+    "gateway" is loopback, where the test registry listens."""
+    push_plan(registry.url, "plans/web", "latest", _plan())
+    port = registry.address.rpartition(":")[2]
+    lease = dataclasses.replace(LEASE, gateway="127.0.0.1")
+    templated = f"cloudboot.plan=oci://{{{{.Gateway}}}}:{port}/plans/web cloudboot.cosign=off"
+    status, log, system = _run(machine, templated, lease=lease)
+    assert status == 0, log
+    assert f"cloudboot.plan rendered: oci://127.0.0.1:{port}/plans/web" in log
+    assert system.rebooted
+
+    # No lease, no gateway: a clear error, nothing staged.
+    efivars = machine / "sys/firmware/efi/efivars"
+    before = {p.name: p.read_bytes() for p in efivars.iterdir()}
+    status, log, system = _run(machine, templated, lease=None)
+    assert status == 1
+    assert "cloudboot.plan: template field .Gateway at offset 6: no DHCP lease" in log, log
+    assert {p.name: p.read_bytes() for p in efivars.iterdir()} == before

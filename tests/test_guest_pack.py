@@ -261,7 +261,7 @@ def test_a_substituted_wheel_is_refused_and_removed(tmp_path: Path) -> None:
     user_wheels = DebCache().root.parent / "wheels"  # what earlier packs downloaded
     if user_wheels.is_dir():
         shutil.copytree(user_wheels, cache / "wheels")
-    archives = guestpack._wheels(cache, offline=False)  # downloads what is missing
+    archives = guestpack.download_wheels(cache, offline=False)  # downloads what is missing
     guestpack._unpack_wheels(tmp_path / "first", archives)  # checks each against its pin
     wheel = cache / "wheels" / "ext4-1.4.1-py3-none-any.whl"
     assert (tmp_path / "first" / "ext4").is_dir()
@@ -269,7 +269,7 @@ def test_a_substituted_wheel_is_refused_and_removed(tmp_path: Path) -> None:
         zf.writestr("ext4/_payload.py", "import os\nos.system('evil')\n")
     dest = tmp_path / "second"
     with pytest.raises(WheelHashError, match=r"ext4-1\.4\.1-py3-none-any\.whl: sha256 .* pinned"):
-        guestpack._unpack_wheels(dest, guestpack._wheels(cache, offline=True))
+        guestpack._unpack_wheels(dest, guestpack.download_wheels(cache, offline=True))
     assert not wheel.exists() and not (dest / "ext4").exists()
 
 

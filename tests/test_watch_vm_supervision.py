@@ -1,5 +1,5 @@
-"""The watcher's VM stage keeps Path C working on vfkit: after the guest agent reboots the
-guest (Apple VZ reports that as a stop and vfkit exits), the VM is relaunched with the same
+"""The watcher's VM stage keeps Path C working on vfkit: should a guest reboot surface as
+a stop (vfkit exits; the stand-in's exit-on-reboot mode), the VM is relaunched with the same
 NVRAM store, so the staged Boot0001 boots; a restart the watcher asks for resets NVRAM.
 
 Driven through the vfkit stand-in (vfkit's CLI and REST API, QEMU + OVMF underneath).
@@ -35,6 +35,7 @@ def test_guest_reboot_under_vfkit_is_relaunched_with_nvram_kept(
     spec = make_spec(tmp_path, Backend.VFKIT)
     qmp_socket = spec.state_dir / "standin-qmp.sock"
     monkeypatch.setenv("VFKIT_STANDIN_QMP_SOCKET", str(qmp_socket))
+    monkeypatch.setenv("VFKIT_STANDIN_REBOOT", "exit")  # VZ reporting a reboot as a stop
     backend = open_backend(spec)
     stage = BackendVmStage(backend, stop_timeout_s=STOP_TIMEOUT)
     assert stage.supervisor is not None  # vfkit: supervised by default

@@ -231,6 +231,22 @@ class Agent:
         self.console.log(f"cmdline rendered: {rendered}")
         return rendered
 
+    def _render_plan_ref(self, text_ref: str) -> str:
+        """``oci://{{.Gateway}}:5000/...``: the host as this guest sees it (README, "macOS").
+
+        A workspace's embedded registry listens on the host's loopback; the guest reaches
+        the host at its DHCP gateway under every VM backend (QEMU user networking's
+        10.0.2.2, vfkit's vmnet bridge address), so the baked ref names the gateway and
+        the guest fills it in from its lease. Only the lease's fields are known here.
+        """
+        if not template.has_template(text_ref):
+            return text_ref
+        rendered = template.render(
+            text_ref, template.lease_fields(self.lease), where="cloudboot.plan"
+        )
+        self.console.log(f"cloudboot.plan rendered: {rendered}")
+        return rendered
+
     def _fetch_plan(self, text_ref: str) -> Fetched:
         c = self.console
         if not text_ref:
@@ -245,8 +261,8 @@ class Agent:
         from guest.agent import fetch
         from guest.contract import oci
 
-        ref = oci.parse_ref(text_ref)
         self._network()
+        ref = oci.parse_ref(self._render_plan_ref(text_ref))
         client = self.client()
         with c.step("fetch"):
             try:
@@ -379,11 +395,12 @@ def _hint(exc: CloudbootError) -> str:
         return "check the target's disk.device in the plan against the disks attached"
     if _is(exc, "guest.agent.fetch", "FetchError"):
         return (
-            "check the network, the registry address (the host is 10.0.2.2 under QEMU) "
+            "check the network, the registry address (the host is the DHCP gateway: 10.0.2.2 "
+            "under QEMU, the vmnet bridge address under vfkit) "
             "and cloudboot.plan"
         )
     if isinstance(exc, template.TemplateError):
-        return "fix the target's cmdline template in the plan; NVRAM was not touched"
+        return "fix the template (the target's cmdline or cloudboot.plan); NVRAM was not touched"
     return DEBUG_HINT
 
 

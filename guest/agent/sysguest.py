@@ -105,11 +105,26 @@ class _Background(Generic[T]):
         except BaseException as exc:  # handed to whoever waits
             self._error = exc
 
+    def join(self, timeout: float) -> None:
+        """Wait at most ``timeout`` for the call; its result stays for ``wait``."""
+        self._thread.join(timeout)
+
     def wait(self) -> T:
         self._thread.join()
         if self._error is not None:
             raise self._error
         return self._result  # type: ignore[return-value]
+
+
+#: How long the console waits for the early module load (virtio_console) at most.
+MODULES_WAIT_S = 20.0
+
+
+def _on_virtio_console() -> bool:
+    try:
+        return "console=hvc" in Path("/proc/cmdline").read_text()
+    except OSError:
+        return False
 
 
 class GuestSystem:
@@ -239,6 +254,11 @@ class GuestSystem:
         _check(_libc.reboot(RB_AUTOBOOT), "reboot")
 
     def console_streams(self) -> list[TextIO]:
+        """The consoles to log to. With ``console=hvc0`` (vfkit's virtio console) the
+        console exists only once ``virtio_console`` is loaded: wait for the module load
+        started early (a second or so) rather than open a /dev/console with no device."""
+        if self._modules is not None and _on_virtio_console():
+            self._modules.join(MODULES_WAIT_S)
         streams: list[TextIO] = []
         for path in ("/dev/console",):
             with contextlib.suppress(OSError):

@@ -31,13 +31,22 @@ from guest.contract.gpt import guid_from
 from guest.contract.pubkey import load_public_key
 from publisher.config import Config
 from publisher.media import cpio
+from publisher.media.base import packages_for
 from publisher.media.debs import DebCache
 from publisher.media.esp import esp_size
 from publisher.media.guestpack import PackInputs, pack_inputs, tree_files
 from publisher.media.initramfs import KernelInputs, initramfs_entries
 from publisher.media.iso import write_boot_iso
 from publisher.media.kernelsrc import KernelSources
-from publisher.media.recipe import ArchRecipe, Recipe, RecipeError, Source, SourceKind, load_recipe
+from publisher.media.recipe import (
+    ArchRecipe,
+    Recipe,
+    RecipeError,
+    Source,
+    SourceKind,
+    configured,
+    load_recipe,
+)
 from publisher.media.uki import UkiParts, build_uki
 from publisher.registry import RegistryClient, client_from_config
 from publisher.run import require_tool, run
@@ -267,7 +276,8 @@ def build_boot_iso(
         raise RecipeError("no architecture selected", where=str(recipe.path))
     check_public_key(recipe)
     arches = list(dict.fromkeys(arches))
-    cache = cache or DebCache()
+    if cache is None:  # the recipe's [base] artifact, else apt
+        cache = packages_for(recipe.base, recipe.cosign_public_key, registry, offline=offline)
     if sources is None:
         sources = KernelSources(debs=cache, offline=offline, build_missing=build_kernel)
         if registry is not None:
@@ -327,13 +337,15 @@ def build_from_config(
     force: bool = False,
     offline: bool = False,
     build_kernel: bool = False,
+    cache: DebCache | None = None,
 ) -> BuildResult:
     """boot.iso as the workspace says: ``[build].recipe`` (read again on every call: it is
     one of the files being edited) into ``[build].iso`` for the media arches, OCI kernels
     through the ``[registry]`` settings. ``cloudboot build`` (whose options override),
-    ``cloudboot up`` and the watcher's kernel stage all build through here."""
+    ``cloudboot up`` and the watcher's kernel stage all build through here. ``cache``:
+    where packages come from (default: the recipe's ``[base]`` artifact, else apt)."""
     return build_boot_iso(
-        load_recipe(config.build.recipe),
+        configured(load_recipe(config.build.recipe), config),
         out or config.build.iso,
         arches or config.media_arches(),
         cmdline,
@@ -343,4 +355,5 @@ def build_from_config(
         force=force,
         build_kernel=build_kernel,
         registry=lambda: client_from_config(config.registry),
+        cache=cache,
     )

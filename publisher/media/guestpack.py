@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from guest.contract.arch import Arch
+from guest.contract.errors import CloudbootError
 from publisher.media import cpio, guestwarm
-from publisher.media.debs import CONTROL_FILE, DebCache, DebError
+from publisher.media.debs import CONTROL_FILE, DebCache, DebError, Package
 from publisher.media.guestwarm import (
     GUEST_APP_DIR,
     PACKER_ENV,
@@ -176,8 +177,9 @@ def _compile_sourceless(tree: Path, guest_dir: str, keep_sources: Iterable[str] 
             source.unlink()
 
 
-def _wheels(cache: Path, offline: bool) -> tuple[Path, ...]:
-    """The PyPI archives in the per-user cache, downloading what is missing."""
+def download_wheels(cache: Path, offline: bool) -> tuple[Path, ...]:
+    """The PyPI archives in ``cache/wheels``, downloading what is missing (a base
+    artifact ships them there already, publisher/media/base.py)."""
     wheels = cache / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     have = os.listdir(wheels)
@@ -235,7 +237,7 @@ class PackInputs:
     """
 
     arch: Arch
-    runtime: tuple[Path, ...]  # the .debs of the Python runtime (unpacked when packing)
+    runtime: tuple[Package, ...]  # the Python runtime's packages (apt or a base)
     site_packages: tuple[Path, ...]  # VENV_PACKAGES, from the host's site-packages
     wheels: tuple[Path, ...]  # the PyPI archives
     guest: Path  # the ``guest`` package packed as the agent
@@ -249,7 +251,7 @@ class PackInputs:
         trees = [f for root in (*self.site_packages, self.guest) for f in tree_files(root)]
         ca = [self.ca_bundle] if self.ca_bundle else []
         code = [Path(__file__).resolve(), Path(guestwarm.__file__).resolve()]
-        one = [*self.runtime, *self.wheels, *self.plans, *ca, *code,
+        one = [*(p.deb for p in self.runtime), *self.wheels, *self.plans, *ca, *code,
                Path(sys.executable).resolve()]  # fmt: skip
         return [*map(os.fspath, one), *trees]
 
@@ -286,13 +288,34 @@ def pack_inputs(
     ca = Path("/etc/ssl/certs/ca-certificates.crt")
     return PackInputs(
         arch=arch,
-        runtime=tuple(debs.deb(n, arch, offline=offline) for n in RUNTIME_PACKAGES),
+        runtime=tuple(debs.package(n, arch, offline=offline) for n in RUNTIME_PACKAGES),
         site_packages=tuple(venv_site / "site-packages" / n for n in VENV_PACKAGES),
-        wheels=_wheels(debs.root.parent, offline),
+        wheels=download_wheels(debs.root.parent, offline),
         guest=repo / "guest",
         plans=tuple(sorted((repo / "plans").glob("*.hcl"))),
         ca_bundle=ca if ca.exists() else None,
     )
+
+
+class GuestPythonError(CloudbootError):
+    pass
+
+
+def check_host_python(version: tuple[int, int], executable: str) -> None:
+    """Refuse a host interpreter that is not the guest's minor version.
+
+    The stdlib and the agent are byte-compiled here, and bytecode carries its
+    interpreter's magic number: a 3.12 host would give the 3.11 guest .pyc files it
+    rejects, and PID 1 would die at its first import.
+    """
+    host = f"{version[0]}.{version[1]}"
+    if host != GUEST_PYTHON:
+        raise GuestPythonError(
+            f"the guest runs Python {GUEST_PYTHON} but cloudboot runs on Python {host} "
+            f"({executable}): bytecode compiled by {host} does not load in {GUEST_PYTHON}. "
+            f"Run cloudboot from a Python {GUEST_PYTHON} venv (./bootstrap picks python"
+            f"{GUEST_PYTHON}; macOS: brew install python@{GUEST_PYTHON})"
+        )
 
 
 def build_tree(
@@ -301,11 +324,11 @@ def build_tree(
 ) -> Path:  # fmt: skip
     """Assemble the agent's part of the initramfs as a directory tree at ``dest`` from
     ``inputs`` (default: ``pack_inputs(arch, debs=debs, repo=repo)``)."""
+    check_host_python((sys.version_info[0], sys.version_info[1]), sys.executable)
     inputs = inputs or pack_inputs(arch, debs=debs, repo=repo)
     dest.mkdir(parents=True, exist_ok=True)
-    for deb in inputs.runtime:
-        root = DebCache(deb.parent).unpack(deb).root  # unpacked next to it, once
-        shutil.copytree(root, dest, dirs_exist_ok=True, symlinks=True,
+    for pkg in inputs.runtime:
+        shutil.copytree(pkg.root, dest, dirs_exist_ok=True, symlinks=True,
                         ignore=shutil.ignore_patterns(CONTROL_FILE))  # fmt: skip
     # python3-regex installs under dist-packages; our -S interpreter only sees the app dir
     app = dest / "usr/lib/cloudboot"
@@ -329,8 +352,7 @@ def build_tree(
     keep = ("guest/", "cloud-boot-init.py", "cloudboot-reset.py")
     _compile_sourceless(app, GUEST_APP_DIR, keep_sources=keep)
     prepare_hcl2_parser(app, inputs.plans)
-    if f"{sys.version_info[0]}.{sys.version_info[1]}" == GUEST_PYTHON:
-        record_dataclass_code(app)  # else code objects would not load: the guest compiles
+    record_dataclass_code(app)  # same interpreter version: check_host_python above
     triplet = _triplet(arch)
     _write(dest / "init", INIT_SCRIPT.format(triplet=triplet), 0o755)
     _write(dest / "usr/bin/cloudboot-reset", RESET_SCRIPT.format(triplet=triplet), 0o755)

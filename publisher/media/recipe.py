@@ -15,19 +15,23 @@ import hashlib
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from guest.contract.arch import Arch
 from guest.contract.errors import CloudbootError
 from guest.contract.oci import RefError, parse_ref
 from publisher.media.cpio import Compression
 
-DEFAULT_CMDLINE = (
-    "cloudboot.exit=reboot cloudboot.plan=oci://10.0.2.2:5000/cloudboot/default:latest "
-    "console={console}"
-)
+if TYPE_CHECKING:
+    from publisher.config import Config
+
+DEFAULT_CMDLINE = "cloudboot.exit=reboot cloudboot.plan={plan} console={console}"
+#: ``{plan}`` without a workspace: the default embedded registry, host = the guest's gateway.
+DEFAULT_PLAN_REF = "oci://{{.Gateway}}:5000/cloudboot/default:latest"
+#: vfkit's ``virtio-serial`` is a virtio console, not a UART (docs/wire-formats.md §6).
+VIRTIO_CONSOLE = "hvc0"
 DEFAULT_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_scsi", "virtio_rng",
-                   "vfat", "nls_cp437", "nls_ascii", "efivarfs")  # fmt: skip
+                   "virtio_console", "vfat", "nls_cp437", "nls_ascii", "efivarfs")  # fmt: skip
 INIT_MODES = ("busybox-marker", "guest-agent")
 _ARCH_DEFAULTS = {
     Arch.X86_64: {"kernel": "linux-image-cloud-amd64"},
@@ -116,6 +120,13 @@ class Recipe:
     secureboot_cert: Path | None
     initramfs: InitramfsRecipe
     arches: dict[Arch, ArchRecipe] = field(default_factory=dict)
+    #: ``[base] oci``: a signed base artifact (REF@sha256:...) every deb source, the guest
+    #: runtime and the demo disk come from instead of apt (publisher/media/base.py).
+    base: str | None = None
+    #: What ``{plan}`` becomes (``configured`` derives it from the workspace).
+    plan_ref: str = DEFAULT_PLAN_REF
+    #: The VM backend's console for every arch (vfkit: hvc0); None = each arch's ``console``.
+    console: str | None = None
 
     def for_arch(self, arch: Arch) -> ArchRecipe:
         try:
@@ -128,9 +139,10 @@ class Recipe:
             ) from None
 
     def cmdline_for(self, arch: Arch, override: str | None = None) -> str:
-        """The baked command line with ``{console}`` filled in for ``arch``."""
+        """The baked command line with ``{console}`` and ``{plan}`` filled in for ``arch``."""
         text = self.cmdline if override is None else override
-        return text.replace("{console}", self.for_arch(arch).console)
+        console = self.console or self.for_arch(arch).console
+        return text.replace("{console}", console).replace("{plan}", self.plan_ref)
 
 
 _KIND_NAMES = frozenset(k.value for k in SourceKind)
@@ -251,9 +263,18 @@ def parse_recipe(text: str, path: Path) -> Recipe:
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"invalid TOML: {exc}", where=str(path)) from None
     r = _Reader(path)
-    unknown = sorted(set(data) - {"cmdline", "signing", "initramfs", "arch"})
+    unknown = sorted(set(data) - {"cmdline", "signing", "initramfs", "arch", "base"})
     if unknown:
-        raise r.fail(unknown[0], "unknown key; known: arch, cmdline, initramfs, signing")
+        raise r.fail(unknown[0], "unknown key; known: arch, base, cmdline, initramfs, signing")
+    base = r.string(r.table(data, "base", {"oci"}), "base.oci", "") or None
+    if base is not None:
+        try:
+            pinned = parse_ref(base).digest
+        except RefError as exc:
+            raise r.fail("base.oci", exc.message) from None
+        if not pinned:
+            raise r.fail("base.oci", f"{base} is not pinned: use the REF@sha256:... that "
+                                     "`cloudboot push base` prints")  # fmt: skip
     cmdline = r.string(data, "cmdline", DEFAULT_CMDLINE)
     signing = r.table(data, "signing", {"cosign_public_key", "secureboot_key", "secureboot_cert"})
     sb_key = r.opt_path(signing, "signing.secureboot_key")
@@ -318,6 +339,7 @@ def parse_recipe(text: str, path: Path) -> Recipe:
         secureboot_cert=sb_cert,
         initramfs=initramfs,
         arches=arches,
+        base=base,
     )
 
 
@@ -327,3 +349,27 @@ def load_recipe(path: Path) -> Recipe:
     except OSError as exc:
         raise RecipeError(f"cannot read recipe: {exc.strerror}", where=str(path)) from None
     return parse_recipe(text, path.resolve())
+
+
+#: The host as every guest sees it (its DHCP gateway), rendered by the guest agent.
+GATEWAY_HOST = "{{.Gateway}}"
+
+
+def configured(recipe: Recipe, config: Config) -> Recipe:
+    """The recipe as this workspace builds it: ``{plan}`` is the published default plan
+    as the guest will see it, ``{console}`` the VM backend's console (vfkit: hvc0).
+
+    A registry on the host's loopback (the embedded one) is named ``{{.Gateway}}``: the
+    guest substitutes its DHCP gateway, which is the host under both backends (QEMU user
+    networking's 10.0.2.2; vfkit's vmnet bridge address, where `cloudboot up` forwards to
+    the loopback registry while the VM runs). README.md "macOS" says why.
+    """
+    from publisher.config import Backend
+
+    ref = parse_ref(config.plan_ref(config.plans_dir / "default.hcl"))
+    if ref.insecure_default:  # loopback: the guest's gateway is the host
+        port = ref.registry.rpartition(":")[2] if not ref.registry.endswith("]") else ""
+        host = GATEWAY_HOST + (f":{port}" if port.isdigit() else "")
+        ref = replace(ref, registry=host)
+    vfkit = config.vm.backend.resolve() is Backend.VFKIT
+    return replace(recipe, plan_ref=f"oci://{ref}", console=VIRTIO_CONSOLE if vfkit else None)

@@ -3,8 +3,8 @@ serial console.
 
 Used by the end-to-end test and by bench/edit_to_target.py, so both measure the same loop
 a new user gets from the README's first command. Everything is real: `cloudboot init`,
-the embedded docker-registry (on a free loopback port, which the baked cmdline is pointed
-at as 10.0.2.2:PORT), the guest agent UKI, QEMU with OVMF under TCG.
+the embedded registry (on a free loopback port; the baked cmdline names it as the guest's
+gateway, oci://{{.Gateway}}:PORT), the guest agent UKI, QEMU with OVMF under TCG.
 """
 
 from __future__ import annotations
@@ -98,9 +98,7 @@ class LiveLoop:
         text = text.replace("[registry]\n", f'[registry]\nurl = "127.0.0.1:{self.port}"\n', 1)
         text = text.replace("[vm]\n", f'[vm]\narch = "{self.arch}"\n', 1)
         config.write_text(text)
-        # Guests reach the host's loopback registry as 10.0.2.2 (QEMU user networking).
-        text = self.recipe.read_text().replace("10.0.2.2:5000", f"10.0.2.2:{self.port}")
-        self.recipe.write_text(text)
+        # The baked plan ref follows [registry].url (as oci://{{.Gateway}}:PORT/...).
 
     def edit(self, path: Path, old: str, new: str) -> float:
         """Edit a file in place as an editor would; returns the wall time of the write."""
@@ -147,7 +145,10 @@ class LiveLoop:
         raise LoopError("expected log event not seen:\n" + self.log_path.read_text()[-3000:])
 
     def vm_pid(self) -> int:
-        return int((self.root / ".cloudboot" / "vm" / "qemu.pid").read_text().strip())
+        """The VM process's pid (QEMU's pidfile, or vfkit's)."""
+        state = self.root / ".cloudboot" / "vm"
+        pidfile = next(p for p in (state / "qemu.pid", state / "vfkit.pid") if p.exists())
+        return int(pidfile.read_text().strip())
 
     def stop(self) -> int:
         if self.proc is None:

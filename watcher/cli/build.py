@@ -95,7 +95,7 @@ def build(
     import structlog
 
     from publisher.media.build import build_from_config
-    from publisher.media.recipe import load_recipe
+    from publisher.media.recipe import configured, load_recipe
 
     log = structlog.get_logger(__name__)
     config = state(ctx).config
@@ -105,7 +105,7 @@ def build(
         raise typer.BadParameter(str(exc), param_hint="--arch") from None
     out = iso or config.build.iso
     check_output_path(out, "--iso" if iso else "[build].iso")
-    recipe = load_recipe(config.build.recipe)
+    recipe = configured(load_recipe(config.build.recipe), config)
     key = None
     if not no_sign:
         if config.signing.key.is_file():

@@ -23,6 +23,7 @@ from watcher.cli.registry import loopback_host_port
 
 if TYPE_CHECKING:
     from publisher.config import Config
+    from publisher.media.debs import DebCache
 
 
 def demo_disk_path(config: Config) -> Path:
@@ -68,18 +69,21 @@ def start_registry(config: Config, stack: contextlib.ExitStack) -> None:
             host=host,
             port=port,
             storage=config.registry.storage,
+            implementation=config.registry.server.value,
         )
     )
-    typer.echo(f"registry: started {reg.url} (storage {reg.storage})")
+    typer.echo(f"registry: started {reg.implementation} {reg.url} (storage {reg.storage})")
 
 
-def with_demo_disk(config: Config, enabled: bool) -> Config:
-    """Attach the demo target disk when the workspace names no chained-distro disk."""
+def with_demo_disk(config: Config, enabled: bool, debs: DebCache | None = None) -> Config:
+    """Attach the demo target disk when the workspace names no chained-distro disk.
+
+    ``debs``: where its pieces come from (the recipe's base artifact, else apt)."""
     if not enabled or config.vm.disks:
         return config
     from publisher.demodisk import ensure_demo_disk
 
-    disk = ensure_demo_disk(demo_disk_path(config), config.vm_arch())
+    disk = ensure_demo_disk(demo_disk_path(config), config.vm_arch(), cache=debs)
     typer.echo(f"demo target disk: {disk.path} (kernel {disk.kernel_release})")
     return dataclasses.replace(config, vm=dataclasses.replace(config.vm, disks=[disk.path]))
 
@@ -94,16 +98,27 @@ def up(
             help="Attach a generated target disk (Debian kernel) when [vm].disks is empty.",
         ),
     ] = True,
+    preflight: Annotated[
+        bool,
+        typer.Option("--preflight/--no-preflight", help="Run `cloudboot doctor`'s checks first."),
+    ] = True,
 ) -> None:
     """Set up and run the live-reload loop: registry, key, publish, build, VM, watch."""
+    from publisher.media.base import packages_for
     from publisher.media.build import build_from_config
     from publisher.media.cachedisk import ensure_cache_disk
+    from publisher.media.recipe import load_recipe
+    from publisher.registry import client_from_config
     from publisher.workspace import format_outcomes, load_signing_key, publish_workspace
     from watcher.cli.watch import run_daemon
     from watcher.vm import VmSpec, VmState, open_backend
     from watcher.watch.adapters import BackendVmStage
 
     config = state(ctx).config
+    if preflight:
+        from watcher.cli.doctor import preflight_or_stop
+
+        preflight_or_stop(config, vm=vm, demo_disk=demo_disk)
     with contextlib.ExitStack() as stack:
         ensure_signing_key(config)
         start_registry(config, stack)
@@ -112,13 +127,16 @@ def up(
         if any(not o.ok for o in outcomes):
             raise CloudbootError("fix the plans above, then run `cloudboot up` again")
         key = load_signing_key(config)
-        result = build_from_config(config, key)
+        recipe = load_recipe(config.build.recipe)
+        debs = packages_for(recipe.base, recipe.cosign_public_key,
+                            lambda: client_from_config(config.registry))  # fmt: skip
+        result = build_from_config(config, key, cache=debs)
         typer.echo(f"boot.iso: {result.output} ({'unchanged' if result.skipped else 'built'})")
         if ensure_cache_disk(config.build.cache_disk, config.build.cache_disk_size_mib):
             typer.echo(f"cache disk: created {config.build.cache_disk}")
         vm_stage = None
         if vm:
-            config = with_demo_disk(config, demo_disk)
+            config = with_demo_disk(config, demo_disk, debs)
             backend = open_backend(VmSpec.from_config(config))
             if backend.status().state is not VmState.RUNNING:
                 status = backend.up(reset_nvram=True)

@@ -194,5 +194,41 @@ def push_index_cmd(
     emit(push_index(client, target, entries, signer), as_json)
 
 
+@push_app.command("base")
+def push_base_cmd(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="Target ref of the base index.")],
+    arches: Annotated[
+        list[str] | None,
+        typer.Option("--arch", help="x86_64 / aarch64; repeat (default: both)."),
+    ] = None,
+    key: KeyOpt = None,
+    as_json: JsonOpt = False,
+    plain_http: PlainHttpOpt = None,
+    insecure: InsecureOpt = False,
+    tls_verify: TlsVerifyOpt = None,
+    ca_bundle: CaOpt = None,
+    authfile: AuthfileOpt = None,
+) -> None:
+    """Publish every boot input from Debian packages (kernel + modules, systemd stub,
+    busybox, the guest's Python runtime and wheels, the demo target disk) as a signed
+    multi-arch base artifact, for recipes with `[base] oci = "REF@sha256:..."` (a Mac
+    has no apt-get or dpkg-deb). Needs apt-get, dpkg-deb and mkfs.ext4 here; signs with
+    --key, default [signing].key."""
+    from publisher.media.basepack import push_base
+    from publisher.media.recipe import load_recipe
+
+    config = state(ctx).config
+    try:
+        targets = [Arch.parse(a) for a in arches] if arches else [Arch.X86_64, Arch.AARCH64]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--arch") from None
+    target = parse_ref(ref)
+    signer = signing_key(key or config.signing.key)
+    recipe = load_recipe(config.build.recipe)
+    client = make_client(ctx, plain_http, insecure, tls_verify, ca_bundle, authfile)
+    emit(push_base(client, target, recipe, list(dict.fromkeys(targets)), signer), as_json)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(push_app, name="push")

@@ -1,8 +1,9 @@
 """`cloudboot registry serve`: the embedded local registry a workspace publishes to.
 
-Runs the same docker-registry the tests use, on the workspace's [registry] url, so a new user
-needs no registry of their own. Refuses non-loopback addresses: the embedded registry has no
-auth and must never be exposed.
+Runs the workspace's [registry].server (docker-registry, the one the tests use, or the builtin
+one where docker-registry does not exist, as on a Mac) on the workspace's [registry] url, so
+a new user needs no registry of their own. Refuses non-loopback addresses: the embedded
+registry has no auth and must never be exposed.
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ import typer
 from guest.contract.errors import CloudbootError
 from watcher.cli import state
 
-registry_app = typer.Typer(
-    rich_markup_mode=None, help="Run the embedded local OCI registry (docker-registry)."
-)
+registry_app = typer.Typer(rich_markup_mode=None, help="Run the embedded local OCI registry.")
 
 
 def loopback_host_port(url: str) -> tuple[str, int]:
@@ -47,6 +46,10 @@ def serve(
         int | None,
         typer.Option(min=1, max=65535, help="Override the port of [registry].url."),
     ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(help="auto, docker-registry or builtin (default: [registry].server)."),
+    ] = None,
 ) -> None:
     """Serve the workspace's registry in the foreground until Ctrl-C / SIGTERM."""
     from publisher.localregistry import local_registry
@@ -57,9 +60,16 @@ def serve(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     workdir = config.root / ".cloudboot" / "registry-run"
     with local_registry(
-        workdir, host=host, port=port or url_port, storage=config.registry.storage
+        workdir,
+        host=host,
+        port=port or url_port,
+        storage=config.registry.storage,
+        implementation=server or config.registry.server.value,
     ) as reg:
-        typer.echo(f"registry serving at {reg.url} (storage {reg.storage}); Ctrl-C stops it")
+        typer.echo(
+            f"registry ({reg.implementation}) serving at {reg.url} (storage {reg.storage}); "
+            "Ctrl-C stops it"
+        )
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
 

@@ -94,6 +94,8 @@ class ProcessBackend(abc.ABC):
 
     #: Program names a pidfile's process must run before we signal it.
     process_names: tuple[str, ...] = ()
+    #: The VM process truncates the serial log when it starts (vfkit does, QEMU appends).
+    serial_truncated_at_launch = False
 
     def __init__(self, spec: VmSpec) -> None:
         self.spec = spec
@@ -137,7 +139,20 @@ class ProcessBackend(abc.ABC):
         """Delete Boot0001 (and its BootOrder slot) from the stopped VM's store."""
 
     @abc.abstractmethod
-    def _control_ready(self) -> bool: ...
+    def _control_ready(self) -> bool:
+        """The VM runs and answers on its control channel; raise VmError if it cannot."""
+
+    def _not_ready_detail(self) -> str:
+        """What the last readiness check saw, for the timeout error."""
+        return f"did not open {self.spec.control_socket}"
+
+    def _after_start(self) -> None:
+        """The VM runs (hook: vfkit's bridge forwarder)."""
+        return None
+
+    def _after_stop(self) -> None:
+        """The VM is gone (hook)."""
+        return None
 
     @abc.abstractmethod
     def _guest_state(self) -> str | None: ...
@@ -195,7 +210,7 @@ class ProcessBackend(abc.ABC):
         for stale in (self.spec.pidfile, self.spec.control_socket):
             stale.unlink(missing_ok=True)
         argv = self._launch_argv(reset_nvram)
-        serial_offset = _size(self.spec.serial_log)
+        serial_offset = 0 if self.serial_truncated_at_launch else _size(self.spec.serial_log)
         log_offset = _size(self.spec.process_log)
         started = time.time()
         proc = launch(argv, log_file=self.spec.process_log)
@@ -213,6 +228,7 @@ class ProcessBackend(abc.ABC):
             ),
         )
         log.info("vm started", backend=self.spec.backend.value, pid=proc.pid, reset=reset_nvram)
+        self._after_start()
         return self.status()
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], log_offset: int) -> None:
@@ -224,12 +240,16 @@ class ProcessBackend(abc.ABC):
                     f"{self.spec.backend.value} exited with status {code} while starting"
                     f"{self._log_excerpt(log_offset)}"
                 )
-            if read_pidfile(self.spec.pidfile) == proc.pid and self._control_ready():
-                return
+            try:
+                if read_pidfile(self.spec.pidfile) == proc.pid and self._control_ready():
+                    return
+            except VmError as exc:
+                self._kill(proc.pid)
+                raise VmError(f"{exc}{self._log_excerpt(log_offset)}") from None
             time.sleep(0.02)
         self._kill(proc.pid)
         raise VmError(
-            f"{self.spec.backend.value} did not open {self.spec.control_socket} within "
+            f"{self.spec.backend.value} {self._not_ready_detail()} within "
             f"{START_TIMEOUT_S:.0f} s{self._log_excerpt(log_offset)}"
         )
 
@@ -253,6 +273,7 @@ class ProcessBackend(abc.ABC):
         self._set_desired("stopped")
         pid = self.pid()
         if pid is None:
+            self._after_stop()
             return False
         log.info("vm stopping", pid=pid)
         self._request_stop()
@@ -263,6 +284,7 @@ class ProcessBackend(abc.ABC):
                 self._kill(pid)
         self._reap_child()
         self.spec.control_socket.unlink(missing_ok=True)
+        self._after_stop()
         return True
 
     def _reap_child(self) -> None:

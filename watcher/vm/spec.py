@@ -13,6 +13,7 @@ from pathlib import Path
 
 from guest.contract.arch import Arch
 from guest.contract.errors import CloudbootError
+from guest.contract.ociref import parse_ref
 from publisher.config import Accel, Backend, Config
 
 
@@ -27,6 +28,16 @@ class Disk:
     path: Path
     readonly: bool
     config_key: str
+
+
+def _loopback_services(registry_url: str) -> tuple[tuple[str, int], ...]:
+    """The registry's (host, port) when it listens on the host's loopback (the embedded one)."""
+    ref = parse_ref(f"{registry_url}/x")
+    host, _, port = ref.registry.rpartition(":")
+    if not ref.insecure_default or not port.isdigit():
+        return ()
+    host = host.strip("[]")
+    return (("127.0.0.1" if host == "localhost" else host, int(port)),)
 
 
 #: sun_path is 108 bytes on Linux and 104 on macOS (NUL included).
@@ -48,6 +59,11 @@ class VmSpec:
     state_dir: Path
     backend: Backend  # never AUTO: resolved for this host
     accel: Accel = Accel.AUTO
+    #: (host, port) of services on the host's loopback the guest must reach at its gateway,
+    #: on the same port (the registry). QEMU's user network does that by itself; vfkit's
+    #: NAT does not, so the vfkit backend forwards them from the bridge address while the
+    #: VM runs.
+    host_services: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def from_config(cls, config: Config) -> VmSpec:
@@ -69,6 +85,7 @@ class VmSpec:
             state_dir=state_dir,
             backend=vm.backend.resolve(),
             accel=vm.accel,
+            host_services=_loopback_services(config.registry.url),
         )
 
     @property

@@ -2,9 +2,13 @@
 
 - A restart we ask for (after a publish) resets NVRAM: the guest agent runs again and
   re-stages the target from the new plan.
-- A VM that stops on its own is relaunched WITHOUT touching NVRAM. On Apple VZ a guest
-  reboot can surface as "VM stopped" (vfkit exits), and the Boot0001 the agent just wrote
-  must survive for the staged target to boot.
+- A VM that stops on its own is relaunched WITHOUT touching NVRAM. Apple VZ normally
+  resets a rebooting Linux guest in place (the vfkit process stays, so there is nothing to
+  see here: the firmware boots the agent's Boot0001 and the target comes up, which is the
+  guest's second pass, not a crash). Should a VZ version report the reboot as "VM
+  stopped" instead, vfkit exits; the relaunch must keep the Boot0001 the agent just wrote
+  for the staged target to boot. That one stop per staging is well under the crash-loop
+  limit below, so it is never mistaken for a crash loop.
 - A VM that keeps stopping (``max_relaunches`` stops within ``window_s``) is a crash
   loop: relaunches are spaced out by a growing delay meanwhile, and past the limit the
   supervisor gives up and reports it, until the next requested restart.

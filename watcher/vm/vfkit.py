@@ -4,6 +4,15 @@ vfkit has no start or restart endpoint and exits whenever the VM stops, so every
 restart is: stop, wait for the process to exit, launch again. NVRAM reset is the
 ``create`` option of ``--bootloader efi,variable-store=...`` (it overwrites a store);
 we delete the store when asked to reset and pass ``create`` whenever it is missing.
+
+Facts this relies on (docs/wire-formats.md §6): ``--pidfile`` exists from vfkit 0.6.2,
+so an older vfkit is refused up front by its ``vfkit --version``; vfkit serves REST
+before it starts the VM and first reports ``VirtualMachineStateStopped``, so a start is
+done only when ``/vm/state`` says ``VirtualMachineStateRunning``; the serial log is
+truncated at every launch. A guest reboot usually resets the VM in place (vfkit keeps
+running); should a VZ version stop it instead, vfkit exits and the supervisor relaunches
+it with NVRAM untouched. While the VM runs, the host's loopback services the guest needs
+(the registry) are forwarded from the bridge address (``watcher.vm.bridge``).
 """
 
 from __future__ import annotations
@@ -11,13 +20,15 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any
 
-from publisher.run import require_tool
+from publisher.run import CommandError, ToolMissingError, require_tool, run
 from watcher.vm import nvram
 from watcher.vm.backend import ProcessBackend
+from watcher.vm.bridge import BridgeForwarder, Forward, bridge_address
 from watcher.vm.spec import VmError, VmSpec
 
 #: Framebuffer size for ``--gui`` (vfkit needs a virtio-gpu device to show anything).
@@ -69,6 +80,55 @@ def vfkit_argv(spec: VmSpec, create_nvram: bool, *, binary: str = "vfkit") -> li
         "info",
     ]
     return argv
+
+
+#: The oldest vfkit with ``--pidfile`` (how a later CLI call finds the VM again).
+MIN_VERSION = (0, 6, 2)
+_VERSION = re.compile(r"version:?\s*v?(\d+)\.(\d+)\.(\d+)")
+RUNNING = "VirtualMachineStateRunning"
+#: States after which the VM will not come up by itself.
+FAILED_STATES = ("VirtualMachineStateError",)
+
+
+def parse_version(text: str) -> tuple[int, int, int] | None:
+    """``vfkit version: v0.6.4`` (cobra's template as vfkit sets it) -> (0, 6, 4); pure."""
+    match = _VERSION.search(text)
+    if match is None:
+        return None
+    major, minor, patch = (int(g) for g in match.groups())
+    return major, minor, patch
+
+
+_checked: dict[tuple[str, float], tuple[int, int, int]] = {}
+
+
+def check_version(binary: str) -> tuple[int, int, int]:
+    """Refuse a vfkit older than 0.6.2, naming its version (checked once per binary)."""
+    try:
+        key = (binary, os.stat(binary).st_mtime)
+    except OSError as exc:
+        raise VmError(f"vfkit: cannot run {binary}: {exc.strerror}") from None
+    if key in _checked:
+        return _checked[key]
+    try:
+        proc = run([binary, "--version"], timeout=30)
+    except (CommandError, ToolMissingError, OSError) as exc:
+        raise VmError(f"`{binary} --version` failed: {exc}") from None
+    output = (proc.stdout + proc.stderr).decode(errors="replace").strip()
+    version = parse_version(output)
+    if version is None:
+        raise VmError(
+            f"cannot tell the vfkit version from `{binary} --version`: {output[:200]!r} "
+            f"(cloudboot needs vfkit {'.'.join(map(str, MIN_VERSION))} or newer)"
+        )
+    if version < MIN_VERSION:
+        found, needed = ".".join(map(str, version)), ".".join(map(str, MIN_VERSION))
+        raise VmError(
+            f"vfkit {found} ({binary}) is too old: cloudboot needs vfkit {needed} or newer "
+            "(--pidfile); upgrade it with `brew upgrade vfkit`"
+        )
+    _checked[key] = version
+    return version
 
 
 def find_vfkit() -> str:
@@ -141,16 +201,50 @@ class VfkitRest:
 _GONE = (ConnectionError, FileNotFoundError, http.client.HTTPException, TimeoutError)
 
 
+def previous_serial_log(log: Path) -> Path:
+    return log.with_name(log.name + ".1")
+
+
 class VfkitBackend(ProcessBackend):
     process_names = ("vfkit",)
+    serial_truncated_at_launch = True
 
     def __init__(self, spec: VmSpec) -> None:
         super().__init__(spec)
         self.rest = VfkitRest(spec.control_socket)
+        self._last_state = "no answer"
+        self.forwarder: BridgeForwarder | None = None
 
     def _launch_argv(self, reset_nvram: bool) -> list[str]:
+        binary = find_vfkit()
+        check_version(binary)
         create = reset_nvram or not self.spec.nvram.exists()
-        return vfkit_argv(self.spec, create, binary=find_vfkit())
+        self._keep_previous_log()
+        return vfkit_argv(self.spec, create, binary=binary)
+
+    def _keep_previous_log(self) -> None:
+        """vfkit truncates the serial log at launch: the last launch's goes to ``.1``
+        (after a relaunch, that is the guest agent's pass)."""
+        log = self.spec.serial_log
+        if log.is_file() and log.stat().st_size:
+            os.replace(log, previous_serial_log(log))
+
+    def _after_start(self) -> None:
+        """Forward the host's loopback services (the registry) from the bridge address."""
+        self._after_stop()
+        if not self.spec.host_services:
+            return
+        forwards = [Forward(port, host, port) for host, port in self.spec.host_services]
+        self.forwarder = BridgeForwarder(bridge_address(), forwards)
+        self.forwarder.start()
+
+    def _after_stop(self) -> None:
+        if self.forwarder is not None:
+            self.forwarder.close()
+            self.forwarder = None
+
+    def _not_ready_detail(self) -> str:
+        return f"did not report {RUNNING} (last answer: {self._last_state})"
 
     def _wipe_nvram(self) -> None:
         nvram.delete_store(self.spec.nvram)
@@ -165,10 +259,14 @@ class VfkitBackend(ProcessBackend):
         )
 
     def _control_ready(self) -> bool:
+        """Running, not merely answering: vfkit's first answer is Stopped."""
         try:
-            return bool(self.rest.state()["state"])
+            self._last_state = str(self.rest.state()["state"])
         except (*_GONE, OSError, VmError, ValueError):
             return False
+        if self._last_state in FAILED_STATES:
+            raise VmError(f"vfkit reports {self._last_state} while starting the VM")
+        return self._last_state == RUNNING
 
     def _guest_state(self) -> str | None:
         try:

@@ -37,10 +37,11 @@ class BackendVmStage:
     (``cloudboot vm up`` in another terminal): the watcher restarts it on changes but
     leaves it running when the watcher stops.
 
-    With ``supervise`` (the default for vfkit, where Apple VZ reports a guest reboot as a
-    stop and vfkit exits) a background supervisor relaunches a VM that stopped on its own
-    WITHOUT touching NVRAM, so the Boot0001 the guest agent just staged boots. QEMU reboots
-    guests in place, so there an exit means the guest powered off and is left alone.
+    With ``supervise`` (the default for vfkit: VZ usually resets a rebooting guest in place,
+    but should it report the reboot as a stop, vfkit exits) a background supervisor
+    relaunches a VM that stopped on its own WITHOUT touching NVRAM, so the Boot0001 the
+    guest agent just staged boots. A reboot in place keeps the process: nothing to do.
+    QEMU reboots guests in place, so there an exit means the guest powered off.
     """
 
     def __init__(

@@ -27,6 +27,6 @@ def boot_variable_name(number: int) -> str:
     return f"Boot{number:04X}"
 
 
-#: The boot option cloudboot owns: the staged target (spec 5.7).
+#: The boot option cloudboot owns: the staged target (docs/wire-formats.md §5.7).
 CLOUDBOOT_BOOT_NUMBER = 0x0001
 CLOUDBOOT_BOOT_VARIABLE = boot_variable_name(CLOUDBOOT_BOOT_NUMBER)

@@ -6,7 +6,7 @@ The guest edits the running firmware's variables through Linux efivarfs
 (``edk2vars.VarsFile``). Both implement ``VariableStore`` (virt-firmware's idea: one
 variable model, many stores), so staging a target (our Boot0001, first in BootOrder) and
 going back to the menu (Boot0001 and its BootOrder slot gone, every other variable left
-alone) are the same code on both sides (spec 5.7, 5.8).
+alone) are the same code on both sides (docs/wire-formats.md §5.7, §5.8).
 """
 
 from __future__ import annotations
