@@ -150,13 +150,18 @@ def qemu_argv(lab: Lab, vars_fd: Path, cache: Path, serial: Path, reboot: bool) 
     return argv + (["-action", "reboot=reset"] if reboot else ["-no-reboot"])
 
 
-def boot(lab: Lab, name: str, until: str, timeout: float = 240.0) -> tuple[str, Path]:
+def boot(
+    lab: Lab, name: str, until: str, timeout: float = 240.0, cache: Path | None = None
+) -> tuple[str, Path]:
+    """Boot with fresh NVRAM (a copy of the vars template) and a new cache disk, or the
+    given ``cache`` kept from an earlier boot (as the dev loop keeps it across resets)."""
     work = lab.root / name
     work.mkdir()
     vars_fd = work / "vars.fd"
     shutil.copy(FIRMWARE[lab.arch][1], vars_fd)
-    cache = work / "cache.raw"
-    ensure_cache_disk(cache, 64)
+    if cache is None:
+        cache = work / "cache.raw"
+        ensure_cache_disk(cache, 64)
     serial = work / "serial.log"
     argv = qemu_argv(lab, vars_fd, cache, serial, reboot=until != "FATAL")
     with spawn(argv, stdout=work / "qemu.log"):

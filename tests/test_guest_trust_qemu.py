@@ -14,20 +14,35 @@ another, unsigned kernel/initrd (a tiny initrd printing its own marker):
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from virt.firmware.efi import bootentry as vf_bootentry
 
-from guest.contract.oci import parse_ref
+from guest.contract.gpt import SECTOR, read_gpt
+from guest.contract.oci import MEDIA_MANIFEST, parse_ref
+from publisher.media.cachedisk import ensure_cache_disk
 from publisher.media.debs import DebCache
 from publisher.push import publish_plan, push_artifact
 from publisher.registry import RegistryClient
+from publisher.run import run
 from publisher.signing import SigningKey
-from tests.test_guest_fetch import push_plan, sign
-from tests.test_guest_qemu import OVMF_CODE, Lab, _tiny_initrd, _vars, boot, build_iso, make_lab
+from tests.test_guest_fetch import push_manifest, push_plan, sign
+from tests.test_guest_qemu import (
+    MARKER,
+    OVMF_CODE,
+    Lab,
+    _tiny_initrd,
+    _vars,
+    boot,
+    build_iso,
+    make_lab,
+    plan_for,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -127,3 +142,46 @@ def test_tag_moved_to_an_unsigned_kernel(trust_lab: TrustLab) -> None:
     assert f"WARNING: artifact {artifact}: NOT VERIFIED" in log, log[-3000:]
     assert MOVED in log and SIGNED not in log
     assert _cloudboot_entries(vars_fd) == ["cloud-boot linux"]
+
+
+def _floor_file(cache: Path) -> dict[str, object]:
+    """``\\cloudboot\\floor.json`` read off the cache disk's ESP with mtools."""
+    (esp,) = read_gpt(cache.read_bytes()[: 34 * SECTOR]).partitions
+    out = run(["mtype", "-i", f"{cache}@@{esp.first_lba * SECTOR}", "::/cloudboot/floor.json"])
+    doc: dict[str, object] = json.loads(out.stdout)
+    return doc
+
+
+def test_rollback_refused_across_an_nvram_reset(trust_lab: TrustLab) -> None:
+    """Plan v2 is accepted (the floor lands on the cache ESP); the attacker moves the tag
+    back to v1, still validly signed; the next boot starts from fresh NVRAM (the dev loop's
+    reset) with the same cache disk, and refuses v1 with NVRAM left untouched."""
+    lab = trust_lab.lab
+    web = parse_ref(f"{lab.registry.address}/plans/web:latest")
+    plan_file = lab.root / "rollback.hcl"
+    digests = []
+    for version in (1, 2):
+        plan_file.write_bytes(plan_for(lab.arch).replace(b"panic=-1", f"v{version}".encode()))
+        result = publish_plan(RegistryClient(), web, plan_file, SigningKey(lab.key))  # type: ignore[arg-type]
+        digests.append(result.digest)
+    cache = lab.root / "rollback-cache.raw"
+    ensure_cache_disk(cache, 64)
+    log, vars_fd = boot(lab, "rollback-v2", MARKER, cache=cache)
+    assert MARKER in log, log[-3000:]
+    target_cmdline = [line for line in log.splitlines() if "Kernel command line:" in line][-1]
+    assert target_cmdline.endswith("console=ttyS0 v2")
+    assert _cloudboot_entries(vars_fd) == ["cloud-boot debian"]
+    floor = _floor_file(cache)
+    guest_ref = f"10.0.2.2:{lab.registry.port}/plans/web:latest"  # the plan as the guest names it
+    assert floor["floors"] == {guest_ref: floor["floors"][guest_ref]}  # type: ignore[index]
+
+    manifest = requests.get(
+        f"{lab.registry.url}/v2/plans/web/manifests/{digests[0]}",
+        headers={"Accept": MEDIA_MANIFEST},
+        timeout=10,
+    ).content
+    push_manifest(lab.registry.url, "plans/web", "latest", manifest, MEDIA_MANIFEST)
+    log, vars_fd = boot(lab, "rollback-v1", "FATAL", cache=cache)
+    fatal = [line for line in log.splitlines() if line.startswith("FATAL: ")]
+    assert fatal and "is older than one already accepted" in fatal[0], log[-3000:]
+    assert _cloudboot_entries(vars_fd) == []
