@@ -368,8 +368,9 @@ def _is(exc: BaseException, module: str, name: str) -> bool:
 def _hint(exc: CloudbootError) -> str:
     if _is(exc, "guest.contract.cosign", "SigningError"):
         return (
-            "push the plan signed with the key baked into boot.iso (`cloudboot push`), "
-            "or boot with cloudboot.cosign=warn; NVRAM was not touched"
+            "publish the plan with the key baked into boot.iso (`cloudboot push plan --key`:"
+            " it pins the plan's artifacts and signs it fresh), see docs/trust-model.md,"
+            " or boot with cloudboot.cosign=warn; NVRAM was not touched"
         )
     if isinstance(exc, stage.StageError):
         return stage.CACHE_DISK_HINT

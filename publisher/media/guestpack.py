@@ -83,7 +83,8 @@ RESET_MAIN = _ENTRY + "from guest.agent.reset import main\nsys.exit(main())\n"
 #: Every guest module a boot may import (lazily or not): their dataclasses are cached.
 GUEST_MODULES = (
     *(f"guest.agent.{m}" for m in ("main", "sysguest", "fetch", "diskread", "menu", "metadata",
-                                   "template", "lease", "reset", "httpclient", "machine")),
+                                   "template", "lease", "reset", "httpclient", "machine",
+                                   "trust", "floor")),
     "guest.contract.cosign", "guest.contract.plan",
 )  # fmt: skip
 #: busybox udhcpc calls this with $1 = deconfig|bound|renew and the lease in variables;
