@@ -44,6 +44,7 @@ from publisher.sigtag import (
     put_signature,
     speculative_signature_blobs,
     split_signatures,
+    tag_version,
 )
 
 log = structlog.get_logger(__name__)
@@ -223,6 +224,11 @@ def _prepare(
         return PreparedPush(ref, digest, manifest_bytes, media_type, sig_tag, False, False, sent)
     client.put_manifest(ref.with_digest(digest), manifest_bytes, media_type, digest)
     if key is not None and found is not None and resign:
+        if move_tag and at is not None and not repeat:
+            # Another publisher (another clock) may have signed what the tag holds now;
+            # guests compare against that version, so go above it whatever our clock says.
+            # A repeat publisher signed it itself, with this clock: no lookup needed.
+            version = max(version, tag_version(client, ref, at, key) + 1)
         optional = cosign.trust_optional(pins, next_version(found.ours, now_ms=version))
         sent += put_signature(client, ref, digest, key, found, optional)
     sessions = sum(1 for n in sizes if n) if repeat else 0
