@@ -9,6 +9,9 @@ another, unsigned kernel/initrd (a tiny initrd printing its own marker):
   enforce refuses with a FATAL naming the artifact and no cloud-boot entry in NVRAM;
 - the same under ``cloudboot.cosign=warn`` (a second boot.iso): it boots the moved
   kernel and says on the console that the artifact is not verified.
+
+Also booted: a rollback refused across an NVRAM reset (the floor on the cache disk), and an
+unsigned metadata document that may not set the kernel command line, debug or the plan.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from publisher.push import publish_plan, push_artifact
 from publisher.registry import RegistryClient
 from publisher.run import run
 from publisher.signing import SigningKey
+from tests.test_guest_agent import _metadata_server
 from tests.test_guest_fetch import push_manifest, push_plan, sign
 from tests.test_guest_qemu import (
     MARKER,
@@ -185,3 +189,38 @@ def test_rollback_refused_across_an_nvram_reset(trust_lab: TrustLab) -> None:
     fatal = [line for line in log.splitlines() if line.startswith("FATAL: ")]
     assert fatal and "is older than one already accepted" in fatal[0], log[-3000:]
     assert _cloudboot_entries(vars_fd) == []
+
+
+def test_unsigned_metadata_cannot_set_the_cmdline_or_debug(trust_lab: TrustLab) -> None:
+    """The image bakes ``cloudboot.cmdline=console=ttyS0`` and a metadata URL; the document
+    (plain HTTP, as a link-local service would serve it) asks for another kernel command
+    line, a debug shell and another plan. The guest refuses those, says so, and the target
+    kernel boots with the baked command line."""
+    lab = trust_lab.lab
+    plan = (
+        b'default_target = "debian"\ntarget "debian" {\n  disk { device = "LABEL=targetroot" }\n}\n'
+    )
+    digest = push_plan(lab.registry.url, "plans/md", "latest", plan)
+    sign(lab.registry.url, "plans/md", f"{lab.registry.address}/plans/md", digest, lab.key)  # type: ignore[arg-type]
+    evil = {"cloudboot": {"cmdline": "console=ttyS0 systemd.run=/bin/evil", "debug": 1,
+                          "plan": f"10.0.2.2:{lab.registry.port}/plans/web"}}  # fmt: skip
+    with _metadata_server(json.dumps(evil).encode()) as (url, seen):
+        port = url.rsplit(":", 1)[1].split("/", 1)[0]
+        root = lab.root / "metadata"
+        root.mkdir()
+        shutil.copy(lab.root / "cosign.pub", root / "cosign.pub")
+        cmdline = (
+            f"cloudboot.exit=reboot cloudboot.plan=oci://10.0.2.2:{lab.registry.port}/plans/md"
+            f" cloudboot.insecure=1 cloudboot.metadata.url=http://10.0.2.2:{port}/md"
+            " cloudboot.cmdline=console=ttyS0 console=ttyS0"
+        )
+        md_lab = dataclasses.replace(lab, iso=build_iso(root, "guest-agent", cmdline))
+        log, vars_fd = boot(md_lab, "metadata-boot", MARKER)
+    assert seen, "the guest never fetched the metadata document"
+    for knob in ("cmdline", "debug", "plan"):
+        assert f"metadata may not set cloudboot.{knob}" in log, log[-3000:]
+    assert MARKER in log, log[-3000:]
+    target_cmdline = [line for line in log.splitlines() if "Kernel command line:" in line][-1]
+    assert target_cmdline.endswith(r"initrd=\EFI\Linux\debian-initrd console=ttyS0")
+    assert "systemd.run" not in target_cmdline
+    assert _cloudboot_entries(vars_fd) == ["cloud-boot debian"]
