@@ -46,7 +46,7 @@ import structlog  # noqa: E402
 from bench.linelog import LineClock  # noqa: E402
 from bench.results import Row, add_report_options, emit  # noqa: E402
 from guest.contract.arch import Arch  # noqa: E402
-from publisher.config import load_config  # noqa: E402
+from publisher.config import Accel, load_config  # noqa: E402
 from publisher.demodisk import TARGET_MARKER  # noqa: E402
 from publisher.media.build import build_boot_iso  # noqa: E402
 from publisher.run import spawn  # noqa: E402
@@ -56,7 +56,7 @@ from watcher.cli.demo import demo_disk_path  # noqa: E402
 from watcher.vm.firmware import find_firmware  # noqa: E402
 from watcher.vm.nvram import restore_template  # noqa: E402
 from watcher.vm.qemu import kvm_usable, qemu_argv  # noqa: E402
-from watcher.vm.spec import Accel, VmSpec  # noqa: E402
+from watcher.vm.spec import VmSpec  # noqa: E402
 
 INIT_MARKER = "CLOUDBOOT-INIT-OK"
 STEP = re.compile(r"cloud-boot: \S+ step (\w+) ([\d.]+)s")

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from guest.contract.fsutil import write_atomic
 
 
 @dataclass(frozen=True)
@@ -65,16 +65,8 @@ def add_report_options(parser: argparse.ArgumentParser) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temp file next to ``path``, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Readers (and a report interrupted half-way) never see half a file."""
+    write_atomic(path, text.encode())
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

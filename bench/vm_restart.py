@@ -32,16 +32,17 @@ sys.path.insert(0, str(REPO))
 import structlog  # noqa: E402
 
 from bench.results import Row, add_report_options, emit  # noqa: E402
+from publisher.config import Accel, Backend  # noqa: E402
 from publisher.run import spawn  # noqa: E402
-from tests.test_vm_lifecycle import make_spec  # noqa: E402
+from tests.helpers import make_spec  # noqa: E402
 from watcher.vm import open_backend  # noqa: E402
 from watcher.vm.firmware import find_firmware  # noqa: E402
 from watcher.vm.nvram import restore_template  # noqa: E402
 from watcher.vm.qemu import qemu_argv  # noqa: E402
-from watcher.vm.spec import Accel, BackendKind, VmSpec  # noqa: E402
+from watcher.vm.spec import VmSpec  # noqa: E402
 
 
-def spec_in(directory: Path, kind: BackendKind) -> VmSpec:
+def spec_in(directory: Path, kind: Backend) -> VmSpec:
     """The lifecycle tests' VM (blank disks, firmware only) in a directory of its own."""
     directory.mkdir(parents=True, exist_ok=True)
     return make_spec(directory, kind)
@@ -104,17 +105,17 @@ def main() -> None:
     os.environ.setdefault("CLOUDBOOT_VFKIT", str(REPO / "tests/vfkit_standin/vfkit"))
     with tempfile.TemporaryDirectory(prefix="cb-bench-") as tmp:
         root = Path(tmp)
-        base = statistics.median(baseline(spec_in(root / "baseline", BackendKind.QEMU), args.runs))
+        base = statistics.median(baseline(spec_in(root / "baseline", Backend.QEMU), args.runs))
         rows = []
         print(f"baseline  bare QEMU start to QMP answer        {base * 1000:8.1f} ms")
-        for kind in (BackendKind.QEMU, BackendKind.VFKIT):
+        for kind in (Backend.QEMU, Backend.VFKIT):
             for name, values in ours(spec_in(root / kind.value, kind), args.runs).items():
                 med = statistics.median(values)
                 print(
                     f"{kind.value:6s}    {name:38s} {med * 1000:8.1f} ms"
                     f"   x{med / base:5.2f} of baseline"
                 )
-                backend = "vfkit stand-in" if kind is BackendKind.VFKIT else kind.value
+                backend = "vfkit stand-in" if kind is Backend.VFKIT else kind.value
                 rows.append(Row(5, f"{backend}: {name} (median)", med * 1000, "ms",
                                 "bare QEMU start to QMP answer", base * 1000))  # fmt: skip
     emit(rows, args.json)

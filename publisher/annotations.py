@@ -3,22 +3,39 @@
 The git revision and remote of the plan's checkout, and ``created`` from
 ``SOURCE_DATE_EPOCH``. Never the wall clock: an unchanged plan must publish to the same
 digest, so re-publishing it sends nothing.
+
+``cloudboot push`` stamps the checkout's HEAD (:func:`source_annotations`);
+``cloudboot publish`` stamps each plan with the last commit that touched *that file*
+(:func:`git_annotations`), so a commit that leaves a plan alone leaves its digest alone.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 
 from guest.contract.errors import CloudbootError
-from publisher.run import CommandError, ToolMissingError, run
+from publisher.run import run
 
 log = structlog.get_logger(__name__)
+
+REVISION = "org.opencontainers.image.revision"
+SOURCE = "org.opencontainers.image.source"
+CREATED = "org.opencontainers.image.created"
+
+
+def _git(root: Path, *args: str) -> str | None:
+    """git's stripped stdout; None when git fails or is not installed."""
+    try:
+        proc = run(["git", "-C", root, *args], check=False)
+    except CloudbootError:  # git not installed
+        return None
+    return proc.stdout.decode().strip() if proc.returncode == 0 else None
 
 
 def strip_userinfo(url: str) -> str:
@@ -40,13 +57,13 @@ def source_annotations(workdir: Path, env: Mapping[str, str] | None = None) -> d
     """
     env = os.environ if env is None else env
     out: dict[str, str] = {}
-    try:
-        rev = run(["git", "-C", workdir, "rev-parse", "HEAD"]).stdout.decode().strip()
-        out["org.opencontainers.image.revision"] = rev
-        remote = run(["git", "-C", workdir, "remote", "get-url", "origin"], check=False)
-        if remote.returncode == 0 and remote.stdout.strip():
-            out["org.opencontainers.image.source"] = strip_userinfo(remote.stdout.decode().strip())
-    except (CommandError, ToolMissingError):
+    rev = _git(workdir, "rev-parse", "HEAD")
+    if rev:
+        out[REVISION] = rev
+        remote = _git(workdir, "remote", "get-url", "origin")
+        if remote:
+            out[SOURCE] = strip_userinfo(remote)
+    else:
         log.debug("no git revision for annotations", workdir=str(workdir))
     epoch = env.get("SOURCE_DATE_EPOCH")
     if epoch:
@@ -54,5 +71,39 @@ def source_annotations(workdir: Path, env: Mapping[str, str] | None = None) -> d
             created = datetime.datetime.fromtimestamp(int(epoch), datetime.UTC)
         except ValueError:
             raise CloudbootError(f"SOURCE_DATE_EPOCH={epoch!r} is not an integer") from None
-        out["org.opencontainers.image.created"] = created.strftime("%Y-%m-%dT%H:%M:%SZ")
+        out[CREATED] = created.strftime("%Y-%m-%dT%H:%M:%SZ")
     return out
+
+
+def git_source(root: Path, env: Mapping[str, str]) -> str | None:
+    """Where the plans come from: the CI's repository URL, else git's ``origin``."""
+    server, repo = env.get("GITHUB_SERVER_URL"), env.get("GITHUB_REPOSITORY")
+    if server and repo:
+        return f"{server}/{repo}"
+    remote = _git(root, "remote", "get-url", "origin")
+    return strip_userinfo(remote) if remote else None
+
+
+def plan_revision(root: Path, plan: Path) -> str | None:
+    """The last commit that changed ``plan``; ``-dirty`` when the file differs from it."""
+    rev = _git(root, "log", "-1", "--format=%H", "--", str(plan))
+    if not rev:
+        return None
+    dirty = _git(root, "status", "--porcelain", "--", str(plan))
+    return f"{rev}-dirty" if dirty else rev
+
+
+def git_annotations(root: Path, env: Mapping[str, str]) -> Callable[[Path], dict[str, str]]:
+    """Per-plan annotations for ``cloudboot publish``: the plan's own revision, the source."""
+    source = git_source(root, env)
+
+    def annotations(plan: Path) -> dict[str, str]:
+        out: dict[str, str] = {}
+        revision = plan_revision(root, plan)
+        if revision:
+            out[REVISION] = revision
+        if source:
+            out[SOURCE] = source
+        return out
+
+    return annotations

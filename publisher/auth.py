@@ -12,7 +12,6 @@ import base64
 import binascii
 import json
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -22,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from guest.contract.challenge import Challenge, parse_challenge
 from guest.contract.errors import CloudbootError
 from publisher.run import ToolMissingError, run
 
@@ -131,29 +131,6 @@ def lookup_credentials(
     if user and password is not None:
         return Credentials(user, password, "REGISTRY_USERNAME/REGISTRY_PASSWORD")
     return None
-
-
-# --- WWW-Authenticate -------------------------------------------------------------------------
-
-_PARAM_RE = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]*)\s*,?')
-
-
-@dataclass(frozen=True)
-class Challenge:
-    scheme: str  # lower case: "bearer" or "basic"
-    params: Mapping[str, str]
-
-
-def parse_challenge(header: str) -> Challenge:
-    """Parse ``Bearer realm="...",service="...",scope="..."`` (quoted or bare values)."""
-    scheme, _, rest = header.strip().partition(" ")
-    params = {}
-    for match in _PARAM_RE.finditer(rest):
-        value = match.group(2)
-        if value.startswith('"'):
-            value = re.sub(r"\\(.)", r"\1", value[1:-1])
-        params[match.group(1).lower()] = value
-    return Challenge(scheme.lower(), params)
 
 
 @dataclass

@@ -3,43 +3,69 @@
 Each section is a frozen dataclass; each field declares its type, default and help once,
 and that single declaration drives parsing, validation (with the key's path in every
 error), ``cloudboot init``'s commented template and the JSON dump. Paths are resolved
-against the workspace root so the rest of the code never sees a relative path.
+against the workspace root so the rest of the code never sees a relative path. The
+generic machinery (``setting``, conversion, parse hooks) is ``publisher.settings``.
+
+Values are checked here and only here: enums (backend, accel), ranges (cpus, memory), the
+MAC and the architectures are parsed by the setting's ``parse`` hook, so a ``Config``
+holds only valid, typed values and its users (``watcher.vm.spec`` ...) never re-check.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import sys
 import tomllib
-import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from guest.contract.arch import Arch
 from guest.contract.errors import CloudbootError
+from publisher.settings import (
+    SettingError,
+    at_least,
+    convert,
+    mac_address,
+    plain,
+    setting,
+    toml_value,
+)
 
 CONFIG_NAME = "cloudboot.toml"
+#: Plan files are plans/**/*.hcl; the suffix is dropped from the default ref name.
+PLAN_SUFFIX = ".hcl"
 
 
 class ConfigError(CloudbootError):
     pass
 
 
-def setting(default: Any, help: str, *, must_exist: bool = False) -> Any:
-    """Declare one setting: its default, its help text, whether a path must exist."""
-    meta = {"help": help, "must_exist": must_exist}
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
 class Backend(enum.Enum):
+    """The VM backend; ``auto`` is resolved per host by :meth:`resolve`."""
+
     AUTO = "auto"
     QEMU = "qemu"
     VFKIT = "vfkit"
+
+    @classmethod
+    def for_host(cls, platform: str = sys.platform) -> Backend:
+        """vfkit on macOS (Virtualization.framework), QEMU everywhere else."""
+        return cls.VFKIT if platform == "darwin" else cls.QEMU
+
+    def resolve(self, platform: str = sys.platform) -> Backend:
+        return Backend.for_host(platform) if self is Backend.AUTO else self
+
+
+class Accel(enum.Enum):
+    """QEMU's accelerator; ``auto`` is KVM when /dev/kvm works (decided at launch)."""
+
+    AUTO = "auto"
+    KVM = "kvm"
+    TCG = "tcg"
 
 
 @dataclass(frozen=True)
@@ -77,23 +103,29 @@ class BuildSection:
     iso: Path = setting(Path("build/boot.iso"), "Where `cloudboot build` writes boot.iso.")
     cache_disk: Path = setting(Path("build/menu-cache.raw"), "The writable cache disk.")
     cache_disk_size_mib: int = setting(256, "Size of a new cache disk in MiB.")
-    arches: list[str] = setting(["x86_64"], "Architectures baked into boot.iso.")
+    arches: list[Arch] = setting(
+        [Arch.X86_64], "Architectures baked into boot.iso.", parse=Arch.parse
+    )
 
 
 @dataclass(frozen=True)
 class VmSection:
     backend: Backend = setting(Backend.AUTO, "auto (vfkit on macOS, qemu elsewhere), qemu, vfkit.")
-    arch: str = setting("", "Guest architecture; empty means the host's.")
-    cpus: int = setting(2, "Virtual CPUs.")
-    memory_mib: int = setting(1024, "Guest memory in MiB.")
+    arch: Arch | None = setting(
+        None, "Guest architecture; empty means the host's.", parse=Arch.parse
+    )
+    cpus: int = setting(2, "Virtual CPUs.", parse=at_least(1))
+    memory_mib: int = setting(1024, "Guest memory in MiB.", parse=at_least(128))
     disks: list[Path] = setting([], "Extra disks (raw), e.g. the chained distro.", must_exist=True)
-    mac: str = setting("52:54:00:c1:0b:01", "Fixed MAC of the NIC (vfkit rejects mac=auto).")
+    mac: str = setting(
+        "52:54:00:c1:0b:01", "Fixed MAC of the NIC (vfkit rejects mac=auto).", parse=mac_address
+    )
     gui: bool = setting(False, "Show a graphical console.")
     state_dir: Path = setting(Path(".cloudboot/vm"), "NVRAM store, serial log, sockets, pidfile.")
     nvram: Path | None = setting(None, "NVRAM variable store; default <state_dir>/nvram.fd.")
     serial_log: Path | None = setting(None, "Serial log; default <state_dir>/serial.log.")
-    accel: str = setting(
-        "auto", "QEMU accelerator: auto (KVM when /dev/kvm works, else TCG), kvm or tcg."
+    accel: Accel = setting(
+        Accel.AUTO, "QEMU accelerator: auto (KVM when /dev/kvm works, else TCG), kvm or tcg."
     )
     stop_timeout_ms: int = setting(
         1000,
@@ -128,6 +160,11 @@ class Config:
     watch: WatchSection
 
     @property
+    def where(self) -> str:
+        """How an error about a setting names the config: its file (or the default name)."""
+        return _where(self.source)
+
+    @property
     def plans_dir(self) -> Path:
         return self.root / "plans"
 
@@ -140,29 +177,18 @@ class Config:
         rel = plan_file.resolve().relative_to(self.plans_dir.resolve()).as_posix()
         if rel in self.publish.refs:
             return self.publish.refs[rel]
-        name = rel.removesuffix(".hcl").replace("/", "-")
+        name = rel.removesuffix(PLAN_SUFFIX).replace("/", "-")
         return self.publish.ref.format(registry=self.registry.url, name=name)
 
     def vm_arch(self) -> Arch:
-        return Arch.parse(self.vm.arch) if self.vm.arch else Arch.host()
+        return self.vm.arch or Arch.host()
 
     def media_arches(self) -> list[Arch]:
         """``[build].arches``, plus the VM's arch if missing: the VM must boot our boot.iso."""
-        arches = [Arch.parse(a) for a in self.build.arches]
+        arches = list(self.build.arches)
         return arches if self.vm_arch() in arches else [*arches, self.vm_arch()]
 
     def to_json(self) -> dict[str, Any]:
-        def plain(value: Any) -> Any:
-            if isinstance(value, Path):
-                return str(value)
-            if isinstance(value, enum.Enum):
-                return value.value
-            if isinstance(value, list):
-                return [plain(v) for v in value]
-            if isinstance(value, dict):
-                return {k: plain(v) for k, v in value.items()}
-            return value
-
         out: dict[str, Any] = {"root": str(self.root)}
         for name, cls in SECTIONS.items():
             section = getattr(self, name)
@@ -178,73 +204,6 @@ SECTIONS: dict[str, type] = {
     "vm": VmSection,
     "watch": WatchSection,
 }
-
-
-def _type_name(tp: Any) -> str:
-    names = {str: "a string", int: "an integer", bool: "a boolean", Path: "a path (string)"}
-    if tp in names:
-        return names[tp]
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return "one of " + ", ".join(repr(m.value) for m in tp)
-    origin = typing.get_origin(tp)
-    if origin is list:
-        return (
-            "a list of "
-            + _type_name(typing.get_args(tp)[0]).removeprefix("a ").removeprefix("an ")
-            + "s"
-        )
-    if origin is dict:
-        return "a table of strings"
-    return str(tp)
-
-
-def _convert(value: Any, tp: Any, key: str, root: Path, where: str) -> Any:
-    """Check ``value`` against the declared type and convert it (paths resolved)."""
-
-    def fail() -> ConfigError:
-        shown = repr(value) if not isinstance(value, str) else f'"{value}"'
-        return ConfigError(
-            f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {shown}", where=where
-        )
-
-    if isinstance(tp, types.UnionType):  # X | None
-        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return None if value in (None, "") else _convert(value, inner, key, root, where)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise fail()
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise fail()
-        if value < 0:
-            raise ConfigError(f"{key}: must not be negative, got {value}", where=where)
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise fail()
-        return value
-    if tp is Path:
-        if not isinstance(value, str) or not value:
-            raise fail()
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else root / path
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        try:
-            return tp(value)
-        except ValueError:
-            raise fail() from None
-    origin = typing.get_origin(tp)
-    if origin is list:
-        if not isinstance(value, list):
-            raise fail()
-        (item,) = typing.get_args(tp)
-        return [_convert(v, item, f"{key}[{i}]", root, where) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-            raise fail()
-        return dict(value)
-    raise TypeError(f"unsupported setting type {tp!r}")  # a bug in SECTIONS, not user input
 
 
 def _resolve_default(value: Any, tp: Any, root: Path) -> Any:
@@ -265,7 +224,10 @@ def _load_section(cls: type, raw: Mapping[str, Any], name: str, root: Path, wher
     for fname, f in fields.items():
         tp = hints[fname]
         if fname in raw:
-            value = _convert(raw[fname], tp, f"[{name}].{fname}", root, where)
+            try:
+                value = convert(raw[fname], tp, f"[{name}].{fname}", root, f.metadata["parse"])
+            except SettingError as exc:
+                raise ConfigError(str(exc), where=where) from None
             if f.metadata.get("must_exist"):
                 paths = value if isinstance(value, list) else [value]
                 for i, p in enumerate(paths):
@@ -283,8 +245,12 @@ def _load_section(cls: type, raw: Mapping[str, Any], name: str, root: Path, wher
     return cls(**values)
 
 
+def _where(source: Path | None) -> str:
+    return str(source) if source else CONFIG_NAME
+
+
 def parse_config(data: Mapping[str, Any], root: Path, source: Path | None = None) -> Config:
-    where = str(source) if source else CONFIG_NAME
+    where = _where(source)
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
         raise ConfigError(
@@ -296,19 +262,7 @@ def parse_config(data: Mapping[str, Any], root: Path, source: Path | None = None
         if not isinstance(raw, dict):
             raise ConfigError(f"[{name}]: expected a table, got {type(raw).__name__}", where=where)
         sections[name] = _load_section(cls, raw, name, root, where)
-    config = Config(root=root, source=source, **sections)
-    vm: VmSection = sections["vm"]
-    if vm.arch:
-        try:
-            Arch.parse(vm.arch)
-        except ValueError as exc:
-            raise ConfigError(f"[vm].arch: {exc}", where=where) from None
-    for i, arch in enumerate(sections["build"].arches):
-        try:
-            Arch.parse(arch)
-        except ValueError as exc:
-            raise ConfigError(f"[build].arches[{i}]: {exc}", where=where) from None
-    return config
+    return Config(root=root, source=source, **sections)
 
 
 def find_workspace(start: Path) -> Path:
@@ -347,24 +301,6 @@ def render_template() -> str:
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             )
             lines.append(f"# {f.metadata['help']}")
-            lines.append(f"# {f.name} = {_toml_value(default)}")
+            lines.append(f"# {f.name} = {toml_value(default)}")
         lines.append("")
     return "\n".join(lines)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, enum.Enum):
-        return f'"{value.value}"'
-    if isinstance(value, Path):
-        return f'"{value}"'
-    if value is None:
-        return '""'
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f'"{k}" = {_toml_value(v)}' for k, v in value.items()) + "}"
-    return str(value)

@@ -34,7 +34,7 @@ from guest.contract.oci import (
     is_index_media_type,
     plan_manifest,
 )
-from guest.contract.plan import PlanError, validate_plan
+from guest.contract.plan import PlanError, plan_text, read_plan_bytes, validate_plan
 from publisher.pins import next_version, plan_pins
 from publisher.registry import Blob, RegistryClient, RegistryError
 from publisher.signing import SigningKey
@@ -76,11 +76,33 @@ class InvalidPlanError(CloudbootError):
         super().__init__(f"invalid plan, nothing published ({count} error(s)):\n  {lines}")
 
 
-def validate_plan_text(text: str, source: str) -> None:
-    """Run the plan validator (every bootable arch) before anything is sent."""
-    errors = validate_plan(text, source)
+@dataclass(frozen=True)
+class CheckedPlan:
+    """Plan bytes that decoded and validated for every bootable arch: what gets published.
+
+    Publishing takes only this type, so a plan is validated exactly once on its way out,
+    whoever publishes it (``cloudboot push``, ``cloudboot publish``, the watcher).
+    """
+
+    path: Path
+    data: bytes
+
+
+def check_plan(data: bytes, plan_path: Path) -> CheckedPlan:
+    """Decode and validate plan bytes read from ``plan_path``; InvalidPlanError if bad."""
+    source = str(plan_path)
+    try:
+        errors = validate_plan(plan_text(data, source), source)
+    except PlanError as exc:  # not UTF-8: located at the bad byte
+        errors = [exc]
     if errors:
         raise InvalidPlanError(errors)
+    return CheckedPlan(plan_path, data)
+
+
+def load_plan(plan_path: Path) -> CheckedPlan:
+    """Read (errors name the file) and check a plan file."""
+    return check_plan(read_plan_bytes(plan_path), plan_path)
 
 
 def _current_tag(client: RegistryClient, ref: Ref, digest: str) -> str | None:
@@ -245,36 +267,21 @@ def publish_plan(
     annotations: Mapping[str, str] | None = None,
 ) -> PushResult:
     """Validate ``plan_path`` for every bootable arch, then publish it as a plan artifact."""
-    plan = read_plan(plan_path)
-    return commit(client, prepare_plan(client, ref, plan, plan_path, key, annotations))
-
-
-def read_plan(plan_path: Path) -> bytes:
-    try:
-        return plan_path.read_bytes()
-    except OSError as exc:
-        raise CloudbootError(f"cannot read plan: {exc.strerror}", where=str(plan_path)) from None
+    return commit(client, prepare_plan(client, ref, load_plan(plan_path), key, annotations))
 
 
 def prepare_plan(
     client: RegistryClient,
     ref: Ref,
-    plan: bytes,
-    plan_path: Path,
+    plan: CheckedPlan,
     key: SigningKey | None = None,
     annotations: Mapping[str, str] | None = None,
 ) -> PreparedPush:
-    """Validate the plan bytes read from ``plan_path``; then everything but the tag move."""
-    try:
-        text = plan.decode()
-    except UnicodeDecodeError as exc:
-        raise CloudbootError(
-            f"plan is not UTF-8 (byte offset {exc.start})", where=str(plan_path)
-        ) from None
-    validate_plan_text(text, str(plan_path))
-    manifest, config = plan_manifest(plan, plan_path.name, annotations)
-    blobs = [Blob.of_bytes(config), Blob.of_bytes(plan)]
-    pins = plan_pins(client, text, str(plan_path)) if key else {}
+    """Everything of publishing a checked plan but the tag move (its tags pinned)."""
+    manifest, config = plan_manifest(plan.data, plan.path.name, annotations)
+    blobs = [Blob.of_bytes(config), Blob.of_bytes(plan.data)]
+    source = str(plan.path)
+    pins = plan_pins(client, plan_text(plan.data, source), source) if key else {}
     return prepare(client, ref, bytes(manifest), manifest.media_type, blobs, key, pins)
 
 

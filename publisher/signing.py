@@ -16,7 +16,7 @@ import json
 import os
 import secrets
 import sys
-import tempfile
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from guest.contract.errors import CloudbootError
+from guest.contract.fsutil import write_atomic
 from guest.contract.oci import canonical_json
 from guest.contract.pubkey import pem_blocks, pem_encode
 
@@ -177,12 +178,31 @@ def is_encrypted(data: bytes) -> bool:
     return any(kind in ENCRYPTED_PEM_TYPES for kind, _ in pem_blocks(data))
 
 
-def load_private_key(path: Path, password: bytes | None) -> SigningKey:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise KeyFileError(f"cannot read key: {exc.strerror}", where=str(path)) from None
-    return parse_private_key(data, password, source=str(path))
+_loaded: dict[tuple[Path, int, int, int, int], SigningKey] = {}
+_loading = threading.Lock()
+
+
+def load_key_file(path: Path) -> SigningKey:
+    """The key at ``path``, read and decrypted once per process.
+
+    The password (``$COSIGN_PASSWORD``, else the terminal) is asked for only when the key
+    is encrypted. `cloudboot up` needs the key for publishing, for boot.iso's signature
+    and for the watcher: one scrypt derivation and one prompt, not three. The key is
+    known by the file's identity (device, inode, mtime, size), so a replaced key file is
+    read again (a SIGHUP reload after `cloudboot key generate --force`).
+    """
+    with _loading:
+        try:
+            st = path.stat()
+            identity = (path.resolve(), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+            key = _loaded.get(identity)
+            data = path.read_bytes() if key is None else b""
+        except OSError as exc:
+            raise KeyFileError(f"cannot read key: {exc.strerror}", where=str(path)) from None
+        if key is None:
+            password = read_password() if is_encrypted(data) else None
+            key = _loaded[identity] = parse_private_key(data, password, source=str(path))
+    return key
 
 
 def sign(key: SigningKey, data: bytes) -> bytes:
@@ -213,20 +233,6 @@ def read_password(*, confirm: bool = False, env: Mapping[str, str] | None = None
     return first.encode()
 
 
-def write_private(path: Path, data: bytes, mode: int) -> None:
-    """Write via a temp file + rename with ``mode`` set before any byte lands."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_key_pair(
     private_path: Path, public_path: Path, password: bytes, *, force: bool = False
 ) -> None:
@@ -235,5 +241,6 @@ def write_key_pair(
         if path.exists() and not force:
             raise KeyFileError("already exists (use --force to overwrite)", where=str(path))
     private_pem, public_pem = generate_key_pair(password)
-    write_private(private_path, private_pem, 0o600)
-    write_private(public_path, public_pem, 0o644)
+    # durable: a crash right after `key generate` must not lose the only copy of the key
+    write_atomic(private_path, private_pem, durable=True, mode=0o600)
+    write_atomic(public_path, public_pem, durable=True, mode=0o644)

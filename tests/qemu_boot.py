@@ -22,7 +22,7 @@ from publisher.media.iso import write_boot_iso
 from publisher.media.recipe import Recipe, parse_recipe
 from publisher.media.uki import UkiParts, build_uki
 from publisher.run import spawn
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 FIRMWARE = {
     Arch.X86_64: ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),

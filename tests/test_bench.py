@@ -24,7 +24,7 @@ from bench.linelog import LineClock
 from bench.readme import render
 from bench.report import Bench, run_bench
 from bench.results import Row
-from tests.conftest import REPO
+from tests.helpers import REPO, wait_for
 
 REPORT = [sys.executable, str(REPO / "bench" / "report.py")]
 
@@ -105,10 +105,7 @@ def test_a_bench_that_overruns_is_stopped_and_its_children_with_it(tmp_path: Pat
     entry = run_bench(Bench("hang", 99, 3, 3, script), True, tmp_path)
     assert entry["error"].startswith("timed out after 3 s")
     child = int(pidfile.read_text())
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not Path(f"/proc/{child}").exists(), "the bench's child outlived the timeout"
+    wait_for(lambda: not Path(f"/proc/{child}").exists(), what="the bench's child to go")
 
 
 def test_line_clock_dates_each_line_when_it_appeared(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from publisher.localregistry import free_port
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 #: Libraries (top-level package names) that no start-up path may import.
 HEAVY = ("pycdlib", "pyfatfs", "cryptography", "requests", "urllib3", "watchdog", "nacl")

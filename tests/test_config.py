@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from publisher.config import Backend, ConfigError, load_config, parse_config, render_template
+from guest.contract.arch import Arch
+from publisher.config import (
+    Accel,
+    Backend,
+    ConfigError,
+    load_config,
+    parse_config,
+    render_template,
+)
 
 
 def write(root: Path, text: str) -> Path:
@@ -36,6 +44,24 @@ def test_values_are_typed_and_paths_resolved(tmp_path: Path) -> None:
     assert config.plan_ref(tmp_path / "plans/prod.hcl") == "reg.example:5000/me/plan:prod"
 
 
+def test_parse_hooks_give_typed_values(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        '[vm]\narch = "arm64"\nmac = "52:54:00:AB:CD:EF"\naccel = "tcg"\n'
+        '[build]\narches = ["amd64", "aarch64"]\n',
+    )
+    config = load_config(tmp_path)
+    assert config.vm.arch is Arch.AARCH64 and config.vm_arch() is Arch.AARCH64
+    assert config.vm.mac == "52:54:00:ab:cd:ef"
+    assert config.vm.accel is Accel.TCG
+    assert config.build.arches == [Arch.X86_64, Arch.AARCH64]
+    assert Backend.AUTO.resolve("darwin") is Backend.VFKIT
+    assert Backend.AUTO.resolve("linux") is Backend.QEMU
+    assert Backend.VFKIT.resolve("linux") is Backend.VFKIT
+    assert config.where == str(tmp_path / "cloudboot.toml")
+    assert parse_config({}, tmp_path).where == "cloudboot.toml"
+
+
 def test_config_found_from_a_subdirectory(tmp_path: Path) -> None:
     write(tmp_path, "[watch]\ndebounce_ms = 250\n")
     (tmp_path / "plans").mkdir()
@@ -52,6 +78,12 @@ def test_config_found_from_a_subdirectory(tmp_path: Path) -> None:
         ('[vm]\ndisks = ["missing.raw"]\n', "[vm].disks[0]: file not found"),
         ('[vm]\narch = "sparc"\n', "[vm].arch: unknown architecture 'sparc'"),
         ('[vm]\ngui = "yes"\n', "[vm].gui: expected a boolean"),
+        ("[vm]\nmemory_mib = 64\n", "[vm].memory_mib: must be at least 128, got 64"),
+        ("[vm]\ncpus = 0\n", "[vm].cpus: must be at least 1, got 0"),
+        ('[vm]\nmac = "auto"\n', "[vm].mac: expected a fixed MAC like 52:54:00:12:34:56"),
+        ('[vm]\naccel = "hvf"\n', "[vm].accel: expected one of 'auto', 'kvm', 'tcg'"),
+        ('[build]\narches = ["sparc"]\n', "[build].arches[0]: unknown architecture 'sparc'"),
+        ("[build]\narches = [1]\n", "[build].arches[0]: expected one of"),
         ("[vm\n", "invalid TOML"),
     ],
 )

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from publisher.localregistry import RunningRegistry
-from tests.conftest import REPO
-from tests.test_watch_support import (
+from tests.helpers import (
     PLAN,
+    REPO,
     skopeo_digest,
     skopeo_signature_ok,
     write_signed_workspace,

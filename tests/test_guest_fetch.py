@@ -9,19 +9,12 @@ against the registry, not against our own publisher. Signatures are made with
 from __future__ import annotations
 
 import base64
-import contextlib
-import http.server
-import json
 import ssl
 import subprocess
-import threading
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from guest.agent.fetch import (
     Credentials,
@@ -35,96 +28,13 @@ from guest.agent.fetch import (
 from guest.contract import cosign, oci
 from publisher.localregistry import RegistryTls, RunningRegistry, local_registry
 from publisher.run import run
+from tests.bearer_front import MIXED, PLAIN, bearer_front
+from tests.helpers import new_key, push_blob, push_manifest, push_plan, sign
 
 PLAN = b'default_target = "t"\ntarget "t" {\n  disk { device = "LABEL=root" }\n}\n'
 
 
 # ---- raw-HTTP pushing (the test's own, independent of publisher/) -----------------------
-
-
-def _request(
-    url: str,
-    method: str,
-    data: bytes | None = None,
-    headers: dict[str, str] | None = None,
-    context: ssl.SSLContext | None = None,
-) -> tuple[int, dict[str, str]]:
-    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    with urllib.request.urlopen(req, context=context) as resp:
-        return resp.status, dict(resp.headers)
-
-
-def push_blob(
-    base: str,
-    repo: str,
-    data: bytes,
-    headers: dict[str, str] | None = None,
-    context: ssl.SSLContext | None = None,
-) -> oci.Descriptor:
-    digest = oci.digest_of(data)
-    _status, got = _request(f"{base}/v2/{repo}/blobs/uploads/", "POST", b"", headers, context)
-    location = got["Location"]
-    if location.startswith("/"):
-        location = base + location
-    sep = "&" if "?" in location else "?"
-    _request(
-        f"{location}{sep}digest={digest}",
-        "PUT",
-        data,
-        {**(headers or {}), "Content-Type": "application/octet-stream"},
-        context,
-    )
-    return oci.Descriptor("application/octet-stream", digest, len(data))
-
-
-def push_manifest(
-    base: str,
-    repo: str,
-    reference: str,
-    data: bytes,
-    media_type: str,
-    headers: dict[str, str] | None = None,
-    context: ssl.SSLContext | None = None,
-) -> str:
-    _request(
-        f"{base}/v2/{repo}/manifests/{reference}",
-        "PUT",
-        data,
-        {**(headers or {}), "Content-Type": media_type},
-        context,
-    )
-    return oci.digest_of(data)
-
-
-def push_plan(base: str, repo: str, tag: str, plan: bytes, **kw: object) -> str:
-    manifest, config = oci.plan_manifest(plan, "plan.hcl")
-    push_blob(base, repo, config, **kw)  # type: ignore[arg-type]
-    push_blob(base, repo, plan, **kw)  # type: ignore[arg-type]
-    return push_manifest(base, repo, tag, bytes(manifest), oci.MEDIA_MANIFEST, **kw)  # type: ignore[arg-type]
-
-
-def new_key() -> tuple[ec.EllipticCurvePrivateKey, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    pem = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return key, pem
-
-
-def sign(
-    base: str,
-    repo: str,
-    identity: str,
-    digest: str,
-    key: ec.EllipticCurvePrivateKey,
-    payload: bytes | None = None,
-) -> None:
-    data = payload or cosign.payload(identity, digest)
-    sig = base64.b64encode(key.sign(data, ec.ECDSA(hashes.SHA256()))).decode()
-    manifest, config = cosign.signature_manifest([(data, sig)])
-    push_blob(base, repo, config)
-    push_blob(base, repo, data)
-    push_manifest(base, repo, cosign.signature_tag(digest), bytes(manifest), oci.MEDIA_MANIFEST)
 
 
 # ---- tests -------------------------------------------------------------------------------
@@ -276,69 +186,11 @@ def test_basic_auth_over_tls(basic_registry: tuple[RunningRegistry, ssl.SSLConte
     assert "s3cret" not in repr(good.credentials)
 
 
-class _BearerFront(http.server.BaseHTTPRequestHandler):
-    """A registry front that wants bearer tokens (and a token server at /token)."""
-
-    upstream = ""
-    token = "tok-123"
-    issued = 0
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        if self.path.startswith("/token"):
-            want = "Basic " + base64.b64encode(b"bob:pw").decode()
-            if self.headers.get("Authorization") != want or "scope=repository" not in self.path:
-                self.send_response(401)
-                self.end_headers()
-                return
-            type(self).issued += 1
-            body = json.dumps({"access_token": self.token}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            return
-        if self.headers.get("Authorization") != f"Bearer {self.token}":
-            host = self.headers["Host"]
-            self.send_response(401)
-            self.send_header(
-                "WWW-Authenticate",
-                f'Bearer realm="http://{host}/token",service="test",'
-                'scope="repository:plans/web:pull"',
-            )
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        req = urllib.request.Request(
-            self.upstream + self.path, headers={"Accept": self.headers.get("Accept", "*/*")}
-        )
-        with urllib.request.urlopen(req) as resp:
-            body = resp.read()
-            self.send_response(resp.status)
-            self.send_header("Content-Type", resp.headers.get("Content-Type", ""))
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-
-@contextlib.contextmanager
-def _bearer_front(upstream: str) -> Iterator[str]:
-    handler = type("Front", (_BearerFront,), {"upstream": upstream, "issued": 0})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_bearer_token_flow(registry: RunningRegistry) -> None:
+@pytest.mark.parametrize("challenge", [PLAIN, MIXED], ids=["plain", "mixed"])
+def test_bearer_token_flow(registry: RunningRegistry, challenge: str) -> None:
     push_plan(registry.url, "plans/web", "latest", PLAN)
-    with _bearer_front(registry.url) as front:
+    settings = {"challenge": challenge, "user": "bob:pw", "token_field": "access_token"}
+    with bearer_front(registry.url, **settings) as (front, _handler):
         ref = oci.parse_ref(f"{front}/plans/web")
         with pytest.raises(FetchError, match="token server answered HTTP 401"):
             pull_plan(RegistryClient(), ref, "amd64")

@@ -17,7 +17,7 @@ import pytest
 
 from guest.agent import httpclient
 from publisher.localregistry import RunningRegistry
-from tests.test_guest_fetch import push_blob
+from tests.helpers import push_blob
 
 BODY = os.urandom(300_000)
 

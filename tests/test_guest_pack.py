@@ -21,7 +21,7 @@ from guest.contract.efi.efivarfs import EfiVarStore
 from publisher.media import cpio
 from publisher.media.guestpack import build_tree, measure
 from publisher.run import run
-from tests.test_guest_fetch import new_key
+from tests.helpers import new_key
 
 pytestmark = pytest.mark.skipif(Arch.host() is not Arch.X86_64, reason="runs the amd64 runtime")
 

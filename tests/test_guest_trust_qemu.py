@@ -34,9 +34,9 @@ from publisher.push import publish_plan, push_artifact
 from publisher.registry import RegistryClient
 from publisher.run import run
 from publisher.signing import SigningKey
-from tests.test_guest_agent import _metadata_server
-from tests.test_guest_fetch import push_manifest, push_plan, sign
-from tests.test_guest_qemu import (
+from tests.agent_harness import _metadata_server
+from tests.helpers import push_manifest, push_plan, sign
+from tests.qemu_lab import (
     MARKER,
     OVMF_CODE,
     Lab,

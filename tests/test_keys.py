@@ -27,10 +27,11 @@ from publisher.signing import (
     KeyFileError,
     encrypt_private_key,
     generate_key_pair,
-    load_private_key,
+    load_key_file,
     parse_private_key,
     sign_blob,
 )
+from tests.helpers import load_private_key
 
 BIN = Path(sys.executable).parent
 
@@ -95,7 +96,7 @@ def test_wrong_password_and_missing_password_name_the_file(tmp_path: Path) -> No
     with pytest.raises(KeyFileError, match="COSIGN_PASSWORD"):
         load_private_key(path, None)
     with pytest.raises(KeyFileError, match="cannot read key"):
-        load_private_key(tmp_path / "absent.key", b"x")
+        load_key_file(tmp_path / "absent.key")
 
 
 def test_plain_and_legacy_keys_are_read() -> None:
@@ -214,3 +215,26 @@ def test_only_the_scrypt_parameters_cosign_writes_are_accepted(tmp_path: Path) -
             parse_private_key(_sealed_key(b"pw", params), b"pw", source="odd.key")
     with pytest.raises(KeyFileError, match="salt of 16 bytes"):
         parse_private_key(_sealed_key(b"pw", {"N": 65536, "r": 8, "p": 1}, salt=b"x" * 16), b"pw")
+
+
+def test_key_file_is_decrypted_once_per_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cloudboot up` asks for the key three times (publish, boot.iso, watcher): one scrypt."""
+    from publisher import signing
+
+    key = tmp_path / "cosign.key"
+    signing.write_key_pair(key, tmp_path / "cosign.pub", b"pw")
+    asked: list[int] = []
+
+    def password(**_: object) -> bytes:
+        asked.append(1)
+        return b"pw"
+
+    monkeypatch.setattr(signing, "read_password", password)
+    first = signing.load_key_file(key)
+    assert signing.load_key_file(key) is first and len(asked) == 1
+    signing.write_key_pair(key, tmp_path / "cosign.pub", b"pw", force=True)  # a new key
+    second = signing.load_key_file(key)
+    assert second is not first and len(asked) == 2
+    assert second.public_pem == (tmp_path / "cosign.pub").read_bytes()

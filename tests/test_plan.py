@@ -20,7 +20,7 @@ from guest.contract.plan import (
     parse_timeout,
     select_target,
 )
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 PLANS = REPO / "plans"
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 CLOUDBOOT = Path(sys.executable).parent / "cloudboot"
 

@@ -16,7 +16,7 @@ from guest.contract.plan import Lldp, PlanError, evaluate, parse_plan, select_ta
 from guest.contract.plan.evaluator import Locals, Scope
 from guest.contract.plan.evaluator import evaluate as evaluate_expr
 from guest.contract.plan.syntax import parse_expression
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

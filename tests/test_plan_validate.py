@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from guest.contract.plan import PlanError, parse_plan, validate_plan
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 SOURCE_RULE = (
     "must set exactly one source: an OCI ref (index/kernel/initrd/modules), a disk, or subplan"

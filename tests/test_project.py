@@ -1,13 +1,15 @@
-"""Project rules checked as tests: lint, types, and the guest's independence."""
+"""Project rules checked as tests: lint, format, types, pins, and the guest's independence."""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 BIN = Path(sys.executable).parent
 
@@ -15,6 +17,33 @@ BIN = Path(sys.executable).parent
 def test_ruff_clean() -> None:
     proc = subprocess.run([BIN / "ruff", "check", "."], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ruff_format_clean() -> None:
+    proc = subprocess.run(
+        [BIN / "ruff", "format", "--check", "."], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_pins_agree_with_constraints() -> None:
+    """Every exact pin in pyproject.toml (runtime and extras) is the one constraints.txt has."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"].values()
+    wanted = [*project["dependencies"], *(req for extra in extras for req in extra)]
+    constraints = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        name, _, version = line.partition("==")
+        constraints[canonical(name)] = version.strip()
+    pins = [req.split("#")[0].strip() for req in wanted if "==" in req]
+    wrong = [
+        pin for pin in pins if constraints.get(canonical(pin.split("==")[0])) != pin.split("==")[1]
+    ]
+    assert not wrong, f"pins not in constraints.txt as pinned: {wrong}"
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name.strip()).lower()
 
 
 def test_mypy_clean() -> None:

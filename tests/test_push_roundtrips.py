@@ -10,7 +10,6 @@ ends with the tag at a complete, signed manifest.
 from __future__ import annotations
 
 import contextlib
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from publisher.registry import RegistryClient
 from publisher.signing import SigningKey, generate_key_pair, parse_private_key
 from publisher.sigtag import existing_signatures
 from tests.faulty_proxy import watch_tag
+from tests.helpers import wait_for
 
 PLAN = 'default_target = "a"\ntarget "a" {{\n  kernel = "127.0.0.1:5000/k:{n}"\n}}\n'
 
@@ -43,13 +43,6 @@ def recorder(client: RegistryClient) -> list[tuple[str, str, int]]:
 
     client.session.hooks["response"].append(hook)
     return seen
-
-
-def wait_for(condition: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def upload_sessions(registry: RunningRegistry, repo: str) -> list[Path]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import http.server
 import json
 import os
 import stat
@@ -26,7 +25,7 @@ import structlog
 from guest.contract import cosign
 from guest.contract.oci import MEDIA_MANIFEST, Descriptor, Manifest, digest_of, parse_ref
 from guest.contract.pubkey import load_public_key
-from publisher.auth import Credentials, lookup_credentials, parse_challenge
+from publisher.auth import Credentials, lookup_credentials
 from publisher.localregistry import RunningRegistry, free_port, local_registry
 from publisher.push import publish_plan, push_artifact, verify_ref
 from publisher.registry import (
@@ -37,6 +36,7 @@ from publisher.registry import (
     RetryPolicy,
 )
 from publisher.signing import generate_key_pair, parse_private_key
+from tests.bearer_front import MIXED, PLAIN, bearer_front
 from tests.faulty_proxy import watch_tag
 from tests.registry_tls import TlsRegistry, tls_registry
 
@@ -181,20 +181,6 @@ def test_credentials_from_helper_and_environment(
     assert not client.blob_exists(parse_ref(f"{reg.address}/me/x"), digest_of(b"x"))
 
 
-def test_challenge_parsing() -> None:
-    c = parse_challenge(
-        'Bearer realm="https://auth.example/token",service="registry.example",'
-        'scope="repository:me/plan:pull,push"'
-    )
-    assert c.scheme == "bearer"
-    assert c.params == {
-        "realm": "https://auth.example/token",
-        "service": "registry.example",
-        "scope": "repository:me/plan:pull,push",
-    }
-    assert parse_challenge('Basic realm="cloudboot"').scheme == "basic"
-
-
 def test_registry_that_stays_down_fails_within_the_bound() -> None:
     client = RegistryClient(retry=RetryPolicy(total=2.0, initial=0.05, maximum=0.5))
     ref = parse_ref(f"127.0.0.1:{free_port()}/me/plan")
@@ -274,84 +260,14 @@ def test_registry_restart_mid_push_completes_and_tag_never_dangles(tmp_path: Pat
         second.close()
 
 
-class _BearerFront(http.server.BaseHTTPRequestHandler):
-    """A token-auth front for docker-registry: 401 + Bearer challenge unless the request
-    carries the token it issued at /token (for Basic carol:pw). Proxies every method."""
-
-    upstream = ""
-    token = "tok-7f3a"
-    issued = 0
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def _send(self, status: int, headers: dict[str, str], body: bytes = b"") -> None:
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _handle(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        host = self.headers["Host"]
-        if self.path.startswith("/token"):
-            basic = "Basic " + base64.b64encode(b"carol:pw").decode()
-            if self.headers.get("Authorization") != basic or "push" not in self.path:
-                self._send(401, {})
-                return
-            type(self).issued += 1
-            self._send(200, {}, json.dumps({"token": self.token, "expires_in": 300}).encode())
-            return
-        if self.headers.get("Authorization") != f"Bearer {self.token}":
-            repo = self.path.split("/")[2] + "/" + self.path.split("/")[3]
-            challenge = (
-                f'Bearer realm="http://{host}/token",service="front",'
-                f'scope="repository:{repo}:pull,push"'
-            )
-            self._send(401, {"WWW-Authenticate": challenge})
-            return
-        keep = ("Content-Type", "Content-Range", "Accept")
-        resp = requests.request(
-            self.command,
-            self.upstream + self.path,
-            data=body,
-            headers={k: v for k, v in self.headers.items() if k in keep},
-            allow_redirects=False,
-            timeout=10,
-        )
-        out = {
-            k: v.replace(self.upstream, f"http://{host}")
-            for k, v in resp.headers.items()
-            if k in ("Location", "Docker-Content-Digest", "Content-Type", "Range", "Link")
-        }
-        self._send(resp.status_code, out, resp.content)
-
-    do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = _handle
-
-
-@contextlib.contextmanager
-def bearer_front(upstream: str) -> Iterator[tuple[str, type[_BearerFront]]]:
-    handler = type("Front", (_BearerFront,), {"upstream": upstream, "issued": 0})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}", handler
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_bearer_token_flow_with_cached_token(registry: RunningRegistry, tmp_path: Path) -> None:
+@pytest.mark.parametrize("challenge", [PLAIN, MIXED], ids=["plain", "mixed"])
+def test_bearer_token_flow_with_cached_token(
+    registry: RunningRegistry, tmp_path: Path, challenge: str
+) -> None:
     plan = tmp_path / "p.hcl"
     plan.write_text('default_target = "a"\ntarget "a" {\n  kernel = "r.io/k:1"\n}\n')
     key = parse_private_key(generate_key_pair(b"")[0], b"")
-    with bearer_front(registry.url) as (front, handler):
+    with bearer_front(registry.url, challenge=challenge) as (front, handler):
         ref = parse_ref(f"{front}/me/plan:latest")
         anonymous = RegistryClient(credentials=lambda r: None)
         with pytest.raises(RegistryError, match=f"^401 unauthorized for {front}/me/plan"):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 from watcher.watch.service import AgentSpec, cloudboot_argv, render_plist, render_unit
 
 CLOUDBOOT = Path(sys.executable).parent / "cloudboot"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from guest.contract import cosign, oci
-from publisher.annotations import source_annotations, strip_userinfo
+from publisher.annotations import git_source, source_annotations, strip_userinfo
 from publisher.localregistry import RunningRegistry
 from publisher.pins import host_view, plan_refs
 from publisher.push import publish_plan, push_artifact
@@ -24,7 +24,7 @@ from publisher.registry import RegistryClient
 from publisher.run import run
 from publisher.signing import SigningKey, generate_key_pair, parse_private_key
 from publisher.sigtag import existing_signatures
-from tests.test_watch_support import skopeo_signature_ok
+from tests.helpers import skopeo_signature_ok
 
 
 def _key() -> tuple[SigningKey, bytes]:
@@ -143,6 +143,8 @@ def test_recorded_source_url_carries_no_credentials(tmp_path: Path) -> None:
     notes = source_annotations(tmp_path, env={})
     assert notes["org.opencontainers.image.source"] == "https://gitlab.example.com/group/plans.git"
     assert not any(secret in v for v in notes.values())
+    # `cloudboot publish` records the same source per plan
+    assert git_source(tmp_path, {}) == "https://gitlab.example.com/group/plans.git"
     assert strip_userinfo("git@github.com:me/plans.git") == "git@github.com:me/plans.git"
     assert strip_userinfo("ssh://u:p@h:2222/x") == "ssh://h:2222/x"
     assert strip_userinfo("https://h/x") == "https://h/x"

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from guest.contract.arch import Arch
-from tests.test_vm_lifecycle import STOP_TIMEOUT, make_spec, wait_until
+from publisher.config import Backend
+from tests.helpers import STOP_TIMEOUT, make_spec, wait_for
 from watcher.vm import VmState, open_backend
 from watcher.vm.firmware import find_firmware
-from watcher.vm.spec import BackendKind
 from watcher.vm.state import process_cmdline
 
 pytestmark = [
@@ -33,7 +33,7 @@ def sha(path: Path) -> str:
 
 
 def test_aarch64_vm_boots_firmware_and_resets(tmp_path: Path) -> None:
-    spec = dataclasses.replace(make_spec(tmp_path, BackendKind.QEMU), arch=Arch.AARCH64)
+    spec = dataclasses.replace(make_spec(tmp_path, Backend.QEMU), arch=Arch.AARCH64)
     backend = open_backend(spec)
     template = find_firmware(Arch.AARCH64).vars_template
     try:
@@ -42,7 +42,7 @@ def test_aarch64_vm_boots_firmware_and_resets(tmp_path: Path) -> None:
         cmd = process_cmdline(status.pid or 0) or []
         assert cmd[0].endswith("qemu-system-aarch64") and "virt" in " ".join(cmd)
         # AAVMF reaches its boot manager: it found nothing bootable on our blank disks.
-        wait_until(
+        wait_for(
             lambda: "BdsDxe" in spec.serial_log.read_text(errors="replace"), 90, "AAVMF output"
         )
         assert backend.down(STOP_TIMEOUT)

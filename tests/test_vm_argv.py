@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from guest.contract.arch import Arch
-from publisher.config import ConfigError, load_config
+from publisher.config import Accel, Backend, ConfigError, load_config
 from watcher.vm.firmware import Firmware, find_firmware
 from watcher.vm.qemu import _host_has_virtualization, qemu_argv
-from watcher.vm.spec import Accel, BackendKind, VmError, VmSpec
+from watcher.vm.spec import VmError, VmSpec
 from watcher.vm.vfkit import vfkit_argv
 
 SEED_TOML = """
@@ -43,7 +43,7 @@ def seed_workspace(tmp_path: Path, extra: str = "") -> Path:
 def test_vfkit_argv_is_the_seed_quickstart(tmp_path: Path) -> None:
     root = seed_workspace(tmp_path)
     spec = VmSpec.from_config(load_config(root))
-    assert spec.backend is BackendKind.VFKIT
+    assert spec.backend is Backend.VFKIT
     assert vfkit_argv(spec, create_nvram=False) == [
         "vfkit",
         "--cpus", "2",
@@ -94,7 +94,7 @@ def qemu_spec(tmp_path: Path, arch: Arch, **changes: object) -> VmSpec:
         nvram=tmp_path / "vm/nvram.fd",
         serial_log=tmp_path / "vm/serial.log",
         state_dir=tmp_path / "vm",
-        backend=BackendKind.QEMU,
+        backend=Backend.QEMU,
     )
     return VmSpec(**{**base.__dict__, **changes})
 
@@ -159,9 +159,9 @@ def test_spec_defaults_and_backend_per_host(tmp_path: Path) -> None:
     assert spec.nvram == tmp_path / ".cloudboot/vm/nvram.fd"
     assert spec.serial_log == tmp_path / ".cloudboot/vm/serial.log"
     assert spec.iso == tmp_path / "build/boot.iso"
-    assert spec.backend is BackendKind.for_host()
-    assert BackendKind.for_host("darwin") is BackendKind.VFKIT
-    assert BackendKind.for_host("linux") is BackendKind.QEMU
+    assert spec.backend is Backend.for_host()
+    assert Backend.for_host("darwin") is Backend.VFKIT
+    assert Backend.for_host("linux") is Backend.QEMU
 
 
 @pytest.mark.parametrize(
@@ -169,7 +169,7 @@ def test_spec_defaults_and_backend_per_host(tmp_path: Path) -> None:
     [
         ('mac = "auto"', r"\[vm\].mac: expected a fixed MAC"),
         ("cpus = 0", r"\[vm\].cpus: must be at least 1"),
-        ('accel = "hvf"', r"\[vm\].accel: expected one of auto, kvm, tcg"),
+        ('accel = "hvf"', r"\[vm\].accel: expected one of 'auto', 'kvm', 'tcg'"),
     ],
 )
 def test_spec_errors_name_the_key_and_file(tmp_path: Path, line: str, message: str) -> None:

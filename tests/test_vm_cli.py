@@ -9,31 +9,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from guest.contract.arch import Arch
-from publisher.run import run
-from tests.test_vm_lifecycle import wait_until
+from tests.helpers import vm_cli, vm_workspace, wait_for
 from watcher.vm.firmware import find_firmware
-
-CLOUDBOOT = Path(sys.executable).parent / "cloudboot"
-
-
-def workspace(root: Path) -> Path:
-    (root / "build").mkdir()
-    (root / "build/boot.iso").write_bytes(bytes(1 << 20))
-    (root / "build/menu-cache.raw").write_bytes(bytes(1 << 20))
-    (root / "cloudboot.toml").write_text(
-        '[vm]\nbackend = "qemu"\naccel = "tcg"\ncpus = 1\nmemory_mib = 256\nstate_dir = "vm"\n'
-    )
-    return root
-
-
-def cli(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-    return run([CLOUDBOOT, "-C", root, "--log-format", "json", "vm", *args], check=check)
 
 
 def out(proc: subprocess.CompletedProcess[bytes]) -> str:
@@ -41,48 +23,48 @@ def out(proc: subprocess.CompletedProcess[bytes]) -> str:
 
 
 def test_up_without_build_names_the_missing_disk(tmp_path: Path) -> None:
-    proc = cli(tmp_path, "up", check=False)
+    proc = vm_cli(tmp_path, "up", check=False)
     assert proc.returncode == 1
     assert "error: [build].iso: disk not found:" in proc.stderr.decode()
     assert "cloudboot build" in proc.stderr.decode()
 
 
 def test_status_of_a_vm_never_started(tmp_path: Path) -> None:
-    status = json.loads(out(cli(workspace(tmp_path), "status", "--json")))
+    status = json.loads(out(vm_cli(vm_workspace(tmp_path), "status", "--json")))
     assert status["state"] == "stopped" and status["pid"] is None
     assert status["nvram"]["exists"] is False
 
 
 @pytest.mark.slow
 def test_vm_commands_across_processes(tmp_path: Path) -> None:
-    root = workspace(tmp_path)
+    root = vm_workspace(tmp_path)
     template = find_firmware(Arch.host()).vars_template
     try:
-        assert "vm running (pid" in out(cli(root, "up"))
-        status = json.loads(out(cli(root, "status", "--json")))
+        assert "vm running (pid" in out(vm_cli(root, "up"))
+        status = json.loads(out(vm_cli(root, "status", "--json")))
         assert status["state"] == "running" and status["backend"] == "qemu"
         assert status["guest_state"] == "running" and status["uptime_s"] >= 0
         assert status["nvram"]["path"] == str(root / "vm/nvram.fd")
 
-        refused = cli(root, "reset-nvram", check=False)
+        refused = vm_cli(root, "reset-nvram", check=False)
         assert refused.returncode == 1
         assert refused.stderr.decode().startswith("error: refusing to reset NVRAM")
 
-        wait_until(
-            lambda: "BdsDxe" in out(cli(root, "console", "--no-follow")), 60, "serial output"
+        wait_for(
+            lambda: "BdsDxe" in out(vm_cli(root, "console", "--no-follow")), 60, "serial output"
         )
-        text = out(cli(root, "status"))
+        text = out(vm_cli(root, "status"))
         assert "state:   running (running)" in text and "serial (last boot):" in text
 
         pid = status["pid"]
-        assert "NVRAM reset" in out(cli(root, "restart", "--reset-nvram", "--timeout", "1"))
-        status = json.loads(out(cli(root, "status", "--json")))
+        assert "NVRAM reset" in out(vm_cli(root, "restart", "--reset-nvram", "--timeout", "1"))
+        status = json.loads(out(vm_cli(root, "status", "--json")))
         assert status["state"] == "running" and status["pid"] != pid
 
-        assert out(cli(root, "down", "--timeout", "1")).strip() == "vm stopped"
-        assert json.loads(out(cli(root, "status", "--json")))["state"] == "stopped"
-        assert out(cli(root, "down")).strip() == "vm was not running"
-        assert "nvram reset" in out(cli(root, "reset-nvram"))
+        assert out(vm_cli(root, "down", "--timeout", "1")).strip() == "vm stopped"
+        assert json.loads(out(vm_cli(root, "status", "--json")))["state"] == "stopped"
+        assert out(vm_cli(root, "down")).strip() == "vm was not running"
+        assert "nvram reset" in out(vm_cli(root, "reset-nvram"))
         assert (root / "vm/nvram.fd").read_bytes() == template.read_bytes()
     finally:
-        cli(root, "down", "--timeout", "1", check=False)
+        vm_cli(root, "down", "--timeout", "1", check=False)

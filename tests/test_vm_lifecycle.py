@@ -13,81 +13,30 @@ import hashlib
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from virt.firmware.varstore.edk2 import Edk2VarStore
 
-from guest.contract.arch import Arch
-from tests.conftest import REPO
-from watcher.vm import VmBackend, VmError, VmSpec, VmState, open_backend
+from publisher.config import Backend
+from tests.helpers import STANDIN, STOP_TIMEOUT, has_marker, make_spec, set_marker, wait_for
+from watcher.vm import VmBackend, VmError, VmState, open_backend
 from watcher.vm.firmware import find_firmware
 from watcher.vm.qmp import QmpClient
-from watcher.vm.spec import Accel, BackendKind
 from watcher.vm.state import process_cmdline
 from watcher.vm.supervisor import Action, Supervisor
-
-STANDIN = REPO / "tests" / "vfkit_standin" / "vfkit"
-MARKER = "CloudbootTestMarker"
-#: What a guest that ignores ACPI (firmware, our agent) gets before the hard stop.
-STOP_TIMEOUT = 1.0
-
-
-def host_arch() -> Arch:
-    return Arch.host()
-
-
-def make_spec(root: Path, kind: BackendKind) -> VmSpec:
-    (root / "boot.iso").write_bytes(bytes(1 << 20))
-    (root / "cache.raw").write_bytes(bytes(1 << 20))
-    state_dir = root / "vm"
-    return VmSpec(
-        arch=host_arch(),
-        cpus=1,
-        memory_mib=256,
-        iso=root / "boot.iso",
-        cache_disk=root / "cache.raw",
-        disks=(),
-        mac="52:54:00:c1:0b:01",
-        gui=False,
-        nvram=state_dir / "nvram.fd",
-        serial_log=state_dir / "serial.log",
-        state_dir=state_dir,
-        backend=kind,
-        accel=Accel.TCG,
-    )
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
-
-
-def set_marker(store: Path) -> None:
-    vars_file = Edk2VarStore(str(store))
-    varlist = vars_file.get_varlist()
-    varlist.set_uint32(MARKER, 0xC10B)
-    vars_file.write_varstore(str(store), varlist)
-
-
-def has_marker(store: Path) -> bool:
-    return MARKER in Edk2VarStore(str(store)).get_varlist()
 
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture(params=[BackendKind.QEMU, BackendKind.VFKIT], ids=["qemu", "vfkit"])
+@pytest.fixture(params=[Backend.QEMU, Backend.VFKIT], ids=["qemu", "vfkit"])
 def backend(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[VmBackend]:
-    kind: BackendKind = request.param
-    if kind is BackendKind.VFKIT:
+    kind: Backend = request.param
+    if kind is Backend.VFKIT:
         monkeypatch.setenv("CLOUDBOOT_VFKIT", str(STANDIN))
     vm = open_backend(make_spec(tmp_path, kind))
     try:
@@ -100,14 +49,14 @@ def backend(
 def test_up_status_restart_reset_and_supervision(backend: VmBackend) -> None:
     spec = backend.spec
     template = find_firmware(spec.arch).vars_template
-    names = {BackendKind.QEMU: "qemu-system", BackendKind.VFKIT: "vfkit"}[spec.backend]
+    names = {Backend.QEMU: "qemu-system", Backend.VFKIT: "vfkit"}[spec.backend]
 
     # up: a fresh store from the template, which the firmware then writes to
     st = backend.up()
     assert st.state is VmState.RUNNING and st.pid is not None
     assert names in " ".join(process_cmdline(st.pid) or [])
-    wait_until(lambda: sha(spec.nvram) != sha(template), 90, "the firmware to write NVRAM")
-    wait_until(
+    wait_for(lambda: sha(spec.nvram) != sha(template), 90, "the firmware to write NVRAM")
+    wait_for(
         lambda: any("BdsDxe" in line for line in backend.status().serial_tail),
         60,
         "the boot manager on the serial log",
@@ -141,7 +90,7 @@ def test_up_status_restart_reset_and_supervision(backend: VmBackend) -> None:
         killed = backend.status().pid
         assert killed is not None
         os.kill(killed, signal.SIGKILL)
-        wait_until(lambda: backend.status().state is VmState.EXITED, 10, "the kill to show")
+        wait_for(lambda: backend.status().state is VmState.EXITED, 10, "the kill to show")
         assert backend.status().pid is None
         assert supervisor.poll() is expected
         if expected is Action.WAITING:  # a second stop in a row: relaunch backed off
@@ -165,7 +114,7 @@ def test_up_status_restart_reset_and_supervision(backend: VmBackend) -> None:
     # store is removed so the next launch passes `create`
     set_marker(spec.nvram)
     backend.reset_nvram()
-    if spec.backend is BackendKind.QEMU:
+    if spec.backend is Backend.QEMU:
         assert spec.nvram.read_bytes() == template.read_bytes()
         assert backend.status().nvram.pristine is True
     else:
@@ -195,7 +144,7 @@ def test_guest_reboot_keeps_nvram(backend: VmBackend, monkeypatch: pytest.Monkey
     the store keeps what the guest staged, so the firmware boots the staged Boot0001."""
     spec = backend.spec
     qmp_socket = spec.control_socket
-    if spec.backend is BackendKind.VFKIT:  # reach the QEMU inside the stand-in
+    if spec.backend is Backend.VFKIT:  # reach the QEMU inside the stand-in
         qmp_socket = spec.state_dir / "standin-qmp.sock"
         monkeypatch.setenv("VFKIT_STANDIN_QMP_SOCKET", str(qmp_socket))
     backend.up()
@@ -206,11 +155,11 @@ def test_guest_reboot_keeps_nvram(backend: VmBackend, monkeypatch: pytest.Monkey
 
     with QmpClient(qmp_socket) as qmp:  # the reset a rebooting guest causes
         qmp.execute("system_reset")
-    if spec.backend is BackendKind.QEMU:
+    if spec.backend is Backend.QEMU:
         time.sleep(1)
         assert backend.status().pid == pid and supervisor.poll() is Action.NONE
     else:  # Apple VZ may report a guest reboot as a stop: vfkit exits
-        wait_until(lambda: backend.status().state is VmState.EXITED, 10, "vfkit to exit")
+        wait_for(lambda: backend.status().state is VmState.EXITED, 10, "vfkit to exit")
         assert supervisor.poll() is Action.RELAUNCHED
         assert backend.status().state is VmState.RUNNING and backend.status().pid != pid
         assert "--bootloader" in (cmd := process_cmdline(backend.status().pid or 0) or [])

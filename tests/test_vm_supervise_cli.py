@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_vm_cli import CLOUDBOOT, cli, workspace
-from tests.test_vm_lifecycle import STANDIN, wait_until
+from tests.helpers import CLOUDBOOT, STANDIN, vm_cli, vm_workspace, wait_for
 from watcher.vm.qmp import QmpClient
 from watcher.vm.state import process_cmdline
 
@@ -21,14 +20,14 @@ pytestmark = pytest.mark.slow
 
 
 def vm_status(root: Path) -> dict[str, object]:
-    status: dict[str, object] = json.loads(cli(root, "status", "--json").stdout)
+    status: dict[str, object] = json.loads(vm_cli(root, "status", "--json").stdout)
     return status
 
 
 def test_up_supervise_relaunches_after_guest_reboot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = workspace(tmp_path)
+    root = vm_workspace(tmp_path)
     config = root / "cloudboot.toml"
     config.write_text(config.read_text().replace('backend = "qemu"', 'backend = "vfkit"'))
     qmp_socket = root / "vm" / "standin-qmp.sock"
@@ -39,9 +38,9 @@ def test_up_supervise_relaunches_after_guest_reboot(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        wait_until(lambda: vm_status(root)["state"] == "running", 30, "vm up")
+        wait_for(lambda: vm_status(root)["state"] == "running", 30, "vm up")
         pid = vm_status(root)["pid"]
-        wait_until(qmp_socket.exists, 10, "the stand-in's QEMU")
+        wait_for(qmp_socket.exists, 10, "the stand-in's QEMU")
         with QmpClient(qmp_socket) as qmp:  # what the guest agent's reboot(2) causes
             qmp.execute("system_reset")
         relaunched: list[object] = []
@@ -52,7 +51,7 @@ def test_up_supervise_relaunches_after_guest_reboot(
                 relaunched.append(status["pid"])
             return bool(relaunched)
 
-        wait_until(running_again, 30, "the relaunch")
+        wait_for(running_again, 30, "the relaunch")
         new_pid = relaunched[0]
         assert isinstance(new_pid, int)
         cmd = process_cmdline(new_pid) or []
@@ -63,6 +62,6 @@ def test_up_supervise_relaunches_after_guest_reboot(
     finally:
         if supervise.poll() is None:
             supervise.kill()
-        cli(root, "down", "--timeout", "1", check=False)
+        vm_cli(root, "down", "--timeout", "1", check=False)
     logs = supervise.stderr.read().decode() if supervise.stderr else ""
     assert "relaunched, NVRAM untouched" in logs

@@ -11,16 +11,16 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import time
 from pathlib import Path
 
 import pytest
 from virt.firmware.varstore.edk2 import Edk2VarStore
 
+from publisher.config import Backend
 from publisher.run import run, spawn
-from tests.test_vm_lifecycle import STANDIN, has_marker, make_spec, set_marker, wait_until
+from tests.helpers import STANDIN, has_marker, make_spec, set_marker, wait_for
 from watcher.vm.firmware import find_firmware
-from watcher.vm.spec import BackendKind, VmSpec
+from watcher.vm.spec import VmSpec
 from watcher.vm.state import read_pidfile
 from watcher.vm.vfkit import VfkitRest, _UnixHTTPConnection, vfkit_argv
 
@@ -28,7 +28,7 @@ from watcher.vm.vfkit import VfkitRest, _UnixHTTPConnection, vfkit_argv
 def standin_spec(root: Path) -> VmSpec:
     """The lifecycle tests' VM on the vfkit backend, its state dir already there (the
     stand-in is started by hand here, not through the backend that would create it)."""
-    spec = make_spec(root, BackendKind.VFKIT)
+    spec = make_spec(root, Backend.VFKIT)
     spec.state_dir.mkdir(exist_ok=True)
     return spec
 
@@ -68,8 +68,8 @@ def test_rest_api_shapes_create_overwrites_and_exit_on_stop(tmp_path: Path) -> N
     argv = vfkit_argv(spec, create_nvram=True, binary=str(STANDIN))
     rest = VfkitRest(spec.control_socket)
     with spawn(argv) as proc:
-        wait_until(lambda: read_pidfile(spec.pidfile) == proc.pid, 20, "the pidfile")
-        wait_until(spec.control_socket.exists, 20, "the REST socket")
+        wait_for(lambda: read_pidfile(spec.pidfile) == proc.pid, 20, "the pidfile")
+        wait_for(spec.control_socket.exists, 20, "the REST socket")
         assert not has_marker(spec.nvram)
         assert Edk2VarStore(str(spec.nvram)).get_varlist() is not None
 
@@ -98,8 +98,6 @@ def test_rest_api_shapes_create_overwrites_and_exit_on_stop(tmp_path: Path) -> N
 
         with contextlib.suppress(ConnectionError, http.client.HTTPException):
             rest.change_state("HardStop")  # vfkit's HardStop reply races its exit
-        deadline = time.monotonic() + 10
-        while proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: proc.poll() is not None, what="vfkit to exit")
         assert proc.returncode == 0, "vfkit exits when its VM stops"
         assert not spec.control_socket.exists()

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from publisher.localregistry import RunningRegistry
-from tests.test_watch_support import PLAN, skopeo_digest, wait_for, write_signed_workspace
+from tests.helpers import PLAN, skopeo_digest, wait_for, write_signed_workspace
 
 CLOUDBOOT = Path(sys.executable).parent / "cloudboot"
 

@@ -23,9 +23,8 @@ from virt.firmware.varstore.edk2 import Edk2VarStore
 
 from publisher.config import load_config
 from publisher.localregistry import RunningRegistry
-from tests.conftest import REPO
+from tests.helpers import REPO, wait_for, write_signed_workspace
 from tests.qemu_boot import recipe_text
-from tests.test_watch_support import wait_for, write_signed_workspace
 from watcher.vm import VmSpec, VmState, open_backend
 
 CLOUDBOOT = Path(sys.executable).parent / "cloudboot"

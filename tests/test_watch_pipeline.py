@@ -1,6 +1,6 @@
 """The watcher's scheduling with the real watchdog observer on a real directory.
 
-Stages are simple but real (see test_watch_support): the plan stage parses HCL with the
+Stages are simple but real (see tests/helpers.py): the plan stage parses HCL with the
 real parser and writes its output atomically; what is asserted is what a user would see:
 which content got published, how many runs happened, what the status file says.
 """
@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.test_watch_support import (
+from tests.helpers import (
     FileBuildStage,
     FilePlanStage,
     FileVmStage,
@@ -63,9 +63,8 @@ def test_invalid_edit_keeps_last_good_and_recovers(tmp_path: Path) -> None:
         assert vm.restarts == 1
         plan.write_text('target "a" {\n  kernel = \n')
         wait_for(lambda: daemon.pipeline.runs == 2, what="invalid run")
-        report = daemon.pipeline.reports[-1]
-        assert not report.ok
-        error = report.of("plan")[0].error or ""
+        assert daemon.status.data["last_run"]["result"] == "error"
+        error = daemon.status.data["stages"]["plan"]["error"] or ""
         assert f"{plan}:2:12" in error  # file:line:col of the parse error
         assert (tmp_path / "out" / "demo").read_text() == VALID  # last good kept
         assert vm.restarts == 1  # nothing new: the running VM is left alone
@@ -94,7 +93,7 @@ def test_reverting_a_bad_edit_to_the_published_plan_does_not_restart_the_vm(
         wait_for(lambda: daemon.pipeline.runs == 2, what="invalid run")
         plan.write_text(VALID)
         wait_for(lambda: daemon.pipeline.runs == 3, what="revert run")
-        assert daemon.pipeline.reports[-1].ok
+        assert daemon.status.data["last_run"]["result"] == "ok"
         assert vm.restarts == 1
 
 
@@ -179,7 +178,7 @@ def test_one_window_runs_the_union_in_dependency_order(tmp_path: Path) -> None:
         image = (tmp_path / "build" / "boot.iso").read_bytes()
         (root / "kernel" / "recipe.toml").write_text("FAIL\n")
         wait_for(lambda: daemon.pipeline.runs == 2)
-        assert not daemon.pipeline.reports[-1].ok
+        assert daemon.status.data["last_run"]["result"] == "error"
         assert (tmp_path / "build" / "boot.iso").read_bytes() == image
         assert vm.restarts == 1
         (root / "kernel" / "recipe.toml").write_text("arch = 'x86_64'\n")

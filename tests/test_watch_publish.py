@@ -13,7 +13,8 @@ import pytest
 
 from publisher.config import load_config
 from publisher.localregistry import RunningRegistry
-from tests.test_watch_support import (
+from publisher.workspace import PlanPublisher
+from tests.helpers import (
     PLAN,
     running_daemon,
     skopeo_digest,
@@ -21,12 +22,11 @@ from tests.test_watch_support import (
     wait_for,
     write_signed_workspace,
 )
-from watcher.watch.publishing import PublisherPlanStage
 
 
 @dataclass(frozen=True)
 class SignedStage:
-    stage: PublisherPlanStage
+    stage: PlanPublisher
     plan: Path
     ref: str
     public: bytes
@@ -46,7 +46,7 @@ def workspace_stage(
     public = write_signed_workspace(root, registry.address)
     config = load_config(root)
     plan = root / "plans" / "demo.hcl"
-    stage = PublisherPlanStage.from_config(config)
+    stage = PlanPublisher.from_config(config)
     return SignedStage(stage, plan, config.plan_ref(plan), public)
 
 
@@ -72,15 +72,15 @@ def test_plan_edits_move_the_signed_tag(
         wait_for(lambda: daemon.pipeline.runs == 2, what="publish of the edit")
         second = skopeo_digest(ref)
         assert second not in (None, first)
-        run = daemon.pipeline.reports[-1].of("plan")[0]
-        assert second == run.detail["digest"]
-        assert run.detail["prepared_ahead"]  # uploaded + signed in the window, tag moved after
+        run = daemon.status.data["stages"]["plan"]["detail"]
+        assert run["digest"] == second
+        assert run["prepared_ahead"]  # uploaded + signed in the window, tag moved after
         assert skopeo_signature_ok(ref.rsplit(":", 1)[0], second, public)
 
         # invalid edit: error with file:line:col, tag unchanged, watcher alive
         plan.write_text(PLAN.replace('default_target = "a"', 'default_target = "nope"'))
         wait_for(lambda: daemon.pipeline.runs == 3, what="invalid run")
-        error = daemon.pipeline.reports[-1].of("plan")[0].error or ""
+        error = daemon.status.data["stages"]["plan"]["error"] or ""
         assert error.startswith(f"{plan}:1:"), error
         assert "nope" in error
         assert skopeo_digest(ref) == second

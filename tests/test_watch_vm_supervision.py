@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_vm_lifecycle import (
+from publisher.config import Backend
+from tests.helpers import (
     STANDIN,
     STOP_TIMEOUT,
     has_marker,
     make_spec,
     set_marker,
-    wait_until,
+    wait_for,
 )
 from watcher.vm import VmState, open_backend
 from watcher.vm.qmp import QmpClient
-from watcher.vm.spec import BackendKind
 from watcher.vm.state import process_cmdline
 from watcher.watch.adapters import BackendVmStage
 
@@ -32,7 +32,7 @@ def test_guest_reboot_under_vfkit_is_relaunched_with_nvram_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CLOUDBOOT_VFKIT", str(STANDIN))
-    spec = make_spec(tmp_path, BackendKind.VFKIT)
+    spec = make_spec(tmp_path, Backend.VFKIT)
     qmp_socket = spec.state_dir / "standin-qmp.sock"
     monkeypatch.setenv("VFKIT_STANDIN_QMP_SOCKET", str(qmp_socket))
     backend = open_backend(spec)
@@ -48,7 +48,7 @@ def test_guest_reboot_under_vfkit_is_relaunched_with_nvram_kept(
         pid = backend.up().pid
         with QmpClient(qmp_socket) as qmp:  # the reboot the guest agent ends with
             qmp.execute("system_reset")
-        wait_until(
+        wait_for(
             lambda: backend.status().state is VmState.RUNNING and backend.status().pid != pid,
             30,
             "the supervisor to relaunch vfkit",
@@ -70,5 +70,5 @@ def test_guest_reboot_under_vfkit_is_relaunched_with_nvram_kept(
 
 def test_qemu_stage_is_not_supervised(tmp_path: Path) -> None:
     """QEMU reboots guests in place; its exit means the guest powered off: leave it off."""
-    stage = BackendVmStage(open_backend(make_spec(tmp_path, BackendKind.QEMU)))
+    stage = BackendVmStage(open_backend(make_spec(tmp_path, Backend.QEMU)))
     assert stage.supervisor is None

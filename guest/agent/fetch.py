@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,6 +19,7 @@ from urllib.parse import urlencode, urlsplit
 
 from guest.agent import httpclient
 from guest.contract import cosign, oci
+from guest.contract.challenge import parse_challenge
 from guest.contract.errors import CloudbootError
 
 if TYPE_CHECKING:
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 CHUNK = 1 << 20
 MAX_MANIFEST = 4 << 20
-_CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 
 
 class FetchError(CloudbootError):
@@ -112,8 +111,8 @@ class RegistryClient:
         raise FetchError(f"registry refused our credentials for {scope}", where=str(ref))
 
     def _answer_challenge(self, ref: oci.Ref, header: str, scope: str) -> None:
-        kind = header.split(" ", 1)[0].lower()
-        params = dict(_CHALLENGE.findall(header))
+        challenge = parse_challenge(header)
+        kind, params = challenge.scheme, challenge.params
         creds = self.credentials.get(ref.registry)
         if kind == "basic":
             if not creds:

@@ -15,23 +15,21 @@ imported where they are used, and the network comes up only when something needs
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from guest.agent import blockdev, stage, template
 from guest.agent.cmdline import Options, parse_cmdline
 from guest.agent.console import Console
 from guest.agent.lease import Lease, choose_dns, resolv_conf
-from guest.agent.machine import Paths as Paths
-from guest.agent.machine import System as System
+from guest.agent.machine import Paths, System
 from guest.contract import plan
 from guest.contract.arch import Arch
 from guest.contract.efi.efivarfs import EfiVarStore
 from guest.contract.errors import CloudbootError
+from guest.contract.fsutil import write_atomic
 
 if TYPE_CHECKING:  # imported when used: a boot that never needs them never pays for them
     from guest.agent import fetch, sysguest
@@ -209,7 +207,7 @@ class Agent:
         servers, source = chosen
         if servers == self.dns_written:
             return
-        _write_atomically(self.paths.resolv_conf, resolv_conf(servers).encode())
+        write_atomic(self.paths.resolv_conf, resolv_conf(servers).encode())
         self.dns_written = servers
         self.console.log(f"dns {','.join(servers)} (from {source}) -> /etc/resolv.conf")
 
@@ -233,8 +231,7 @@ class Agent:
                     where=str(self.paths.embedded_plan),
                 )
             c.log("using the embedded plan /etc/cloud-boot/plan.hcl")
-            self.signed = None
-            return Fetched(self.paths.embedded_plan.read_text(), "/etc/cloud-boot/plan.hcl", None)
+            return self._embedded_plan()
         from guest.agent import fetch
         from guest.contract import oci
 
@@ -248,14 +245,17 @@ class Agent:
                 if not self.paths.embedded_plan.exists():
                     raise
                 c.warn(f"{exc}; falling back to the embedded plan")
-                self.signed = None
-                return Fetched(
-                    self.paths.embedded_plan.read_text(), "/etc/cloud-boot/plan.hcl", None
-                )
+                return self._embedded_plan()
         c.log(f"plan {ref} {resolved.top_digest}")
         with c.step("verify"):
             self._verify(client, ref, resolved.top_digest)
-        return Fetched(data.decode("utf-8"), str(ref), ref)
+        return Fetched(plan.plan_text(data, str(ref)), str(ref), ref)
+
+    def _embedded_plan(self) -> Fetched:
+        self.signed = None  # baked into the image: no signature, no pins
+        source = "/etc/cloud-boot/plan.hcl"
+        data = plan.read_plan_bytes(self.paths.embedded_plan)
+        return Fetched(plan.plan_text(data, source), source, None)
 
     def _verify(self, client: fetch.RegistryClient, ref: oci.Ref, digest: str) -> None:
         """Plan signature, then freshness against the floor on the cache ESP."""
@@ -349,14 +349,6 @@ def _default_client(options: Options) -> fetch.RegistryClient:
     from guest.agent import fetch
 
     return fetch.RegistryClient(insecure=options.insecure)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as out:
-        out.write(data)
-    os.replace(tmp, path)
 
 
 def _is(exc: BaseException, module: str, name: str) -> bool:

@@ -7,10 +7,7 @@ stores satisfy one tiny protocol so the rule is written once.
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Protocol
@@ -19,6 +16,7 @@ from guest.contract.efi import BOOT_VARIABLE_ATTRIBUTES, GLOBAL_VARIABLE_GUID, b
 from guest.contract.efi.edk2vars import VarsFile
 from guest.contract.efi.efivarfs import EFIVARS_DIR, EfiVarStore
 from guest.contract.errors import CloudbootError
+from guest.contract.fsutil import write_atomic
 
 CLOUDBOOT_ENTRY = 0x0001
 
@@ -95,7 +93,7 @@ def reset_vars_file(path: Path) -> bool:
         raise CloudbootError(exc.message, where=f"{path}: {exc.where}") from exc
     if not forget_staged_target(_VarsFileVariables(vars_file)):
         return False
-    _replace_atomically(path, bytes(vars_file))
+    write_atomic(path, bytes(vars_file), durable=True)
     return True
 
 
@@ -105,22 +103,7 @@ def replace_vars_file(path: Path, template: Path) -> None:
     Needed when the VM's device list changed: a stale Boot#### pointing at a PCI slot
     that now holds another device can hang OVMF.
     """
-    _replace_atomically(path, template.read_bytes())
-
-
-def _replace_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        if path.exists():
-            shutil.copymode(path, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, template.read_bytes(), durable=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from guest.contract.efi.devpath import HardDrive
 from guest.contract.efi.efivarfs import EfiVarStore
 from guest.contract.efi.loadoption import cloudboot_entry, staged_paths
 from guest.contract.errors import CloudbootError
+from guest.contract.fsutil import atomic_file
 
 BOOT_ENTRY = 0x0001
 CACHE_DISK_HINT = (
@@ -161,21 +162,11 @@ class MountedEsp:
 
     def write(self, path: str, data: FileData) -> None:
         target = self.root.joinpath(*[p for p in path.split("\\") if p])
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
         try:
-            with open(tmp, "wb", buffering=0) as out:
+            with atomic_file(target, durable=True) as out:
                 copy_into(out.fileno(), data)
-                os.fsync(out.fileno())
-            os.replace(tmp, target)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise StageError(f"cannot write {path}: {exc.strerror}", where=str(target)) from exc
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
     def read(self, path: str, limit: int) -> bytes | None:
         """A small file's bytes (None when absent or larger than ``limit``)."""

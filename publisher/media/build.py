@@ -23,6 +23,7 @@ import structlog
 
 from guest.contract.arch import Arch
 from guest.contract.errors import CloudbootError
+from guest.contract.fsutil import replacing, write_atomic
 from guest.contract.gpt import guid_from
 from guest.contract.pubkey import load_public_key
 from publisher.media import cpio
@@ -272,9 +273,8 @@ def build_boot_iso(
             with stages.stage(f"sbsign-{item.arch.value}"):
                 uki = sbsign(uki, recipe.secureboot_key, recipe.secureboot_cert, out.parent)
         efi_files[item.arch.efi_boot_file] = uki
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
+    signature = None
+    with replacing(out, durable=True) as tmp:  # renamed (and fsynced) when the body is done
         with stages.stage("iso"):
             content = hashlib.sha256()
             for name in sorted(efi_files):
@@ -286,18 +286,11 @@ def build_boot_iso(
                 esp_guid=guid_from("boot.iso esp", seed),
                 volume_id=int.from_bytes(guid_from("fat", seed).bytes[:4], "little"),
             )  # fmt: skip
-        signature = None
         if signing_key is not None and sig is not None:
             with stages.stage("sign"):
                 signature = sign_blob(signing_key, tmp.read_bytes())
-        with stages.stage("rename"):
-            os.replace(tmp, out)
-            if sig is not None and signature is not None:
-                sig_tmp = sig.with_name(f".{sig.name}.tmp-{os.getpid()}")
-                sig_tmp.write_text(signature)
-                os.replace(sig_tmp, sig)
-            stamp.write_text(print_)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    with stages.stage("rename"):
+        if sig is not None and signature is not None:
+            write_atomic(sig, signature.encode(), durable=True)
+        write_atomic(stamp, print_.encode())  # a torn stamp would only force a rebuild
     return BuildResult(out, sig, False, arches, stages.timings, out.stat().st_size)

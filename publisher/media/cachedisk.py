@@ -11,12 +11,11 @@ any other existing file is refused unless forced.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import uuid
 from pathlib import Path
 
 from guest.contract.errors import CloudbootError, FormatError
+from guest.contract.fsutil import replacing
 from guest.contract.gpt import (
     CACHE_PARTITION_NAME,
     ESP_TYPE,
@@ -82,9 +81,7 @@ def ensure_cache_disk(path: Path, size_mib: int = DEFAULT_SIZE_MIB, force: bool 
         if path.is_dir():
             raise CacheDiskError("is a directory", where=str(path))
     layout = cache_disk_layout(size_mib, disk_guid=uuid.uuid4(), part_guid=uuid.uuid4())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with replacing(path, durable=True) as tmp:
         with open(tmp, "wb") as f:
             f.write(layout.primary)
         part = layout.gpt.partitions[0]
@@ -94,10 +91,4 @@ def ensure_cache_disk(path: Path, size_mib: int = DEFAULT_SIZE_MIB, force: bool 
         with open(tmp, "r+b") as f:
             f.seek(layout.backup_offset)
             f.write(layout.backup)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
     return True

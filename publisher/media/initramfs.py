@@ -9,8 +9,6 @@ guest agent's packer) for its entries, which then replace ``/init`` and add the 
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,10 +96,7 @@ def initramfs_entries(
 
 
 def guest_agent_entries(arch: Arch) -> list[cpio.Entry]:
-    """Entries from ``publisher.media.guestpack.initramfs_entries(arch)`` (guest agent's packer)."""
-    name = "publisher.media.guestpack"
-    if importlib.util.find_spec(name) is None:
-        raise RecipeError('initramfs.init = "guest-agent" needs publisher/media/guestpack.py, '
-                          'which does not exist yet; use "busybox-marker"')  # fmt: skip
-    entries: list[cpio.Entry] = importlib.import_module(name).initramfs_entries(arch)
-    return entries
+    """The guest agent's files, from its packer (imported only when a recipe asks for it)."""
+    from publisher.media.guestpack import initramfs_entries
+
+    return initramfs_entries(arch)

@@ -13,7 +13,6 @@ of a verified artifact stays verified without asking the registry again.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -29,6 +28,7 @@ import structlog
 
 from guest.contract.arch import Arch
 from guest.contract.errors import CloudbootError
+from guest.contract.fsutil import write_atomic
 from guest.contract.oci import (
     MEDIA_CONFIG,
     Index,
@@ -127,17 +127,6 @@ def safe_member(path: str) -> PurePosixPath | None:
 # --- the cache: content-addressed blobs, tag records, verification marks ------------------
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
 class OciCache:
     """``$XDG_CACHE_HOME/cloudboot/oci``: blobs by digest, what tags last meant, checks done."""
 
@@ -167,7 +156,7 @@ class OciCache:
         if digest_of(data) != digest:  # callers pass verified data; this guards the cache
             raise OciKernelError(f"refusing to cache {digest}: content digest differs")
         path = self.blob_path(digest)
-        _write_atomic(path, data)
+        write_atomic(path, data)
         return path
 
     def _tag_record(self, ref: Ref) -> Path:
@@ -176,7 +165,7 @@ class OciCache:
 
     def remember_tag(self, ref: Ref, digest: str) -> None:
         doc = {"ref": f"{ref.name}:{ref.tag}", "digest": digest, "resolved_at": int(time.time())}
-        _write_atomic(self._tag_record(ref), json.dumps(doc).encode())
+        write_atomic(self._tag_record(ref), json.dumps(doc).encode())
 
     def last_tag(self, ref: Ref) -> tuple[str, int] | None:
         """(digest, unix time) the tag resolved to last, if it ever was."""
@@ -197,7 +186,7 @@ class OciCache:
 
     def mark_verified(self, repository: str, digest: str, public_key: bytes) -> None:
         mark = self._verified_mark(repository, digest, public_key)
-        _write_atomic(mark, f"{repository}@{digest}\n".encode())
+        write_atomic(mark, f"{repository}@{digest}\n".encode())
 
     def modules_tree(self, digest: str, blob: Callable[[], bytes], what: str) -> Path:
         """The modules layer unpacked once (temp dir renamed into place) under its digest."""

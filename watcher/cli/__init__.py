@@ -14,7 +14,6 @@ tests/test_cli_startup.py keeps it that way.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from guest.contract.errors import CloudbootError
 if TYPE_CHECKING:
     from publisher.config import Config
 
-#: Command-group modules, in --help order. A module that is not there yet is skipped.
+#: Command-group modules, in --help order (a missing one is an ImportError, not a skip).
 COMMAND_MODULES = ("init", "plan", "push", "keys", "build", "vm", "watch", "registry", "demo")
 
 app = typer.Typer(
@@ -119,10 +118,7 @@ def root(
 
 def _register_groups() -> None:
     for name in COMMAND_MODULES:
-        module_name = f"watcher.cli.{name}"
-        if importlib.util.find_spec(module_name) is None:
-            continue
-        importlib.import_module(module_name).register(app)
+        importlib.import_module(f"watcher.cli.{name}").register(app)
 
 
 _register_groups()

@@ -100,11 +100,10 @@ def up(
     from publisher.media.cachedisk import ensure_cache_disk
     from publisher.media.recipe import load_recipe
     from publisher.registry import client_from_config
+    from publisher.workspace import format_outcomes, load_signing_key, publish_workspace
     from watcher.cli.watch import run_daemon
     from watcher.vm import VmSpec, VmState, open_backend
     from watcher.watch.adapters import BackendVmStage
-    from watcher.watch.gitops import format_outcomes, publish_workspace
-    from watcher.watch.publishing import load_signing_key
 
     config = state(ctx).config
     with contextlib.ExitStack() as stack:

@@ -46,30 +46,13 @@ def plan_files(paths: list[Path]) -> tuple[list[Path], list[PlanError]]:
     return files, problems
 
 
-def read_plan_text(path: Path) -> str:
-    """The plan as text; a file that is not UTF-8 is a PlanError at the bad byte."""
-    from guest.contract.plan import PlanError
-
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise PlanError(
-            f"not UTF-8 text (byte offset {exc.start})", Location(str(path), line, column)
-        ) from None
-
-
 def validate_file(path: Path) -> list[PlanError]:
-    from guest.contract.plan import PlanError, validate_plan
+    from guest.contract.plan import PlanError, read_plan_text, validate_plan
 
     try:
         return validate_plan(read_plan_text(path), str(path))
     except PlanError as exc:
         return [exc]
-    except OSError as exc:
-        return [PlanError(f"cannot read: {exc.strerror}", Location(str(path)))]
 
 
 VALIDATE_HELP = (
@@ -166,7 +149,13 @@ def render_command(
     ] = None,
 ) -> None:
     """Print one arch's evaluated targets; see RENDER_HELP."""
-    from guest.contract.plan import PlanError, evaluate_collecting, parse_plan, select_target
+    from guest.contract.plan import (
+        PlanError,
+        evaluate_collecting,
+        parse_plan,
+        read_plan_text,
+        select_target,
+    )
 
     guest_arch = arch or Arch.host().oci
     plan = parse_plan(read_plan_text(path), str(path))

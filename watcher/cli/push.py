@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from guest.contract.arch import Arch
-from guest.contract.errors import CloudbootError
 from guest.contract.oci import parse_ref
 from watcher.cli import state
 
@@ -61,13 +60,9 @@ def signing_key(path: Path | None) -> SigningKey | None:
     """Load a key; ask for the password only when the key is encrypted."""
     if path is None:
         return None
-    from publisher.signing import is_encrypted, load_private_key, read_password
+    from publisher.signing import load_key_file
 
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CloudbootError(f"cannot read key: {exc.strerror}", where=str(path)) from None
-    return load_private_key(path, read_password() if is_encrypted(data) else None)
+    return load_key_file(path)
 
 
 def emit(result: PushResult, as_json: bool) -> None:

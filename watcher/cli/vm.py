@@ -133,10 +133,11 @@ def reset_nvram(
         typer.echo(f"nvram reset: {backend.spec.nvram}")
         return
     from guest.agent.reset import reset_vars_file
-    from watcher.vm import BackendKind, VmError, VmState
+    from publisher.config import Backend
+    from watcher.vm import VmError, VmState
 
     spec = backend.spec
-    if spec.backend is not BackendKind.QEMU:
+    if spec.backend is not Backend.QEMU:
         raise VmError(
             f"--menu edits QEMU (edk2) vars files; the {spec.backend.value} backend keeps "
             "its own store: use `cloudboot vm reset-nvram` without --menu"

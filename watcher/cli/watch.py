@@ -115,7 +115,7 @@ def status_cmd(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
 def publish(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Validate and publish every plan under plans/ once (for CI); exit 0 only if all did."""
-    from watcher.watch.gitops import format_outcomes, publish_workspace
+    from publisher.workspace import format_outcomes, publish_workspace
 
     outcomes = publish_workspace(state(ctx).config)
     if as_json:

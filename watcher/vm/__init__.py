@@ -6,13 +6,14 @@ Callers (the CLI, the watcher, end-to-end tests) use ``VmSpec.from_config`` and
 
 from __future__ import annotations
 
+from publisher.config import Backend
 from watcher.vm.backend import VmBackend, VmState, VmStatus
-from watcher.vm.spec import BackendKind, VmError, VmSpec
+from watcher.vm.spec import VmError, VmSpec
 
 
 def open_backend(spec: VmSpec) -> VmBackend:
     """The backend ``spec.backend`` names; it finds an already running VM by itself."""
-    if spec.backend is BackendKind.VFKIT:
+    if spec.backend is Backend.VFKIT:
         from watcher.vm.vfkit import VfkitBackend
 
         return VfkitBackend(spec)
@@ -21,4 +22,4 @@ def open_backend(spec: VmSpec) -> VmBackend:
     return QemuBackend(spec)
 
 
-__all__ = ["BackendKind", "VmBackend", "VmError", "VmSpec", "VmState", "VmStatus", "open_backend"]
+__all__ = ["VmBackend", "VmError", "VmSpec", "VmState", "VmStatus", "open_backend"]

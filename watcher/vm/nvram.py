@@ -10,26 +10,17 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
-import tempfile
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from guest.contract.fsutil import atomic_file
+
 
 def restore_template(store: Path, template: Path) -> None:
-    """Atomically make ``store`` a byte-for-byte copy of ``template`` (temp file + rename)."""
-    store.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{store.name}.", dir=store.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(template, "rb") as src:
-            while chunk := src.read(1 << 20):
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, store)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomically and durably make ``store`` a byte-for-byte copy of ``template``."""
+    with atomic_file(store, durable=True) as out, open(template, "rb") as src:
+        shutil.copyfileobj(src, out, 1 << 20)
 
 
 def delete_store(store: Path) -> None:

@@ -15,12 +15,13 @@ import platform
 from pathlib import Path
 
 from guest.contract.arch import Arch
+from publisher.config import Accel
 from publisher.run import require_tool
 from watcher.vm import nvram
 from watcher.vm.backend import ProcessBackend
 from watcher.vm.firmware import Firmware, find_firmware
 from watcher.vm.qmp import QmpClient, QmpError
-from watcher.vm.spec import Accel, VmSpec
+from watcher.vm.spec import VmSpec
 
 MACHINE = {Arch.X86_64: "q35", Arch.AARCH64: "virt"}
 #: TCG CPU models: cortex-a72 avoids emulating pointer authentication (spec section 7).

@@ -8,35 +8,16 @@ VM again (pidfile, control socket) is derived from ``state_dir``.
 
 from __future__ import annotations
 
-import enum
-import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from guest.contract.arch import Arch
 from guest.contract.errors import CloudbootError
-from publisher.config import Backend, Config, ConfigError
+from publisher.config import Accel, Backend, Config
 
 
 class VmError(CloudbootError):
     """A VM operation that cannot be done (missing disk, VM in the wrong state ...)."""
-
-
-class BackendKind(enum.Enum):
-    QEMU = "qemu"
-    VFKIT = "vfkit"
-
-    @classmethod
-    def for_host(cls, platform: str = sys.platform) -> BackendKind:
-        """vfkit on macOS (Virtualization.framework), QEMU everywhere else."""
-        return cls.VFKIT if platform == "darwin" else cls.QEMU
-
-
-class Accel(enum.Enum):
-    AUTO = "auto"
-    KVM = "kvm"
-    TCG = "tcg"
 
 
 @dataclass(frozen=True)
@@ -48,7 +29,6 @@ class Disk:
     config_key: str
 
 
-_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 #: sun_path is 108 bytes on Linux and 104 on macOS (NUL included).
 MAX_SOCKET_PATH = 103
 
@@ -66,35 +46,14 @@ class VmSpec:
     nvram: Path
     serial_log: Path
     state_dir: Path
-    backend: BackendKind
+    backend: Backend  # never AUTO: resolved for this host
     accel: Accel = Accel.AUTO
 
     @classmethod
     def from_config(cls, config: Config) -> VmSpec:
-        """Resolve defaults (backend per host, paths under state_dir) and check values."""
+        """Resolve defaults (backend per host, paths under state_dir); the config has
+        already checked every value (publisher.config's parse hooks)."""
         vm = config.vm
-        where = str(config.source) if config.source else "cloudboot.toml"
-        if not _MAC.match(vm.mac):
-            raise ConfigError(
-                f"[vm].mac: expected a fixed MAC like 52:54:00:12:34:56, got {vm.mac!r} "
-                "(vfkit rejects mac=auto)",
-                where=where,
-            )
-        if vm.cpus < 1:
-            raise ConfigError(f"[vm].cpus: must be at least 1, got {vm.cpus}", where=where)
-        if vm.memory_mib < 128:
-            raise ConfigError(
-                f"[vm].memory_mib: must be at least 128, got {vm.memory_mib}", where=where
-            )
-        try:
-            accel = Accel(vm.accel)
-        except ValueError:
-            raise ConfigError(
-                f"[vm].accel: expected one of auto, kvm, tcg, got {vm.accel!r}", where=where
-            ) from None
-        backend = (
-            BackendKind.for_host() if vm.backend is Backend.AUTO else BackendKind(vm.backend.value)
-        )
         state_dir = vm.state_dir
         return cls(
             arch=config.vm_arch(),
@@ -103,13 +62,13 @@ class VmSpec:
             iso=config.build.iso,
             cache_disk=config.build.cache_disk,
             disks=tuple(vm.disks),
-            mac=vm.mac.lower(),
+            mac=vm.mac,
             gui=vm.gui,
             nvram=vm.nvram or state_dir / "nvram.fd",
             serial_log=vm.serial_log or state_dir / "serial.log",
             state_dir=state_dir,
-            backend=backend,
-            accel=accel,
+            backend=vm.backend.resolve(),
+            accel=vm.accel,
         )
 
     @property
@@ -128,7 +87,7 @@ class VmSpec:
     @property
     def control_socket(self) -> Path:
         """QMP socket (QEMU) or vfkit's REST socket."""
-        name = "qmp.sock" if self.backend is BackendKind.QEMU else "rest.sock"
+        name = "qmp.sock" if self.backend is Backend.QEMU else "rest.sock"
         return self.state_dir / name
 
     @property

@@ -8,14 +8,13 @@ is our QEMU/vfkit for this very state_dir.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from guest.contract.fsutil import write_atomic
 from publisher.run import CommandError, ToolMissingError, run
 
 
@@ -48,16 +47,7 @@ def load_record(path: Path) -> VmRecord | None:
 
 def save_record(path: Path, record: VmRecord) -> None:
     """Write vm.json atomically, so a concurrent reader never sees half a record."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as out:
-            json.dump(record.to_json(), out, indent=2)
-            out.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(record.to_json(), indent=2).encode() + b"\n")
 
 
 def read_pidfile(path: Path) -> int | None:
@@ -106,10 +96,14 @@ def is_our_process(cmdline: list[str] | None, names: tuple[str, ...], marker: Pa
 
 
 def pid_alive(pid: int) -> bool:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+    """Is ``pid`` a running process (zombies count as gone)? The one liveness check."""
+    try:
         os.kill(pid, 0)
-        return process_cmdline(pid) is not None
-    return False
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: alive, unless it is a zombie
+    return process_cmdline(pid) is not None
 
 
 def serial_tail(log: Path, offset: int, max_lines: int = 20) -> list[str]:

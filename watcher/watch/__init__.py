@@ -1,9 +1,11 @@
 """``cloudboot watch``: file events -> debounced batches -> a dependency-aware pipeline.
 
-The pieces are small and separately testable: ``ignore`` decides which paths matter,
-``events`` turns watchdog callbacks into paths, ``debounce`` coalesces them into batches,
-``pipeline`` runs the stages for a batch (plans, then kernel, then the VM), ``daemon``
-ties them to threads and signals, ``status`` records what happened for ``cloudboot status``,
-``service`` speaks sd_notify, ``agent`` installs the user service, ``gitops`` publishes a
-whole workspace once for CI.
+The pieces are small and separately testable: ``events`` turns watchdog callbacks into
+paths (``publisher.ignore`` decides which matter), ``debounce`` coalesces them into
+batches, ``pipeline`` runs the stages for a batch (plans, then kernel, then the VM) and
+``outcomes`` types what each stage reports, ``adapters`` builds the real stages from the
+config (plans are published by ``publisher.workspace``, which also serves ``cloudboot
+publish``), ``daemon`` ties them to threads and signals, ``status`` records what happened
+for ``cloudboot status`` (the only place outcomes become JSON), ``sdnotify`` speaks
+sd_notify and ``service`` installs the user service.
 """

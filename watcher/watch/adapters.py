@@ -8,8 +8,6 @@ is built, so ``cloudboot status`` stays fast.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -17,15 +15,14 @@ from pathlib import Path
 import structlog
 
 from guest.contract.errors import CloudbootError
-from publisher.config import Config, load_config
+from publisher.config import Backend, Config, load_config
+from publisher.ignore import IgnoreRules
 from publisher.registry import client_from_config
 from publisher.signing import SigningKey
 from watcher.vm import VmBackend, VmState
-from watcher.vm.spec import BackendKind
 from watcher.vm.supervisor import Supervisor
 from watcher.watch.daemon import WatchSetup
-from watcher.watch.ignore import IgnoreRules
-from watcher.watch.pipeline import BuildOutcome, BuildStage, PlanOutcome, PlanStage
+from watcher.watch.pipeline import BuildStage, PlanStage
 
 log = structlog.get_logger(__name__)
 
@@ -54,7 +51,7 @@ class BackendVmStage:
         self._started_by_watcher = False
         self._seen = False
         if supervise is None:
-            supervise = backend.spec.backend is BackendKind.VFKIT
+            supervise = backend.spec.backend is Backend.VFKIT
         self.supervisor = Supervisor(backend) if supervise else None
         self._supervision_stop = threading.Event()
         self._supervision: threading.Thread | None = None
@@ -105,18 +102,15 @@ def vm_stage_for(config: Config) -> BackendVmStage:
 
 
 def plan_stage_for(config: Config, key: SigningKey) -> PlanStage:
-    from watcher.watch.publishing import PublisherPlanStage
+    from publisher.workspace import PlanPublisher
 
-    return PublisherPlanStage(config, client_from_config(config.registry), key)
+    return PlanPublisher(config, client_from_config(config.registry), key)
 
 
 def build_stage_for(config: Config, key: SigningKey | None) -> BuildStage | None:
-    """The boot-media stage, or None when the workspace has no recipe (or no builder)."""
+    """The boot-media stage, or None when the workspace has no recipe."""
     if not config.build.recipe.is_file():
         log.info("no kernel recipe: the kernel stage is off", recipe=str(config.build.recipe))
-        return None
-    if importlib.util.find_spec("publisher.media.build") is None:
-        log.warning("boot media builder (publisher.media.build) not available: kernel stage off")
         return None
     from watcher.watch.media import MediaBuildStage
 
@@ -124,8 +118,8 @@ def build_stage_for(config: Config, key: SigningKey | None) -> BuildStage | None
 
 
 def setup_for(config: Config, *, debounce_ms: int | None = None) -> WatchSetup:
-    """Stages and settings from the config; the signing key is decrypted once, here."""
-    from watcher.watch.publishing import load_signing_key
+    """Stages and settings from the config (the key is decrypted once per process)."""
+    from publisher.workspace import load_signing_key
 
     key = load_signing_key(config)
     window_ms = config.watch.debounce_ms if debounce_ms is None else debounce_ms
@@ -153,15 +147,3 @@ def reloader(workspace: Path, debounce_ms: int | None) -> Callable[[], WatchSetu
             raise CloudbootError(f"reload failed: {exc}") from exc
 
     return reload
-
-
-__all__ = [
-    "STATUS_FILE",
-    "BackendVmStage",
-    "BuildOutcome",
-    "PlanOutcome",
-    "build_stage_for",
-    "plan_stage_for",
-    "setup_for",
-    "vm_stage_for",
-]

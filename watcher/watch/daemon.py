@@ -10,7 +10,6 @@ this watcher started itself.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +17,9 @@ from pathlib import Path
 import structlog
 
 from guest.contract.errors import CloudbootError
+from publisher.ignore import IgnoreRules
 from watcher.watch.debounce import Batch, ChangeQueue
 from watcher.watch.events import WorkspaceEventHandler, observe
-from watcher.watch.ignore import IgnoreRules
 from watcher.watch.pipeline import BuildStage, Pipeline, PlanStage, VmStage
 from watcher.watch.sdnotify import Notifier, watchdog_interval
 from watcher.watch.status import StatusBook
@@ -69,7 +68,6 @@ class WatchDaemon:
         self._reload_requested = threading.Event()
         self._pending_setup: WatchSetup | None = None
         self._lock = threading.Lock()
-        self.ready = threading.Event()  # set once the observer runs (tests wait on it)
         self.crashed: BaseException | None = None
         self.handler: WorkspaceEventHandler | None = None
         self.pipeline = Pipeline(
@@ -107,7 +105,6 @@ class WatchDaemon:
             self.handler = handler
             worker = threading.Thread(target=self._work, name="cloudboot-pipeline", daemon=True)
             worker.start()
-            self.ready.set()
             self.notifier.ready(f"watching {', '.join(d.name + '/' for d in dirs)}")
             log.info("watching", dirs=[str(d) for d in dirs], debounce_ms=setup.window * 1000)
             interval = watchdog_interval()
@@ -179,7 +176,7 @@ class WatchDaemon:
         try:
             if self.initial_run:
                 everything = self.pipeline.everything()
-                self.pipeline.run_batch(Batch(frozenset(everything), 0, time.monotonic()))
+                self.pipeline.run_batch(Batch(frozenset(everything), 0))
             else:
                 self.pipeline.prime()
             self.status.set_state("idle")

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 #: Quiet time after which pending paths are offered to ``on_settle`` (an editor's
@@ -30,8 +30,6 @@ class Batch:
 
     paths: frozenset[Path]
     events: int
-    first_event: float  # clock() time of the first event in the batch
-    last_event: float = field(default=0.0)
 
 
 class ChangeQueue:
@@ -48,7 +46,6 @@ class ChangeQueue:
         self._cond = threading.Condition()
         self._pending: set[Path] = set()
         self._events = 0
-        self._first = 0.0
         self._last = 0.0
         self._closed = False
         self.total_events = 0
@@ -66,7 +63,6 @@ class ChangeQueue:
         now = self._clock()
         with self._cond:
             if not self._pending:
-                self._first = now
                 self._cond.notify_all()
             self._pending.add(path)
             self._events += 1
@@ -137,7 +133,7 @@ class ChangeQueue:
             self._cond.acquire()
 
     def _take(self) -> Batch:
-        batch = Batch(frozenset(self._pending), self._events, self._first, self._last)
+        batch = Batch(frozenset(self._pending), self._events)
         self._pending = set()
         self._events = 0
         return batch

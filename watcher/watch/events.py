@@ -24,7 +24,7 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from watcher.watch.ignore import IgnoreRules
+from publisher.ignore import IgnoreRules
 
 log = structlog.get_logger(__name__)
 

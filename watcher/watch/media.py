@@ -12,7 +12,7 @@ from publisher.media.build import build_boot_iso
 from publisher.media.recipe import load_recipe
 from publisher.registry import client_from_config
 from publisher.signing import SigningKey
-from watcher.watch.pipeline import BuildOutcome
+from watcher.watch.outcomes import BuildOutcome
 
 
 class MediaBuildStage:
@@ -20,10 +20,6 @@ class MediaBuildStage:
         self.config = config
         self.key = key
         self.arches = config.media_arches()
-
-    @classmethod
-    def from_config(cls, config: Config, key: SigningKey | None = None) -> MediaBuildStage:
-        return cls(config, key)
 
     def build(self) -> BuildOutcome:
         recipe = load_recipe(self.config.build.recipe)
@@ -39,9 +35,7 @@ class MediaBuildStage:
         return BuildOutcome(
             result.output,
             changed=not result.skipped,
-            detail={
-                "size": result.size,
-                "signed": result.signature is not None,
-                "steps_ms": timings,
-            },
+            size=result.size,
+            signed=result.signature is not None,
+            steps_ms=timings,
         )

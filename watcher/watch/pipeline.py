@@ -16,40 +16,25 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
 
 from guest.contract.errors import CloudbootError
+from publisher.config import PLAN_SUFFIX
+from publisher.ignore import IgnoreRules
+from publisher.workspace import PlanOutcome
 from watcher.watch.debounce import Batch
-from watcher.watch.ignore import IgnoreRules
-from watcher.watch.status import StageResult, StatusBook, iso_time
+from watcher.watch.outcomes import BuildOutcome, Outcome, StageName, StageResult, VmOutcome
+from watcher.watch.status import StatusBook, iso_time, outcome_json
 
 log = structlog.get_logger(__name__)
 
-PLAN_SUFFIX = ".hcl"
 #: A burst changing more plans than this (a checkout) is not prepared ahead of its run.
 AHEAD_LIMIT = 4
-
-
-@dataclass(frozen=True)
-class PlanOutcome:
-    ref: str
-    digest: str
-    uploaded: bool  # False when the tag already pointed at this digest, signed
-    uploaded_bytes: int = 0
-    prepared_ahead: bool = False  # the run only moved the tag (uploads ran in the window)
-
-
-@dataclass(frozen=True)
-class BuildOutcome:
-    iso: Path
-    changed: bool  # False when the incremental build left boot.iso byte-identical
-    detail: dict[str, Any] = field(default_factory=dict)
 
 
 class PlanStage(Protocol):
@@ -113,19 +98,15 @@ class Work:
 
 @dataclass(frozen=True)
 class RunReport:
-    """One pipeline run: the batch it served and each stage's result, in order."""
+    """One pipeline run: each stage's result, in order."""
 
     number: int
-    batch_events: int
     stages: list[StageResult]
     duration_ms: float
 
     @property
     def ok(self) -> bool:
         return all(s.ok for s in self.stages)
-
-    def of(self, stage: str) -> list[StageResult]:
-        return [s for s in self.stages if s.stage == stage]
 
 
 class Pipeline:
@@ -150,9 +131,7 @@ class Pipeline:
         self.rules = rules or IgnoreRules()
         self.should_stop = should_stop
         self.hashes: dict[Path, str] = {}  # content last handled successfully
-        self.reports: deque[RunReport] = deque(maxlen=100)
         self.runs = 0
-        self.on_run: Callable[[RunReport], None] | None = None
 
     # -- what changed -------------------------------------------------------------------
 
@@ -228,9 +207,9 @@ class Pipeline:
             log.debug("batch without content changes", events=batch.events)
             self.status.flush()
             return None
-        return self.run(work, events=batch.events)
+        return self.run(work)
 
-    def run(self, work: Work, *, events: int = 0) -> RunReport:
+    def run(self, work: Work) -> RunReport:
         number = self.runs + 1
         started = time.time()
         t0 = time.perf_counter()
@@ -245,18 +224,15 @@ class Pipeline:
                 break
             result = self._publish(plan, work.plan_hashes[plan])
             stages.append(result)
-            # The tag already pointing at this signed digest (a revert to what was last
-            # published) gives the guest nothing new: no reason to reboot the VM for it.
-            produced |= result.ok and bool(result.detail.get("uploaded", True))
+            produced |= result.produced
         if work.kernel and not self.should_stop():
             result = self._build(work.kernel)
             stages.append(result)
-            produced |= result.ok and bool(result.detail.get("changed", True))
+            produced |= result.produced
         if produced and self.vm_stage is not None and not self.should_stop():
             stages.append(self._restart_vm())
         duration = (time.perf_counter() - t0) * 1000
-        report = RunReport(number, events, stages, duration)
-        self.reports.append(report)
+        report = RunReport(number, stages, duration)
         self.runs = number  # counted once complete, so a reader seeing N sees N finished runs
         self.status.record_run(started, duration, report.ok, [s.stage for s in stages])
         self.status.set_state("idle")
@@ -267,15 +243,13 @@ class Pipeline:
             duration_ms=round(duration, 1),
             stages=[f"{s.stage}:{'ok' if s.ok else 'error'}" for s in stages],
         )
-        if self.on_run:
-            self.on_run(report)
         return report
 
-    def _timed(self, stage: str, subject: str, body: Callable[[], dict[str, Any]]) -> StageResult:
+    def _timed(self, stage: StageName, subject: str, body: Callable[[], Outcome]) -> StageResult:
         started = time.time()
         t0 = time.perf_counter()
         try:
-            detail = body()
+            outcome = body()
         except Exception as exc:  # isolate every failure: the watcher must keep going
             ms = (time.perf_counter() - t0) * 1000
             expected = isinstance(exc, CloudbootError)
@@ -296,9 +270,9 @@ class Pipeline:
                 stage=stage,
                 subject=subject,
                 duration_ms=round(ms, 1),
-                **detail,
+                **outcome_json(outcome),
             )
-            result = StageResult(stage, subject, True, ms, iso_time(started), detail)
+            result = StageResult(stage, subject, True, ms, iso_time(started), outcome)
         self.status.record_stage(result)
         self.status.flush()
         return result
@@ -312,20 +286,10 @@ class Pipeline:
         if stage is None:
             return self._timed("plan", rel, _disabled("plan publishing"))
         ref = stage.ref_for(plan)
-
-        def body() -> dict[str, Any]:
-            outcome = stage.publish(plan)
-            return {
-                "ref": outcome.ref,
-                "digest": outcome.digest,
-                "uploaded": outcome.uploaded,
-                "prepared_ahead": outcome.prepared_ahead,
-            }
-
-        result = self._timed("plan", rel, body)
-        if result.ok:
+        result = self._timed("plan", rel, lambda: stage.publish(plan))
+        if isinstance(result.outcome, PlanOutcome):
             self.hashes[plan] = digest
-            self.status.record_plan(rel, ref=ref, digest=result.detail["digest"], error=None)
+            self.status.record_plan(rel, ref=ref, digest=result.outcome.digest, error=None)
         else:
             self.hashes.pop(plan, None)
             self.status.record_plan(rel, ref=ref, digest=None, error=result.error)
@@ -335,12 +299,7 @@ class Pipeline:
         stage = self.build_stage
         if stage is None:
             return self._timed("kernel", "kernel/", _disabled("the kernel stage"))
-
-        def body() -> dict[str, Any]:
-            outcome = stage.build()
-            return {"iso": str(outcome.iso), "changed": outcome.changed, **outcome.detail}
-
-        result = self._timed("kernel", str(self.kernel_dir.name) + "/", body)
+        result = self._timed("kernel", str(self.kernel_dir.name) + "/", stage.build)
         for path, digest in changed.items():
             if result.ok and digest is not None:
                 self.hashes[path] = digest
@@ -352,16 +311,16 @@ class Pipeline:
         vm = self.vm_stage
         assert vm is not None
 
-        def body() -> dict[str, Any]:
+        def body() -> VmOutcome:
             state = vm.restart()
             self.status.record_vm(state, started_by_watcher=vm.started_by_watcher)
-            return {"state": state, "nvram": "reset"}
+            return VmOutcome(state)
 
         return self._timed("vm", "vm", body)
 
 
-def _disabled(what: str) -> Callable[[], dict[str, Any]]:
-    def fail() -> dict[str, Any]:
+def _disabled(what: str) -> Callable[[], Outcome]:
+    def fail() -> Outcome:
         raise CloudbootError(f"{what} is not available in this watcher")
 
     return fail

@@ -23,8 +23,8 @@ from typing import Any
 import structlog
 
 from guest.contract.errors import CloudbootError
+from guest.contract.fsutil import write_atomic
 from publisher.run import CommandError, run
-from watcher.watch.status import write_atomic
 
 log = structlog.get_logger(__name__)
 

@@ -4,68 +4,62 @@ The watcher rewrites the whole file atomically (temp file + rename) after every 
 stage, so a reader never sees a half-written document and needs no socket or lock: last
 event, last run of each stage with its duration and result, published digest per plan,
 VM state. The pid in it tells a reader whether the writer is still alive.
+
+Stages hand over typed outcomes (``watcher.watch.outcomes``); this module is the only
+place they become JSON.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
-import tempfile
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from guest.contract.errors import CloudbootError
+from guest.contract.fsutil import write_atomic
+from watcher.vm.state import pid_alive
+from watcher.watch.outcomes import Outcome, StageResult
 
 STATUS_VERSION = 1
-
-
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` so readers see the old or the new file, never a mix.
-
-    No fsync: this is for state that is rewritten all the time (the status file, service
-    files); after a crash the previous version, or nothing, is fine, and an fsync per
-    run would sit on the edit-to-publish latency.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def iso_time(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds")
 
 
-@dataclass(frozen=True)
-class StageResult:
-    """One stage of one run: what it worked on, how long it took, how it ended."""
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
-    stage: str  # "plan", "kernel" or "vm"
-    subject: str  # plan file, recipe or VM name
-    ok: bool
-    duration_ms: float
-    started_at: str
-    detail: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["result"] = "ok" if self.ok else "error"
-        out["duration_ms"] = round(self.duration_ms, 1)
-        return out
+def outcome_json(outcome: Outcome | None) -> dict[str, Any]:
+    """A stage outcome's fields as JSON values: the status file's ``detail``, log fields."""
+    if outcome is None:
+        return {}
+    return {f.name: _plain(getattr(outcome, f.name)) for f in fields(outcome)}
+
+
+def stage_json(result: StageResult) -> dict[str, Any]:
+    """One stage's entry in the status file."""
+    return {
+        "stage": result.stage,
+        "subject": result.subject,
+        "ok": result.ok,
+        "duration_ms": round(result.duration_ms, 1),
+        "started_at": result.started_at,
+        "detail": outcome_json(result.outcome),
+        "error": result.error,
+        "result": "ok" if result.ok else "error",
+    }
 
 
 class StatusBook:
@@ -119,7 +113,7 @@ class StatusBook:
 
     def record_stage(self, result: StageResult) -> None:
         with self._lock:
-            self.data["stages"][result.stage] = result.to_json()
+            self.data["stages"][result.stage] = stage_json(result)
 
     def record_plan(self, rel: str, *, ref: str, digest: str | None, error: str | None) -> None:
         with self._lock:
@@ -140,7 +134,7 @@ class StatusBook:
         with self._lock:
             self.data["updated_at"] = iso_time(self._clock())
             payload = json.dumps(self.data, indent=2, sort_keys=False).encode() + b"\n"
-        write_atomic(self.path, payload)
+        write_atomic(self.path, payload)  # not durable: rewritten after every stage
 
 
 def load_status(path: Path) -> dict[str, Any]:
@@ -159,16 +153,6 @@ def load_status(path: Path) -> dict[str, Any]:
             f"unsupported status file (expected version {STATUS_VERSION})", where=str(path)
         )
     return data
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def with_liveness(data: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 The guest evaluates plans at boot and the host validates them before publishing, so both
 share this package (stdlib + python-hcl2/lark only). The pipeline:
 
+- :func:`plan_text` / :func:`read_plan_text` (bytes -> text, or a located PlanError),
 - :func:`parse_plan` (text -> :class:`Plan`, positions kept; syntax and structure errors),
 - :func:`evaluate` (Plan + arch [+ meta, lldp] -> :class:`EvaluatedPlan` of typed targets),
 - :func:`select_target` (by name, default_target, arch variants: upstream's rule),
@@ -12,6 +13,7 @@ Every failure is a :class:`PlanError` whose ``where`` is ``file:line:col``.
 """
 
 from guest.contract.plan.errors import PlanError
+from guest.contract.plan.load import plan_text, read_plan_bytes, read_plan_text
 from guest.contract.plan.model import (
     DEFAULT_MENU_PROMPT,
     MAX_SUBPLAN_DEPTH,
@@ -46,6 +48,9 @@ __all__ = [
     "evaluate_collecting",
     "parse_plan",
     "parse_timeout",
+    "plan_text",
+    "read_plan_bytes",
+    "read_plan_text",
     "select_target",
     "validate_plan",
 ]

@@ -1,4 +1,4 @@
-"""Which paths under the workspace the watcher ignores.
+"""Which paths under the workspace the watcher and `cloudboot publish` ignore.
 
 Three sources, checked in this order: version-control and state directories (``.git``,
 ``.cloudboot`` ...), editor temporary and swap files (vim's ``.x.swp`` and ``4913`` probe,

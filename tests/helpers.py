@@ -1,29 +1,76 @@
-"""Shared helpers for the watcher tests: simple but real stages and a daemon runner.
+"""Helpers the tests share (one module; test files never import each other).
 
-The stages do real work on real files: ``FilePlanStage`` parses the plan with the real
-HCL parser (an error carries file:line:col) and writes the published bytes atomically to
-an output directory keyed by their sha256, ``FileBuildStage`` concatenates kernel/ into an
-"image" with an atomic rename, ``FileVmStage`` records restarts. They count calls and can
-be held at a gate, so scheduling can be observed from outside.
+- paths and waiting: ``REPO``, ``CLOUDBOOT``, :func:`wait_for` (the one polling loop; its
+  timeout only guards against a hang, it is never a speed claim);
+- keys: :func:`load_private_key`;
+- the watcher: simple but real stages (``FilePlanStage`` parses the plan with the real
+  HCL parser, so an error carries file:line:col, and writes the published bytes
+  atomically, keyed by sha256; ``FileBuildStage`` concatenates kernel/ into an "image";
+  ``FileVmStage`` records restarts; they count calls and can be held at a gate) and a
+  daemon runner; a signed workspace and skopeo checks (an independent client);
+- VMs: a ``VmSpec`` for throw-away disks, marker variables in a vars file
+  (virt-firmware), the ``cloudboot vm`` command line on a workspace;
+- raw distribution-spec pushing, independent of publisher/, for the guest's pull client.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import ssl
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import hcl2
 import lark
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from virt.firmware.varstore.edk2 import Edk2VarStore
 
+from guest.contract import cosign, oci
+from guest.contract.arch import Arch
 from guest.contract.errors import CloudbootError, Location
+from guest.contract.fsutil import write_atomic
+from publisher.config import Accel, Backend
+from publisher.ignore import IgnoreRules
+from publisher.run import run
+from publisher.signing import SigningKey, parse_private_key
+from publisher.workspace import PlanOutcome
+from watcher.vm import VmSpec
 from watcher.watch.daemon import WatchDaemon, WatchSetup
-from watcher.watch.ignore import IgnoreRules
-from watcher.watch.pipeline import BuildOutcome, PlanOutcome, VmStage
-from watcher.watch.status import StatusBook, write_atomic
+from watcher.watch.outcomes import BuildOutcome
+from watcher.watch.pipeline import VmStage
+from watcher.watch.status import StatusBook
+
+REPO = Path(__file__).resolve().parent.parent
+CLOUDBOOT = Path(sys.executable).parent / "cloudboot"
+
+
+def wait_for(
+    condition: Callable[[], object], timeout: float = 10.0, what: str = "condition"
+) -> None:
+    """Poll ``condition`` (often, then every 0.2 s) until it is true; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
+def load_private_key(path: Path, password: bytes | None) -> SigningKey:
+    """A key file with an explicit password (the product asks $COSIGN_PASSWORD or a tty)."""
+    return parse_private_key(path.read_bytes(), password, source=str(path))
+
+
+# --- the watcher --------------------------------------------------------------------------
 
 
 class FilePlanStage:
@@ -117,14 +164,6 @@ def make_workspace(root: Path) -> Path:
     return root
 
 
-def wait_for(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
 @contextmanager
 def running_daemon(
     root: Path,
@@ -150,7 +189,7 @@ def running_daemon(
     daemon = WatchDaemon(setup, status, vm_stage=vm_stage, initial_run=initial_run)
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
-    daemon.ready.wait(10)
+    # idle: the observer runs (the worker starts inside it) and the first run is done
     wait_for(lambda: status.data["state"] == "idle", what="watcher idle")
     try:
         yield daemon
@@ -237,3 +276,145 @@ def skopeo_signature_ok(ref_name: str, digest: str, public_pem: bytes) -> bool:
             if signed == digest:
                 return True
     return False
+
+
+# --- VMs -----------------------------------------------------------------------------------
+
+STANDIN = REPO / "tests" / "vfkit_standin" / "vfkit"
+MARKER = "CloudbootTestMarker"
+#: What a guest that ignores ACPI (firmware, our agent) gets before the hard stop.
+STOP_TIMEOUT = 1.0
+
+
+def make_spec(root: Path, kind: Backend) -> VmSpec:
+    (root / "boot.iso").write_bytes(bytes(1 << 20))
+    (root / "cache.raw").write_bytes(bytes(1 << 20))
+    state_dir = root / "vm"
+    return VmSpec(
+        arch=Arch.host(),
+        cpus=1,
+        memory_mib=256,
+        iso=root / "boot.iso",
+        cache_disk=root / "cache.raw",
+        disks=(),
+        mac="52:54:00:c1:0b:01",
+        gui=False,
+        nvram=state_dir / "nvram.fd",
+        serial_log=state_dir / "serial.log",
+        state_dir=state_dir,
+        backend=kind,
+        accel=Accel.TCG,
+    )
+
+
+def set_marker(store: Path) -> None:
+    vars_file = Edk2VarStore(str(store))
+    varlist = vars_file.get_varlist()
+    varlist.set_uint32(MARKER, 0xC10B)
+    vars_file.write_varstore(str(store), varlist)
+
+
+def has_marker(store: Path) -> bool:
+    return MARKER in Edk2VarStore(str(store)).get_varlist()
+
+
+def vm_workspace(root: Path) -> Path:
+    (root / "build").mkdir()
+    (root / "build/boot.iso").write_bytes(bytes(1 << 20))
+    (root / "build/menu-cache.raw").write_bytes(bytes(1 << 20))
+    (root / "cloudboot.toml").write_text(
+        '[vm]\nbackend = "qemu"\naccel = "tcg"\ncpus = 1\nmemory_mib = 256\nstate_dir = "vm"\n'
+    )
+    return root
+
+
+def vm_cli(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    return run([CLOUDBOOT, "-C", root, "--log-format", "json", "vm", *args], check=check)
+
+
+# --- raw distribution-spec pushing (independent of publisher/) -----------------------------
+
+
+def _request(
+    url: str,
+    method: str,
+    data: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    context: ssl.SSLContext | None = None,
+) -> tuple[int, dict[str, str]]:
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    with urllib.request.urlopen(req, context=context) as resp:
+        return resp.status, dict(resp.headers)
+
+
+def push_blob(
+    base: str,
+    repo: str,
+    data: bytes,
+    headers: dict[str, str] | None = None,
+    context: ssl.SSLContext | None = None,
+) -> oci.Descriptor:
+    digest = oci.digest_of(data)
+    _status, got = _request(f"{base}/v2/{repo}/blobs/uploads/", "POST", b"", headers, context)
+    location = got["Location"]
+    if location.startswith("/"):
+        location = base + location
+    sep = "&" if "?" in location else "?"
+    _request(
+        f"{location}{sep}digest={digest}",
+        "PUT",
+        data,
+        {**(headers or {}), "Content-Type": "application/octet-stream"},
+        context,
+    )
+    return oci.Descriptor("application/octet-stream", digest, len(data))
+
+
+def push_manifest(
+    base: str,
+    repo: str,
+    reference: str,
+    data: bytes,
+    media_type: str,
+    headers: dict[str, str] | None = None,
+    context: ssl.SSLContext | None = None,
+) -> str:
+    _request(
+        f"{base}/v2/{repo}/manifests/{reference}",
+        "PUT",
+        data,
+        {**(headers or {}), "Content-Type": media_type},
+        context,
+    )
+    return oci.digest_of(data)
+
+
+def push_plan(base: str, repo: str, tag: str, plan: bytes, **kw: object) -> str:
+    manifest, config = oci.plan_manifest(plan, "plan.hcl")
+    push_blob(base, repo, config, **kw)  # type: ignore[arg-type]
+    push_blob(base, repo, plan, **kw)  # type: ignore[arg-type]
+    return push_manifest(base, repo, tag, bytes(manifest), oci.MEDIA_MANIFEST, **kw)  # type: ignore[arg-type]
+
+
+def new_key() -> tuple[ec.EllipticCurvePrivateKey, bytes]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return key, pem
+
+
+def sign(
+    base: str,
+    repo: str,
+    identity: str,
+    digest: str,
+    key: ec.EllipticCurvePrivateKey,
+    payload: bytes | None = None,
+) -> None:
+    data = payload or cosign.payload(identity, digest)
+    sig = base64.b64encode(key.sign(data, ec.ECDSA(hashes.SHA256()))).decode()
+    manifest, config = cosign.signature_manifest([(data, sig)])
+    push_blob(base, repo, config)
+    push_blob(base, repo, data)
+    push_manifest(base, repo, cosign.signature_tag(digest), bytes(manifest), oci.MEDIA_MANIFEST)
