@@ -29,7 +29,7 @@ from bench.results import Row, add_report_options, emit
 from guest.contract.arch import Arch
 from publisher.media.guestpack import guest_agent_entries, measure, pack_inputs
 from tests.helpers import push_plan, sign
-from tests.test_guest_qemu import MARKER, PLAN, Lab, boot, build_iso, make_lab
+from tests.qemu_lab import MARKER, PLAN, Lab, boot, build_iso, make_lab
 
 _STAMP = re.compile(r"^\[\s*(\d+\.\d+)\]\s*(.*)$")
 

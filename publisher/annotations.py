@@ -80,7 +80,8 @@ def git_source(root: Path, env: Mapping[str, str]) -> str | None:
     server, repo = env.get("GITHUB_SERVER_URL"), env.get("GITHUB_REPOSITORY")
     if server and repo:
         return f"{server}/{repo}"
-    return _git(root, "remote", "get-url", "origin") or None
+    remote = _git(root, "remote", "get-url", "origin")
+    return strip_userinfo(remote) if remote else None
 
 
 def plan_revision(root: Path, plan: Path) -> str | None:

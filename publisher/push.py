@@ -45,6 +45,7 @@ from publisher.sigtag import (
     put_signature,
     speculative_signature_blobs,
     split_signatures,
+    tag_version,
 )
 
 log = structlog.get_logger(__name__)
@@ -246,6 +247,11 @@ def _prepare(
         return PreparedPush(ref, digest, manifest_bytes, media_type, sig_tag, False, False, sent)
     client.put_manifest(ref.with_digest(digest), manifest_bytes, media_type, digest)
     if key is not None and found is not None and resign:
+        if move_tag and at is not None and not repeat:
+            # Another publisher (another clock) may have signed what the tag holds now;
+            # guests compare against that version, so go above it whatever our clock says.
+            # A repeat publisher signed it itself, with this clock: no lookup needed.
+            version = max(version, tag_version(client, ref, at, key) + 1)
         optional = cosign.trust_optional(pins, next_version(found.ours, now_ms=version))
         sent += put_signature(client, ref, digest, key, found, optional)
     sessions = sum(1 for n in sizes if n) if repeat else 0
@@ -272,12 +278,12 @@ def prepare_plan(
     key: SigningKey | None = None,
     annotations: Mapping[str, str] | None = None,
 ) -> PreparedPush:
-    """Everything of publishing a checked plan but the tag move."""
+    """Everything of publishing a checked plan but the tag move (its tags pinned)."""
     title = "plan.hcl" if str(plan.path) == "-" else plan.path.name  # stdin has no name
     manifest, config = plan_manifest(plan.data, title, annotations)
     blobs = [Blob.of_bytes(config), Blob.of_bytes(plan.data)]
-    text = plan.data.decode()  # a CheckedPlan decoded already
-    pins = plan_pins(client, text, str(plan.path)) if key else {}
+    source = str(plan.path)
+    pins = plan_pins(client, plan_text(plan.data, source), source) if key else {}
     return prepare(client, ref, bytes(manifest), manifest.media_type, blobs, key, pins)
 
 

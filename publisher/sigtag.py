@@ -111,3 +111,10 @@ def speculative_signature_blobs(
     data = cosign.payload(ref.name, digest, cosign.trust_optional(pins, version))
     _, config = cosign.signature_manifest([(data, "")])
     return [Blob.of_bytes(data), Blob.of_bytes(config)]
+
+
+def tag_version(client: RegistryClient, ref: Ref, digest: str, key: SigningKey) -> int:
+    """The highest freshness version our key signed for ``digest`` (0 if none)."""
+    _, pairs = existing_signatures(client, ref, digest)
+    found = split_signatures(pairs, key, digest)
+    return max((s.version or 0 for s in found.ours), default=0)

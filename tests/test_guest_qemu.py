@@ -11,171 +11,35 @@ so a tight CI budget can leave it out (``-m "not aarch64"``).
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from virt.firmware.efi import bootentry as vf_bootentry
-from virt.firmware.varstore.edk2 import Edk2VarStore
 
 from guest.contract.arch import Arch
-from publisher.localregistry import RunningRegistry, local_registry
-from publisher.media import cpio
-from publisher.media.build import build_boot_iso
-from publisher.media.cachedisk import ensure_cache_disk
-from publisher.media.debs import DebCache
-from publisher.media.recipe import load_recipe
-from publisher.run import run, spawn
-from tests.helpers import REPO, new_key, push_plan, sign
-from tests.qemu_boot import recipe_text
+from tests.helpers import push_plan, sign
+from tests.qemu_lab import (
+    AAVMF_CODE,
+    MARKER,
+    OVMF_CODE,
+    PLAN,
+    Lab,
+    _vars,
+    boot,
+    make_lab,
+    plan_for,
+)
 
-OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
-OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
-AAVMF_CODE = Path("/usr/share/AAVMF/AAVMF_CODE.fd")
-AAVMF_VARS = Path("/usr/share/AAVMF/AAVMF_VARS.fd")
-FIRMWARE = {Arch.X86_64: (OVMF_CODE, OVMF_VARS), Arch.AARCH64: (AAVMF_CODE, AAVMF_VARS)}
-MARKER = "CLOUDBOOT-TARGET-MARKER-7d1f"
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not OVMF_CODE.exists(), reason="ovmf not installed"),
 ]
 
 
-@dataclass
-class Lab:
-    root: Path
-    registry: RunningRegistry
-    iso: Path
-    target: Path
-    key_pem: bytes
-    key: object
-    arch: Arch = Arch.X86_64
-
-
-def _tiny_initrd(busybox: Path, marker: str = MARKER) -> bytes:
-    init = (
-        f"#!/bin/busybox sh\necho {marker} $(/bin/busybox cat /proc/cmdline)\n"
-        "/bin/busybox poweroff -f\n"
-    )
-    entries = [cpio.directory("/dev"), cpio.char_device("/dev/console", 5, 1),
-               cpio.directory("/proc"), cpio.file("/bin/busybox", busybox.read_bytes(), 0o755),
-               cpio.file("/init", init.encode(), 0o755)]  # fmt: skip
-    return cpio.compress(cpio.newc(entries), cpio.Compression.GZIP)
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     with make_lab(tmp_path_factory.mktemp("qemu-lab")) as made:
         yield made
-
-
-def build_iso(root: Path, init: str, cmdline: str, arch: Arch = Arch.X86_64) -> Path:
-    """boot.iso from a copy of the repo's recipe with ``init`` (guest-agent|busybox-marker)."""
-    suffix = "" if arch is Arch.X86_64 else f"-{arch.value}"
-    kernel_dir = root / f"kernel-{init}{suffix}"
-    shutil.copytree(REPO / "kernel", kernel_dir)
-    recipe_path = kernel_dir / "recipe.toml"
-    text = recipe_text(init)
-    text = text.replace('compression = "gzip"', 'compression = "zstd"')
-    recipe_path.write_text(text)
-    iso = root / f"boot-{init}{suffix}.iso"
-    build_boot_iso(load_recipe(recipe_path), iso, [arch], cmdline)
-    return iso
-
-
-@contextlib.contextmanager
-def make_lab(root: Path, arch: Arch = Arch.X86_64) -> Iterator[Lab]:
-    """Registry, boot.iso with the agent, and the ext4 target disk (for tests and bench)."""
-    key, pem = new_key()
-    with local_registry(root / "registry") as registry:
-        (root / "cosign.pub").write_bytes(pem)
-        cmdline = (
-            f"cloudboot.exit=reboot cloudboot.plan=oci://10.0.2.2:{registry.port}"
-            f"/plans/web cloudboot.insecure=1 console={arch.serial_console}"
-        )
-        iso = build_iso(root, "guest-agent", cmdline, arch)
-        debs = DebCache()
-        kpkg = debs.kernel_package(f"linux-image-cloud-{arch.oci}", arch)
-        busybox = debs.package("busybox-static", arch).root / "bin/busybox"
-        tree = root / "target-tree"
-        (tree / "boot").mkdir(parents=True)
-        vmlinuz = next((kpkg.root / "boot").glob("vmlinuz-*"))
-        shutil.copy(vmlinuz, tree / "boot" / vmlinuz.name)
-        suffix = vmlinuz.name.removeprefix("vmlinuz-")
-        (tree / "boot" / f"initrd.img-{suffix}").write_bytes(_tiny_initrd(busybox))
-        (tree / "vmlinuz").symlink_to(f"boot/{vmlinuz.name}")
-        target = root / "target.ext4"
-        run(["mkfs.ext4", "-q", "-F", "-L", "targetroot", "-d", tree, target, "64M"])
-        yield Lab(root, registry, iso, target, pem, key, arch)
-
-
-def plan_for(arch: Arch) -> bytes:
-    return (
-        'default_target = "debian"\n'
-        f'target "debian" {{\n  cmdline = "console={arch.serial_console} panic=-1"\n'
-        '  disk { device = "LABEL=targetroot" }\n}\n'
-    ).encode()
-
-
-PLAN = plan_for(Arch.X86_64)
-
-
-def qemu_argv(lab: Lab, vars_fd: Path, cache: Path, serial: Path, reboot: bool) -> list[str]:
-    """QEMU for the lab: the ISO, the cache disk and the target disk on virtio, rng, net."""
-    code, _template = FIRMWARE[lab.arch]
-    if lab.arch is Arch.X86_64:
-        machine = ["-machine", "q35"]
-    else:  # pointer authentication is costly under TCG: cortex-a72 boots ~2x faster
-        machine = ["-machine", "virt", "-cpu", "cortex-a72"]
-    argv = [
-        lab.arch.qemu_binary, "-nodefaults", "-no-user-config", *machine,
-        "-accel", "tcg", "-m", "1024", "-smp", "2", "-display", "none",
-        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
-        "-drive", f"if=pflash,format=raw,unit=1,file={vars_fd}",
-        "-drive", f"if=none,id=iso,format=raw,readonly=on,file={lab.iso}",
-        "-device", "virtio-blk-pci,drive=iso",
-        "-drive", f"if=none,id=cache,format=raw,file={cache}",
-        "-device", "virtio-blk-pci,drive=cache",
-        "-drive", f"if=none,id=target,format=raw,readonly=on,file={lab.target}",
-        "-device", "virtio-blk-pci,drive=target",
-        "-device", "virtio-rng-pci",
-        "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
-        "-serial", f"file:{serial}",
-    ]  # fmt: skip
-    return argv + (["-action", "reboot=reset"] if reboot else ["-no-reboot"])
-
-
-def boot(lab: Lab, name: str, until: str, timeout: float = 240.0) -> tuple[str, Path]:
-    work = lab.root / name
-    work.mkdir()
-    vars_fd = work / "vars.fd"
-    shutil.copy(FIRMWARE[lab.arch][1], vars_fd)
-    cache = work / "cache.raw"
-    ensure_cache_disk(cache, 64)
-    serial = work / "serial.log"
-    argv = qemu_argv(lab, vars_fd, cache, serial, reboot=until != "FATAL")
-    with spawn(argv, stdout=work / "qemu.log"):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = serial.read_text(errors="replace") if serial.exists() else ""
-            done = [
-                line
-                for line in text.splitlines(keepends=True)
-                if until in line and line.endswith("\n")
-            ]
-            if done:
-                time.sleep(1.0)
-                break
-            time.sleep(1.0)
-    return (serial.read_text(errors="replace") if serial.exists() else ""), vars_fd
-
-
-def _vars(path: Path) -> dict[str, bytes]:
-    return {n: bytes(v.data) for n, v in Edk2VarStore(str(path)).get_varlist().items()}
 
 
 def test_signed_plan_boots_the_disk_target(lab: Lab) -> None:

@@ -30,7 +30,7 @@ from publisher.localregistry import RunningRegistry
 from publisher.push import publish_plan, push_artifact, sign_ref
 from publisher.registry import RegistryClient
 from publisher.signing import SigningKey
-from tests.test_guest_agent import (
+from tests.agent_harness import (
     LEASE,
     HostSystem,
     _metadata_server,
@@ -39,7 +39,7 @@ from tests.test_guest_agent import (
     _run,
     machine,
 )
-from tests.test_guest_fetch import new_key, push_manifest, push_plan, sign
+from tests.helpers import new_key, push_manifest, push_plan, sign
 
 __all__ = ["machine"]  # the fixture, imported for the tests below
 

@@ -9,25 +9,44 @@ another, unsigned kernel/initrd (a tiny initrd printing its own marker):
   enforce refuses with a FATAL naming the artifact and no cloud-boot entry in NVRAM;
 - the same under ``cloudboot.cosign=warn`` (a second boot.iso): it boots the moved
   kernel and says on the console that the artifact is not verified.
+
+Also booted: a rollback refused across an NVRAM reset (the floor on the cache disk), and an
+unsigned metadata document that may not set the kernel command line, debug or the plan.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from virt.firmware.efi import bootentry as vf_bootentry
 
-from guest.contract.oci import parse_ref
+from guest.contract.gpt import SECTOR, read_gpt
+from guest.contract.oci import MEDIA_MANIFEST, parse_ref
+from publisher.media.cachedisk import ensure_cache_disk
 from publisher.media.debs import DebCache
 from publisher.push import publish_plan, push_artifact
 from publisher.registry import RegistryClient
+from publisher.run import run
 from publisher.signing import SigningKey
-from tests.test_guest_fetch import push_plan, sign
-from tests.test_guest_qemu import OVMF_CODE, Lab, _tiny_initrd, _vars, boot, build_iso, make_lab
+from tests.agent_harness import _metadata_server
+from tests.helpers import push_manifest, push_plan, sign
+from tests.qemu_lab import (
+    MARKER,
+    OVMF_CODE,
+    Lab,
+    _tiny_initrd,
+    _vars,
+    boot,
+    build_iso,
+    make_lab,
+    plan_for,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -127,3 +146,81 @@ def test_tag_moved_to_an_unsigned_kernel(trust_lab: TrustLab) -> None:
     assert f"WARNING: artifact {artifact}: NOT VERIFIED" in log, log[-3000:]
     assert MOVED in log and SIGNED not in log
     assert _cloudboot_entries(vars_fd) == ["cloud-boot linux"]
+
+
+def _floor_file(cache: Path) -> dict[str, object]:
+    """``\\cloudboot\\floor.json`` read off the cache disk's ESP with mtools."""
+    (esp,) = read_gpt(cache.read_bytes()[: 34 * SECTOR]).partitions
+    out = run(["mtype", "-i", f"{cache}@@{esp.first_lba * SECTOR}", "::/cloudboot/floor.json"])
+    doc: dict[str, object] = json.loads(out.stdout)
+    return doc
+
+
+def test_rollback_refused_across_an_nvram_reset(trust_lab: TrustLab) -> None:
+    """Plan v2 is accepted (the floor lands on the cache ESP); the attacker moves the tag
+    back to v1, still validly signed; the next boot starts from fresh NVRAM (the dev loop's
+    reset) with the same cache disk, and refuses v1 with NVRAM left untouched."""
+    lab = trust_lab.lab
+    web = parse_ref(f"{lab.registry.address}/plans/web:latest")
+    plan_file = lab.root / "rollback.hcl"
+    digests = []
+    for version in (1, 2):
+        plan_file.write_bytes(plan_for(lab.arch).replace(b"panic=-1", f"v{version}".encode()))
+        result = publish_plan(RegistryClient(), web, plan_file, SigningKey(lab.key))  # type: ignore[arg-type]
+        digests.append(result.digest)
+    cache = lab.root / "rollback-cache.raw"
+    ensure_cache_disk(cache, 64)
+    log, vars_fd = boot(lab, "rollback-v2", MARKER, cache=cache)
+    assert MARKER in log, log[-3000:]
+    target_cmdline = [line for line in log.splitlines() if "Kernel command line:" in line][-1]
+    assert target_cmdline.endswith("console=ttyS0 v2")
+    assert _cloudboot_entries(vars_fd) == ["cloud-boot debian"]
+    floor = _floor_file(cache)
+    guest_ref = f"10.0.2.2:{lab.registry.port}/plans/web:latest"  # the plan as the guest names it
+    assert floor["floors"] == {guest_ref: floor["floors"][guest_ref]}  # type: ignore[index]
+
+    manifest = requests.get(
+        f"{lab.registry.url}/v2/plans/web/manifests/{digests[0]}",
+        headers={"Accept": MEDIA_MANIFEST},
+        timeout=10,
+    ).content
+    push_manifest(lab.registry.url, "plans/web", "latest", manifest, MEDIA_MANIFEST)
+    log, vars_fd = boot(lab, "rollback-v1", "FATAL", cache=cache)
+    fatal = [line for line in log.splitlines() if line.startswith("FATAL: ")]
+    assert fatal and "is older than one already accepted" in fatal[0], log[-3000:]
+    assert _cloudboot_entries(vars_fd) == []
+
+
+def test_unsigned_metadata_cannot_set_the_cmdline_or_debug(trust_lab: TrustLab) -> None:
+    """The image bakes ``cloudboot.cmdline=console=ttyS0`` and a metadata URL; the document
+    (plain HTTP, as a link-local service would serve it) asks for another kernel command
+    line, a debug shell and another plan. The guest refuses those, says so, and the target
+    kernel boots with the baked command line."""
+    lab = trust_lab.lab
+    plan = (
+        b'default_target = "debian"\ntarget "debian" {\n  disk { device = "LABEL=targetroot" }\n}\n'
+    )
+    digest = push_plan(lab.registry.url, "plans/md", "latest", plan)
+    sign(lab.registry.url, "plans/md", f"{lab.registry.address}/plans/md", digest, lab.key)  # type: ignore[arg-type]
+    evil = {"cloudboot": {"cmdline": "console=ttyS0 systemd.run=/bin/evil", "debug": 1,
+                          "plan": f"10.0.2.2:{lab.registry.port}/plans/web"}}  # fmt: skip
+    with _metadata_server(json.dumps(evil).encode()) as (url, seen):
+        port = url.rsplit(":", 1)[1].split("/", 1)[0]
+        root = lab.root / "metadata"
+        root.mkdir()
+        shutil.copy(lab.root / "cosign.pub", root / "cosign.pub")
+        cmdline = (
+            f"cloudboot.exit=reboot cloudboot.plan=oci://10.0.2.2:{lab.registry.port}/plans/md"
+            f" cloudboot.insecure=1 cloudboot.metadata.url=http://10.0.2.2:{port}/md"
+            " cloudboot.cmdline=console=ttyS0 console=ttyS0"
+        )
+        md_lab = dataclasses.replace(lab, iso=build_iso(root, "guest-agent", cmdline))
+        log, vars_fd = boot(md_lab, "metadata-boot", MARKER)
+    assert seen, "the guest never fetched the metadata document"
+    for knob in ("cmdline", "debug", "plan"):
+        assert f"metadata may not set cloudboot.{knob}" in log, log[-3000:]
+    assert MARKER in log, log[-3000:]
+    target_cmdline = [line for line in log.splitlines() if "Kernel command line:" in line][-1]
+    assert target_cmdline.endswith(r"initrd=\EFI\Linux\debian-initrd console=ttyS0")
+    assert "systemd.run" not in target_cmdline
+    assert _cloudboot_entries(vars_fd) == ["cloud-boot debian"]

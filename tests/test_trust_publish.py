@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
 from guest.contract import cosign, oci
-from publisher.annotations import source_annotations, strip_userinfo
+from publisher.annotations import git_source, source_annotations, strip_userinfo
 from publisher.localregistry import RunningRegistry
 from publisher.pins import host_view, plan_refs
 from publisher.push import publish_plan, push_artifact
@@ -142,6 +143,28 @@ def test_recorded_source_url_carries_no_credentials(tmp_path: Path) -> None:
     notes = source_annotations(tmp_path, env={})
     assert notes["org.opencontainers.image.source"] == "https://gitlab.example.com/group/plans.git"
     assert not any(secret in v for v in notes.values())
+    # `cloudboot publish` records the same source per plan
+    assert git_source(tmp_path, {}) == "https://gitlab.example.com/group/plans.git"
     assert strip_userinfo("git@github.com:me/plans.git") == "git@github.com:me/plans.git"
     assert strip_userinfo("ssh://u:p@h:2222/x") == "ssh://h:2222/x"
     assert strip_userinfo("https://h/x") == "https://h/x"
+
+
+def test_a_publisher_with_a_slow_clock_still_signs_above_the_current_tag(
+    registry: RunningRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Laptop then CI: the second publisher's clock is an hour behind. Its signature must
+    still be newer than the one the tag held, or every guest would refuse the new plan."""
+    key, _public = _key()
+    ref = oci.parse_ref(f"{registry.address}/plans/web:latest")
+    plan = tmp_path / "plan.hcl"
+    plan.write_text('target "a" {\n  kernel = "127.0.0.1:9/k:1"\n}\n')
+    first = publish_plan(RegistryClient(), ref, plan, key)
+    (old,) = _signed(registry, key, first.digest)
+    assert old.version is not None
+    behind = time.time_ns() - 3600 * 10**9
+    monkeypatch.setattr("publisher.pins.time.time_ns", lambda: behind)
+    plan.write_text('target "a" {\n  kernel = "127.0.0.1:9/k:2"\n}\n')
+    second = publish_plan(RegistryClient(), ref, plan, key)
+    (new,) = _signed(registry, key, second.digest)
+    assert new.version == old.version + 1

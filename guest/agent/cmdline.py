@@ -92,6 +92,7 @@ class Options:
     dns: tuple[str, ...] = ()
     debug: bool = False
     quiet: bool = False
+    rollback: bool = False  # accept a plan older than the freshness floor (logged)
     metadata_url: str = ""
     raw: Mapping[str, str] = field(default_factory=dict)
 
@@ -120,6 +121,7 @@ class Options:
             cmdline=raw.get("cloudboot.cmdline"),
             dns=dns,
             debug=_flag(raw, "cloudboot.debug"),
+            rollback=_flag(raw, "cloudboot.rollback"),
             quiet=_flag(raw, "cloudboot.quiet"),
             metadata_url=raw.get("cloudboot.metadata.url", ""),
             raw=raw,

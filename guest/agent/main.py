@@ -256,7 +256,6 @@ class Agent:
                     where=str(self.paths.embedded_plan),
                 )
             c.log("using the embedded plan /etc/cloud-boot/plan.hcl")
-            self.signed = None
             return self._embedded_plan()
         from guest.agent import fetch
         from guest.contract import oci
@@ -271,7 +270,6 @@ class Agent:
                 if not self.paths.embedded_plan.exists():
                     raise
                 c.warn(f"{exc}; falling back to the embedded plan")
-                self.signed = None
                 return self._embedded_plan()
         c.log(f"plan {ref} {resolved.top_digest}")
         with c.step("verify"):
@@ -279,6 +277,7 @@ class Agent:
         return Fetched(plan.plan_text(data, str(ref)), str(ref), ref)
 
     def _embedded_plan(self) -> Fetched:
+        self.signed = None  # baked into the image: no signature, no pins
         source = "/etc/cloud-boot/plan.hcl"
         data = plan.read_plan_bytes(self.paths.embedded_plan)
         return Fetched(plan.plan_text(data, source), source, None)
@@ -386,8 +385,9 @@ def _is(exc: BaseException, module: str, name: str) -> bool:
 def _hint(exc: CloudbootError) -> str:
     if _is(exc, "guest.contract.cosign", "SigningError"):
         return (
-            "push the plan signed with the key baked into boot.iso (`cloudboot push`), "
-            "or boot with cloudboot.cosign=warn; NVRAM was not touched"
+            "publish the plan with the key baked into boot.iso (`cloudboot push plan --key`:"
+            " it pins the plan's artifacts and signs it fresh), see docs/trust-model.md,"
+            " or boot with cloudboot.cosign=warn; NVRAM was not touched"
         )
     if isinstance(exc, stage.StageError):
         return stage.CACHE_DISK_HINT

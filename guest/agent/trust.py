@@ -108,7 +108,7 @@ def check_fresh(
     what = (
         f"plan {ref} version {result.version} is older than one already accepted ({result.floor})"
     )
-    if options.raw.get(ROLLBACK_KNOB, "") in ("1", "yes", "true", "on"):
+    if options.rollback:
         console.warn(f"ROLLBACK: {what}; accepted because {ROLLBACK_KNOB}=1")
         return result.version
     if options.cosign is CosignPolicy.ENFORCE:

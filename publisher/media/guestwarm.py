@@ -24,7 +24,8 @@ PACKER_ENV = {"PYTHONHASHSEED": "0"}
 #: Every guest module a boot may import (lazily or not): their dataclasses are cached.
 GUEST_MODULES = (
     *(f"guest.agent.{m}" for m in ("main", "sysguest", "fetch", "diskread", "menu", "metadata",
-                                   "template", "lease", "reset", "httpclient", "machine")),
+                                   "template", "lease", "reset", "httpclient", "machine",
+                                   "trust", "floor", "secureboot")),
     "guest.contract.cosign", "guest.contract.plan",
 )  # fmt: skip
 #: Lark keys its parser cache on the options, and hcl2 passes the cache file's absolute
