@@ -125,7 +125,7 @@ def test_build_and_demo_disk_without_debian_tools(pushed: Pushed, tmp_path: Path
         "from publisher.media.base import packages_for; r = load_recipe(Path(sys.argv[1]));"
         "src = packages_for(r.base, r.cosign_public_key);"
         "i = resolve_arch(r.for_arch(Arch.X86_64), r, src, None, False);"
-        "e = initramfs_entries(r, Arch.X86_64, i.kernel, i.busybox, src);"
+        "e = initramfs_entries(r, Arch.X86_64, i.kernel, i.busybox, i.pack);"
         "print(json.dumps({x.path: [x.mode, hashlib.sha256(x.data or b'').hexdigest()] "
         "for x in e}))"
     )

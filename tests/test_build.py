@@ -44,6 +44,7 @@ def _two_builds_same_bytes(tmp_path: Path, init: str) -> bytes:
     workspace = tmp_path / "ws"
     (workspace / "kernel").mkdir(parents=True)
     (workspace / "kernel" / "recipe.toml").write_text(recipe_text(init))
+    (workspace / "cosign.pub").write_bytes(generate_key_pair(b"pw")[1])  # the recipe names it
     a = _build_in_process(workspace, tmp_path / "a" / "boot.iso", seed="1", umask=0o022)
     b = _build_in_process(workspace, tmp_path / "b" / "deeper" / "x.iso", seed="2", umask=0o077)
     if a != b:
