@@ -117,8 +117,8 @@ def _with_boot_entry(template: Path, image: Path, out: Path, cmdline: str) -> Pa
         optional_data=ucs16.encode(cmdline),
     )
     store = VarsFile.from_bytes(template.read_bytes())
-    store.set("Boot0001", GLOBAL_VARIABLE_GUID, BOOT_VARIABLE_ATTRIBUTES, bytes(entry))
-    store.set("BootOrder", GLOBAL_VARIABLE_GUID, BOOT_VARIABLE_ATTRIBUTES,
+    store.write("Boot0001", GLOBAL_VARIABLE_GUID, BOOT_VARIABLE_ATTRIBUTES, bytes(entry))
+    store.write("BootOrder", GLOBAL_VARIABLE_GUID, BOOT_VARIABLE_ATTRIBUTES,
               bootorder.serialise([1]))  # fmt: skip
     out.write_bytes(bytes(store))
     return out

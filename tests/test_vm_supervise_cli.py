@@ -33,6 +33,7 @@ def test_up_supervise_relaunches_after_guest_reboot(
     qmp_socket = root / "vm" / "standin-qmp.sock"
     monkeypatch.setenv("CLOUDBOOT_VFKIT", str(STANDIN))
     monkeypatch.setenv("VFKIT_STANDIN_QMP_SOCKET", str(qmp_socket))
+    monkeypatch.setenv("VFKIT_STANDIN_REBOOT", "exit")  # the vfkit that exits on a reboot
     supervise = subprocess.Popen(
         [CLOUDBOOT, "-C", root, "--log-format", "json", "vm", "up", "--supervise"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,

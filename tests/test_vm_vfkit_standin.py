@@ -110,6 +110,7 @@ def test_old_vfkit_without_pidfile_is_refused_by_version(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("VFKIT_STANDIN_VERSION", "v0.6.1")
+    monkeypatch.setattr("watcher.vm.vfkit._checked", {})  # earlier tests saw this binary's 0.6.4
     proc = run([STANDIN, "--pidfile", "x"], check=False)
     assert proc.returncode == 1 and b"Error: unknown flag: --pidfile" in proc.stderr
     monkeypatch.setenv("CLOUDBOOT_VFKIT", str(STANDIN))
