@@ -1,9 +1,10 @@
 """The expression tree of the plan language: the HCL subset upstream plans use.
 
-The nodes are deliberately few (literals, templates, tuples, objects, variable roots with
-attribute/index steps, unary/binary operators, conditionals): anything else HCL can
-express is rejected when the tree is built, with the position of the construct. Every
-node carries its Location so evaluation errors point at the exact sub-expression.
+The nodes cover HCL native syntax's expressions except function calls (which upstream's
+guest rejects too, so the parser does): literals, templates with ``%{if}``/``%{for}``
+directives, tuples, objects, variable roots with attribute/index steps, splats, ``for``
+expressions, unary/binary operators and conditionals. Every node carries its Location so
+evaluation errors point at the exact sub-expression.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class ObjectItem:
     key: str
     value: Expr
     where: Location
+    #: A computed key (``(local.k) = 1``, ``"${x}" = 1``); ``key`` is then its source text.
+    key_expr: Expr | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,58 @@ class Index:
 
 
 @dataclass(frozen=True)
+class Splat:
+    """``source[*].steps`` / ``source.*.steps``: ``each`` applied to every element.
+
+    ``each`` is written against the placeholder :data:`SPLAT_ITEM` (a Variable whose name no
+    plan can spell), so the steps are ordinary GetAttr/Index nodes.
+    """
+
+    source: Expr
+    each: Expr
+    where: Location
+
+
+#: The element a splat's steps apply to (a name HCL identifiers cannot spell).
+SPLAT_ITEM = "*splat*"
+
+
+@dataclass(frozen=True)
+class ForExpr:
+    """``[for k, v in coll : value if cond]`` or ``{for k, v in coll : key => value...}``."""
+
+    key_var: str | None
+    value_var: str
+    collection: Expr
+    key: Expr | None  # None: a tuple result
+    value: Expr
+    condition: Expr | None
+    grouping: bool  # the ``...`` after an object for's value
+    where: Location
+
+
+@dataclass(frozen=True)
+class TemplateIf:
+    """``%{ if cond }...%{ else }...%{ endif }`` inside a template: evaluates to text."""
+
+    condition: Expr
+    if_true: Expr
+    if_false: Expr
+    where: Location
+
+
+@dataclass(frozen=True)
+class TemplateFor:
+    """``%{ for k, v in coll }...%{ endfor }`` inside a template: evaluates to text."""
+
+    key_var: str | None
+    value_var: str
+    collection: Expr
+    body: Expr
+    where: Location
+
+
+@dataclass(frozen=True)
 class Unary:
     op: str  # "!" or "-"
     operand: Expr
@@ -90,7 +145,7 @@ class Unary:
 
 @dataclass(frozen=True)
 class Binary:
-    op: str  # "==", "!=", "<", ">", "<=", ">=", "&&", "||"
+    op: str  # "==", "!=", "<", ">", "<=", ">=", "&&", "||", "+", "-", "*", "/", "%"
     left: Expr
     right: Expr
     where: Location
@@ -115,6 +170,10 @@ Expr = (
     | Unary
     | Binary
     | Conditional
+    | Splat
+    | ForExpr
+    | TemplateIf
+    | TemplateFor
 )
 
 
@@ -125,7 +184,10 @@ def children(expr: Expr) -> Iterator[Expr]:
     elif isinstance(expr, TupleExpr):
         yield from expr.items
     elif isinstance(expr, ObjectExpr):
-        yield from (item.value for item in expr.items)
+        for item in expr.items:
+            if item.key_expr is not None:
+                yield item.key_expr
+            yield item.value
     elif isinstance(expr, GetAttr):
         yield expr.target
     elif isinstance(expr, Index):
@@ -140,6 +202,17 @@ def children(expr: Expr) -> Iterator[Expr]:
         yield expr.condition
         yield expr.if_true
         yield expr.if_false
+    elif isinstance(expr, Splat):
+        yield expr.source
+        yield expr.each
+    elif isinstance(expr, ForExpr):
+        yield expr.collection
+        yield from (e for e in (expr.key, expr.value, expr.condition) if e is not None)
+    elif isinstance(expr, TemplateIf):
+        yield from (expr.condition, expr.if_true, expr.if_false)
+    elif isinstance(expr, TemplateFor):
+        yield expr.collection
+        yield expr.body
 
 
 def walk(expr: Expr) -> Iterator[Expr]:
@@ -169,13 +242,39 @@ def first_step_name(expr: GetAttr | Index) -> str | None:
     return None
 
 
+def _binds(expr: Expr) -> tuple[str, ...]:
+    """Names a node binds for (some of) its children: for-variables and the splat item."""
+    if isinstance(expr, ForExpr | TemplateFor):
+        return (expr.value_var,) if expr.key_var is None else (expr.key_var, expr.value_var)
+    if isinstance(expr, Splat):
+        return (SPLAT_ITEM,)
+    return ()
+
+
 def references(expr: Expr) -> Iterator[Reference]:
-    """Every variable reference in ``expr``, in all branches, with its first step's name."""
+    """Every free variable reference in ``expr``, in all branches, with its first step's name.
+
+    Names bound by an enclosing ``for`` (and a splat's element) are not references.
+    """
+    stack: list[tuple[Expr, frozenset[str]]] = [(expr, frozenset())]
+    found: list[tuple[Reference, int]] = []
     roots_with_step: set[int] = set()
-    for node in walk(expr):
+    while stack:
+        node, bound = stack.pop()
         if isinstance(node, GetAttr | Index) and isinstance(node.target, Variable):
-            roots_with_step.add(id(node.target))
-            yield Reference(node.target.name, first_step_name(node), node.target.where)
-    for node in walk(expr):
-        if isinstance(node, Variable) and id(node) not in roots_with_step:
-            yield Reference(node.name, None, node.where)
+            if node.target.name not in bound:
+                roots_with_step.add(id(node.target))
+                ref = Reference(node.target.name, first_step_name(node), node.target.where)
+                found.append((ref, 0))
+        elif isinstance(node, Variable) and node.name not in bound:
+            found.append((Reference(node.name, None, node.where), id(node)))
+        names = _binds(node)
+        inner = bound | frozenset(names) if names else bound
+        kids = list(children(node))
+        for kid in reversed(kids):
+            # a for's collection (and a splat's source) sees the outer names only
+            first = isinstance(node, ForExpr | TemplateFor | Splat) and kid is kids[0]
+            stack.append((kid, bound if first else inner))
+    for ref, node_id in found:
+        if node_id == 0 or node_id not in roots_with_step:
+            yield ref
