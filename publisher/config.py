@@ -103,6 +103,11 @@ class PublishSection:
         "Ref template for plans/<name>.hcl; {registry} and {name} are filled in.",
     )
     refs: dict[str, str] = setting({}, "Explicit refs per plan file (relative to plans/).")
+    upstream: bool = setting(
+        False,
+        "Refuse plans using forms upstream's guest rejects (docs/plan-language.md §5), "
+        "for fleets that also boot upstream's guest; `plan validate` warns about them anyway.",
+    )
 
 
 @dataclass(frozen=True)

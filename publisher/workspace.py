@@ -178,7 +178,7 @@ class PlanPublisher:
             return None
 
     def _prepare(self, plan: Path, data: bytes) -> PreparedPush:
-        return self._prepare_checked(check_plan(data, plan))
+        return self._prepare_checked(check_plan(data, plan, upstream=self.config.publish.upstream))
 
     def _prepare_checked(self, plan: CheckedPlan) -> PreparedPush:
         ref = parse_ref(self.ref_for(plan.path))

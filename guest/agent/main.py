@@ -305,7 +305,7 @@ class Agent:
     def _choose(self, meta: dict[str, Any]) -> plan.Target:
         text_ref = self.options.plan
         wanted: str | None = self.options.target or None
-        for depth in range(plan.MAX_SUBPLAN_DEPTH + 1):
+        for depth in range(plan.MAX_SUBPLAN_DEPTH):  # at most 8 plans decoded, as upstream
             fetched = self._fetch_plan(text_ref)
             with self.console.step("parse"):
                 parsed = plan.parse_plan(fetched.text, fetched.source)
@@ -316,11 +316,13 @@ class Agent:
             target = plan.select_target(evaluated, name)
             if not isinstance(target.source, plan.SubplanSource):
                 return target
-            if depth == plan.MAX_SUBPLAN_DEPTH:
+            if depth == plan.MAX_SUBPLAN_DEPTH - 1:
                 break
             self.console.log(f"target {target.name!r} chains to subplan {target.source.ref}")
             text_ref, wanted = target.source.ref, None
-        raise CloudbootError(f"subplan chain deeper than {plan.MAX_SUBPLAN_DEPTH}", where=text_ref)
+        raise CloudbootError(
+            f"subplan chain longer than {plan.MAX_SUBPLAN_DEPTH} plans", where=text_ref
+        )
 
     def _menu(self, evaluated: plan.EvaluatedPlan) -> str | None:
         wants_menu = self.options.menu if self.options.menu is not None else bool(evaluated.menu)

@@ -157,6 +157,11 @@ def _literal(expr: ex.Expr, scope: Scope) -> Value:
 
 def _template(expr: ex.Expr, scope: Scope) -> Value:
     assert isinstance(expr, ex.Template)
+    if len(expr.parts) == 1 and not isinstance(expr.parts[0], str):
+        # HCL: a template that is one interpolation is that value, not its text ("${list}"
+        # is the list); null stays "" by our rule above.
+        value = _eval(expr.parts[0], scope)
+        return "" if value is None else value
     out = []
     for part in expr.parts:
         out.append(part if isinstance(part, str) else to_text(_eval(part, scope), part.where))

@@ -24,6 +24,7 @@ from guest.contract.plan.errors import PlanError
 _TOKEN = re.compile(
     r"""
     (?P<ws>[ \t\r]+|/\*(?:.|\n)*?\*/)
+    |(?P<open_comment>/\*)
     |(?P<nl>(?:\n|\#[^\n]*(?:\n|$)|//[^\n]*(?:\n|$)))
     |(?P<num>[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)
     |(?P<name>[^\W\d][\w-]*)
@@ -92,14 +93,14 @@ class Cursor:
                 return Token("eof", "", len(text), len(text))
             m = match(text, pos)
             if m is None:
-                if text.startswith("/*", pos):
-                    raise self.error("a /* comment is never closed with */", pos)
                 char = text[pos]
                 raise self.error(f"HCL syntax error: unexpected character {char!r}", pos)
             kind = m.lastgroup or "op"
             if kind == "ws":
                 pos = m.end()
                 continue
+            if kind == "open_comment":
+                raise self.error("a /* comment is never closed with */", pos)
             value = m.group()
             return Token(value if kind == "op" else kind, value, pos, m.end())
 

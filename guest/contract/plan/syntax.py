@@ -222,18 +222,13 @@ class _Parser(TemplateParser):
         return left
 
     def unary(self) -> ex.Expr:
+        """``-`` and ``!`` apply to one term (with its steps), as HCL: ``!!x`` is an error."""
         cur = self.cur
         token = cur.peek()
         if token.kind not in ("-", "!"):
             return self.term()
         cur.next()
-        self.depth += 1
-        if self.depth > MAX_DEPTH:
-            raise cur.error("expression nests too deeply", token.start)
-        try:
-            operand = self.unary()
-        finally:
-            self.depth -= 1
+        operand = self.term()
         if token.kind == "-" and isinstance(operand, ex.Literal):
             value = operand.value
             if isinstance(value, int | float) and not isinstance(value, bool):
