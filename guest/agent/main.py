@@ -108,8 +108,10 @@ class Agent:
         c.log(f"target {target.name!r} ({target.source.kind})")
         with c.step("read"):
             kernel, initrd, artifact_cmdline = self._materialise(target)
+        # As upstream, the baked cloudboot.cmdline replaces the plan's; the metadata
+        # document may not set it (docs/trust-model.md), so options hold only the baked one.
         cmdline = self._render_cmdline(
-            target, target.cmdline or artifact_cmdline or (self.options.cmdline or "")
+            target, self.options.cmdline or target.cmdline or artifact_cmdline or ""
         )
         with c.step("write"):
             self.system.ensure_efivars(self.paths.efivars)
@@ -203,7 +205,7 @@ class Agent:
         self._client = None  # knobs such as the registry client's may have changed
 
     def _apply_dns(self, plan_dns: tuple[str, ...]) -> None:
-        """/etc/resolv.conf by precedence cmdline < plan < metadata (docs/wire-formats.md §5.1).
+        """/etc/resolv.conf by precedence plan < cmdline < metadata (docs/wire-formats.md §5.1).
 
         Called before the plan fetch (command line or metadata resolvers, so the plan's
         registry can be named) and again after the outermost plan is parsed.

@@ -9,8 +9,9 @@ evaluation errors point at the exact sub-expression.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from guest.contract.errors import Location
 
@@ -179,40 +180,34 @@ Expr = (
 
 def children(expr: Expr) -> Iterator[Expr]:
     """The direct sub-expressions of ``expr`` (for walks that must see every branch)."""
-    if isinstance(expr, Template):
-        yield from (p for p in expr.parts if not isinstance(p, str))
-    elif isinstance(expr, TupleExpr):
-        yield from expr.items
-    elif isinstance(expr, ObjectExpr):
-        for item in expr.items:
-            if item.key_expr is not None:
-                yield item.key_expr
-            yield item.value
-    elif isinstance(expr, GetAttr):
-        yield expr.target
-    elif isinstance(expr, Index):
-        yield expr.target
-        yield expr.key
-    elif isinstance(expr, Unary):
-        yield expr.operand
-    elif isinstance(expr, Binary):
-        yield expr.left
-        yield expr.right
-    elif isinstance(expr, Conditional):
-        yield expr.condition
-        yield expr.if_true
-        yield expr.if_false
-    elif isinstance(expr, Splat):
-        yield expr.source
-        yield expr.each
-    elif isinstance(expr, ForExpr):
-        yield expr.collection
-        yield from (e for e in (expr.key, expr.value, expr.condition) if e is not None)
-    elif isinstance(expr, TemplateIf):
-        yield from (expr.condition, expr.if_true, expr.if_false)
-    elif isinstance(expr, TemplateFor):
-        yield expr.collection
-        yield expr.body
+    return iter(_CHILDREN[type(expr)](expr))
+
+
+def _object_children(expr: Any) -> list[Expr]:
+    out: list[Expr] = []
+    for item in expr.items:
+        if item.key_expr is not None:
+            out.append(item.key_expr)
+        out.append(item.value)
+    return out
+
+
+_CHILDREN: dict[type, Callable[[Any], Iterable[Expr]]] = {
+    Literal: lambda e: (),
+    Variable: lambda e: (),
+    Template: lambda e: [p for p in e.parts if not isinstance(p, str)],
+    TupleExpr: lambda e: e.items,
+    ObjectExpr: _object_children,
+    GetAttr: lambda e: (e.target,),
+    Index: lambda e: (e.target, e.key),
+    Unary: lambda e: (e.operand,),
+    Binary: lambda e: (e.left, e.right),
+    Conditional: lambda e: (e.condition, e.if_true, e.if_false),
+    Splat: lambda e: (e.source, e.each),
+    ForExpr: lambda e: [x for x in (e.collection, e.key, e.value, e.condition) if x is not None],
+    TemplateIf: lambda e: (e.condition, e.if_true, e.if_false),
+    TemplateFor: lambda e: (e.collection, e.body),
+}
 
 
 def walk(expr: Expr) -> Iterator[Expr]:
@@ -268,13 +263,18 @@ def references(expr: Expr) -> Iterator[Reference]:
                 found.append((ref, 0))
         elif isinstance(node, Variable) and node.name not in bound:
             found.append((Reference(node.name, None, node.where), id(node)))
+        kids = _CHILDREN[type(node)](node)
+        if not kids:
+            continue
         names = _binds(node)
-        inner = bound | frozenset(names) if names else bound
-        kids = list(children(node))
-        for kid in reversed(kids):
-            # a for's collection (and a splat's source) sees the outer names only
-            first = isinstance(node, ForExpr | TemplateFor | Splat) and kid is kids[0]
-            stack.append((kid, bound if first else inner))
+        if not names:
+            stack.extend((kid, bound) for kid in reversed(list(kids)))
+            continue
+        # a for's collection (and a splat's source), the first child, sees outer names only
+        first, *rest = kids
+        inner = bound | frozenset(names)
+        stack.extend((kid, inner) for kid in reversed(rest))
+        stack.append((first, bound))
     for ref, node_id in found:
         if node_id == 0 or node_id not in roots_with_step:
             yield ref

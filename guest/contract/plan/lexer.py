@@ -23,16 +23,20 @@ from guest.contract.plan.errors import PlanError
 
 _TOKEN = re.compile(
     r"""
-    (?P<ws>[ \t\r]+|/\*(?:.|\n)*?\*/)
-    |(?P<open_comment>/\*)
+    (?:[ \t\r]+|/\*(?:.|\n)*?\*/)*   # whitespace and block comments before the token
+    (?:
+    (?P<open_comment>/\*)
     |(?P<nl>(?:\n|\#[^\n]*(?:\n|$)|//[^\n]*(?:\n|$)))
     |(?P<num>[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)
     |(?P<name>[^\W\d][\w-]*)
     |(?P<heredoc><<-?(?:[^\W\d][\w-]*)[ \t]*\r?\n)
     |(?P<op>==|!=|<=|>=|&&|\|\||=>|\.\.\.|::|\$\{|%\{|[-+*/%<>=!?:.,()\[\]{}~"])
+    |(?P<eof>\Z)
+    )
     """,
     re.VERBOSE,
 )
+_SPACE = re.compile(r"(?:[ \t\r]+|/\*(?:.|\n)*?\*/)*")
 #: What a line ends with when an operator was left waiting for its operand.
 _CONTINUES = set("?:+-*/%<>")
 _OPERATORS = {"||", "&&", "==", "!="}
@@ -70,8 +74,9 @@ class Cursor:
         self.source = source
         self.pos = 0
         self.newlines = [True]
+        self.skip_newlines_now = False
         self._lines = [0] + [m.end() for m in re.finditer("\n", text)]
-        self._peeked: tuple[int, bool, Token] | None = None
+        self._peek_pos, self._peek_skip, self._peek_token = -1, False, Token("eof", "", 0, 0)
 
     def where(self, offset: int) -> Location:
         line = bisect_right(self._lines, offset)
@@ -82,38 +87,33 @@ class Cursor:
 
     def push(self, *, newlines: bool) -> None:
         self.newlines.append(newlines)
+        self.skip_newlines_now = not newlines
 
     def pop(self) -> None:
         self.newlines.pop()
+        self.skip_newlines_now = not self.newlines[-1]
 
     def _scan(self, pos: int) -> Token:
-        text, match = self.text, _TOKEN.match
-        while True:
-            if pos >= len(text):
-                return Token("eof", "", len(text), len(text))
-            m = match(text, pos)
-            if m is None:
-                char = text[pos]
-                raise self.error(f"HCL syntax error: unexpected character {char!r}", pos)
-            kind = m.lastgroup or "op"
-            if kind == "ws":
-                pos = m.end()
-                continue
-            if kind == "open_comment":
-                raise self.error("a /* comment is never closed with */", pos)
-            value = m.group()
-            return Token(value if kind == "op" else kind, value, pos, m.end())
+        m = _TOKEN.match(self.text, pos)
+        if m is None:
+            at = _SPACE.match(self.text, pos).end()  # type: ignore[union-attr]
+            raise self.error(f"HCL syntax error: unexpected character {self.text[at]!r}", at)
+        kind = m.lastgroup or "op"
+        start = m.start(kind)
+        if kind == "open_comment":
+            raise self.error("a /* comment is never closed with */", start)
+        value = m.group(kind)
+        return Token(value if kind == "op" else kind, value, start, m.end())
 
     def peek(self) -> Token:
         """The next token; newline tokens are skipped where the current mode ignores them."""
-        skip = not self.newlines[-1]
-        cached = self._peeked
-        if cached is not None and cached[0] == self.pos and cached[1] == skip:
-            return cached[2]
+        skip = self.skip_newlines_now
+        if self._peek_pos == self.pos and self._peek_skip is skip:
+            return self._peek_token
         token = self._scan(self.pos)
         while skip and token.kind == "nl":
             token = self._scan(token.end)
-        self._peeked = (self.pos, skip, token)
+        self._peek_pos, self._peek_skip, self._peek_token = self.pos, skip, token
         return token
 
     def next(self) -> Token:

@@ -60,6 +60,7 @@ _LEVELS: tuple[frozenset[str], ...] = (
     frozenset({"*", "/", "%"}),
 )
 BINARY_OPERATORS = frozenset().union(*_LEVELS)
+_PRECEDENCE = {op: level for level, ops in enumerate(_LEVELS) for op in ops}
 _LITERALS = {"true": True, "false": False, "null": None}
 #: How deeply expressions may nest before we refuse (recursion in the parser).
 MAX_DEPTH = 200
@@ -209,17 +210,18 @@ class _Parser(TemplateParser):
         finally:
             self.depth -= 1
 
-    def binary(self, level: int) -> ex.Expr:
-        if level == len(_LEVELS):
-            return self.unary()
-        operators = _LEVELS[level]
-        left = self.binary(level + 1)
+    def binary(self, min_level: int) -> ex.Expr:
+        """Precedence climbing over ``_LEVELS`` (one look-ahead per operand, not per level)."""
+        left = self.unary()
         cur = self.cur
-        while cur.peek().kind in operators:
-            op = cur.next().kind
-            right = self.binary(level + 1)
+        while True:
+            op = cur.peek().kind
+            level = _PRECEDENCE.get(op)
+            if level is None or level < min_level:
+                return left
+            cur.next()
+            right = self.binary(level + 1)  # left-associative: same level loops here
             left = ex.Binary(op, left, right, left.where)
-        return left
 
     def unary(self) -> ex.Expr:
         """``-`` and ``!`` apply to one term (with its steps), as HCL: ``!!x`` is an error."""

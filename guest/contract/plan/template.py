@@ -19,6 +19,7 @@ from guest.contract.plan import expr as ex
 from guest.contract.plan.lexer import Cursor, describe
 
 _QUOTED_TEXT = re.compile(r'[^"\\$%\n]+')
+_PLAIN_QUOTED = re.compile(r'[^"\\$%\n]*"')
 _HEREDOC_TEXT = re.compile(r"[^$%]+")
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\"}
 _DIRECTIVES = ("if", "else", "endif", "for", "endfor")
@@ -55,6 +56,11 @@ class TemplateParser:
 
     def quoted(self, open_at: int) -> ex.Expr:
         """The template after an opening ``"`` (the cursor is just past it)."""
+        cur = self.cur
+        plain = _PLAIN_QUOTED.match(cur.text, cur.pos)
+        if plain is not None:  # the common case: no escapes, no ${ or %{
+            cur.pos = plain.end()
+            return ex.Literal(plain.group()[:-1], cur.where(open_at))
         items = self._items(heredoc_end=None)
         return self._build(items, self.cur.where(open_at))
 

@@ -27,6 +27,10 @@ class UpstreamWarning(PlanError):
     def __init__(self, construct: str, why: str, where: Location) -> None:
         super().__init__(f"upstream's guest rejects {construct}: {why}", where)
         self.construct = construct
+        self.why = why
+
+    def __reduce__(self) -> tuple[type[UpstreamWarning], tuple[str, str, Location]]:  # type: ignore[override]
+        return (UpstreamWarning, (self.construct, self.why, self.where))
 
     def to_json(self) -> dict[str, object]:
         return {**super().to_json(), "construct": self.construct}
