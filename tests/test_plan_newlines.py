@@ -45,9 +45,8 @@ def expressions() -> st.SearchStrategy[list[str]]:
 def shape(node: Any) -> Any:
     """The tree without positions."""
     if dataclasses.is_dataclass(node) and not isinstance(node, type):
-        return (type(node).__name__,) + tuple(
-            shape(getattr(node, f.name)) for f in dataclasses.fields(node) if f.name != "where"
-        )
+        fields = [f.name for f in dataclasses.fields(node) if f.name != "where"]
+        return (type(node).__name__, *(shape(getattr(node, name)) for name in fields))
     if isinstance(node, tuple | list):
         return tuple(shape(n) for n in node)
     return node
