@@ -246,11 +246,41 @@ def _binds(expr: Expr) -> tuple[str, ...]:
     return ()
 
 
+_BINDERS = (ForExpr, TemplateFor, Splat)
+
+
 def references(expr: Expr) -> Iterator[Reference]:
     """Every free variable reference in ``expr``, in all branches, with its first step's name.
 
-    Names bound by an enclosing ``for`` (and a splat's element) are not references.
+    Names bound by an enclosing ``for`` (and a splat's element) are not references. The
+    common case has no such binders and takes a plain walk (validation runs this on every
+    attribute of every plan).
     """
+    found: list[tuple[Reference, int]] = []
+    roots_with_step: set[int] = set()
+    stack: list[Expr] = [expr]
+    while stack:
+        node = stack.pop()
+        kind = type(node)
+        if kind in _BINDERS:
+            yield from _scoped_references(expr)
+            return
+        if kind is GetAttr or kind is Index:
+            target = node.target  # type: ignore[union-attr]
+            if type(target) is Variable:
+                roots_with_step.add(id(target))
+                found.append((Reference(target.name, first_step_name(node), target.where), 0))  # type: ignore[arg-type]
+        elif kind is Variable:
+            found.append((Reference(node.name, None, node.where), id(node)))  # type: ignore[union-attr]
+        kids = _CHILDREN[kind](node)
+        if kids:
+            stack.extend(reversed(tuple(kids)))
+    for ref, node_id in found:
+        if node_id == 0 or node_id not in roots_with_step:
+            yield ref
+
+
+def _scoped_references(expr: Expr) -> Iterator[Reference]:
     stack: list[tuple[Expr, frozenset[str]]] = [(expr, frozenset())]
     found: list[tuple[Reference, int]] = []
     roots_with_step: set[int] = set()
