@@ -346,10 +346,13 @@ class Agent:
             devices = blockdev.scan(self.paths.sys, self.paths.dev)
             device = blockdev.resolve(source.device, devices)
             self.console.log(f"reading {source.device} ({device.name})")
-            from guest.agent.diskread import Ext4Reader, read_boot_files
+            from guest.agent.diskread import Ext4Reader
+            from guest.agent.disks.bootfiles import read_boot_files
 
             with Ext4Reader.open(device.node) as fs:
                 files = read_boot_files(fs, source.kernel or "", source.initrd or "")
+            for note in files.notes:
+                self.console.warn(note)
             self.console.log(f"kernel {files.kernel_path}, initrd {files.initrd_path or '-'}")
             return files.kernel, files.initrd, None
         if isinstance(source, plan.OciSource):
