@@ -32,14 +32,13 @@ from typing import Any, BinaryIO
 
 import ext4
 
+from guest.agent.disks.bootfiles import MAX_SYMLINK_HOPS, path_parts
+from guest.agent.disks.bootfiles import MAX_WALK_STEPS as MAX_WALK_STEPS
 from guest.agent.disks.bootfiles import DiskReadError as DiskReadError
 from guest.agent.disks.bootfiles import NoSuchPathError as NoSuchPathError
 from guest.agent.stage import MAX_BOOT_FILE, DeviceRuns, FileData
 
-MAX_SYMLINK_HOPS = 40
 MAX_SYMLINK_BYTES = 4095  # PATH_MAX - 1, as the kernel allows
-#: Path components one walk may take, those that symlinks add included.
-MAX_WALK_STEPS = 4096
 MAX_EXTENT_DEPTH = 5  # what the kernel's ext4 accepts
 MAX_EXTENT_NODES = 4096
 MAX_DIRECTORY_BYTES = 4 << 20
@@ -54,10 +53,6 @@ _EXTENTS_FL = 0x80000
 _EXTENT_MAGIC = 0xF30A
 _NODE_HEAD = struct.Struct("<HHHH")  # magic, entries, max, depth (then a generation)
 _I_FLAGS, _I_BLOCK, _I_BLOCK_SIZE = 0x20, 0x28, 60
-
-
-def _parts(path: str) -> list[str]:
-    return [p for p in path.split("/") if p not in ("", ".")]
 
 
 class Ext4Reader:
@@ -213,7 +208,7 @@ class Ext4Reader:
 
     def _resolve(self, path: str, where: str) -> tuple[str, Any]:
         hops = steps = 0
-        pending = deque(_parts(path))
+        pending = deque(path_parts(path))
         root = self._inode(_ROOT_INODE, where)
         stack: list[tuple[str, Any]] = []  # (name, inode) from the root down
         while pending:
@@ -241,7 +236,7 @@ class Ext4Reader:
                 target = self._readlink(child, where)
                 if target.startswith("/"):
                     stack = []
-                pending.extendleft(reversed(_parts(target)))
+                pending.extendleft(reversed(path_parts(target)))
                 continue
             stack.append((name, child))
         return "/" + "/".join(n for n, _ in stack), stack[-1][1] if stack else root

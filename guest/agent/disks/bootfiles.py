@@ -27,6 +27,10 @@ from guest.contract.errors import CloudbootError
 KERNEL_PATTERNS = ("/boot/vmlinuz-*", "/boot/Image-*", "/vmlinuz-*", "/Image-*")
 KERNEL_PREFIXES = ("vmlinuz-", "Image-", "vmlinux-")
 INITRD_PREFIXES = ("initrd.img-", "initramfs-", "initrd-", "initramfs.")
+#: Path walks, in every reader: symlink hops (as the kernel allows) and components taken,
+#: those that symlinks add included.
+MAX_SYMLINK_HOPS = 40
+MAX_WALK_STEPS = 4096
 #: Rescue and kdump images sit next to the kernels on Fedora/RHEL; never a fallback.
 _NOT_A_FALLBACK = ("-rescue-", "kdump")
 
@@ -37,6 +41,11 @@ class DiskReadError(CloudbootError):
 
 class NoSuchPathError(DiskReadError):
     """The path is not there (or runs through a non-directory): a normal "no"."""
+
+
+def path_parts(path: str) -> list[str]:
+    """A path's components, without empty ones and ``.`` (``..`` is the walker's)."""
+    return [p for p in path.split("/") if p not in ("", ".")]
 
 
 class BootFs(Protocol):
