@@ -164,3 +164,21 @@ def sys_tree(root: Path, disks: dict[str, Path]) -> None:
     for name, image in disks.items():
         (root / "sys/block" / name).mkdir(parents=True)
         os.symlink(image, root / "dev" / name)
+
+
+def boot_layouts(v: str, kernel: bytes, initrd: bytes) -> dict[str, tuple[Layout, str]]:
+    """The layouts booted in QEMU (tests and bench/disk_read.py), each with the plan's disk
+    block body: a kernel ``v`` and its initrd where each distribution puts them."""
+    fedora = Layout("qemu-fedora-btrfs", "btrfs",
+                    {f"boot/vmlinuz-{v}": kernel, f"boot/initramfs-{v}.img": initrd},
+                    label="fedora", subvolumes=("root", "home"), tree_subvolume="root")  # fmt: skip
+    rhel = Layout("qemu-rhel-xfs", "xfs", {f"vmlinuz-{v}": kernel, f"initramfs-{v}.img": initrd},
+                  label="boot")  # fmt: skip
+    mirror = Layout("qemu-btrfs-raid1", "btrfs",
+                    {f"boot/vmlinuz-{v}": kernel, f"boot/initrd.img-{v}": initrd},
+                    label="mirror", raid1_devices=2)  # fmt: skip
+    return {
+        "fedora": (fedora, 'device = "LABEL=fedora"\n  fs = "btrfs"'),
+        "rhel": (rhel, 'device = "LABEL=boot"\n  fs = "xfs"'),
+        "mirror": (mirror, 'device = "LABEL=mirror"\n  fs = "btrfs"'),
+    }

@@ -227,3 +227,30 @@ def test_disk_mode_bad_keys_are_named(machine: Path, words: str, message: str) -
     status, log, _system = _run(machine, f"cloudboot.exit=reboot {words}")
     assert status == 1
     assert f"FATAL: /proc/cmdline: {message}" in log
+
+
+def test_a_btrfs_superblock_claiming_many_devices_is_refused(tmp_path: Path) -> None:
+    """The member scan is bounded by the superblock's own count, and that count is capped."""
+    import struct
+
+    from guest.agent.disks.btrfs import MAX_DEVICES, SUPERBLOCK_OFFSET
+
+    (image,) = image_for(FEDORA)
+    forged = tmp_path / "forged.img"
+    with open(image, "rb") as f:
+        head = bytearray(f.read(SUPERBLOCK_OFFSET + 0x1000))
+    struct.pack_into("<Q", head, SUPERBLOCK_OFFSET + 0x88, 1 << 40)
+    forged.write_bytes(bytes(head))
+    with pytest.raises(DiskReadError, match=rf"{1 << 40} devices \(at most {MAX_DEVICES}\)"):
+        _read(tmp_path, {"vdb": forged}, DiskSource("/dev/vdb", fs="btrfs"))
+
+
+def test_xfs_and_btrfs_labels_and_uuids_resolve(tmp_path: Path) -> None:
+    from guest.agent.blockdev import identify
+
+    (xfs,) = image_for(RHEL_BOOT)
+    first, second = image_for(RAID1)
+    ids = [identify(p.read_bytes()[:0x11000]) for p in (xfs, first, second)]
+    assert [(i.fs, i.label) for i in ids if i] == [("xfs", "boot"), ("btrfs", "mirror"),
+                                                   ("btrfs", "mirror")]  # fmt: skip
+    assert ids[1] and ids[2] and ids[1].uuid == ids[2].uuid == _fsid(first)
