@@ -34,6 +34,7 @@ import ext4
 
 from guest.agent.disks.bootfiles import MAX_SYMLINK_HOPS, path_parts
 from guest.agent.disks.bootfiles import MAX_WALK_STEPS as MAX_WALK_STEPS
+from guest.agent.disks.bootfiles import BootFiles as BootFiles  # its home before disks/
 from guest.agent.disks.bootfiles import DiskReadError as DiskReadError
 from guest.agent.disks.bootfiles import NoSuchPathError as NoSuchPathError
 from guest.agent.stage import MAX_BOOT_FILE, DeviceRuns, FileData
