@@ -254,3 +254,20 @@ def test_xfs_and_btrfs_labels_and_uuids_resolve(tmp_path: Path) -> None:
     assert [(i.fs, i.label) for i in ids if i] == [("xfs", "boot"), ("btrfs", "mirror"),
                                                    ("btrfs", "mirror")]  # fmt: skip
     assert ids[1] and ids[2] and ids[1].uuid == ids[2].uuid == _fsid(first)
+
+
+def test_symlink_loops_and_failed_unmounts_are_located_errors(tmp_path: Path) -> None:
+    looped = Layout("xfs-loop", "xfs", {"boot/vmlinuz-1": b"k"},
+                    {"boot/a": "b", "boot/b": "/boot/a"})  # fmt: skip
+    (image,) = image_for(looped)
+    with pytest.raises(DiskReadError, match=r"dev/vdb:/boot/a: too many levels of symbolic"):
+        _read(tmp_path, {"vdb": image}, DiskSource("/dev/vdb", fs="xfs", kernel="/boot/a"))
+
+    class BusyOnUnmount(LoopMounter):
+        def umount(self, target: Path) -> None:
+            super().umount(target)
+            raise OSError(16, "Device or resource busy")
+
+    with pytest.raises(DiskReadError, match=r"dev/vdb: OSError: \[Errno 16\] Device or resource"):
+        _read(tmp_path / "busy", {"vdb": image}, DiskSource("/dev/vdb", fs="xfs"),
+              BusyOnUnmount())  # fmt: skip

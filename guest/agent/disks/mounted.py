@@ -41,6 +41,7 @@ from guest.agent.disks.bootfiles import (
     path_parts,
 )
 from guest.agent.stage import MAX_BOOT_FILE, FileData
+from guest.contract.errors import CloudbootError
 
 T = TypeVar("T")
 
@@ -100,8 +101,11 @@ def under_deadline(call: Callable[[Progress], T], seconds: float, where: str) ->
         )
     if "error" in box:
         error = box["error"]
+        if isinstance(error, CloudbootError):
+            raise error
         assert isinstance(error, BaseException)
-        raise error
+        # an unmount that failed, a bug: still an error that names the device
+        raise DiskReadError(f"{type(error).__name__}: {error}", where=where) from error
     return box["value"]  # type: ignore[return-value]
 
 
