@@ -34,6 +34,7 @@ from guest.contract.fsutil import write_atomic
 
 if TYPE_CHECKING:  # imported when used: a boot that never needs them never pays for them
     from guest.agent import fetch, sysguest
+    from guest.agent.disks.mounted import Mounter
     from guest.agent.metadata import Metadata
     from guest.contract import cosign, oci
 
@@ -55,6 +56,7 @@ class Agent:
         paths: Paths,
         arch: Arch,
         client_factory: Callable[[Options], fetch.RegistryClient] | None = None,
+        mounter: Mounter | None = None,
     ) -> None:
         self.system = system
         self.console = console
@@ -63,6 +65,7 @@ class Agent:
         self.options = Options()
         self.params: dict[str, str] = {}  # the kernel command line's, before metadata
         self.client_factory = client_factory or _default_client
+        self.mounter = mounter  # xfs/btrfs mounts; None = the guest's mount(2)
         self._client: fetch.RegistryClient | None = None
         self.metadata_overrides: dict[str, str] = {}
         self.lease: Lease | None = None
@@ -305,6 +308,10 @@ class Agent:
         return self._floors
 
     def _choose(self, meta: dict[str, Any]) -> plan.Target:
+        if self.options.raw.get("cloudboot.disk"):  # upstream's disk mode: no network, no plan
+            from guest.agent.disks.cmdline import disk_target
+
+            return disk_target(self.options.raw, self.console)
         text_ref = self.options.plan
         wanted: str | None = self.options.target or None
         for depth in range(plan.MAX_SUBPLAN_DEPTH):  # at most 8 plans decoded, as upstream
@@ -342,19 +349,9 @@ class Agent:
     ) -> tuple[stage.FileData, stage.FileData | None, str | None]:
         source = target.source
         if isinstance(source, plan.DiskSource):
-            if source.fs != "ext4":
-                raise CloudbootError(
-                    f"fs {source.fs!r} is not readable by this guest (ext4 only)",
-                    where=str(target.where),
-                )
-            devices = blockdev.scan(self.paths.sys, self.paths.dev)
-            device = blockdev.resolve(source.device, devices)
-            self.console.log(f"reading {source.device} ({device.name})")
-            from guest.agent.diskread import Ext4Reader, read_boot_files
+            from guest.agent.disks import discover
 
-            with Ext4Reader.open(device.node) as fs:
-                files = read_boot_files(fs, source.kernel or "", source.initrd or "")
-            self.console.log(f"kernel {files.kernel_path}, initrd {files.initrd_path or '-'}")
+            files = discover.read_disk(source, self.paths, self.console, self.mounter)
             return files.kernel, files.initrd, None
         if isinstance(source, plan.OciSource):
             from guest.agent import fetch, trust
