@@ -346,10 +346,16 @@ class Agent:
             devices = blockdev.scan(self.paths.sys, self.paths.dev)
             device = blockdev.resolve(source.device, devices)
             self.console.log(f"reading {source.device} ({device.name})")
+            from guest.agent import volumes
             from guest.agent.diskread import Ext4Reader, read_boot_files
 
-            with Ext4Reader.open(device.node) as fs:
-                files = read_boot_files(fs, source.kernel or "", source.initrd or "")
+            with (
+                volumes.open_device(device.node, source.luks_passphrase, self.console) as opened,
+                Ext4Reader(opened.stream, opened.where) as fs,
+            ):
+                files = volumes.resolved(
+                    read_boot_files(fs, source.kernel or "", source.initrd or ""), opened
+                )
             self.console.log(f"kernel {files.kernel_path}, initrd {files.initrd_path or '-'}")
             return files.kernel, files.initrd, None
         if isinstance(source, plan.OciSource):
