@@ -2,9 +2,9 @@
 
 ``open_device`` gives the filesystem readers a seekable stream: the device itself for a
 plain filesystem, or the decrypted data of a LUKS1/LUKS2 volume unlocked in userland
-(``luks``). Only the standard library is imported here; the LUKS code (and
-``cryptography``) is imported when a LUKS header is seen, so a plain ext4 boot pays
-nothing for it. See docs/disks.md for why volumes are opened in userland.
+(``luks``). Only the standard library is imported here; the LUKS code (and ``ctypes``
+with libcrypto/libargon2) is imported when a LUKS header is seen, so a plain ext4 boot
+pays nothing for it. See docs/disks.md for why volumes are opened in userland.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass
 from typing import BinaryIO
 
 from guest.contract.errors import CloudbootError
@@ -18,17 +17,20 @@ from guest.contract.errors import CloudbootError
 SUPPORTED_CIPHERS = ("aes-xts-plain64",)
 
 
-@dataclass(frozen=True)
 class SectorCipher:
     """AES-XTS with the plain64 IV: the tweak is the little-endian sector number."""
 
-    key: bytes
-    sector_size: int
-    #: How far the IV moves per sector. LUKS1 and LUKS2 both count IVs in 512-byte units
-    #: (cryptsetup does not set dm-crypt's iv_large_sectors), so ``sector_size // 512``;
-    #: tests/test_guest_luks.py decrypts cryptsetup's 4096-byte-sector images to prove it.
-    iv_step: int = 1
-    iv_base: int = 0
+    def __init__(self, key: bytes, sector_size: int, iv_step: int = 1, iv_base: int = 0) -> None:
+        from guest.agent.volumes.native import XtsDecryptor
+
+        self.sector_size = sector_size
+        #: How far the IV moves per sector. LUKS1 and LUKS2 both count IVs in 512-byte
+        #: units (cryptsetup does not set dm-crypt's iv_large_sectors), so
+        #: ``sector_size // 512``; tests/test_guest_luks.py decrypts cryptsetup's
+        #: 4096-byte-sector images to prove it.
+        self.iv_step = iv_step
+        self.iv_base = iv_base
+        self._xts = XtsDecryptor(key)
 
     @classmethod
     def make(
@@ -51,16 +53,12 @@ class SectorCipher:
 
     def decrypt(self, data: bytes, first_sector: int) -> bytes:
         """Decrypt whole sectors; ``first_sector`` counts ``sector_size`` units."""
-        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
-        algorithm = algorithms.AES(self.key)
-        step = self.sector_size
-        out = bytearray()
-        for i, at in enumerate(range(0, len(data), step)):
-            tweak = (self.iv_base + (first_sector + i) * self.iv_step).to_bytes(16, "little")
-            decryptor = Cipher(algorithm, modes.XTS(tweak)).decryptor()
-            out += decryptor.update(data[at : at + step]) + decryptor.finalize()
-        return bytes(out)
+        count = len(data) // self.sector_size
+        tweaks = [
+            (self.iv_base + (first_sector + i) * self.iv_step).to_bytes(16, "little")
+            for i in range(count)
+        ]
+        return self._xts.decrypt(data, tweaks, self.sector_size)
 
 
 class DecryptedStream(io.RawIOBase):

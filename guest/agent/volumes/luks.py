@@ -3,8 +3,8 @@
 Why not ``cryptsetup open``: that needs device-mapper, dm-crypt and a dozen shared
 libraries in the initramfs, and a broken or hostile header would then be parsed by C
 code in PID 1's lap. The format is small (a binary header, for LUKS2 a JSON document;
-PBKDF2 or Argon2id; an anti-forensic split; AES-XTS), ``cryptography`` already in the
-guest has every primitive (Argon2id since 44), and the data is then read through
+PBKDF2 or Argon2id; an anti-forensic split; AES-XTS): ``hashlib`` has PBKDF2, and the
+guest's own libcrypto and Debian's libargon2 the rest (``native``); the data is read through
 ``cryptstream.DecryptedStream`` by the same userland filesystem readers as a plain disk.
 
 The header is untrusted: its sizes, KDF costs and stripe counts are capped before any
@@ -247,13 +247,9 @@ def _luks2_slot(name: str, slot: dict[str, Any], where: str) -> Keyslot:
 def derive(kdf: Kdf, secret: bytes, length: int) -> bytes:
     if kdf.kind == "pbkdf2":
         return hashlib.pbkdf2_hmac(kdf.hash, secret, kdf.salt, kdf.iterations, length)
-    from cryptography.hazmat.primitives.kdf import argon2
+    from guest.agent.volumes.native import argon2
 
-    kind = argon2.Argon2id if kdf.kind == "argon2id" else argon2.Argon2i
-    return kind(
-        salt=kdf.salt, length=length, iterations=kdf.iterations, lanes=kdf.lanes,
-        memory_cost=kdf.memory_kib,
-    ).derive(secret)  # fmt: skip
+    return argon2(kdf.kind, secret, kdf.salt, kdf.iterations, kdf.memory_kib, kdf.lanes, length)
 
 
 def af_merge(material: bytes, key_bytes: int, stripes: int, hash_name: str) -> bytes:
