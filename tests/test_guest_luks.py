@@ -202,4 +202,4 @@ def test_the_native_primitives_agree_with_cryptography() -> None:
         Cipher(algorithms.AES(key), modes.XTS(t)).encryptor().update(plain[i * 512 : (i + 1) * 512])
         for i, t in enumerate(tweaks)
     )
-    assert XtsDecryptor(key).decrypt(sealed, tweaks, 512) == plain
+    assert XtsDecryptor(key).decrypt(sealed, b"".join(tweaks), 512) == plain

@@ -54,10 +54,9 @@ class SectorCipher:
     def decrypt(self, data: bytes, first_sector: int) -> bytes:
         """Decrypt whole sectors; ``first_sector`` counts ``sector_size`` units."""
         count = len(data) // self.sector_size
-        tweaks = [
-            (self.iv_base + (first_sector + i) * self.iv_step).to_bytes(16, "little")
-            for i in range(count)
-        ]
+        first = self.iv_base + first_sector * self.iv_step
+        step = self.iv_step
+        tweaks = b"".join((first + i * step).to_bytes(16, "little") for i in range(count))
         return self._xts.decrypt(data, tweaks, self.sector_size)
 
 

@@ -68,10 +68,8 @@ class XtsDecryptor:
         lib.EVP_get_cipherbyname.restype = ctypes.c_void_p
         lib.EVP_get_cipherbyname.argtypes = [ctypes.c_char_p]
         lib.EVP_DecryptInit_ex.argtypes = [ctypes.c_void_p] * 5
-        lib.EVP_DecryptUpdate.argtypes = [
-            ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int), ctypes.c_char_p,
-            ctypes.c_int,
-        ]  # fmt: skip
+        # raw addresses only: under TCG each argument conversion per sector is felt
+        lib.EVP_DecryptUpdate.argtypes = [ctypes.c_void_p] * 5
         name = {32: b"aes-128-xts", 64: b"aes-256-xts"}.get(len(key))
         if name is None:
             raise NativeError(f"AES-XTS key of {len(key)} bytes")
@@ -82,22 +80,27 @@ class XtsDecryptor:
         if lib.EVP_DecryptInit_ex(self._ctx, cipher, None, key, None) != 1:
             raise NativeError("libcrypto refused the AES-XTS key (its two halves are equal?)")
 
-    def decrypt(self, data: bytes, tweaks: list[bytes], sector_size: int) -> bytes:
+    def decrypt(self, data: bytes, tweaks: bytes, sector_size: int) -> bytes:
+        """``data``: whole sectors; ``tweaks``: their 16-byte IVs, concatenated."""
+        count = len(data) // sector_size
+        if len(tweaks) != 16 * count:
+            raise NativeError(f"{len(tweaks)} bytes of IVs for {count} sectors")
         out = ctypes.create_string_buffer(len(data))
+        source = ctypes.create_string_buffer(data, len(data))
+        ivs = ctypes.create_string_buffer(tweaks, len(tweaks))
         written = ctypes.c_int(0)
-        base = ctypes.addressof(out)
-        for i, tweak in enumerate(tweaks):
+        out_at, in_at, iv_at = (
+            ctypes.addressof(out),
+            ctypes.addressof(source),
+            ctypes.addressof(ivs),
+        )
+        written_at = ctypes.addressof(written)
+        init, update, ctx = self._lib.EVP_DecryptInit_ex, self._lib.EVP_DecryptUpdate, self._ctx
+        for i in range(count):
             at = i * sector_size
-            if self._lib.EVP_DecryptInit_ex(self._ctx, None, None, None, tweak) != 1:
+            if init(ctx, None, None, None, iv_at + 16 * i) != 1:
                 raise NativeError("AES-XTS IV rejected")
-            ok = self._lib.EVP_DecryptUpdate(
-                self._ctx,
-                base + at,
-                ctypes.byref(written),
-                data[at : at + sector_size],
-                sector_size,
-            )
-            if ok != 1 or written.value != sector_size:
+            if update(ctx, out_at + at, written_at, in_at + at, sector_size) != 1:
                 raise NativeError("AES-XTS decryption failed")
         return out.raw
 
