@@ -90,15 +90,23 @@ def _versions() -> str:
     return f"{mdadm}\n{lvm}"
 
 
-def make_volumes(recipe: str, payload: Path, sizes_mib: tuple[int, ...], out: Path) -> list[Path]:
+def make_volumes(
+    recipe: str, payload: Path, sizes_mib: tuple[int, ...], out: Path, payload_key: str = ""
+) -> list[Path]:
     """Run ``recipe`` in the helper VM over new zeroed disks of ``sizes_mib`` (vdb, vdc,
-    ...) with ``payload`` as vda; copies of the resulting disks land in ``out``."""
+    ...) with ``payload`` as vda; copies of the resulting disks land in ``out``.
+
+    ``payload_key`` stands for the payload in the cache key when its bytes are not
+    reproducible (``mkfs.ext4 -d`` copies the build tree's ctimes) but its recipe is."""
     kpkg = DebCache().kernel_package("linux-image-cloud-amd64", Arch.X86_64)
     key = hashlib.sha256()
     for part in (recipe, repr(sizes_mib), _versions(), kpkg.deb.name, _INIT, _LVM_CONF):
         key.update(part.encode() + b"\0")
-    with open(payload, "rb") as f:
-        key.update(hashlib.file_digest(f, "sha256").digest())
+    if payload_key:
+        key.update(b"payload:" + payload_key.encode())
+    else:
+        with open(payload, "rb") as f:
+            key.update(hashlib.file_digest(f, "sha256").digest())
     cached = user_cache_dir("volume-images") / key.hexdigest()[:32]
     names = [f"disk{i}.raw" for i in range(len(sizes_mib))]
     if not all((cached / n).is_file() for n in names):

@@ -344,13 +344,13 @@ class Agent:
                     where=str(target.where),
                 )
             devices = blockdev.scan(self.paths.sys, self.paths.dev)
-            device = blockdev.resolve(source.device, devices)
-            self.console.log(f"reading {source.device} ({device.name})")
             from guest.agent import volumes
             from guest.agent.diskread import Ext4Reader, read_boot_files
 
             with (
-                volumes.open_device(device.node, source.luks_passphrase, self.console) as opened,
+                volumes.open_spec(
+                    source.device, devices, source.luks_passphrase, self.console
+                ) as opened,
                 Ext4Reader(opened.stream, opened.where) as fs,
             ):
                 files = volumes.resolved(

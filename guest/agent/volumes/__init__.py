@@ -19,7 +19,12 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 from guest.contract.errors import CloudbootError
 
 if TYPE_CHECKING:
+    from guest.agent.blockdev import BlockDevice
     from guest.agent.diskread import BootFiles
+    from guest.agent.volumes.linear import Piece
+    from guest.agent.volumes.md import Array
+
+MD_PREFIX = "/dev/md/"
 
 _CHUNK = 1 << 20
 _DECRYPT_BUFFER = 64 << 10
@@ -35,11 +40,91 @@ class Log(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class Opened:
-    """What the filesystem reader reads: a stream and the name its errors carry."""
+    """What the filesystem reader reads: a stream and the name its errors carry; for a
+    volume of device pieces (md, LVM), where its bytes lie."""
 
     stream: BinaryIO
     where: str
     decrypted: bool
+    pieces: tuple[Piece, ...] | None = None
+
+
+@contextlib.contextmanager
+def open_spec(
+    spec: str, devices: list[BlockDevice], passphrase: str | None, console: Log,
+    meminfo: Path = Path("/proc/meminfo"),
+) -> Iterator[Opened]:  # fmt: skip
+    """What a plan's ``device`` names, opened: an md RAID1 array (``/dev/md/NAME``), or a
+    block device (a LUKS volume unlocked), or, for ``LABEL=``/``UUID=`` that no block
+    device carries, the md array whose filesystem does."""
+    from guest.agent import blockdev
+
+    if spec.startswith(MD_PREFIX):
+        array = _md_array(spec.removeprefix(MD_PREFIX), devices, console)
+        yield _linear(spec, array.pieces(), console, f"md raid1 from {array.source.node}")
+        return
+    try:
+        device = blockdev.resolve(spec, devices)
+    except blockdev.DeviceNotFoundError:
+        if "=" not in spec:
+            raise
+        array = _md_by_identity(spec, devices, console)
+        yield _linear(spec, array.pieces(), console, f"md {array.name}")
+        return
+    console.log(f"reading {spec} ({device.name})")
+    with open_device(device.node, passphrase, console, meminfo) as opened:
+        yield opened
+
+
+def _arrays(devices: list[BlockDevice], console: Log) -> list[Array]:
+    from guest.agent.volumes import md
+
+    members = [m for d in devices if (m := md.read_member(d.node)) is not None]
+    for note in md.level_note(members):
+        console.log(note)
+    return md.assemble(members)
+
+
+def _md_array(name: str, devices: list[BlockDevice], console: Log) -> Array:
+    arrays = _arrays(devices, console)
+    found = [a for a in arrays if name in (a.name, a.short_name, a.array_uuid)]
+    if len(found) != 1:
+        seen = ", ".join(a.name for a in arrays) or "none"
+        what = "several md arrays are" if found else "no md raid1 array is"
+        raise CloudbootError(f"{what} named {name!r} (arrays seen: {seen})", where=MD_PREFIX + name)
+    return found[0]
+
+
+def _md_by_identity(spec: str, devices: list[BlockDevice], console: Log) -> Array:
+    from guest.agent import blockdev
+
+    key, _sep, value = spec.partition("=")
+    found = []
+    for array in _arrays(devices, console):
+        source = array.source
+        with open(source.node, "rb") as f:
+            f.seek(source.data_offset)
+            ident = blockdev.identify(f.read(4096))
+        if ident is not None and value.lower() in (
+            (ident.label.lower(),) if key.upper() == "LABEL" else (ident.uuid.lower(),)
+        ):
+            found.append(array)
+    if len(found) != 1:
+        seen = ", ".join(d.name for d in devices) or "none"
+        raise blockdev.DeviceNotFoundError(
+            f"no block device or md array matches {spec!r} (devices seen: {seen})"
+            if not found
+            else f"{spec!r} matches md arrays " + " and ".join(a.name for a in found)
+        )
+    return found[0]
+
+
+def _linear(spec: str, pieces: tuple[Piece, ...], console: Log, what: str) -> Opened:
+    from guest.agent.volumes.linear import LinearStream
+
+    console.log(f"reading {spec} ({what})")
+    stream = io.BufferedReader(LinearStream(pieces, spec), _DECRYPT_BUFFER)
+    return Opened(stream, spec, decrypted=False, pieces=pieces)  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager
@@ -68,18 +153,26 @@ def open_device(
 
 
 def resolved(files: BootFiles, opened: Opened) -> BootFiles:
-    """Boot files whose bytes do not point into ``opened``'s ciphertext.
+    """Boot files whose runs point at a real device, or their bytes.
 
-    The reader answers "where the file lies" in the stream's coordinates; for a
-    decrypted volume those are not the device's, so the bytes are read (decrypted) here.
+    The reader answers "where the file lies" in the stream's coordinates. For a plain
+    device those are the device's; for md/LVM pieces they are mapped onto the device
+    (so staging still copies device -> ESP); for a decrypted volume, or a file spread
+    over several devices, the bytes are read through the stream here.
     """
-    if not opened.decrypted:
+    if not opened.decrypted and opened.pieces is None:
         return files
     from guest.agent.stage import DeviceRuns
 
     def plain(data: object) -> object:
         if not isinstance(data, DeviceRuns):
             return data
+        if opened.pieces is not None:
+            from guest.agent.volumes.linear import to_device
+
+            mapped = to_device(data.runs, opened.pieces)
+            if mapped is not None:
+                return DeviceRuns(*mapped)
         out = bytearray()
         for offset, length in data.runs:
             if offset is None:
@@ -88,7 +181,7 @@ def resolved(files: BootFiles, opened: Opened) -> BootFiles:
             opened.stream.seek(offset)
             chunk = opened.stream.read(length)
             if len(chunk) != length:
-                raise CloudbootError("short read from the unlocked volume", where=opened.where)
+                raise CloudbootError("short read from the volume", where=opened.where)
             out += chunk
         return bytes(out)
 
