@@ -41,6 +41,8 @@ class Lab:
     key_pem: bytes
     key: object
     arch: Arch = Arch.X86_64
+    #: More target disks after ``target`` (md members, LVM physical volumes).
+    more_targets: tuple[Path, ...] = ()
 
 
 def _tiny_initrd(busybox: Path, marker: str = MARKER) -> bytes:
@@ -123,6 +125,9 @@ def qemu_argv(lab: Lab, vars_fd: Path, cache: Path, serial: Path, reboot: bool) 
         "-device", "virtio-blk-pci,drive=cache",
         "-drive", f"if=none,id=target,format=raw,readonly=on,file={lab.target}",
         "-device", "virtio-blk-pci,drive=target",
+        *[a for i, more in enumerate(lab.more_targets) for a in (
+            "-drive", f"if=none,id=target{i},format=raw,readonly=on,file={more}",
+            "-device", f"virtio-blk-pci,drive=target{i}")],
         "-device", "virtio-rng-pci",
         "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
         "-serial", f"file:{serial}",

@@ -24,21 +24,13 @@ from guest.agent.volumes.luks import LuksError, WrongPassphraseError
 from guest.contract.errors import CloudbootError
 from publisher.run import run
 from tests.helpers import REPO
-from tests.volume_images import has_cryptsetup, make_luks
+from tests.volume_images import LogLines, has_cryptsetup, make_luks
 
 pytestmark = pytest.mark.skipif(not has_cryptsetup(), reason="cryptsetup not installed")
 
 SECRET = b"correct horse battery staple"
 KERNEL = "boot/vmlinuz-6.1.0-13-amd64"
 INITRD = "boot/initrd.img-6.1.0-13-amd64"
-
-
-class Console:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def log(self, message: str) -> None:
-        self.lines.append(message)
 
 
 def _plain(base: Path, block: int) -> tuple[Path, dict[str, bytes]]:
@@ -73,7 +65,7 @@ def test_the_unlocked_volume_is_the_plain_image(
     images: dict[str, tuple[Path, Path, dict[str, bytes]]], name: str
 ) -> None:
     plain, luks, _files = images[name]
-    console = Console()
+    console = LogLines()
     with volumes.open_device(luks, SECRET.decode(), console) as opened:
         assert opened.decrypted and opened.where.endswith(":luks")
         want = plain.read_bytes()
@@ -88,7 +80,7 @@ def test_boot_files_read_through_the_volume(
 ) -> None:
     _plain_img, luks, files = images[name]
     with (
-        volumes.open_device(luks, SECRET.decode(), Console()) as opened,
+        volumes.open_device(luks, SECRET.decode(), LogLines()) as opened,
         Ext4Reader(opened.stream, opened.where) as fs,
     ):
         boot = volumes.resolved(read_boot_files(fs), opened)
@@ -103,7 +95,7 @@ def test_a_plain_disk_still_stages_from_device_runs(
 ) -> None:
     plain, _luks, files = images["luks2-4k"]
     with (
-        volumes.open_device(plain, None, Console()) as opened,
+        volumes.open_device(plain, None, LogLines()) as opened,
         Ext4Reader(opened.stream, opened.where) as fs,
     ):
         boot = volumes.resolved(read_boot_files(fs), opened)
@@ -118,7 +110,7 @@ def test_a_wrong_passphrase_names_the_device_not_the_passphrase(
 ) -> None:
     _plain_img, luks, _files = images[name]
     wrong = "hunter2-not-it"
-    console = Console()
+    console = LogLines()
     with pytest.raises(WrongPassphraseError) as caught, volumes.open_device(luks, wrong, console):
         pass
     text = str(caught.value)
@@ -132,7 +124,7 @@ def test_no_passphrase_is_a_clear_error(
     _plain_img, luks, _files = images["luks2-4k"]
     with (
         pytest.raises(CloudbootError, match="is a LUKS volume and no passphrase"),
-        volumes.open_device(luks, None, Console()),
+        volumes.open_device(luks, None, LogLines()),
     ):
         pass
 
@@ -147,7 +139,7 @@ def test_a_damaged_luks2_header_is_refused(
     bad.write_bytes(data)
     with (
         pytest.raises(LuksError, match="checksum does not match"),
-        volumes.open_device(bad, "x", Console()),
+        volumes.open_device(bad, "x", LogLines()),
     ):
         pass
 
@@ -160,7 +152,7 @@ def test_argon2_larger_than_the_guest_memory_is_skipped_not_run(
     _plain_img, luks, _files = images["luks2-4k"]
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal: 65536 kB\nMemAvailable: 16384 kB\n")
-    console = Console()
+    console = LogLines()
     with (
         pytest.raises(WrongPassphraseError),
         volumes.open_device(luks, SECRET.decode(), console, meminfo),

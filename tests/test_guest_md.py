@@ -17,6 +17,7 @@ from guest.agent.stage import DeviceRuns
 from guest.agent.volumes import md
 from guest.contract.errors import CloudbootError
 from publisher.run import run
+from tests.volume_images import LogLines
 from tests.volume_vm import has_tools, make_volumes
 
 pytestmark = [
@@ -30,14 +31,6 @@ dd if=/dev/vda of=/dev/md0 bs=1M conv=fsync
 mdadm --stop /dev/md0
 """
 KERNEL = "boot/vmlinuz-6.1.0-13-amd64"
-
-
-class Console:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def log(self, message: str) -> None:
-        self.lines.append(message)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +57,7 @@ def _devices(disks: list[Path]) -> list[BlockDevice]:
 
 def _read(spec: str, devices: list[BlockDevice]) -> tuple[volumes.Opened, object]:
     with (
-        volumes.open_spec(spec, devices, None, Console()) as opened,
+        volumes.open_spec(spec, devices, None, LogLines()) as opened,
         Ext4Reader(opened.stream, opened.where) as fs,
     ):
         files = volumes.resolved(read_boot_files(fs, "/" + KERNEL), opened)

@@ -15,6 +15,16 @@ from publisher.run import run
 HEADER_ROOM = 16 << 20
 
 
+class LogLines:
+    """The agent console's ``log`` as a list (what the volume code reports)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)
+
+
 def has_cryptsetup() -> bool:
     return shutil.which("cryptsetup") is not None
 

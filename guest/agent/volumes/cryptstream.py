@@ -8,10 +8,9 @@ since 1.6; LUKS1 ``cbc-essiv`` disks are refused with a clear error).
 
 from __future__ import annotations
 
-import io
-import os
 from typing import BinaryIO
 
+from guest.agent.volumes.linear import VolumeStream
 from guest.contract.errors import CloudbootError
 
 SUPPORTED_CIPHERS = ("aes-xts-plain64",)
@@ -60,32 +59,14 @@ class SectorCipher:
         return self._xts.decrypt(data, tweaks, self.sector_size)
 
 
-class DecryptedStream(io.RawIOBase):
+class DecryptedStream(VolumeStream):
     """``size`` bytes from ``offset`` on ``device``, decrypted; read-only, seekable."""
 
     def __init__(self, device: BinaryIO, offset: int, size: int, cipher: SectorCipher) -> None:
-        super().__init__()
+        super().__init__(size - size % cipher.sector_size)
         self._device = device
         self._offset = offset
-        self._size = size - size % cipher.sector_size
         self._cipher = cipher
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        self._pos = base + offset
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         want = min(len(buffer), self._size - self._pos)

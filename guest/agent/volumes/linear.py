@@ -28,16 +28,13 @@ class Piece:
     offset: int
 
 
-class LinearStream(io.RawIOBase):
-    """The pieces in order, as one read-only seekable stream (files opened on demand)."""
+class VolumeStream(io.RawIOBase):
+    """A read-only, seekable stream of ``_size`` bytes; subclasses fill ``readinto``."""
 
-    def __init__(self, pieces: tuple[Piece, ...], where: str) -> None:
+    def __init__(self, size: int) -> None:
         super().__init__()
-        self.pieces = pieces
-        self.where = where
-        self._size = sum(p.length for p in pieces)
+        self._size = size
         self._pos = 0
-        self._files: dict[Path, BinaryIO] = {}
 
     def readable(self) -> bool:
         return True
@@ -54,6 +51,16 @@ class LinearStream(io.RawIOBase):
 
     def tell(self) -> int:
         return self._pos
+
+
+class LinearStream(VolumeStream):
+    """The pieces in order, as one read-only seekable stream (files opened on demand)."""
+
+    def __init__(self, pieces: tuple[Piece, ...], where: str) -> None:
+        super().__init__(sum(p.length for p in pieces))
+        self.pieces = pieces
+        self.where = where
+        self._files: dict[Path, BinaryIO] = {}
 
     def _file(self, node: Path) -> BinaryIO:
         if node not in self._files:
