@@ -67,6 +67,7 @@ BENCHES = (
     Bench("watch_latency", 7, 600, 1200),
     Bench("watch_idle", 7, 600, 900),
     Bench("guest_boot", 6, 900, 900),
+    Bench("volume_read", 15, 1200, 1800),
     Bench("edit_to_target", 8, 1500, 3600),  # two loops: QEMU, then macOS-shaped
 )
 

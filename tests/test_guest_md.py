@@ -17,7 +17,7 @@ from guest.agent.stage import DeviceRuns
 from guest.agent.volumes import md
 from guest.contract.errors import CloudbootError
 from publisher.run import run
-from tests.volume_images import LogLines
+from tests.volume_images import MD_RAID1, LogLines
 from tests.volume_vm import has_tools, make_volumes
 
 pytestmark = [
@@ -25,11 +25,6 @@ pytestmark = [
     pytest.mark.skipif(not has_tools(), reason="mdadm/lvm2 not installed"),
 ]
 
-MD_RAID1 = """mdadm --create /dev/md0 --run --metadata=1.2 --level=1 --raid-devices=2 \\
-  --assume-clean --homehost=cloudboot --name=root /dev/vdb /dev/vdc
-dd if=/dev/vda of=/dev/md0 bs=1M conv=fsync
-mdadm --stop /dev/md0
-"""
 KERNEL = "boot/vmlinuz-6.1.0-13-amd64"
 
 

@@ -13,15 +13,13 @@ target (a Debian cloud kernel and a marker initrd) inside LUKS2 and md RAID1.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.helpers import push_plan, sign
 from tests.qemu_lab import MARKER, OVMF_CODE, Lab, boot, make_lab
-from tests.volume_images import has_cryptsetup, make_luks
+from tests.volume_images import MD_RAID1, disk_plan, has_cryptsetup, make_luks, tree_key
 from tests.volume_vm import has_tools, make_volumes
 
 pytestmark = [
@@ -31,21 +29,7 @@ pytestmark = [
 
 SECRET = "luks-in-the-lab-0b7e"
 WRONG = "not-the-passphrase-93c1"
-MD_RAID1 = """mdadm --create /dev/md0 --run --metadata=1.2 --level=1 --raid-devices=2 \\
-  --assume-clean --homehost=cloudboot --name=root /dev/vdb /dev/vdc
-dd if=/dev/vda of=/dev/md0 bs=1M conv=fsync
-mdadm --stop /dev/md0
-"""
 CMDLINE_TAIL = r"initrd=\EFI\Linux\debian-initrd console=ttyS0 panic=-1"
-
-
-def disk_plan(device: str, passphrase: str | None = None) -> bytes:
-    secret = f'    luks-passphrase = "{passphrase}"\n' if passphrase else ""
-    return (
-        'default_target = "debian"\n'
-        'target "debian" {\n  cmdline = "console=ttyS0 panic=-1"\n'
-        f'  disk {{\n    device = "{device}"\n{secret}  }}\n}}\n'
-    ).encode()
 
 
 @pytest.fixture(scope="module")
@@ -90,20 +74,10 @@ def test_wrong_passphrase_is_fatal_naming_the_device(luks_lab: Lab) -> None:
     assert WRONG not in log and SECRET not in log
 
 
-def _tree_key(tree: Path) -> str:
-    """The lab target's content (its files), standing for its image in the cache key."""
-    digest = hashlib.sha256()
-    for path in sorted(tree.rglob("*")):
-        digest.update(str(path.relative_to(tree)).encode() + b"\0")
-        digest.update(str(path.readlink()).encode() if path.is_symlink() else
-                      path.read_bytes() if path.is_file() else b"dir")  # fmt: skip
-    return f"qemu_lab target.ext4 64M: {digest.hexdigest()}"
-
-
 def test_md_raid1_target_boots(lab: Lab) -> None:
     if not has_tools():
         pytest.skip("mdadm/lvm2 not installed")
-    key = _tree_key(lab.root / "target-tree")
+    key = tree_key(lab.root / "target-tree")
     disks = make_volumes(MD_RAID1, lab.target, (80, 80), lab.root / "md", payload_key=key)
     md_lab = dataclasses.replace(lab, target=disks[0], more_targets=(disks[1],))
     _push_signed(md_lab, disk_plan("/dev/md/root"))

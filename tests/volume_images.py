@@ -7,12 +7,19 @@ dm-crypt). KDF costs are forced low so that an unlock under TCG takes seconds.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
 from publisher.run import run
 
 HEADER_ROOM = 16 << 20
+#: md RAID1 over vdb and vdc holding the payload (tests/volume_vm.py).
+MD_RAID1 = """mdadm --create /dev/md0 --run --metadata=1.2 --level=1 --raid-devices=2 \\
+  --assume-clean --homehost=cloudboot --name=root /dev/vdb /dev/vdc
+dd if=/dev/vda of=/dev/md0 bs=1M conv=fsync
+mdadm --stop /dev/md0
+"""
 
 
 class LogLines:
@@ -48,3 +55,22 @@ def make_luks(
     if version == 1:
         run(["cryptsetup", "convert", "--batch-mode", "--type", "luks1", str(out)])
     return out
+
+
+def disk_plan(device: str, passphrase: str | None = None) -> bytes:
+    secret = f'    luks-passphrase = "{passphrase}"\n' if passphrase else ""
+    return (
+        'default_target = "debian"\n'
+        'target "debian" {\n  cmdline = "console=ttyS0 panic=-1"\n'
+        f'  disk {{\n    device = "{device}"\n{secret}  }}\n}}\n'
+    ).encode()
+
+
+def tree_key(tree: Path) -> str:
+    """The lab target's content (its files), standing for its image in the cache key."""
+    digest = hashlib.sha256()
+    for path in sorted(tree.rglob("*")):
+        digest.update(str(path.relative_to(tree)).encode() + b"\0")
+        digest.update(str(path.readlink()).encode() if path.is_symlink() else
+                      path.read_bytes() if path.is_file() else b"dir")  # fmt: skip
+    return f"qemu_lab target.ext4 64M: {digest.hexdigest()}"
