@@ -1,7 +1,7 @@
 """The agent's read step per volume layout under QEMU TCG (x86_64, OVMF), as a ratio to
 the plain ext4 disk's: the same lab target (Debian cloud kernel, 14 MB, and a marker
-initrd) as plain ext4, inside LUKS2 (Argon2id, 32 MiB, t=4; 512-byte sectors) and inside
-md RAID1 (metadata 1.2, two members).
+initrd) as plain ext4, inside LUKS2 (Argon2id, 32 MiB, t=4; 512-byte sectors), inside
+md RAID1 (metadata 1.2, two members) and in an LVM linear LV (two segments).
 
 The read step is the agent's ``step read`` line: device discovery, the volume's opening
 (for LUKS the key slot's KDF), and locating (LUKS: decrypting) the kernel and initrd.
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.results import Row, add_report_options, emit
 from tests.helpers import push_plan, sign
 from tests.qemu_lab import MARKER, PLAN, Lab, boot, make_lab
-from tests.volume_images import MD_RAID1, disk_plan, make_luks, tree_key
+from tests.volume_images import LVM_LAB, MD_RAID1, disk_plan, make_luks, tree_key
 from tests.volume_vm import make_volumes
 
 SECRET = "bench-volume-secret"
@@ -52,6 +52,8 @@ def main() -> None:
         luks = make_luks(lab.target, lab.root / "t.luks2", SECRET.encode(), sector_size=512)
         disks = make_volumes(MD_RAID1, lab.target, (80, 80), lab.root / "md",
                              payload_key=tree_key(lab.root / "target-tree"))  # fmt: skip
+        (lv_disk,) = make_volumes(LVM_LAB, lab.target, (96,), lab.root / "lvm",
+                                  payload_key=tree_key(lab.root / "target-tree"))  # fmt: skip
         layouts = {
             "ext4": (lab, PLAN),
             "LUKS2 + ext4": (dataclasses.replace(lab, target=luks), disk_plan("/dev/vdc", SECRET)),
@@ -59,6 +61,7 @@ def main() -> None:
                 dataclasses.replace(lab, target=disks[0], more_targets=(disks[1],)),
                 disk_plan("/dev/md/root"),
             ),
+            "LVM + ext4": (dataclasses.replace(lab, target=lv_disk), disk_plan("/dev/vg0/root")),
         }
         took = {
             name: statistics.median(

@@ -4,7 +4,6 @@ mkfs.ext4. Marked slow: a cold cache boots the helper VM once."""
 
 from __future__ import annotations
 
-import random
 import shutil
 from pathlib import Path
 
@@ -16,31 +15,20 @@ from guest.agent.diskread import Ext4Reader, read_boot_files
 from guest.agent.stage import DeviceRuns
 from guest.agent.volumes import md
 from guest.contract.errors import CloudbootError
-from publisher.run import run
-from tests.volume_images import MD_RAID1, LogLines
-from tests.volume_vm import has_tools, make_volumes
+from tests.volume_images import MD_RAID1, SMALL_KERNEL, LogLines, small_volumes
+from tests.volume_vm import has_tools
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not has_tools(), reason="mdadm/lvm2 not installed"),
 ]
 
-KERNEL = "boot/vmlinuz-6.1.0-13-amd64"
+KERNEL = SMALL_KERNEL
 
 
 @pytest.fixture(scope="module")
 def raid(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], bytes]:
-    base = tmp_path_factory.mktemp("md")
-    tree = base / "tree"
-    (tree / "boot").mkdir(parents=True)
-    kernel = random.Random(KERNEL).randbytes(1 << 20)  # the same every run: see the cache key
-    payload = base / "plain.img"
-    (tree / KERNEL).write_bytes(kernel)
-    mkfs = ["mkfs.ext4", "-q", "-F", "-L", "mdroot", "-d", str(tree), str(payload), "16M"]
-    run(mkfs)
-    key = f"{mkfs[:-3]} {KERNEL}=Random({KERNEL!r}).randbytes(1 MiB)"
-    disks = make_volumes(MD_RAID1, payload, (24, 24), base / "disks", payload_key=key)
-    return disks, kernel
+    return small_volumes(tmp_path_factory.mktemp("md"), "mdroot", MD_RAID1, (24, 24))
 
 
 def _devices(disks: list[Path]) -> list[BlockDevice]:
@@ -93,8 +81,10 @@ def test_a_damaged_superblock_is_a_located_error(
 def test_unknown_names_list_what_was_seen(raid: tuple[list[Path], bytes]) -> None:
     disks, _kernel = raid
     with pytest.raises(
-        CloudbootError, match=r"no md raid1 array is named 'nope' \(arrays seen: cloudboot:root\)"
+        CloudbootError,
+        match=r"no md raid1 array or LVM volume is named so "
+        r"\(volumes seen: /dev/md/cloudboot:root\)",
     ):
         _read("/dev/md/nope", _devices(disks))
-    with pytest.raises(DeviceNotFoundError, match="no block device or md array matches"):
+    with pytest.raises(DeviceNotFoundError, match="no block device or volume matches"):
         _read("LABEL=nope", _devices(disks))

@@ -8,6 +8,9 @@ target (a Debian cloud kernel and a marker initrd) inside LUKS2 and md RAID1.
   neither passphrase anywhere in the log.
 - md RAID1 (metadata 1.2): two members made by ``mdadm --create`` in the helper VM
   (tests/volume_vm.py), the plan names ``/dev/md/root``.
+- LVM2: a linear LV in two segments made by ``lvcreate``/``lvextend`` in the helper VM,
+  the plan names ``/dev/vg0/root`` (ext4 inside: the RHEL layout's xfs is the fs
+  branch's).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import pytest
 
 from tests.helpers import push_plan, sign
 from tests.qemu_lab import MARKER, OVMF_CODE, Lab, boot, make_lab
-from tests.volume_images import MD_RAID1, disk_plan, has_cryptsetup, make_luks, tree_key
+from tests.volume_images import LVM_LAB, MD_RAID1, disk_plan, has_cryptsetup, make_luks, tree_key
 from tests.volume_vm import has_tools, make_volumes
 
 pytestmark = [
@@ -83,4 +86,16 @@ def test_md_raid1_target_boots(lab: Lab) -> None:
     _push_signed(md_lab, disk_plan("/dev/md/root"))
     log, _vars_fd = boot(md_lab, "md-raid1", MARKER, timeout=360)
     assert "reading /dev/md/root (md raid1 from /dev/vd" in log, log[-3000:]
+    _booted(log)
+
+
+def test_lvm_target_boots(lab: Lab) -> None:
+    """A linear LV in two segments (another LV between them) on one PV."""
+    if not has_tools():
+        pytest.skip("mdadm/lvm2 not installed")
+    key = tree_key(lab.root / "target-tree")
+    (disk,) = make_volumes(LVM_LAB, lab.target, (96,), lab.root / "lvm", payload_key=key)
+    _push_signed(lab, disk_plan("/dev/vg0/root"))
+    log, _vars_fd = boot(dataclasses.replace(lab, target=disk), "lvm", MARKER, timeout=360)
+    assert "reading /dev/vg0/root (LVM vg0/root on /dev/vdc)" in log, log[-3000:]
     _booted(log)

@@ -8,6 +8,7 @@ dm-crypt). KDF costs are forced low so that an unlock under TCG takes seconds.
 from __future__ import annotations
 
 import hashlib
+import random
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,20 @@ MD_RAID1 = """mdadm --create /dev/md0 --run --metadata=1.2 --level=1 --raid-devi
 dd if=/dev/vda of=/dev/md0 bs=1M conv=fsync
 mdadm --stop /dev/md0
 """
+
+
+#: A VG on vdb with one linear LV in two segments (created, then extended after a second
+#: LV took the extents between), holding the payload.
+LVM_LINEAR = """lvm pvcreate -ff -y /dev/vdb
+lvm vgcreate vg0 /dev/vdb
+lvm lvcreate -y -Wn -Zn -L 12M -n root vg0
+lvm lvcreate -y -Wn -Zn -L 4M -n gap vg0
+lvm lvextend -y -L 20M vg0/root
+dd if=/dev/vda of=/dev/mapper/vg0-root bs=1M conv=fsync
+lvm vgchange -an vg0
+"""
+#: The same for the QEMU lab's 64 MB target (tests/qemu_lab.py).
+LVM_LAB = LVM_LINEAR.replace("12M", "40M").replace("20M", "68M")
 
 
 class LogLines:
@@ -74,3 +89,26 @@ def tree_key(tree: Path) -> str:
         digest.update(str(path.readlink()).encode() if path.is_symlink() else
                       path.read_bytes() if path.is_file() else b"dir")  # fmt: skip
     return f"qemu_lab target.ext4 64M: {digest.hexdigest()}"
+
+
+#: The small test filesystem's kernel: the same bytes every run (see ``small_volumes``).
+SMALL_KERNEL = "boot/vmlinuz-6.1.0-13-amd64"
+
+
+def small_volumes(
+    base: Path, label: str, recipe: str, sizes_mib: tuple[int, ...]
+) -> tuple[list[Path], bytes]:
+    """A 16 MB ext4 (``label``) holding a 1 MiB kernel, put on volumes by ``recipe`` in
+    the helper VM; the disks and the kernel's bytes. The kernel is derived from its
+    name, so the recipe (not the image, whose ctimes differ) keys the cache."""
+    from tests.volume_vm import make_volumes
+
+    tree = base / "tree"
+    (tree / "boot").mkdir(parents=True)
+    kernel = random.Random(SMALL_KERNEL).randbytes(1 << 20)
+    (tree / SMALL_KERNEL).write_bytes(kernel)
+    payload = base / "plain.img"
+    mkfs = ["mkfs.ext4", "-q", "-F", "-L", label, "-d", str(tree), str(payload), "16M"]
+    run(mkfs)
+    key = f"{mkfs[:-3]} {SMALL_KERNEL}=Random({SMALL_KERNEL!r}).randbytes(1 MiB)"
+    return make_volumes(recipe, payload, sizes_mib, base / "disks", payload_key=key), kernel

@@ -21,10 +21,8 @@ from guest.contract.errors import CloudbootError
 if TYPE_CHECKING:
     from guest.agent.blockdev import BlockDevice
     from guest.agent.diskread import BootFiles
+    from guest.agent.volumes.assemble import Volume
     from guest.agent.volumes.linear import Piece
-    from guest.agent.volumes.md import Array
-
-MD_PREFIX = "/dev/md/"
 
 _CHUNK = 1 << 20
 _DECRYPT_BUFFER = 64 << 10
@@ -54,77 +52,38 @@ def open_spec(
     spec: str, devices: list[BlockDevice], passphrase: str | None, console: Log,
     meminfo: Path = Path("/proc/meminfo"),
 ) -> Iterator[Opened]:  # fmt: skip
-    """What a plan's ``device`` names, opened: an md RAID1 array (``/dev/md/NAME``), or a
-    block device (a LUKS volume unlocked), or, for ``LABEL=``/``UUID=`` that no block
-    device carries, the md array whose filesystem does."""
+    """What a plan's ``device`` names, opened: an md RAID1 array (``/dev/md/NAME``), an
+    LVM logical volume (``/dev/VG/LV``, ``/dev/mapper/VG-LV``), or a block device (a LUKS
+    volume unlocked), or, for ``LABEL=``/``UUID=`` that no block device carries, the
+    volume whose filesystem does."""
     from guest.agent import blockdev
 
-    if spec.startswith(MD_PREFIX):
-        array = _md_array(spec.removeprefix(MD_PREFIX), devices, console)
-        yield _linear(spec, array.pieces(), console, f"md raid1 from {array.source.node}")
-        return
+    if spec.startswith("/dev/") and not any(spec == f"/dev/{d.name}" for d in devices):
+        from guest.agent.volumes import assemble
+
+        if assemble.names_a_volume(spec):
+            yield _linear(spec, assemble.named(spec, devices, console), console)
+            return
     try:
         device = blockdev.resolve(spec, devices)
     except blockdev.DeviceNotFoundError:
         if "=" not in spec:
             raise
-        array = _md_by_identity(spec, devices, console)
-        yield _linear(spec, array.pieces(), console, f"md {array.name}")
+        from guest.agent.volumes import assemble
+
+        yield _linear(spec, assemble.by_identity(spec, devices, console), console)
         return
     console.log(f"reading {spec} ({device.name})")
     with open_device(device.node, passphrase, console, meminfo) as opened:
         yield opened
 
 
-def _arrays(devices: list[BlockDevice], console: Log) -> list[Array]:
-    from guest.agent.volumes import md
-
-    members = [m for d in devices if (m := md.read_member(d.node)) is not None]
-    for note in md.level_note(members):
-        console.log(note)
-    return md.assemble(members)
-
-
-def _md_array(name: str, devices: list[BlockDevice], console: Log) -> Array:
-    arrays = _arrays(devices, console)
-    found = [a for a in arrays if name in (a.name, a.short_name, a.array_uuid)]
-    if len(found) != 1:
-        seen = ", ".join(a.name for a in arrays) or "none"
-        what = "several md arrays are" if found else "no md raid1 array is"
-        raise CloudbootError(f"{what} named {name!r} (arrays seen: {seen})", where=MD_PREFIX + name)
-    return found[0]
-
-
-def _md_by_identity(spec: str, devices: list[BlockDevice], console: Log) -> Array:
-    from guest.agent import blockdev
-
-    key, _sep, value = spec.partition("=")
-    found = []
-    for array in _arrays(devices, console):
-        source = array.source
-        with open(source.node, "rb") as f:
-            f.seek(source.data_offset)
-            ident = blockdev.identify(f.read(4096))
-        if ident is not None and value.lower() in (
-            (ident.label.lower(),) if key.upper() == "LABEL" else (ident.uuid.lower(),)
-        ):
-            found.append(array)
-    if len(found) != 1:
-        seen = ", ".join(d.name for d in devices) or "none"
-        raise blockdev.DeviceNotFoundError(
-            f"no block device or md array matches {spec!r} (devices seen: {seen})"
-            if not found
-            else f"{spec!r} matches md arrays " + " and ".join(a.name for a in found)
-        )
-    return found[0]
-
-
-def _linear(spec: str, pieces: tuple[Piece, ...], console: Log, what: str) -> Opened:
+def _linear(spec: str, volume: Volume, console: Log) -> Opened:
     from guest.agent.volumes.linear import LinearStream
 
-    console.log(f"reading {spec} ({what})")
-    stream = io.BufferedReader(LinearStream(pieces, spec), _DECRYPT_BUFFER)
-    return Opened(stream, spec, decrypted=False, pieces=pieces)  # type: ignore[arg-type]
+    console.log(f"reading {spec} ({volume.what})")
+    stream = io.BufferedReader(LinearStream(volume.pieces, spec), _DECRYPT_BUFFER)
+    return Opened(stream, spec, decrypted=False, pieces=volume.pieces)  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager
