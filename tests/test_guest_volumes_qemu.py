@@ -94,7 +94,7 @@ def test_lvm_target_boots(lab: Lab) -> None:
     if not has_tools():
         pytest.skip("mdadm/lvm2 not installed")
     key = tree_key(lab.root / "target-tree")
-    (disk,) = make_volumes(LVM_LAB, lab.target, (96,), lab.root / "lvm", payload_key=key)
+    (disk,) = make_volumes(LVM_LAB, lab.target, (96,), lab.root / "lvm-disks", payload_key=key)
     _push_signed(lab, disk_plan("/dev/vg0/root"))
     log, _vars_fd = boot(dataclasses.replace(lab, target=disk), "lvm", MARKER, timeout=360)
     assert "reading /dev/vg0/root (LVM vg0/root on /dev/vdc)" in log, log[-3000:]
