@@ -68,6 +68,7 @@ BENCHES = (
     Bench("watch_idle", 7, 600, 900),
     Bench("guest_boot", 6, 900, 900),
     Bench("disk_read", 15, 1500, 2400),  # ext4, Fedora btrfs, RHEL xfs, btrfs RAID1 boots
+    Bench("volume_read", 15, 1200, 1800),
     Bench("edit_to_target", 8, 1500, 3600),  # two loops: QEMU, then macOS-shaped
 )
 

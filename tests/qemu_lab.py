@@ -43,7 +43,7 @@ class Lab:
     key_pem: bytes
     key: object
     arch: Arch = Arch.X86_64
-    #: More target disks after ``target`` (a btrfs RAID1's second member).
+    #: More target disks after ``target`` (a btrfs RAID1's second member, md members, LVM physical volumes).
     more_targets: tuple[Path, ...] = ()
 
 
