@@ -62,7 +62,7 @@ class Agent:
         self.arch = arch
         self.options = Options()
         self.params: dict[str, str] = {}  # the kernel command line's, before metadata
-        self.client_factory = client_factory or _default_client
+        self.client_factory = client_factory or self._default_client
         self._client: fetch.RegistryClient | None = None
         self.metadata_overrides: dict[str, str] = {}
         self.lease: Lease | None = None
@@ -144,6 +144,11 @@ class Agent:
         c.log(
             f"Boot0001 = cloud-boot {target.name}; rebooting (total {sum(c.timings.values()):.3f}s)"
         )
+
+    def _default_client(self, options: Options) -> fetch.RegistryClient:
+        from guest.agent import registryconf
+
+        return registryconf.client_for(options, self.paths)
 
     def client(self) -> fetch.RegistryClient:
         if self._client is None:
@@ -368,12 +373,6 @@ class Agent:
             boot = fetch.pull_boot(self.client(), refs, self.arch.oci)
             return boot.kernel, boot.initrd or None, boot.cmdline
         raise CloudbootError(f"unsupported source {source.kind}", where=str(target.where))
-
-
-def _default_client(options: Options) -> fetch.RegistryClient:
-    from guest.agent import fetch
-
-    return fetch.RegistryClient(insecure=options.insecure)
 
 
 def _is(exc: BaseException, module: str, name: str) -> bool:
