@@ -55,11 +55,12 @@ def dns_server(
     hosts: dict[str, str],
     *,
     host: str = "127.0.0.1",
+    port: int | None = None,
     ttl: int = 60,
 ) -> Iterator[DnsServer]:
     binary = require_tool("dnsmasq", "dnsmasq-base")
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port(host)
+    port = port or free_port(host)
     log = workdir / "dnsmasq.log"
     log.touch()
     argv = [

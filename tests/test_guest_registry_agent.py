@@ -34,7 +34,7 @@ class SecureFleet:
     def cmdline(self, password: str) -> str:
         return (
             f"cloudboot.plan={NAME}/plans/web cloudboot.cosign=off"
-            f" cloudboot.dns.port={self.dns.port}"
+            f" cloudboot.dns=127.0.0.1 cloudboot.dns.port={self.dns.port}"
             f" rd.cloudboot.user={self.tls.user} rd.cloudboot.pass={password}"
         )
 
@@ -59,7 +59,7 @@ def fleet(tmp_path: Path) -> Iterator[SecureFleet]:
 
 
 def _bake(root: Path, fleet: SecureFleet, *, ca: bool = True) -> None:
-    (root / "etc/resolv.conf").write_text("nameserver 127.0.0.1\n")
+    (root / "etc/resolv.conf").write_text("nameserver 192.0.2.1\n")  # DHCP's: not asked
     baked = root / REGISTRY_CA.lstrip("/")
     baked.parent.mkdir(parents=True, exist_ok=True)
     if ca:

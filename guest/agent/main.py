@@ -148,7 +148,12 @@ class Agent:
     def _default_client(self, options: Options) -> fetch.RegistryClient:
         from guest.agent import registryconf
 
-        return registryconf.client_for(options, self.paths)
+        return registryconf.client_for(options, self.paths, self._resolvers)
+
+    def _resolvers(self) -> tuple[str, ...]:
+        """The resolvers this boot chose (cmdline < plan < metadata), else the lease's."""
+        self._network()
+        return self.dns_written or (self.lease.dns if self.lease else ())
 
     def client(self) -> fetch.RegistryClient:
         if self._client is None:
@@ -162,6 +167,8 @@ class Agent:
         with self.console.step("network"):
             self.lease = self.system.network_up(self.console)
         self.network_done = True
+        if self.dns_written:  # DHCP's script rewrote resolv.conf meanwhile: ours win
+            write_atomic(self.paths.resolv_conf, resolv_conf(self.dns_written).encode())
         if self.lease:
             self.console.log(
                 f"lease {self.lease.cidr or self.lease.ip} on {self.lease.interface}"

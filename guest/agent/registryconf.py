@@ -8,13 +8,16 @@ module's names: ``fetch``, ``srv`` and ``ssl`` are imported when a client is bui
   sent only when a registry asks, never shown (``Credentials.__repr__``, no log line).
 - ``REGISTRY_CA`` (the recipe's ``[registry] ca``, baked into the UKI's initramfs): the
   certificates HTTPS registries are checked against, besides any default ones.
-- ``_oci._tcp.<domain>`` refs resolve through the resolvers in ``/etc/resolv.conf``
-  (DHCP's, or ``cloudboot.dns``); ``cloudboot.dns.port`` (ours) points the agent's own
-  DNS queries at another port, for a lab resolver that cannot take port 53.
+- ``_oci._tcp.<domain>`` refs resolve through the resolvers the agent chose (``resolvers``:
+  ``cloudboot.dns``, the plan's, the metadata's, else the DHCP lease's), not re-read from
+  ``/etc/resolv.conf``, which the DHCP client's script may rewrite behind our back;
+  ``cloudboot.dns.port`` (ours) points the agent's own DNS queries at another port, for
+  a lab resolver that cannot take port 53.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from guest.agent.cmdline import CmdlineError, Options
@@ -51,14 +54,16 @@ def ssl_context(paths: Paths) -> ssl.SSLContext | None:
     return context
 
 
-def client_for(options: Options, paths: Paths) -> fetch.RegistryClient:
+def client_for(
+    options: Options, paths: Paths, resolvers: Callable[[], Sequence[str]]
+) -> fetch.RegistryClient:
     from guest.agent import fetch, srv
 
     port = dns_port(options)
     creds = None
     if options.registry_user or options.registry_password:
         creds = fetch.Credentials(options.registry_user, options.registry_password)
-    resolver = srv.Resolver(lambda: srv.servers_from_resolv_conf(paths.resolv_conf, port))
+    resolver = srv.Resolver(lambda: [(server, port) for server in resolvers()])
     return fetch.RegistryClient(
         insecure=options.insecure,
         default_credentials=creds,

@@ -22,7 +22,6 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from guest.contract import dnswire
 from guest.contract.errors import CloudbootError
@@ -80,22 +79,8 @@ def rfc2782_order(records: Sequence[dnswire.Srv], rng: random.Random) -> list[dn
     return out
 
 
-def servers_from_resolv_conf(path: Path, port: int = 53) -> list[Server]:
-    """The ``nameserver`` lines of ``path`` (the lease's or a ``cloudboot.dns`` override)."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return []
-    servers = []
-    for line in text.splitlines()[:64]:
-        words = line.split()
-        if len(words) >= 2 and words[0] == "nameserver":
-            servers.append((words[1], port))
-    return servers
-
-
 class Resolver:
-    """SRV lookups against ``servers()`` (called per lookup: resolv.conf may change)."""
+    """SRV lookups against ``servers()`` (called per lookup: a plan may change them)."""
 
     def __init__(
         self,
