@@ -160,12 +160,28 @@ def get(
     raise HttpError(f"more than {MAX_REDIRECTS} redirects")
 
 
+def post(
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    timeout: float = 30.0,
+    ssl_context: ssl.SSLContext | None = None,
+) -> Response:
+    """POST ``body`` (which may hold secrets) to ``url`` only: a redirect is not followed,
+    it comes back as the answer, so the body never reaches another host."""
+    return _request(url, headers, timeout, ssl_context, {}, method="POST", body=body)
+
+
 def _request(
     url: str,
     headers: Mapping[str, str],
     timeout: float,
     ssl_context: ssl.SSLContext | None,
     connect: Mapping[str, str],
+    *,
+    method: str = "GET",
+    body: bytes = b"",
 ) -> Response:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -183,10 +199,12 @@ def _request(
         host_header = f"[{host}]" if ":" in host else host
         if parts.port:
             host_header += f":{parts.port}"
-        lines = [f"GET {target} HTTP/1.1", f"Host: {host_header}", "Connection: close",
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {host_header}", "Connection: close",
                  "User-Agent: cloud-boot-init (python)", "Accept-Encoding: identity"]  # fmt: skip
+        if method != "GET":
+            lines.append(f"Content-Length: {len(body)}")
         lines += [f"{k}: {v}" for k, v in headers.items()]
-        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         stream = sock.makefile("rb")
         status, reason, fields = _read_head(stream)
     except BaseException:

@@ -189,8 +189,7 @@ class Agent:
 
         try:
             with self.console.step("metadata"):
-                token = self.options.raw.get("cloudboot.metadata.token", "")
-                data = metadata.fetch_document(url, token)
+                data = metadata.fetch_document(url, self._metadata_token())
                 shown = httpclient.redact_url(url)
                 doc = metadata.parse_metadata(data, self.params, where=shown)
         except CloudbootError as exc:
@@ -198,6 +197,18 @@ class Agent:
             return {}
         self._apply_metadata(doc)
         return dict(doc.document)
+
+    def _metadata_token(self) -> str:
+        """``cloudboot.metadata.token``, or a Keystone token for the application
+        credential in ``cloudboot.openstack.*`` (guest.agent.keystone), as upstream."""
+        from guest.agent import keystone, registryconf
+
+        cred = keystone.from_knobs(self.params)
+        if cred is None:
+            return self.options.raw.get("cloudboot.metadata.token", "")
+        token = keystone.fetch_token(cred, ssl_context=registryconf.ssl_context(self.paths))
+        self.console.log(f"keystone: token for application credential {cred.credential_id}")
+        return token
 
     def _apply_metadata(self, doc: Metadata) -> None:
         from guest.agent import metadata
