@@ -11,6 +11,7 @@ import pytest
 
 from guest.agent import keystone
 from tests.agent_harness import LEASE, _metadata_server, _plan, _run, machine
+from tests.keystone_real import VENV_VARIABLE, real_keystone, venv
 from tests.keystone_v3 import keystone_v3
 
 __all__ = ["machine"]
@@ -65,3 +66,27 @@ def test_half_configured_credentials_name_the_missing_knob() -> None:
     cred = keystone.from_knobs(dict(zip(keystone.KNOBS, values, strict=True)))
     assert cred is not None and cred.tokens_url == "https://keystone.test/v3/auth/tokens"
     assert "sec-1" not in repr(cred)
+
+
+@pytest.mark.skipif(
+    venv() is None, reason=f"no Keystone: set {VENV_VARIABLE} (tests/keystone_real.py)"
+)
+def test_a_real_keystone(machine: Path, tmp_path: Path) -> None:
+    """The same pass against Keystone itself: its token reaches the metadata service, and
+    a wrong secret is its own 401 shown as a warning without the secret."""
+    (machine / "etc/cloud-boot/plan.hcl").write_bytes(_plan("quiet"))
+    ks_venv = venv()
+    assert ks_venv is not None
+    with real_keystone(tmp_path / "keystone", ks_venv) as ks:
+        with _metadata_server(b"{}") as (md_url, seen):
+            cmdline = _cmdline(ks.url, md_url, ks.secret).replace(CRED_ID, ks.credential_id)
+            status, log, _system = _run(machine, cmdline, lease=LEASE)
+        assert status == 0, log
+        assert len(seen) == 1 and seen[0].startswith("Bearer gAAAA")  # a Fernet token
+        assert ks.secret not in log and seen[0][7:] not in log
+        with _metadata_server(b"{}") as (md_url, seen):
+            wrong = _cmdline(ks.url, md_url, "wrong-S3cret-9").replace(CRED_ID, ks.credential_id)
+            status, log, _system = _run(machine, wrong, lease=LEASE)
+        assert status == 0 and seen == []
+        assert f"WARNING: metadata: {ks.url}/auth/tokens answered HTTP 401" in log, log
+        assert "wrong-S3cret-9" not in log
