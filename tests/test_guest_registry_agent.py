@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from guest.agent.cmdline import Options
 from guest.agent.registryconf import REGISTRY_CA
 from publisher.localregistry import free_port
 from tests.agent_harness import _plan, _run, machine
@@ -90,6 +91,12 @@ def test_wrong_credentials_are_fatal_naming_the_registry_never_the_password(
     assert f"b.fleet.test:{fleet.tls.registry.port}" in fatal[0] and "credentials" in fatal[0]
     assert NAME in fatal[0]
     assert wrong not in log and base64.b64encode(wrong.encode()).decode() not in log
+
+
+def test_cmdline_credentials_are_typed_and_never_in_a_repr() -> None:
+    options = Options.from_text("cloudboot.plan=r/p rd.cloudboot.user=al rd.cloudboot.pass=pw-91")
+    assert (options.registry_user, options.registry_password) == ("al", "pw-91")
+    assert "pw-91" not in repr(options) and "rd.cloudboot" not in str(options.raw)
 
 
 def test_without_the_baked_ca_the_replica_is_not_trusted(machine: Path, fleet: SecureFleet) -> None:
