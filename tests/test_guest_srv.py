@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from guest.agent import srv
-from guest.agent.fetch import SRV_ROUNDS, FetchError, RegistryClient, pull_plan
+from guest.agent.fetch import SRV_ROUNDS, Credentials, FetchError, RegistryClient, pull_plan
 from guest.contract import dnswire, oci
 from publisher.localregistry import RunningRegistry, local_registry
+from tests.bearer_front import bearer_front
 from tests.dns_server import DnsServer, SrvRecord, dns_server
 from tests.faulty_proxy import DROP, FaultyProxy, faulty_proxy
 from tests.helpers import push_plan
@@ -225,3 +226,29 @@ def test_a_silent_resolver_times_out(tmp_path: Path) -> None:
         with pytest.raises(srv.SrvError, match=r"no DNS answer for _oci\._tcp\.x\.test"):
             resolver.endpoints("_oci._tcp.x.test")
         assert resolver.lookups == srv.TRIES
+
+
+def test_a_token_per_srv_target(tmp_path: Path, fleet: Fleet) -> None:
+    """Each replica runs its own token service: a token one issued is kept for it, and
+    never sent to the other (which would make every switch cost a new token)."""
+    settings = {"user": "bob:pw"}
+    with (
+        bearer_front(fleet.a.url, token="tok-a", **settings) as (front_a, handler_a),
+        bearer_front(fleet.a.url, token="tok-b", **settings) as (front_b, handler_b),
+    ):
+        records = [
+            SrvRecord("_oci._tcp.tokens.test", "a.tokens.test", _port(front_a), 10, 1),
+            SrvRecord("_oci._tcp.tokens.test", "b.tokens.test", _port(front_b), 20, 1),
+        ]
+        hosts = {"a.tokens.test": "127.0.0.1", "b.tokens.test": "127.0.0.1"}
+        with dns_server(tmp_path / "dns", records, hosts) as dns:
+            resolver = srv.Resolver(lambda: [(dns.host, dns.port)])
+            client = RegistryClient(
+                insecure=True, srv=resolver, default_credentials=Credentials("bob", "pw")
+            )
+            ref = oci.parse_ref("_oci._tcp.tokens.test/plans/web")
+            first, second = resolver.endpoints(ref.registry)
+            for turn in range(4):  # a, b, a, b: the order moved by hand between pulls
+                assert pull_plan(client, ref, "amd64")[1] == PLAN
+                resolver.demote(ref.registry, first if turn % 2 == 0 else second)
+    assert (handler_a.issued, handler_b.issued) == (1, 1)

@@ -155,7 +155,7 @@ class RegistryClient:
         scope = f"repository:{ref.repository}:pull"
         headers = {"Accept": accept} if accept else {}
         url = self._url(ref, endpoint, path)
-        connect = {endpoint.host.rsplit(":", 1)[0]: endpoint.address} if endpoint.address else None
+        connect = _connect(endpoint)
         for attempt in range(2):
             auth = self._tokens.get((endpoint.host, scope))
             try:
@@ -220,7 +220,11 @@ class RegistryClient:
         private = {"Authorization": "Basic " + _basic(creds)} if creds else None
         try:
             with httpclient.get(
-                url, private=private, timeout=self.timeout, ssl_context=self.ssl_context
+                url,
+                private=private,
+                timeout=self.timeout,
+                ssl_context=self.ssl_context,
+                connect=_connect(endpoint),  # a realm on the SRV target itself
             ) as resp:
                 if resp.status != 200:
                     raise FetchError(
@@ -297,6 +301,13 @@ class RegistryClient:
             data, media_type, digest = self.manifest(pinned)
         manifest = oci.Manifest.from_bytes(data, what=f"manifest {ref}")
         return Resolved(ref, top, manifest, digest)
+
+
+def _connect(endpoint: srvmod.Endpoint) -> dict[str, str] | None:
+    """Dial an SRV target's resolved address for its name (only that name)."""
+    if endpoint.address is None:
+        return None
+    return {endpoint.host.rsplit(":", 1)[0]: endpoint.address}
 
 
 def _basic(creds: Credentials) -> str:
