@@ -76,6 +76,7 @@ def test_srv_failover_to_an_https_replica_with_baked_ca_and_cmdline_credentials(
     status, log, system = _run(machine, fleet.cmdline(fleet.tls.password))
     assert status == 0, log
     assert system.rebooted and "Boot0001 = cloud-boot debian" in log
+    assert f"WARNING: {NAME}: cannot reach a.fleet.test:" in log and "next replica" in log
     assert fleet.tls.password not in log
 
 
@@ -90,6 +91,7 @@ def test_wrong_credentials_are_fatal_naming_the_registry_never_the_password(
     assert fatal, log
     assert f"b.fleet.test:{fleet.tls.registry.port}" in fatal[0] and "credentials" in fatal[0]
     assert NAME in fatal[0]
+    assert "hint: check rd.cloudboot.user / rd.cloudboot.pass" in log
     assert wrong not in log and base64.b64encode(wrong.encode()).decode() not in log
 
 

@@ -61,6 +61,7 @@ def test_srv_preferred_replica_stopped_guest_boots_from_the_other(
             log, vars_fd = boot(lab, "srv", MARKER)
             queries = dns.log.read_text(errors="replace")
     assert MARKER in log, log[-3000:]
+    assert f"WARNING: {NAME}: cannot reach a.fleet.test:{gone}" in log  # tried first
     assert f"query[SRV] {NAME}" in queries
     assert _vars(vars_fd)["BootOrder"][:2] == b"\x01\x00"
 

@@ -45,6 +45,10 @@ class NotFoundError(FetchError):
     pass
 
 
+class CredentialsError(FetchError):
+    """The registry wants credentials we do not have, or refused the ones we sent."""
+
+
 @dataclass(frozen=True)
 class Credentials:
     username: str
@@ -95,6 +99,7 @@ class RegistryClient:
         default_credentials: Credentials | None = None,
         srv: srvmod.Resolver | None = None,
         pause: Callable[[float], None] = time.sleep,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         self.insecure = insecure
         self.force_tls = force_tls
@@ -104,6 +109,7 @@ class RegistryClient:
         self.ssl_context = ssl_context
         self.srv = srv
         self.pause = pause
+        self.warn = warn or (lambda _message: None)
         #: (endpoint host, scope) -> Authorization: a token per SRV target, since each
         #: replica may run its own token service
         self._tokens: dict[tuple[str, str], str] = {}
@@ -141,6 +147,7 @@ class RegistryClient:
                     if not is_srv:
                         raise FetchError(str(exc), where=str(ref)) from None
                     failures.append(str(exc))
+                    self.warn(f"{ref.registry}: {exc}; trying the next replica")
                     if self.srv is not None:
                         self.srv.demote(ref.registry, endpoint)
         tried = "; ".join(failures[-len(endpoints) :])
@@ -187,7 +194,7 @@ class RegistryClient:
                     f"HTTP {resp.status} {resp.reason} for {httpclient.redact_url(url)}",
                     where=str(ref),
                 )
-        raise FetchError(
+        raise CredentialsError(
             f"registry {endpoint.host} refused our credentials for {scope}", where=str(ref)
         )
 
@@ -206,8 +213,9 @@ class RegistryClient:
         creds = self._creds(ref, endpoint)
         if kind == "basic":
             if not creds:
-                raise FetchError(
-                    "registry wants Basic credentials and none were given", where=str(ref)
+                raise CredentialsError(
+                    f"registry {endpoint.host} wants Basic credentials and none were given",
+                    where=str(ref),
                 )
             self._tokens[(endpoint.host, scope)] = "Basic " + _basic(creds)
             return

@@ -148,7 +148,7 @@ class Agent:
     def _default_client(self, options: Options) -> fetch.RegistryClient:
         from guest.agent import registryconf
 
-        return registryconf.client_for(options, self.paths, self._resolvers)
+        return registryconf.client_for(options, self.paths, self._resolvers, self.console.warn)
 
     def _resolvers(self) -> tuple[str, ...]:
         """The resolvers this boot chose (cmdline < plan < metadata), else the lease's."""
@@ -410,6 +410,11 @@ def _hint(exc: CloudbootError) -> str:
         return stage.CACHE_DISK_HINT
     if isinstance(exc, blockdev.DeviceNotFoundError):
         return "check the target's disk.device in the plan against the disks attached"
+    if _is(exc, "guest.agent.fetch", "CredentialsError"):
+        return (
+            "check rd.cloudboot.user / rd.cloudboot.pass on the baked command line"
+            " (docs/wire-formats.md §2.6); NVRAM was not touched"
+        )
     if _is(exc, "guest.agent.fetch", "FetchError"):
         return (
             "check the network, the registry address (the host is the DHCP gateway: 10.0.2.2 "

@@ -55,7 +55,10 @@ def ssl_context(paths: Paths) -> ssl.SSLContext | None:
 
 
 def client_for(
-    options: Options, paths: Paths, resolvers: Callable[[], Sequence[str]]
+    options: Options,
+    paths: Paths,
+    resolvers: Callable[[], Sequence[str]],
+    warn: Callable[[str], None] | None = None,
 ) -> fetch.RegistryClient:
     from guest.agent import fetch, srv
 
@@ -69,4 +72,5 @@ def client_for(
         default_credentials=creds,
         ssl_context=ssl_context(paths),
         srv=resolver,
+        warn=warn,
     )
