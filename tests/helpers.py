@@ -411,10 +411,13 @@ def sign(
     digest: str,
     key: ec.EllipticCurvePrivateKey,
     payload: bytes | None = None,
+    **kw: object,
 ) -> None:
+    """Push a cosign signature of ``digest``; ``kw`` as ``push_blob`` takes (auth, TLS)."""
     data = payload or cosign.payload(identity, digest)
     sig = base64.b64encode(key.sign(data, ec.ECDSA(hashes.SHA256()))).decode()
     manifest, config = cosign.signature_manifest([(data, sig)])
-    push_blob(base, repo, config)
-    push_blob(base, repo, data)
-    push_manifest(base, repo, cosign.signature_tag(digest), bytes(manifest), oci.MEDIA_MANIFEST)
+    push_blob(base, repo, config, **kw)  # type: ignore[arg-type]
+    push_blob(base, repo, data, **kw)  # type: ignore[arg-type]
+    tag = cosign.signature_tag(digest)
+    push_manifest(base, repo, tag, bytes(manifest), oci.MEDIA_MANIFEST, **kw)  # type: ignore[arg-type]

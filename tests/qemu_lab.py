@@ -58,31 +58,41 @@ def _tiny_initrd(busybox: Path, marker: str = MARKER) -> bytes:
     return cpio.compress(cpio.newc(entries), cpio.Compression.GZIP)
 
 
-def build_iso(root: Path, init: str, cmdline: str, arch: Arch = Arch.X86_64) -> Path:
-    """boot.iso from a copy of the repo's recipe with ``init`` (guest-agent|busybox-marker)."""
+def build_iso(
+    root: Path, init: str, cmdline: str, arch: Arch = Arch.X86_64, recipe_extra: str = ""
+) -> Path:
+    """boot.iso from a copy of the repo's recipe with ``init`` (guest-agent|busybox-marker);
+    ``recipe_extra`` is TOML appended to it (e.g. a ``[registry]`` table)."""
     suffix = "" if arch is Arch.X86_64 else f"-{arch.value}"
     kernel_dir = root / f"kernel-{init}{suffix}"
     shutil.copytree(REPO / "kernel", kernel_dir)
     recipe_path = kernel_dir / "recipe.toml"
     text = recipe_text(init)
     text = text.replace('compression = "gzip"', 'compression = "zstd"')
-    recipe_path.write_text(text)
+    recipe_path.write_text(text + recipe_extra)
     iso = root / f"boot-{init}{suffix}.iso"
     build_boot_iso(load_recipe(recipe_path), iso, [arch], cmdline)
     return iso
 
 
 @contextlib.contextmanager
-def make_lab(root: Path, arch: Arch = Arch.X86_64) -> Iterator[Lab]:
-    """Registry, boot.iso with the agent, and the ext4 target disk (for tests and bench)."""
+def make_lab(
+    root: Path, arch: Arch = Arch.X86_64, cmdline: str = "", recipe_extra: str = ""
+) -> Iterator[Lab]:
+    """Registry, boot.iso with the agent, and the ext4 target disk (for tests and bench).
+
+    ``cmdline`` replaces the baked default (the plan in the lab's registry); its
+    ``{port}`` is the lab registry's port.
+    """
     key, pem = new_key()
     with local_registry(root / "registry") as registry:
         (root / "cosign.pub").write_bytes(pem)
-        cmdline = (
-            f"cloudboot.exit=reboot cloudboot.plan=oci://10.0.2.2:{registry.port}"
+        default = (
+            "cloudboot.exit=reboot cloudboot.plan=oci://10.0.2.2:{port}"
             f"/plans/web cloudboot.insecure=1 console={arch.serial_console}"
         )
-        iso = build_iso(root, "guest-agent", cmdline, arch)
+        baked = (cmdline or default).replace("{port}", str(registry.port))
+        iso = build_iso(root, "guest-agent", baked, arch, recipe_extra)
         debs = DebCache()
         kpkg = debs.kernel_package(f"linux-image-cloud-{arch.oci}", arch)
         busybox = debs.package("busybox-static", arch).root / "bin/busybox"

@@ -95,6 +95,10 @@ class Options:
     rollback: bool = False  # accept a plan older than the freshness floor (logged)
     metadata_url: str = ""
     raw: Mapping[str, str] = field(default_factory=dict)
+    #: ``rd.cloudboot.user`` / ``rd.cloudboot.pass`` (upstream's names, outside ``raw``):
+    #: registry credentials from the baked command line, never shown
+    registry_user: str = field(default="", repr=False)
+    registry_password: str = field(default="", repr=False)
 
     @classmethod
     def from_params(cls, params: Mapping[str, str]) -> Options:
@@ -125,6 +129,8 @@ class Options:
             quiet=_flag(raw, "cloudboot.quiet"),
             metadata_url=raw.get("cloudboot.metadata.url", ""),
             raw=raw,
+            registry_user=params.get("rd.cloudboot.user", ""),
+            registry_password=params.get("rd.cloudboot.pass", ""),
         )
 
     @classmethod

@@ -64,7 +64,7 @@ class Agent:
         self.arch = arch
         self.options = Options()
         self.params: dict[str, str] = {}  # the kernel command line's, before metadata
-        self.client_factory = client_factory or _default_client
+        self.client_factory = client_factory or self._default_client
         self.mounter = mounter  # xfs/btrfs mounts; None = the guest's mount(2)
         self._client: fetch.RegistryClient | None = None
         self.metadata_overrides: dict[str, str] = {}
@@ -150,6 +150,16 @@ class Agent:
             f"Boot0001 = cloud-boot {target.name}; rebooting (total {sum(c.timings.values()):.3f}s)"
         )
 
+    def _default_client(self, options: Options) -> fetch.RegistryClient:
+        from guest.agent import registryconf
+
+        return registryconf.client_for(options, self.paths, self._resolvers, self.console.warn)
+
+    def _resolvers(self) -> tuple[str, ...]:
+        """The resolvers this boot chose (cmdline < plan < metadata), else the lease's."""
+        self._network()
+        return self.dns_written or (self.lease.dns if self.lease else ())
+
     def client(self) -> fetch.RegistryClient:
         if self._client is None:
             self._client = self.client_factory(self.options)
@@ -162,6 +172,8 @@ class Agent:
         with self.console.step("network"):
             self.lease = self.system.network_up(self.console)
         self.network_done = True
+        if self.dns_written:  # DHCP's script rewrote resolv.conf meanwhile: ours win
+            write_atomic(self.paths.resolv_conf, resolv_conf(self.dns_written).encode())
         if self.lease:
             self.console.log(
                 f"lease {self.lease.cidr or self.lease.ip} on {self.lease.interface}"
@@ -182,8 +194,7 @@ class Agent:
 
         try:
             with self.console.step("metadata"):
-                token = self.options.raw.get("cloudboot.metadata.token", "")
-                data = metadata.fetch_document(url, token)
+                data = metadata.fetch_document(url, self._metadata_token())
                 shown = httpclient.redact_url(url)
                 doc = metadata.parse_metadata(data, self.params, where=shown)
         except CloudbootError as exc:
@@ -191,6 +202,18 @@ class Agent:
             return {}
         self._apply_metadata(doc)
         return dict(doc.document)
+
+    def _metadata_token(self) -> str:
+        """``cloudboot.metadata.token``, or a Keystone token for the application
+        credential in ``cloudboot.openstack.*`` (guest.agent.keystone), as upstream."""
+        from guest.agent import keystone, registryconf
+
+        cred = keystone.from_knobs(self.params)
+        if cred is None:
+            return self.options.raw.get("cloudboot.metadata.token", "")
+        token = keystone.fetch_token(cred, ssl_context=registryconf.ssl_context(self.paths))
+        self.console.log(f"keystone: token for application credential {cred.credential_id}")
+        return token
 
     def _apply_metadata(self, doc: Metadata) -> None:
         from guest.agent import metadata
@@ -371,12 +394,6 @@ class Agent:
         raise CloudbootError(f"unsupported source {source.kind}", where=str(target.where))
 
 
-def _default_client(options: Options) -> fetch.RegistryClient:
-    from guest.agent import fetch
-
-    return fetch.RegistryClient(insecure=options.insecure)
-
-
 def _is(exc: BaseException, module: str, name: str) -> bool:
     """isinstance against a class of a lazily imported module (not imported: not one)."""
     mod = sys.modules.get(module)
@@ -394,6 +411,11 @@ def _hint(exc: CloudbootError) -> str:
         return stage.CACHE_DISK_HINT
     if isinstance(exc, blockdev.DeviceNotFoundError):
         return "check the target's disk.device in the plan against the disks attached"
+    if _is(exc, "guest.agent.fetch", "CredentialsError"):
+        return (
+            "check rd.cloudboot.user / rd.cloudboot.pass on the baked command line"
+            " (docs/wire-formats.md §2.6); NVRAM was not touched"
+        )
     if _is(exc, "guest.agent.fetch", "FetchError"):
         return (
             "check the network, the registry address (the host is the DHCP gateway: 10.0.2.2 "

@@ -129,6 +129,9 @@ class Recipe:
     plan_ref: str = DEFAULT_PLAN_REF
     #: The VM backend's console for every arch (vfkit: hvc0); None = each arch's ``console``.
     console: str | None = None
+    #: ``[registry] ca``: PEM certificates the guest trusts for HTTPS registries (a
+    #: private CA), baked into the initramfs (guest.agent.registryconf.REGISTRY_CA).
+    registry_ca: Path | None = None
 
     def for_arch(self, arch: Arch) -> ArchRecipe:
         try:
@@ -265,9 +268,12 @@ def parse_recipe(text: str, path: Path) -> Recipe:
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"invalid TOML: {exc}", where=str(path)) from None
     r = _Reader(path)
-    unknown = sorted(set(data) - {"cmdline", "signing", "initramfs", "arch", "base"})
+    unknown = sorted(set(data) - {"cmdline", "signing", "initramfs", "arch", "base", "registry"})
     if unknown:
-        raise r.fail(unknown[0], "unknown key; known: arch, base, cmdline, initramfs, signing")
+        raise r.fail(
+            unknown[0], "unknown key; known: arch, base, cmdline, initramfs, registry, signing"
+        )
+    registry_ca = r.opt_path(r.table(data, "registry", {"ca"}), "registry.ca")
     base = r.string(r.table(data, "base", {"oci"}), "base.oci", "") or None
     if base is not None:
         try:
@@ -346,6 +352,7 @@ def parse_recipe(text: str, path: Path) -> Recipe:
         initramfs=initramfs,
         arches=arches,
         base=base,
+        registry_ca=registry_ca,
     )
 
 
