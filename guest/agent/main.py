@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from guest.agent import blockdev, stage, template
 from guest.agent.cmdline import Options, parse_cmdline
 from guest.agent.console import Console
+from guest.agent.layers import Extras
 from guest.agent.lease import Lease, choose_dns, resolv_conf
 from guest.agent.machine import Paths, System
 from guest.contract import plan
@@ -107,10 +108,11 @@ class Agent:
         target = self._choose(meta)
         c.log(f"target {target.name!r} ({target.source.kind})")
         with c.step("read"):
-            kernel, initrd, artifact_cmdline = self._materialise(target)
+            kernel, initrd, artifact_cmdline, extras = self._materialise(target)
         cmdline = self._render_cmdline(
-            target, target.cmdline or artifact_cmdline or (self.options.cmdline or "")
+            target, target.cmdline or artifact_cmdline or (self.options.cmdline or ""), extras
         )
+        cmdline = extras.cmdline(cmdline)
         with c.step("write"):
             self.system.ensure_efivars(self.paths.efivars)
             from guest.agent.secureboot import require_signed_under_secure_boot
@@ -220,13 +222,15 @@ class Agent:
         self.dns_written = servers
         self.console.log(f"dns {','.join(servers)} (from {source}) -> /etc/resolv.conf")
 
-    def _render_cmdline(self, target: plan.Target, cmdline: str) -> str:
+    def _render_cmdline(self, target: plan.Target, cmdline: str, extras: Extras) -> str:
         """Go-template text (``ip={{.IPSpec}}``) filled in from what this guest knows."""
         if not template.has_template(cmdline):
             return cmdline
         if self.lease is None and not self.network_done:
             self._network()  # the template may want the lease; DHCP now rather than fail
         fields = template.target_fields(self.lease, target.source, insecure=self.options.insecure)
+        if extras.modloop_url:
+            fields["ModloopURL"] = extras.modloop_url
         rendered = template.render(cmdline, fields, where=f"{target.where} cmdline")
         self.console.log(f"cmdline rendered: {rendered}")
         return rendered
@@ -335,7 +339,7 @@ class Agent:
 
     def _materialise(
         self, target: plan.Target
-    ) -> tuple[stage.FileData, stage.FileData | None, str | None]:
+    ) -> tuple[stage.FileData, stage.FileData | None, str | None, Extras]:
         source = target.source
         if isinstance(source, plan.DiskSource):
             if source.fs != "ext4":
@@ -351,7 +355,7 @@ class Agent:
             with Ext4Reader.open(device.node) as fs:
                 files = read_boot_files(fs, source.kernel or "", source.initrd or "")
             self.console.log(f"kernel {files.kernel_path}, initrd {files.initrd_path or '-'}")
-            return files.kernel, files.initrd, None
+            return files.kernel, files.initrd, None, Extras()
         if isinstance(source, plan.OciSource):
             from guest.agent import fetch, trust
             from guest.contract import oci
@@ -366,7 +370,7 @@ class Agent:
                 self.console, self.options, self.paths.cosign_pub, self.client(), named, self.signed
             )
             boot = fetch.pull_boot(self.client(), refs, self.arch.oci)
-            return boot.kernel, boot.initrd or None, boot.cmdline
+            return boot.kernel, boot.initrd or None, boot.cmdline, boot.extras
         raise CloudbootError(f"unsupported source {source.kind}", where=str(target.where))
 
 
