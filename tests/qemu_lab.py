@@ -43,9 +43,11 @@ class Lab:
     arch: Arch = Arch.X86_64
 
 
-def _tiny_initrd(busybox: Path, marker: str = MARKER) -> bytes:
+def _tiny_initrd(busybox: Path, marker: str = MARKER, before: str = "") -> bytes:
+    """A busybox initrd that runs ``before`` (shell lines), prints ``marker`` and its
+    /proc/cmdline, and powers off."""
     init = (
-        f"#!/bin/busybox sh\necho {marker} $(/bin/busybox cat /proc/cmdline)\n"
+        f"#!/bin/busybox sh\n{before}echo {marker} $(/bin/busybox cat /proc/cmdline)\n"
         "/bin/busybox poweroff -f\n"
     )
     entries = [cpio.directory("/dev"), cpio.char_device("/dev/console", 5, 1),

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from guest.agent import blockdev, stage, template
-from guest.agent.cmdline import Options, parse_cmdline
+from guest.agent.cmdline import Options, knob_warnings, parse_cmdline
 from guest.agent.console import Console
 from guest.agent.layers import Extras
 from guest.agent.lease import Lease, choose_dns, resolv_conf
@@ -95,6 +95,8 @@ class Agent:
             self.params = parse_cmdline(self.paths.cmdline.read_text())
             self.options = Options.from_params(self.params)
             c.quiet = self.options.quiet
+            for warning in knob_warnings(self.options):
+                c.warn(warning)
             failed = self.system.load_modules(self.paths.modules)
             for name in failed:
                 c.warn(f"module {name} did not load")
@@ -308,6 +310,8 @@ class Agent:
 
     def _choose(self, meta: dict[str, Any]) -> plan.Target:
         text_ref = self.options.plan
+        if self.options.image and not text_ref and not self.paths.embedded_plan.exists():
+            return _legacy_image(self.options.image)
         wanted: str | None = self.options.target or None
         for depth in range(plan.MAX_SUBPLAN_DEPTH + 1):
             fetched = self._fetch_plan(text_ref)
@@ -372,6 +376,15 @@ class Agent:
             boot = fetch.pull_boot(self.client(), refs, self.arch.oci)
             return boot.kernel, boot.initrd or None, boot.cmdline, boot.extras
         raise CloudbootError(f"unsupported source {source.kind}", where=str(target.where))
+
+
+def _legacy_image(ref: str) -> plan.Target:
+    """``cloudboot.image``: upstream's one-target plan ``legacy-image`` with ``index`` =
+    the ref, used when there is neither ``cloudboot.plan`` nor an embedded plan."""
+    from guest.contract.errors import Location
+
+    source = plan.OciSource(index=ref)
+    return plan.Target("legacy-image", "legacy-image", "", "", "", source, Location(ref))
 
 
 def _default_client(options: Options) -> fetch.RegistryClient:

@@ -217,8 +217,18 @@ class GuestSystem:
         return parse_lease(lease_file.read_text(), mac=mac, where=str(lease_file))
 
     def _dhcp_now(self) -> tuple[str, subprocess.CompletedProcess[bytes]]:
+        from guest.agent.cmdline import parse_cmdline
+        from guest.agent.ipconfig import StaticIp, parse_ip
+
         subprocess.run([BUSYBOX, "ip", "link", "set", "lo", "up"], check=False)
-        iface = self._wait_for_nic()
+        config = parse_ip(parse_cmdline(Path("/proc/cmdline").read_text()).get("ip"))
+        iface = self._wait_for_nic(want=config.device if config else "")
+        if isinstance(config, StaticIp):  # ip= (klibc): the DHCP script, fed the static values
+            env = {**os.environ, **config.script_env(iface)}
+            for phase in ("deconfig", "bound"):
+                proc = subprocess.run([UDHCPC_SCRIPT, phase], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, check=False)  # fmt: skip
+            return iface, proc
         proc = subprocess.run(
             [BUSYBOX, "udhcpc", "-i", iface, "-f", "-q", "-n", "-t", "10", "-T", "1",
              "-s", UDHCPC_SCRIPT],
@@ -227,10 +237,11 @@ class GuestSystem:
         return iface, proc
 
     @staticmethod
-    def _wait_for_nic(timeout: float = 10.0) -> str:
+    def _wait_for_nic(timeout: float = 10.0, want: str = "") -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             names = sorted(n for n in os.listdir("/sys/class/net") if n != "lo")
+            names = [n for n in names if n == want] if want else names
             if names:
                 return names[0]
             time.sleep(0.05)
