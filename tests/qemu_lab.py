@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +107,14 @@ def plan_for(arch: Arch) -> bytes:
 PLAN = plan_for(Arch.X86_64)
 
 
-def qemu_argv(lab: Lab, vars_fd: Path, cache: Path, serial: Path, reboot: bool) -> list[str]:
+#: The lab's network: QEMU user networking (DHCP, the host as 10.0.2.2) on one virtio NIC.
+USER_NET = ("-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0")
+
+
+def qemu_argv(
+    lab: Lab, vars_fd: Path, cache: Path, serial: Path, reboot: bool,
+    net: Sequence[str] = USER_NET,
+) -> list[str]:  # fmt: skip
     """QEMU for the lab: the ISO, the cache disk and the target disk on virtio, rng, net."""
     code, _template = FIRMWARE[lab.arch]
     if lab.arch is Arch.X86_64:
@@ -125,16 +132,16 @@ def qemu_argv(lab: Lab, vars_fd: Path, cache: Path, serial: Path, reboot: bool) 
         "-device", "virtio-blk-pci,drive=cache",
         "-drive", f"if=none,id=target,format=raw,readonly=on,file={lab.target}",
         "-device", "virtio-blk-pci,drive=target",
-        "-device", "virtio-rng-pci",
-        "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
+        "-device", "virtio-rng-pci", *net,
         "-serial", f"file:{serial}",
     ]  # fmt: skip
     return argv + (["-action", "reboot=reset"] if reboot else ["-no-reboot"])
 
 
 def boot(
-    lab: Lab, name: str, until: str, timeout: float = 240.0, cache: Path | None = None
-) -> tuple[str, Path]:
+    lab: Lab, name: str, until: str, timeout: float = 240.0, cache: Path | None = None,
+    net: Sequence[str] = USER_NET,
+) -> tuple[str, Path]:  # fmt: skip
     """Boot with fresh NVRAM (a copy of the vars template) and a new cache disk, or the
     given ``cache`` kept from an earlier boot (as the dev loop keeps it across resets)."""
     work = lab.root / name
@@ -145,7 +152,7 @@ def boot(
         cache = work / "cache.raw"
         ensure_cache_disk(cache, 64)
     serial = work / "serial.log"
-    argv = qemu_argv(lab, vars_fd, cache, serial, reboot=until != "FATAL")
+    argv = qemu_argv(lab, vars_fd, cache, serial, reboot=until != "FATAL", net=net)
     with spawn(argv, stdout=work / "qemu.log"):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -34,7 +34,7 @@ from guest.contract.errors import CloudbootError
 from guest.contract.fsutil import write_atomic
 
 if TYPE_CHECKING:  # imported when used: a boot that never needs them never pays for them
-    from guest.agent import fetch, sysguest
+    from guest.agent import fetch, lldp, sysguest
     from guest.agent.metadata import Metadata
     from guest.contract import cosign, oci
 
@@ -67,6 +67,7 @@ class Agent:
         self._client: fetch.RegistryClient | None = None
         self.metadata_overrides: dict[str, str] = {}
         self.lease: Lease | None = None
+        self.lldp: lldp.Listener | None = None
         self.network_done = False
         self.dns_written: tuple[str, ...] = ()
         self.nvram_touched = False
@@ -166,6 +167,10 @@ class Agent:
                 f"lease {self.lease.cidr or self.lease.ip} on {self.lease.interface}"
                 f" gw {self.lease.gateway or '-'} dns {','.join(self.lease.dns) or '-'}"
             )
+            start = self.system.start_lldp(self.lease.interface, self.options, self.arch.oci)
+            self.lldp, notes = start
+            for note in notes:
+                self.console.log(note)
 
     # -- metadata and DNS ----------------------------------------------------------------
 
@@ -317,7 +322,7 @@ class Agent:
             fetched = self._fetch_plan(text_ref)
             with self.console.step("parse"):
                 parsed = plan.parse_plan(fetched.text, fetched.source)
-                evaluated = plan.evaluate(parsed, self.arch.oci, meta=meta)
+                evaluated = plan.evaluate(parsed, self.arch.oci, meta=meta, lldp=self._lldp())
             if depth == 0:  # like upstream: the outermost plan's resolvers
                 self._apply_dns(evaluated.dns)
             name = wanted or self._menu(evaluated)
@@ -329,6 +334,25 @@ class Agent:
             self.console.log(f"target {target.name!r} chains to subplan {target.source.ref}")
             text_ref, wanted = target.source.ref, None
         raise CloudbootError(f"subplan chain deeper than {plan.MAX_SUBPLAN_DEPTH}", where=text_ref)
+
+    def _lldp(self) -> plan.Lldp:
+        """The neighbour facts that have arrived by now (the listen never holds the boot)."""
+        if self.lldp is None:
+            return plan.Lldp()
+        from guest.agent import lldp
+
+        for problem in self.lldp.problems:
+            self.console.warn(f"lldp: {problem}")
+        self.lldp.problems.clear()
+        facts = lldp.facts(self.lldp.poll())
+        if facts.available:
+            self.console.log(
+                f"lldp neighbour: chassis={facts.chassis_id} port={facts.port_id}"
+                f" system={facts.system_name!r}"
+            )
+        else:
+            self.console.log(f"lldp: no neighbour heard yet on {self.lldp.interface}")
+        return facts
 
     def _menu(self, evaluated: plan.EvaluatedPlan) -> str | None:
         wants_menu = self.options.menu if self.options.menu is not None else bool(evaluated.menu)

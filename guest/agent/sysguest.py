@@ -29,6 +29,8 @@ from guest.agent.console import Console
 from guest.contract.errors import CloudbootError
 
 if TYPE_CHECKING:
+    from guest.agent import lldp
+    from guest.agent.cmdline import Options
     from guest.agent.lease import Lease
     from guest.agent.stage import CacheEsp, EspFiles
 
@@ -215,6 +217,13 @@ class GuestSystem:
         mac_file = Path("/sys/class/net") / iface / "address"
         mac = mac_file.read_text() if mac_file.exists() else ""
         return parse_lease(lease_file.read_text(), mac=mac, where=str(lease_file))
+
+    def start_lldp(
+        self, interface: str, options: Options, arch: str
+    ) -> tuple[lldp.Listener | None, list[str]]:
+        from guest.agent.lldp import start
+
+        return start(interface, options, arch)
 
     def _dhcp_now(self) -> tuple[str, subprocess.CompletedProcess[bytes]]:
         from guest.agent.cmdline import parse_cmdline
