@@ -302,7 +302,7 @@ def push_artifact(
     """A kernel/initrd artifact for one architecture; big files stream from disk.
 
     ``extras``: a distribution's extra layers (modloop, apkovl, squashfs; see
-    docs/wire-formats.md §9), each a file published under its role's media type.
+    docs/wire-formats.md §2.3), each a file published under its role's media type.
     """
     files = {LayerRole.KERNEL: kernel, LayerRole.INITRD: initrd, LayerRole.MODULES: modules}
     files.update(extras or {})

@@ -1,6 +1,6 @@
 """Extra artifact layers (modloop, apkovl, squashfs) as upstream recognises them
-(docs/wire-formats.md §9): recognised by media type or, for media types that name no role,
-by title; published by `cloudboot push artifact` (also for riscv64) to the real
+(docs/wire-formats.md §2.3, §2.4): recognised by media type or, for media types that name
+no role, by title; published by `cloudboot push artifact` (also for riscv64) to the real
 docker-registry, read back with skopeo; pulled by the guest's registry client, whose
 modloop URL serves the modloop's bytes and whose initrd carries ``/apkovl.tar.gz``, read
 back by GNU cpio."""

@@ -1,5 +1,5 @@
 """A distribution artifact's extra layers, handed on the way upstream does
-(docs/wire-formats.md §9, "Layer roles").
+(docs/wire-formats.md §2.3, §2.4).
 
 Alpine and Debian-live artifacts carry more than a kernel and an initrd: a ``modloop``
 (Alpine's squashfs of kernel modules), an ``apkovl`` (Alpine's system overlay, a tar.gz)

@@ -66,7 +66,7 @@ BOOTABLE_PLAN_ARCHES = ("amd64", "arm64")
 
 
 #: Arches an artifact may be published for beyond those we boot: upstream's guest also runs
-#: on riscv64 (docs/wire-formats.md §9), with these other names for it.
+#: on riscv64 (docs/wire-formats.md §2.3), with these other names for it.
 _PUBLISH_ONLY = {"riscv64": ("riscv64", "riscv")}
 
 

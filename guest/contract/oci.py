@@ -41,7 +41,7 @@ MEDIA_KERNEL = "application/vnd.cloud-boot.kernel.v1"
 MEDIA_INITRD = "application/vnd.cloud-boot.initrd.v1"
 MEDIA_MODULES = "application/vnd.cloud-boot.modules.v1.cpio+gzip"
 MEDIA_CMDLINE = "application/vnd.cloud-boot.cmdline.v1"
-#: Extra layers of distribution artifacts (docs/wire-formats.md §9): Alpine's modloop (a
+#: Extra layers of distribution artifacts (docs/wire-formats.md §2.3): Alpine's modloop (a
 #: squashfs of modules) and apkovl (a system overlay tar.gz), a live system's squashfs.
 MEDIA_MODLOOP = "application/vnd.cloud-boot.modloop.v1+squashfs"
 MEDIA_APKOVL = "application/vnd.cloud-boot.apkovl.v1+tar.gz"
@@ -200,7 +200,7 @@ class LayerRole(enum.Enum):
 
 
 #: Titles that name a role on a layer whose media type says nothing we know (upstream's
-#: list, docs/wire-formats.md §9); the first is the one we write.
+#: list, docs/wire-formats.md §2.3); the first is the one we write.
 _ROLE_TITLES: dict[LayerRole, tuple[str, ...]] = {
     LayerRole.PLAN: ("plan.hcl",),
     LayerRole.KERNEL: ("vmlinuz", "kernel"),
@@ -220,8 +220,8 @@ ROLE_MEDIA_TYPES = frozenset(role.value for role in LayerRole)
 #: manifest one per signature.
 MAX_LAYERS = 64
 
-#: Artifact layers in the order of docs/wire-formats.md §2.3, the extra layers of §9
-#: after the modules.
+#: Artifact layers in the order of docs/wire-formats.md §2.3 (the extra layers after the
+#: modules).
 ARTIFACT_ROLES = (
     LayerRole.KERNEL,
     LayerRole.INITRD,
@@ -303,7 +303,7 @@ class Manifest(_CanonicalDocument):
 
     def layer(self, role: LayerRole) -> Descriptor:
         """The first layer with the role's media type, else the first layer titled for it
-        whose media type names no role (upstream's rule, docs/wire-formats.md §9)."""
+        whose media type names no role (upstream's rule, docs/wire-formats.md §2.3)."""
         for layer in self.layers:
             if layer.media_type == role.value:
                 return layer
