@@ -13,12 +13,17 @@ a UDP socket netdev the test holds: the test injects a real switch's LLDP frame
 (tests/data/lldp) until the boot ends, and reads what the guest sends. A plan whose
 default target depends on ``lldp.port_id`` stages the other target, and the guest's own
 announcement reaches the wire.
+
+Static ``ip=`` (klibc syntax) baked into a second boot.iso: no DHCP, the lease is the
+static address, and the plan is fetched and staged over it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -37,8 +42,9 @@ from publisher.media.debs import DebCache
 from publisher.push import publish_plan
 from publisher.registry import RegistryClient
 from publisher.signing import SigningKey
+from tests.helpers import push_plan, sign
 from tests.qemu_lab import MARKER as MARKER_DISK
-from tests.qemu_lab import OVMF_CODE, Lab, _tiny_initrd, _vars, boot, make_lab
+from tests.qemu_lab import OVMF_CODE, PLAN, Lab, _tiny_initrd, _vars, boot, build_iso, make_lab
 
 pytestmark = [
     pytest.mark.slow,
@@ -181,3 +187,21 @@ def test_a_plan_branching_on_lldp_port_id_picks_the_other_target(lab: Lab) -> No
     ours = [parse_frame(f) for f in wire.heard if f[6:12] != switch[6:12]]
     assert ours and ours[0].facts.system_name == "cloud-boot-amd64", ours
     assert ours[0].facts.port_id == "eth0" and ours[0].chassis_subtype == 4
+
+
+def test_static_ip_boots_without_dhcp(lab: Lab) -> None:
+    static_root = lab.root / "static"
+    static_root.mkdir()
+    shutil.copy(lab.root / "cosign.pub", static_root / "cosign.pub")
+    cmdline = (
+        f"cloudboot.exit=reboot cloudboot.plan=oci://10.0.2.2:{lab.registry.port}/plans/web "
+        "cloudboot.insecure=1 console=ttyS0 cloudboot.lldp=0 "
+        "ip=10.0.2.77::10.0.2.2:255.255.255.0:static-node:eth0:off:10.0.2.3"
+    )
+    static_lab = dataclasses.replace(lab, iso=build_iso(static_root, "guest-agent", cmdline))
+    digest = push_plan(lab.registry.url, "plans/web", "latest", PLAN)
+    sign(lab.registry.url, "plans/web", f"{lab.registry.address}/plans/web", digest, lab.key)  # type: ignore[arg-type]
+    log, vars_fd = boot(static_lab, "static-ip", MARKER_DISK, timeout=300)
+    assert "static ip= on eth0" in log and "DHCP on" not in log, log[-3000:]
+    assert "lease 10.0.2.77/24 on eth0 gw 10.0.2.2 dns 10.0.2.3" in log, log[-3000:]
+    assert str(vf_bootentry.BootEntry(data=_vars(vars_fd)["Boot0001"]).title) == "cloud-boot debian"

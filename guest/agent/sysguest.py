@@ -206,10 +206,11 @@ class GuestSystem:
         dhcp, self._dhcp = self._dhcp, None
         iface, proc = dhcp.wait() if dhcp is not None else self._dhcp_now()
         early = f" (in the background: {dhcp.took:.3f}s)" if dhcp is not None else ""
-        console.log(f"DHCP on {iface}{early}")
+        how = "static ip=" if proc.args[0] == UDHCPC_SCRIPT else "DHCP"
+        console.log(f"{how} on {iface}{early}")
         if proc.returncode != 0:
             tail = proc.stdout.decode(errors="replace").strip().splitlines()[-3:]
-            raise SystemError_(f"DHCP on {iface} failed: {' / '.join(tail)}", where=iface)
+            raise SystemError_(f"{how} on {iface} failed: {' / '.join(tail)}", where=iface)
         lease_file = Path("/") / LEASE_FILE
         if not lease_file.exists():
             console.warn(f"DHCP on {iface} left no lease in {lease_file}")
