@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from guest.agent.ipconfig import Dhcp, StaticIp, parse_ip
 from guest.contract.errors import CloudbootError
+from guest.contract.plan.model import DiskSource
 
 PREFIX = "cloudboot."
 
@@ -133,6 +134,7 @@ class Options:
     lldp_tx: bool = True
     lldp_name: str = ""
     ip: StaticIp | Dhcp | None = None  # ``ip=`` (klibc syntax), not under cloudboot.
+    disk: DiskSource | None = None  # ``cloudboot.disk*``: boot the disk's kernel, no plan
     raw: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -170,12 +172,27 @@ class Options:
             lldp_tx=_flag(raw, "cloudboot.lldp.tx", default=True),
             lldp_name=raw.get("cloudboot.lldp.name", ""),
             ip=parse_ip(params.get("ip")),
+            disk=_disk(raw),
             raw=raw,
         )
 
     @classmethod
     def from_text(cls, text: str) -> Options:
         return cls.from_params(parse_cmdline(text))
+
+
+def _disk(raw: Mapping[str, str]) -> DiskSource | None:
+    """Upstream's disk mode: ``cloudboot.disk=<device>`` and its ``disk.*`` companions."""
+    device = raw.get("cloudboot.disk", "")
+    if not device:
+        return None
+    return DiskSource(
+        device=device,
+        fs=raw.get("cloudboot.disk.fs") or "ext4",
+        kernel=raw.get("cloudboot.disk.kernel") or None,
+        initrd=raw.get("cloudboot.disk.initrd") or None,
+        luks_passphrase=raw.get("cloudboot.disk.luks-passphrase") or None,
+    )
 
 
 def knob_warnings(options: Options) -> list[str]:
