@@ -300,9 +300,15 @@ def push_artifact(
     cmdline: str | None = None,
     key: SigningKey | None = None,
     annotations: Mapping[str, str] | None = None,
+    extras: Mapping[LayerRole, Path] | None = None,
 ) -> PushResult:
-    """A kernel/initrd artifact for one architecture; big files stream from disk."""
+    """A kernel/initrd artifact for one architecture; big files stream from disk.
+
+    ``extras``: a distribution's extra layers (modloop, apkovl, squashfs; see
+    docs/wire-formats.md §2.3), each a file published under its role's media type.
+    """
     files = {LayerRole.KERNEL: kernel, LayerRole.INITRD: initrd, LayerRole.MODULES: modules}
+    files.update(extras or {})
     blobs: dict[LayerRole, Blob] = {}
     for role, path in files.items():
         if path is None:
