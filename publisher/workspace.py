@@ -34,6 +34,7 @@ from guest.contract.errors import CloudbootError
 from guest.contract.oci import parse_ref
 from guest.contract.plan import PlanError, read_plan_bytes
 from publisher.annotations import fleet_annotations
+from publisher.canary import CanaryPolicy, CanaryResult, CanaryRun, gated_commit
 from publisher.config import PLAN_SUFFIX, Config
 from publisher.fleet import (
     ValidatedCache,
@@ -46,7 +47,14 @@ from publisher.fleet import (
 from publisher.ignore import IgnoreRules
 from publisher.planrefs import check_plan_refs
 from publisher.progress import NoProgress, Progress
-from publisher.push import CheckedPlan, InvalidPlanError, PreparedPush, check_plan, commit
+from publisher.push import (
+    CheckedPlan,
+    InvalidPlanError,
+    PreparedPush,
+    PushResult,
+    check_plan,
+    commit,
+)
 from publisher.push import prepare_plan as prepare_checked
 from publisher.registry import RegistryClient, client_from_config
 from publisher.signing import SigningKey, load_key_file
@@ -83,6 +91,12 @@ class PlanOutcome:
     uploaded: bool  # False when the tag already pointed at this digest, signed
     uploaded_bytes: int = 0
     prepared_ahead: bool = False  # the run only moved the tag (uploads ran in the window)
+
+
+def _outcome(result: PushResult, ahead: bool) -> PlanOutcome:
+    return PlanOutcome(
+        result.ref, result.digest, result.uploaded, result.uploaded_bytes, prepared_ahead=ahead
+    )
 
 
 @dataclass(frozen=True)
@@ -168,11 +182,18 @@ class PlanPublisher:
         """Publish bytes the caller has already checked (``cloudboot publish``)."""
         return self._commit(self._prepare_checked(plan), False)
 
+    def publish_gated(
+        self, plan: CheckedPlan, run: CanaryRun
+    ) -> tuple[PlanOutcome, CanaryResult | None]:
+        """Publish checked bytes once their canary passed (``publisher.canary``)."""
+        prepared = self._prepare_checked(plan)
+        result, verdict = gated_commit(self.client, prepared, plan.path, run)
+        if result is None:  # held: production untouched; the outcome names the staged digest
+            return PlanOutcome(str(prepared.ref), prepared.digest, False, prepared.sent), verdict
+        return _outcome(result, False), verdict
+
     def _commit(self, prepared: PreparedPush, ahead: bool) -> PlanOutcome:
-        result = commit(self.client, prepared)
-        return PlanOutcome(
-            result.ref, result.digest, result.uploaded, result.uploaded_bytes, prepared_ahead=ahead
-        )
+        return _outcome(commit(self.client, prepared), ahead)
 
     def _prepared(self, plan: Path, sha: str) -> PreparedPush | None:
         """The background preparation of exactly these bytes, if one succeeded."""
@@ -202,10 +223,11 @@ class PlanPublisher:
 class PlanPublishOutcome:
     plan: str  # relative to plans/
     ref: str
-    status: str  # published | unchanged | invalid | failed | skipped | stale | pruned
+    status: str  # published | unchanged | invalid | failed | skipped | stale | pruned | held
     digest: str | None = None
     uploaded_bytes: int = 0
     error: str | None = None
+    canary: dict[str, Any] | None = None  # the canary's verdict, when one ran
 
     @property
     def ok(self) -> bool:
@@ -232,8 +254,11 @@ def publish_plans(
     publisher: PlanPublisher,
     cache: ValidatedCache | None = None,
     progress: bool = False,
+    canary: CanaryPolicy | None = None,
 ) -> list[PlanPublishOutcome]:
-    """Validate all, then publish all (nothing when any is invalid)."""
+    """Validate all, then publish all (nothing when any is invalid); with ``canary``, a
+    changed plan's tag moves only after its canary passed."""
+    run = CanaryRun(canary) if canary else None
     fleet = check_plans(plans, cache or ValidatedCache(None, validator_fingerprint()))
     invalid = fleet.invalid
     bar = Progress("publishing", len(plans)) if progress and len(plans) > 1 else NoProgress()
@@ -247,13 +272,23 @@ def publish_plans(
             return PlanPublishOutcome(
                 rel, ref, "skipped", error="not published: another plan is invalid"
             )
+        verdict = None
         try:
-            result = publisher.publish_checked(fleet.checked[plan])
+            if run is None:
+                result = publisher.publish_checked(fleet.checked[plan])
+            else:
+                result, verdict = publisher.publish_gated(fleet.checked[plan], run)
         except CloudbootError as exc:
             log.error("publish failed", plan=rel, error=str(exc))
             return PlanPublishOutcome(rel, ref, "failed", error=str(exc))
+        tried = verdict.to_json() if verdict else None
+        if verdict is not None and not verdict.passed:
+            error = f"canary: {verdict.result}; production tag not moved"
+            return PlanPublishOutcome(rel, ref, "held", result.digest, error=error, canary=tried)
         status = "published" if result.uploaded else "unchanged"
-        return PlanPublishOutcome(rel, result.ref, status, result.digest, result.uploaded_bytes)
+        return PlanPublishOutcome(
+            rel, result.ref, status, result.digest, result.uploaded_bytes, canary=tried
+        )
 
     return publish_concurrently(plans, one, bar)
 
@@ -263,6 +298,7 @@ def publish_workspace(
     env: Mapping[str, str] | None = None,
     prune: bool = False,
     progress: bool = False,
+    canary: CanaryPolicy | None = None,
 ) -> list[PlanPublishOutcome]:
     plans = find_plans(config)
     if not plans:
@@ -272,7 +308,8 @@ def publish_workspace(
         config.root, config.plans_dir, os.environ if env is None else env
     )
     publisher = PlanPublisher.from_config(config, annotations)
-    outcomes = publish_plans(plans, config.plans_dir, publisher, workspace_cache(config), progress)
+    cache = workspace_cache(config)
+    outcomes = publish_plans(plans, config.plans_dir, publisher, cache, progress, canary)
     stale = stale_tags(config, publisher.client, plans, prune and all(o.ok for o in outcomes))
     return outcomes + [
         PlanPublishOutcome(
