@@ -20,6 +20,7 @@ import hashlib
 import importlib.metadata
 import multiprocessing
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ CACHE_NAME = "validated-plans"
 PARALLEL_FROM = 64
 #: Concurrent plan publishes: enough to overlap round trips, few enough for one registry.
 PUBLISH_WORKERS = 8
+#: How many validations ran on a process pool (what tests check the parallel path with).
+pool_runs = 0
 #: Bound on the cache file (64 hex digits and a newline per plan).
 MAX_CACHE_ENTRIES = 200_000
 
@@ -121,13 +124,21 @@ def _chunks(items: list[tuple[str, bytes]], count: int) -> list[list[tuple[str, 
 
 
 def _check_unknown(items: list[tuple[str, bytes]], jobs: int) -> dict[str, str | None]:
-    """Validate on ``jobs`` processes (forked, so the parser tables come along built)."""
+    """Validate on ``jobs`` processes (forked, so the parser tables come along built).
+
+    Only from a single-threaded process (``cloudboot publish`` validates before its
+    client starts threads): a fork copies locks other threads may hold, and a child that
+    met one held would hang. Otherwise, and for few plans, one by one here.
+    """
     if (
         jobs < 2
         or len(items) < PARALLEL_FROM
         or "fork" not in multiprocessing.get_all_start_methods()
+        or threading.active_count() > 1
     ):
         return {path: _problem(path, data) for path, data in items}
+    global pool_runs
+    pool_runs += 1
     first, rest = items[0], items[1:]
     results = {first[0]: _problem(*first)}  # builds the parser once, before the fork
     parts = _chunks(rest, jobs)

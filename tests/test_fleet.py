@@ -24,7 +24,7 @@ from publisher.localregistry import RunningRegistry
 from publisher.progress import Progress
 from publisher.workspace import publish_workspace
 from tests.faulty_proxy import faulty_proxy
-from tests.helpers import PLAN, skopeo_digest, write_signed_workspace
+from tests.helpers import PLAN, REPO, skopeo_digest, write_signed_workspace
 from tests.test_gitops import git
 
 BIN = Path(sys.executable).parent
@@ -134,14 +134,26 @@ def test_parallel_validation_reports_what_one_by_one_does(tmp_path: Path) -> Non
         bad = n in (7, 64, 119)
         path.write_text(plan_text(n) + ('bogus = "x"\n' if bad else ""))
         paths.append(path)
-    fingerprint = validator_fingerprint()
-    one = check_plans(paths, ValidatedCache(None, fingerprint), jobs=1)
-    two = check_plans(paths, ValidatedCache(None, fingerprint), jobs=2)
-    assert one.invalid == two.invalid
-    assert sorted(p.name for p in two.invalid) == ["p007.hcl", "p064.hcl", "p119.hcl"]
-    assert re.match(rf"{re.escape(str(paths[64]))}:7:\d+: ", two.invalid[paths[64]])
-    assert set(two.checked) == set(paths) - set(two.invalid)
-    assert all(two.checked[p].data == p.read_bytes() for p in two.checked)
+    one = check_plans(paths, ValidatedCache(None, validator_fingerprint()), jobs=1)
+    # the pool forks only from a single-threaded process: a fresh one, as the CLI is
+    script = (
+        "import json, sys; from pathlib import Path; from publisher import fleet\n"
+        "paths = [Path(p) for p in sys.argv[1:]]\n"
+        "cache = fleet.ValidatedCache(None, fleet.validator_fingerprint())\n"
+        "two = fleet.check_plans(paths, cache, jobs=2)\n"
+        "print(json.dumps({'pool': fleet.pool_runs, 'invalid': {str(k): v for k, v in"
+        " two.invalid.items()}, 'checked': sorted(str(p) for p in two.checked)}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *map(str, paths)],
+        capture_output=True, text=True, check=True, cwd=REPO,
+    )  # fmt: skip
+    two = json.loads(proc.stdout)
+    assert two["pool"] == 1, "validated on a process pool"
+    assert two["invalid"] == {str(k): v for k, v in one.invalid.items()}
+    assert sorted(p.name for p in one.invalid) == ["p007.hcl", "p064.hcl", "p119.hcl"]
+    assert re.match(rf"{re.escape(str(paths[64]))}:7:\d+: ", one.invalid[paths[64]])
+    assert two["checked"] == sorted(str(p) for p in set(paths) - set(one.invalid))
 
 
 def test_validation_is_remembered_by_content_and_validator(tmp_path: Path) -> None:
