@@ -61,6 +61,7 @@ class Bench:
 # Cheap ones first, so a quick look at a half-finished run already says something.
 BENCHES = (
     Bench("publish", 3, 300, 600),
+    Bench("fleet", 17, 900, 1200),  # 1,000 plans: validate, publish cold and warm
     Bench("iso_build", 4, 300, 900),
     Bench("vm_restart", 5, 300, 600),
     Bench("plan_parse", 6, 300, 600),

@@ -230,7 +230,13 @@ def _prepare(
     tagged = bool(ref.tag) and not ref.digest
     repeat = client.memory.writes_to(ref)  # published here before: likely again soon
     pool = client.pool()
+    # A client that never saw this tag (a one-off publish of many plans, mostly unchanged)
+    # asks where it points before sending blobs: an unchanged plan then costs no blob
+    # round trips (the registry accepted its manifest, so it holds its blobs).
+    first_sight = tagged and client.memory.tag(ref) is None
     current = pool.submit(_current_tag, client, ref, digest) if tagged else None
+    if first_sight and current is not None and current.result() == digest:
+        blobs = ()
     signatures = pool.submit(existing_signatures, client, ref, digest) if key else None
     version = next_version(())
     # The payload carries a fresh version, so uploading it ahead is a bet that a new

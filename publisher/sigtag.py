@@ -17,7 +17,7 @@ from guest.contract import cosign
 from guest.contract.errors import CloudbootError
 from guest.contract.oci import Manifest, Ref
 from publisher.registry import Blob, RegistryClient
-from publisher.signing import SigningKey, sign_blob
+from publisher.signing import SigningKey, sign_blob, verify_own
 
 log = structlog.get_logger(__name__)
 
@@ -53,10 +53,9 @@ class Signatures:
 def split_signatures(
     pairs: Sequence[tuple[bytes, str]], key: SigningKey, digest: str
 ) -> Signatures:
-    public = cosign.load_public_key(key.public_pem)
     ours, foreign = [], []
     for data, sig in pairs:
-        if not cosign.verify_signature(public, data, sig):
+        if not verify_own(key, data, sig):
             foreign.append((data, sig))
             continue
         try:
