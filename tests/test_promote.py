@@ -1,0 +1,125 @@
+"""`cloudboot promote` against a real docker-registry; results read back with skopeo.
+
+What a guest checks decides the asserts: DST's digest is SRC's (skopeo), a signature valid
+under the workspace key names DST's repository (the guest's identity check) and carries
+a version above the one DST held before (the guest's freshness floor).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from publisher.localregistry import RunningRegistry
+from tests.helpers import CLOUDBOOT, PLAN, skopeo_digest, skopeo_signatures, write_signed_workspace
+
+ENV = {**os.environ, "COSIGN_PASSWORD": "pw"}
+
+
+def cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(CLOUDBOOT), "-C", str(root), *args], capture_output=True, text=True, env=ENV
+    )
+
+
+def publish(root: Path, text: str) -> None:
+    (root / "plans" / "demo.hcl").write_text(text)
+    proc = cli(root, "publish")
+    assert proc.returncode == 0, proc.stderr
+
+
+def version(ref_name: str, digest: str, public: bytes) -> int:
+    """The freshest version signed for ``digest`` in ``ref_name`` that names that repository."""
+    docs = skopeo_signatures(ref_name, digest, public)
+    assert docs, f"no valid signature for {digest} in {ref_name}"
+    assert {d["critical"]["identity"]["docker-reference"] for d in docs} == {ref_name}
+    return max(int(d["optional"]["dev.cloudboot.version"]) for d in docs)
+
+
+@pytest.fixture
+def ws(tmp_path: Path, registry: RunningRegistry) -> tuple[Path, bytes]:
+    root = tmp_path / "ws"
+    return root, write_signed_workspace(root, registry.address)
+
+
+def test_promote_moves_by_digest_mounts_and_signs_fresher(
+    ws: tuple[Path, bytes], registry: RunningRegistry
+) -> None:
+    root, public = ws
+    staging = f"{registry.address}/cloudboot/demo"
+    prod = f"{registry.address}/fleet/prod"
+    publish(root, PLAN)
+    first = skopeo_digest(f"{staging}:latest")
+    assert first
+
+    proc = cli(root, "promote", f"{staging}:latest", f"{prod}:stable", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert (result["digest"], result["previous"], result["moved"]) == (first, None, True)
+    assert result["signature"] == "re-signed"
+    assert (result["mounted"], result["copied_bytes"]) == (2, 0)  # config + plan layer
+    assert skopeo_digest(f"{prod}:stable") == first
+    v1 = version(prod, first, public)
+    assert v1 == result["version"]
+
+    # a new staging publish, promoted: prod moves, signed above what it held
+    publish(root, PLAN.replace("v=1", "v=2"))
+    second = skopeo_digest(f"{staging}:latest")
+    assert second and second != first
+    proc = cli(root, "promote", f"{staging}:latest", f"{prod}:stable", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["previous"] == first
+    assert skopeo_digest(f"{prod}:stable") == second
+    assert version(prod, second, public) > v1
+
+    # promoting again changes nothing
+    proc = cli(root, "promote", f"{staging}:latest", f"{prod}:stable", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["moved"] is False
+
+
+def test_carrying_an_older_signature_is_refused_and_the_tag_stays(
+    ws: tuple[Path, bytes], registry: RunningRegistry
+) -> None:
+    """Without re-signing, promoting older content would be a rollback every guest refuses."""
+    root, _ = ws
+    repo = f"{registry.address}/cloudboot/demo"
+    publish(root, PLAN)
+    old = skopeo_digest(f"{repo}:latest")
+    publish(root, PLAN.replace("v=1", "v=2"))
+    new = skopeo_digest(f"{repo}:latest")
+    assert old and new and old != new
+
+    proc = cli(root, "promote", f"{repo}@{old}", f"{repo}:latest", "--no-sign")
+    assert proc.returncode != 0
+    assert "not fresher" in proc.stderr and f"{repo}:latest" in proc.stderr
+    assert skopeo_digest(f"{repo}:latest") == new
+
+    # the other direction is fresher: carried as it is, no new signature
+    proc = cli(root, "promote", f"{repo}:latest", f"{repo}:canary", "--no-sign", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["signature"] == "carried"
+    assert skopeo_digest(f"{repo}:canary") == new
+
+    # and carrying into another repository cannot work (the signature names this one)
+    proc = cli(root, "promote", f"{repo}:latest", f"{registry.address}/x/y:z", "--no-sign")
+    assert proc.returncode != 0 and "needs the signing key" in proc.stderr
+    assert skopeo_digest(f"{registry.address}/x/y:z") is None
+
+
+def test_unsigned_content_is_not_promoted(
+    ws: tuple[Path, bytes], registry: RunningRegistry
+) -> None:
+    root, _ = ws
+    src = f"{registry.address}/raw/plan:v1"
+    (root / "plain.hcl").write_text(PLAN)
+    proc = cli(root, "push", "plan", src, "-f", str(root / "plain.hcl"))  # no --key
+    assert proc.returncode == 0, proc.stderr
+    proc = cli(root, "promote", src, f"{registry.address}/fleet/prod:stable")
+    assert proc.returncode != 0
+    assert "no valid signature" in proc.stderr and src in proc.stderr
+    assert skopeo_digest(f"{registry.address}/fleet/prod:stable") is None
