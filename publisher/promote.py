@@ -36,6 +36,7 @@ from publisher.signing import SigningKey
 from publisher.sigtag import (
     Signatures,
     existing_signatures,
+    payloads_for,
     put_signature,
     split_signatures,
     tag_version,
@@ -100,15 +101,7 @@ def _copy_manifest(
 def _versions(client: RegistryClient, ref: Ref, digest: str) -> int:
     """The highest version any parsable payload for ``digest`` claims (unverified: keyless)."""
     _, pairs = existing_signatures(client, ref, digest)
-    versions = []
-    for data, _sig in pairs:
-        try:
-            signed = cosign.parse_payload(data)
-        except CloudbootError:
-            continue
-        if signed.manifest_digest == digest:
-            versions.append(signed.version or 0)
-    return max(versions, default=0)
+    return max((s.version or 0 for s, _, _ in payloads_for(pairs, digest)), default=0)
 
 
 def promote(
