@@ -197,6 +197,7 @@ class PlanPublishOutcome:
     digest: str | None = None
     uploaded_bytes: int = 0
     error: str | None = None
+    registries: dict[str, str] | None = None  # with [publish].mirrors: registry -> what happened
 
     @property
     def ok(self) -> bool:
@@ -225,10 +226,8 @@ def _check_file(plan: Path) -> CheckedPlan:
         raise first_error(exc.errors) from None
 
 
-def publish_plans(
-    plans: list[Path], plans_dir: Path, publisher: PlanPublisher
-) -> list[PlanPublishOutcome]:
-    """Validate all, then publish all (nothing when any is invalid)."""
+def check_all(plans: list[Path]) -> tuple[dict[Path, CheckedPlan], dict[Path, str]]:
+    """Every plan checked: (the valid ones, the first error of each invalid one)."""
     checked: dict[Path, CheckedPlan] = {}
     invalid: dict[Path, str] = {}
     for plan in plans:
@@ -236,6 +235,14 @@ def publish_plans(
             checked[plan] = _check_file(plan)
         except CloudbootError as exc:
             invalid[plan] = str(exc)
+    return checked, invalid
+
+
+def publish_plans(
+    plans: list[Path], plans_dir: Path, publisher: PlanPublisher
+) -> list[PlanPublishOutcome]:
+    """Validate all, then publish all (nothing when any is invalid)."""
+    checked, invalid = check_all(plans)
     outcomes = []
     for plan in plans:
         rel = plan.relative_to(plans_dir).as_posix()
@@ -272,6 +279,10 @@ def publish_workspace(
     check_plan_refs(config, plans)  # one ref per plan, before anything is pushed
     annotations = git_annotations(config.root, os.environ if env is None else env)
     publisher = PlanPublisher.from_config(config, annotations)
+    if config.publish.mirrors:  # every registry or none (publisher/mirrors.py)
+        from publisher.mirrors import publish_mirrored
+
+        return publish_mirrored(plans, config, publisher)
     return publish_plans(plans, config.plans_dir, publisher)
 
 
