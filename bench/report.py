@@ -68,6 +68,7 @@ BENCHES = (
     Bench("watch_idle", 7, 600, 900),
     Bench("guest_boot", 6, 900, 900),
     Bench("edit_to_target", 8, 1500, 3600),  # two loops: QEMU, then macOS-shaped
+    Bench("soak", 17, 900, 3600),  # the watcher as a service: 10,000 edits, registry restarts
 )
 
 
