@@ -29,9 +29,18 @@ import structlog
 
 from guest.contract.errors import CloudbootError
 from guest.contract.oci import Ref, parse_ref
+from guest.contract.plan import read_plan_bytes
 from publisher.config import Config
-from publisher.push import CheckedPlan, PreparedPush, PushResult, commit, prepare_plan
-from publisher.workspace import PlanPublisher, PlanPublishOutcome, check_all
+from publisher.push import (
+    CheckedPlan,
+    InvalidPlanError,
+    PreparedPush,
+    PushResult,
+    check_plan,
+    commit,
+    prepare_plan,
+)
+from publisher.workspace import PlanPublisher, PlanPublishOutcome, first_error
 
 log = structlog.get_logger(__name__)
 
@@ -75,6 +84,20 @@ def placements(plans: Sequence[Path], config: Config, publisher: PlanPublisher) 
                 Placement(plan, plan.relative_to(config.plans_dir).as_posix(), registry, ref)
             )
     return out
+
+
+def check_all(plans: Sequence[Path]) -> tuple[dict[Path, CheckedPlan], dict[Path, str]]:
+    """Every plan checked before anything is sent: (valid ones, first error of the others)."""
+    checked: dict[Path, CheckedPlan] = {}
+    invalid: dict[Path, str] = {}
+    for plan in plans:
+        try:
+            checked[plan] = check_plan(read_plan_bytes(plan), plan)
+        except InvalidPlanError as exc:
+            invalid[plan] = str(first_error(exc.errors))
+        except CloudbootError as exc:  # unreadable, too large
+            invalid[plan] = str(exc)
+    return checked, invalid
 
 
 def _prepare(publisher: PlanPublisher, where: Placement, plan: CheckedPlan) -> PreparedPush:

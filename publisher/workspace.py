@@ -226,8 +226,10 @@ def _check_file(plan: Path) -> CheckedPlan:
         raise first_error(exc.errors) from None
 
 
-def check_all(plans: list[Path]) -> tuple[dict[Path, CheckedPlan], dict[Path, str]]:
-    """Every plan checked: (the valid ones, the first error of each invalid one)."""
+def publish_plans(
+    plans: list[Path], plans_dir: Path, publisher: PlanPublisher
+) -> list[PlanPublishOutcome]:
+    """Validate all, then publish all (nothing when any is invalid)."""
     checked: dict[Path, CheckedPlan] = {}
     invalid: dict[Path, str] = {}
     for plan in plans:
@@ -235,14 +237,6 @@ def check_all(plans: list[Path]) -> tuple[dict[Path, CheckedPlan], dict[Path, st
             checked[plan] = _check_file(plan)
         except CloudbootError as exc:
             invalid[plan] = str(exc)
-    return checked, invalid
-
-
-def publish_plans(
-    plans: list[Path], plans_dir: Path, publisher: PlanPublisher
-) -> list[PlanPublishOutcome]:
-    """Validate all, then publish all (nothing when any is invalid)."""
-    checked, invalid = check_all(plans)
     outcomes = []
     for plan in plans:
         rel = plan.relative_to(plans_dir).as_posix()
