@@ -19,6 +19,7 @@ Usage: bench/soak.py [--edits N] [--plans P] [--restart-every K] [--quick] [--js
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import statistics
@@ -166,7 +167,7 @@ def main() -> None:
             for _ in range(batch):
                 done += 1
                 soak.write(rng.choice(soak.names), done)
-                if rng.random() < 0.1:
+                if rng.random() < 0.3:
                     time.sleep(rng.uniform(0.0, 0.12))  # a pause: some bursts close
             settles.append(soak.settle())
             samples.append((done, *proc_sample(proc.pid)))
@@ -182,6 +183,7 @@ def main() -> None:
                 registry = start_registry()
                 restarts += 1
         wall = time.monotonic() - t_start
+        runs = json.loads((root / ".cloudboot" / "status.json").read_text()).get("runs", 0)
         stack.callback(registry.close)
     steady = samples[1:]
     xs = [s[0] / 1000 for s in steady]
@@ -190,6 +192,7 @@ def main() -> None:
     rss_first, rss_last = samples[1][1], samples[-1][1]
     fds = sorted({s[2] for s in samples})
     print(f"edits {edits} over {args.plans} plans, {restarts} registry restarts, {wall:.0f} s")
+    print(f"the watcher ran {runs} times (bursts of edits are one run each)")
     print(f"every checkpoint: all plans at their final content, signed ({len(settles)} checks)")
     print(
         f"settle after a batch: median {statistics.median(settles):.2f} s, max {max(settles):.2f} s"
@@ -198,7 +201,7 @@ def main() -> None:
     print(f"open fds: {fds}, slope {fd_slope:+.3f} per 1000 edits")
     note = (
         f"{edits} edits, {args.plans} plans, {restarts} registry restarts"
-        f" ({down_edits} edits while down)"
+        f" ({down_edits} edits while down), {runs} watcher runs"
     )
     rows = [
         Row(17, "soak: checkpoints with every plan at its final content, signed", len(settles),
