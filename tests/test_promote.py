@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from publisher.localregistry import RunningRegistry
+from publisher.localregistry import RunningRegistry, local_registry
 from tests.helpers import CLOUDBOOT, PLAN, skopeo_digest, skopeo_signatures, write_signed_workspace
 
 ENV = {**os.environ, "COSIGN_PASSWORD": "pw"}
@@ -123,3 +123,20 @@ def test_unsigned_content_is_not_promoted(
     assert proc.returncode != 0
     assert "no valid signature" in proc.stderr and src in proc.stderr
     assert skopeo_digest(f"{registry.address}/fleet/prod:stable") is None
+
+
+def test_promote_to_another_registry_copies_and_signs_there(
+    ws: tuple[Path, bytes], registry: RunningRegistry, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    root, public = ws
+    publish(root, PLAN)
+    staging = f"{registry.address}/cloudboot/demo:latest"
+    digest = skopeo_digest(staging)
+    with local_registry(tmp_path_factory.mktemp("site-b")) as other:
+        prod = f"{other.address}/fleet/prod"
+        proc = cli(root, "promote", staging, f"{prod}:stable", "--json")
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout)
+        assert result["mounted"] == 0 and result["copied_bytes"] > 0  # no mount across hosts
+        assert skopeo_digest(f"{prod}:stable") == digest
+        assert version(prod, str(digest), public) == result["version"]
