@@ -140,3 +140,36 @@ def test_promote_to_another_registry_copies_and_signs_there(
         assert result["mounted"] == 0 and result["copied_bytes"] > 0  # no mount across hosts
         assert skopeo_digest(f"{prod}:stable") == digest
         assert version(prod, str(digest), public) == result["version"]
+
+
+def test_promote_a_multi_arch_index_mounts_every_entry(
+    ws: tuple[Path, bytes], registry: RunningRegistry, tmp_path: Path
+) -> None:
+    """An index is promoted with its per-arch manifests, which land before it."""
+    root, public = ws
+    key = str(root / "cosign.key")
+    reg = registry.address
+    for arch in ("amd64", "arm64"):
+        kernel = tmp_path / f"vmlinuz-{arch}"
+        kernel.write_bytes(arch.encode() * 1000)
+        proc = cli(root, "push", "artifact", f"{reg}/k/linux:{arch}", "--platform",
+                   f"linux/{arch}", "--kernel", str(kernel), "--key", key)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+    platforms = [f"--platform=linux/{a}={reg}/k/linux:{a}" for a in ("amd64", "arm64")]
+    proc = cli(root, "push", "index", f"{reg}/k/linux:6.6", *platforms, "--key", key)
+    assert proc.returncode == 0, proc.stderr
+    index = skopeo_digest(f"{reg}/k/linux:6.6")
+    proc = cli(root, "promote", f"{reg}/k/linux:6.6", f"{reg}/fleet/linux:stable", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert (result["mounted"], result["copied_bytes"]) == (4, 0)  # 2 x (config + kernel)
+    assert skopeo_digest(f"{reg}/fleet/linux:stable") == index
+    version(f"{reg}/fleet/linux", str(index), public)
+    raw = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{reg}/fleet/linux:stable"],
+        capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    entries = json.loads(raw)["manifests"]
+    assert len(entries) == 2
+    for entry in entries:  # each per-arch manifest is in the target repository too
+        assert skopeo_digest(f"{reg}/fleet/linux@{entry['digest']}") == entry["digest"]
