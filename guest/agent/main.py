@@ -436,7 +436,6 @@ def _cmdline_target(name: str, source: plan.Source, cmdline: str | None = None) 
     return plan.Target(name, name, "", "", cmdline or "", source, where)
 
 
-
 def _is(exc: BaseException, module: str, name: str) -> bool:
     """isinstance against a class of a lazily imported module (not imported: not one)."""
     mod = sys.modules.get(module)
