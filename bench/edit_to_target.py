@@ -35,7 +35,6 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
-import re
 import statistics
 import sys
 import tempfile
@@ -49,7 +48,6 @@ sys.path.insert(0, str(REPO))
 
 import structlog  # noqa: E402
 
-from bench.linelog import LineClock  # noqa: E402
 from bench.results import Row, add_report_options, emit  # noqa: E402
 from guest.contract.arch import Arch  # noqa: E402
 from publisher.config import Accel, load_config  # noqa: E402
@@ -64,21 +62,17 @@ from watcher.vm.firmware import find_firmware  # noqa: E402
 from watcher.vm.nvram import restore_template  # noqa: E402
 from watcher.vm.qemu import kvm_usable, qemu_argv  # noqa: E402
 from watcher.vm.spec import VmSpec  # noqa: E402
+from watcher.watch.lineclock import LineClock  # noqa: E402
+from watcher.watch.reload import STAGES as RELOAD_STAGES  # noqa: E402
+from watcher.watch.reload import split_stages  # noqa: E402
 
 INIT_MARKER = "CLOUDBOOT-INIT-OK"
-STEP = re.compile(r"cloud-boot: \S+ step (\w+) ([\d.]+)s")
 #: The demo plan's target cmdline (plans/default.hcl), as the floor UKI bakes it in.
 TARGET_CMDLINE = "console=ttyS0 root=LABEL=cbtarget ro cloudboot.demo=floor"
-#: Stage name -> which floor boot it contains (None: the whole stage is loop overhead).
-STAGES: dict[str, str | None] = {
-    "watcher: edit -> VM restart requested": None,
-    "VM stop + start": None,
-    "firmware + kernel + initramfs -> python ready": "a",
-    "agent steps": None,
-    "menu wait": None,
-    "agent, rest (log, reboot(2))": None,
-    "reboot -> target marker": "b",
-}
+#: Stage label -> which floor boot it contains (None: the whole stage is loop overhead).
+#: The split itself is the watcher's (watcher.watch.reload): `up` prints the same numbers.
+FLOOR_OF = {"firmware": "a", "target": "b"}
+STAGES: dict[str, str | None] = {label: FLOOR_OF.get(key) for key, label in RELOAD_STAGES.items()}
 
 
 def log_time(event: dict[str, Any]) -> float:
@@ -104,18 +98,9 @@ def measure_edit(loop: LiveLoop, clock: LineClock, old: str, new: str) -> dict[s
     vm = first_event(events, "vm stage done")
     t_vm_done = log_time(vm)
     t_restart = t_vm_done - float(vm["duration_ms"]) / 1000
-    steps = {m.group(1): float(m.group(2)) for _, m in clock.all(STEP, since=mark)}
-    t_ready = clock.first(r"python ready at", since=mark)[0] - steps.get("init", 0.0)
-    t_parsed = clock.first(r"cloud-boot: \S+ step parse ", since=mark)[0]
-    t_chosen = clock.first(r"cloud-boot: \S+ target '", since=mark)[0]
-    # The kernel's own line when it prints one, else the agent's last word before reboot(2).
-    rebooted = clock.all(r"reboot: Restarting system", since=mark)
-    t_reboot = (rebooted or [clock.first(r"Boot0001 = cloud-boot", since=mark)])[0][0]
-    menu = t_chosen - t_parsed
-    agent_rest = (t_reboot - t_ready) - sum(steps.values()) - menu
-    stages = dict(zip(STAGES, (t_restart - t_edit, t_vm_done - t_restart, t_ready - t_vm_done,
-                               sum(steps.values()), menu, agent_rest, t_up - t_reboot),
-                      strict=True))  # fmt: skip
+    lines = clock.lines(mark)
+    split = split_stages(lines, t_edit=t_edit, t_restart=t_restart, t_vm_done=t_vm_done, t_up=t_up)
+    stages = {RELOAD_STAGES[key]: seconds for key, seconds in split.items()}
     plan = first_event(events, "plan stage done")
     return {"total": t_up - t_edit, "plan publish": float(plan["duration_ms"]) / 1000, **stages}
 

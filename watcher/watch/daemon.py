@@ -20,7 +20,7 @@ from guest.contract.errors import CloudbootError
 from publisher.ignore import IgnoreRules
 from watcher.watch.debounce import Batch, ChangeQueue
 from watcher.watch.events import WorkspaceEventHandler, observe
-from watcher.watch.pipeline import BuildStage, Pipeline, PlanStage, VmStage
+from watcher.watch.pipeline import BuildStage, Pipeline, PlanStage, ReloadObserver, VmStage
 from watcher.watch.sdnotify import Notifier, watchdog_interval
 from watcher.watch.status import StatusBook
 
@@ -56,6 +56,7 @@ class WatchDaemon:
         notifier: Notifier | None = None,
         reload: Callable[[], WatchSetup] | None = None,
         initial_run: bool = True,
+        reload_watch: ReloadObserver | None = None,
     ) -> None:
         self.setup = setup
         self.status = status
@@ -79,6 +80,7 @@ class WatchDaemon:
             status=status,
             rules=setup.rules,
             should_stop=self._stopping.is_set,
+            reload_watch=reload_watch,
         )
 
     # -- requests from signal handlers or other threads (cheap, never block) ------------
