@@ -69,6 +69,13 @@ class Accel(enum.Enum):
     TCG = "tcg"
 
 
+class Loop(enum.Enum):
+    """How a reload reaches the target (README.md "The loop")."""
+
+    GUEST = "guest"  # two firmware passes: agent, reboot, Boot0001 (Path C; vfkit's only loop)
+    KEXEC = "kexec"  # one firmware pass: the agent kexecs the target (QEMU only)
+
+
 class RegistryServer(enum.Enum):
     """Which server ``cloudboot up`` embeds (publisher/localregistry.py)."""
 
@@ -157,6 +164,12 @@ class WatchSection:
         "Upload and sign a plan edit while the debounce window is still open, so the run "
         "only moves the tag. Off: nothing is sent before the window closes (no untagged "
         "manifests left behind by intermediate saves).",
+    )
+    loop: Loop = setting(
+        Loop.GUEST,
+        "guest (two passes, Path C, the default) or kexec (the agent kexecs the target: one "
+        "firmware pass; a Linux/QEMU development convenience, boot.iso gets "
+        "cloudboot.exit=kexec,reboot).",
     )
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from guest.agent import blockdev, stage, template
 from guest.agent.cmdline import Options, parse_cmdline
 from guest.agent.console import Console
+from guest.agent.kexec import Kexec, Staged, leave, parse_exit
 from guest.agent.lease import Lease, choose_dns, resolv_conf
 from guest.agent.machine import Paths, System
 from guest.contract import plan
@@ -72,6 +73,7 @@ class Agent:
         self.signed: cosign.SignedPayload | None = None  # the chosen plan's signature
         self.accepted: dict[str, int] = {}  # plan ref -> version, for the freshness floor
         self._floors: dict[str, int] | None = None
+        self.staged: Staged | None = None  # what Boot0001 boots, for cloudboot.exit=kexec
 
     # -- the pass ------------------------------------------------------------------------
 
@@ -93,6 +95,7 @@ class Agent:
             self.system.prepare()
             self.params = parse_cmdline(self.paths.cmdline.read_text())
             self.options = Options.from_params(self.params)
+            parse_exit(self.options.exit)  # a typo stops here, before anything is touched
             c.quiet = self.options.quiet
             failed = self.system.load_modules(self.paths.modules)
             for name in failed:
@@ -141,6 +144,7 @@ class Agent:
                 cmdline,
                 has_initrd=initrd is not None,
             )
+        self.staged = Staged(kernel, initrd, cmdline)
         c.log(
             f"Boot0001 = cloud-boot {target.name}; rebooting (total {sum(c.timings.values()):.3f}s)"
         )
@@ -415,8 +419,8 @@ def main(system: sysguest.GuestSystem | None = None) -> None:
     console = Console(system.console_streams())
     agent = Agent(system, console, Paths(), Arch.host())
     status = agent.run()
-    if status == 0:
-        system.finish()
+    if status == 0:  # reboot(2), or kexec as cloudboot.exit says
+        status = leave(console, agent.options.exit, agent.staged, Kexec(agent.arch, system.finish))
     system.wait_forever(agent.options.debug)
     sys.exit(status)  # unreachable in the guest; kept for host runs
 
