@@ -375,7 +375,8 @@ def configured(recipe: Recipe, config: Config) -> Recipe:
                 '[watch].loop = "kexec" needs the QEMU backend (VZ traps kexec); use "guest"',
                 where=str(config.root / "cloudboot.toml"),
             )
-        cmdline += " cloudboot.exit=kexec,reboot"
+        kept = [w for w in cmdline.split() if not w.startswith("cloudboot.exit=")]
+        cmdline = " ".join([*kept, "cloudboot.exit=kexec,reboot"])
     ref = parse_ref(config.plan_ref(config.plans_dir / "default.hcl"))
     if ref.insecure_default:  # loopback: the guest's gateway is the host
         port = ref.registry.rpartition(":")[2] if not ref.registry.endswith("]") else ""
