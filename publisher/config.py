@@ -74,6 +74,7 @@ class Loop(enum.Enum):
 
     GUEST = "guest"  # two firmware passes: agent, reboot, Boot0001 (Path C; vfkit's only loop)
     KEXEC = "kexec"  # one firmware pass: the agent kexecs the target (QEMU only)
+    HOST = "host"  # the host stages into the stopped VM's images: one boot (QEMU only)
 
 
 class RegistryServer(enum.Enum):
@@ -167,9 +168,10 @@ class WatchSection:
     )
     loop: Loop = setting(
         Loop.GUEST,
-        "guest (two passes, Path C, the default) or kexec (the agent kexecs the target: one "
-        "firmware pass; a Linux/QEMU development convenience, boot.iso gets "
-        "cloudboot.exit=kexec,reboot).",
+        "guest (two passes, Path C, the default), kexec (the agent kexecs the target: one "
+        "firmware pass; boot.iso gets cloudboot.exit=kexec,reboot) or host (the host stages "
+        "the default target into the stopped VM's cache disk and vars file: one boot). "
+        "kexec and host are Linux/QEMU development conveniences.",
     )
 
 

@@ -119,6 +119,14 @@ def test_an_older_target_marker_does_not_count_as_up() -> None:
     assert verdict([*lines, (3.0, BOOT[10]), (4.0, "debian login: ")]) is not None
 
 
+def test_a_host_staged_reload_is_up_at_the_marker_alone() -> None:
+    """The host loop: no agent line announces the target; the host said what it staged."""
+    lines = [(1.0, "BdsDxe: starting Boot0001"), (2.0, "CLOUDBOOT-TARGET-UP target=beta")]
+    assert verdict(lines) is None
+    end = verdict(lines, staged="beta")
+    assert end is not None and (end.outcome, end.target, end.at) == ("up", "beta", 2.0)
+
+
 def test_status_shows_the_last_reloads_through_the_cli(tmp_path: Path) -> None:
     root = tmp_path / "ws"
     subprocess.run([CLOUDBOOT, "init", str(root)], check=True, capture_output=True)

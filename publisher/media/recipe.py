@@ -369,12 +369,12 @@ def configured(recipe: Recipe, config: Config) -> Recipe:
 
     vfkit = config.vm.backend.resolve() is Backend.VFKIT
     cmdline = recipe.cmdline
+    if vfkit and config.watch.loop is not Loop.GUEST:
+        raise ConfigError(
+            f'[watch].loop = "{config.watch.loop.value}" needs the QEMU backend; use "guest"',
+            where=str(config.root / "cloudboot.toml"),
+        )
     if config.watch.loop is Loop.KEXEC:
-        if vfkit:
-            raise ConfigError(
-                '[watch].loop = "kexec" needs the QEMU backend (VZ traps kexec); use "guest"',
-                where=str(config.root / "cloudboot.toml"),
-            )
         kept = [w for w in cmdline.split() if not w.startswith("cloudboot.exit=")]
         cmdline = " ".join([*kept, "cloudboot.exit=kexec,reboot"])
     ref = parse_ref(config.plan_ref(config.plans_dir / "default.hcl"))

@@ -119,7 +119,7 @@ def up(
     from watcher.cli.loopview import LoopView, loop_watch
     from watcher.cli.watch import open_status, run_daemon
     from watcher.vm import VmSpec, VmState, open_backend
-    from watcher.watch.adapters import BackendVmStage
+    from watcher.watch.adapters import BackendVmStage, host_stager
     from watcher.watch.reload import ReloadStart
 
     began = time.time()
@@ -162,7 +162,8 @@ def up(
                     typer.echo("    follow it with --console or: cloudboot vm console")
                 # The first boot reports like a reload, timed from `up` itself.
                 watch.begin(ReloadStart(mark, began, t_start, time.time(), publish_s))
-            vm_stage = BackendVmStage(backend, stop_timeout_s=config.vm.stop_timeout_ms / 1000)
+            vm_stage = BackendVmStage(backend, stop_timeout_s=config.vm.stop_timeout_ms / 1000,
+                                      host_stage=host_stager(config, backend.spec))  # fmt: skip
             vm_stage.supervise()  # vfkit: relaunch after the guest's reboot into its target
         typer.echo("watching plans/ and kernel/ (Ctrl-C stops the watcher, VM and registry)")
         run_daemon(config, vm_stage=vm_stage, initial=False, loop=(book, watch))

@@ -334,8 +334,9 @@ class Pipeline:
         if watch is not None and result.ok:
             spent = {name: sum(s.duration_ms for s in before if s.stage == name) / 1000
                      for name in ("plan", "kernel")}  # fmt: skip
+            host = getattr(vm, "staged_target", None)  # the host loop's BackendVmStage
             watch.begin(ReloadStart(mark, edited_at, restart_at, restart_at + result.duration_ms
-                                    / 1000, spent["plan"], spent["kernel"]))  # fmt: skip
+                                    / 1000, spent["plan"], spent["kernel"], host))  # fmt: skip
         return result
 
 

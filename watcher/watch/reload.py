@@ -45,10 +45,16 @@ STAGES: dict[str, str] = {
     "agent_rest": "agent, rest (log, reboot(2))",
     "target": "reboot -> target marker",
 }
+#: The host loop's stages (no agent pass: the host staged while the VM was down).
+HOST_STAGES: dict[str, str] = {
+    "watcher": STAGES["watcher"],
+    "vm": "VM stop + host staging + start",
+    "boot": "firmware + target -> target marker",
+}
 #: How the compact result line names them.
 SHORT = {"watcher": "watcher", "vm": "VM restart", "firmware": "firmware+kernel",
          "agent": "agent", "menu": "menu", "agent_rest": "agent rest",
-         "target": "reboot -> target"}  # fmt: skip
+         "target": "reboot -> target", "boot": "firmware+target"}  # fmt: skip
 
 Lines = Sequence[tuple[float, str]]
 
@@ -107,10 +113,11 @@ class Verdict:
 HINT_GRACE_S = 1.0
 
 
-def verdict(lines: Lines, now: float | None = None) -> Verdict | None:
+def verdict(lines: Lines, now: float | None = None, staged: str | None = None) -> Verdict | None:
     """The reload's end as far as ``lines`` show it; None while the guest is still going
-    (or, ``now`` given, a FATAL line may still get its hint)."""
-    chosen = staged = None
+    (or, ``now`` given, a FATAL line may still get its hint). ``staged``: the target the
+    host staged (the host loop), so no agent line announces it."""
+    chosen = None
     for i, (seen, text) in enumerate(lines):
         if match := CHOSEN.search(text):
             chosen = match.group(1)
@@ -137,6 +144,7 @@ class ReloadStart:
     restarted_at: float
     publish_s: float = 0.0
     build_s: float = 0.0
+    host_target: str | None = None  # the host loop staged this one
 
 
 @dataclass(frozen=True)
@@ -164,7 +172,11 @@ class ReloadResult:
 def result_for(start: ReloadStart, lines: Lines, end: Verdict) -> ReloadResult:
     """The result of a reload that ended with ``end``; stages when the console has them."""
     stages: dict[str, float] = {}
-    if end.outcome == "up":
+    if end.outcome == "up" and start.host_target is not None:
+        stages = {"watcher": start.restart_at - start.edited_at,
+                  "vm": start.restarted_at - start.restart_at,
+                  "boot": end.at - start.restarted_at}  # fmt: skip
+    elif end.outcome == "up":
         try:
             stages = split_stages(lines, t_edit=start.edited_at, t_restart=start.restart_at,
                                   t_vm_done=start.restarted_at, t_up=end.at)  # fmt: skip
@@ -248,7 +260,7 @@ class ReloadWatch:
         deadline = time.monotonic() + self.timeout_s
         while self._current(generation):
             lines = self.clock.lines(start.mark)
-            end = verdict(lines, time.time())
+            end = verdict(lines, time.time(), start.host_target)
             if end is None and time.monotonic() >= deadline:
                 end = Verdict("timeout", time.time())
             if end is not None:
