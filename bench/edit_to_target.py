@@ -21,7 +21,9 @@ counterpart ((a) and (b)); what each stage costs beyond it is its share of the o
 
 The kexec loop (``[watch] loop = "kexec"``, its own workspace) runs next, measured the same
 way; its floor is the bootstrap boot (a) plus the target kernel's start (the part of (b)
-from the kernel banner to the marker): no second firmware pass.
+from the kernel banner to the marker): no second firmware pass. Then the host loop
+(``[watch] loop = "host"``): the host stages, the VM boots straight into the target; its
+floor is one bare target boot (b).
 
 The macOS-shaped loop runs next, measured the same way (tests/e2e/macloop.py: the vfkit
 backend driving the vfkit stand-in, a Mac-shaped PATH, vmnet-like NAT with the registry
@@ -29,7 +31,7 @@ reached through the bridge forwarder, hvc0, reboot in place); its edit -> new ta
 is reported next to the QEMU loop's (same machine, same edits, one after the other).
 
 Usage: .venv/bin/python bench/edit_to_target.py [--edits N] [--quick] [--json PATH]
-       [--loops qemu,kexec,macos]
+       [--loops qemu,kexec,host,macos]
 (3 edits, or 1 with ``--quick``; ``--json``: rows for bench/report.py)
 """
 
@@ -67,8 +69,8 @@ from watcher.vm.nvram import restore_template  # noqa: E402
 from watcher.vm.qemu import kvm_usable, qemu_argv  # noqa: E402
 from watcher.vm.spec import VmSpec  # noqa: E402
 from watcher.watch.lineclock import LineClock  # noqa: E402
+from watcher.watch.reload import HOST_STAGES, host_stages, split_stages  # noqa: E402
 from watcher.watch.reload import STAGES as RELOAD_STAGES  # noqa: E402
-from watcher.watch.reload import split_stages  # noqa: E402
 
 INIT_MARKER = "CLOUDBOOT-INIT-OK"
 #: The demo plan's target cmdline (plans/default.hcl), as the floor UKI bakes it in.
@@ -102,9 +104,12 @@ def measure_edit(loop: LiveLoop, clock: LineClock, old: str, new: str) -> dict[s
     vm = first_event(events, "vm stage done")
     t_vm_done = log_time(vm)
     t_restart = t_vm_done - float(vm["duration_ms"]) / 1000
-    lines = clock.lines(mark)
-    split = split_stages(lines, t_edit=t_edit, t_restart=t_restart, t_vm_done=t_vm_done, t_up=t_up)
-    stages = {RELOAD_STAGES[key]: seconds for key, seconds in split.items()}
+    times = {"t_edit": t_edit, "t_restart": t_restart, "t_vm_done": t_vm_done, "t_up": t_up}
+    if loop.loop == "host":  # no agent pass to split
+        stages = {HOST_STAGES[k]: seconds for k, seconds in host_stages(**times).items()}
+    else:
+        split = split_stages(clock.lines(mark), **times)
+        stages = {RELOAD_STAGES[key]: seconds for key, seconds in split.items()}
     plan = first_event(events, "plan stage done")
     return {"total": t_up - t_edit, "plan publish": float(plan["duration_ms"]) / 1000, **stages}
 
@@ -162,8 +167,8 @@ def run_loop(loop: LiveLoop, edits: int) -> tuple[float, list[dict[str, float]]]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--edits", type=int, default=None, help="default 3 (--quick: 1)")
-    loops_help = "any of qemu (two passes), kexec, macos (default: all three)"
-    parser.add_argument("--loops", default="qemu,kexec,macos", help=loops_help)
+    loops_help = "any of qemu (two passes), kexec, host (need qemu), macos (default: all four)"
+    parser.add_argument("--loops", default="qemu,kexec,host,macos", help=loops_help)
     add_report_options(parser)
     args = parser.parse_args()
     edits = args.edits or (1 if args.quick else 3)
@@ -181,10 +186,12 @@ def main() -> None:
             spec = dataclasses.replace(spec, disks=(demo_disk_path(load_config(loop.root)),))
             # The loop is down now: the floor boots do not share the CPU with its idle VM.
             marker_iso, target_iso = floor_isos(tmp)
-            if "kexec" in loops:  # its own workspace, before the floors (same reason)
-                kexec = LiveLoop(tmp / "kexec-ws", loop="kexec")
-                kexec.create_workspace()
-                _, kexec_runs = run_loop(kexec, edits)
+            fast: dict[str, list[dict[str, float]]] = {}
+            for mode in ("kexec", "host"):  # own workspaces, before the floors (same reason)
+                if mode in loops:
+                    other = LiveLoop(tmp / f"{mode}-ws", loop=mode)
+                    other.create_workspace()
+                    fast[mode] = run_loop(other, edits)[1]
             floor_a = [measure_floor(spec, marker_iso, INIT_MARKER, tmp / f"a{i}")[0]
                        for i in range(edits)]  # fmt: skip
             floor_b = [measure_floor(spec, target_iso, TARGET_MARKER, tmp / f"b{i}")
@@ -194,10 +201,12 @@ def main() -> None:
             note = "fresh workspace: key, registry, publish, build, boot"
             rows.append(Row(8, "`cloudboot up` -> first target up", first, "s", note=note))
             qemu_total = statistics.median(r["total"] for r in runs)
-            if "kexec" in loops:
+            if "kexec" in fast:
                 kernel_b = statistics.median(b[1] for b in floor_b)
-                rows += summarise_kexec(kexec_runs, statistics.median(floor_a), kernel_b,
+                rows += summarise_kexec(fast["kexec"], statistics.median(floor_a), kernel_b,
                                         qemu_total, edits)  # fmt: skip
+            if "host" in fast:
+                rows += summarise_host(fast["host"], bare_b, edits)
         if "macos" in loops:
             mac = MacLoop(tmp / "mac" / "ws")
             mac.create_workspace()  # includes the Linux build host's part: not timed
@@ -226,6 +235,17 @@ def summarise_kexec(
             note=f"two-pass loop {two_pass:.2f} s; {_stage_note(med)}"),
         Row(8, "floor: target kernel start (banner -> CLOUDBOOT-TARGET-UP, bare boot)",
             kernel_b, "s"),
+    ]  # fmt: skip
+
+
+def summarise_host(runs: list[dict[str, float]], floor_b: float, n: int) -> list[Row]:
+    """The host loop against one bare target boot (the VM boots straight into it)."""
+    med = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    stages = ", ".join(f"{label} {med[label]:.1f}" for label in HOST_STAGES.values())
+    return [
+        Row(8, f"host loop: plan edit -> new target running (median of {n})", med["total"],
+            "s", "one bare target boot (b)", floor_b, target="<= 1.10x one bare target boot",
+            passed=med["total"] <= 1.10 * floor_b, note=f"stages (s): {stages}"),
     ]  # fmt: skip
 
 

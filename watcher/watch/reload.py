@@ -95,6 +95,13 @@ def split_stages(
     }
 
 
+def host_stages(
+    *, t_edit: float, t_restart: float, t_vm_done: float, t_up: float
+) -> dict[str, float]:
+    """The host loop's split (keys of :data:`HOST_STAGES`): the staging is in ``vm``."""
+    return {"watcher": t_restart - t_edit, "vm": t_vm_done - t_restart, "boot": t_up - t_vm_done}
+
+
 Outcome = Literal["up", "fatal", "timeout"]
 
 
@@ -173,9 +180,8 @@ def result_for(start: ReloadStart, lines: Lines, end: Verdict) -> ReloadResult:
     """The result of a reload that ended with ``end``; stages when the console has them."""
     stages: dict[str, float] = {}
     if end.outcome == "up" and start.host_target is not None:
-        stages = {"watcher": start.restart_at - start.edited_at,
-                  "vm": start.restarted_at - start.restart_at,
-                  "boot": end.at - start.restarted_at}  # fmt: skip
+        stages = host_stages(t_edit=start.edited_at, t_restart=start.restart_at,
+                             t_vm_done=start.restarted_at, t_up=end.at)  # fmt: skip
     elif end.outcome == "up":
         try:
             stages = split_stages(lines, t_edit=start.edited_at, t_restart=start.restart_at,
