@@ -14,12 +14,13 @@ import base64
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 from guest.agent import httpclient
 from guest.agent import srv as srvmod
+from guest.agent.layers import MAX_APKOVL, Extras
 from guest.agent.stage import MAX_BOOT_FILE
 from guest.contract import cosign, oci
 from guest.contract.challenge import parse_challenge
@@ -299,6 +300,11 @@ class RegistryClient:
         verifier.check()
         return bytes(out)
 
+    def blob_url(self, ref: oci.Ref, digest: str) -> str:
+        """Where the blob is served: what a target's own init fetches (a modloop). For an
+        SRV name, the replica the registry client prefers now (the target has no SRV)."""
+        return self._url(ref, self._endpoints(ref)[0], f"/blobs/{digest}")
+
     def resolve(self, ref: oci.Ref, architecture: str) -> Resolved:
         """The manifest for linux/<architecture>, going through an index when there is one."""
         data, media_type, digest = self.manifest(ref)
@@ -412,11 +418,13 @@ def bind_artifact(client: RegistryClient, ref: oci.Ref, trust: ArtifactTrust) ->
 
 @dataclass(frozen=True)
 class OciBoot:
-    """Kernel, initrd (modules joined on) and the artifact's own cmdline, if any."""
+    """Kernel, initrd (modules and apkovl joined on), the artifact's own cmdline, if any,
+    and what its extra layers add to the target's command line."""
 
     kernel: bytes
     initrd: bytes
     cmdline: str | None
+    extras: Extras = field(default_factory=Extras)
 
 
 def join_initrd(initrd: bytes, modules: bytes) -> bytes:
@@ -433,7 +441,8 @@ def pull_boot(
     architecture: str,
     sink: Callable[[bytes], None] | None = None,
 ) -> OciBoot:
-    """Merge kernel/initrd/modules/cmdline layers from refs in order (later wins per role)."""
+    """Merge the artifact layers of refs in order (later wins per role); a modloop or
+    squashfs is pointed at by its blob URL, not fetched (guest.agent.layers)."""
     found: dict[oci.LayerRole, tuple[oci.Ref, oci.Descriptor]] = {}
     for ref in refs:
         resolved = client.resolve(ref, architecture)
@@ -451,6 +460,14 @@ def pull_boot(
         limit = MAX_CMDLINE_BLOB if role == oci.LayerRole.CMDLINE else MAX_BOOT_FILE
         return client.blob(ref, desc, sink, limit=limit)
 
+    def url(role: oci.LayerRole) -> str | None:
+        return client.blob_url(found[role][0], found[role][1].digest) if role in found else None
+
+    apkovl = None
+    if oci.LayerRole.APKOVL in found:
+        ref, desc = found[oci.LayerRole.APKOVL]
+        apkovl = client.blob(ref, desc, sink, limit=MAX_APKOVL)
+    extras = Extras(url(oci.LayerRole.MODLOOP), url(oci.LayerRole.SQUASHFS), apkovl)
     cmdline = get(oci.LayerRole.CMDLINE).decode("utf-8", errors="replace").strip() or None
-    initrd = join_initrd(get(oci.LayerRole.INITRD), get(oci.LayerRole.MODULES))
-    return OciBoot(get(oci.LayerRole.KERNEL), initrd, cmdline)
+    initrd = extras.initrd(join_initrd(get(oci.LayerRole.INITRD), get(oci.LayerRole.MODULES)))
+    return OciBoot(get(oci.LayerRole.KERNEL), initrd, cmdline, extras)

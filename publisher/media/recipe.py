@@ -108,6 +108,8 @@ class InitramfsRecipe:
     modules: tuple[str, ...] = DEFAULT_MODULES
     files: tuple[FileSpec, ...] = ()
     trees: tuple[FileSpec, ...] = ()
+    #: Packed but loaded only when the guest needs them (xfs, btrfs disk targets).
+    on_demand_modules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -287,7 +289,9 @@ def parse_recipe(text: str, path: Path) -> Recipe:
     sb_cert = r.opt_path(signing, "signing.secureboot_cert")
     if (sb_key is None) != (sb_cert is None):
         raise r.fail("signing", "secureboot_key and secureboot_cert go together")
-    ird = r.table(data, "initramfs", {"init", "compression", "modules", "files", "trees"})
+    ird = r.table(
+        data, "initramfs", {"init", "compression", "modules", "on_demand_modules", "files", "trees"}
+    )
     init = r.string(ird, "initramfs.init", "busybox-marker")
     if init not in INIT_MODES:
         raise r.fail("initramfs.init", f"expected one of {', '.join(INIT_MODES)}, got {init!r}")
@@ -296,11 +300,13 @@ def parse_recipe(text: str, path: Path) -> Recipe:
     except ValueError:
         raise r.fail("initramfs.compression", "expected none, gzip or zstd") from None
     modules = ird.get("modules", list(DEFAULT_MODULES))
-    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
-        raise r.fail("initramfs.modules", "expected an array of module names")
+    on_demand = ird.get("on_demand_modules", [])
+    for key, names in (("modules", modules), ("on_demand_modules", on_demand)):
+        if not isinstance(names, list) or not all(isinstance(m, str) for m in names):
+            raise r.fail(f"initramfs.{key}", "expected an array of module names")
     initramfs = InitramfsRecipe(
         init, compression, tuple(modules), r.file_specs(ird, "initramfs.files"),
-        r.file_specs(ird, "initramfs.trees"),
+        r.file_specs(ird, "initramfs.trees"), tuple(on_demand),
     )  # fmt: skip
     arch_tables = data.get("arch", {})
     if not isinstance(arch_tables, dict) or not arch_tables:
