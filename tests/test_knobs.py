@@ -22,7 +22,7 @@ from publisher.localregistry import RunningRegistry
 from publisher.push import push_artifact
 from publisher.registry import RegistryClient
 from publisher.signing import SigningKey
-from tests.agent_harness import INITRD, KERNEL, _mtype, _run, machine
+from tests.agent_harness import _mtype, _run, machine
 from tests.helpers import new_key
 
 __all__ = ["machine"]
@@ -41,7 +41,8 @@ def test_upstream_knobs_are_typed() -> None:
     assert options.ip == StaticIp(
         "10.1.2.3", "255.255.255.0", 24, "10.1.2.1", "node3", "eth1", ("10.1.2.53",)
     )
-    assert len(knob_warnings(options)) == 2  # kexec and the keymap are read, not acted on
+    assert len(knob_warnings(options)) == 1  # the keymap is read, not acted on
+    assert Options.from_text("cloudboot.exit=kexec,reboot").exit == "kexec,reboot"
     defaults = Options.from_text("")
     assert (defaults.exit, defaults.lldp, defaults.lldp_wait, defaults.lldp_tx) == (
         "reboot",
@@ -57,6 +58,7 @@ def test_upstream_knobs_are_typed() -> None:
     ("text", "key"),
     [
         ("cloudboot.exit=poweroff", "cloudboot.exit"),  # upstream: unknown exit is an error
+        ("cloudboot.exit=reboot,reboot", "cloudboot.exit"),
         ("cloudboot.lldp=maybe", "cloudboot.lldp"),
         ("cloudboot.lldp.tx=2", "cloudboot.lldp.tx"),
         ("cloudboot.lldp.wait=soon", "cloudboot.lldp.wait"),
@@ -182,21 +184,3 @@ def test_knobs_doc_lists_every_knob_upstream_parses() -> None:
     missing = [k for k in upstream if f"cloudboot.{k}" not in rows]
     missing += [k for k in ("rd.cloudboot.user", "rd.cloudboot.pass", "ip") if k not in rows]
     assert missing == []
-
-
-def test_disk_mode_boots_the_disks_kernel_without_network_or_plan(machine: Path) -> None:
-    status, log, _system = _run(
-        machine,
-        "cloudboot.disk=LABEL=debroot cloudboot.disk.kernel=/vmlinuz cloudboot.exit=reboot "
-        'cloudboot.cmdline="console=ttyS0 disk-mode" cloudboot.plan=oci://unreachable.invalid/p',
-    )
-    assert status == 0, log
-    assert "target 'disk' (disk)" in log and "step network" not in log
-    assert _mtype(machine / "dev/vda1", "::/EFI/Linux/disk-vmlinuz.efi") == KERNEL
-    assert _mtype(machine / "dev/vda1", "::/EFI/Linux/disk-initrd") == INITRD
-    boot = EfiVarStore(machine / "sys/firmware/efi/efivars").read("Boot0001", GLOBAL_VARIABLE_GUID)
-    assert boot is not None
-    option = LoadOption.from_bytes(boot.data).optional_text()
-    assert option == r"initrd=\EFI\Linux\disk-initrd console=ttyS0 disk-mode"
-    disk = Options.from_text("cloudboot.disk=/dev/vdb1 cloudboot.disk.luks-passphrase=s3cret").disk
-    assert disk is not None and disk.device == "/dev/vdb1" and "s3cret" not in repr(disk)

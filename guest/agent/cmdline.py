@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 from guest.agent.ipconfig import Dhcp, StaticIp, parse_ip
 from guest.contract.errors import CloudbootError
-from guest.contract.plan.model import DiskSource
 
 PREFIX = "cloudboot."
 
@@ -79,17 +78,20 @@ def _flag(params: Mapping[str, str], key: str, default: bool = False) -> bool:
 
 
 #: ``cloudboot.exit``: upstream's guest kexecs by default or reboots (Path C); anything
-#: else is an error there and here. This guest always stages and reboots (docs/knobs.md).
-EXIT_VALUES = ("reboot", "kexec")
+#: else is an error there and here (docs/knobs.md). Ours also takes modes in the order
+#: tried, ``kexec,reboot``.
+EXIT_MODES = ("reboot", "kexec")
 #: How long LLDP is listened for when ``cloudboot.lldp.wait`` is not given (upstream's).
 LLDP_WAIT_DEFAULT = 10.0
 
 
-def _choice(params: Mapping[str, str], key: str, choices: tuple[str, ...], default: str) -> str:
-    value = params.get(key, default).lower() or default
-    if value not in choices:
+def _exit(params: Mapping[str, str]) -> str:
+    value = params.get("cloudboot.exit", "reboot")
+    modes = [m.strip() for m in value.split(",") if m.strip()]
+    if not modes or len(set(modes)) != len(modes) or any(m not in EXIT_MODES for m in modes):
         raise CmdlineError(
-            f"{key}={params[key]!r}: expected {' or '.join(choices)}", where="/proc/cmdline"
+            f"cloudboot.exit={value!r}: expected reboot, kexec or kexec,reboot",
+            where="/proc/cmdline",
         )
     return value
 
@@ -134,7 +136,6 @@ class Options:
     lldp_tx: bool = True
     lldp_name: str = ""
     ip: StaticIp | Dhcp | None = None  # ``ip=`` (klibc syntax), not under cloudboot.
-    disk: DiskSource | None = None  # ``cloudboot.disk*``: boot the disk's kernel, no plan
     raw: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -151,7 +152,7 @@ class Options:
         menu = _flag(raw, "cloudboot.menu") if "cloudboot.menu" in raw else None
         dns = tuple(d for d in raw.get("cloudboot.dns", "").replace(";", ",").split(",") if d)
         return cls(
-            exit=_choice(raw, "cloudboot.exit", EXIT_VALUES, "reboot"),
+            exit=_exit(raw),
             plan=raw.get("cloudboot.plan", ""),
             target=raw.get("cloudboot.target", ""),
             insecure=_flag(raw, "cloudboot.insecure"),
@@ -172,7 +173,6 @@ class Options:
             lldp_tx=_flag(raw, "cloudboot.lldp.tx", default=True),
             lldp_name=raw.get("cloudboot.lldp.name", ""),
             ip=parse_ip(params.get("ip")),
-            disk=_disk(raw),
             raw=raw,
         )
 
@@ -181,25 +181,9 @@ class Options:
         return cls.from_params(parse_cmdline(text))
 
 
-def _disk(raw: Mapping[str, str]) -> DiskSource | None:
-    """Upstream's disk mode: ``cloudboot.disk=<device>`` and its ``disk.*`` companions."""
-    device = raw.get("cloudboot.disk", "")
-    if not device:
-        return None
-    return DiskSource(
-        device=device,
-        fs=raw.get("cloudboot.disk.fs") or "ext4",
-        kernel=raw.get("cloudboot.disk.kernel") or None,
-        initrd=raw.get("cloudboot.disk.initrd") or None,
-        luks_passphrase=raw.get("cloudboot.disk.luks-passphrase") or None,
-    )
-
-
 def knob_warnings(options: Options) -> list[str]:
     """Knobs upstream acts on that this guest reads but does not act on (docs/knobs.md)."""
     warnings = []
-    if options.exit == "kexec":
-        warnings.append("cloudboot.exit=kexec: this guest always stages the target and reboots")
     if options.keymap:
         warnings.append(
             f"cloudboot.keymap={options.keymap}: keymaps are not loaded by this guest; "

@@ -315,10 +315,8 @@ class Agent:
 
     def _choose(self, meta: dict[str, Any]) -> plan.Target:
         text_ref = self.options.plan
-        if self.options.disk is not None:  # upstream's disk mode: no network, no plan
-            return _cmdline_target("disk", self.options.disk, self.options.cmdline)
         if self.options.image and not text_ref and not self.paths.embedded_plan.exists():
-            return _cmdline_target("legacy-image", plan.OciSource(index=self.options.image))
+            return _legacy_image(self.options.image)
         wanted: str | None = self.options.target or None
         for depth in range(plan.MAX_SUBPLAN_DEPTH + 1):
             fetched = self._fetch_plan(text_ref)
@@ -404,14 +402,13 @@ class Agent:
         raise CloudbootError(f"unsupported source {source.kind}", where=str(target.where))
 
 
-def _cmdline_target(name: str, source: plan.Source, cmdline: str | None = None) -> plan.Target:
-    """A target the command line names without a plan (docs/knobs.md): ``cloudboot.disk``
-    (``disk``, booted before any plan), or ``cloudboot.image`` (upstream's one-target plan
-    ``legacy-image``, used when there is neither ``cloudboot.plan`` nor an embedded plan)."""
+def _legacy_image(ref: str) -> plan.Target:
+    """``cloudboot.image``: upstream's one-target plan ``legacy-image`` with ``index`` =
+    the ref, used when there is neither ``cloudboot.plan`` nor an embedded plan."""
     from guest.contract.errors import Location
 
-    where = Location(f"cloudboot.{'disk' if name == 'disk' else 'image'} on /proc/cmdline")
-    return plan.Target(name, name, "", "", cmdline or "", source, where)
+    source = plan.OciSource(index=ref)
+    return plan.Target("legacy-image", "legacy-image", "", "", "", source, Location(ref))
 
 
 def _default_client(options: Options) -> fetch.RegistryClient:
