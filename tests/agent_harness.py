@@ -18,6 +18,7 @@ import pytest
 
 from guest.agent.cmdline import Options
 from guest.agent.console import Console
+from guest.agent.disks.mounted import Mounter
 from guest.agent.lease import Lease
 from guest.agent.lldp import Listener
 from guest.agent.machine import Paths
@@ -180,11 +181,13 @@ def _plan(target_cmdline: str = "console=ttyS0 marker") -> bytes:
     ).encode()
 
 
-def _run(root: Path, cmdline: str, lease: Lease | None = None) -> tuple[int, str, HostSystem]:
+def _run(
+    root: Path, cmdline: str, lease: Lease | None = None, mounter: Mounter | None = None
+) -> tuple[int, str, HostSystem]:
     (root / "proc/cmdline").write_text(cmdline + "\n")
     out = io.StringIO()
     system = HostSystem(lease=lease)
-    agent = Agent(system, Console([out]), Paths(root), Arch.X86_64)
+    agent = Agent(system, Console([out]), Paths(root), Arch.X86_64, mounter=mounter)
     status = agent.run()
     if status == 0:
         system.finish()

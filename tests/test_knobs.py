@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from guest.agent.cmdline import CmdlineError, Options, knob_warnings
+from guest.agent.cmdline import CmdlineError, Options, knob_warnings, parse_cmdline
+from guest.agent.disks.cmdline import disk_source
 from guest.agent.ipconfig import Dhcp, IpConfigError, StaticIp, parse_ip
 from guest.agent.lease import parse_lease
 from guest.contract.efi import GLOBAL_VARIABLE_GUID
@@ -22,7 +23,7 @@ from publisher.localregistry import RunningRegistry
 from publisher.push import push_artifact
 from publisher.registry import RegistryClient
 from publisher.signing import SigningKey
-from tests.agent_harness import _mtype, _run, machine
+from tests.agent_harness import INITRD, KERNEL, _mtype, _run, machine
 from tests.helpers import new_key
 
 __all__ = ["machine"]
@@ -184,3 +185,22 @@ def test_knobs_doc_lists_every_knob_upstream_parses() -> None:
     missing = [k for k in upstream if f"cloudboot.{k}" not in rows]
     missing += [k for k in ("rd.cloudboot.user", "rd.cloudboot.pass", "ip") if k not in rows]
     assert missing == []
+
+
+def test_disk_mode_boots_the_disks_kernel_without_network_or_plan(machine: Path) -> None:
+    status, log, _system = _run(
+        machine,
+        "cloudboot.disk=LABEL=debroot cloudboot.disk.kernel=/vmlinuz cloudboot.exit=reboot "
+        'cloudboot.cmdline="console=ttyS0 disk-mode" cloudboot.plan=oci://unreachable.invalid/p',
+    )
+    assert status == 0, log
+    assert "target 'disk' (disk)" in log and "step network" not in log
+    assert _mtype(machine / "dev/vda1", "::/EFI/Linux/disk-vmlinuz.efi") == KERNEL
+    assert _mtype(machine / "dev/vda1", "::/EFI/Linux/disk-initrd") == INITRD
+    boot = EfiVarStore(machine / "sys/firmware/efi/efivars").read("Boot0001", GLOBAL_VARIABLE_GUID)
+    assert boot is not None
+    option = LoadOption.from_bytes(boot.data).optional_text()
+    assert option == r"initrd=\EFI\Linux\disk-initrd console=ttyS0 disk-mode"
+    raw = parse_cmdline("cloudboot.disk=/dev/vdb1 cloudboot.disk.luks-passphrase=s3cret")
+    disk = disk_source(raw)
+    assert disk.device == "/dev/vdb1" and "s3cret" not in repr(disk)

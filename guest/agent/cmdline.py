@@ -77,23 +77,23 @@ def _flag(params: Mapping[str, str], key: str, default: bool = False) -> bool:
     raise CmdlineError(f"{key}={value!r}: expected 1/0, yes/no, true/false", where="/proc/cmdline")
 
 
-#: ``cloudboot.exit``: upstream's guest kexecs by default or reboots (Path C); anything
-#: else is an error there and here (docs/knobs.md). Ours also takes modes in the order
-#: tried, ``kexec,reboot``.
-EXIT_MODES = ("reboot", "kexec")
+#: ``cloudboot.exit``'s modes: upstream's guest kexecs by default or reboots (Path C);
+#: anything else is an error there and here. ``kexec,reboot`` is ours: kexec, and the
+#: reboot path when the kernel refuses it (guest/agent/kexec.py, docs/knobs.md).
+EXIT_MODES = ("kexec", "reboot")
 #: How long LLDP is listened for when ``cloudboot.lldp.wait`` is not given (upstream's).
 LLDP_WAIT_DEFAULT = 10.0
 
 
-def _exit(params: Mapping[str, str]) -> str:
-    value = params.get("cloudboot.exit", "reboot")
-    modes = [m.strip() for m in value.split(",") if m.strip()]
+def parse_exit(value: str) -> tuple[str, ...]:
+    """``cloudboot.exit``'s modes in the order tried: ``reboot``, ``kexec``, ``kexec,reboot``."""
+    modes = tuple(m.strip() for m in value.split(",") if m.strip())
     if not modes or len(set(modes)) != len(modes) or any(m not in EXIT_MODES for m in modes):
         raise CmdlineError(
             f"cloudboot.exit={value!r}: expected reboot, kexec or kexec,reboot",
             where="/proc/cmdline",
         )
-    return value
+    return modes
 
 
 def _seconds(params: Mapping[str, str], key: str, default: float) -> float:
@@ -137,6 +137,10 @@ class Options:
     lldp_name: str = ""
     ip: StaticIp | Dhcp | None = None  # ``ip=`` (klibc syntax), not under cloudboot.
     raw: Mapping[str, str] = field(default_factory=dict)
+    #: ``rd.cloudboot.user`` / ``rd.cloudboot.pass`` (upstream's names, outside ``raw``):
+    #: registry credentials from the baked command line, never shown
+    registry_user: str = field(default="", repr=False)
+    registry_password: str = field(default="", repr=False)
 
     @classmethod
     def from_params(cls, params: Mapping[str, str]) -> Options:
@@ -152,7 +156,7 @@ class Options:
         menu = _flag(raw, "cloudboot.menu") if "cloudboot.menu" in raw else None
         dns = tuple(d for d in raw.get("cloudboot.dns", "").replace(";", ",").split(",") if d)
         return cls(
-            exit=_exit(raw),
+            exit=",".join(parse_exit(raw.get("cloudboot.exit", "reboot"))),
             plan=raw.get("cloudboot.plan", ""),
             target=raw.get("cloudboot.target", ""),
             insecure=_flag(raw, "cloudboot.insecure"),
@@ -174,6 +178,8 @@ class Options:
             lldp_name=raw.get("cloudboot.lldp.name", ""),
             ip=parse_ip(params.get("ip")),
             raw=raw,
+            registry_user=params.get("rd.cloudboot.user", ""),
+            registry_password=params.get("rd.cloudboot.pass", ""),
         )
 
     @classmethod

@@ -78,6 +78,10 @@ def mount(source: str, target: str, fstype: str, flags: int = 0, data: str = "")
     )
 
 
+def umount(target: str) -> None:
+    _check(_libc.umount2(target.encode(), 0), f"umount {target}")
+
+
 def _mounted(target: str) -> bool:
     try:
         return any(line.split()[1] == target for line in open("/proc/mounts"))
