@@ -68,7 +68,10 @@ BENCHES = (
     Bench("watch_latency", 7, 600, 1200),
     Bench("watch_idle", 7, 600, 900),
     Bench("guest_boot", 6, 900, 900),
+    Bench("disk_read", 15, 1500, 2400),  # ext4, Fedora btrfs, RHEL xfs, btrfs RAID1 boots
+    Bench("volume_read", 15, 1200, 1800),
     Bench("edit_to_target", 8, 1500, 3600),  # two loops: QEMU, then macOS-shaped
+    Bench("soak", 17, 900, 3600),  # the watcher as a service: 10,000 edits, registry restarts
 )
 
 

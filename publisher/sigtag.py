@@ -38,6 +38,23 @@ def existing_signatures(
     return manifest, pairs
 
 
+def payloads_for(
+    pairs: Sequence[tuple[bytes, str]], digest: str
+) -> list[tuple[cosign.SignedPayload, bytes, str]]:
+    """The pairs whose payload parses and speaks about ``digest`` (signatures unchecked):
+    (parsed, payload bytes, signature) for callers that check keys themselves or have none.
+    """
+    out = []
+    for data, sig in pairs:
+        try:
+            signed = cosign.parse_payload(data)
+        except CloudbootError:
+            continue
+        if signed.manifest_digest == digest:
+            out.append((signed, data, sig))
+    return out
+
+
 @dataclass(frozen=True)
 class Signatures:
     """What the signature tag of one digest holds, split by whether ``key`` made it."""

@@ -208,7 +208,7 @@ class PlanPublisher:
             return None
 
     def _prepare(self, plan: Path, data: bytes) -> PreparedPush:
-        return self._prepare_checked(check_plan(data, plan))
+        return self._prepare_checked(check_plan(data, plan, upstream=self.config.publish.upstream))
 
     def _prepare_checked(self, plan: CheckedPlan) -> PreparedPush:
         ref = parse_ref(self.ref_for(plan.path))
@@ -228,6 +228,7 @@ class PlanPublishOutcome:
     uploaded_bytes: int = 0
     error: str | None = None
     canary: dict[str, Any] | None = None  # the canary's verdict, when one ran
+    registries: dict[str, str] | None = None  # with [publish].mirrors: registry -> what happened
 
     @property
     def ok(self) -> bool:
@@ -308,6 +309,10 @@ def publish_workspace(
         config.root, config.plans_dir, os.environ if env is None else env
     )
     publisher = PlanPublisher.from_config(config, annotations)
+    if config.publish.mirrors:  # every registry or none (publisher/mirrors.py)
+        from publisher.mirrors import publish_mirrored
+
+        return publish_mirrored(plans, config, publisher)
     cache = workspace_cache(config)
     outcomes = publish_plans(plans, config.plans_dir, publisher, cache, progress, canary)
     stale = stale_tags(config, publisher.client, plans, prune and all(o.ok for o in outcomes))

@@ -157,7 +157,8 @@ def builder_code() -> list[str]:
 def fingerprint(recipe: Recipe, inputs: Sequence[ArchInputs], epoch: int, signed: bool) -> str:
     """Hash of everything that can change the output (files by size and mtime)."""
     watched: list[str | Path] = [*builder_code()]
-    for extra in (recipe.cosign_public_key, recipe.secureboot_key, recipe.secureboot_cert):
+    keys = (recipe.cosign_public_key, recipe.secureboot_key, recipe.secureboot_cert)
+    for extra in (*keys, recipe.registry_ca):
         if extra is not None:
             watched.append(extra)
     for spec in recipe.initramfs.files:
