@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from guest.contract.errors import CloudbootError
 from publisher.annotations import fleet_annotations, plan_revision
 from publisher.config import load_config
 from publisher.fleet import ValidatedCache, check_plans, validator_fingerprint
@@ -212,3 +213,15 @@ def test_progress_bar_on_a_terminal_and_plain_lines_elsewhere() -> None:
     assert "\r" not in plain.getvalue()
     assert plain.getvalue().splitlines()[-1] == "publishing: 40/40"
     assert len(plain.getvalue().splitlines()) <= 11
+
+
+def test_prune_with_mirrors_is_refused_not_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COSIGN_PASSWORD", "pw")
+    root = tmp_path / "ws"
+    write_signed_workspace(root, "127.0.0.1:1")
+    toml = root / "cloudboot.toml"
+    toml.write_text(toml.read_text() + '\n[publish]\nmirrors = ["127.0.0.1:2"]\n')
+    with pytest.raises(CloudbootError, match=r"--prune with \[publish\]\.mirrors"):
+        publish_workspace(load_config(root), env={}, prune=True)
