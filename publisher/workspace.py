@@ -312,6 +312,13 @@ def publish_workspace(
     if config.publish.mirrors:  # every registry or none (publisher/mirrors.py)
         from publisher.mirrors import publish_mirrored
 
+        if prune or canary:  # not silently dropped: the mirrored path has neither yet
+            what = "--prune" if prune else "a canary"
+            raise CloudbootError(
+                f"{what} with [publish].mirrors is not supported yet",
+                where=str(config.source or "cloudboot.toml"),
+            )
+
         return publish_mirrored(plans, config, publisher)
     cache = workspace_cache(config)
     outcomes = publish_plans(plans, config.plans_dir, publisher, cache, progress, canary)
