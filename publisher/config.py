@@ -104,6 +104,13 @@ class RegistrySection:
     )
 
 
+def registry_host(value: str) -> str:
+    """A registry as ``host[:port]``: no scheme, no path (the repository comes from the ref)."""
+    if not value or "/" in value or "@" in value or value != value.strip():
+        raise ValueError(f"expected a registry host[:port] like mirror.example:5000, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class PublishSection:
     ref: str = setting(
@@ -111,6 +118,17 @@ class PublishSection:
         "Ref template for plans/<name>.hcl; {registry} and {name} are filled in.",
     )
     refs: dict[str, str] = setting({}, "Explicit refs per plan file (relative to plans/).")
+    upstream: bool = setting(
+        False,
+        "Refuse plans using forms upstream's guest rejects (docs/plan-language.md §5), "
+        "for fleets that also boot upstream's guest; `plan validate` warns about them anyway.",
+    )
+    mirrors: list[str] = setting(
+        [],
+        "More registries (host[:port]) every `cloudboot publish` also goes to, same"
+        " repository and tag: all of them move their tags or none does.",
+        parse=registry_host,
+    )
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from guest.agent.cmdline import CmdlineError
+from guest.agent.cmdline import parse_exit
 from guest.agent.console import Console
 from guest.agent.stage import FileData, copy_into
 from guest.contract.arch import Arch
@@ -32,7 +32,6 @@ from guest.contract.errors import CloudbootError
 SYSCALL_KEXEC_FILE_LOAD = {Arch.X86_64: 320, Arch.AARCH64: 294}
 LINUX_REBOOT_CMD_KEXEC = 0x45584543
 KEXEC_FILE_NO_INITRAMFS = 0x4
-MODES = ("kexec", "reboot")
 #: Why the kernel says no, in the words a user can act on.
 REFUSALS = {
     errno.EPERM: "the kernel refused kexec (lockdown under Secure Boot, or no CAP_SYS_BOOT)",
@@ -50,17 +49,6 @@ EXIT_HINT = (
 
 class KexecRefused(CloudbootError):
     pass
-
-
-def parse_exit(value: str) -> tuple[str, ...]:
-    """``cloudboot.exit``'s modes in the order tried: ``reboot``, ``kexec``, ``kexec,reboot``."""
-    modes = tuple(m.strip() for m in value.split(",") if m.strip())
-    if not modes or len(set(modes)) != len(modes) or any(m not in MODES for m in modes):
-        raise CmdlineError(
-            f"cloudboot.exit={value!r}: expected reboot, kexec or kexec,reboot",
-            where="/proc/cmdline",
-        )
-    return modes
 
 
 @dataclass(frozen=True)

@@ -165,6 +165,8 @@ def _initramfs_files(recipe: Recipe) -> list[str | Path]:
     watched: list[str | Path] = []
     if recipe.cosign_public_key is not None:
         watched.append(recipe.cosign_public_key)
+    if recipe.registry_ca is not None:
+        watched.append(recipe.registry_ca)
     for spec in recipe.initramfs.files:
         watched.append(spec.src)
     for spec in recipe.initramfs.trees:
@@ -179,10 +181,9 @@ def initramfs_key(recipe: Recipe, item: ArchInputs, epoch: int) -> str:
     doc = {
         "arch": item.arch.value,
         "epoch": epoch,
-        "init": spec.init,
-        "compression": spec.compression.value,
-        "modules": list(spec.modules),
-        "places": [[f.dest, f.mode] for f in spec.files] + [[t.dest] for t in spec.trees],
+        # Every field of [initramfs] (init, compression, modules, on-demand modules,
+        # files and trees): a field added later cannot be forgotten here.
+        "spec": repr(spec),
         "kernel": [item.kernel.uname, *map(_stat, item.watched())],
         "files": [_stat(p) for p in [*builder_code(), *_initramfs_files(recipe)]],
     }

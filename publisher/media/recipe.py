@@ -108,6 +108,8 @@ class InitramfsRecipe:
     modules: tuple[str, ...] = DEFAULT_MODULES
     files: tuple[FileSpec, ...] = ()
     trees: tuple[FileSpec, ...] = ()
+    #: Packed but loaded only when the guest needs them (xfs, btrfs disk targets).
+    on_demand_modules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,9 @@ class Recipe:
     plan_ref: str = DEFAULT_PLAN_REF
     #: The VM backend's console for every arch (vfkit: hvc0); None = each arch's ``console``.
     console: str | None = None
+    #: ``[registry] ca``: PEM certificates the guest trusts for HTTPS registries (a
+    #: private CA), baked into the initramfs (guest.agent.registryconf.REGISTRY_CA).
+    registry_ca: Path | None = None
 
     def for_arch(self, arch: Arch) -> ArchRecipe:
         try:
@@ -263,9 +268,12 @@ def parse_recipe(text: str, path: Path) -> Recipe:
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"invalid TOML: {exc}", where=str(path)) from None
     r = _Reader(path)
-    unknown = sorted(set(data) - {"cmdline", "signing", "initramfs", "arch", "base"})
+    unknown = sorted(set(data) - {"cmdline", "signing", "initramfs", "arch", "base", "registry"})
     if unknown:
-        raise r.fail(unknown[0], "unknown key; known: arch, base, cmdline, initramfs, signing")
+        raise r.fail(
+            unknown[0], "unknown key; known: arch, base, cmdline, initramfs, registry, signing"
+        )
+    registry_ca = r.opt_path(r.table(data, "registry", {"ca"}), "registry.ca")
     base = r.string(r.table(data, "base", {"oci"}), "base.oci", "") or None
     if base is not None:
         try:
@@ -281,7 +289,9 @@ def parse_recipe(text: str, path: Path) -> Recipe:
     sb_cert = r.opt_path(signing, "signing.secureboot_cert")
     if (sb_key is None) != (sb_cert is None):
         raise r.fail("signing", "secureboot_key and secureboot_cert go together")
-    ird = r.table(data, "initramfs", {"init", "compression", "modules", "files", "trees"})
+    ird = r.table(
+        data, "initramfs", {"init", "compression", "modules", "on_demand_modules", "files", "trees"}
+    )
     init = r.string(ird, "initramfs.init", "busybox-marker")
     if init not in INIT_MODES:
         raise r.fail("initramfs.init", f"expected one of {', '.join(INIT_MODES)}, got {init!r}")
@@ -290,11 +300,13 @@ def parse_recipe(text: str, path: Path) -> Recipe:
     except ValueError:
         raise r.fail("initramfs.compression", "expected none, gzip or zstd") from None
     modules = ird.get("modules", list(DEFAULT_MODULES))
-    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
-        raise r.fail("initramfs.modules", "expected an array of module names")
+    on_demand = ird.get("on_demand_modules", [])
+    for key, names in (("modules", modules), ("on_demand_modules", on_demand)):
+        if not isinstance(names, list) or not all(isinstance(m, str) for m in names):
+            raise r.fail(f"initramfs.{key}", "expected an array of module names")
     initramfs = InitramfsRecipe(
         init, compression, tuple(modules), r.file_specs(ird, "initramfs.files"),
-        r.file_specs(ird, "initramfs.trees"),
+        r.file_specs(ird, "initramfs.trees"), tuple(on_demand),
     )  # fmt: skip
     arch_tables = data.get("arch", {})
     if not isinstance(arch_tables, dict) or not arch_tables:
@@ -340,6 +352,7 @@ def parse_recipe(text: str, path: Path) -> Recipe:
         initramfs=initramfs,
         arches=arches,
         base=base,
+        registry_ca=registry_ca,
     )
 
 

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
 #: Command-group modules, in --help order (a missing one is an ImportError, not a skip).
 COMMAND_MODULES = (
-    "init", "plan", "push", "keys", "transport", "build", "vm", "watch", "registry", "demo",
-    "doctor",
+    "init", "plan", "history", "push", "keys", "transport", "build", "vm", "watch", "registry",
+    "demo", "doctor",
 )  # fmt: skip
 
 app = typer.Typer(

@@ -11,6 +11,7 @@ import contextlib
 import json
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -191,14 +192,40 @@ def _live_vm_state(config: Any, data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "vm": vm}
 
 
-def publish(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Validate and publish every plan under plans/ once (for CI); exit 0 only if all did."""
+def publish(
+    ctx: typer.Context,
+    as_json: JsonOption = False,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune", help="Remove the tags of plan files deleted from plans/ (git history)."
+        ),
+    ] = False,
+    summary: Annotated[
+        Path | None,
+        typer.Option(
+            "--summary",
+            help="Append a markdown table (plans, digests, canary) to this file, e.g."
+            " $GITHUB_STEP_SUMMARY.",
+        ),
+    ] = None,
+) -> None:
+    """Validate and publish every plan under plans/ once (for CI); exit 0 only if all did.
+
+    Only changed plans are uploaded and signed; a deleted plan's tag is left (and
+    reported) unless --prune. A progress bar goes to stderr on a terminal."""
     from publisher.workspace import format_outcomes, publish_workspace
 
-    outcomes = publish_workspace(state(ctx).config)  # refuses two plans on one ref first
+    config = state(ctx).config  # two plans on one ref are refused first
+    outcomes = publish_workspace(config, prune=prune, progress=True)
     failed = [o for o in outcomes if not o.ok]
+    doc = {"ok": not failed, "plans": [o.to_json() for o in outcomes]}
+    if summary is not None:
+        from publisher.summary import render
+
+        with summary.open("a", encoding="utf-8") as stream:  # the CI's file: append
+            stream.write(render(doc))
     if as_json:
-        doc = {"ok": not failed, "plans": [o.to_json() for o in outcomes]}
         typer.echo(json.dumps(doc, indent=2))
     else:
         typer.echo(format_outcomes(outcomes))

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from guest.agent import blockdev, stage, template
-from guest.agent.diskread import Ext4Reader, read_boot_files
+from guest.agent.diskread import Ext4Reader
+from guest.agent.disks.bootfiles import read_boot_files
 from guest.agent.stage import CacheEsp, FileData
 from guest.contract import gpt, plan
 from guest.contract.arch import Arch
