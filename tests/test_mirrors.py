@@ -109,3 +109,18 @@ def test_a_mirror_that_is_no_registry_name_is_refused(
     assert rc_proc.returncode != 0
     assert "[publish].mirrors[0]" in rc_proc.stderr and "cloudboot.toml" in rc_proc.stderr
     assert skopeo_digest(f"{registry.address}/{REPO}:latest") is None
+
+
+def test_mirrors_with_prune_is_refused_not_ignored(
+    tmp_path: Path, registry: RunningRegistry
+) -> None:
+    root = tmp_path / "ws"
+    workspace(root, registry.address, "127.0.0.1:1")
+    proc = subprocess.run(
+        [str(CLOUDBOOT), "-C", str(root), "publish", "--prune"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+    )
+    assert proc.returncode != 0 and "[publish].mirrors cannot be combined" in proc.stderr
+    assert skopeo_digest(f"{registry.address}/{REPO}:latest") is None
