@@ -69,6 +69,14 @@ class Accel(enum.Enum):
     TCG = "tcg"
 
 
+class Loop(enum.Enum):
+    """How a reload reaches the target (README.md "The loop")."""
+
+    GUEST = "guest"  # two firmware passes: agent, reboot, Boot0001 (Path C; vfkit's only loop)
+    KEXEC = "kexec"  # one firmware pass: the agent kexecs the target (QEMU only)
+    HOST = "host"  # the host stages into the stopped VM's images: one boot (QEMU only)
+
+
 class RegistryServer(enum.Enum):
     """Which server ``cloudboot up`` embeds (publisher/localregistry.py)."""
 
@@ -175,6 +183,13 @@ class WatchSection:
         "Upload and sign a plan edit while the debounce window is still open, so the run "
         "only moves the tag. Off: nothing is sent before the window closes (no untagged "
         "manifests left behind by intermediate saves).",
+    )
+    loop: Loop = setting(
+        Loop.GUEST,
+        "guest (two passes, Path C, the default), kexec (the agent kexecs the target: one "
+        "firmware pass; boot.iso gets cloudboot.exit=kexec,reboot) or host (the host stages "
+        "the default target into the stopped VM's cache disk and vars file: one boot). "
+        "kexec and host are Linux/QEMU development conveniences.",
     )
 
 

@@ -195,8 +195,8 @@ def commit(client: RegistryClient, prepared: PreparedPush) -> PushResult:
     if prepared.next_uploads:  # a repeat publisher: the next one will want as many sessions
         client.prepare_uploads(ref, prepared.next_uploads)
     changed = prepared.wrote or prepared.move_tag
-    if changed:
-        log.info(
+    if changed:  # debug: every caller reports the result once itself (stdout or its stage line)
+        log.debug(
             "published",
             ref=str(ref),
             digest=prepared.digest,

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from guest.agent import volumes
-from guest.agent.diskread import Ext4Reader, read_boot_files
+from guest.agent.diskread import Ext4Reader
+from guest.agent.disks.bootfiles import read_boot_files
 from guest.agent.stage import DeviceRuns
 from guest.agent.volumes.luks import LuksError, WrongPassphraseError
 from guest.contract.errors import CloudbootError

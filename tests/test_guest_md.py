@@ -11,7 +11,8 @@ import pytest
 
 from guest.agent import volumes
 from guest.agent.blockdev import BlockDevice, DeviceNotFoundError
-from guest.agent.diskread import Ext4Reader, read_boot_files
+from guest.agent.diskread import Ext4Reader
+from guest.agent.disks.bootfiles import read_boot_files
 from guest.agent.stage import DeviceRuns
 from guest.agent.volumes import md
 from guest.contract.errors import CloudbootError

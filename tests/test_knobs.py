@@ -42,7 +42,7 @@ def test_upstream_knobs_are_typed() -> None:
     assert options.ip == StaticIp(
         "10.1.2.3", "255.255.255.0", 24, "10.1.2.1", "node3", "eth1", ("10.1.2.53",)
     )
-    assert len(knob_warnings(options)) == 2  # kexec and the keymap are read, not acted on
+    assert len(knob_warnings(options)) == 1  # the keymap is read, not acted on
     defaults = Options.from_text("")
     assert (defaults.exit, defaults.lldp, defaults.lldp_wait, defaults.lldp_tx) == (
         "reboot",

@@ -77,20 +77,23 @@ def _flag(params: Mapping[str, str], key: str, default: bool = False) -> bool:
     raise CmdlineError(f"{key}={value!r}: expected 1/0, yes/no, true/false", where="/proc/cmdline")
 
 
-#: ``cloudboot.exit``: upstream's guest kexecs by default or reboots (Path C); anything
-#: else is an error there and here. This guest always stages and reboots (docs/knobs.md).
-EXIT_VALUES = ("reboot", "kexec")
+#: ``cloudboot.exit``'s modes: upstream's guest kexecs by default or reboots (Path C);
+#: anything else is an error there and here. ``kexec,reboot`` is ours: kexec, and the
+#: reboot path when the kernel refuses it (guest/agent/kexec.py, docs/knobs.md).
+EXIT_MODES = ("kexec", "reboot")
 #: How long LLDP is listened for when ``cloudboot.lldp.wait`` is not given (upstream's).
 LLDP_WAIT_DEFAULT = 10.0
 
 
-def _choice(params: Mapping[str, str], key: str, choices: tuple[str, ...], default: str) -> str:
-    value = params.get(key, default).lower() or default
-    if value not in choices:
+def parse_exit(value: str) -> tuple[str, ...]:
+    """``cloudboot.exit``'s modes in the order tried: ``reboot``, ``kexec``, ``kexec,reboot``."""
+    modes = tuple(m.strip() for m in value.split(",") if m.strip())
+    if not modes or len(set(modes)) != len(modes) or any(m not in EXIT_MODES for m in modes):
         raise CmdlineError(
-            f"{key}={params[key]!r}: expected {' or '.join(choices)}", where="/proc/cmdline"
+            f"cloudboot.exit={value!r}: expected reboot, kexec or kexec,reboot",
+            where="/proc/cmdline",
         )
-    return value
+    return modes
 
 
 def _seconds(params: Mapping[str, str], key: str, default: float) -> float:
@@ -153,7 +156,7 @@ class Options:
         menu = _flag(raw, "cloudboot.menu") if "cloudboot.menu" in raw else None
         dns = tuple(d for d in raw.get("cloudboot.dns", "").replace(";", ",").split(",") if d)
         return cls(
-            exit=_choice(raw, "cloudboot.exit", EXIT_VALUES, "reboot"),
+            exit=",".join(parse_exit(raw.get("cloudboot.exit", "reboot"))),
             plan=raw.get("cloudboot.plan", ""),
             target=raw.get("cloudboot.target", ""),
             insecure=_flag(raw, "cloudboot.insecure"),
@@ -187,8 +190,6 @@ class Options:
 def knob_warnings(options: Options) -> list[str]:
     """Knobs upstream acts on that this guest reads but does not act on (docs/knobs.md)."""
     warnings = []
-    if options.exit == "kexec":
-        warnings.append("cloudboot.exit=kexec: this guest always stages the target and reboots")
     if options.keymap:
         warnings.append(
             f"cloudboot.keymap={options.keymap}: keymaps are not loaded by this guest; "

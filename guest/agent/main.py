@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from guest.agent import blockdev, stage, template
 from guest.agent.cmdline import Options, knob_warnings, parse_cmdline
 from guest.agent.console import Console
+from guest.agent.kexec import Kexec, Staged, leave
 from guest.agent.layers import Extras
 from guest.agent.lease import Lease, choose_dns, resolv_conf
 from guest.agent.machine import Paths, System
@@ -77,6 +78,7 @@ class Agent:
         self.signed: cosign.SignedPayload | None = None  # the chosen plan's signature
         self.accepted: dict[str, int] = {}  # plan ref -> version, for the freshness floor
         self._floors: dict[str, int] | None = None
+        self.staged: Staged | None = None  # what Boot0001 boots, for cloudboot.exit=kexec
 
     # -- the pass ------------------------------------------------------------------------
 
@@ -151,6 +153,7 @@ class Agent:
                 cmdline,
                 has_initrd=initrd is not None,
             )
+        self.staged = Staged(kernel, initrd, cmdline)
         c.log(
             f"Boot0001 = cloud-boot {target.name}; rebooting (total {sum(c.timings.values()):.3f}s)"
         )
@@ -480,8 +483,8 @@ def main(system: sysguest.GuestSystem | None = None) -> None:
     console = Console(system.console_streams())
     agent = Agent(system, console, Paths(), Arch.host())
     status = agent.run()
-    if status == 0:
-        system.finish()
+    if status == 0:  # reboot(2), or kexec as cloudboot.exit says
+        status = leave(console, agent.options.exit, agent.staged, Kexec(agent.arch, system.finish))
     system.wait_forever(agent.options.debug)
     sys.exit(status)  # unreachable in the guest; kept for host runs
 

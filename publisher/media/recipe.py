@@ -375,14 +375,25 @@ def configured(recipe: Recipe, config: Config) -> Recipe:
     A registry on the host's loopback (the embedded one) is named ``{{.Gateway}}``: the
     guest substitutes its DHCP gateway, which is the host under both backends (QEMU user
     networking's 10.0.2.2; vfkit's vmnet bridge address, where `cloudboot up` forwards to
-    the loopback registry while the VM runs). README.md "macOS" says why.
+    the loopback registry while the VM runs). README.md "macOS" says why. The kexec loop
+    (``[watch].loop``) asks the agent to leave by kexec.
     """
-    from publisher.config import Backend
+    from publisher.config import Backend, ConfigError, Loop
 
+    vfkit = config.vm.backend.resolve() is Backend.VFKIT
+    cmdline = recipe.cmdline
+    if vfkit and config.watch.loop is not Loop.GUEST:
+        raise ConfigError(
+            f'[watch].loop = "{config.watch.loop.value}" needs the QEMU backend; use "guest"',
+            where=str(config.root / "cloudboot.toml"),
+        )
+    if config.watch.loop is Loop.KEXEC:
+        kept = [w for w in cmdline.split() if not w.startswith("cloudboot.exit=")]
+        cmdline = " ".join([*kept, "cloudboot.exit=kexec,reboot"])
     ref = parse_ref(config.plan_ref(config.plans_dir / "default.hcl"))
     if ref.insecure_default:  # loopback: the guest's gateway is the host
         port = ref.registry.rpartition(":")[2] if not ref.registry.endswith("]") else ""
         host = GATEWAY_HOST + (f":{port}" if port.isdigit() else "")
         ref = replace(ref, registry=host)
-    vfkit = config.vm.backend.resolve() is Backend.VFKIT
-    return replace(recipe, plan_ref=f"oci://{ref}", console=VIRTIO_CONSOLE if vfkit else None)
+    console = VIRTIO_CONSOLE if vfkit else None
+    return replace(recipe, cmdline=cmdline, plan_ref=f"oci://{ref}", console=console)

@@ -48,6 +48,7 @@ app = typer.Typer(
 @dataclass
 class CliState:
     workspace: Path | None = None
+    log_format: str = "auto"  # --log-format: `up`/`watch` print their results to match
     _config: Config | None = None
 
     @property
@@ -145,7 +146,7 @@ def root(
 
     fmt: LogFormat = log_format  # type: ignore[assignment]
     configure_logging(verbose, fmt)
-    ctx.obj = CliState(workspace=workspace)
+    ctx.obj = CliState(workspace=workspace, log_format=log_format)
 
 
 def _register_groups() -> None:

@@ -23,7 +23,7 @@ from guest.contract.errors import CloudbootError
 from publisher.ignore import IgnoreRules
 from watcher.watch.debounce import Batch, ChangeQueue
 from watcher.watch.events import WorkspaceEventHandler, observe
-from watcher.watch.pipeline import BuildStage, Pipeline, PlanStage, VmStage
+from watcher.watch.pipeline import BuildStage, Pipeline, PlanStage, ReloadObserver, VmStage
 from watcher.watch.sdnotify import Notifier, watchdog_interval
 from watcher.watch.status import StatusBook
 
@@ -63,6 +63,7 @@ class WatchDaemon:
         reload: Callable[[], WatchSetup] | None = None,
         initial_run: bool = True,
         hang_after: float = HANG_SECONDS,
+        reload_watch: ReloadObserver | None = None,
     ) -> None:
         self.setup = setup
         self.hang_after = hang_after
@@ -89,6 +90,7 @@ class WatchDaemon:
             status=status,
             rules=setup.rules,
             should_stop=self._stopping.is_set,
+            reload_watch=reload_watch,
         )
 
     # -- requests from signal handlers or other threads (cheap, never block) ------------
