@@ -312,10 +312,10 @@ def publish_workspace(
     if config.publish.mirrors:  # every registry or none (publisher/mirrors.py)
         from publisher.mirrors import publish_mirrored
 
-        if prune or canary:  # not silently dropped: the mirrored path has neither yet
-            what = "--prune" if prune else "a canary"
+        if canary is not None or prune:  # silently skipping a gate would be worse
             raise CloudbootError(
-                f"{what} with [publish].mirrors is not supported yet",
+                "[publish].mirrors cannot be combined with a canary or --prune yet:"
+                " publish without them, or without mirrors",
                 where=str(config.source or "cloudboot.toml"),
             )
 
