@@ -31,7 +31,7 @@ target "alpha" {
 
 target "beta" {
   label = "Beta (${arch})"
-  disk = {
+  disk {
     device = "LABEL=cbtarget"
     fs     = "ext4"
   }

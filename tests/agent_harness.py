@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from guest.agent.cmdline import Options
 from guest.agent.console import Console
 from guest.agent.lease import Lease
+from guest.agent.lldp import Listener
 from guest.agent.machine import Paths
 from guest.agent.main import Agent
 from guest.agent.stage import CacheEsp, DeviceRuns, EspFiles, FileData
@@ -81,6 +83,7 @@ class HostSystem:
     rebooted: bool = False
     esp_opened: list[str] = field(default_factory=list)
     lease: Lease | None = None
+    lldp: Listener | None = None  # a stand-in listener, for plans branching on lldp.*
 
     def prepare(self) -> None:
         pass
@@ -90,6 +93,11 @@ class HostSystem:
 
     def network_up(self, console: Console) -> Lease | None:
         return self.lease
+
+    def start_lldp(
+        self, interface: str, options: Options, arch: str
+    ) -> tuple[Listener | None, list[str]]:
+        return self.lldp, []
 
     def ensure_efivars(self, path: Path) -> None:
         assert path.is_dir()

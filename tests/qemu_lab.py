@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,13 +43,15 @@ class Lab:
     key_pem: bytes
     key: object
     arch: Arch = Arch.X86_64
-    #: More target disks after ``target`` (a btrfs RAID1's second member).
+    #: More target disks after ``target`` (btrfs RAID1, md members, LVM PVs).
     more_targets: tuple[Path, ...] = ()
 
 
-def _tiny_initrd(busybox: Path, marker: str = MARKER) -> bytes:
+def _tiny_initrd(busybox: Path, marker: str = MARKER, before: str = "") -> bytes:
+    """A busybox initrd that runs ``before`` (shell lines), prints ``marker`` and its
+    /proc/cmdline, and powers off."""
     init = (
-        f"#!/bin/busybox sh\necho {marker} $(/bin/busybox cat /proc/cmdline)\n"
+        f"#!/bin/busybox sh\n{before}echo {marker} $(/bin/busybox cat /proc/cmdline)\n"
         "/bin/busybox poweroff -f\n"
     )
     entries = [cpio.directory("/dev"), cpio.char_device("/dev/console", 5, 1),
@@ -58,31 +60,41 @@ def _tiny_initrd(busybox: Path, marker: str = MARKER) -> bytes:
     return cpio.compress(cpio.newc(entries), cpio.Compression.GZIP)
 
 
-def build_iso(root: Path, init: str, cmdline: str, arch: Arch = Arch.X86_64) -> Path:
-    """boot.iso from a copy of the repo's recipe with ``init`` (guest-agent|busybox-marker)."""
+def build_iso(
+    root: Path, init: str, cmdline: str, arch: Arch = Arch.X86_64, recipe_extra: str = ""
+) -> Path:
+    """boot.iso from a copy of the repo's recipe with ``init`` (guest-agent|busybox-marker);
+    ``recipe_extra`` is TOML appended to it (e.g. a ``[registry]`` table)."""
     suffix = "" if arch is Arch.X86_64 else f"-{arch.value}"
     kernel_dir = root / f"kernel-{init}{suffix}"
     shutil.copytree(REPO / "kernel", kernel_dir)
     recipe_path = kernel_dir / "recipe.toml"
     text = recipe_text(init)
     text = text.replace('compression = "gzip"', 'compression = "zstd"')
-    recipe_path.write_text(text)
+    recipe_path.write_text(text + recipe_extra)
     iso = root / f"boot-{init}{suffix}.iso"
     build_boot_iso(load_recipe(recipe_path), iso, [arch], cmdline)
     return iso
 
 
 @contextlib.contextmanager
-def make_lab(root: Path, arch: Arch = Arch.X86_64) -> Iterator[Lab]:
-    """Registry, boot.iso with the agent, and the ext4 target disk (for tests and bench)."""
+def make_lab(
+    root: Path, arch: Arch = Arch.X86_64, cmdline: str = "", recipe_extra: str = ""
+) -> Iterator[Lab]:
+    """Registry, boot.iso with the agent, and the ext4 target disk (for tests and bench).
+
+    ``cmdline`` replaces the baked default (the plan in the lab's registry); its
+    ``{port}`` is the lab registry's port.
+    """
     key, pem = new_key()
     with local_registry(root / "registry") as registry:
         (root / "cosign.pub").write_bytes(pem)
-        cmdline = (
-            f"cloudboot.exit=reboot cloudboot.plan=oci://10.0.2.2:{registry.port}"
+        default = (
+            "cloudboot.exit=reboot cloudboot.plan=oci://10.0.2.2:{port}"
             f"/plans/web cloudboot.insecure=1 console={arch.serial_console}"
         )
-        iso = build_iso(root, "guest-agent", cmdline, arch)
+        baked = (cmdline or default).replace("{port}", str(registry.port))
+        iso = build_iso(root, "guest-agent", baked, arch, recipe_extra)
         debs = DebCache()
         kpkg = debs.kernel_package(f"linux-image-cloud-{arch.oci}", arch)
         busybox = debs.package("busybox-static", arch).root / "bin/busybox"
@@ -109,7 +121,14 @@ def plan_for(arch: Arch) -> bytes:
 PLAN = plan_for(Arch.X86_64)
 
 
-def qemu_argv(lab: Lab, vars_fd: Path, cache: Path, serial: Path, reboot: bool) -> list[str]:
+#: The lab's network: QEMU user networking (DHCP, the host as 10.0.2.2) on one virtio NIC.
+USER_NET = ("-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0")
+
+
+def qemu_argv(
+    lab: Lab, vars_fd: Path, cache: Path, serial: Path, reboot: bool,
+    net: Sequence[str] = USER_NET,
+) -> list[str]:  # fmt: skip
     """QEMU for the lab: the ISO, the cache disk and the target disk on virtio, rng, net."""
     code, _template = FIRMWARE[lab.arch]
     if lab.arch is Arch.X86_64:
@@ -131,15 +150,16 @@ def qemu_argv(lab: Lab, vars_fd: Path, cache: Path, serial: Path, reboot: bool) 
             "-drive", f"if=none,id=more{i},format=raw,readonly=on,file={more}",
             "-device", f"virtio-blk-pci,drive=more{i}")),
         "-device", "virtio-rng-pci",
-        "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
+        *net,
         "-serial", f"file:{serial}",
     ]  # fmt: skip
     return argv + (["-action", "reboot=reset"] if reboot else ["-no-reboot"])
 
 
 def boot(
-    lab: Lab, name: str, until: str, timeout: float = 240.0, cache: Path | None = None
-) -> tuple[str, Path]:
+    lab: Lab, name: str, until: str, timeout: float = 240.0, cache: Path | None = None,
+    net: Sequence[str] = USER_NET,
+) -> tuple[str, Path]:  # fmt: skip
     """Boot with fresh NVRAM (a copy of the vars template) and a new cache disk, or the
     given ``cache`` kept from an earlier boot (as the dev loop keeps it across resets)."""
     work = lab.root / name
@@ -150,7 +170,7 @@ def boot(
         cache = work / "cache.raw"
         ensure_cache_disk(cache, 64)
     serial = work / "serial.log"
-    argv = qemu_argv(lab, vars_fd, cache, serial, reboot=until != "FATAL")
+    argv = qemu_argv(lab, vars_fd, cache, serial, reboot=until != "FATAL", net=net)
     with spawn(argv, stdout=work / "qemu.log"):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

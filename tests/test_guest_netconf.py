@@ -79,7 +79,8 @@ def test_lease_errors_name_the_key() -> None:
 def test_dns_precedence_cmdline_plan_metadata() -> None:
     assert choose_dns(None, (), None) is None
     assert choose_dns("1.1.1.1;9.9.9.9", (), None) == (("1.1.1.1", "9.9.9.9"), "cmdline")
-    assert choose_dns("1.1.1.1", ("192.0.2.53",), None) == (("192.0.2.53",), "plan")
+    assert choose_dns(None, ("192.0.2.53",), None) == (("192.0.2.53",), "plan")
+    assert choose_dns("1.1.1.1", ("192.0.2.53",), None) == (("1.1.1.1",), "cmdline")
     assert choose_dns("1.1.1.1", ("192.0.2.53",), "2001:db8::53,8.8.8.8") == (
         ("2001:db8::53", "8.8.8.8"),
         "metadata",

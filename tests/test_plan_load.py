@@ -10,7 +10,8 @@ import pytest
 
 from guest.contract.errors import CloudbootError
 from guest.contract.oci import parse_ref
-from guest.contract.plan import PlanError, plan_text, read_plan_text, validate_plan
+from guest.contract.plan import PlanError, plan_text, read_plan_text
+from guest.contract.plan.validate import Report, check_plan
 from publisher import push
 from publisher.config import load_config
 from publisher.localregistry import RunningRegistry
@@ -87,11 +88,11 @@ def test_publish_validates_each_plan_once(
     monkeypatch.setenv("COSIGN_PASSWORD", "pw")
     seen: list[str] = []
 
-    def counting(text: str, source: str) -> list[PlanError]:
+    def counting(text: str, source: str, *, upstream: bool = False) -> Report:
         seen.append(source)
-        return validate_plan(text, source)
+        return check_plan(text, source, upstream=upstream)
 
-    monkeypatch.setattr(push, "validate_plan", counting)
+    monkeypatch.setattr(push, "plan_check", counting)
     outcomes = publish_workspace(load_config(root), env={})
     assert [o.status for o in outcomes] == ["published"]
     assert seen == [str(root / "plans" / "demo.hcl")]

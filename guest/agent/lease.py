@@ -134,16 +134,16 @@ def resolv_conf(servers: Iterable[str], *, search: str = "") -> str:
 def choose_dns(
     cmdline: str | None, plan_dns: Sequence[str], metadata: str | None
 ) -> tuple[tuple[str, ...], str] | None:
-    """The resolvers to use and their source; later wins: cmdline < plan < metadata
-    (docs/wire-formats.md §5.1).
+    """The resolvers to use and their source; later wins, as upstream: plan < cmdline <
+    metadata (docs/wire-formats.md §5.1; the metadata document may set dns, see
+    docs/trust-model.md).
 
-    None when nobody asked for any: the DHCP lease's resolv.conf stays. (Upstream lets
-    ``cloudboot.dns`` beat the plan; ours is the rule here.)
+    None when nobody asked for any: the DHCP lease's resolv.conf stays.
     """
     if metadata:
         return parse_servers(metadata, where="metadata cloudboot.dns"), "metadata"
-    if plan_dns:
-        return parse_servers(plan_dns, where="plan dns"), "plan"
     if cmdline:
         return parse_servers(cmdline, where="/proc/cmdline cloudboot.dns"), "cmdline"
+    if plan_dns:
+        return parse_servers(plan_dns, where="plan dns"), "plan"
     return None

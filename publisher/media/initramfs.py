@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from guest.agent.registryconf import REGISTRY_CA
 from guest.contract.arch import Arch
 from publisher.media import cpio, kmods
 from publisher.media.guestpack import PackInputs, guest_agent_entries
@@ -101,6 +102,8 @@ def initramfs_entries(
     key = recipe.cosign_public_key
     if key is not None:  # checked before the build started (build.check_public_key)
         entries.append(cpio.file("/etc/cosign.pub", key.read_bytes()))
+    if recipe.registry_ca is not None:
+        entries.append(cpio.file(REGISTRY_CA, recipe.registry_ca.read_bytes()))
     entries += module_entries(kernel, recipe.initramfs.modules, recipe.initramfs.on_demand_modules)
     if recipe.initramfs.init == "guest-agent":
         if pack is None or pack.arch is not arch:

@@ -129,6 +129,9 @@ class Recipe:
     plan_ref: str = DEFAULT_PLAN_REF
     #: The VM backend's console for every arch (vfkit: hvc0); None = each arch's ``console``.
     console: str | None = None
+    #: ``[registry] ca``: PEM certificates the guest trusts for HTTPS registries (a
+    #: private CA), baked into the initramfs (guest.agent.registryconf.REGISTRY_CA).
+    registry_ca: Path | None = None
 
     def for_arch(self, arch: Arch) -> ArchRecipe:
         try:
@@ -265,9 +268,12 @@ def parse_recipe(text: str, path: Path) -> Recipe:
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"invalid TOML: {exc}", where=str(path)) from None
     r = _Reader(path)
-    unknown = sorted(set(data) - {"cmdline", "signing", "initramfs", "arch", "base"})
+    unknown = sorted(set(data) - {"cmdline", "signing", "initramfs", "arch", "base", "registry"})
     if unknown:
-        raise r.fail(unknown[0], "unknown key; known: arch, base, cmdline, initramfs, signing")
+        raise r.fail(
+            unknown[0], "unknown key; known: arch, base, cmdline, initramfs, registry, signing"
+        )
+    registry_ca = r.opt_path(r.table(data, "registry", {"ca"}), "registry.ca")
     base = r.string(r.table(data, "base", {"oci"}), "base.oci", "") or None
     if base is not None:
         try:
@@ -346,6 +352,7 @@ def parse_recipe(text: str, path: Path) -> Recipe:
         initramfs=initramfs,
         arches=arches,
         base=base,
+        registry_ca=registry_ca,
     )
 
 
@@ -368,14 +375,25 @@ def configured(recipe: Recipe, config: Config) -> Recipe:
     A registry on the host's loopback (the embedded one) is named ``{{.Gateway}}``: the
     guest substitutes its DHCP gateway, which is the host under both backends (QEMU user
     networking's 10.0.2.2; vfkit's vmnet bridge address, where `cloudboot up` forwards to
-    the loopback registry while the VM runs). README.md "macOS" says why.
+    the loopback registry while the VM runs). README.md "macOS" says why. The kexec loop
+    (``[watch].loop``) asks the agent to leave by kexec.
     """
-    from publisher.config import Backend
+    from publisher.config import Backend, ConfigError, Loop
 
+    vfkit = config.vm.backend.resolve() is Backend.VFKIT
+    cmdline = recipe.cmdline
+    if vfkit and config.watch.loop is not Loop.GUEST:
+        raise ConfigError(
+            f'[watch].loop = "{config.watch.loop.value}" needs the QEMU backend; use "guest"',
+            where=str(config.root / "cloudboot.toml"),
+        )
+    if config.watch.loop is Loop.KEXEC:
+        kept = [w for w in cmdline.split() if not w.startswith("cloudboot.exit=")]
+        cmdline = " ".join([*kept, "cloudboot.exit=kexec,reboot"])
     ref = parse_ref(config.plan_ref(config.plans_dir / "default.hcl"))
     if ref.insecure_default:  # loopback: the guest's gateway is the host
         port = ref.registry.rpartition(":")[2] if not ref.registry.endswith("]") else ""
         host = GATEWAY_HOST + (f":{port}" if port.isdigit() else "")
         ref = replace(ref, registry=host)
-    vfkit = config.vm.backend.resolve() is Backend.VFKIT
-    return replace(recipe, plan_ref=f"oci://{ref}", console=VIRTIO_CONSOLE if vfkit else None)
+    console = VIRTIO_CONSOLE if vfkit else None
+    return replace(recipe, cmdline=cmdline, plan_ref=f"oci://{ref}", console=console)

@@ -16,8 +16,9 @@ import typer
 from guest.contract.arch import Arch
 from guest.contract.errors import CloudbootError, Location
 
-if TYPE_CHECKING:  # guest.contract.plan pulls in hcl2/lark: imported where a plan is read
+if TYPE_CHECKING:  # guest.contract.plan is imported where a plan is read
     from guest.contract.plan import PlanError
+    from guest.contract.plan.validate import Report
 
 plan_app = typer.Typer(
     rich_markup_mode=None,
@@ -71,15 +72,41 @@ def read_plan_text(path: Path) -> str:
     return plan_text(read_input(path, limit=MAX_PLAN_BYTES, what="plan"), str(path))
 
 
-def validate_file(path: Path) -> list[PlanError]:
-    from guest.contract.plan import PlanError, validate_plan
+#: From this many files on, ``plan validate`` checks them in one worker process per CPU.
+PARALLEL_FROM = 200
+
+
+def check_files(files: list[Path], *, upstream: bool) -> list[Report]:
+    """Reports in the order of ``files``; many files are spread over the CPUs (forked
+    workers, so nothing is imported twice), which keeps a GitOps check of a large plans/
+    tree fast (bench/plan_parse.py)."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+
+    workers = min(os.cpu_count() or 1, 8)
+    check = partial(check_file, upstream=upstream)
+    if len(files) < PARALLEL_FROM or workers < 2:
+        return [check(path) for path in files]
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return [check(path) for path in files]
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        return list(pool.map(check, files, chunksize=max(1, len(files) // (workers * 4))))
+
+
+def check_file(path: Path, *, upstream: bool = False) -> Report:
+    """Errors and upstream warnings of one plan file (``upstream``: warnings are errors)."""
+    from guest.contract.plan import PlanError
+    from guest.contract.plan.validate import Report, check_plan
 
     try:
-        return validate_plan(read_plan_text(path), str(path))
+        return check_plan(read_plan_text(path), str(path), upstream=upstream)
     except PlanError as exc:
-        return [exc]
+        return Report([exc], [])
     except CloudbootError as exc:  # unreadable, too large, not a regular file
-        return [PlanError(exc.message, Location(str(path)))]
+        return Report([PlanError(exc.message, Location(str(path)))], [])
 
 
 def _json_path(name: str) -> str:
@@ -91,8 +118,10 @@ def _json_path(name: str) -> str:
 
 VALIDATE_HELP = (
     "Check plans as the publisher does before a push, for amd64 and arm64.\n\n"
-    "Every error is printed as FILE:LINE:COL: MESSAGE on stdout (a summary goes to stderr). "
-    "Exit status 0 when all plans are valid, 1 when any is invalid."
+    "Every error is printed as FILE:LINE:COL: MESSAGE on stdout (a summary goes to stderr), "
+    "and every form upstream's guest rejects (docs/plan-language.md §5) as "
+    "FILE:LINE:COL: warning: MESSAGE. --upstream (or [publish] upstream = true) makes those "
+    "warnings errors. Exit status 0 when all plans are valid, 1 when any is invalid."
 )
 
 RENDER_HELP = (
@@ -111,47 +140,67 @@ def validate_command(
         typer.Argument(help="Plan files or directories (searched for *.hcl); default: plans/."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,
+    upstream: Annotated[
+        bool,
+        typer.Option("--upstream", help="Forms upstream's guest rejects are errors, not warnings."),
+    ] = False,
 ) -> None:
     """Validate plan files/directories; see VALIDATE_HELP."""
     import structlog
 
+    from guest.contract.plan.validate import Report
+    from watcher.cli import state
+
     log = structlog.get_logger(__name__)
     if not paths:
-        from watcher.cli import state
-
         paths = [state(ctx).config.plans_dir]
+    upstream = upstream or state(ctx).settings.publish.upstream
     files, problems = plan_files(paths)
-    results = {str(p.where.path): [p] for p in problems}
-    for path in files:
-        results[str(path)] = validate_file(path)
-        log.debug("plan validated", plan=str(path), errors=len(results[str(path)]))
-    invalid = [name for name, errors in results.items() if errors]
+    results = {str(p.where.path): Report([p], []) for p in problems}
+    for path, report in zip(files, check_files(files, upstream=upstream), strict=True):
+        results[str(path)] = report
+        log.debug("plan validated", plan=str(path), errors=len(report.errors))
+    invalid = [name for name, report in results.items() if report.errors]
     if as_json:
-        report = {
-            "valid": not invalid,
-            "plans": [
-                {
-                    "path": _json_path(name),
-                    "valid": not errors,
-                    "errors": [{**e.to_json(), "path": _json_path(e.where.path)} for e in errors],
-                }
-                for name, errors in results.items()
-            ],
-        }
-        typer.echo(json.dumps(report, indent=2))
+        typer.echo(json.dumps(_json_report(results, invalid), indent=2))
     else:
-        for errors in results.values():
-            for error in errors:
-                typer.echo(str(error))
-        total = sum(len(e) for e in results.values())
+        for report in results.values():
+            for item in sorted([*report.errors, *report.warnings], key=lambda e: e.sort_key()):
+                typer.echo(
+                    f"{item.where}: warning: {item.message}"
+                    if item in report.warnings
+                    else str(item)
+                )
+        total = sum(len(r.errors) for r in results.values())
+        warned = sum(len(r.warnings) for r in results.values())
         summary = (
             f"{len(invalid)} of {len(results)} plan(s) invalid, {total} error(s)"
             if invalid
             else f"{len(results)} plan(s) valid"
         )
+        if warned:
+            summary += f", {warned} upstream warning(s)"
         typer.echo(summary, err=True)
     if invalid:
         raise typer.Exit(1)
+
+
+def _json_report(results: dict[str, Report], invalid: list[str]) -> dict[str, Any]:
+    def located(items: list[Any]) -> list[dict[str, Any]]:
+        return [{**e.to_json(), "path": _json_path(e.where.path)} for e in items]
+
+    return {
+        "valid": not invalid,
+        "plans": [
+            {
+                "path": _json_path(name),
+                "valid": not report.errors,
+                "errors": located(report.errors),
+                "warnings": located(report.warnings),
+            }
+            for name, report in results.items()
+        ],
+    }
 
 
 def load_meta(path: Path) -> dict[str, Any]:

@@ -87,13 +87,20 @@ def read_disk(
 
 
 def read_ext4(ctx: DiskContext) -> BootFiles:
-    """ext4 in userland (``guest.agent.diskread``): nothing mounted."""
+    """ext4 in userland (``guest.agent.diskread``): nothing mounted. The device is opened
+    through the userland volume layer (``guest.agent.volumes``: LUKS1/2 unlocked, md
+    RAID1 and LVM linear volumes assembled), which hands the reader a stream."""
+    from guest.agent import volumes
     from guest.agent.diskread import Ext4Reader
 
-    device = ctx.resolve()
-    ctx.console.log(f"reading {ctx.source.device} ({device.name})")
-    with Ext4Reader.open(device.node) as fs:
-        return read_boot_files(fs, ctx.source.kernel or "", ctx.source.initrd or "")
+    with (
+        volumes.open_spec(
+            ctx.source.device, list(ctx.devices), ctx.source.luks_passphrase, ctx.console
+        ) as opened,
+        Ext4Reader(opened.stream, opened.where) as fs,
+    ):
+        files = read_boot_files(fs, ctx.source.kernel or "", ctx.source.initrd or "")
+        return volumes.resolved(files, opened)
 
 
 def read_mounted(ctx: DiskContext) -> BootFiles:

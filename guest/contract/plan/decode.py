@@ -110,15 +110,19 @@ class _Decoder:
         )
 
     def locals_block(self, block: Block, into: dict[str, Attribute]) -> None:
-        """Locals blocks merge into one namespace; a name may be defined once."""
+        """Locals blocks merge into one namespace, as upstream: a name set again in a later
+        block replaces the earlier one; within one block it is an error (HCL's rule)."""
         self.no_labels(block)
         self.no_blocks(block.body, "in locals")
+        this_block: dict[str, Attribute] = {}
         for attr in block.body.attributes:
-            if attr.name in into:
-                message = f"local.{attr.name} is defined twice {_first(into[attr.name].where)}"
+            if attr.name in this_block:
+                message = (
+                    f"local.{attr.name} is defined twice {_first(this_block[attr.name].where)}"
+                )
                 self.error(message, attr.where)
-            else:
-                into[attr.name] = attr
+                continue
+            this_block[attr.name] = into[attr.name] = attr
 
     def menu_block(self, block: Block) -> MenuDecl:
         self.no_labels(block)
@@ -166,6 +170,9 @@ class _Decoder:
         if not isinstance(attr.value, ex.ObjectExpr):
             self.error(f"disk must be a block or an object {{ device = ... }} {place}", attr.where)
             return []
+        for item in attr.value.items:
+            if item.key_expr is not None:
+                self.error(f"disk keys must be names, not expressions {place}", item.where)
         items = [Attribute(i.key, i.value, i.where) for i in attr.value.items]
         return [self.disk_fields(items, attr.where, place)]
 

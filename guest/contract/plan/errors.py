@@ -19,6 +19,10 @@ class PlanError(CloudbootError):
     def __init__(self, message: str, where: Location) -> None:
         super().__init__(message, where=where)
 
+    def __reduce__(self) -> tuple[type[PlanError], tuple[str, Location]]:
+        """Picklable (``plan validate`` checks many files in worker processes)."""
+        return (PlanError, (self.message, self.where))
+
     def with_suffix(self, suffix: str) -> PlanError:
         """The same error with extra context appended (e.g. the arch it happens on)."""
         return PlanError(f"{self.message}{suffix}", self.where)

@@ -22,6 +22,13 @@ from guest.contract.errors import Location
 from guest.contract.plan import expr as ex
 from guest.contract.plan.errors import PlanError
 from guest.contract.plan.expr import Value
+from guest.contract.plan.iterate import (
+    arithmetic,
+    for_expr,
+    splat,
+    template_for,
+    template_if,
+)
 
 #: The root names a plan may use.
 ROOTS = ("arch", "local", "self", "meta", "lldp")
@@ -123,6 +130,11 @@ class Scope:
     locals: Locals
     self_value: Mapping[str, Value] | None = None
     self_reason: str = SELF_OUTSIDE_TARGET
+    #: Names bound by enclosing ``for`` expressions and splats.
+    bound: Mapping[str, Value] = field(default_factory=dict)
+
+    def bind(self, names: Mapping[str, Value]) -> Scope:
+        return Scope(self.locals, self.self_value, self.self_reason, {**self.bound, **names})
 
 
 def evaluate(expr: ex.Expr, scope: Scope) -> Value:
@@ -145,6 +157,11 @@ def _literal(expr: ex.Expr, scope: Scope) -> Value:
 
 def _template(expr: ex.Expr, scope: Scope) -> Value:
     assert isinstance(expr, ex.Template)
+    if len(expr.parts) == 1 and not isinstance(expr.parts[0], str):
+        # HCL: a template that is one interpolation is that value, not its text ("${list}"
+        # is the list); null stays "" by our rule above.
+        value = _eval(expr.parts[0], scope)
+        return "" if value is None else value
     out = []
     for part in expr.parts:
         out.append(part if isinstance(part, str) else to_text(_eval(part, scope), part.where))
@@ -160,15 +177,26 @@ def _object(expr: ex.Expr, scope: Scope) -> Value:
     assert isinstance(expr, ex.ObjectExpr)
     out: dict[str, Value] = {}
     for item in expr.items:
-        if item.key in out:
-            raise PlanError(f'object key "{item.key}" is given twice', item.where)
-        out[item.key] = _eval(item.value, scope)
+        key = item.key
+        if item.key_expr is not None:
+            key = _key_text(_eval(item.key_expr, scope), item.key_expr.where)
+        if key in out:
+            raise PlanError(f'object key "{key}" is given twice', item.where)
+        out[key] = _eval(item.value, scope)
     return out
+
+
+def _key_text(value: Value, where: Location) -> str:
+    if value is None or isinstance(value, list | dict):
+        raise PlanError(f"an object key must be a string, got {type_name(value)}", where)
+    return to_text(value, where)
 
 
 def _variable(expr: ex.Expr, scope: Scope) -> Value:
     assert isinstance(expr, ex.Variable)
     name = expr.name
+    if name in scope.bound:
+        return scope.bound[name]
     if name == "arch":
         return scope.locals.arch
     if name == "meta":
@@ -191,7 +219,9 @@ def _step(expr: ex.Expr, scope: Scope) -> Value:
     assert isinstance(expr, ex.GetAttr | ex.Index)
     target = expr.target
     key: Value = expr.name if isinstance(expr, ex.GetAttr) else _eval(expr.key, scope)
-    if isinstance(target, ex.Variable) and target.name in ("local", "self"):
+    if isinstance(target, ex.Variable) and target.name in scope.bound:
+        pass
+    elif isinstance(target, ex.Variable) and target.name in ("local", "self"):
         if not isinstance(key, str):
             raise PlanError(f"{target.name}[...] needs a name, got {type_name(key)}", expr.where)
         if target.name == "local":
@@ -290,13 +320,41 @@ def _binary(expr: ex.Expr, scope: Scope) -> Value:
         return (a and b) if op == "&&" else (a or b)
     x = _as_number(left, expr.left.where, what=f"the left side of {op}")
     y = _as_number(right, expr.right.where, what=f"the right side of {op}")
-    return {"<": x < y, ">": x > y, "<=": x <= y, ">=": x >= y}[op]
+    if op in _COMPARE:
+        return _COMPARE[op](x, y)
+    return arithmetic(op, x, y, expr.where)
 
 
 def _conditional(expr: ex.Expr, scope: Scope) -> Value:
+    """As HCL: both results are evaluated, and their types must unify (list vs string fails)."""
     assert isinstance(expr, ex.Conditional)
     chosen = _as_bool(_eval(expr.condition, scope), expr.condition.where, what="a condition")
-    return _eval(expr.if_true if chosen else expr.if_false, scope)
+    if_true, if_false = _eval(expr.if_true, scope), _eval(expr.if_false, scope)
+    kinds = {_kind(if_true), _kind(if_false)} - {"null"}
+    if len(kinds) > 1 and not kinds <= _PRIMITIVES:
+        raise PlanError(
+            f"the results of ? : must have the same type, got {type_name(if_true)} "
+            f"({expr.if_true.where.line}:{expr.if_true.where.column}) and "
+            f"{type_name(if_false)} ({expr.if_false.where.line}:{expr.if_false.where.column})",
+            expr.where,
+        )
+    value = if_true if chosen else if_false
+    if len(kinds) > 1 and value is not None:  # mixed primitives unify to string, as HCL
+        return to_text(value, expr.where)
+    return value
+
+
+_COMPARE: dict[str, Callable[[float, float], bool]] = {
+    "<": lambda x, y: x < y,
+    ">": lambda x, y: x > y,
+    "<=": lambda x, y: x <= y,
+    ">=": lambda x, y: x >= y,
+}
+_PRIMITIVES = {"string", "number", "bool"}
+
+
+def _kind(value: Value) -> str:
+    return type_name(value)
 
 
 _HANDLERS: dict[type, Callable[[ex.Expr, Scope], Value]] = {
@@ -310,4 +368,8 @@ _HANDLERS: dict[type, Callable[[ex.Expr, Scope], Value]] = {
     ex.Unary: _unary,
     ex.Binary: _binary,
     ex.Conditional: _conditional,
+    ex.Splat: splat,
+    ex.ForExpr: for_expr,
+    ex.TemplateIf: template_if,
+    ex.TemplateFor: template_for,
 }

@@ -24,7 +24,8 @@ DISK_KEYS = ("device", "fs", "kernel", "initrd", "dataset", "luks-passphrase")
 OCI_KEYS = ("index", "kernel", "initrd", "modules")
 #: Upstream's header when a menu block gives no prompt.
 DEFAULT_MENU_PROMPT = "Select a boot target:"
-#: How deep subplans may chain (the guest enforces it while following refs).
+#: How many plans a subplan chain may hold, the root included (as upstream: the root plus
+#: 7 subplans); the guest enforces it while following refs.
 MAX_SUBPLAN_DEPTH = 8
 
 

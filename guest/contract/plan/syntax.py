@@ -1,27 +1,27 @@
 """HCL text -> a positioned document: bodies, blocks, attributes and expression trees.
 
-python-hcl2's dict output loses positions and returns expressions as ``${...}`` text, so
-we take its lark parse tree instead (``hcl2.parses_to_tree``, built with
-``propagate_positions``): every block, attribute and sub-expression keeps its line and
-column, and we never re-parse expression text. We also skip python-hcl2's transformer and
-serializer, which matters in the guest, where Python runs ~10x slower under TCG.
+A hand-written recursive-descent parser for HCL native syntax with its newline rules
+(docs/plan-language.md §2), because python-hcl2's lark grammar cannot be made to agree
+with upstream's parser: it treats newlines as optional almost everywhere (a conditional
+or an operator broken over lines, two arguments on one line and a block with an argument
+on its ``{`` line all parse), it has no strip markers in ``${~ ~}`` at all, and it keeps a
+heredoc as one opaque token whose template we would have to parse separately anyway. A
+token pass over its tree could not recover the newlines it throws away. The parser here
+is also what the guest runs, so it avoids lark's import and table loading under TCG.
 
-HCL constructs outside the plan language (function calls, for-expressions, splats,
-heredocs, template directives, arithmetic) are rejected here with their position.
+Function calls parse (so the error names them) and are rejected, as upstream's guest has
+no functions.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hcl2.utils import process_escape_sequences
-from lark import Token, Tree
-from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
-
 from guest.contract.errors import Location
 from guest.contract.plan import expr as ex
-from guest.contract.plan import tables
 from guest.contract.plan.errors import PlanError
+from guest.contract.plan.lexer import Cursor, Token, describe
+from guest.contract.plan.template import TemplateParser
 
 
 @dataclass(frozen=True)
@@ -50,282 +50,434 @@ class Body:
     where: Location
 
 
-#: Operators of the plan language; HCL's arithmetic (+ - * / %) is not part of it.
-BINARY_OPERATORS = frozenset({"==", "!=", "<", ">", "<=", ">=", "&&", "||"})
-
-#: Constructs outside the plan language, by lark rule: what the error calls them.
-_UNSUPPORTED = {
-    "function_call": "function calls",
-    "for_tuple_expr": "for expressions",
-    "for_object_expr": "for expressions",
-    "attr_splat_expr_term": "splat expressions (.*)",
-    "full_splat_expr_term": "splat expressions ([*])",
-    "heredoc_template": "heredoc strings (<<EOF)",
-    "heredoc_template_trim": "heredoc strings (<<-EOF)",
-    "template_string": "template directives (%{...})",
-    "template_if_start": "template directives (%{if ...})",
-    "template_else": "template directives (%{else})",
-    "template_endif": "template directives (%{endif})",
-    "template_for_start": "template directives (%{for ...})",
-    "template_endfor": "template directives (%{endfor})",
-}
-_INSTEAD = {
-    "heredoc_template": "; use a quoted string or a list cmdline",
-    "heredoc_template_trim": "; use a quoted string or a list cmdline",
-}
-
-#: How lark's terminal names read in a syntax error.
-_TOKEN_WORDS = {
-    "NAME": "a name",
-    "DBLQUOTE": '"',
-    "INT_LITERAL": "a number",
-    "FLOAT_LITERAL": "a number",
-    "LBRACE": "{",
-    "RBRACE": "}",
-    "LSQB": "[",
-    "RSQB": "]",
-    "LPAR": "(",
-    "RPAR": ")",
-    "EQ": "=",
-    "COLON": ":",
-    "COMMA": ",",
-    "QMARK": "?",
-    "DOT": ".",
-    "NL_OR_COMMENT": "a newline",
-    "INTERP_START": "${",
-    "STRING_CHARS": "text",
-    "$END": "end of file",
-}
-_EXPRESSION_STARTS = {"NAME", "DBLQUOTE", "INT_LITERAL", "LSQB", "LPAR"}
+#: Binary operators by precedence, loosest first (all left-associative), as HCL.
+_LEVELS: tuple[frozenset[str], ...] = (
+    frozenset({"||"}),
+    frozenset({"&&"}),
+    frozenset({"==", "!="}),
+    frozenset({"<", ">", "<=", ">="}),
+    frozenset({"+", "-"}),
+    frozenset({"*", "/", "%"}),
+)
+BINARY_OPERATORS = frozenset().union(*_LEVELS)
+_PRECEDENCE = {op: level for level, ops in enumerate(_LEVELS) for op in ops}
+_LITERALS = {"true": True, "false": False, "null": None}
+#: How deeply expressions may nest before we refuse (recursion in the parser).
+MAX_DEPTH = 200
 
 
 def parse_document(text: str, source: str) -> Body:
     """Parse plan text into a positioned Body; every failure is a PlanError with a location."""
     text = text.removeprefix("\ufeff")  # a byte-order mark some editors write
+    parser = _Parser(Cursor(text, source))
     try:
-        # As hcl2.parses_to_tree: the grammar needs a final newline (lark has no EOF token)
-        tree = tables.parser().parse(text + "\n")
-    except UnexpectedInput as exc:
-        raise _syntax_error(exc, text, source) from None
-    except LarkError as exc:
-        raise PlanError(f"HCL syntax error: {exc}", Location(source, 1, 1)) from None
+        return parser.body(top=True)
     except RecursionError:
         raise PlanError("HCL nests too deeply", Location(source, 1, 1)) from None
-    builder = _Builder(source)
-    try:
-        return builder.body(_children(tree)[0], Location(source, 1, 1))
-    except RecursionError:
-        raise PlanError("expression nests too deeply", Location(source, 1, 1)) from None
 
 
 def parse_expression(text: str, source: str = "<expression>") -> ex.Expr:
     """Parse one expression (used by tests and tools); errors point into ``text`` itself."""
-    body = parse_document(f"x = {text}", source)
-    if len(body.attributes) != 1 or body.blocks:
-        raise PlanError("expected exactly one expression", Location(source, 1, 1))
-    return body.attributes[0].value
+    parser = _Parser(Cursor(text, source))
+    parser.cur.push(newlines=False)
+    value = parser.expression()
+    token = parser.cur.peek()
+    if token.kind != "eof":
+        raise parser.cur.unexpected(token, "the end of the expression")
+    return value
 
 
-def _syntax_error(exc: UnexpectedInput, text: str, source: str) -> PlanError:
-    line = max(1, exc.line if isinstance(exc.line, int) and exc.line > 0 else text.count("\n") + 1)
-    column = max(1, exc.column if isinstance(exc.column, int) and exc.column > 0 else 1)
-    where = Location(source, line, column)
-    if isinstance(exc, UnexpectedCharacters):
-        return PlanError(f"HCL syntax error: unexpected character {exc.char!r}", where)
-    if isinstance(exc, UnexpectedToken):
-        token = exc.token
-        if token.type == "$END":
-            found = "end of file"
-        elif token.type == "NL_OR_COMMENT" or str(token).startswith("\n"):
-            found = "end of line"
-        else:
-            found = repr((str(token).strip().splitlines() or [""])[0][:40])
-        expected = sorted(exc.expected or ())
-        return PlanError(f"HCL syntax error: unexpected {found}{_expected(expected)}", where)
-    return PlanError("HCL syntax error: unexpected end of file", where)
+class _Parser(TemplateParser):
+    def __init__(self, cur: Cursor) -> None:
+        self.cur = cur
+        self.depth = 0
 
+    def loc(self, token: Token) -> Location:
+        return self.cur.where(token.start)
 
-def _expected(names: list[str]) -> str:
-    if not names:
-        return ""
-    if set(names) >= _EXPRESSION_STARTS:
-        return "; expected an expression"
-    words = sorted({_TOKEN_WORDS.get(n, n.lower()) for n in names})
-    return "; expected " + " or ".join(words)
-
-
-def _children(node: Tree[Token]) -> list[Tree[Token]]:
-    """Sub-trees that carry meaning (tokens and comments/newlines dropped)."""
-    return [c for c in node.children if isinstance(c, Tree) and c.data != "new_line_or_comment"]
-
-
-def _tokens(node: Tree[Token]) -> list[Token]:
-    return [c for c in node.children if isinstance(c, Token)]
-
-
-class _Builder:
-    """Turns lark trees into our Body/Expr dataclasses, keeping every node's position."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def loc(self, node: Tree[Token] | Token, fallback: Location | None = None) -> Location:
-        if isinstance(node, Token):
-            return Location(self.source, node.line or 1, node.column or 1)
-        if not node.meta.empty:
-            return Location(self.source, node.meta.line, node.meta.column)
-        return fallback or Location(self.source, 1, 1)
+    def name(self, what: str) -> str:
+        return self.cur.expect("name", what).text
 
     # -- structure ---------------------------------------------------------------------
 
-    def body(self, node: Tree[Token], fallback: Location) -> Body:
+    def body(self, *, top: bool) -> Body:
+        cur = self.cur
+        start = cur.peek()
         attributes: list[Attribute] = []
         blocks: list[Block] = []
-        for child in _children(node):
-            if child.data == "attribute":
-                name_node, value_node = _children(child)
-                attributes.append(
-                    Attribute(self.name(name_node), self.expr(value_node), self.loc(child))
-                )
-            elif child.data == "block":
-                blocks.append(self.block(child))
-        return Body(tuple(attributes), tuple(blocks), self.loc(node, fallback))
+        while True:
+            cur.skip_newlines()
+            token = cur.peek()
+            if token.kind == "eof" if top else token.kind == "}":
+                break
+            if token.kind != "name":
+                if token.kind == "eof":
+                    raise cur.error("this block is never closed with }", start.start)
+                raise cur.unexpected(token, "an argument (name = value) or a block")
+            item = self.item()
+            if isinstance(item, Attribute):
+                attributes.append(item)
+            else:
+                blocks.append(item)
+            self.end_of_line(item)
+        return Body(tuple(attributes), tuple(blocks), self.loc(start))
 
-    def block(self, node: Tree[Token]) -> Block:
-        parts = _children(node)
-        type_node, label_nodes, body_node = parts[0], parts[1:-1], parts[-1]
-        labels = tuple(self.label(n) for n in label_nodes)
-        where = self.loc(node)
-        return Block(self.name(type_node), labels, self.body(body_node, where), where)
+    def end_of_line(self, item: Attribute | Block) -> None:
+        token = self.cur.peek()
+        if token.kind in ("nl", "eof"):
+            return
+        what = "argument" if isinstance(item, Attribute) else "block"
+        raise self.cur.error(
+            f"HCL syntax error: unexpected {describe(token)}; expected a newline after this "
+            f"{what} (each argument and block goes on its own line)",
+            token.start,
+        )
 
-    def name(self, node: Tree[Token]) -> str:
-        """An attribute or block name: identifier, keyword or literal word, as written."""
-        return "".join(str(t) for t in _tokens(node)).strip()
+    def item(self) -> Attribute | Block:
+        cur = self.cur
+        head = cur.next()
+        if cur.peek().kind == "=":
+            cur.next()
+            return Attribute(head.text, self.expression(), self.loc(head))
+        labels: list[str] = []
+        while True:
+            token = cur.peek()
+            if token.kind == "{":
+                break
+            if token.kind == "name":
+                labels.append(cur.next().text)
+            elif token.kind == '"':
+                cur.next()
+                label = self.quoted(token.start)
+                if not isinstance(label, ex.Literal):
+                    raise cur.error("block labels cannot contain ${...} or %{...}", token.start)
+                labels.append(str(label.value))
+            else:
+                raise cur.unexpected(token, f"= or a block's {{ after {head.text!r}")
+        open_brace = cur.next()
+        return Block(head.text, tuple(labels), self.block_body(open_brace), self.loc(head))
 
-    def label(self, node: Tree[Token]) -> str:
-        if node.data != "string":
-            return self.name(node)
-        value = self.template(node)
-        if isinstance(value, ex.Literal) and isinstance(value.value, str):
-            return value.value
-        raise PlanError("block labels cannot contain ${...} interpolations", self.loc(node))
+    def block_body(self, open_brace: Token) -> Body:
+        """After ``{``: a multi-line body, or HCL's one-line ``{ name = value }``."""
+        cur = self.cur
+        token = cur.peek()
+        if token.kind == "nl":
+            body = self.body(top=False)
+            cur.next()  # the }
+            return body
+        where = self.loc(open_brace)
+        if token.kind == "}":
+            cur.next()
+            return Body((), (), where)
+        if token.kind != "name":
+            raise cur.unexpected(token, "a newline or an argument after {")
+        item = self.item()
+        if isinstance(item, Block):
+            raise cur.error(
+                "a one-line block can hold only one argument, not a block; start the "
+                "block's body on a new line after {",
+                token.start,
+            )
+        close = cur.peek()
+        if close.kind != "}":
+            raise cur.error(
+                "a block with an argument on its { line must end with } on that same line; "
+                "put the argument on its own line after {",
+                close.start,
+            )
+        cur.next()
+        return Body((item,), (), where)
 
     # -- expressions -------------------------------------------------------------------
 
-    def expr(self, node: Tree[Token]) -> ex.Expr:
-        kind = str(node.data)
-        where = self.loc(node)
-        if kind in _UNSUPPORTED:
-            instead = _INSTEAD.get(kind, "")
-            raise PlanError(f"{_UNSUPPORTED[kind]} are not supported in plans{instead}", where)
-        handler = getattr(self, f"_{kind}", None)
-        if handler is None:
-            raise PlanError(f"unsupported expression ({kind})", where)
-        result: ex.Expr = handler(node, where)
-        return result
+    def expression(self) -> ex.Expr:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.cur.error("expression nests too deeply", self.cur.pos)
+        try:
+            condition = self.binary(0)
+            cur = self.cur
+            if cur.peek().kind != "?":
+                return condition
+            cur.next()
+            if_true = self.expression()
+            token = cur.peek()
+            if token.kind != ":":
+                raise cur.unexpected(token, ": (the else part of ? :)")
+            cur.next()
+            if_false = self.expression()
+            return ex.Conditional(condition, if_true, if_false, condition.where)
+        finally:
+            self.depth -= 1
 
-    def _expr_term(self, node: Tree[Token], where: Location) -> ex.Expr:
-        (inner,) = _children(node)  # parentheses are tokens, so one child either way
-        return self.expr(inner)
+    def binary(self, min_level: int) -> ex.Expr:
+        """Precedence climbing over ``_LEVELS`` (one look-ahead per operand, not per level)."""
+        left = self.unary()
+        cur = self.cur
+        while True:
+            op = cur.peek().kind
+            level = _PRECEDENCE.get(op)
+            if level is None or level < min_level:
+                return left
+            cur.next()
+            right = self.binary(level + 1)  # left-associative: same level loops here
+            left = ex.Binary(op, left, right, left.where)
 
-    def _conditional(self, node: Tree[Token], where: Location) -> ex.Expr:
-        condition, if_true, if_false = (self.expr(c) for c in _children(node))
-        return ex.Conditional(condition, if_true, if_false, where)
+    def unary(self) -> ex.Expr:
+        """``-`` and ``!`` apply to one term (with its steps), as HCL: ``!!x`` is an error."""
+        cur = self.cur
+        token = cur.peek()
+        if token.kind not in ("-", "!"):
+            return self.term()
+        cur.next()
+        operand = self.term()
+        if token.kind == "-" and isinstance(operand, ex.Literal):
+            value = operand.value
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return ex.Literal(-value, self.loc(token))
+        return ex.Unary(token.kind, operand, self.loc(token))
 
-    def _binary_op(self, node: Tree[Token], where: Location) -> ex.Expr:
-        left_node, term = _children(node)
-        operator_node, right_node = _children(term)
-        op = "".join(str(t) for t in _tokens(operator_node)).strip()
-        if op not in BINARY_OPERATORS:
-            raise PlanError(
-                f"operator {op!r} is not supported in plans (only comparisons, && and ||)",
-                self.loc(operator_node, where),
+    def term(self) -> ex.Expr:
+        cur = self.cur
+        token = cur.peek()
+        kind, where = token.kind, self.loc(token)
+        value: ex.Expr
+        if kind == "num":
+            cur.next()
+            value = ex.Literal(_number(token, cur), where)
+        elif kind == "name":
+            cur.next()
+            value = self.named(token)
+        elif kind == '"':
+            cur.next()
+            value = self.quoted(token.start)
+        elif kind == "heredoc":
+            cur.next()
+            value = self.heredoc(token.text, token.start)
+        elif kind == "(":
+            cur.next()
+            cur.push(newlines=False)
+            try:
+                value = self.expression()
+                self.closing(")", token)
+            finally:
+                cur.pop()
+        elif kind == "[":
+            value = self.tuple_or_for()
+        elif kind == "{":
+            value = self.object_or_for()
+        else:
+            raise cur.unexpected(token, "an expression")
+        return self.steps(value)
+
+    def closing(self, kind: str, opener: Token) -> None:
+        token = self.cur.peek()
+        if token.kind != kind:
+            raise self.cur.unexpected(token, f"{kind} to close the {opener.text} opened earlier")
+        self.cur.next()
+
+    def named(self, token: Token) -> ex.Expr:
+        where = self.loc(token)
+        if token.text in _LITERALS:
+            return ex.Literal(_LITERALS[token.text], where)
+        if self.cur.peek().kind in ("(", "::"):
+            raise self.cur.error(
+                f"function calls are not supported in plans ({token.text}(...)); upstream's "
+                "guest has no functions either",
+                token.start,
             )
-        return ex.Binary(op, self.expr(left_node), self.expr(right_node), where)
+        return ex.Variable(token.text, where)
 
-    def _unary_op(self, node: Tree[Token], where: Location) -> ex.Expr:
-        (operand,) = _children(node)
-        return ex.Unary(str(_tokens(node)[0]), self.expr(operand), where)
-
-    def _int_lit(self, node: Tree[Token], where: Location) -> ex.Expr:
-        return ex.Literal(int(str(_tokens(node)[0])), where)
-
-    def _float_lit(self, node: Tree[Token], where: Location) -> ex.Expr:
-        value = float(str(_tokens(node)[0]))
-        if value in (float("inf"), float("-inf")):
-            raise PlanError("number out of range", where)
-        return ex.Literal(value, where)
-
-    def _literal_value(self, node: Tree[Token], where: Location) -> ex.Expr:
-        word = str(_tokens(node)[0])
-        return ex.Literal({"true": True, "false": False, "null": None}[word], where)
-
-    def _identifier(self, node: Tree[Token], where: Location) -> ex.Expr:
-        return ex.Variable(self.name(node), where)
-
-    def _string(self, node: Tree[Token], where: Location) -> ex.Expr:
-        return self.template(node)
-
-    def template(self, node: Tree[Token]) -> ex.Literal | ex.Template:
-        """A quoted string: text (escapes resolved, ``$${`` -> ``${``) and interpolations.
-
-        Go-template text such as ``{{.IPSpec}}`` is plain HCL text and passes through as is.
-        """
-        parts: list[str | ex.Expr] = []
-        for part in _children(node):
-            (piece,) = part.children
-            if isinstance(piece, Token):
-                if piece.type == "STRING_CHARS":
-                    text = process_escape_sequences(str(piece))
-                else:  # ESCAPED_INTERPOLATION / ESCAPED_DIRECTIVE: $${ -> ${, %%{ -> %{
-                    text = str(piece)[1:]
-                if parts and isinstance(parts[-1], str):
-                    parts[-1] += text
-                else:
-                    parts.append(text)
-            elif piece.data == "interpolation":
-                (inner,) = _children(piece)
-                parts.append(self.expr(inner))
+    def steps(self, value: ex.Expr) -> ex.Expr:
+        """Postfix ``.name``, ``.0``, ``[key]``, ``.*`` and ``[*]`` after a term."""
+        cur = self.cur
+        while True:
+            token = cur.peek()
+            if token.kind == ".":
+                cur.next()
+                if cur.peek().kind == "*":
+                    cur.next()
+                    return self.splat(value, token, full=False)
+                value = self.attr_step(value, token)
+            elif token.kind == "[":
+                cur.next()
+                if cur.peek().kind == "*":
+                    cur.next()
+                    self.closing("]", token)
+                    return self.splat(value, token, full=True)
+                value = self.index_step(value, token)
             else:
-                self.expr(piece)  # raises: template directives are not supported
-        where = self.loc(node)
-        if all(isinstance(p, str) for p in parts):
-            return ex.Literal("".join(str(p) for p in parts), where)
-        return ex.Template(tuple(parts), where)
+                return value
 
-    def _tuple(self, node: Tree[Token], where: Location) -> ex.Expr:
-        return ex.TupleExpr(tuple(self.expr(c) for c in _children(node)), where)
+    def attr_step(self, value: ex.Expr, dot: Token) -> ex.Expr:
+        cur = self.cur
+        text = cur.text
+        end = cur.pos
+        while end < len(text) and text[end].isdigit():
+            end += 1
+        if end > cur.pos:  # value.0: a legacy index (read as digits, never as 0.1)
+            digits = text[cur.pos : end]
+            cur.pos = end
+            return ex.GetAttr(value, digits, self.loc(dot))
+        name = cur.peek()
+        if name.kind != "name":
+            raise cur.unexpected(name, "an attribute name after .")
+        cur.next()
+        return ex.GetAttr(value, name.text, self.loc(dot))
 
-    def _object(self, node: Tree[Token], where: Location) -> ex.Expr:
-        items = []
-        for elem in _children(node):
-            key_node, value_node = _children(elem)
-            items.append(
-                ex.ObjectItem(self.object_key(key_node), self.expr(value_node), self.loc(elem))
-            )
-        return ex.ObjectExpr(tuple(items), where)
+    def index_step(self, value: ex.Expr, bracket: Token) -> ex.Expr:
+        cur = self.cur
+        cur.push(newlines=False)
+        try:
+            key = self.expression()
+            self.closing("]", bracket)
+        finally:
+            cur.pop()
+        return ex.Index(value, key, self.loc(bracket))
 
-    def object_key(self, node: Tree[Token]) -> str:
-        """HCL object keys: a bare name is the key itself (not a variable), or a quoted string."""
-        inner = _children(node)
-        if not inner:  # a keyword used as a key
-            return self.name(node)
-        key = self.expr(inner[0])
-        if isinstance(key, ex.Variable):
-            return key.name
+    def splat(self, source: ex.Expr, token: Token, *, full: bool) -> ex.Expr:
+        """The steps after a splat apply to each element (``.*`` takes only ``.name``)."""
+        cur = self.cur
+        where = self.loc(token)
+        each: ex.Expr = ex.Variable(ex.SPLAT_ITEM, where)
+        while True:
+            step = cur.peek()
+            if step.kind == ".":
+                if cur.text.startswith(".*", step.start):
+                    break
+                cur.next()
+                each = self.attr_step(each, step)
+            elif step.kind == "[" and full:
+                if cur.text.startswith("[*]", step.start):
+                    break
+                cur.next()
+                each = self.index_step(each, step)
+            else:
+                break
+        return self.steps(ex.Splat(source, each, where))
+
+    def tuple_or_for(self) -> ex.Expr:
+        cur = self.cur
+        open_bracket = cur.next()
+        cur.push(newlines=False)
+        try:
+            if _is_for(cur):
+                return self.for_expr(open_bracket, "]")
+            items: list[ex.Expr] = []
+            while cur.peek().kind != "]":
+                items.append(self.expression())
+                token = cur.peek()
+                if token.kind == ",":
+                    cur.next()
+                elif token.kind != "]":
+                    raise cur.unexpected(token, ", or ] in this list")
+            cur.next()
+            return ex.TupleExpr(tuple(items), self.loc(open_bracket))
+        finally:
+            cur.pop()
+
+    def object_or_for(self) -> ex.Expr:
+        cur = self.cur
+        open_brace = cur.next()
+        cur.push(newlines=False)
+        try:
+            if _is_for(cur):
+                return self.for_expr(open_brace, "}")
+        finally:
+            cur.pop()
+        cur.push(newlines=True)
+        try:
+            return self.object_items(open_brace)
+        finally:
+            cur.pop()
+
+    def object_items(self, open_brace: Token) -> ex.Expr:
+        """``{ key = value, ... }``: items end with a comma or a newline, as HCL."""
+        cur = self.cur
+        items: list[ex.ObjectItem] = []
+        while True:
+            cur.skip_newlines()
+            token = cur.peek()
+            if token.kind == "}":
+                cur.next()
+                return ex.ObjectExpr(tuple(items), self.loc(open_brace))
+            key, key_expr = self.object_key(token)
+            sep = cur.peek()
+            if sep.kind not in ("=", ":"):
+                raise cur.unexpected(sep, "= or : after an object key")
+            cur.next()
+            items.append(ex.ObjectItem(key, self.expression(), self.loc(token), key_expr))
+            after = cur.peek()
+            if after.kind == ",":
+                cur.next()
+            elif after.kind not in ("nl", "}"):
+                raise cur.error(
+                    f"HCL syntax error: unexpected {describe(after)}; expected a comma or a "
+                    "newline after this object item",
+                    after.start,
+                )
+
+    def object_key(self, token: Token) -> tuple[str, ex.Expr | None]:
+        """A bare name is the key itself (not a variable); anything else is computed."""
+        cur = self.cur
+        if token.kind == "name":
+            cur.next()
+            if cur.peek().kind in ("=", ":"):
+                return token.text, None
+            cur.pos = token.start  # a longer expression that starts with a name
+        cur.push(newlines=False)
+        try:
+            key = self.expression()
+        finally:
+            cur.pop()
         if isinstance(key, ex.Literal) and isinstance(key.value, str):
-            return key.value
-        raise PlanError("object keys must be names or quoted strings", self.loc(node))
+            return key.value, None
+        return cur.text[token.start : cur.pos].strip(), key
 
-    def _index_expr_term(self, node: Tree[Token], where: Location) -> ex.Expr:
-        target_node, index_node = _children(node)
-        target = self.expr(target_node)
-        if index_node.data == "short_index":  # value.0
-            return ex.GetAttr(target, str(_tokens(index_node)[-1]), where)
-        (key_node,) = _children(index_node)
-        return ex.Index(target, self.expr(key_node), where)
+    def for_expr(self, opener: Token, close: str) -> ex.Expr:
+        cur = self.cur
+        cur.next()  # for
+        first = self.name("a variable name after for")
+        key_var = None
+        value_var = first
+        if cur.peek().kind == ",":
+            cur.next()
+            key_var, value_var = first, self.name("a variable name after ,")
+        keyword = cur.peek()
+        if keyword.kind != "name" or keyword.text != "in":
+            raise cur.unexpected(keyword, "in")
+        cur.next()
+        collection = self.expression()
+        cur.expect(":", ": after the for's collection")
+        key = None
+        value = self.expression()
+        grouping = False
+        if close == "}":
+            cur.expect("=>", "=> between the key and the value of an object for")
+            key, value = value, self.expression()
+            if cur.peek().kind == "...":
+                cur.next()
+                grouping = True
+        condition = None
+        token = cur.peek()
+        if token.kind == "name" and token.text == "if":
+            cur.next()
+            condition = self.expression()
+        self.closing(close, opener)
+        where = self.loc(opener)
+        return ex.ForExpr(key_var, value_var, collection, key, value, condition, grouping, where)
 
-    def _get_attr_expr_term(self, node: Tree[Token], where: Location) -> ex.Expr:
-        target_node, attr_node = _children(node)
-        (name_node,) = _children(attr_node)
-        return ex.GetAttr(self.expr(target_node), self.name(name_node), where)
+
+def _is_for(cur: Cursor) -> bool:
+    token = cur.peek()
+    return token.kind == "name" and token.text == "for"
+
+
+def _number(token: Token, cur: Cursor) -> int | float:
+    text = token.text
+    if "." in text or "e" in text or "E" in text:
+        value = float(text)
+        if value in (float("inf"), float("-inf")):
+            raise cur.error("number out of range", token.start)
+        return value
+    return int(text)

@@ -11,6 +11,8 @@ arch says so: ``... (arch arm64)``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from guest.contract.arch import BOOTABLE_PLAN_ARCHES
 from guest.contract.errors import Location
 from guest.contract.plan import expr as ex
@@ -29,7 +31,8 @@ from guest.contract.plan.evaluator import (
 )
 from guest.contract.plan.model import EvaluatedPlan, Lldp, Plan
 from guest.contract.plan.resolve import evaluate_collecting
-from guest.contract.plan.syntax import parse_document
+from guest.contract.plan.syntax import Body, parse_document
+from guest.contract.plan.upstream import UpstreamWarning, upstream_warnings
 
 _SELF_UNAVAILABLE = {
     "top": SELF_OUTSIDE_TARGET,
@@ -108,12 +111,33 @@ def _key(error: PlanError) -> tuple[str, str]:
     return (str(error.where), error.message)
 
 
-def validate_plan(text: str, source: str) -> list[PlanError]:
-    """Every problem in a plan, in source order; an empty list means it is valid."""
+@dataclass(frozen=True)
+class Report:
+    """A plan's errors and its upstream warnings (forms only upstream's guest rejects)."""
+
+    errors: list[PlanError]
+    warnings: list[UpstreamWarning]
+
+
+def check_plan(text: str, source: str, *, upstream: bool = False) -> Report:
+    """Errors and upstream warnings in one parse; ``upstream`` makes the warnings errors."""
     try:
         body = parse_document(text, source)
     except PlanError as exc:
-        return [exc]
+        return Report([exc], [])
+    errors = _validate_body(body, source)
+    warnings = upstream_warnings(body)
+    if upstream:
+        return Report(sorted([*errors, *warnings], key=PlanError.sort_key), [])
+    return Report(errors, warnings)
+
+
+def validate_plan(text: str, source: str) -> list[PlanError]:
+    """Every problem in a plan, in source order; an empty list means it is valid."""
+    return check_plan(text, source).errors
+
+
+def _validate_body(body: Body, source: str) -> list[PlanError]:
     plan, errors = decode(body, source)
     errors += check_references(plan)
     seen = {_key(e) for e in errors}

@@ -1,0 +1,139 @@
+"""The token layer of HCL native syntax (docs/plan-language.md §2), newline-aware.
+
+HCL's native syntax is line-oriented: an argument or block ends at a newline, and a
+newline inside an expression ends it too, except where the expression sits inside
+``( )``, ``[ ]`` or a ``${ }`` interpolation (there newlines are ignored, so a long
+conditional can be wrapped in parentheses). The cursor keeps that as a stack of modes:
+``push(newlines=True/False)`` around each bracket, and ``peek`` skips newline tokens
+only where they are insignificant. Comments: ``#`` and ``//`` run to the end of the line
+and count as its newline; ``/* */`` counts as whitespace.
+
+Strings and heredocs are not tokens here: the parser reads their text directly from the
+source (templates nest expressions, which nest templates), using the cursor's position.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from typing import NamedTuple
+
+from guest.contract.errors import Location
+from guest.contract.plan.errors import PlanError
+
+_TOKEN = re.compile(
+    r"""
+    (?:[ \t\r]+|/\*(?:.|\n)*?\*/)*   # whitespace and block comments before the token
+    (?:
+    (?P<open_comment>/\*)
+    |(?P<nl>(?:\n|\#[^\n]*(?:\n|$)|//[^\n]*(?:\n|$)))
+    |(?P<num>[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)
+    |(?P<name>[^\W\d][\w-]*)
+    |(?P<heredoc><<-?(?:[^\W\d][\w-]*)[ \t]*\r?\n)
+    |(?P<op>==|!=|<=|>=|&&|\|\||=>|\.\.\.|::|\$\{|%\{|[-+*/%<>=!?:.,()\[\]{}~"])
+    |(?P<eof>\Z)
+    )
+    """,
+    re.VERBOSE,
+)
+_SPACE = re.compile(r"(?:[ \t\r]+|/\*(?:.|\n)*?\*/)*")
+#: What a line ends with when an operator was left waiting for its operand.
+_CONTINUES = set("?:+-*/%<>")
+_OPERATORS = {"||", "&&", "==", "!="}
+
+
+class Token(NamedTuple):
+    """``kind`` is "nl", "num", "name", "heredoc", "eof" or the operator text itself."""
+
+    kind: str
+    text: str
+    start: int
+    end: int
+
+
+#: How a token reads in an error message.
+def describe(token: Token) -> str:
+    if token.kind == "nl":
+        return "end of line" if token.text.strip() == "" else "a comment"
+    if token.kind == "eof":
+        return "end of file"
+    if token.kind == "name":
+        return f"name {token.text!r}"
+    if token.kind == "num":
+        return f"number {token.text}"
+    if token.kind == "heredoc":
+        return "a heredoc"
+    return repr(token.text)
+
+
+class Cursor:
+    """Position in the source, the newline-mode stack, and offset -> line:column."""
+
+    def __init__(self, text: str, source: str) -> None:
+        self.text = text
+        self.source = source
+        self.pos = 0
+        self.newlines = [True]
+        self.skip_newlines_now = False
+        self._lines = [0] + [m.end() for m in re.finditer("\n", text)]
+        self._peek_pos, self._peek_skip, self._peek_token = -1, False, Token("eof", "", 0, 0)
+
+    def where(self, offset: int) -> Location:
+        line = bisect_right(self._lines, offset)
+        return Location(self.source, line, offset - self._lines[line - 1] + 1)
+
+    def error(self, message: str, offset: int) -> PlanError:
+        return PlanError(message, self.where(offset))
+
+    def push(self, *, newlines: bool) -> None:
+        self.newlines.append(newlines)
+        self.skip_newlines_now = not newlines
+
+    def pop(self) -> None:
+        self.newlines.pop()
+        self.skip_newlines_now = not self.newlines[-1]
+
+    def _scan(self, pos: int) -> Token:
+        m = _TOKEN.match(self.text, pos)
+        if m is None:
+            at = _SPACE.match(self.text, pos).end()  # type: ignore[union-attr]
+            raise self.error(f"HCL syntax error: unexpected character {self.text[at]!r}", at)
+        kind = m.lastgroup or "op"
+        start = m.start(kind)
+        if kind == "open_comment":
+            raise self.error("a /* comment is never closed with */", start)
+        value = m.group(kind)
+        return Token(value if kind == "op" else kind, value, start, m.end())
+
+    def peek(self) -> Token:
+        """The next token; newline tokens are skipped where the current mode ignores them."""
+        skip = self.skip_newlines_now
+        if self._peek_pos == self.pos and self._peek_skip is skip:
+            return self._peek_token
+        token = self._scan(self.pos)
+        while skip and token.kind == "nl":
+            token = self._scan(token.end)
+        self._peek_pos, self._peek_skip, self._peek_token = self.pos, skip, token
+        return token
+
+    def next(self) -> Token:
+        token = self.peek()
+        self.pos = token.end
+        return token
+
+    def skip_newlines(self) -> None:
+        while self.peek().kind == "nl":
+            self.next()
+
+    def expect(self, kind: str, what: str) -> Token:
+        token = self.peek()
+        if token.kind != kind:
+            raise self.unexpected(token, what)
+        return self.next()
+
+    def unexpected(self, token: Token, expected: str) -> PlanError:
+        message = f"HCL syntax error: unexpected {describe(token)}; expected {expected}"
+        before = self.text[: token.start].rstrip()
+        if token.kind == "nl" and (before[-1:] in _CONTINUES or before[-2:] in _OPERATORS):
+            message += " (an expression continues on the next line only inside ( ) or [ ])"
+        return self.error(message, token.start)

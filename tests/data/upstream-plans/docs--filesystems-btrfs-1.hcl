@@ -1,0 +1,6 @@
+target "fedora" {
+  disk = {
+    device = "/dev/vda3"
+    fs     = "btrfs"
+  }
+}

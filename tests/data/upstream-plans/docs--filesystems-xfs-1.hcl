@@ -1,0 +1,6 @@
+target "alma" {
+  disk = {
+    device = "/dev/vda2"
+    fs     = "xfs"
+  }
+}

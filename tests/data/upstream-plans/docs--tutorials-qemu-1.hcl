@@ -1,0 +1,3 @@
+locals {
+  console = arch == "arm64" ? "ttyAMA0" : "ttyS0"
+}
