@@ -13,12 +13,12 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from guest.agent.cmdline import Options
 from guest.agent.console import Console
-from guest.agent.disks.mounted import Mounter
 from guest.agent.lease import Lease
 from guest.agent.lldp import Listener
 from guest.agent.machine import Paths
@@ -30,6 +30,9 @@ from guest.contract.efi import GLOBAL_VARIABLE_GUID, bootorder
 from guest.contract.efi.efivarfs import EfiVarStore
 from guest.contract.efi.loadoption import CACHE_MARKER, CACHE_MARKER_TEXT
 from publisher.run import run
+
+if TYPE_CHECKING:
+    from guest.agent.disks.mounted import Mounter
 
 MIB = 1 << 20
 KERNEL = os.urandom(2 * MIB + 17)

@@ -271,3 +271,34 @@ def test_symlink_loops_and_failed_unmounts_are_located_errors(tmp_path: Path) ->
     with pytest.raises(DiskReadError, match=r"dev/vdb: OSError: \[Errno 16\] Device or resource"):
         _read(tmp_path / "busy", {"vdb": image}, DiskSource("/dev/vdb", fs="xfs"),
               BusyOnUnmount())  # fmt: skip
+
+
+def test_an_ext4_disk_imports_no_mount_code(tmp_path: Path) -> None:
+    """Readers are imported when used: the ext4 path loads neither the mount code, the
+    btrfs parser nor ctypes' mount(2) (a fresh interpreter, as the guest's PID 1)."""
+    import sys
+
+    from publisher.run import run
+
+    tree = tmp_path / "tree"
+    (tree / "boot").mkdir(parents=True)
+    (tree / "boot/vmlinuz-6.1").write_bytes(b"k")
+    image = tmp_path / "fs.img"
+    run(["mkfs.ext4", "-q", "-F", "-d", tree, image, "8M"])
+    root = tmp_path / "root"
+    sys_tree(root, {"vdb": image})
+    script = (
+        "import sys, io\n"
+        "from pathlib import Path\n"
+        "from guest.agent import main\n"
+        "from guest.agent.console import Console\n"
+        "from guest.agent.disks import discover\n"
+        "from guest.agent.machine import Paths\n"
+        "from guest.contract.plan import DiskSource\n"
+        "f = discover.read_disk(DiskSource('/dev/vdb'), Paths(Path(sys.argv[1])),"
+        " Console([io.StringIO()]))\n"
+        "print(f.kernel_path, sorted(m for m in sys.modules if m.startswith("
+        "('guest.agent.disks.mounted', 'guest.agent.disks.btrfs', 'guest.agent.sysguest'))))\n"
+    )
+    out = run([sys.executable, "-c", script, root]).stdout.decode()
+    assert out.strip() == "/boot/vmlinuz-6.1 []"

@@ -49,7 +49,9 @@ def module_entries(
 ) -> list[cpio.Entry]:
     """The modules (and ``modules.dep``); only ``wanted`` are listed to load at start-up,
     ``on_demand`` ones (xfs, btrfs) are packed for the guest to modprobe when a disk
-    target needs them, so the plain boot does not pay for loading them."""
+    target needs them, so the plain boot does not pay for loading them. An on-demand
+    module the kernel does not have is left out (a custom kernel without xfs cannot read
+    xfs; the guest's mount error then says the driver is missing)."""
     if not wanted and not on_demand:
         return []
     if kernel.modules_dir is None or not kernel.modules_dir.is_dir():
@@ -57,7 +59,8 @@ def module_entries(
     available = kmods.index_modules(kernel.modules_dir)
     builtin = kmods.builtin_modules(kernel.modules_dir)
     startup = kmods.resolve(wanted, available, builtin)
-    order = kmods.resolve((*wanted, *on_demand), available, builtin)
+    optional = tuple(m for m in on_demand if kmods.module_key(m) in available)
+    order = kmods.resolve((*wanted, *optional), available, builtin)
     base = f"/lib/modules/{kernel.uname}"
     entries = [
         cpio.file(
