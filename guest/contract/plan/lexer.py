@@ -36,6 +36,9 @@ _TOKEN = re.compile(
     """,
     re.VERBOSE,
 )
+_NAME = re.compile(r"[^\W\d][\w-]*")
+#: One-character tokens that never start a longer one.
+_SINGLE = frozenset('{}[](),"?~')
 _SPACE = re.compile(r"(?:[ \t\r]+|/\*(?:.|\n)*?\*/)*")
 #: What a line ends with when an operator was left waiting for its operand.
 _CONTINUES = set("?:+-*/%<>")
@@ -94,7 +97,22 @@ class Cursor:
         self.skip_newlines_now = not self.newlines[-1]
 
     def _scan(self, pos: int) -> Token:
-        m = _TOKEN.match(self.text, pos)
+        # Fast paths for what most of a plan is made of (the guest parses under TCG); the
+        # full pattern below decides everything else.
+        text = self.text
+        while text[pos : pos + 1] == " ":
+            pos += 1
+        char = text[pos : pos + 1]
+        if char in _SINGLE:
+            return Token(char, char, pos, pos + 1)
+        if char == "\n":
+            return Token("nl", char, pos, pos + 1)
+        if char == "=" and text[pos + 1 : pos + 2] not in ("=", ">"):
+            return Token("=", char, pos, pos + 1)
+        name = _NAME.match(text, pos)
+        if name is not None:
+            return Token("name", name.group(), pos, name.end())
+        m = _TOKEN.match(text, pos)
         if m is None:
             at = _SPACE.match(self.text, pos).end()  # type: ignore[union-attr]
             raise self.error(f"HCL syntax error: unexpected character {self.text[at]!r}", at)
