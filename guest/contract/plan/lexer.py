@@ -15,10 +15,12 @@ source (templates nest expressions, which nest templates), using the cursor's po
 from __future__ import annotations
 
 import re
+from abc import abstractmethod
 from bisect import bisect_right
 from typing import NamedTuple
 
 from guest.contract.errors import Location
+from guest.contract.plan import expr as ex
 from guest.contract.plan.errors import PlanError
 
 _TOKEN = re.compile(
@@ -155,3 +157,21 @@ class Cursor:
         if token.kind == "nl" and (before[-1:] in _CONTINUES or before[-2:] in _OPERATORS):
             message += " (an expression continues on the next line only inside ( ) or [ ])"
         return self.error(message, token.start)
+
+
+class ParserBase:
+    """What the parser's mixins (templates, collections) use of the parser."""
+
+    cur: Cursor
+
+    @abstractmethod
+    def expression(self) -> ex.Expr: ...
+
+    @abstractmethod
+    def name(self, what: str) -> str: ...
+
+    @abstractmethod
+    def loc(self, token: Token) -> Location: ...
+
+    @abstractmethod
+    def closing(self, kind: str, opener: Token) -> None: ...
