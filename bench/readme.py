@@ -17,6 +17,8 @@ ISSUES = {
     6: "Guest agent",
     7: "Watcher",
     8: "End to end: edit -> new target running",
+    15: "Disk layouts",
+    17: "GitOps and build hosts for fleets",
 }
 
 HEADER = """\

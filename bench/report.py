@@ -61,13 +61,17 @@ class Bench:
 # Cheap ones first, so a quick look at a half-finished run already says something.
 BENCHES = (
     Bench("publish", 3, 300, 600),
-    Bench("iso_build", 4, 300, 900),
+    Bench("fleet", 17, 900, 1200),  # 1,000 plans: validate, publish cold and warm
+    Bench("iso_build", 4, 600, 1200),  # + full builds vs cmdline edits
     Bench("vm_restart", 5, 300, 600),
     Bench("plan_parse", 6, 300, 600),
     Bench("watch_latency", 7, 600, 1200),
     Bench("watch_idle", 7, 600, 900),
     Bench("guest_boot", 6, 900, 900),
-    Bench("edit_to_target", 8, 1500, 3600),  # two loops: QEMU, then macOS-shaped
+    Bench("disk_read", 15, 1500, 2400),  # ext4, Fedora btrfs, RHEL xfs, btrfs RAID1 boots
+    Bench("volume_read", 15, 1200, 1800),
+    Bench("edit_to_target", 8, 2100, 4800),  # three loops: QEMU two-pass, kexec, macOS-shaped
+    Bench("soak", 17, 900, 3600),  # the watcher as a service: 10,000 edits, registry restarts
 )
 
 

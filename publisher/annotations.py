@@ -107,3 +107,56 @@ def git_annotations(root: Path, env: Mapping[str, str]) -> Callable[[Path], dict
         return out
 
     return annotations
+
+
+def _plans_arg(root: Path, plans_dir: Path) -> str:
+    return plans_dir.resolve().relative_to(root.resolve()).as_posix()
+
+
+def plan_revisions(root: Path, plans_dir: Path) -> tuple[dict[str, str], set[str]]:
+    """What :func:`plan_revision` says for every file under plans/, in two git runs.
+
+    Paths are relative to ``root``: the last commit that touched each (one ``git log``
+    walk, newest first) and the set of files that differ from HEAD. A thousand plans
+    cost two processes, not two thousand.
+    """
+    where = _plans_arg(root, plans_dir)
+    walk = _git(root, "log", "-z", "--format=%x01%H", "--name-only", "--relative", "--", where)
+    last: dict[str, str] = {}
+    for entry in (walk or "").split("\x01")[1:]:
+        rev, _, names = entry.partition("\0")
+        for name in names.lstrip("\n").split("\0"):
+            if name:
+                last.setdefault(name, rev)
+    diff = _git(root, "diff", "-z", "--name-only", "--relative", "HEAD", "--", where)
+    return last, {n for n in (diff or "").split("\0") if n}
+
+
+def fleet_annotations(
+    root: Path, plans_dir: Path, env: Mapping[str, str]
+) -> Callable[[Path], dict[str, str]]:
+    """:func:`git_annotations` for a one-off publish of many plans, with revisions batched."""
+    source = git_source(root, env)
+    last, dirty = plan_revisions(root, plans_dir)
+
+    def annotations(plan: Path) -> dict[str, str]:
+        out: dict[str, str] = {}
+        rel = plan.resolve().relative_to(root.resolve()).as_posix()
+        if revision := last.get(rel):
+            out[REVISION] = f"{revision}-dirty" if rel in dirty else revision
+        if source:
+            out[SOURCE] = source
+        return out
+
+    return annotations
+
+
+def deleted_plan_files(root: Path, plans_dir: Path) -> list[str]:
+    """Files under plans/ that git history deleted (relative to plans/), newest first."""
+    where = _plans_arg(root, plans_dir)
+    out = _git(
+        root, "log", "-z", "--diff-filter=D", "--format=", "--name-only", "--relative", "--", where
+    )
+    names = dict.fromkeys(n.lstrip("\n") for n in (out or "").split("\0"))
+    prefix = f"{where}/" if where != "." else ""
+    return [n.removeprefix(prefix) for n in names if n.strip() and n.startswith(prefix)]

@@ -69,6 +69,14 @@ class Accel(enum.Enum):
     TCG = "tcg"
 
 
+class Loop(enum.Enum):
+    """How a reload reaches the target (README.md "The loop")."""
+
+    GUEST = "guest"  # two firmware passes: agent, reboot, Boot0001 (Path C; vfkit's only loop)
+    KEXEC = "kexec"  # one firmware pass: the agent kexecs the target (QEMU only)
+    HOST = "host"  # the host stages into the stopped VM's images: one boot (QEMU only)
+
+
 class RegistryServer(enum.Enum):
     """Which server ``cloudboot up`` embeds (publisher/localregistry.py)."""
 
@@ -96,6 +104,13 @@ class RegistrySection:
     )
 
 
+def registry_host(value: str) -> str:
+    """A registry as ``host[:port]``: no scheme, no path (the repository comes from the ref)."""
+    if not value or "/" in value or "@" in value or value != value.strip():
+        raise ValueError(f"expected a registry host[:port] like mirror.example:5000, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class PublishSection:
     ref: str = setting(
@@ -107,6 +122,12 @@ class PublishSection:
         False,
         "Refuse plans using forms upstream's guest rejects (docs/plan-language.md §5), "
         "for fleets that also boot upstream's guest; `plan validate` warns about them anyway.",
+    )
+    mirrors: list[str] = setting(
+        [],
+        "More registries (host[:port]) every `cloudboot publish` also goes to, same"
+        " repository and tag: all of them move their tags or none does.",
+        parse=registry_host,
     )
 
 
@@ -162,6 +183,13 @@ class WatchSection:
         "Upload and sign a plan edit while the debounce window is still open, so the run "
         "only moves the tag. Off: nothing is sent before the window closes (no untagged "
         "manifests left behind by intermediate saves).",
+    )
+    loop: Loop = setting(
+        Loop.GUEST,
+        "guest (two passes, Path C, the default), kexec (the agent kexecs the target: one "
+        "firmware pass; boot.iso gets cloudboot.exit=kexec,reboot) or host (the host stages "
+        "the default target into the stopped VM's cache disk and vars file: one boot). "
+        "kexec and host are Linux/QEMU development conveniences.",
     )
 
 

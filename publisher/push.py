@@ -195,8 +195,8 @@ def commit(client: RegistryClient, prepared: PreparedPush) -> PushResult:
     if prepared.next_uploads:  # a repeat publisher: the next one will want as many sessions
         client.prepare_uploads(ref, prepared.next_uploads)
     changed = prepared.wrote or prepared.move_tag
-    if changed:
-        log.info(
+    if changed:  # debug: every caller reports the result once itself (stdout or its stage line)
+        log.debug(
             "published",
             ref=str(ref),
             digest=prepared.digest,
@@ -230,7 +230,13 @@ def _prepare(
     tagged = bool(ref.tag) and not ref.digest
     repeat = client.memory.writes_to(ref)  # published here before: likely again soon
     pool = client.pool()
+    # A client that never saw this tag (a one-off publish of many plans, mostly unchanged)
+    # asks where it points before sending blobs: an unchanged plan then costs no blob
+    # round trips (the registry accepted its manifest, so it holds its blobs).
+    first_sight = tagged and client.memory.tag(ref) is None
     current = pool.submit(_current_tag, client, ref, digest) if tagged else None
+    if first_sight and current is not None and current.result() == digest:
+        blobs = ()
     signatures = pool.submit(existing_signatures, client, ref, digest) if key else None
     version = next_version(())
     # The payload carries a fresh version, so uploading it ahead is a bet that a new
@@ -300,9 +306,15 @@ def push_artifact(
     cmdline: str | None = None,
     key: SigningKey | None = None,
     annotations: Mapping[str, str] | None = None,
+    extras: Mapping[LayerRole, Path] | None = None,
 ) -> PushResult:
-    """A kernel/initrd artifact for one architecture; big files stream from disk."""
+    """A kernel/initrd artifact for one architecture; big files stream from disk.
+
+    ``extras``: a distribution's extra layers (modloop, apkovl, squashfs; see
+    docs/wire-formats.md §2.3), each a file published under its role's media type.
+    """
     files = {LayerRole.KERNEL: kernel, LayerRole.INITRD: initrd, LayerRole.MODULES: modules}
+    files.update(extras or {})
     blobs: dict[LayerRole, Blob] = {}
     for role, path in files.items():
         if path is None:

@@ -17,7 +17,7 @@ from guest.contract import cosign
 from guest.contract.errors import CloudbootError
 from guest.contract.oci import Manifest, Ref
 from publisher.registry import Blob, RegistryClient
-from publisher.signing import SigningKey, sign_blob
+from publisher.signing import SigningKey, sign_blob, verify_own
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +38,23 @@ def existing_signatures(
     return manifest, pairs
 
 
+def payloads_for(
+    pairs: Sequence[tuple[bytes, str]], digest: str
+) -> list[tuple[cosign.SignedPayload, bytes, str]]:
+    """The pairs whose payload parses and speaks about ``digest`` (signatures unchecked):
+    (parsed, payload bytes, signature) for callers that check keys themselves or have none.
+    """
+    out = []
+    for data, sig in pairs:
+        try:
+            signed = cosign.parse_payload(data)
+        except CloudbootError:
+            continue
+        if signed.manifest_digest == digest:
+            out.append((signed, data, sig))
+    return out
+
+
 @dataclass(frozen=True)
 class Signatures:
     """What the signature tag of one digest holds, split by whether ``key`` made it."""
@@ -53,10 +70,9 @@ class Signatures:
 def split_signatures(
     pairs: Sequence[tuple[bytes, str]], key: SigningKey, digest: str
 ) -> Signatures:
-    public = cosign.load_public_key(key.public_pem)
     ours, foreign = [], []
     for data, sig in pairs:
-        if not cosign.verify_signature(public, data, sig):
+        if not verify_own(key, data, sig):
             foreign.append((data, sig))
             continue
         try:

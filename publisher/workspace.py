@@ -33,11 +33,28 @@ import structlog
 from guest.contract.errors import CloudbootError
 from guest.contract.oci import parse_ref
 from guest.contract.plan import PlanError, read_plan_bytes
-from publisher.annotations import git_annotations
+from publisher.annotations import fleet_annotations
+from publisher.canary import CanaryPolicy, CanaryResult, CanaryRun, gated_commit
 from publisher.config import PLAN_SUFFIX, Config
+from publisher.fleet import (
+    ValidatedCache,
+    check_plans,
+    publish_concurrently,
+    stale_tags,
+    validator_fingerprint,
+    workspace_cache,
+)
 from publisher.ignore import IgnoreRules
 from publisher.planrefs import check_plan_refs
-from publisher.push import CheckedPlan, InvalidPlanError, PreparedPush, check_plan, commit
+from publisher.progress import NoProgress, Progress
+from publisher.push import (
+    CheckedPlan,
+    InvalidPlanError,
+    PreparedPush,
+    PushResult,
+    check_plan,
+    commit,
+)
 from publisher.push import prepare_plan as prepare_checked
 from publisher.registry import RegistryClient, client_from_config
 from publisher.signing import SigningKey, load_key_file
@@ -74,6 +91,12 @@ class PlanOutcome:
     uploaded: bool  # False when the tag already pointed at this digest, signed
     uploaded_bytes: int = 0
     prepared_ahead: bool = False  # the run only moved the tag (uploads ran in the window)
+
+
+def _outcome(result: PushResult, ahead: bool) -> PlanOutcome:
+    return PlanOutcome(
+        result.ref, result.digest, result.uploaded, result.uploaded_bytes, prepared_ahead=ahead
+    )
 
 
 @dataclass(frozen=True)
@@ -159,11 +182,18 @@ class PlanPublisher:
         """Publish bytes the caller has already checked (``cloudboot publish``)."""
         return self._commit(self._prepare_checked(plan), False)
 
+    def publish_gated(
+        self, plan: CheckedPlan, run: CanaryRun
+    ) -> tuple[PlanOutcome, CanaryResult | None]:
+        """Publish checked bytes once their canary passed (``publisher.canary``)."""
+        prepared = self._prepare_checked(plan)
+        result, verdict = gated_commit(self.client, prepared, plan.path, run)
+        if result is None:  # held: production untouched; the outcome names the staged digest
+            return PlanOutcome(str(prepared.ref), prepared.digest, False, prepared.sent), verdict
+        return _outcome(result, False), verdict
+
     def _commit(self, prepared: PreparedPush, ahead: bool) -> PlanOutcome:
-        result = commit(self.client, prepared)
-        return PlanOutcome(
-            result.ref, result.digest, result.uploaded, result.uploaded_bytes, prepared_ahead=ahead
-        )
+        return _outcome(commit(self.client, prepared), ahead)
 
     def _prepared(self, plan: Path, sha: str) -> PreparedPush | None:
         """The background preparation of exactly these bytes, if one succeeded."""
@@ -193,14 +223,16 @@ class PlanPublisher:
 class PlanPublishOutcome:
     plan: str  # relative to plans/
     ref: str
-    status: str  # published | unchanged | invalid | failed | skipped
+    status: str  # published | unchanged | invalid | failed | skipped | stale | pruned | held
     digest: str | None = None
     uploaded_bytes: int = 0
     error: str | None = None
+    canary: dict[str, Any] | None = None  # the canary's verdict, when one ran
+    registries: dict[str, str] | None = None  # with [publish].mirrors: registry -> what happened
 
     @property
     def ok(self) -> bool:
-        return self.status in ("published", "unchanged")
+        return self.status in ("published", "unchanged", "stale", "pruned")
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
@@ -217,71 +249,94 @@ def find_plans(config: Config) -> list[Path]:
     )
 
 
-def _check_file(plan: Path) -> CheckedPlan:
-    """Read and check one plan; its first error (file:line:col) with a count."""
-    try:
-        return check_plan(read_plan_bytes(plan), plan)
-    except InvalidPlanError as exc:
-        raise first_error(exc.errors) from None
-
-
 def publish_plans(
-    plans: list[Path], plans_dir: Path, publisher: PlanPublisher
+    plans: list[Path],
+    plans_dir: Path,
+    publisher: PlanPublisher,
+    cache: ValidatedCache | None = None,
+    progress: bool = False,
+    canary: CanaryPolicy | None = None,
 ) -> list[PlanPublishOutcome]:
-    """Validate all, then publish all (nothing when any is invalid)."""
-    checked: dict[Path, CheckedPlan] = {}
-    invalid: dict[Path, str] = {}
-    for plan in plans:
-        try:
-            checked[plan] = _check_file(plan)
-        except CloudbootError as exc:
-            invalid[plan] = str(exc)
-    outcomes = []
-    for plan in plans:
+    """Validate all, then publish all (nothing when any is invalid); with ``canary``, a
+    changed plan's tag moves only after its canary passed."""
+    run = CanaryRun(canary) if canary else None
+    fleet = check_plans(plans, cache or ValidatedCache(None, validator_fingerprint()))
+    invalid = fleet.invalid
+    bar = Progress("publishing", len(plans)) if progress and len(plans) > 1 else NoProgress()
+
+    def one(plan: Path) -> PlanPublishOutcome:
         rel = plan.relative_to(plans_dir).as_posix()
         ref = publisher.ref_for(plan)
         if plan in invalid:
-            outcomes.append(PlanPublishOutcome(rel, ref, "invalid", error=invalid[plan]))
-            continue
+            return PlanPublishOutcome(rel, ref, "invalid", error=invalid[plan])
         if invalid:
-            outcomes.append(
-                PlanPublishOutcome(
-                    rel, ref, "skipped", error="not published: another plan is invalid"
-                )
+            return PlanPublishOutcome(
+                rel, ref, "skipped", error="not published: another plan is invalid"
             )
-            continue
+        verdict = None
         try:
-            result = publisher.publish_checked(checked[plan])
+            if run is None:
+                result = publisher.publish_checked(fleet.checked[plan])
+            else:
+                result, verdict = publisher.publish_gated(fleet.checked[plan], run)
         except CloudbootError as exc:
             log.error("publish failed", plan=rel, error=str(exc))
-            outcomes.append(PlanPublishOutcome(rel, ref, "failed", error=str(exc)))
-            continue
+            return PlanPublishOutcome(rel, ref, "failed", error=str(exc))
+        tried = verdict.to_json() if verdict else None
+        if verdict is not None and not verdict.passed:
+            error = f"canary: {verdict.result}; production tag not moved"
+            return PlanPublishOutcome(rel, ref, "held", result.digest, error=error, canary=tried)
         status = "published" if result.uploaded else "unchanged"
-        outcomes.append(
-            PlanPublishOutcome(rel, result.ref, status, result.digest, result.uploaded_bytes)
+        return PlanPublishOutcome(
+            rel, result.ref, status, result.digest, result.uploaded_bytes, canary=tried
         )
-    return outcomes
+
+    return publish_concurrently(plans, one, bar)
 
 
 def publish_workspace(
-    config: Config, env: Mapping[str, str] | None = None
+    config: Config,
+    env: Mapping[str, str] | None = None,
+    prune: bool = False,
+    progress: bool = False,
+    canary: CanaryPolicy | None = None,
 ) -> list[PlanPublishOutcome]:
     plans = find_plans(config)
     if not plans:
         raise CloudbootError("no plans (*.hcl) to publish", where=str(config.plans_dir))
     check_plan_refs(config, plans)  # one ref per plan, before anything is pushed
-    annotations = git_annotations(config.root, os.environ if env is None else env)
+    annotations = fleet_annotations(
+        config.root, config.plans_dir, os.environ if env is None else env
+    )
     publisher = PlanPublisher.from_config(config, annotations)
-    return publish_plans(plans, config.plans_dir, publisher)
+    if config.publish.mirrors:  # every registry or none (publisher/mirrors.py)
+        from publisher.mirrors import publish_mirrored
+
+        return publish_mirrored(plans, config, publisher)
+    cache = workspace_cache(config)
+    outcomes = publish_plans(plans, config.plans_dir, publisher, cache, progress, canary)
+    stale = stale_tags(config, publisher.client, plans, prune and all(o.ok for o in outcomes))
+    return outcomes + [
+        PlanPublishOutcome(
+            s.plan, s.ref, "pruned" if s.pruned else "stale", s.digest,
+            error=None if s.pruned else "plan file deleted; tag left (remove with --prune)",
+        )
+        for s in stale
+    ]  # fmt: skip
 
 
 def format_outcomes(outcomes: list[PlanPublishOutcome]) -> str:
     lines = []
     for o in outcomes:
-        if o.ok:
+        if o.status == "stale":
+            lines.append(f"{o.status:9} {o.plan} -> {o.ref}@{o.digest}: {o.error}")
+        elif o.ok:
             lines.append(f"{o.status:9} {o.plan} -> {o.ref}@{o.digest}")
         else:
             lines.append(f"{o.status:9} {o.plan}: {o.error}")
     ok = sum(o.ok for o in outcomes)
-    lines.append(f"{ok}/{len(outcomes)} plans published or unchanged")
+    stale = sum(o.status in ("stale", "pruned") for o in outcomes)
+    lines.append(f"{ok - stale}/{len(outcomes) - stale} plans published or unchanged")
+    if stale:
+        lines.append(f"{stale} tag(s) of deleted plan files: left or pruned (see above)")
     return "\n".join(lines)

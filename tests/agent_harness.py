@@ -16,8 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from guest.agent.cmdline import Options
 from guest.agent.console import Console
+from guest.agent.disks.mounted import Mounter
 from guest.agent.lease import Lease
+from guest.agent.lldp import Listener
 from guest.agent.machine import Paths
 from guest.agent.main import Agent
 from guest.agent.stage import CacheEsp, DeviceRuns, EspFiles, FileData
@@ -77,6 +80,7 @@ class HostSystem:
     rebooted: bool = False
     esp_opened: list[str] = field(default_factory=list)
     lease: Lease | None = None
+    lldp: Listener | None = None  # a stand-in listener, for plans branching on lldp.*
 
     def prepare(self) -> None:
         pass
@@ -86,6 +90,11 @@ class HostSystem:
 
     def network_up(self, console: Console) -> Lease | None:
         return self.lease
+
+    def start_lldp(
+        self, interface: str, options: Options, arch: str
+    ) -> tuple[Listener | None, list[str]]:
+        return self.lldp, []
 
     def ensure_efivars(self, path: Path) -> None:
         assert path.is_dir()
@@ -172,11 +181,13 @@ def _plan(target_cmdline: str = "console=ttyS0 marker") -> bytes:
     ).encode()
 
 
-def _run(root: Path, cmdline: str, lease: Lease | None = None) -> tuple[int, str, HostSystem]:
+def _run(
+    root: Path, cmdline: str, lease: Lease | None = None, mounter: Mounter | None = None
+) -> tuple[int, str, HostSystem]:
     (root / "proc/cmdline").write_text(cmdline + "\n")
     out = io.StringIO()
     system = HostSystem(lease=lease)
-    agent = Agent(system, Console([out]), Paths(root), Arch.X86_64)
+    agent = Agent(system, Console([out]), Paths(root), Arch.X86_64, mounter=mounter)
     status = agent.run()
     if status == 0:
         system.finish()

@@ -30,6 +30,7 @@ import requests
 from guest.contract import cosign
 from guest.contract.oci import MANIFEST_ACCEPT, Manifest, digest_of
 from publisher.localregistry import RunningRegistry
+from tests.httpserve import serving
 
 #: Close the connection without an answer; the registry never sees the request.
 DROP = "drop"
@@ -217,17 +218,9 @@ def faulty_proxy(upstream: RunningRegistry) -> Iterator[FaultyProxy]:
     """A fault-injecting proxy in front of ``upstream`` (plain HTTP) until the block ends."""
     proxy = FaultyProxy(upstream)
     handler = type("FaultyHandler", (_Handler,), {"proxy": proxy})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    proxy.address = f"127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True, name="faulty-proxy")
-    thread.start()
-    try:
+    with serving(handler, "faulty-proxy") as port:
+        proxy.address = f"127.0.0.1:{port}"
         yield proxy
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @dataclass

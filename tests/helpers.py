@@ -26,6 +26,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import hcl2
 import lark
@@ -238,6 +239,13 @@ def skopeo_digest(ref: str) -> str | None:
 
 def skopeo_signature_ok(ref_name: str, digest: str, public_pem: bytes) -> bool:
     """Fetch ``sha256-<hex>.sig`` with skopeo and check the ECDSA signature with cryptography."""
+    return bool(skopeo_signatures(ref_name, digest, public_pem))
+
+
+def skopeo_signatures(ref_name: str, digest: str, public_pem: bytes) -> list[dict[str, Any]]:
+    """The payloads at ``sha256-<hex>.sig`` (fetched with skopeo) that ``public_pem`` signed
+    for ``digest``, checked with cryptography: an independent view of what a guest reads.
+    """
     import base64
     import json
     import tempfile
@@ -249,6 +257,7 @@ def skopeo_signature_ok(ref_name: str, digest: str, public_pem: bytes) -> bool:
     from publisher.run import run
 
     tag = digest.replace(":", "-") + ".sig"
+    found = []
     with tempfile.TemporaryDirectory() as out:
         proc = run(
             [
@@ -261,21 +270,21 @@ def skopeo_signature_ok(ref_name: str, digest: str, public_pem: bytes) -> bool:
             check=False,
         )
         if proc.returncode != 0:
-            return False
+            return []
         manifest = json.loads((Path(out) / "manifest.json").read_text())
         key = serialization.load_pem_public_key(public_pem)
         assert isinstance(key, ec.EllipticCurvePublicKey)
         for layer in manifest["layers"]:
             payload = (Path(out) / layer["digest"].split(":")[1]).read_bytes()
-            signed = json.loads(payload)["critical"]["image"]["docker-manifest-digest"]
+            doc = json.loads(payload)
             sig = base64.b64decode(layer["annotations"]["dev.cosignproject.cosign/signature"])
             try:
                 key.verify(sig, payload, ec.ECDSA(hashes.SHA256()))
             except InvalidSignature:
                 continue
-            if signed == digest:
-                return True
-    return False
+            if doc["critical"]["image"]["docker-manifest-digest"] == digest:
+                found.append(doc)
+    return found
 
 
 # --- VMs -----------------------------------------------------------------------------------
@@ -411,10 +420,13 @@ def sign(
     digest: str,
     key: ec.EllipticCurvePrivateKey,
     payload: bytes | None = None,
+    **kw: object,
 ) -> None:
+    """Push a cosign signature of ``digest``; ``kw`` as ``push_blob`` takes (auth, TLS)."""
     data = payload or cosign.payload(identity, digest)
     sig = base64.b64encode(key.sign(data, ec.ECDSA(hashes.SHA256()))).decode()
     manifest, config = cosign.signature_manifest([(data, sig)])
-    push_blob(base, repo, config)
-    push_blob(base, repo, data)
-    push_manifest(base, repo, cosign.signature_tag(digest), bytes(manifest), oci.MEDIA_MANIFEST)
+    push_blob(base, repo, config, **kw)  # type: ignore[arg-type]
+    push_blob(base, repo, data, **kw)  # type: ignore[arg-type]
+    tag = cosign.signature_tag(digest)
+    push_manifest(base, repo, tag, bytes(manifest), oci.MEDIA_MANIFEST, **kw)  # type: ignore[arg-type]

@@ -5,11 +5,13 @@ boots with fresh NVRAM. Shared by the QEMU tests and bench/guest_boot.py.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from virt.firmware.varstore.edk2 import Edk2VarStore
 
@@ -21,7 +23,7 @@ from publisher.media.cachedisk import ensure_cache_disk
 from publisher.media.debs import DebCache
 from publisher.media.recipe import load_recipe
 from publisher.run import run, spawn
-from tests.helpers import REPO, new_key
+from tests.helpers import REPO, new_key, push_plan, sign
 from tests.qemu_boot import recipe_text
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
@@ -41,11 +43,15 @@ class Lab:
     key_pem: bytes
     key: object
     arch: Arch = Arch.X86_64
+    #: More target disks after ``target`` (btrfs RAID1, md members, LVM PVs).
+    more_targets: tuple[Path, ...] = ()
 
 
-def _tiny_initrd(busybox: Path, marker: str = MARKER) -> bytes:
+def _tiny_initrd(busybox: Path, marker: str = MARKER, before: str = "") -> bytes:
+    """A busybox initrd that runs ``before`` (shell lines), prints ``marker`` and its
+    /proc/cmdline, and powers off."""
     init = (
-        f"#!/bin/busybox sh\necho {marker} $(/bin/busybox cat /proc/cmdline)\n"
+        f"#!/bin/busybox sh\n{before}echo {marker} $(/bin/busybox cat /proc/cmdline)\n"
         "/bin/busybox poweroff -f\n"
     )
     entries = [cpio.directory("/dev"), cpio.char_device("/dev/console", 5, 1),
@@ -54,31 +60,41 @@ def _tiny_initrd(busybox: Path, marker: str = MARKER) -> bytes:
     return cpio.compress(cpio.newc(entries), cpio.Compression.GZIP)
 
 
-def build_iso(root: Path, init: str, cmdline: str, arch: Arch = Arch.X86_64) -> Path:
-    """boot.iso from a copy of the repo's recipe with ``init`` (guest-agent|busybox-marker)."""
+def build_iso(
+    root: Path, init: str, cmdline: str, arch: Arch = Arch.X86_64, recipe_extra: str = ""
+) -> Path:
+    """boot.iso from a copy of the repo's recipe with ``init`` (guest-agent|busybox-marker);
+    ``recipe_extra`` is TOML appended to it (e.g. a ``[registry]`` table)."""
     suffix = "" if arch is Arch.X86_64 else f"-{arch.value}"
     kernel_dir = root / f"kernel-{init}{suffix}"
     shutil.copytree(REPO / "kernel", kernel_dir)
     recipe_path = kernel_dir / "recipe.toml"
     text = recipe_text(init)
     text = text.replace('compression = "gzip"', 'compression = "zstd"')
-    recipe_path.write_text(text)
+    recipe_path.write_text(text + recipe_extra)
     iso = root / f"boot-{init}{suffix}.iso"
     build_boot_iso(load_recipe(recipe_path), iso, [arch], cmdline)
     return iso
 
 
 @contextlib.contextmanager
-def make_lab(root: Path, arch: Arch = Arch.X86_64) -> Iterator[Lab]:
-    """Registry, boot.iso with the agent, and the ext4 target disk (for tests and bench)."""
+def make_lab(
+    root: Path, arch: Arch = Arch.X86_64, cmdline: str = "", recipe_extra: str = ""
+) -> Iterator[Lab]:
+    """Registry, boot.iso with the agent, and the ext4 target disk (for tests and bench).
+
+    ``cmdline`` replaces the baked default (the plan in the lab's registry); its
+    ``{port}`` is the lab registry's port.
+    """
     key, pem = new_key()
     with local_registry(root / "registry") as registry:
         (root / "cosign.pub").write_bytes(pem)
-        cmdline = (
-            f"cloudboot.exit=reboot cloudboot.plan=oci://10.0.2.2:{registry.port}"
+        default = (
+            "cloudboot.exit=reboot cloudboot.plan=oci://10.0.2.2:{port}"
             f"/plans/web cloudboot.insecure=1 console={arch.serial_console}"
         )
-        iso = build_iso(root, "guest-agent", cmdline, arch)
+        baked = (cmdline or default).replace("{port}", str(registry.port))
+        iso = build_iso(root, "guest-agent", baked, arch, recipe_extra)
         debs = DebCache()
         kpkg = debs.kernel_package(f"linux-image-cloud-{arch.oci}", arch)
         busybox = debs.package("busybox-static", arch).root / "bin/busybox"
@@ -105,7 +121,14 @@ def plan_for(arch: Arch) -> bytes:
 PLAN = plan_for(Arch.X86_64)
 
 
-def qemu_argv(lab: Lab, vars_fd: Path, cache: Path, serial: Path, reboot: bool) -> list[str]:
+#: The lab's network: QEMU user networking (DHCP, the host as 10.0.2.2) on one virtio NIC.
+USER_NET = ("-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0")
+
+
+def qemu_argv(
+    lab: Lab, vars_fd: Path, cache: Path, serial: Path, reboot: bool,
+    net: Sequence[str] = USER_NET,
+) -> list[str]:  # fmt: skip
     """QEMU for the lab: the ISO, the cache disk and the target disk on virtio, rng, net."""
     code, _template = FIRMWARE[lab.arch]
     if lab.arch is Arch.X86_64:
@@ -123,16 +146,20 @@ def qemu_argv(lab: Lab, vars_fd: Path, cache: Path, serial: Path, reboot: bool) 
         "-device", "virtio-blk-pci,drive=cache",
         "-drive", f"if=none,id=target,format=raw,readonly=on,file={lab.target}",
         "-device", "virtio-blk-pci,drive=target",
+        *(arg for i, more in enumerate(lab.more_targets) for arg in (
+            "-drive", f"if=none,id=more{i},format=raw,readonly=on,file={more}",
+            "-device", f"virtio-blk-pci,drive=more{i}")),
         "-device", "virtio-rng-pci",
-        "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
+        *net,
         "-serial", f"file:{serial}",
     ]  # fmt: skip
     return argv + (["-action", "reboot=reset"] if reboot else ["-no-reboot"])
 
 
 def boot(
-    lab: Lab, name: str, until: str, timeout: float = 240.0, cache: Path | None = None
-) -> tuple[str, Path]:
+    lab: Lab, name: str, until: str, timeout: float = 240.0, cache: Path | None = None,
+    net: Sequence[str] = USER_NET,
+) -> tuple[str, Path]:  # fmt: skip
     """Boot with fresh NVRAM (a copy of the vars template) and a new cache disk, or the
     given ``cache`` kept from an earlier boot (as the dev loop keeps it across resets)."""
     work = lab.root / name
@@ -143,7 +170,7 @@ def boot(
         cache = work / "cache.raw"
         ensure_cache_disk(cache, 64)
     serial = work / "serial.log"
-    argv = qemu_argv(lab, vars_fd, cache, serial, reboot=until != "FATAL")
+    argv = qemu_argv(lab, vars_fd, cache, serial, reboot=until != "FATAL", net=net)
     with spawn(argv, stdout=work / "qemu.log"):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -162,3 +189,32 @@ def boot(
 
 def _vars(path: Path) -> dict[str, bytes]:
     return {n: bytes(v.data) for n, v in Edk2VarStore(str(path)).get_varlist().items()}
+
+
+def target_kernel(lab: Lab) -> tuple[str, bytes, bytes]:
+    """The lab's Debian cloud kernel (release, bytes) and the marker initrd."""
+    debs = DebCache()
+    kpkg = debs.kernel_package(f"linux-image-cloud-{lab.arch.oci}", lab.arch)
+    busybox = debs.package("busybox-static", lab.arch).root / "bin/busybox"
+    vmlinuz = next((kpkg.root / "boot").glob("vmlinuz-*"))
+    return vmlinuz.name.removeprefix("vmlinuz-"), vmlinuz.read_bytes(), _tiny_initrd(busybox)
+
+
+def boot_disk_layout(lab: Lab, name: str, layouts: Callable[..., dict[str, Any]]) -> str:
+    """Boot the lab with the disk layout ``name`` (tests/disk_images.py) as the target:
+    its image(s) attached after the cache disk, a signed plan naming it, the serial log."""
+    from tests.disk_images import image_for
+
+    layout, disk = layouts(*target_kernel(lab))[name]
+    images = image_for(layout)
+    plan = (
+        f'default_target = "{name}"\n'
+        f'target "{name}" {{\n  cmdline = "console=ttyS0 panic=-1 {name}-marker"\n'
+        f"  disk {{\n  {disk}\n  }}\n}}\n"
+    ).encode()
+    # the lab's boot.iso names plans/web on its command line
+    digest = push_plan(lab.registry.url, "plans/web", "latest", plan)
+    sign(lab.registry.url, "plans/web", f"{lab.registry.address}/plans/web", digest, lab.key)  # type: ignore[arg-type]
+    here = dataclasses.replace(lab, target=images[0], more_targets=tuple(images[1:]))
+    log, _vars_fd = boot(here, name, MARKER)
+    return log

@@ -22,17 +22,22 @@ class TlsRegistry:
 
 
 @contextlib.contextmanager
-def tls_registry(workdir: Path) -> Iterator[TlsRegistry]:
+def tls_registry(
+    workdir: Path, names: tuple[str, ...] = (), storage: Path | None = None
+) -> Iterator[TlsRegistry]:
+    """``names``: more subjectAltNames (``IP:10.0.2.2``, ``DNS:a.fleet.test``)."""
     workdir.mkdir(parents=True, exist_ok=True)
+    san = ",".join(("IP:127.0.0.1", "DNS:localhost", *names))
     cert, key = workdir / "cert.pem", workdir / "key.pem"
     run(
         [
             "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
             "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
-            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-addext", f"subjectAltName={san}",
         ]
     )  # fmt: skip
     htpasswd = workdir / "htpasswd"
     run(["htpasswd", "-iBc", htpasswd, USER], input=PASSWORD.encode())  # not in argv
-    with local_registry(workdir / "reg", tls=RegistryTls(cert, key), htpasswd=htpasswd) as reg:
+    tls = RegistryTls(cert, key)
+    with local_registry(workdir / "reg", tls=tls, htpasswd=htpasswd, storage=storage) as reg:
         yield TlsRegistry(reg, cert)

@@ -20,11 +20,11 @@ import threading
 import time
 from pathlib import Path
 
-from bench.linelog import LineClock
 from bench.readme import render
 from bench.report import Bench, run_bench
 from bench.results import Row
 from tests.helpers import REPO, wait_for
+from watcher.watch.lineclock import LineClock
 
 REPORT = [sys.executable, str(REPO / "bench" / "report.py")]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -16,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from guest.contract.arch import Arch
 from guest.contract.errors import CloudbootError
 from guest.contract.gpt import SECTOR, read_gpt
-from publisher.media.build import build_boot_iso, builder_code, stamp_path
+from publisher.media import cpio
+from publisher.media.build import build_boot_iso, builder_code, cache_dir, stamp_path
 from publisher.media.guestpack import pack_inputs
 from publisher.media.recipe import RecipeError, load_recipe, parse_recipe
 from publisher.run import run
@@ -90,6 +92,55 @@ def test_incremental_and_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert out.read_bytes() == good
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     assert recipe.for_arch(Arch.X86_64).console == "ttyS0"
+
+
+def test_cmdline_edit_reuses_the_initramfs_and_gives_a_full_builds_bytes(tmp_path: Path) -> None:
+    """A cmdline-only edit takes each arch's initramfs from the cache, and the image is the
+    one a full build of the same inputs makes; an initramfs input edit is not reused."""
+    out = tmp_path / "ws" / "boot.iso"
+    assert build(out, [Arch.X86_64]).reused == []
+    edited = build(out, [Arch.X86_64], cmdline="console=ttyS0 edited=1")
+    assert edited.reused == ["initramfs-x86_64"] and not edited.skipped
+    full = build(tmp_path / "full" / "boot.iso", [Arch.X86_64], cmdline="console=ttyS0 edited=1",
+                 force=True)  # fmt: skip
+    assert full.reused == []
+    assert out.read_bytes() == full.output.read_bytes()
+    # an edit to a file that goes into the initramfs: a new one, not the cached one
+    extra = tmp_path / "motd"
+    extra.write_text("one\n")
+    recipe = parse_recipe(recipe_text() + f'\n[[initramfs.files]]\nsrc = "{extra}"\n'
+                          'dest = "/etc/motd"\n', REPO / "kernel" / "recipe.toml")  # fmt: skip
+    recipe = dataclasses.replace(recipe, cosign_public_key=None)
+    assert build_boot_iso(recipe, out, [Arch.X86_64]).reused == []
+    extra.write_text("two\n")
+    os.utime(extra, ns=(1, 1))
+    rebuilt = build_boot_iso(recipe, out, [Arch.X86_64])
+    assert rebuilt.reused == [] and b"two\n" in cpio.decompress(_initrd_of(out, tmp_path))
+    # a cache entry whose bytes do not match its name is a miss, never a wrong image
+    for entry in cache_dir(out).iterdir():
+        entry.write_bytes(entry.read_bytes()[:-1] + b"x")
+    assert build_boot_iso(recipe, out, [Arch.X86_64], cmdline="console=ttyS0 x=2").reused == []
+
+
+def _uki_of(iso: Path, work: Path) -> Path:
+    """The x86_64 UKI on a boot.iso, read back with mtools from its ESP."""
+    data = iso.read_bytes()
+    (esp,) = read_gpt(data[: 34 * SECTOR]).partitions
+    part = work / "esp.img"
+    part.write_bytes(data[esp.first_lba * SECTOR : (esp.last_lba + 1) * SECTOR])
+    uki = work / "BOOTX64.EFI"
+    uki.unlink(missing_ok=True)
+    run(["mcopy", "-i", part, "::/EFI/BOOT/BOOTX64.EFI", uki])
+    return uki
+
+
+def _initrd_of(iso: Path, work: Path) -> bytes:
+    """The .initrd section of the x86_64 UKI on a boot.iso (read back with pefile)."""
+    import pefile
+
+    pe = pefile.PE(data=_uki_of(iso, work).read_bytes())
+    section = next(s for s in pe.sections if s.Name.rstrip(b"\0") == b".initrd")
+    return bytes(section.get_data()[: section.Misc_VirtualSize])
 
 
 def test_signature_verifies_as_cosign_blob(tmp_path: Path) -> None:
@@ -206,11 +257,6 @@ def test_secure_boot_signed_uki_verifies(tmp_path: Path) -> None:
     recipe_path = tmp_path / "recipe.toml"
     recipe_path.write_text(text)
     out = build_boot_iso(load_recipe(recipe_path), tmp_path / "boot.iso", [Arch.X86_64]).output
-    data = out.read_bytes()
-    (esp,) = read_gpt(data[: 34 * SECTOR]).partitions
-    part = tmp_path / "esp.img"
-    part.write_bytes(data[esp.first_lba * SECTOR : (esp.last_lba + 1) * SECTOR])
-    uki = tmp_path / "BOOTX64.EFI"
-    run(["mcopy", "-i", part, "::/EFI/BOOT/BOOTX64.EFI", uki])
+    uki = _uki_of(out, tmp_path)
     assert "Signature verification OK" in run(["sbverify", "--cert", cert, uki]).stderr.decode() + \
         run(["sbverify", "--cert", cert, uki]).stdout.decode()  # fmt: skip

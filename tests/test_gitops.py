@@ -1,6 +1,6 @@
 """`cloudboot publish` (GitOps) against a real registry, in a real git checkout.
 
-The command is taken verbatim from the GitHub Actions example in systemd/, so the
+The command is taken verbatim from the GitHub Actions example in docs/ci/, so the
 documented CI step is the one tested. Results are checked with skopeo.
 """
 
@@ -29,7 +29,7 @@ BIN = Path(sys.executable).parent
 
 def ci_command() -> str:
     """The `cloudboot ... publish` line of the documented workflow."""
-    text = (REPO / "systemd" / "github-actions-publish.yml").read_text()
+    text = (REPO / "docs" / "ci" / "github-actions.yml").read_text()
     match = re.search(r"^\s*run: (cloudboot .*publish.*)$", text, re.M)
     assert match, "the workflow must run cloudboot publish"
     return match.group(1)
@@ -55,6 +55,7 @@ def publish(root: Path) -> tuple[int, list[dict[str, object]], str]:
         "COSIGN_PASSWORD": "pw",
         "GITHUB_SERVER_URL": "https://github.com",
         "GITHUB_REPOSITORY": "me/plans",
+        "GITHUB_STEP_SUMMARY": str(root / "summary.md"),
     }
     # exactly how GitHub Actions runs a step with `shell: bash`
     argv = ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", ci_command()]
@@ -100,6 +101,8 @@ def test_publish_is_signed_annotated_and_idempotent(
     annotations = json.loads(raw)["annotations"]
     assert annotations["org.opencontainers.image.revision"] == first_commit
     assert annotations["org.opencontainers.image.source"] == "https://github.com/me/plans"
+    summary = (root / "summary.md").read_text()  # the workflow's $GITHUB_STEP_SUMMARY
+    assert f"| `demo.hcl` | ✅ published | `{ref}` | `{digest[:19]}…` |" in summary
 
     # again, nothing changed: nothing uploaded, reported as unchanged
     rc, report, err = publish(root)

@@ -181,7 +181,7 @@ def test_metadata_overrides_knobs_feeds_meta_and_wins_dns(
     assert "metadata: cloudboot.target='other' (overrides the cmdline)" in log
     assert "metadata may not set cloudboot.cosign" in log  # warn -> off refused
     assert "WARNING: plan signature check failed (cloudboot.cosign=warn)" in log
-    # metadata dns beats the plan's, which beats the cmdline's
+    # metadata dns beats the cmdline's, which beats the plan's
     assert (machine / "etc/resolv.conf").read_text() == "nameserver 192.0.2.99\n"
     boot = EfiVarStore(machine / "sys/firmware/efi/efivars").read("Boot0001", GLOBAL_VARIABLE_GUID)
     assert boot is not None
@@ -190,7 +190,7 @@ def test_metadata_overrides_knobs_feeds_meta_and_wins_dns(
     assert option.optional_text() == r"initrd=\EFI\Linux\other-initrd host=g1 mac= ns=10.0.2.3"
 
 
-def test_cmdline_dns_beats_the_plans_and_templates_render_into_boot0001(
+def test_cmdline_dns_beats_plan_and_templates_render_into_boot0001(
     machine: Path, registry: RunningRegistry
 ) -> None:
     push_plan(registry.url, "plans/web", "latest", _templated_plan())
@@ -203,7 +203,7 @@ def test_cmdline_dns_beats_the_plans_and_templates_render_into_boot0001(
             lease=LEASE,
         )
     assert status == 0, log
-    # as upstream: plan dns < cloudboot.dns on the command line < metadata
+    # plan < baked cloudboot.dns < metadata, as upstream (docs/wire-formats.md §5.1)
     assert "dns 192.0.2.1 (from cmdline)" in log and "(from plan)" not in log
     assert (machine / "etc/resolv.conf").read_text() == "nameserver 192.0.2.1\n"
     boot = EfiVarStore(machine / "sys/firmware/efi/efivars").read("Boot0001", GLOBAL_VARIABLE_GUID)

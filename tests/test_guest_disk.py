@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from guest.agent.blockdev import DeviceNotFoundError, identify, resolve, scan
-from guest.agent.diskread import DiskReadError, Ext4Reader, default_kernel, read_boot_files
+from guest.agent.diskread import DiskReadError, Ext4Reader
+from guest.agent.disks.bootfiles import default_kernel, read_boot_files
 from guest.agent.stage import DeviceRuns, FileData, MountedEsp
 from guest.contract import gpt
 from publisher.run import run

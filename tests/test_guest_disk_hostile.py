@@ -19,8 +19,8 @@ from guest.agent.diskread import (
     MAX_WALK_STEPS,
     DiskReadError,
     Ext4Reader,
-    read_boot_files,
 )
+from guest.agent.disks.bootfiles import read_boot_files
 from guest.agent.stage import MAX_BOOT_FILE, DeviceRuns, copy_into
 from publisher.run import require_tool, run
 

@@ -123,7 +123,8 @@ def test_ext4_and_cosign_in_the_packed_runtime(tree: Path, tmp_path: Path) -> No
         tree,
         (
             "from pathlib import Path\n"
-            "from guest.agent.diskread import Ext4Reader, read_boot_files\n"
+            "from guest.agent.diskread import Ext4Reader\n"
+            "from guest.agent.disks.bootfiles import read_boot_files\n"
             "from guest.agent.stage import data_size\n"
             "from guest.contract.cosign import load_public_key, verify_signature\n"
             "with Ext4Reader.open(Path(sys.argv[1])) as fs:\n"

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from guest.contract.arch import Arch
+from guest.contract.errors import CloudbootError
 from publisher.config import load_config
 from publisher.localregistry import free_port
 from publisher.media.recipe import configured, load_recipe
@@ -57,6 +58,21 @@ def test_plan_ref_and_console_follow_config_and_backend(tmp_path: Path) -> None:
     assert VmSpec.from_config(remote).host_services == ()
     # no workspace: the default embedded registry at the gateway
     assert "oci://{{.Gateway}}:5000/" in recipe.cmdline_for(Arch.X86_64)
+
+
+def test_the_kexec_loop_asks_the_guest_to_kexec_and_only_under_qemu(tmp_path: Path) -> None:
+    recipe = load_recipe(REPO / "kernel" / "recipe.toml")
+    root = workspace(tmp_path / "a", "127.0.0.1:5123", 'backend = "qemu"\n')
+    config = root / "cloudboot.toml"
+    config.write_text(config.read_text() + '[watch]\nloop = "kexec"\n')
+    words = configured(recipe, load_config(root)).cmdline_for(Arch.X86_64).split()
+    assert [w for w in words if w.startswith("cloudboot.exit=")] == ["cloudboot.exit=kexec,reboot"]
+    config.write_text(config.read_text().replace('"qemu"', '"vfkit"'))
+    with pytest.raises(CloudbootError, match=r"\[watch\].loop = \"kexec\" needs the QEMU"):
+        configured(recipe, load_config(root))
+    config.write_text(config.read_text().replace('"kexec"', '"host-side"'))
+    with pytest.raises(CloudbootError, match=r"loop.*host-side"):
+        load_config(root)
 
 
 def test_bridge_address_from_env_plist_or_default(

@@ -21,6 +21,11 @@ from guest.contract.errors import CloudbootError, FormatError
 
 EXT_SUPERBLOCK_OFFSET = 1024
 EXT_MAGIC = 0xEF53
+XFS_MAGIC = b"XFSB"
+#: btrfs's primary superblock; its magic, fsid and label (docs/disks.md).
+BTRFS_SUPERBLOCK = 0x10000
+BTRFS_MAGIC = b"_BHRfS_M"
+HEAD_SIZE = BTRFS_SUPERBLOCK + 0x1000
 
 
 class DeviceNotFoundError(CloudbootError):
@@ -74,7 +79,17 @@ def scan(sys_root: Path = Path("/sys"), dev_root: Path = Path("/dev")) -> list[B
 
 
 def identify(head: bytes) -> FsIdentity | None:
-    """Filesystem type/label/UUID from the first 4 KiB of a device (ext2/3/4 and FAT)."""
+    """Filesystem type/label/UUID from the head of a device (ext2/3/4, FAT, xfs, btrfs).
+
+    A btrfs over several devices has the same fsid (and label) on each of them.
+    """
+    if head[:4] == XFS_MAGIC and len(head) >= 120:
+        label = head[108:120].split(b"\0", 1)[0].decode("utf-8", errors="replace")
+        return FsIdentity("xfs", label, str(uuid.UUID(bytes=head[32:48])))
+    sb = head[BTRFS_SUPERBLOCK : BTRFS_SUPERBLOCK + 0x22B]
+    if len(sb) == 0x22B and sb[0x40:0x48] == BTRFS_MAGIC:
+        label = sb[0x12B:0x22B].split(b"\0", 1)[0].decode("utf-8", errors="replace")
+        return FsIdentity("btrfs", label, str(uuid.UUID(bytes=sb[0x20:0x30])))
     sb = head[EXT_SUPERBLOCK_OFFSET : EXT_SUPERBLOCK_OFFSET + 1024]
     if len(sb) >= 0x88 and struct.unpack_from("<H", sb, 0x38)[0] == EXT_MAGIC:
         raw_uuid = sb[0x68:0x78]
@@ -95,7 +110,7 @@ def identify(head: bytes) -> FsIdentity | None:
     return None
 
 
-def _read_head(node: Path, size: int = 4096) -> bytes:
+def _read_head(node: Path, size: int = HEAD_SIZE) -> bytes:
     try:
         with open(node, "rb") as f:
             return f.read(size)
@@ -120,6 +135,7 @@ def resolve(spec: str, devices: Iterable[BlockDevice]) -> BlockDevice:
         return _by_node(spec, devices)
     key = key.upper()
     found: list[BlockDevice] = []
+    btrfs_fsids: set[str] = set()
     if key in ("LABEL", "UUID"):
         for dev in devices:
             ident = identify(_read_head(dev.node))
@@ -128,6 +144,7 @@ def resolve(spec: str, devices: Iterable[BlockDevice]) -> BlockDevice:
             have = ident.label if key == "LABEL" else ident.uuid
             if (have == value) if key == "LABEL" else (have.lower() == value.lower()):
                 found.append(dev)
+                btrfs_fsids.add(ident.uuid if ident.fs == "btrfs" else f"not btrfs: {dev.name}")
     elif key in ("PARTLABEL", "PARTUUID"):
         for disk in (d for d in devices if not d.is_partition):
             table = read_disk_gpt(disk.node)
@@ -145,6 +162,8 @@ def resolve(spec: str, devices: Iterable[BlockDevice]) -> BlockDevice:
         raise DeviceNotFoundError(
             f"device spec {spec!r}: expected /dev/..., LABEL=, UUID=, PARTLABEL= or PARTUUID="
         )
+    if len(found) > 1 and len(btrfs_fsids) == 1:
+        return found[0]  # the members of one multi-device btrfs: the reader finds the rest
     if len(found) > 1:
         # never "the first one wins": a USB stick labelled like the root disk would
         names = " and ".join(d.name for d in found)

@@ -13,6 +13,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from guest.agent.ipconfig import Dhcp, StaticIp, parse_ip
 from guest.contract.errors import CloudbootError
 
 PREFIX = "cloudboot."
@@ -76,6 +77,40 @@ def _flag(params: Mapping[str, str], key: str, default: bool = False) -> bool:
     raise CmdlineError(f"{key}={value!r}: expected 1/0, yes/no, true/false", where="/proc/cmdline")
 
 
+#: ``cloudboot.exit``'s modes: upstream's guest kexecs by default or reboots (Path C);
+#: anything else is an error there and here. ``kexec,reboot`` is ours: kexec, and the
+#: reboot path when the kernel refuses it (guest/agent/kexec.py, docs/knobs.md).
+EXIT_MODES = ("kexec", "reboot")
+#: How long LLDP is listened for when ``cloudboot.lldp.wait`` is not given (upstream's).
+LLDP_WAIT_DEFAULT = 10.0
+
+
+def parse_exit(value: str) -> tuple[str, ...]:
+    """``cloudboot.exit``'s modes in the order tried: ``reboot``, ``kexec``, ``kexec,reboot``."""
+    modes = tuple(m.strip() for m in value.split(",") if m.strip())
+    if not modes or len(set(modes)) != len(modes) or any(m not in EXIT_MODES for m in modes):
+        raise CmdlineError(
+            f"cloudboot.exit={value!r}: expected reboot, kexec or kexec,reboot",
+            where="/proc/cmdline",
+        )
+    return modes
+
+
+def _seconds(params: Mapping[str, str], key: str, default: float) -> float:
+    """A Go duration (``10s``, ``1m30s``) or bare seconds; zero or negative: 0."""
+    from guest.contract.plan import parse_timeout
+
+    if key not in params:
+        return default
+    try:
+        return parse_timeout(params[key]) or 0.0
+    except ValueError:
+        raise CmdlineError(
+            f"{key}={params[key]!r}: expected a duration such as 10s or 1m30s",
+            where="/proc/cmdline",
+        ) from None
+
+
 @dataclass(frozen=True)
 class Options:
     """The ``cloudboot.*`` knobs of one boot, typed; ``raw`` keeps every ``cloudboot.*`` key."""
@@ -94,7 +129,18 @@ class Options:
     quiet: bool = False
     rollback: bool = False  # accept a plan older than the freshness floor (logged)
     metadata_url: str = ""
+    image: str = ""  # legacy single-image mode: a one-target plan (docs/knobs.md)
+    keymap: str = ""
+    lldp: bool = True
+    lldp_wait: float = LLDP_WAIT_DEFAULT  # seconds; 0: do not listen
+    lldp_tx: bool = True
+    lldp_name: str = ""
+    ip: StaticIp | Dhcp | None = None  # ``ip=`` (klibc syntax), not under cloudboot.
     raw: Mapping[str, str] = field(default_factory=dict)
+    #: ``rd.cloudboot.user`` / ``rd.cloudboot.pass`` (upstream's names, outside ``raw``):
+    #: registry credentials from the baked command line, never shown
+    registry_user: str = field(default="", repr=False)
+    registry_password: str = field(default="", repr=False)
 
     @classmethod
     def from_params(cls, params: Mapping[str, str]) -> Options:
@@ -110,7 +156,7 @@ class Options:
         menu = _flag(raw, "cloudboot.menu") if "cloudboot.menu" in raw else None
         dns = tuple(d for d in raw.get("cloudboot.dns", "").replace(";", ",").split(",") if d)
         return cls(
-            exit=raw.get("cloudboot.exit", "reboot"),
+            exit=",".join(parse_exit(raw.get("cloudboot.exit", "reboot"))),
             plan=raw.get("cloudboot.plan", ""),
             target=raw.get("cloudboot.target", ""),
             insecure=_flag(raw, "cloudboot.insecure"),
@@ -124,9 +170,29 @@ class Options:
             rollback=_flag(raw, "cloudboot.rollback"),
             quiet=_flag(raw, "cloudboot.quiet"),
             metadata_url=raw.get("cloudboot.metadata.url", ""),
+            image=raw.get("cloudboot.image", ""),
+            keymap=raw.get("cloudboot.keymap", ""),
+            lldp=_flag(raw, "cloudboot.lldp", default=True),
+            lldp_wait=_seconds(raw, "cloudboot.lldp.wait", LLDP_WAIT_DEFAULT),
+            lldp_tx=_flag(raw, "cloudboot.lldp.tx", default=True),
+            lldp_name=raw.get("cloudboot.lldp.name", ""),
+            ip=parse_ip(params.get("ip")),
             raw=raw,
+            registry_user=params.get("rd.cloudboot.user", ""),
+            registry_password=params.get("rd.cloudboot.pass", ""),
         )
 
     @classmethod
     def from_text(cls, text: str) -> Options:
         return cls.from_params(parse_cmdline(text))
+
+
+def knob_warnings(options: Options) -> list[str]:
+    """Knobs upstream acts on that this guest reads but does not act on (docs/knobs.md)."""
+    warnings = []
+    if options.keymap:
+        warnings.append(
+            f"cloudboot.keymap={options.keymap}: keymaps are not loaded by this guest; "
+            "the menu takes target numbers and names on the kernel's default layout"
+        )
+    return warnings

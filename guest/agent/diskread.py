@@ -1,5 +1,8 @@
 """Kernel and initrd read from an ext4 filesystem in userland (docs/wire-formats.md §5.4).
 
+Which files those are is ``guest.agent.disks.bootfiles`` (shared with the xfs/btrfs
+reader); this module only reads ext4.
+
 The ``ext4`` package reads inodes, extents and directories; it does not follow symlinks
 in a path walk, and distributions make ``/boot/vmlinuz`` a symlink to ``vmlinuz-6.1...``
 (sometimes an absolute one, sometimes relative, sometimes through a symlinked ``/boot``).
@@ -19,25 +22,24 @@ that names the device and the path.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import posixpath
 import struct
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import ext4
 
+from guest.agent.disks.bootfiles import MAX_SYMLINK_HOPS, path_parts
+from guest.agent.disks.bootfiles import MAX_WALK_STEPS as MAX_WALK_STEPS
+from guest.agent.disks.bootfiles import BootFiles as BootFiles  # its home before disks/
+from guest.agent.disks.bootfiles import DiskReadError as DiskReadError
+from guest.agent.disks.bootfiles import NoSuchPathError as NoSuchPathError
 from guest.agent.stage import MAX_BOOT_FILE, DeviceRuns, FileData
-from guest.contract.errors import CloudbootError
 
-MAX_SYMLINK_HOPS = 40
 MAX_SYMLINK_BYTES = 4095  # PATH_MAX - 1, as the kernel allows
-#: Path components one walk may take, those that symlinks add included.
-MAX_WALK_STEPS = 4096
 MAX_EXTENT_DEPTH = 5  # what the kernel's ext4 accepts
 MAX_EXTENT_NODES = 4096
 MAX_DIRECTORY_BYTES = 4 << 20
@@ -46,40 +48,12 @@ MAX_DIRECTORY_EXTENTS = 256
 MAX_DIRECTORY_TOTAL = 64 << 20
 #: The whole reader's time; checked between steps (caps bound what a step can cost).
 WALK_SECONDS = 60.0
-KERNEL_PATTERNS = ("/boot/vmlinuz-*", "/boot/Image-*", "/vmlinuz-*", "/Image-*")
-INITRD_PREFIXES = ("initrd.img-", "initramfs-", "initrd-", "initramfs.")
 _CHUNK = 1 << 20
 _ROOT_INODE = 2
 _EXTENTS_FL = 0x80000
 _EXTENT_MAGIC = 0xF30A
 _NODE_HEAD = struct.Struct("<HHHH")  # magic, entries, max, depth (then a generation)
 _I_FLAGS, _I_BLOCK, _I_BLOCK_SIZE = 0x20, 0x28, 60
-
-
-class DiskReadError(CloudbootError):
-    pass
-
-
-class NoSuchPathError(DiskReadError):
-    """The path is not there (or runs through a non-directory): a normal "no"."""
-
-
-@dataclass(frozen=True)
-class BootFiles:
-    """What a disk target boots: the kernel, its initrd (may be absent), where they were.
-
-    The contents are where they lie on the device when the file is plain extents (the
-    usual case), so staging copies them without reading them into memory first.
-    """
-
-    kernel: FileData
-    kernel_path: str
-    initrd: FileData | None
-    initrd_path: str | None
-
-
-def _parts(path: str) -> list[str]:
-    return [p for p in path.split("/") if p not in ("", ".")]
 
 
 class Ext4Reader:
@@ -235,7 +209,7 @@ class Ext4Reader:
 
     def _resolve(self, path: str, where: str) -> tuple[str, Any]:
         hops = steps = 0
-        pending = deque(_parts(path))
+        pending = deque(path_parts(path))
         root = self._inode(_ROOT_INODE, where)
         stack: list[tuple[str, Any]] = []  # (name, inode) from the root down
         while pending:
@@ -263,7 +237,7 @@ class Ext4Reader:
                 target = self._readlink(child, where)
                 if target.startswith("/"):
                     stack = []
-                pending.extendleft(reversed(_parts(target)))
+                pending.extendleft(reversed(path_parts(target)))
                 continue
             stack.append((name, child))
         return "/" + "/".join(n for n, _ in stack), stack[-1][1] if stack else root
@@ -374,42 +348,3 @@ class Ext4Reader:
             self._tick(where)
             out += chunk
         return bytes(out)
-
-
-def default_kernel(reader: Ext4Reader) -> str:
-    """Lexicographically largest match of the first pattern that matches anything."""
-    for pattern in KERNEL_PATTERNS:
-        directory, glob = posixpath.split(pattern)
-        matches = sorted(n for n in reader.listdir(directory) if fnmatch.fnmatchcase(n, glob))
-        if matches:
-            return posixpath.join(directory, matches[-1])
-    raise DiskReadError(
-        "no kernel found (looked for " + ", ".join(KERNEL_PATTERNS) + ")", where=reader.where
-    )
-
-
-def paired_initrd(reader: Ext4Reader, kernel_path: str) -> str | None:
-    """``initrd.img-<suffix>`` (then initramfs-, initrd-, initramfs.) next to the kernel."""
-    directory, name = posixpath.split(kernel_path)
-    for prefix in ("vmlinuz-", "Image-", "vmlinux-"):
-        if name.startswith(prefix):
-            suffix = name[len(prefix) :]
-            break
-    else:
-        return None
-    for initrd_prefix in INITRD_PREFIXES:
-        candidate = posixpath.join(directory, initrd_prefix + suffix)
-        if reader.exists(candidate):
-            return candidate
-    return None
-
-
-def read_boot_files(reader: Ext4Reader, kernel: str = "", initrd: str = "") -> BootFiles:
-    """The kernel (given or default) and its initrd (given or paired with the kernel)."""
-    kernel_path = kernel or default_kernel(reader)
-    canon_kernel, kernel_data = reader.locate(kernel_path)
-    initrd_path = initrd or paired_initrd(reader, canon_kernel)
-    if initrd_path is None:
-        return BootFiles(kernel_data, canon_kernel, None, None)
-    canon_initrd, initrd_data = reader.locate(initrd_path)
-    return BootFiles(kernel_data, canon_kernel, initrd_data, canon_initrd)

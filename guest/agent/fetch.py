@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 from guest.agent import httpclient
+from guest.agent import srv as srvmod
+from guest.agent.layers import MAX_APKOVL, Extras
 from guest.agent.stage import MAX_BOOT_FILE
 from guest.contract import cosign, oci
 from guest.contract.challenge import parse_challenge
@@ -43,6 +46,10 @@ class NotFoundError(FetchError):
     pass
 
 
+class CredentialsError(FetchError):
+    """The registry wants credentials we do not have, or refused the ones we sent."""
+
+
 @dataclass(frozen=True)
 class Credentials:
     username: str
@@ -62,8 +69,25 @@ class Resolved:
     manifest_digest: str
 
 
+#: Statuses another replica may answer differently (upstream's list): failover, then retry.
+RETRY_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
+#: Rounds over an SRV name's replicas, and the pause before round n (n * RETRY_PAUSE).
+SRV_ROUNDS = 3
+RETRY_PAUSE = 1.0
+
+
+class _Retry(Exception):
+    """A failure another replica (or a later round) may not have; ``str`` is for errors."""
+
+
 class RegistryClient:
-    """A minimal distribution-spec reader: manifests and blobs, with auth and digests."""
+    """A minimal distribution-spec reader: manifests and blobs, with auth and digests.
+
+    ``default_credentials`` (``rd.cloudboot.user``/``pass``) answer a challenge from any
+    registry without an entry in ``credentials``, as upstream's do. ``srv`` resolves
+    ``_oci._tcp.<domain>`` registries to replicas (``guest.agent.srv``); without it such a
+    name is an ordinary host name.
+    """
 
     def __init__(
         self,
@@ -73,24 +97,75 @@ class RegistryClient:
         timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
         force_tls: bool = False,
+        default_credentials: Credentials | None = None,
+        srv: srvmod.Resolver | None = None,
+        pause: Callable[[float], None] = time.sleep,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         self.insecure = insecure
         self.force_tls = force_tls
         self.credentials = dict(credentials or {})
+        self.default_credentials = default_credentials
         self.timeout = timeout
         self.ssl_context = ssl_context
+        self.srv = srv
+        self.pause = pause
+        self.warn = warn or (lambda _message: None)
+        #: (endpoint host, scope) -> Authorization: a token per SRV target, since each
+        #: replica may run its own token service
         self._tokens: dict[tuple[str, str], str] = {}
 
-    def _base(self, ref: oci.Ref) -> str:
+    def _url(self, ref: oci.Ref, endpoint: srvmod.Endpoint, path: str) -> str:
         plain = not self.force_tls and (self.insecure or ref.insecure_default)
         scheme = "http" if plain else "https"
-        return f"{scheme}://{ref.registry}/v2/{ref.repository}"
+        return f"{scheme}://{endpoint.host}/v2/{ref.repository}{path}"
 
-    def _open(self, ref: oci.Ref, url: str, accept: str | None) -> httpclient.Response:
+    def _endpoints(self, ref: oci.Ref) -> list[srvmod.Endpoint]:
+        if self.srv is not None and srvmod.is_srv_name(ref.registry):
+            try:
+                return self.srv.endpoints(ref.registry)
+            except CloudbootError as exc:
+                raise FetchError(exc.message, where=str(ref)) from None
+        return [srvmod.Endpoint(ref.registry)]
+
+    def _open(self, ref: oci.Ref, path: str, accept: str | None) -> httpclient.Response:
+        """Send to the registry, or to each SRV replica in order until one answers.
+
+        A literal host gets one try (its errors are final, as before SRV existed); an SRV
+        name's replicas are tried in RFC 2782 order, moving on after a network error or a
+        status in ``RETRY_STATUSES``, for ``SRV_ROUNDS`` rounds with growing pauses.
+        """
+        endpoints = self._endpoints(ref)
+        is_srv = len(endpoints) > 1 or endpoints[0].host != ref.registry
+        failures: list[str] = []
+        for round_no in range(SRV_ROUNDS if is_srv else 1):
+            if round_no:
+                self.pause(RETRY_PAUSE * round_no)
+            for endpoint in endpoints:
+                try:
+                    return self._open_one(ref, endpoint, path, accept)
+                except _Retry as exc:
+                    if not is_srv:
+                        raise FetchError(str(exc), where=str(ref)) from None
+                    failures.append(str(exc))
+                    self.warn(f"{ref.registry}: {exc}; trying the next replica")
+                    if self.srv is not None:
+                        self.srv.demote(ref.registry, endpoint)
+        tried = "; ".join(failures[-len(endpoints) :])
+        raise FetchError(
+            f"no replica of {ref.registry} answered after {SRV_ROUNDS} rounds: {tried}",
+            where=str(ref),
+        )
+
+    def _open_one(
+        self, ref: oci.Ref, endpoint: srvmod.Endpoint, path: str, accept: str | None
+    ) -> httpclient.Response:
         scope = f"repository:{ref.repository}:pull"
         headers = {"Accept": accept} if accept else {}
+        url = self._url(ref, endpoint, path)
+        connect = _connect(endpoint)
         for attempt in range(2):
-            auth = self._tokens.get((ref.registry, scope))
+            auth = self._tokens.get((endpoint.host, scope))
             try:
                 resp = httpclient.get(
                     url,
@@ -98,16 +173,19 @@ class RegistryClient:
                     private={"Authorization": auth} if auth else None,
                     timeout=self.timeout,
                     ssl_context=self.ssl_context,
+                    connect=connect,
                 )
             except OSError as exc:
-                reason = exc.strerror or exc
-                raise FetchError(f"cannot reach {ref.registry}: {reason}", where=str(ref)) from None
+                raise _Retry(f"cannot reach {endpoint.host}: {exc.strerror or exc}") from None
             if resp.status < 400:
                 return resp
             resp.close()
             if resp.status == 401 and attempt == 0:
-                self._answer_challenge(ref, resp.header("www-authenticate") or "", scope)
+                self._answer_challenge(ref, endpoint, resp.header("www-authenticate") or "", scope)
                 continue
+            if resp.status in RETRY_STATUSES:
+                shown = httpclient.redact_url(url)
+                raise _Retry(f"HTTP {resp.status} {resp.reason} for {shown}")
             if resp.status == 404:
                 raise NotFoundError(
                     f"not found (HTTP 404): {httpclient.redact_url(url)}", where=str(ref)
@@ -117,18 +195,30 @@ class RegistryClient:
                     f"HTTP {resp.status} {resp.reason} for {httpclient.redact_url(url)}",
                     where=str(ref),
                 )
-        raise FetchError(f"registry refused our credentials for {scope}", where=str(ref))
+        raise CredentialsError(
+            f"registry {endpoint.host} refused our credentials for {scope}", where=str(ref)
+        )
 
-    def _answer_challenge(self, ref: oci.Ref, header: str, scope: str) -> None:
+    def _creds(self, ref: oci.Ref, endpoint: srvmod.Endpoint) -> Credentials | None:
+        return (
+            self.credentials.get(ref.registry)
+            or self.credentials.get(endpoint.host)
+            or self.default_credentials
+        )
+
+    def _answer_challenge(
+        self, ref: oci.Ref, endpoint: srvmod.Endpoint, header: str, scope: str
+    ) -> None:
         challenge = parse_challenge(header)
         kind, params = challenge.scheme, challenge.params
-        creds = self.credentials.get(ref.registry)
+        creds = self._creds(ref, endpoint)
         if kind == "basic":
             if not creds:
-                raise FetchError(
-                    "registry wants Basic credentials and none were given", where=str(ref)
+                raise CredentialsError(
+                    f"registry {endpoint.host} wants Basic credentials and none were given",
+                    where=str(ref),
                 )
-            self._tokens[(ref.registry, scope)] = "Basic " + _basic(creds)
+            self._tokens[(endpoint.host, scope)] = "Basic " + _basic(creds)
             return
         if kind != "bearer" or "realm" not in params:
             raise FetchError(f"unsupported auth challenge {kind!r}", where=str(ref))
@@ -139,7 +229,11 @@ class RegistryClient:
         private = {"Authorization": "Basic " + _basic(creds)} if creds else None
         try:
             with httpclient.get(
-                url, private=private, timeout=self.timeout, ssl_context=self.ssl_context
+                url,
+                private=private,
+                timeout=self.timeout,
+                ssl_context=self.ssl_context,
+                connect=_connect(endpoint),  # a realm on the SRV target itself
             ) as resp:
                 if resp.status != 200:
                     raise FetchError(
@@ -156,12 +250,11 @@ class RegistryClient:
         )
         if not isinstance(token, str) or not token:
             raise FetchError("token server answered without a token", where=str(ref))
-        self._tokens[(ref.registry, scope)] = "Bearer " + token
+        self._tokens[(endpoint.host, scope)] = "Bearer " + token
 
     def manifest(self, ref: oci.Ref) -> tuple[bytes, str, str]:
         """(bytes, media type, digest); a ref with a digest must match it."""
-        url = f"{self._base(ref)}/manifests/{ref.reference}"
-        with self._open(ref, url, oci.MANIFEST_ACCEPT) as resp:
+        with self._open(ref, f"/manifests/{ref.reference}", oci.MANIFEST_ACCEPT) as resp:
             data = resp.read(MAX_MANIFEST + 1)
             header_type = resp.header("content-type")
         if len(data) > MAX_MANIFEST:
@@ -189,10 +282,9 @@ class RegistryClient:
                 f"blob {desc.digest} announces {desc.size} bytes, more than {limit}",
                 where=str(ref),
             )
-        url = f"{self._base(ref)}/blobs/{desc.digest}"
         verifier = oci.DigestVerifier(desc.digest, what=f"blob {desc.digest} of {ref}")
         out = bytearray()
-        with self._open(ref, url, None) as resp:
+        with self._open(ref, f"/blobs/{desc.digest}", None) as resp:
             while chunk := resp.read(CHUNK):
                 verifier.update(chunk)
                 out += chunk
@@ -208,6 +300,11 @@ class RegistryClient:
         verifier.check()
         return bytes(out)
 
+    def blob_url(self, ref: oci.Ref, digest: str) -> str:
+        """Where the blob is served: what a target's own init fetches (a modloop). For an
+        SRV name, the replica the registry client prefers now (the target has no SRV)."""
+        return self._url(ref, self._endpoints(ref)[0], f"/blobs/{digest}")
+
     def resolve(self, ref: oci.Ref, architecture: str) -> Resolved:
         """The manifest for linux/<architecture>, going through an index when there is one."""
         data, media_type, digest = self.manifest(ref)
@@ -218,6 +315,13 @@ class RegistryClient:
             data, media_type, digest = self.manifest(pinned)
         manifest = oci.Manifest.from_bytes(data, what=f"manifest {ref}")
         return Resolved(ref, top, manifest, digest)
+
+
+def _connect(endpoint: srvmod.Endpoint) -> dict[str, str] | None:
+    """Dial an SRV target's resolved address for its name (only that name)."""
+    if endpoint.address is None:
+        return None
+    return {endpoint.host.rsplit(":", 1)[0]: endpoint.address}
 
 
 def _basic(creds: Credentials) -> str:
@@ -314,11 +418,13 @@ def bind_artifact(client: RegistryClient, ref: oci.Ref, trust: ArtifactTrust) ->
 
 @dataclass(frozen=True)
 class OciBoot:
-    """Kernel, initrd (modules joined on) and the artifact's own cmdline, if any."""
+    """Kernel, initrd (modules and apkovl joined on), the artifact's own cmdline, if any,
+    and what its extra layers add to the target's command line."""
 
     kernel: bytes
     initrd: bytes
     cmdline: str | None
+    extras: Extras = field(default_factory=Extras)
 
 
 def join_initrd(initrd: bytes, modules: bytes) -> bytes:
@@ -335,7 +441,8 @@ def pull_boot(
     architecture: str,
     sink: Callable[[bytes], None] | None = None,
 ) -> OciBoot:
-    """Merge kernel/initrd/modules/cmdline layers from refs in order (later wins per role)."""
+    """Merge the artifact layers of refs in order (later wins per role); a modloop or
+    squashfs is pointed at by its blob URL, not fetched (guest.agent.layers)."""
     found: dict[oci.LayerRole, tuple[oci.Ref, oci.Descriptor]] = {}
     for ref in refs:
         resolved = client.resolve(ref, architecture)
@@ -353,6 +460,14 @@ def pull_boot(
         limit = MAX_CMDLINE_BLOB if role == oci.LayerRole.CMDLINE else MAX_BOOT_FILE
         return client.blob(ref, desc, sink, limit=limit)
 
+    def url(role: oci.LayerRole) -> str | None:
+        return client.blob_url(found[role][0], found[role][1].digest) if role in found else None
+
+    apkovl = None
+    if oci.LayerRole.APKOVL in found:
+        ref, desc = found[oci.LayerRole.APKOVL]
+        apkovl = client.blob(ref, desc, sink, limit=MAX_APKOVL)
+    extras = Extras(url(oci.LayerRole.MODLOOP), url(oci.LayerRole.SQUASHFS), apkovl)
     cmdline = get(oci.LayerRole.CMDLINE).decode("utf-8", errors="replace").strip() or None
-    initrd = join_initrd(get(oci.LayerRole.INITRD), get(oci.LayerRole.MODULES))
-    return OciBoot(get(oci.LayerRole.KERNEL), initrd, cmdline)
+    initrd = extras.initrd(join_initrd(get(oci.LayerRole.INITRD), get(oci.LayerRole.MODULES)))
+    return OciBoot(get(oci.LayerRole.KERNEL), initrd, cmdline, extras)

@@ -139,11 +139,18 @@ def get(
     private: Mapping[str, str] | None = None,
     timeout: float = 30.0,
     ssl_context: ssl.SSLContext | None = None,
+    connect: Mapping[str, str] | None = None,
 ) -> Response:
-    """GET ``url``, following redirects; any status comes back (the caller judges it)."""
+    """GET ``url``, following redirects; any status comes back (the caller judges it).
+
+    ``connect`` maps a host name to the address to dial instead of resolving it (an SRV
+    target already resolved by ``guest.agent.srv``); the name still goes in ``Host`` and
+    TLS SNI, so certificates are checked against it.
+    """
     send_private = dict(private or {})
     for _ in range(MAX_REDIRECTS + 1):
-        response = _request(url, {**(headers or {}), **send_private}, timeout, ssl_context)
+        headers_now = {**(headers or {}), **send_private}
+        response = _request(url, headers_now, timeout, ssl_context, connect or {})
         location = response.header("location")
         if response.status not in REDIRECTS or not location:
             return response
@@ -153,15 +160,35 @@ def get(
     raise HttpError(f"more than {MAX_REDIRECTS} redirects")
 
 
+def post(
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    timeout: float = 30.0,
+    ssl_context: ssl.SSLContext | None = None,
+) -> Response:
+    """POST ``body`` (which may hold secrets) to ``url`` only: a redirect is not followed,
+    it comes back as the answer, so the body never reaches another host."""
+    return _request(url, headers, timeout, ssl_context, {}, method="POST", body=body)
+
+
 def _request(
-    url: str, headers: Mapping[str, str], timeout: float, ssl_context: ssl.SSLContext | None
+    url: str,
+    headers: Mapping[str, str],
+    timeout: float,
+    ssl_context: ssl.SSLContext | None,
+    connect: Mapping[str, str],
+    *,
+    method: str = "GET",
+    body: bytes = b"",
 ) -> Response:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise HttpError(f"not an http(s) URL: {parts.scheme}://{parts.hostname or ''}")
     host = parts.hostname
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    sock = socket.create_connection((host, port), timeout=timeout)
+    sock = socket.create_connection((connect.get(host, host), port), timeout=timeout)
     try:
         if parts.scheme == "https":
             import ssl
@@ -172,10 +199,12 @@ def _request(
         host_header = f"[{host}]" if ":" in host else host
         if parts.port:
             host_header += f":{parts.port}"
-        lines = [f"GET {target} HTTP/1.1", f"Host: {host_header}", "Connection: close",
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {host_header}", "Connection: close",
                  "User-Agent: cloud-boot-init (python)", "Accept-Encoding: identity"]  # fmt: skip
+        if method != "GET":
+            lines.append(f"Content-Length: {len(body)}")
         lines += [f"{k}: {v}" for k, v in headers.items()]
-        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         stream = sock.makefile("rb")
         status, reason, fields = _read_head(stream)
     except BaseException:

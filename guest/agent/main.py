@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from guest.agent import blockdev, stage, template
-from guest.agent.cmdline import Options, parse_cmdline
+from guest.agent.cmdline import Options, knob_warnings, parse_cmdline
 from guest.agent.console import Console
+from guest.agent.kexec import Kexec, Staged, leave
+from guest.agent.layers import Extras
 from guest.agent.lease import Lease, choose_dns, resolv_conf
 from guest.agent.machine import Paths, System
 from guest.contract import plan
@@ -33,7 +35,8 @@ from guest.contract.errors import CloudbootError
 from guest.contract.fsutil import write_atomic
 
 if TYPE_CHECKING:  # imported when used: a boot that never needs them never pays for them
-    from guest.agent import fetch, sysguest
+    from guest.agent import fetch, lldp, sysguest
+    from guest.agent.disks.mounted import Mounter
     from guest.agent.metadata import Metadata
     from guest.contract import cosign, oci
 
@@ -55,6 +58,7 @@ class Agent:
         paths: Paths,
         arch: Arch,
         client_factory: Callable[[Options], fetch.RegistryClient] | None = None,
+        mounter: Mounter | None = None,
     ) -> None:
         self.system = system
         self.console = console
@@ -62,16 +66,19 @@ class Agent:
         self.arch = arch
         self.options = Options()
         self.params: dict[str, str] = {}  # the kernel command line's, before metadata
-        self.client_factory = client_factory or _default_client
+        self.client_factory = client_factory or self._default_client
+        self.mounter = mounter  # xfs/btrfs mounts; None = the guest's mount(2)
         self._client: fetch.RegistryClient | None = None
         self.metadata_overrides: dict[str, str] = {}
         self.lease: Lease | None = None
+        self.lldp: lldp.Listener | None = None
         self.network_done = False
         self.dns_written: tuple[str, ...] = ()
         self.nvram_touched = False
         self.signed: cosign.SignedPayload | None = None  # the chosen plan's signature
         self.accepted: dict[str, int] = {}  # plan ref -> version, for the freshness floor
         self._floors: dict[str, int] | None = None
+        self.staged: Staged | None = None  # what Boot0001 boots, for cloudboot.exit=kexec
 
     # -- the pass ------------------------------------------------------------------------
 
@@ -94,6 +101,8 @@ class Agent:
             self.params = parse_cmdline(self.paths.cmdline.read_text())
             self.options = Options.from_params(self.params)
             c.quiet = self.options.quiet
+            for warning in knob_warnings(self.options):
+                c.warn(warning)
             failed = self.system.load_modules(self.paths.modules)
             for name in failed:
                 c.warn(f"module {name} did not load")
@@ -107,12 +116,13 @@ class Agent:
         target = self._choose(meta)
         c.log(f"target {target.name!r} ({target.source.kind})")
         with c.step("read"):
-            kernel, initrd, artifact_cmdline = self._materialise(target)
+            kernel, initrd, artifact_cmdline, extras = self._materialise(target)
         # As upstream, the baked cloudboot.cmdline replaces the plan's; the metadata
         # document may not set it (docs/trust-model.md), so options hold only the baked one.
         cmdline = self._render_cmdline(
-            target, self.options.cmdline or target.cmdline or artifact_cmdline or ""
+            target, self.options.cmdline or target.cmdline or artifact_cmdline or "", extras
         )
+        cmdline = extras.cmdline(cmdline)
         with c.step("write"):
             self.system.ensure_efivars(self.paths.efivars)
             from guest.agent.secureboot import require_signed_under_secure_boot
@@ -143,9 +153,20 @@ class Agent:
                 cmdline,
                 has_initrd=initrd is not None,
             )
+        self.staged = Staged(kernel, initrd, cmdline)
         c.log(
             f"Boot0001 = cloud-boot {target.name}; rebooting (total {sum(c.timings.values()):.3f}s)"
         )
+
+    def _default_client(self, options: Options) -> fetch.RegistryClient:
+        from guest.agent import registryconf
+
+        return registryconf.client_for(options, self.paths, self._resolvers, self.console.warn)
+
+    def _resolvers(self) -> tuple[str, ...]:
+        """The resolvers this boot chose (cmdline < plan < metadata), else the lease's."""
+        self._network()
+        return self.dns_written or (self.lease.dns if self.lease else ())
 
     def client(self) -> fetch.RegistryClient:
         if self._client is None:
@@ -159,11 +180,17 @@ class Agent:
         with self.console.step("network"):
             self.lease = self.system.network_up(self.console)
         self.network_done = True
+        if self.dns_written:  # DHCP's script rewrote resolv.conf meanwhile: ours win
+            write_atomic(self.paths.resolv_conf, resolv_conf(self.dns_written).encode())
         if self.lease:
             self.console.log(
                 f"lease {self.lease.cidr or self.lease.ip} on {self.lease.interface}"
                 f" gw {self.lease.gateway or '-'} dns {','.join(self.lease.dns) or '-'}"
             )
+            start = self.system.start_lldp(self.lease.interface, self.options, self.arch.oci)
+            self.lldp, notes = start
+            for note in notes:
+                self.console.log(note)
 
     # -- metadata and DNS ----------------------------------------------------------------
 
@@ -179,8 +206,7 @@ class Agent:
 
         try:
             with self.console.step("metadata"):
-                token = self.options.raw.get("cloudboot.metadata.token", "")
-                data = metadata.fetch_document(url, token)
+                data = metadata.fetch_document(url, self._metadata_token())
                 shown = httpclient.redact_url(url)
                 doc = metadata.parse_metadata(data, self.params, where=shown)
         except CloudbootError as exc:
@@ -188,6 +214,18 @@ class Agent:
             return {}
         self._apply_metadata(doc)
         return dict(doc.document)
+
+    def _metadata_token(self) -> str:
+        """``cloudboot.metadata.token``, or a Keystone token for the application
+        credential in ``cloudboot.openstack.*`` (guest.agent.keystone), as upstream."""
+        from guest.agent import keystone, registryconf
+
+        cred = keystone.from_knobs(self.params)
+        if cred is None:
+            return self.options.raw.get("cloudboot.metadata.token", "")
+        token = keystone.fetch_token(cred, ssl_context=registryconf.ssl_context(self.paths))
+        self.console.log(f"keystone: token for application credential {cred.credential_id}")
+        return token
 
     def _apply_metadata(self, doc: Metadata) -> None:
         from guest.agent import metadata
@@ -222,13 +260,15 @@ class Agent:
         self.dns_written = servers
         self.console.log(f"dns {','.join(servers)} (from {source}) -> /etc/resolv.conf")
 
-    def _render_cmdline(self, target: plan.Target, cmdline: str) -> str:
+    def _render_cmdline(self, target: plan.Target, cmdline: str, extras: Extras) -> str:
         """Go-template text (``ip={{.IPSpec}}``) filled in from what this guest knows."""
         if not template.has_template(cmdline):
             return cmdline
         if self.lease is None and not self.network_done:
             self._network()  # the template may want the lease; DHCP now rather than fail
         fields = template.target_fields(self.lease, target.source, insecure=self.options.insecure)
+        if extras.modloop_url:
+            fields["ModloopURL"] = extras.modloop_url
         rendered = template.render(cmdline, fields, where=f"{target.where} cmdline")
         self.console.log(f"cmdline rendered: {rendered}")
         return rendered
@@ -305,13 +345,19 @@ class Agent:
         return self._floors
 
     def _choose(self, meta: dict[str, Any]) -> plan.Target:
+        if self.options.raw.get("cloudboot.disk"):  # upstream's disk mode: no network, no plan
+            from guest.agent.disks.cmdline import disk_target
+
+            return disk_target(self.options.raw, self.console)
         text_ref = self.options.plan
+        if self.options.image and not text_ref and not self.paths.embedded_plan.exists():
+            return _cmdline_target("legacy-image", plan.OciSource(index=self.options.image))
         wanted: str | None = self.options.target or None
         for depth in range(plan.MAX_SUBPLAN_DEPTH):  # at most 8 plans decoded, as upstream
             fetched = self._fetch_plan(text_ref)
             with self.console.step("parse"):
                 parsed = plan.parse_plan(fetched.text, fetched.source)
-                evaluated = plan.evaluate(parsed, self.arch.oci, meta=meta)
+                evaluated = plan.evaluate(parsed, self.arch.oci, meta=meta, lldp=self._lldp())
             if depth == 0:  # like upstream: the outermost plan's resolvers
                 self._apply_dns(evaluated.dns)
             name = wanted or self._menu(evaluated)
@@ -326,6 +372,25 @@ class Agent:
             f"subplan chain longer than {plan.MAX_SUBPLAN_DEPTH} plans", where=text_ref
         )
 
+    def _lldp(self) -> plan.Lldp:
+        """The neighbour facts that have arrived by now (the listen never holds the boot)."""
+        if self.lldp is None:
+            return plan.Lldp()
+        from guest.agent import lldp
+
+        for problem in self.lldp.problems:
+            self.console.warn(f"lldp: {problem}")
+        self.lldp.problems.clear()
+        facts = lldp.facts(self.lldp.poll())
+        if facts.available:
+            self.console.log(
+                f"lldp neighbour: chassis={facts.chassis_id} port={facts.port_id}"
+                f" system={facts.system_name!r}"
+            )
+        else:
+            self.console.log(f"lldp: no neighbour heard yet on {self.lldp.interface}")
+        return facts
+
     def _menu(self, evaluated: plan.EvaluatedPlan) -> str | None:
         wants_menu = self.options.menu if self.options.menu is not None else bool(evaluated.menu)
         fds = self.system.console_fds()
@@ -339,23 +404,13 @@ class Agent:
 
     def _materialise(
         self, target: plan.Target
-    ) -> tuple[stage.FileData, stage.FileData | None, str | None]:
+    ) -> tuple[stage.FileData, stage.FileData | None, str | None, Extras]:
         source = target.source
         if isinstance(source, plan.DiskSource):
-            if source.fs != "ext4":
-                raise CloudbootError(
-                    f"fs {source.fs!r} is not readable by this guest (ext4 only)",
-                    where=str(target.where),
-                )
-            devices = blockdev.scan(self.paths.sys, self.paths.dev)
-            device = blockdev.resolve(source.device, devices)
-            self.console.log(f"reading {source.device} ({device.name})")
-            from guest.agent.diskread import Ext4Reader, read_boot_files
+            from guest.agent.disks import discover
 
-            with Ext4Reader.open(device.node) as fs:
-                files = read_boot_files(fs, source.kernel or "", source.initrd or "")
-            self.console.log(f"kernel {files.kernel_path}, initrd {files.initrd_path or '-'}")
-            return files.kernel, files.initrd, None
+            files = discover.read_disk(source, self.paths, self.console, self.mounter)
+            return files.kernel, files.initrd, None, Extras()
         if isinstance(source, plan.OciSource):
             from guest.agent import fetch, trust
             from guest.contract import oci
@@ -370,14 +425,18 @@ class Agent:
                 self.console, self.options, self.paths.cosign_pub, self.client(), named, self.signed
             )
             boot = fetch.pull_boot(self.client(), refs, self.arch.oci)
-            return boot.kernel, boot.initrd or None, boot.cmdline
+            return boot.kernel, boot.initrd or None, boot.cmdline, boot.extras
         raise CloudbootError(f"unsupported source {source.kind}", where=str(target.where))
 
 
-def _default_client(options: Options) -> fetch.RegistryClient:
-    from guest.agent import fetch
+def _cmdline_target(name: str, source: plan.Source, cmdline: str | None = None) -> plan.Target:
+    """A target the command line names without a plan (docs/knobs.md): ``cloudboot.image``
+    (upstream's one-target plan ``legacy-image``, used when there is neither
+    ``cloudboot.plan`` nor an embedded plan). ``cloudboot.disk`` is guest.agent.disks.cmdline."""
+    from guest.contract.errors import Location
 
-    return fetch.RegistryClient(insecure=options.insecure)
+    where = Location("cloudboot.image on /proc/cmdline")
+    return plan.Target(name, name, "", "", cmdline or "", source, where)
 
 
 def _is(exc: BaseException, module: str, name: str) -> bool:
@@ -397,6 +456,11 @@ def _hint(exc: CloudbootError) -> str:
         return stage.CACHE_DISK_HINT
     if isinstance(exc, blockdev.DeviceNotFoundError):
         return "check the target's disk.device in the plan against the disks attached"
+    if _is(exc, "guest.agent.fetch", "CredentialsError"):
+        return (
+            "check rd.cloudboot.user / rd.cloudboot.pass on the baked command line"
+            " (docs/wire-formats.md §2.6); NVRAM was not touched"
+        )
     if _is(exc, "guest.agent.fetch", "FetchError"):
         return (
             "check the network, the registry address (the host is the DHCP gateway: 10.0.2.2 "
@@ -419,8 +483,8 @@ def main(system: sysguest.GuestSystem | None = None) -> None:
     console = Console(system.console_streams())
     agent = Agent(system, console, Paths(), Arch.host())
     status = agent.run()
-    if status == 0:
-        system.finish()
+    if status == 0:  # reboot(2), or kexec as cloudboot.exit says
+        status = leave(console, agent.options.exit, agent.staged, Kexec(agent.arch, system.finish))
     system.wait_forever(agent.options.debug)
     sys.exit(status)  # unreachable in the guest; kept for host runs
 

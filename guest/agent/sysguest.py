@@ -29,6 +29,8 @@ from guest.agent.console import Console
 from guest.contract.errors import CloudbootError
 
 if TYPE_CHECKING:
+    from guest.agent import lldp
+    from guest.agent.cmdline import Options
     from guest.agent.lease import Lease
     from guest.agent.stage import CacheEsp, EspFiles
 
@@ -74,6 +76,10 @@ def mount(source: str, target: str, fstype: str, flags: int = 0, data: str = "")
         ),
         f"mount {fstype} on {target}",
     )
+
+
+def umount(target: str) -> None:
+    _check(_libc.umount2(target.encode(), 0), f"umount {target}")
 
 
 def _mounted(target: str) -> bool:
@@ -204,10 +210,11 @@ class GuestSystem:
         dhcp, self._dhcp = self._dhcp, None
         iface, proc = dhcp.wait() if dhcp is not None else self._dhcp_now()
         early = f" (in the background: {dhcp.took:.3f}s)" if dhcp is not None else ""
-        console.log(f"DHCP on {iface}{early}")
+        how = "static ip=" if proc.args[0] == UDHCPC_SCRIPT else "DHCP"
+        console.log(f"{how} on {iface}{early}")
         if proc.returncode != 0:
             tail = proc.stdout.decode(errors="replace").strip().splitlines()[-3:]
-            raise SystemError_(f"DHCP on {iface} failed: {' / '.join(tail)}", where=iface)
+            raise SystemError_(f"{how} on {iface} failed: {' / '.join(tail)}", where=iface)
         lease_file = Path("/") / LEASE_FILE
         if not lease_file.exists():
             console.warn(f"DHCP on {iface} left no lease in {lease_file}")
@@ -216,9 +223,26 @@ class GuestSystem:
         mac = mac_file.read_text() if mac_file.exists() else ""
         return parse_lease(lease_file.read_text(), mac=mac, where=str(lease_file))
 
+    def start_lldp(
+        self, interface: str, options: Options, arch: str
+    ) -> tuple[lldp.Listener | None, list[str]]:
+        from guest.agent.lldp import start
+
+        return start(interface, options, arch)
+
     def _dhcp_now(self) -> tuple[str, subprocess.CompletedProcess[bytes]]:
+        from guest.agent.cmdline import parse_cmdline
+        from guest.agent.ipconfig import StaticIp, parse_ip
+
         subprocess.run([BUSYBOX, "ip", "link", "set", "lo", "up"], check=False)
-        iface = self._wait_for_nic()
+        config = parse_ip(parse_cmdline(Path("/proc/cmdline").read_text()).get("ip"))
+        iface = self._wait_for_nic(want=config.device if config else "")
+        if isinstance(config, StaticIp):  # ip= (klibc): the DHCP script, fed the static values
+            env = {**os.environ, **config.script_env(iface)}
+            for phase in ("deconfig", "bound"):
+                proc = subprocess.run([UDHCPC_SCRIPT, phase], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, check=False)  # fmt: skip
+            return iface, proc
         proc = subprocess.run(
             [BUSYBOX, "udhcpc", "-i", iface, "-f", "-q", "-n", "-t", "10", "-T", "1",
              "-s", UDHCPC_SCRIPT],
@@ -227,10 +251,11 @@ class GuestSystem:
         return iface, proc
 
     @staticmethod
-    def _wait_for_nic(timeout: float = 10.0) -> str:
+    def _wait_for_nic(timeout: float = 10.0, want: str = "") -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             names = sorted(n for n in os.listdir("/sys/class/net") if n != "lo")
+            names = [n for n in names if n == want] if want else names
             if names:
                 return names[0]
             time.sleep(0.05)

@@ -126,8 +126,8 @@ def lease_fields(lease: Lease | None) -> dict[str, Value]:
 def registry_fields(registry: str | None, *, plain_http: bool) -> dict[str, Value]:
     """The registry half, from the target's primary OCI ref (``None`` for disk targets).
 
-    No modloop layers are pulled by this guest, so ``ModloopURL`` is empty (as upstream
-    renders it for artifacts without one).
+    ``ModloopURL`` is empty here (as upstream renders it for artifacts without one); the
+    agent fills it in once the artifact's layers are known (guest.agent.layers).
     """
     if registry is None:
         return dict.fromkeys(REGISTRY_FIELDS)

@@ -63,3 +63,24 @@ class Arch(enum.Enum):
 PLAN_ARCHES = ("amd64", "arm64", "riscv64")
 #: The arches we evaluate every plan for before publishing it.
 BOOTABLE_PLAN_ARCHES = ("amd64", "arm64")
+
+
+#: Arches an artifact may be published for beyond those we boot: upstream's guest also runs
+#: on riscv64 (docs/wire-formats.md §2.3), with these other names for it.
+_PUBLISH_ONLY = {"riscv64": ("riscv64", "riscv")}
+
+
+def artifact_arch(name: str) -> str:
+    """The OCI arch name an artifact for ``name`` carries: any of ``Arch``'s names, or
+    riscv64 (published for upstream's guest; ours does not boot it)."""
+    key = name.strip().lower()
+    for oci_name, aliases in _PUBLISH_ONLY.items():
+        if key in aliases:
+            return oci_name
+    try:
+        return Arch.parse(key).oci
+    except ValueError:
+        raise ValueError(
+            f"unknown architecture {name!r}; expected one of: "
+            + ", ".join([*(f"{a.value} ({a.oci})" for a in Arch), *_PUBLISH_ONLY])
+        ) from None

@@ -41,6 +41,11 @@ MEDIA_KERNEL = "application/vnd.cloud-boot.kernel.v1"
 MEDIA_INITRD = "application/vnd.cloud-boot.initrd.v1"
 MEDIA_MODULES = "application/vnd.cloud-boot.modules.v1.cpio+gzip"
 MEDIA_CMDLINE = "application/vnd.cloud-boot.cmdline.v1"
+#: Extra layers of distribution artifacts (docs/wire-formats.md §2.3): Alpine's modloop (a
+#: squashfs of modules) and apkovl (a system overlay tar.gz), a live system's squashfs.
+MEDIA_MODLOOP = "application/vnd.cloud-boot.modloop.v1+squashfs"
+MEDIA_APKOVL = "application/vnd.cloud-boot.apkovl.v1+tar.gz"
+MEDIA_SQUASHFS = "application/vnd.cloud-boot.squashfs.v1"
 MEDIA_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_COSIGN_SIMPLESIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 
@@ -172,46 +177,60 @@ def _check_media_type(obj: Mapping[str, Any], expected: str, what: str) -> None:
 
 
 class LayerRole(enum.Enum):
-    """What a layer of a cloud-boot artifact is for; titles name it when the type is generic."""
+    """What a layer of a cloud-boot artifact is for; titles name it when the type is unknown."""
 
     PLAN = MEDIA_PLAN
     KERNEL = MEDIA_KERNEL
     INITRD = MEDIA_INITRD
     MODULES = MEDIA_MODULES
+    MODLOOP = MEDIA_MODLOOP
+    APKOVL = MEDIA_APKOVL
+    SQUASHFS = MEDIA_SQUASHFS
     CMDLINE = MEDIA_CMDLINE
 
     @property
     def title(self) -> str:
-        return {
-            LayerRole.PLAN: "plan.hcl",
-            LayerRole.KERNEL: "vmlinuz",
-            LayerRole.INITRD: "initrd",
-            LayerRole.MODULES: "modules",
-            LayerRole.CMDLINE: "cmdline",
-        }[self]
+        """The title we write on a layer of this role (the first name it is known by)."""
+        return _ROLE_TITLES[self][0]
 
     def matches_title(self, title: str) -> bool:
         if self is LayerRole.PLAN:
             return title.endswith(".hcl")
-        return title == self.title
+        return title in _ROLE_TITLES[self]
+
+
+#: Titles that name a role on a layer whose media type says nothing we know (upstream's
+#: list, docs/wire-formats.md §2.3); the first is the one we write.
+_ROLE_TITLES: dict[LayerRole, tuple[str, ...]] = {
+    LayerRole.PLAN: ("plan.hcl",),
+    LayerRole.KERNEL: ("vmlinuz", "kernel"),
+    LayerRole.INITRD: ("initrd", "initramfs"),
+    LayerRole.MODULES: ("modules",),
+    LayerRole.MODLOOP: ("modloop", "modloop-virt"),
+    LayerRole.APKOVL: ("apkovl",),
+    LayerRole.SQUASHFS: ("squashfs", "filesystem.squashfs"),
+    LayerRole.CMDLINE: ("cmdline",),
+}
+
+#: Media types that name a role: a layer with any other type is recognised by its title.
+ROLE_MEDIA_TYPES = frozenset(role.value for role in LayerRole)
 
 
 #: Layers a manifest may have: a cloudboot artifact has at most four, a cosign signature
 #: manifest one per signature.
 MAX_LAYERS = 64
 
-#: Layer media types too generic to say anything; such layers are recognised by title.
-GENERIC_LAYER_TYPES = frozenset(
-    {
-        "application/octet-stream",
-        "application/vnd.oci.image.layer.v1.tar",
-        "application/vnd.oci.image.layer.v1.tar+gzip",
-        "",
-    }
+#: Artifact layers in the order of docs/wire-formats.md §2.3 (the extra layers after the
+#: modules).
+ARTIFACT_ROLES = (
+    LayerRole.KERNEL,
+    LayerRole.INITRD,
+    LayerRole.MODULES,
+    LayerRole.MODLOOP,
+    LayerRole.APKOVL,
+    LayerRole.SQUASHFS,
+    LayerRole.CMDLINE,
 )
-
-#: Artifact layers in the order of docs/wire-formats.md §2.3.
-ARTIFACT_ROLES = (LayerRole.KERNEL, LayerRole.INITRD, LayerRole.MODULES, LayerRole.CMDLINE)
 
 
 class _CanonicalDocument:
@@ -283,12 +302,13 @@ class Manifest(_CanonicalDocument):
         )
 
     def layer(self, role: LayerRole) -> Descriptor:
-        """The first layer with the role's media type, else a generic layer titled for it."""
+        """The first layer with the role's media type, else the first layer titled for it
+        whose media type names no role (upstream's rule, docs/wire-formats.md §2.3)."""
         for layer in self.layers:
             if layer.media_type == role.value:
                 return layer
         for layer in self.layers:
-            if layer.media_type in GENERIC_LAYER_TYPES and role.matches_title(layer.title or ""):
+            if layer.media_type not in ROLE_MEDIA_TYPES and role.matches_title(layer.title or ""):
                 return layer
         raise NoLayerError(f"manifest has no {role.name.lower()} layer (mediaType {role.value})")
 

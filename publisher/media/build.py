@@ -3,7 +3,10 @@
 Incremental: a fingerprint of every input (recipe text, arches, command lines,
 SOURCE_DATE_EPOCH, and size+mtime of every input file: the builder's own code, the
 recipe's files, and with the guest-agent init everything the agent's packer reads) is
-stored next to the image; when it matches, nothing is rebuilt. The image is written to a temp
+stored next to the image; when it matches, nothing is rebuilt. When only the UKI's or the
+ISO's own inputs changed (the command line), each arch's compressed initramfs comes from a
+content-addressed cache (``publisher.media.buildcache``) keyed by the same kind of
+fingerprint of its inputs alone. The image is written to a temp
 file in the same directory and renamed, so a VM never sees a half-written boot.iso and a
 failed build leaves the previous one in place. Timestamps and GUIDs derive from the
 inputs only, so the same inputs give the same bytes.
@@ -32,6 +35,7 @@ from guest.contract.pubkey import load_public_key
 from publisher.config import Config
 from publisher.media import cpio
 from publisher.media.base import packages_for
+from publisher.media.buildcache import BlobCache
 from publisher.media.debs import DebCache
 from publisher.media.esp import esp_size
 from publisher.media.guestpack import PackInputs, pack_inputs, tree_files
@@ -66,6 +70,7 @@ class BuildResult:
     arches: list[Arch]
     timings: dict[str, float] = field(default_factory=dict)
     size: int = 0
+    reused: list[str] = field(default_factory=list)  # intermediates taken from the cache
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -75,6 +80,7 @@ class BuildResult:
             "arches": [a.value for a in self.arches],
             "size": self.size,
             "timings_ms": {k: round(v * 1000, 1) for k, v in self.timings.items()},
+            "reused": self.reused,
         }
 
 
@@ -154,16 +160,42 @@ def builder_code() -> list[str]:
     return [p for root in roots for p in tree_files(root)]
 
 
-def fingerprint(recipe: Recipe, inputs: Sequence[ArchInputs], epoch: int, signed: bool) -> str:
-    """Hash of everything that can change the output (files by size and mtime)."""
-    watched: list[str | Path] = [*builder_code()]
-    for extra in (recipe.cosign_public_key, recipe.secureboot_key, recipe.secureboot_cert):
-        if extra is not None:
-            watched.append(extra)
+def _initramfs_files(recipe: Recipe) -> list[str | Path]:
+    """The recipe's own files that go into every arch's initramfs."""
+    watched: list[str | Path] = []
+    if recipe.cosign_public_key is not None:
+        watched.append(recipe.cosign_public_key)
+    if recipe.registry_ca is not None:
+        watched.append(recipe.registry_ca)
     for spec in recipe.initramfs.files:
         watched.append(spec.src)
     for spec in recipe.initramfs.trees:
         watched += sorted(spec.src.rglob("*"))
+    return watched
+
+
+def initramfs_key(recipe: Recipe, item: ArchInputs, epoch: int) -> str:
+    """Hash of everything one arch's compressed initramfs is made of: the ``fingerprint``
+    below minus what only the UKI or the ISO use (the command line, the stub, sbsign)."""
+    spec = recipe.initramfs
+    doc = {
+        "arch": item.arch.value,
+        "epoch": epoch,
+        # Every field of [initramfs] (init, compression, modules, on-demand modules,
+        # files and trees): a field added later cannot be forgotten here.
+        "spec": repr(spec),
+        "kernel": [item.kernel.uname, *map(_stat, item.watched())],
+        "files": [_stat(p) for p in [*builder_code(), *_initramfs_files(recipe)]],
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def fingerprint(recipe: Recipe, inputs: Sequence[ArchInputs], epoch: int, signed: bool) -> str:
+    """Hash of everything that can change the output (files by size and mtime)."""
+    watched: list[str | Path] = [*builder_code(), *_initramfs_files(recipe)]
+    for extra in (recipe.secureboot_key, recipe.secureboot_cert):
+        if extra is not None:
+            watched.append(extra)
     doc = {
         "recipe": recipe.digest,
         "epoch": epoch,
@@ -176,9 +208,16 @@ def fingerprint(recipe: Recipe, inputs: Sequence[ArchInputs], epoch: int, signed
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
-def make_uki(recipe: Recipe, inputs: ArchInputs, epoch: int) -> bytes:
+def make_initrd(recipe: Recipe, inputs: ArchInputs, epoch: int) -> bytes:
+    """The compressed initramfs: most of a build's time, hence ``BlobCache``'d by
+    ``initramfs_key``."""
     entries = initramfs_entries(recipe, inputs.arch, inputs.kernel, inputs.busybox, inputs.pack)
-    initrd = cpio.compress(cpio.newc(entries, mtime=epoch), recipe.initramfs.compression)
+    return cpio.compress(cpio.newc(entries, mtime=epoch), recipe.initramfs.compression)
+
+
+def make_uki(recipe: Recipe, inputs: ArchInputs, epoch: int, initrd: bytes | None = None) -> bytes:
+    if initrd is None:
+        initrd = make_initrd(recipe, inputs, epoch)
     parts = UkiParts(inputs.stub.read_bytes(), inputs.kernel.vmlinuz.read_bytes(), initrd,
                      inputs.cmdline, inputs.kernel.uname)  # fmt: skip
     return build_uki(parts, inputs.arch)
@@ -266,7 +305,9 @@ def build_boot_iso(
 ) -> BuildResult:
     """Build ``out`` (and ``out.sig``, cosign sign-blob format, when ``signing_key`` is given).
 
-    Skips all work when the inputs' fingerprint matches the last build of ``out``.
+    Skips all work when the inputs' fingerprint matches the last build of ``out``; else
+    reuses each arch's compressed initramfs from ``cache_dir(out)`` when its own inputs
+    are unchanged (a cmdline edit), unless ``force``.
     ``registry`` makes the client for OCI kernel sources (the workspace's registry
     settings; called only if the network is needed); ``build_kernel`` runs make for a
     ``{ build = ... }`` kernel whose inputs have no cached build yet; ``agent_repo``
@@ -296,9 +337,18 @@ def build_boot_iso(
         log.info("boot.iso up to date", output=str(out))
         return BuildResult(out, sig, True, arches, stages.timings, out.stat().st_size)
     efi_files: dict[str, bytes] = {}
+    blobs = BlobCache(cache_dir(out))
+    reused = []
     for item in inputs:
         with stages.stage(f"uki-{item.arch.value}"):
-            uki = make_uki(recipe, item, epoch)
+            kind, key = f"initramfs-{item.arch.value}", initramfs_key(recipe, item, epoch)
+            initrd = None if force else blobs.get(kind, key)
+            if initrd is None:
+                initrd = make_initrd(recipe, item, epoch)
+                blobs.put(kind, key, initrd)
+            else:
+                reused.append(kind)
+            uki = make_uki(recipe, item, epoch, initrd)
         if recipe.secureboot_key and recipe.secureboot_cert:
             with stages.stage(f"sbsign-{item.arch.value}"):
                 uki = sbsign(uki, recipe.secureboot_key, recipe.secureboot_cert, out.parent)
@@ -323,7 +373,12 @@ def build_boot_iso(
         if sig is not None and signature is not None:
             write_atomic(sig, signature.encode(), durable=True)
         write_atomic(stamp, print_.encode())  # a torn stamp would only force a rebuild
-    return BuildResult(out, sig, False, arches, stages.timings, out.stat().st_size)
+    return BuildResult(out, sig, False, arches, stages.timings, out.stat().st_size, reused)
+
+
+def cache_dir(out: Path) -> Path:
+    """Where ``out``'s intermediates are kept (``boot.iso.cache/`` next to it)."""
+    return out.with_name(out.name + ".cache")
 
 
 def build_from_config(

@@ -45,6 +45,7 @@ GUEST_PYTHON = "3.11"
 RUNTIME_PACKAGES = (
     "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib", "python3-regex",
     "libc6", "libssl3", "zlib1g", "libexpat1", "libffi8", "libbz2-1.0", "liblzma5", "libuuid1",
+    "libargon2-1",  # LUKS2 key slots (guest/agent/volumes/native.py)
 )  # fmt: skip
 #: Pure-Python wheels from PyPI, pinned as constraints.txt pins them (ext4's own wheel is
 #: the py3-none-any one: the venv's is a compiled x86_64 build).

@@ -25,8 +25,8 @@ PACKER_ENV = {"PYTHONHASHSEED": "0"}
 GUEST_MODULES = (
     *(f"guest.agent.{m}" for m in ("main", "sysguest", "fetch", "diskread", "menu", "metadata",
                                    "template", "lease", "reset", "httpclient", "machine",
-                                   "trust", "floor", "secureboot")),
-    "guest.contract.cosign", "guest.contract.plan",
+                                   "trust", "floor", "secureboot", "lldp")),
+    "guest.contract.cosign", "guest.contract.plan", "guest.contract.lldp",
 )  # fmt: skip
 #: Lark keys its parser cache on the options, and hcl2 passes the cache file's absolute
 #: path as one of them: the cache must be built as if the package lived at its guest path.

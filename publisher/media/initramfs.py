@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from guest.agent.registryconf import REGISTRY_CA
 from guest.contract.arch import Arch
 from publisher.media import cpio, kmods
 from publisher.media.guestpack import PackInputs, guest_agent_entries
@@ -43,13 +44,20 @@ class KernelInputs:
     modules_dir: Path | None
 
 
-def module_entries(kernel: KernelInputs, wanted: tuple[str, ...]) -> list[cpio.Entry]:
-    if not wanted:
+def module_entries(
+    kernel: KernelInputs, wanted: tuple[str, ...], on_demand: tuple[str, ...] = ()
+) -> list[cpio.Entry]:
+    """The modules (and ``modules.dep``); only ``wanted`` are listed to load at start-up,
+    ``on_demand`` ones (xfs, btrfs) are packed for the guest to modprobe when a disk
+    target needs them, so the plain boot does not pay for loading them."""
+    if not wanted and not on_demand:
         return []
     if kernel.modules_dir is None or not kernel.modules_dir.is_dir():
         raise RecipeError(f"kernel modules wanted but no modules directory for {kernel.uname}")
     available = kmods.index_modules(kernel.modules_dir)
-    order = kmods.resolve(wanted, available, kmods.builtin_modules(kernel.modules_dir))
+    builtin = kmods.builtin_modules(kernel.modules_dir)
+    startup = kmods.resolve(wanted, available, builtin)
+    order = kmods.resolve((*wanted, *on_demand), available, builtin)
     base = f"/lib/modules/{kernel.uname}"
     entries = [
         cpio.file(
@@ -63,7 +71,8 @@ def module_entries(kernel: KernelInputs, wanted: tuple[str, ...]) -> list[cpio.E
     for extra in ("modules.builtin", "modules.order"):
         if (kernel.modules_dir / extra).is_file():
             entries.append(cpio.file(f"{base}/{extra}", (kernel.modules_dir / extra).read_bytes()))
-    entries.append(cpio.file("/etc/cloudboot/modules", "".join(f"{m}\n" for m in order).encode()))
+    listing = "".join(f"{m}\n" for m in startup)
+    entries.append(cpio.file("/etc/cloudboot/modules", listing.encode()))
     return entries
 
 
@@ -90,7 +99,9 @@ def initramfs_entries(
     key = recipe.cosign_public_key
     if key is not None:  # checked before the build started (build.check_public_key)
         entries.append(cpio.file("/etc/cosign.pub", key.read_bytes()))
-    entries += module_entries(kernel, recipe.initramfs.modules)
+    if recipe.registry_ca is not None:
+        entries.append(cpio.file(REGISTRY_CA, recipe.registry_ca.read_bytes()))
+    entries += module_entries(kernel, recipe.initramfs.modules, recipe.initramfs.on_demand_modules)
     if recipe.initramfs.init == "guest-agent":
         if pack is None or pack.arch is not arch:
             raise ValueError(f"guest-agent init without the packer's inputs for {arch.value}")

@@ -108,6 +108,8 @@ class InitramfsRecipe:
     modules: tuple[str, ...] = DEFAULT_MODULES
     files: tuple[FileSpec, ...] = ()
     trees: tuple[FileSpec, ...] = ()
+    #: Packed but loaded only when the guest needs them (xfs, btrfs disk targets).
+    on_demand_modules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,9 @@ class Recipe:
     plan_ref: str = DEFAULT_PLAN_REF
     #: The VM backend's console for every arch (vfkit: hvc0); None = each arch's ``console``.
     console: str | None = None
+    #: ``[registry] ca``: PEM certificates the guest trusts for HTTPS registries (a
+    #: private CA), baked into the initramfs (guest.agent.registryconf.REGISTRY_CA).
+    registry_ca: Path | None = None
 
     def for_arch(self, arch: Arch) -> ArchRecipe:
         try:
@@ -263,9 +268,12 @@ def parse_recipe(text: str, path: Path) -> Recipe:
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"invalid TOML: {exc}", where=str(path)) from None
     r = _Reader(path)
-    unknown = sorted(set(data) - {"cmdline", "signing", "initramfs", "arch", "base"})
+    unknown = sorted(set(data) - {"cmdline", "signing", "initramfs", "arch", "base", "registry"})
     if unknown:
-        raise r.fail(unknown[0], "unknown key; known: arch, base, cmdline, initramfs, signing")
+        raise r.fail(
+            unknown[0], "unknown key; known: arch, base, cmdline, initramfs, registry, signing"
+        )
+    registry_ca = r.opt_path(r.table(data, "registry", {"ca"}), "registry.ca")
     base = r.string(r.table(data, "base", {"oci"}), "base.oci", "") or None
     if base is not None:
         try:
@@ -281,7 +289,9 @@ def parse_recipe(text: str, path: Path) -> Recipe:
     sb_cert = r.opt_path(signing, "signing.secureboot_cert")
     if (sb_key is None) != (sb_cert is None):
         raise r.fail("signing", "secureboot_key and secureboot_cert go together")
-    ird = r.table(data, "initramfs", {"init", "compression", "modules", "files", "trees"})
+    ird = r.table(
+        data, "initramfs", {"init", "compression", "modules", "on_demand_modules", "files", "trees"}
+    )
     init = r.string(ird, "initramfs.init", "busybox-marker")
     if init not in INIT_MODES:
         raise r.fail("initramfs.init", f"expected one of {', '.join(INIT_MODES)}, got {init!r}")
@@ -290,11 +300,13 @@ def parse_recipe(text: str, path: Path) -> Recipe:
     except ValueError:
         raise r.fail("initramfs.compression", "expected none, gzip or zstd") from None
     modules = ird.get("modules", list(DEFAULT_MODULES))
-    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
-        raise r.fail("initramfs.modules", "expected an array of module names")
+    on_demand = ird.get("on_demand_modules", [])
+    for key, names in (("modules", modules), ("on_demand_modules", on_demand)):
+        if not isinstance(names, list) or not all(isinstance(m, str) for m in names):
+            raise r.fail(f"initramfs.{key}", "expected an array of module names")
     initramfs = InitramfsRecipe(
         init, compression, tuple(modules), r.file_specs(ird, "initramfs.files"),
-        r.file_specs(ird, "initramfs.trees"),
+        r.file_specs(ird, "initramfs.trees"), tuple(on_demand),
     )  # fmt: skip
     arch_tables = data.get("arch", {})
     if not isinstance(arch_tables, dict) or not arch_tables:
@@ -340,6 +352,7 @@ def parse_recipe(text: str, path: Path) -> Recipe:
         initramfs=initramfs,
         arches=arches,
         base=base,
+        registry_ca=registry_ca,
     )
 
 
@@ -362,14 +375,25 @@ def configured(recipe: Recipe, config: Config) -> Recipe:
     A registry on the host's loopback (the embedded one) is named ``{{.Gateway}}``: the
     guest substitutes its DHCP gateway, which is the host under both backends (QEMU user
     networking's 10.0.2.2; vfkit's vmnet bridge address, where `cloudboot up` forwards to
-    the loopback registry while the VM runs). README.md "macOS" says why.
+    the loopback registry while the VM runs). README.md "macOS" says why. The kexec loop
+    (``[watch].loop``) asks the agent to leave by kexec.
     """
-    from publisher.config import Backend
+    from publisher.config import Backend, ConfigError, Loop
 
+    vfkit = config.vm.backend.resolve() is Backend.VFKIT
+    cmdline = recipe.cmdline
+    if vfkit and config.watch.loop is not Loop.GUEST:
+        raise ConfigError(
+            f'[watch].loop = "{config.watch.loop.value}" needs the QEMU backend; use "guest"',
+            where=str(config.root / "cloudboot.toml"),
+        )
+    if config.watch.loop is Loop.KEXEC:
+        kept = [w for w in cmdline.split() if not w.startswith("cloudboot.exit=")]
+        cmdline = " ".join([*kept, "cloudboot.exit=kexec,reboot"])
     ref = parse_ref(config.plan_ref(config.plans_dir / "default.hcl"))
     if ref.insecure_default:  # loopback: the guest's gateway is the host
         port = ref.registry.rpartition(":")[2] if not ref.registry.endswith("]") else ""
         host = GATEWAY_HOST + (f":{port}" if port.isdigit() else "")
         ref = replace(ref, registry=host)
-    vfkit = config.vm.backend.resolve() is Backend.VFKIT
-    return replace(recipe, plan_ref=f"oci://{ref}", console=VIRTIO_CONSOLE if vfkit else None)
+    console = VIRTIO_CONSOLE if vfkit else None
+    return replace(recipe, cmdline=cmdline, plan_ref=f"oci://{ref}", console=console)

@@ -68,9 +68,13 @@ class SerialLog:
 class LiveLoop:
     """`cloudboot up` running in a fresh workspace under ``root``; stopped with SIGINT on exit."""
 
-    def __init__(self, root: Path, *, arch: str = "x86_64", password: str = "e2e-password") -> None:
+    def __init__(
+        self, root: Path, *, arch: str = "x86_64", password: str = "e2e-password",
+        loop: str = "guest",
+    ) -> None:  # fmt: skip
         self.root = root
         self.arch = arch
+        self.loop = loop  # [watch].loop
         self.port = free_port()
         self.env = {**os.environ, "COSIGN_PASSWORD": password}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -97,6 +101,7 @@ class LiveLoop:
         text = config.read_text()
         text = text.replace("[registry]\n", f'[registry]\nurl = "127.0.0.1:{self.port}"\n', 1)
         text = text.replace("[vm]\n", f'[vm]\narch = "{self.arch}"\n', 1)
+        text = text.replace("[watch]\n", f'[watch]\nloop = "{self.loop}"\n', 1)
         config.write_text(text)
         # The baked plan ref follows [registry].url (as oci://{{.Gateway}}:PORT/...).
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import TARGET_UP, LiveLoop
+from watcher.watch.reload import STAGES as RELOAD_STAGES
 
 pytestmark = [
     pytest.mark.slow,
@@ -72,6 +73,17 @@ def test_edit_plan_and_kernel_live(tmp_path: Path, arch: str) -> None:
         )
         assert restart["pid"] != pid
         print(f"edit -> target beta running: {seen_beta - edited:.1f} s")
+        # `up` says so itself: one result, the same stage split as the bench.
+        result = loop.wait_event(lambda e: e.get("event") == "reload" and e.get("number") == 2,
+                                 after=events)  # fmt: skip
+        assert (result["outcome"], result["target"]) == ("up", "beta"), result
+        assert list(result["stages"]) == list(RELOAD_STAGES)
+        assert abs(sum(result["stages"].values()) - result["since_edit_s"]) < 0.05
+        assert abs(result["since_edit_s"] - (seen_beta - edited)) < 1.0  # both poll the log
+        assert result["publish_s"] > 0
+        boot1 = next(e for e in loop.log_events() if e.get("event") == "reload")
+        assert (boot1["number"], boot1["target"]) == (1, "alpha")  # `up`'s own first boot
+        assert not any(e.get("event") == "published" for e in loop.log_events())  # said once
 
         # 3. A broken edit: error with file:line:col, no publish, no restart.
         status_before = json.loads((loop.root / ".cloudboot/status.json").read_text())

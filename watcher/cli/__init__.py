@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
 #: Command-group modules, in --help order (a missing one is an ImportError, not a skip).
 COMMAND_MODULES = (
-    "init", "plan", "push", "keys", "transport", "build", "vm", "watch", "registry", "demo",
-    "doctor",
+    "init", "plan", "history", "push", "keys", "transport", "build", "vm", "watch", "registry",
+    "demo", "doctor",
 )  # fmt: skip
 
 app = typer.Typer(
@@ -48,6 +48,7 @@ app = typer.Typer(
 @dataclass
 class CliState:
     workspace: Path | None = None
+    log_format: str = "auto"  # --log-format: `up`/`watch` print their results to match
     _config: Config | None = None
 
     @property
@@ -145,7 +146,7 @@ def root(
 
     fmt: LogFormat = log_format  # type: ignore[assignment]
     configure_logging(verbose, fmt)
-    ctx.obj = CliState(workspace=workspace)
+    ctx.obj = CliState(workspace=workspace, log_format=log_format)
 
 
 def _register_groups() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -19,6 +20,7 @@ import typer
 
 from guest.contract.errors import CloudbootError
 from watcher.cli import state
+from watcher.cli.loopview import ConsoleOption
 from watcher.cli.registry import loopback_host_port
 
 if TYPE_CHECKING:
@@ -102,19 +104,27 @@ def up(
         bool,
         typer.Option("--preflight/--no-preflight", help="Run `cloudboot doctor`'s checks first."),
     ] = True,
+    console: ConsoleOption = False,
 ) -> None:
-    """Set up and run the live-reload loop: registry, key, publish, build, VM, watch."""
+    """Set up and run the live-reload loop: registry, key, publish, build, VM, watch.
+
+    Each boot and reload ends in one result line: the target that came up (or the guest's
+    FATAL line and hint), the time since the edit and where it went."""
     from publisher.media.base import packages_for
     from publisher.media.build import build_from_config
     from publisher.media.cachedisk import ensure_cache_disk
     from publisher.media.recipe import load_recipe
     from publisher.registry import client_from_config
     from publisher.workspace import format_outcomes, load_signing_key, publish_workspace
-    from watcher.cli.watch import run_daemon
+    from watcher.cli.loopview import LoopView, loop_watch
+    from watcher.cli.watch import open_status, run_daemon
     from watcher.vm import VmSpec, VmState, open_backend
-    from watcher.watch.adapters import BackendVmStage
+    from watcher.watch.adapters import BackendVmStage, host_stager
+    from watcher.watch.reload import ReloadStart
 
-    config = state(ctx).config
+    began = time.time()
+    cli = state(ctx)
+    config = cli.config
     if preflight:
         from watcher.cli.doctor import preflight_or_stop
 
@@ -122,7 +132,9 @@ def up(
     with contextlib.ExitStack() as stack:
         ensure_signing_key(config)
         start_registry(config, stack)
+        t_publish = time.perf_counter()
         outcomes = publish_workspace(config)
+        publish_s = time.perf_counter() - t_publish
         typer.echo(format_outcomes(outcomes))
         if any(not o.ok for o in outcomes):
             raise CloudbootError("fix the plans above, then run `cloudboot up` again")
@@ -134,19 +146,27 @@ def up(
         typer.echo(f"boot.iso: {result.output} ({'unchanged' if result.skipped else 'built'})")
         if ensure_cache_disk(config.build.cache_disk, config.build.cache_disk_size_mib):
             typer.echo(f"cache disk: created {config.build.cache_disk}")
-        vm_stage = None
+        vm_stage, book = None, open_status(config)
+        view = LoopView.for_command(cli.log_format, console=console, always=True)
+        watch = None
         if vm:
             config = with_demo_disk(config, demo_disk, debs)
             backend = open_backend(VmSpec.from_config(config))
+            watch = stack.enter_context(loop_watch(book, backend.spec.serial_log, view))
             if backend.status().state is not VmState.RUNNING:
+                mark, t_start = watch.mark(), time.time()
                 status = backend.up(reset_nvram=True)
                 stack.callback(backend.down, timeout=config.vm.stop_timeout_ms / 1000)
                 typer.echo(f"vm: started pid {status.pid}; serial log {backend.spec.serial_log}")
-                typer.echo("    follow it with: cloudboot vm console")
-            vm_stage = BackendVmStage(backend, stop_timeout_s=config.vm.stop_timeout_ms / 1000)
+                if not console:
+                    typer.echo("    follow it with --console or: cloudboot vm console")
+                # The first boot reports like a reload, timed from `up` itself.
+                watch.begin(ReloadStart(mark, began, t_start, time.time(), publish_s))
+            vm_stage = BackendVmStage(backend, stop_timeout_s=config.vm.stop_timeout_ms / 1000,
+                                      host_stage=host_stager(config, backend.spec))  # fmt: skip
             vm_stage.supervise()  # vfkit: relaunch after the guest's reboot into its target
         typer.echo("watching plans/ and kernel/ (Ctrl-C stops the watcher, VM and registry)")
-        run_daemon(config, vm_stage=vm_stage, initial=False)
+        run_daemon(config, vm_stage=vm_stage, initial=False, loop=(book, watch))
 
 
 def register(app: typer.Typer) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from guest.contract.arch import Arch
+from guest.contract.arch import Arch, artifact_arch
 from guest.contract.oci import parse_ref
 from watcher.cli import state
 from watcher.cli.errors import UsageError
@@ -130,6 +130,15 @@ def push_artifact_cmd(
     initrd: Annotated[Path | None, typer.Option("--initrd", help="initrd image.")] = None,
     modules: Annotated[Path | None, typer.Option("--modules", help="Modules cpio (gzip).")] = None,
     cmdline: Annotated[str | None, typer.Option("--cmdline", help="Kernel command line.")] = None,
+    modloop: Annotated[
+        Path | None, typer.Option("--modloop", help="Alpine modloop (squashfs).")
+    ] = None,
+    apkovl: Annotated[
+        Path | None, typer.Option("--apkovl", help="Alpine apkovl overlay (tar.gz).")
+    ] = None,
+    squashfs: Annotated[
+        Path | None, typer.Option("--squashfs", help="Live root filesystem (squashfs).")
+    ] = None,
     key: KeyOpt = None,
     as_json: JsonOpt = False,
     plain_http: PlainHttpOpt = None,
@@ -138,27 +147,37 @@ def push_artifact_cmd(
     ca_bundle: CaOpt = None,
     authfile: AuthfileOpt = None,
 ) -> None:
-    """Push a kernel (+ initrd, modules, cmdline) artifact for one architecture."""
+    """Push a kernel (+ initrd, modules, modloop, apkovl, squashfs, cmdline) artifact for
+    one architecture (linux/amd64, linux/arm64 or linux/riscv64)."""
+    from guest.contract.oci import LayerRole
     from publisher.inputs import check_regular
     from publisher.push import push_artifact
 
     arch = _platform_arch(platform, "--platform")
-    for name, given in (("kernel", kernel), ("initrd", initrd), ("modules", modules)):
+    given_files = {"kernel": kernel, "initrd": initrd, "modules": modules, "modloop": modloop,
+                   "apkovl": apkovl, "squashfs": squashfs}  # fmt: skip
+    for name, given in given_files.items():
         if given is not None:
             check_regular(given, name)
+    extra_roles = (LayerRole.MODLOOP, LayerRole.APKOVL, LayerRole.SQUASHFS)
+    extras = {r: p for r in extra_roles if (p := given_files[r.name.lower()]) is not None}
     target = parse_ref(ref)
     signer = signing_key(key)
     client = make_client(ctx, plain_http, insecure, tls_verify, ca_bundle, authfile)
-    result = push_artifact(client, target, arch, kernel, initrd, modules, cmdline, key=signer)
+    result = push_artifact(
+        client, target, arch, kernel, initrd, modules, cmdline, key=signer, extras=extras
+    )
     emit(result, as_json)
 
 
 def _platform_arch(text: str, option: str) -> str:
+    """The OCI arch of ``linux/ARCH``; what is published may also be for an arch our guest
+    does not boot (riscv64, for upstream's guest)."""
     os_name, _, arch = text.partition("/")
     if os_name != "linux" or not arch:
         raise typer.BadParameter(f"expected linux/ARCH, got {text!r}", param_hint=option)
     try:
-        return Arch.parse(arch).oci
+        return artifact_arch(arch)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint=option) from None
 

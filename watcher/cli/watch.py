@@ -7,9 +7,11 @@ here because only the CLI owns the process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -17,10 +19,13 @@ import typer
 
 from guest.contract.errors import CloudbootError
 from watcher.cli import state
+from watcher.cli.loopview import ConsoleOption, LoopView
 
 if TYPE_CHECKING:  # the watch machinery (watchdog, publisher) loads when a command runs
     from publisher.config import Config
     from watcher.watch.pipeline import VmStage
+    from watcher.watch.reload import ReloadWatch
+    from watcher.watch.status import StatusBook
 
 agent_app = typer.Typer(
     rich_markup_mode=None,
@@ -47,16 +52,21 @@ def watch(
         int | None,
         typer.Option("--debounce-ms", min=0, help="Override [watch].debounce_ms."),
     ] = None,
+    console: ConsoleOption = False,
 ) -> None:
-    """Watch plans/ and kernel/; publish, rebuild and restart the VM on every change."""
+    """Watch plans/ and kernel/; publish, rebuild and restart the VM on every change.
+
+    On a terminal (or with --log-format json) each reload ends in one result line."""
     from watcher.watch.adapters import vm_stage_for
 
-    config = state(ctx).config
+    cli = state(ctx)
+    config = cli.config
     run_daemon(
         config,
         vm_stage=vm_stage_for(config) if vm else None,
         initial=initial,
         debounce_ms=debounce_ms,
+        view=LoopView.for_command(cli.log_format, console=console, always=False),
     )
 
 
@@ -66,21 +76,58 @@ def run_daemon(
     vm_stage: VmStage | None,
     initial: bool,
     debounce_ms: int | None = None,
+    view: LoopView | None = None,
+    loop: tuple[StatusBook, ReloadWatch | None] | None = None,
 ) -> None:
-    """Run the watcher in this process until SIGTERM/SIGINT (a second one aborts at once)."""
+    """Run the watcher in this process until SIGTERM/SIGINT (a second one aborts at once).
+
+    With a VM, the console is followed after each restart (``loop``: the status file and
+    the console follower `up` opened before it booted the VM; else made here)."""
+    with contextlib.ExitStack() as stack:
+        if loop is None:
+            loop = _open_loop(config, stack, vm_stage, view or LoopView(results=False))
+        _run_daemon(config, vm_stage, initial, debounce_ms, *loop)
+
+
+def open_status(config: Config) -> StatusBook:
+    from watcher.watch.adapters import STATUS_FILE
+    from watcher.watch.status import StatusBook
+
+    return StatusBook(config.root / STATUS_FILE, watching=["plans/", "kernel/"])
+
+
+def _open_loop(
+    config: Config, stack: contextlib.ExitStack, vm_stage: VmStage | None, view: LoopView
+) -> tuple[StatusBook, ReloadWatch | None]:
+    from watcher.cli.loopview import loop_watch
+    from watcher.vm import VmSpec
+
+    status = open_status(config)
+    if vm_stage is None:
+        return status, None
+    serial_log = VmSpec.from_config(config).serial_log
+    return status, stack.enter_context(loop_watch(status, serial_log, view))
+
+
+def _run_daemon(
+    config: Config,
+    vm_stage: VmStage | None,
+    initial: bool,
+    debounce_ms: int | None,
+    status: StatusBook,
+    reload_watch: ReloadWatch | None,
+) -> None:
     import structlog
 
     from publisher.planrefs import check_plan_refs
     from publisher.workspace import find_plans
-    from watcher.watch.adapters import STATUS_FILE, reloader, setup_for
+    from watcher.watch.adapters import reloader, setup_for
     from watcher.watch.daemon import WatchDaemon
     from watcher.watch.sdnotify import Notifier
-    from watcher.watch.status import StatusBook
 
     if config.plans_dir.is_dir():  # one ref per plan, or the tag flips between two plans
         check_plan_refs(config, find_plans(config))
     setup = setup_for(config, debounce_ms=debounce_ms)
-    status = StatusBook(config.root / STATUS_FILE, watching=["plans/", "kernel/"])
     daemon = WatchDaemon(
         setup,
         status,
@@ -88,6 +135,7 @@ def run_daemon(
         notifier=Notifier(),
         reload=reloader(config.root, debounce_ms),
         initial_run=initial,
+        reload_watch=reload_watch,
     )
     interrupts = 0
 
@@ -144,14 +192,40 @@ def _live_vm_state(config: Any, data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "vm": vm}
 
 
-def publish(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Validate and publish every plan under plans/ once (for CI); exit 0 only if all did."""
+def publish(
+    ctx: typer.Context,
+    as_json: JsonOption = False,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune", help="Remove the tags of plan files deleted from plans/ (git history)."
+        ),
+    ] = False,
+    summary: Annotated[
+        Path | None,
+        typer.Option(
+            "--summary",
+            help="Append a markdown table (plans, digests, canary) to this file, e.g."
+            " $GITHUB_STEP_SUMMARY.",
+        ),
+    ] = None,
+) -> None:
+    """Validate and publish every plan under plans/ once (for CI); exit 0 only if all did.
+
+    Only changed plans are uploaded and signed; a deleted plan's tag is left (and
+    reported) unless --prune. A progress bar goes to stderr on a terminal."""
     from publisher.workspace import format_outcomes, publish_workspace
 
-    outcomes = publish_workspace(state(ctx).config)  # refuses two plans on one ref first
+    config = state(ctx).config  # two plans on one ref are refused first
+    outcomes = publish_workspace(config, prune=prune, progress=True)
     failed = [o for o in outcomes if not o.ok]
+    doc = {"ok": not failed, "plans": [o.to_json() for o in outcomes]}
+    if summary is not None:
+        from publisher.summary import render
+
+        with summary.open("a", encoding="utf-8") as stream:  # the CI's file: append
+            stream.write(render(doc))
     if as_json:
-        doc = {"ok": not failed, "plans": [o.to_json() for o in outcomes]}
         typer.echo(json.dumps(doc, indent=2))
     else:
         typer.echo(format_outcomes(outcomes))

@@ -16,13 +16,14 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 import structlog
 
+from guest.contract.errors import CloudbootError
 from publisher.run import launch
 from watcher.vm import nvram
 from watcher.vm.spec import VmError, VmSpec
@@ -82,6 +83,9 @@ class VmBackend(Protocol):
     def relaunch(self) -> VmStatus | None: ...
     def down(self, timeout: float = 5.0) -> bool: ...
     def restart(self, reset_nvram: bool, *, stop_timeout: float = 5.0) -> VmStatus: ...
+    def restart_staged(
+        self, stage: Callable[[], str], *, stop_timeout: float = 5.0
+    ) -> tuple[VmStatus, str | None]: ...
     def reset_nvram(self) -> None: ...
     def forget_staged_target(self) -> bool: ...
     def status(self) -> VmStatus: ...
@@ -329,6 +333,23 @@ class ProcessBackend(abc.ABC):
         with self._exclusive():
             self._down(stop_timeout)
             return self._up(reset_nvram)
+
+    def restart_staged(
+        self, stage: Callable[[], str], *, stop_timeout: float = 5.0
+    ) -> tuple[VmStatus, str | None]:
+        """Stop, reset NVRAM, let ``stage`` write the target into the stopped VM's files
+        (the host loop, ``watcher.watch.hoststage``), start; with the name it staged. A
+        staging error is logged and the VM starts reset: the guest stages instead."""
+        with self._exclusive():
+            self._down(stop_timeout)
+            self._wipe_nvram()
+            try:
+                staged: str | None = stage()
+            except CloudbootError as exc:
+                log.warning("host staging failed; the guest stages instead", error=str(exc))
+                self._wipe_nvram()
+                staged = None
+            return self._up(False), staged
 
     def reset_nvram(self) -> None:
         with self._exclusive():

@@ -15,11 +15,11 @@ from pathlib import Path
 import structlog
 
 from guest.contract.errors import CloudbootError
-from publisher.config import Backend, Config, load_config
+from publisher.config import Backend, Config, Loop, load_config
 from publisher.ignore import IgnoreRules
 from publisher.registry import client_from_config
 from publisher.signing import SigningKey
-from watcher.vm import VmBackend, VmState
+from watcher.vm import VmBackend, VmSpec, VmState
 from watcher.vm.supervisor import Supervisor
 from watcher.watch.daemon import WatchSetup
 from watcher.watch.pipeline import BuildStage, PlanStage
@@ -45,9 +45,16 @@ class BackendVmStage:
     """
 
     def __init__(
-        self, backend: VmBackend, *, stop_timeout_s: float = 1.0, supervise: bool | None = None
+        self,
+        backend: VmBackend,
+        *,
+        stop_timeout_s: float = 1.0,
+        supervise: bool | None = None,
+        host_stage: Callable[[], str] | None = None,
     ) -> None:
         self.backend = backend
+        self.host_stage = host_stage  # the host loop: stage into the stopped VM's images
+        self.staged_target: str | None = None  # what the host staged at the last restart
         self.stop_timeout_s = stop_timeout_s
         self._started_by_watcher = False
         self._seen = False
@@ -75,7 +82,11 @@ class BackendVmStage:
         if not self._seen:
             self._seen = True
             self._started_by_watcher = self.backend.status().state is not VmState.RUNNING
-        if self.supervisor is not None:  # under its lock: no relaunch races the restart
+        if self.host_stage is not None:
+            status, self.staged_target = self.backend.restart_staged(
+                self.host_stage, stop_timeout=self.stop_timeout_s
+            )
+        elif self.supervisor is not None:  # under its lock: no relaunch races the restart
             self.supervisor.request_restart(reset_nvram=True, stop_timeout=self.stop_timeout_s)
             status = self.backend.status()
         else:
@@ -97,9 +108,23 @@ class BackendVmStage:
 def vm_stage_for(config: Config) -> BackendVmStage:
     from watcher.vm import VmSpec, open_backend
 
-    return BackendVmStage(
-        open_backend(VmSpec.from_config(config)), stop_timeout_s=config.vm.stop_timeout_ms / 1000
-    )
+    spec = VmSpec.from_config(config)
+    return BackendVmStage(open_backend(spec), stop_timeout_s=config.vm.stop_timeout_ms / 1000,
+                          host_stage=host_stager(config, spec))  # fmt: skip
+
+
+def host_stager(config: Config, spec: VmSpec) -> Callable[[], str] | None:
+    """``[watch] loop = "host"``: what stages the default target into the stopped VM."""
+    if config.watch.loop is not Loop.HOST:
+        return None
+    from watcher.watch.hoststage import stage_on_host
+
+    def stage() -> str:
+        plan_file = config.plans_dir / "default.hcl"
+        return stage_on_host(plan_file, spec.arch, spec.disks, spec.cache_disk,
+                             spec.nvram).target  # fmt: skip
+
+    return stage
 
 
 def plan_stage_for(config: Config, key: SigningKey) -> PlanStage:

@@ -1,15 +1,18 @@
 """The running watcher: observer thread -> change queue -> one worker thread -> pipeline.
 
 The main thread only supervises: it sends sd_notify READY and WATCHDOG pings while both
-the observer and the worker are alive, applies SIGHUP reloads, and on SIGTERM/SIGINT lets
-the worker finish the step it is in (a publish moves its tag only after the signature is
-up; a build renames its image into place atomically) before stopping the VM, and only a VM
-this watcher started itself.
+the observer and the worker are alive and the worker is not stuck in one run for longer
+than ``hang_after`` (a publish hanging on a half-open connection, a build that never
+ends: no ping, so systemd's ``WatchdogSec`` restarts the service), applies SIGHUP
+reloads, and on SIGTERM/SIGINT lets the worker finish the step it is in (a publish moves
+its tag only after the signature is up; a build renames its image into place atomically)
+before stopping the VM, and only a VM this watcher started itself.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +23,7 @@ from guest.contract.errors import CloudbootError
 from publisher.ignore import IgnoreRules
 from watcher.watch.debounce import Batch, ChangeQueue
 from watcher.watch.events import WorkspaceEventHandler, observe
-from watcher.watch.pipeline import BuildStage, Pipeline, PlanStage, VmStage
+from watcher.watch.pipeline import BuildStage, Pipeline, PlanStage, ReloadObserver, VmStage
 from watcher.watch.sdnotify import Notifier, watchdog_interval
 from watcher.watch.status import StatusBook
 
@@ -30,6 +33,9 @@ log = structlog.get_logger(__name__)
 IDLE_CHECK_SECONDS = 5.0
 #: How long a stop waits for the step in progress before abandoning it.
 STOP_GRACE_SECONDS = 20.0
+#: One pipeline run longer than this is a hang: the watchdog pings stop. Above the longest
+#: honest run (a kernel and boot.iso build on a slow machine, registry retries included).
+HANG_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -56,8 +62,13 @@ class WatchDaemon:
         notifier: Notifier | None = None,
         reload: Callable[[], WatchSetup] | None = None,
         initial_run: bool = True,
+        hang_after: float = HANG_SECONDS,
+        reload_watch: ReloadObserver | None = None,
     ) -> None:
         self.setup = setup
+        self.hang_after = hang_after
+        self._busy_since: float | None = None  # when the worker's current run started
+        self._hang_reported = False
         self.status = status
         self.notifier = notifier or Notifier(socket_path="")
         self._reload_fn = reload
@@ -79,6 +90,7 @@ class WatchDaemon:
             status=status,
             rules=setup.rules,
             should_stop=self._stopping.is_set,
+            reload_watch=reload_watch,
         )
 
     # -- requests from signal handlers or other threads (cheap, never block) ------------
@@ -117,7 +129,8 @@ class WatchDaemon:
                 if self._reload_requested.is_set():
                     self._reload_requested.clear()
                     self._reload()
-                self.notifier.watchdog()
+                if not self.hung():
+                    self.notifier.watchdog()
             self.notifier.stopping()
             log.info("stopping: letting the current step finish")
             self._stopping.set()
@@ -170,13 +183,31 @@ class WatchDaemon:
         except CloudbootError as exc:
             log.error("stopping the VM failed", error=str(exc))
 
+    def hung(self) -> bool:
+        """True while the worker has been in one run for longer than ``hang_after``."""
+        since = self._busy_since
+        stuck = since is not None and time.monotonic() - since > self.hang_after
+        if stuck and not self._hang_reported:
+            log.error("pipeline run hangs: watchdog pings stopped", after_s=self.hang_after)
+        elif not stuck and self._hang_reported:
+            log.info("pipeline run finished after a hang: watchdog pings resume")
+        self._hang_reported = stuck
+        return stuck
+
+    def _run_batch(self, batch: Batch) -> None:
+        self._busy_since = time.monotonic()
+        try:
+            self.pipeline.run_batch(batch)
+        finally:
+            self._busy_since = None
+
     # -- the worker ---------------------------------------------------------------------
 
     def _work(self) -> None:
         try:
             if self.initial_run:
                 everything = self.pipeline.everything()
-                self.pipeline.run_batch(Batch(frozenset(everything), 0))
+                self._run_batch(Batch(frozenset(everything), 0))
             else:
                 self.pipeline.prime()
             self.status.set_state("idle")
@@ -186,7 +217,7 @@ class WatchDaemon:
                 if batch is None:
                     return
                 self._apply_pending_setup()
-                self.pipeline.run_batch(batch)
+                self._run_batch(batch)
         except BaseException as exc:
             log.exception("watcher pipeline crashed")
             self.crashed = exc

@@ -30,6 +30,7 @@ class Batch:
 
     paths: frozenset[Path]
     events: int
+    first_at: float | None = None  # wall time of the window's first event (the edit)
 
 
 class ChangeQueue:
@@ -46,6 +47,7 @@ class ChangeQueue:
         self._cond = threading.Condition()
         self._pending: set[Path] = set()
         self._events = 0
+        self._first_at: float | None = None
         self._last = 0.0
         self._closed = False
         self.total_events = 0
@@ -64,6 +66,7 @@ class ChangeQueue:
         with self._cond:
             if not self._pending:
                 self._cond.notify_all()
+                self._first_at = time.time()
             self._pending.add(path)
             self._events += 1
             self.total_events += 1
@@ -133,7 +136,7 @@ class ChangeQueue:
             self._cond.acquire()
 
     def _take(self) -> Batch:
-        batch = Batch(frozenset(self._pending), self._events)
+        batch = Batch(frozenset(self._pending), self._events, self._first_at)
         self._pending = set()
         self._events = 0
         return batch

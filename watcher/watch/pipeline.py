@@ -29,6 +29,7 @@ from publisher.ignore import IgnoreRules
 from publisher.workspace import PlanOutcome
 from watcher.watch.debounce import Batch
 from watcher.watch.outcomes import BuildOutcome, Outcome, StageName, StageResult, VmOutcome
+from watcher.watch.reload import ReloadStart
 from watcher.watch.status import StatusBook, iso_time, outcome_json
 
 log = structlog.get_logger(__name__)
@@ -57,6 +58,14 @@ class BuildStage(Protocol):
     def build(self) -> BuildOutcome:
         """Rebuild UKI + boot.iso incrementally with an atomic rename; raise on failure."""
         ...
+
+
+class ReloadObserver(Protocol):
+    """Follows the guest console after a restart (``watcher.watch.reload.ReloadWatch``)."""
+
+    def mark(self) -> int: ...
+
+    def begin(self, start: ReloadStart) -> None: ...
 
 
 class VmStage(Protocol):
@@ -121,6 +130,7 @@ class Pipeline:
         status: StatusBook,
         rules: IgnoreRules | None = None,
         should_stop: Callable[[], bool] = lambda: False,
+        reload_watch: ReloadObserver | None = None,
     ) -> None:
         self.plans_dir = plans_dir.resolve()
         self.kernel_dir = kernel_dir.resolve()
@@ -130,6 +140,7 @@ class Pipeline:
         self.status = status
         self.rules = rules or IgnoreRules()
         self.should_stop = should_stop
+        self.reload_watch = reload_watch
         self.hashes: dict[Path, str] = {}  # content last handled successfully
         self.runs = 0
 
@@ -207,9 +218,9 @@ class Pipeline:
             log.debug("batch without content changes", events=batch.events)
             self.status.flush()
             return None
-        return self.run(work)
+        return self.run(work, edited_at=batch.first_at)
 
-    def run(self, work: Work) -> RunReport:
+    def run(self, work: Work, *, edited_at: float | None = None) -> RunReport:
         number = self.runs + 1
         started = time.time()
         t0 = time.perf_counter()
@@ -230,7 +241,7 @@ class Pipeline:
             stages.append(result)
             produced |= result.produced
         if produced and self.vm_stage is not None and not self.should_stop():
-            stages.append(self._restart_vm())
+            stages.append(self._restart_vm(stages, edited_at or started))
         duration = (time.perf_counter() - t0) * 1000
         report = RunReport(number, stages, duration)
         self.runs = number  # counted once complete, so a reader seeing N sees N finished runs
@@ -307,16 +318,26 @@ class Pipeline:
                 self.hashes.pop(path, None)
         return result
 
-    def _restart_vm(self) -> StageResult:
+    def _restart_vm(self, before: list[StageResult], edited_at: float) -> StageResult:
         vm = self.vm_stage
         assert vm is not None
+        watch = self.reload_watch
+        mark = watch.mark() if watch is not None else 0
+        restart_at = time.time()
 
         def body() -> VmOutcome:
             state = vm.restart()
             self.status.record_vm(state, started_by_watcher=vm.started_by_watcher)
             return VmOutcome(state)
 
-        return self._timed("vm", "vm", body)
+        result = self._timed("vm", "vm", body)
+        if watch is not None and result.ok:
+            spent = {name: sum(s.duration_ms for s in before if s.stage == name) / 1000
+                     for name in ("plan", "kernel")}  # fmt: skip
+            host = getattr(vm, "staged_target", None)  # the host loop's BackendVmStage
+            watch.begin(ReloadStart(mark, edited_at, restart_at, restart_at + result.duration_ms
+                                    / 1000, spent["plan"], spent["kernel"], host))  # fmt: skip
+        return result
 
 
 def _disabled(what: str) -> Callable[[], Outcome]:

@@ -25,8 +25,11 @@ from guest.contract.errors import CloudbootError
 from guest.contract.fsutil import write_atomic
 from watcher.vm.state import pid_alive
 from watcher.watch.outcomes import Outcome, StageResult
+from watcher.watch.reload import ReloadResult, format_result
 
 STATUS_VERSION = 1
+#: How many reload results ``cloudboot status`` keeps.
+RELOADS_KEPT = 10
 
 
 def iso_time(ts: float) -> str:
@@ -87,6 +90,7 @@ class StatusBook:
             "stages": {},
             "plans": {},
             "vm": {"state": "unknown", "started_by_watcher": False},
+            "reloads": [],
         }
 
     def set_state(self, state: str, *, flush: bool = True) -> None:
@@ -129,6 +133,16 @@ class StatusBook:
             self.data["vm"]["state"] = state
             if started_by_watcher is not None:
                 self.data["vm"]["started_by_watcher"] = started_by_watcher
+
+    def record_reload(self, result: ReloadResult) -> int:
+        """Keep a reload's result (the newest :data:`RELOADS_KEPT`); returns its number."""
+        with self._lock:
+            number = int(self.data.get("reload_count", 0)) + 1
+            self.data["reload_count"] = number
+            entry = {"number": number, **result.to_json(), "at": iso_time(result.at)}
+            self.data["reloads"] = [*self.data["reloads"], entry][-RELOADS_KEPT:]
+        self.flush()
+        return number
 
     def flush(self) -> None:
         with self._lock:
@@ -191,4 +205,14 @@ def format_status(data: dict[str, Any]) -> str:
     vm = data.get("vm") or {}
     owner = " (started by the watcher)" if vm.get("started_by_watcher") else ""
     lines.append(f"vm: {vm.get('state', 'unknown')}{owner}")
+    reloads = data.get("reloads") or []
+    lines.append(f"last reloads: {'none yet' if not reloads else ''}".rstrip())
+    for entry in reloads:
+        lines.append(f"  {entry['at']} " + format_result(reload_from_json(entry), entry["number"]))
     return "\n".join(lines)
+
+
+def reload_from_json(entry: Mapping[str, Any]) -> ReloadResult:
+    """A kept reload back as a result, so ``status`` prints it as ``up`` did."""
+    names = {f.name for f in fields(ReloadResult)} - {"at"}  # kept as ISO text
+    return ReloadResult(**{k: v for k, v in entry.items() if k in names}, at=0.0)

@@ -1,4 +1,7 @@
-"""When each line of a growing log file appeared: the clock for serial-console benches.
+"""When each line of a growing log file appeared: the clock for the VM's serial console.
+
+The watcher's reload report (``watcher.watch.reload``) and the benches read it the same
+way, so the numbers `cloudboot up` prints are the numbers bench/edit_to_target.py reports.
 
 A serial log carries no host timestamps, and polling for one pattern at a time only dates
 the line being waited for. A background thread that reads the file every few
@@ -8,6 +11,7 @@ of them, so stages between any two lines can be measured after the fact.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -25,9 +29,20 @@ class LineClock:
     taken before a restart still mean "after this point".
     """
 
-    def __init__(self, path: Path, *, poll_s: float = 0.01) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        poll_s: float = 0.01,
+        on_line: Callable[[str], None] | None = None,
+        from_end: bool = False,
+    ) -> None:
+        """``on_line`` sees every new complete line (``--console``), on the clock's thread;
+        ``from_end`` skips what the file already holds (an earlier session's boots)."""
         self.path = path
         self.poll_s = poll_s
+        self.on_line = on_line
+        self._from_end = from_end
         self._lines: list[tuple[float, int, str]] = []
         self._lock = threading.Lock()
         self._base = 0  # bytes of earlier (truncated) incarnations of the file
@@ -36,6 +51,9 @@ class LineClock:
 
     def _follow(self) -> None:
         offset, pending = 0, b""
+        if self._from_end:
+            with contextlib.suppress(FileNotFoundError):
+                offset = self.path.stat().st_size
         while not self._stop.is_set():
             try:
                 with self.path.open("rb") as f:
@@ -52,11 +70,16 @@ class LineClock:
                 data = pending + chunk
                 start = self._base + offset - len(pending)
                 *complete, pending = data.split(b"\n")
+                new = []
+                for raw in complete:
+                    new.append((now, start, raw.decode(errors="replace").rstrip("\r")))
+                    start += len(raw) + 1
                 with self._lock:
-                    for raw in complete:
-                        self._lines.append((now, start, raw.decode(errors="replace")))
-                        start += len(raw) + 1
+                    self._lines.extend(new)
                 offset += len(chunk)
+                if self.on_line is not None:
+                    for _, _, text in new:
+                        self.on_line(text)
             self._stop.wait(self.poll_s)
 
     def __enter__(self) -> LineClock:
@@ -79,6 +102,17 @@ class LineClock:
             base = self._base
         return base + (self.path.stat().st_size if self.path.exists() else 0)
 
+    def lines(self, since: int = 0) -> list[tuple[float, str]]:
+        """Every complete line at or after byte ``since``, with the time it was first seen."""
+        with self._lock:
+            return [(seen, text) for seen, off, text in self._lines if off >= since]
+
+    def forget(self, before: int) -> None:
+        """Drop lines before byte ``before`` (a long-running watcher keeps only the
+        current reload's)."""
+        with self._lock:
+            self._lines = [line for line in self._lines if line[1] >= before]
+
     def all(
         self, pattern: str | re.Pattern[str], *, since: int = 0
     ) -> list[tuple[float, re.Match[str]]]:
@@ -95,7 +129,9 @@ class LineClock:
         """The first matching line at or after byte ``since``; it must be there already."""
         found = self.all(pattern, since=since)
         if not found:
-            raise SystemExit(f"no line matching {str(pattern)!r} in {self.path} after byte {since}")
+            raise LookupError(
+                f"no line matching {str(pattern)!r} in {self.path} after byte {since}"
+            )
         return found[0]
 
     def wait(
@@ -113,7 +149,7 @@ class LineClock:
             if found:
                 return found[0]
             if alive is not None and not alive():
-                raise SystemExit(f"the process died while waiting for {pattern!r} in {self.path}")
+                raise LookupError(f"the process died while waiting for {pattern!r} in {self.path}")
             time.sleep(0.05)
         tail = "\n".join(text for _, _, text in self._lines[-30:])
-        raise SystemExit(f"no {pattern!r} in {self.path} within {timeout:.0f} s; tail:\n{tail}")
+        raise TimeoutError(f"no {pattern!r} in {self.path} within {timeout:.0f} s; tail:\n{tail}")

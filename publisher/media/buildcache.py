@@ -1,0 +1,61 @@
+"""A content-addressed store for the build's expensive intermediates (the compressed
+initramfs per arch), so a ``kernel/recipe.toml`` cmdline edit re-assembles the UKI and
+boot.iso without compressing the same initramfs again.
+
+An entry is found by the key of its inputs (the caller's fingerprint of exactly what
+produced it) and named by that key plus the sha256 of its bytes; a read checks the
+bytes against that name, so a torn or edited entry is a miss, never a wrong boot.iso.
+Entries are written atomically; the newest few per kind are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from guest.contract.fsutil import write_atomic
+
+#: Entries kept per kind (e.g. one per arch and a few recent inputs each).
+KEEP = 4
+_NAME = re.compile(r"^(?P<kind>[\w.-]+)--(?P<key>[0-9a-f]{64})--(?P<sha>[0-9a-f]{64})$")
+
+
+@dataclass(frozen=True)
+class BlobCache:
+    """``root``: a directory of its own (created on the first write)."""
+
+    root: Path
+
+    def get(self, kind: str, key: str) -> bytes | None:
+        for path in sorted(self.root.glob(f"{kind}--{key}--*")):
+            match = _NAME.match(path.name)
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            if match and hashlib.sha256(data).hexdigest() == match["sha"]:
+                with contextlib.suppress(OSError):
+                    os.utime(path)  # recently used: kept longest
+                return data
+            with contextlib.suppress(OSError):
+                path.unlink()  # torn or tampered: drop it
+        return None
+
+    def put(self, kind: str, key: str, data: bytes) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        name = f"{kind}--{key}--{hashlib.sha256(data).hexdigest()}"
+        write_atomic(self.root / name, data)
+        self._prune(kind)
+
+    def _prune(self, kind: str) -> None:
+        entries = []
+        for path in self.root.glob(f"{kind}--*"):
+            with contextlib.suppress(OSError):
+                entries.append((path.stat().st_mtime_ns, path))
+        for _, path in sorted(entries, reverse=True)[KEEP:]:
+            with contextlib.suppress(OSError):
+                path.unlink()

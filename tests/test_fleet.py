@@ -1,0 +1,214 @@
+"""Publishing many plans: cost proportional to change, deleted plans, validation memory.
+
+The scale test publishes 1,000 generated plans to a real docker-registry behind the
+counting proxy, changes one, publishes again with the real CLI and counts at the
+registry what the second run wrote.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from publisher.annotations import fleet_annotations, plan_revision
+from publisher.config import load_config
+from publisher.fleet import ValidatedCache, check_plans, validator_fingerprint
+from publisher.localregistry import RunningRegistry
+from publisher.progress import Progress
+from publisher.workspace import publish_workspace
+from tests.faulty_proxy import faulty_proxy
+from tests.helpers import PLAN, REPO, skopeo_digest, write_signed_workspace
+from tests.test_gitops import git
+
+BIN = Path(sys.executable).parent
+
+
+def plan_text(n: object) -> str:
+    return PLAN.replace("v=1", f"v={n}")
+
+
+def fleet(root: Path, registry: str, count: int) -> list[Path]:
+    write_signed_workspace(root, registry)
+    (root / "plans" / "demo.hcl").unlink()
+    paths = [root / "plans" / f"p{n:04}.hcl" for n in range(count)]
+    for n, path in enumerate(paths):
+        path.write_text(plan_text(n))
+    (root / ".gitignore").write_text("cosign.key\n.cloudboot/\n")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", ".")
+    git(root, "commit", "-q", "-m", "plans")
+    return paths
+
+
+def cli_publish(root: Path, *args: str) -> tuple[int, dict[str, dict[str, object]], str]:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "COSIGN_PASSWORD": "pw"}
+    proc = subprocess.run(
+        ["cloudboot", "publish", "--json", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    report = json.loads(proc.stdout)["plans"] if proc.stdout.strip() else []
+    return proc.returncode, {str(o["plan"]): o for o in report}, proc.stderr
+
+
+@pytest.mark.slow  # ~1,000 signed publishes: minutes on a loaded machine, no QEMU
+def test_thousand_plans_second_publish_uploads_only_the_changed_one(
+    tmp_path: Path, registry: RunningRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COSIGN_PASSWORD", "pw")
+    with faulty_proxy(registry) as proxy:
+        root = tmp_path / "ws"
+        paths = fleet(root, proxy.address, 1000)
+        first = publish_workspace(load_config(root), env={})
+        assert {o.status for o in first} == {"published"}
+        assert len(first) == 1000
+
+        paths[500].write_text(plan_text("changed"))
+        git(root, "commit", "-q", "-am", "one plan changed")
+        proxy.exchanges.clear()
+        rc, report, err = cli_publish(root)
+        assert rc == 0, err
+        exchanges = list(proxy.exchanges)
+
+    statuses = [o["status"] for o in report.values()]
+    assert statuses.count("published") == 1 and statuses.count("unchanged") == 999
+    assert report["p0500.hcl"]["status"] == "published"
+    writes = [e for e in exchanges if e.method in ("PUT", "POST", "PATCH", "DELETE")]
+    assert writes, "the changed plan was written"
+    assert {e.path.split("/")[3] for e in writes} == {"p0500"}, "only the changed repo"
+    uploads = [e for e in writes if e.method == "PUT" and "/blobs/uploads/" in e.path]
+    assert 1 <= len(uploads) <= 3  # plan, its config (if new) and the signature payload
+    # the one changed tag, as an independent client sees it
+    ref = f"{registry.address}/cloudboot/p0500:latest"
+    assert skopeo_digest(ref) == report["p0500.hcl"]["digest"]
+    # off a terminal the progress is a few plain lines on stderr, no carriage returns
+    assert "publishing: 1000/1000" in err and "\r" not in err
+
+
+def test_deleted_plan_tag_is_left_and_reported_then_pruned(
+    tmp_path: Path, registry: RunningRegistry
+) -> None:
+    root = tmp_path / "ws"
+    fleet(root, registry.address, 3)
+    rc, report, err = cli_publish(root)
+    assert rc == 0, err
+    gone = f"{registry.address}/cloudboot/p0001:latest"
+    digest = skopeo_digest(gone)
+    assert digest == report["p0001.hcl"]["digest"]
+
+    git(root, "rm", "-q", "plans/p0001.hcl")
+    git(root, "commit", "-q", "-m", "drop p0001")
+    rc, report, err = cli_publish(root)
+    assert rc == 0, err
+    assert report["p0001.hcl"]["status"] == "stale"
+    assert report["p0001.hcl"]["digest"] == digest
+    assert "--prune" in str(report["p0001.hcl"]["error"])
+    assert skopeo_digest(gone) == digest, "a deleted plan's tag is left without --prune"
+
+    rc, report, err = cli_publish(root, "--prune")
+    assert rc == 0, err
+    assert report["p0001.hcl"]["status"] == "pruned"
+    assert skopeo_digest(gone) is None
+    assert skopeo_digest(f"{registry.address}/cloudboot/p0000:latest") is not None
+    # pruned once: the next run has nothing to say about it
+    rc, report, err = cli_publish(root, "--prune")
+    assert rc == 0, err
+    assert "p0001.hcl" not in report
+
+
+def test_parallel_validation_reports_what_one_by_one_does(tmp_path: Path) -> None:
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    paths = []
+    for n in range(120):
+        path = plans / f"p{n:03}.hcl"
+        bad = n in (7, 64, 119)
+        path.write_text(plan_text(n) + ('bogus = "x"\n' if bad else ""))
+        paths.append(path)
+    one = check_plans(paths, ValidatedCache(None, validator_fingerprint()), jobs=1)
+    # the pool forks only from a single-threaded process: a fresh one, as the CLI is
+    script = (
+        "import json, sys; from pathlib import Path; from publisher import fleet\n"
+        "paths = [Path(p) for p in sys.argv[1:]]\n"
+        "cache = fleet.ValidatedCache(None, fleet.validator_fingerprint())\n"
+        "two = fleet.check_plans(paths, cache, jobs=2)\n"
+        "print(json.dumps({'pool': fleet.pool_runs, 'invalid': {str(k): v for k, v in"
+        " two.invalid.items()}, 'checked': sorted(str(p) for p in two.checked)}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *map(str, paths)],
+        capture_output=True, text=True, check=True, cwd=REPO,
+    )  # fmt: skip
+    two = json.loads(proc.stdout)
+    assert two["pool"] == 1, "validated on a process pool"
+    assert two["invalid"] == {str(k): v for k, v in one.invalid.items()}
+    assert sorted(p.name for p in one.invalid) == ["p007.hcl", "p064.hcl", "p119.hcl"]
+    assert re.match(rf"{re.escape(str(paths[64]))}:7:\d+: ", one.invalid[paths[64]])
+    assert two["checked"] == sorted(str(p) for p in set(paths) - set(one.invalid))
+
+
+def test_validation_is_remembered_by_content_and_validator(tmp_path: Path) -> None:
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    good, bad = plans / "good.hcl", plans / "bad.hcl"
+    good.write_text(plan_text(1))
+    bad.write_text("target {")
+    store = tmp_path / "validated"
+    first = check_plans([good, bad], ValidatedCache(store, "v1"))
+    assert first.parsed == 2 and set(first.invalid) == {bad}
+    again = check_plans([good, bad], ValidatedCache(store, "v1"))
+    assert again.parsed == 1, "only the invalid plan is parsed again"
+    assert set(again.invalid) == {bad}
+    other = check_plans([good, bad], ValidatedCache(store, "v2"))
+    assert other.parsed == 2, "another validator re-checks everything"
+    good.write_text(plan_text(2))
+    assert check_plans([good], ValidatedCache(store, "v1")).parsed == 1
+    # junk in the store is no entry (and does not make a plan valid)
+    store.write_text("not-a-key\n" + "0" * 64 + "\n")
+    assert check_plans([good, bad], ValidatedCache(store, "v1")).parsed == 2
+
+
+def test_batched_revisions_match_per_plan_revisions(tmp_path: Path) -> None:
+    root = tmp_path / "repo" / "ws"
+    (root / "plans" / "sub").mkdir(parents=True)
+    names = ["a.hcl", "b c.hcl", "sub/d.hcl", "e.hcl"]
+    for name in names[:3]:
+        (root / "plans" / name).write_text(name)
+    git(root.parent, "init", "-q", "-b", "main")
+    git(root.parent, "add", ".")
+    git(root.parent, "commit", "-q", "-m", "one")
+    (root / "plans" / "a.hcl").write_text("a2")
+    git(root.parent, "commit", "-q", "-am", "two")
+    (root / "plans" / "sub" / "d.hcl").write_text("dirty")
+    (root / "plans" / "e.hcl").write_text("untracked")
+    batched = fleet_annotations(root, root / "plans", {})
+    for name in names:
+        plan = root / "plans" / name
+        expected = plan_revision(root, plan)
+        assert batched(plan).get("org.opencontainers.image.revision") == expected, name
+    assert str(plan_revision(root, root / "plans" / "sub" / "d.hcl")).endswith("-dirty")
+
+
+def test_progress_bar_on_a_terminal_and_plain_lines_elsewhere() -> None:
+    tty, plain = io.StringIO(), io.StringIO()
+    bar, lines = (
+        Progress("publishing", 40, tty, tty=True),
+        Progress("publishing", 40, plain, tty=False),
+    )
+    for _ in range(40):
+        bar.advance()
+        lines.advance()
+    bar.done()
+    assert tty.getvalue().startswith("\rpublishing [") and tty.getvalue().endswith("40/40\n")
+    assert "\r" not in plain.getvalue()
+    assert plain.getvalue().splitlines()[-1] == "publishing: 40/40"
+    assert len(plain.getvalue().splitlines()) <= 11

@@ -1,0 +1,104 @@
+"""Reading a canary boot's serial log: did the staged target come up, and where did it stop?
+
+The canary gate (``publisher.canary``) lives on the publisher side and takes a callable;
+booting needs QEMU and firmware, which are the watcher's (watcher -> publisher -> guest),
+so the verdict on a boot is made here and handed down. This module is the pure part:
+serial text in, verdict out, so it is the same for a QEMU or a vfkit boot.
+
+Default success: the firmware hands over to ``Boot0001`` (the entry the agent staged) and
+a kernel then starts its init (``Run /init as init process``): the staged target's kernel
+took over and got as far as userspace, so a kernel that panics on its root device does
+not count (it announces its version first). A success pattern per plan or target
+replaces that (say, a service's ready line).
+Failure patterns end the wait early: a kernel panic, the agent's ``FATAL:``, an
+emergency shell.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from publisher.canary import CanaryResult
+
+HANDOVER = re.compile(r"BdsDxe: starting Boot0001")  # the firmware, not the agent's own lines
+KERNEL_UP = re.compile(r"Run /\S* as init process")
+DEFAULT_FAILURES = (
+    r"Kernel panic - not syncing",
+    r"^FATAL: ",
+    r"cloud-boot: .*FATAL",
+    r"You are in emergency mode|Entering emergency mode|emergency shell",
+    r"Gave up waiting for (root|suspend/resume) device",
+    r"VFS: Unable to mount root fs",
+)
+#: Milestones, in boot order: the last one seen is where a failed boot stopped.
+MILESTONES = (
+    ("firmware", re.compile(r"BdsDxe|UEFI firmware|EFI stub")),
+    ("agent kernel", re.compile(r"Linux version \d")),
+    ("agent", re.compile(r"cloud-boot: ")),
+    ("plan fetched", re.compile(r"cloud-boot: .*plan", re.I)),
+    ("staged, rebooting", re.compile(r"cloud-boot: .*(Boot0001|reboot)", re.I)),
+    ("hand-over to Boot0001", HANDOVER),
+    ("target init", KERNEL_UP),
+)
+TAIL_LINES = 30
+
+
+@dataclass(frozen=True)
+class Patterns:
+    """What counts as up, and what as failed, for one plan (or target)."""
+
+    success: str | None = None  # None: the staged kernel's init after the Boot0001 hand-over
+    failures: Sequence[str] = DEFAULT_FAILURES
+
+
+def _tail(lines: Sequence[str]) -> str:
+    return "\n".join(lines[-TAIL_LINES:])
+
+
+def _stopped_at(lines: Sequence[str], until: int) -> str | None:
+    reached = None
+    for name, pattern in MILESTONES:
+        if any(pattern.search(line) for line in lines[:until]):
+            reached = name
+    return reached
+
+
+def _succeeded(lines: Sequence[str], patterns: Patterns) -> int | None:
+    """The index of the line that proves the target up, or None."""
+    if patterns.success is not None:
+        wanted = re.compile(patterns.success)
+        return next((i for i, line in enumerate(lines) if wanted.search(line)), None)
+    handover = next((i for i, line in enumerate(lines) if HANDOVER.search(line)), None)
+    if handover is None:
+        return None
+    after = (
+        i for i, line in enumerate(lines[handover + 1 :], handover + 1) if KERNEL_UP.search(line)
+    )
+    return next(after, None)
+
+
+def judge(serial: str, patterns: Patterns, finished: bool) -> CanaryResult | None:
+    """The verdict on the serial log so far; None while it is still undecided.
+
+    ``finished``: the VM exited or the wait timed out, so undecided means failed.
+    """
+    lines = serial.splitlines()
+    failures = [re.compile(p, re.M) for p in patterns.failures]
+    failed = next(
+        ((i, p) for i, line in enumerate(lines) for p in failures if p.search(line)), None
+    )
+    up = _succeeded(lines, patterns)
+    if failed is not None and (up is None or failed[0] < up):
+        line = lines[failed[0]].strip()
+        seen = lines[: failed[0] + 1]
+        return CanaryResult(
+            False, f"failure pattern: {line[:160]}", _stopped_at(seen, len(seen)), _tail(seen)
+        )
+    if up is not None:
+        return CanaryResult(True, "booted", _stopped_at(lines, up + 1), _tail(lines[: up + 1]))
+    if finished:
+        why = "target did not come up" + ("" if lines else " (no serial output)")
+        return CanaryResult(False, why, _stopped_at(lines, len(lines)), _tail(lines))
+    return None
