@@ -9,7 +9,7 @@ import pytest
 
 from guest.contract.plan import evaluate, parse_plan, select_target
 from guest.contract.plan.validate import check_plan
-from publisher.push import InvalidPlanError
+from publisher.push import InvalidPlanError, load_plan
 from publisher.push import check_plan as publisher_check
 from tests.test_plan_cli import cloudboot
 
@@ -70,6 +70,15 @@ def test_publisher_refuses_them_only_when_asked() -> None:
     with pytest.raises(InvalidPlanError) as info:
         publisher_check(DOCS_FORMS.encode(), Path("p.hcl"), upstream=True)
     assert len(info.value.errors) == len(EXPECTED)
+
+
+def test_push_plan_refuses_them_when_asked(tmp_path: Path) -> None:
+    """`cloudboot push plan` reads plans through load_plan; [publish] upstream reaches it."""
+    plan = tmp_path / "p.hcl"
+    plan.write_text(DOCS_FORMS)
+    load_plan(plan)
+    with pytest.raises(InvalidPlanError):
+        load_plan(plan, upstream=True)
 
 
 def test_cli_warns_and_upstream_flag_fails(tmp_path: Path) -> None:
