@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from guest.agent.cmdline import Options
+from guest.agent.cmdline import CmdlineError, Options
 from guest.agent.registryconf import REGISTRY_CA
 from publisher.localregistry import free_port
 from tests.agent_harness import _plan, _run, machine
@@ -108,3 +108,13 @@ def test_without_the_baked_ca_the_replica_is_not_trusted(machine: Path, fleet: S
     fatal = [line for line in log.splitlines() if line.startswith("FATAL: ")]
     assert fatal and "CERTIFICATE_VERIFY_FAILED" in fatal[0], log
     assert fleet.tls.password not in log
+
+
+def test_a_bad_dns_port_is_an_error_naming_the_knob() -> None:
+    from guest.agent import registryconf
+
+    assert registryconf.dns_port(Options.from_text("cloudboot.dns.port=5353")) == 5353
+    assert registryconf.dns_port(Options.from_text("")) == 53
+    for bad in ("0", "65536", "x", "-1"):
+        with pytest.raises(CmdlineError, match=r"cloudboot\.dns\.port="):
+            registryconf.dns_port(Options.from_text(f"cloudboot.dns.port={bad}"))

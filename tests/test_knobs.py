@@ -43,6 +43,7 @@ def test_upstream_knobs_are_typed() -> None:
         "10.1.2.3", "255.255.255.0", 24, "10.1.2.1", "node3", "eth1", ("10.1.2.53",)
     )
     assert len(knob_warnings(options)) == 1  # the keymap is read, not acted on
+    assert Options.from_text("cloudboot.exit=kexec,reboot").exit == "kexec,reboot"
     defaults = Options.from_text("")
     assert (defaults.exit, defaults.lldp, defaults.lldp_wait, defaults.lldp_tx) == (
         "reboot",
@@ -58,6 +59,7 @@ def test_upstream_knobs_are_typed() -> None:
     ("text", "key"),
     [
         ("cloudboot.exit=poweroff", "cloudboot.exit"),  # upstream: unknown exit is an error
+        ("cloudboot.exit=reboot,reboot", "cloudboot.exit"),
         ("cloudboot.lldp=maybe", "cloudboot.lldp"),
         ("cloudboot.lldp.tx=2", "cloudboot.lldp.tx"),
         ("cloudboot.lldp.wait=soon", "cloudboot.lldp.wait"),

@@ -129,7 +129,7 @@ def package_names(recipe: Recipe, arch: Arch) -> list[str]:
 def arch_layers(recipe: Recipe, arch: Arch, debs: DebCache, work: Path) -> list[Layer]:
     """Every layer of one arch's base manifest, written as files under ``work``."""
     layers = []
-    wanted = [*recipe.initramfs.modules, *EXTRA_MODULES]
+    wanted = [*recipe.initramfs.modules, *recipe.initramfs.on_demand_modules, *EXTRA_MODULES]
     packages: dict[str, Package] = {}
     for name in package_names(recipe, arch):
         pkg = debs.package(name, arch)
