@@ -5,11 +5,12 @@ cost one upload and one signature, not a thousand. Three things keep it so:
 
 - Validation is remembered by content: the sha256 of a plan's bytes, salted with a
   fingerprint of the validator's own code (so a new parser or rule re-checks everything),
-  goes into ``.cloudboot/validated-plans`` once the plan passed. Only new bytes are parsed,
-  and those on every core (the parser is pure Python: threads would share one GIL).
+  goes into ``.cloudboot/validated-plans`` once the plan passed. Only new bytes are parsed.
+  (A forked process pool for them was tried and measured: on this 2-core machine, shared
+  with other work, it was slower than one process, so it is gone.)
 - Plans are published concurrently over one pooled client: an unchanged plan costs the
-  tag HEAD, the signature lookup and the blob HEADs ``publisher.push`` already limits it
-  to (no upload, no signature), and those round trips overlap.
+  tag HEAD and the signature lookup (``publisher.push`` sends no blob, no upload and no
+  signature when the tag already holds the digest), and those round trips overlap.
 - A plan file deleted from plans/ leaves its tag in the registry (a fleet may still boot
   it); the report says so, and ``--prune`` removes the tag explicitly.
 """
@@ -18,11 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import multiprocessing
 import os
-import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -44,12 +43,8 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 CACHE_NAME = "validated-plans"
-#: Below this many unchecked plans a process pool costs more than it saves.
-PARALLEL_FROM = 64
 #: Concurrent plan publishes: enough to overlap round trips, few enough for one registry.
 PUBLISH_WORKERS = 8
-#: How many validations ran on a process pool (what tests check the parallel path with).
-pool_runs = 0
 #: Bound on the cache file (64 hex digits and a newline per plan).
 MAX_CACHE_ENTRIES = 200_000
 
@@ -107,46 +102,12 @@ def _first_error(errors: Sequence[PlanError]) -> str:
 
 
 def _problem(path: str, data: bytes) -> str | None:
-    """Why the plan is invalid (first error, file:line:col), or None: picklable for a pool."""
+    """Why the plan is invalid (first error, file:line:col), or None."""
     try:
         check_plan(data, Path(path))
     except InvalidPlanError as exc:
         return _first_error(exc.errors)
     return None
-
-
-def _problems(items: list[tuple[str, bytes]]) -> list[str | None]:
-    return [_problem(path, data) for path, data in items]
-
-
-def _chunks(items: list[tuple[str, bytes]], count: int) -> list[list[tuple[str, bytes]]]:
-    return [items[i::count] for i in range(count)]
-
-
-def _check_unknown(items: list[tuple[str, bytes]], jobs: int) -> dict[str, str | None]:
-    """Validate on ``jobs`` processes (forked, so the parser tables come along built).
-
-    Only from a single-threaded process (``cloudboot publish`` validates before its
-    client starts threads): a fork copies locks other threads may hold, and a child that
-    met one held would hang. Otherwise, and for few plans, one by one here.
-    """
-    if (
-        jobs < 2
-        or len(items) < PARALLEL_FROM
-        or "fork" not in multiprocessing.get_all_start_methods()
-        or threading.active_count() > 1
-    ):
-        return {path: _problem(path, data) for path, data in items}
-    global pool_runs
-    pool_runs += 1
-    first, rest = items[0], items[1:]
-    results = {first[0]: _problem(*first)}  # builds the parser once, before the fork
-    parts = _chunks(rest, jobs)
-    context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        for part, answers in zip(parts, pool.map(_problems, parts), strict=True):
-            results.update((path, answer) for (path, _), answer in zip(part, answers, strict=True))
-    return results
 
 
 @dataclass(frozen=True)
@@ -156,10 +117,8 @@ class CheckedFleet:
     parsed: int  # plans whose bytes were new to the cache (the rest were remembered)
 
 
-def check_plans(
-    plans: Sequence[Path], cache: ValidatedCache, jobs: int | None = None
-) -> CheckedFleet:
-    """Every plan checked: remembered bytes at once, new bytes on every core."""
+def check_plans(plans: Sequence[Path], cache: ValidatedCache) -> CheckedFleet:
+    """Every plan checked: remembered bytes at once, new bytes parsed here."""
     datas: dict[Path, bytes] = {}
     invalid: dict[Path, str] = {}
     for plan in plans:
@@ -168,7 +127,7 @@ def check_plans(
         except PlanError as exc:
             invalid[plan] = str(CloudbootError(exc.message, where=exc.where))
     unknown = [(str(p), d) for p, d in datas.items() if d not in cache]
-    answers = _check_unknown(unknown, jobs or os.cpu_count() or 1)
+    answers = {path: _problem(path, data) for path, data in unknown}
     checked: dict[Path, CheckedPlan] = {}
     for plan, data in datas.items():
         problem = answers.get(str(plan))

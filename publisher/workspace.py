@@ -312,6 +312,13 @@ def publish_workspace(
     if config.publish.mirrors:  # every registry or none (publisher/mirrors.py)
         from publisher.mirrors import publish_mirrored
 
+        if canary is not None or prune:  # silently skipping a gate would be worse
+            raise CloudbootError(
+                "[publish].mirrors cannot be combined with a canary or --prune yet:"
+                " publish without them, or without mirrors",
+                where=str(config.source or "cloudboot.toml"),
+            )
+
         return publish_mirrored(plans, config, publisher)
     cache = workspace_cache(config)
     outcomes = publish_plans(plans, config.plans_dir, publisher, cache, progress, canary)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from guest.contract.errors import CloudbootError
 from publisher.annotations import fleet_annotations, plan_revision
 from publisher.config import load_config
 from publisher.fleet import ValidatedCache, check_plans, validator_fingerprint
@@ -24,7 +25,7 @@ from publisher.localregistry import RunningRegistry
 from publisher.progress import Progress
 from publisher.workspace import publish_workspace
 from tests.faulty_proxy import faulty_proxy
-from tests.helpers import PLAN, REPO, skopeo_digest, write_signed_workspace
+from tests.helpers import PLAN, skopeo_digest, write_signed_workspace
 from tests.test_gitops import git
 
 BIN = Path(sys.executable).parent
@@ -125,7 +126,7 @@ def test_deleted_plan_tag_is_left_and_reported_then_pruned(
     assert "p0001.hcl" not in report
 
 
-def test_parallel_validation_reports_what_one_by_one_does(tmp_path: Path) -> None:
+def test_validation_reports_every_invalid_plan_with_its_location(tmp_path: Path) -> None:
     plans = tmp_path / "plans"
     plans.mkdir()
     paths = []
@@ -134,26 +135,11 @@ def test_parallel_validation_reports_what_one_by_one_does(tmp_path: Path) -> Non
         bad = n in (7, 64, 119)
         path.write_text(plan_text(n) + ('bogus = "x"\n' if bad else ""))
         paths.append(path)
-    one = check_plans(paths, ValidatedCache(None, validator_fingerprint()), jobs=1)
-    # the pool forks only from a single-threaded process: a fresh one, as the CLI is
-    script = (
-        "import json, sys; from pathlib import Path; from publisher import fleet\n"
-        "paths = [Path(p) for p in sys.argv[1:]]\n"
-        "cache = fleet.ValidatedCache(None, fleet.validator_fingerprint())\n"
-        "two = fleet.check_plans(paths, cache, jobs=2)\n"
-        "print(json.dumps({'pool': fleet.pool_runs, 'invalid': {str(k): v for k, v in"
-        " two.invalid.items()}, 'checked': sorted(str(p) for p in two.checked)}))\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", script, *map(str, paths)],
-        capture_output=True, text=True, check=True, cwd=REPO,
-    )  # fmt: skip
-    two = json.loads(proc.stdout)
-    assert two["pool"] == 1, "validated on a process pool"
-    assert two["invalid"] == {str(k): v for k, v in one.invalid.items()}
-    assert sorted(p.name for p in one.invalid) == ["p007.hcl", "p064.hcl", "p119.hcl"]
-    assert re.match(rf"{re.escape(str(paths[64]))}:7:\d+: ", one.invalid[paths[64]])
-    assert two["checked"] == sorted(str(p) for p in set(paths) - set(one.invalid))
+    found = check_plans(paths, ValidatedCache(None, validator_fingerprint()))
+    assert sorted(p.name for p in found.invalid) == ["p007.hcl", "p064.hcl", "p119.hcl"]
+    assert re.match(rf"{re.escape(str(paths[64]))}:7:\d+: ", found.invalid[paths[64]])
+    assert set(found.checked) == set(paths) - set(found.invalid)
+    assert all(found.checked[p].data == p.read_bytes() for p in found.checked)
 
 
 def test_validation_is_remembered_by_content_and_validator(tmp_path: Path) -> None:
@@ -212,3 +198,15 @@ def test_progress_bar_on_a_terminal_and_plain_lines_elsewhere() -> None:
     assert "\r" not in plain.getvalue()
     assert plain.getvalue().splitlines()[-1] == "publishing: 40/40"
     assert len(plain.getvalue().splitlines()) <= 11
+
+
+def test_prune_with_mirrors_is_refused_not_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COSIGN_PASSWORD", "pw")
+    root = tmp_path / "ws"
+    write_signed_workspace(root, "127.0.0.1:1")
+    toml = root / "cloudboot.toml"
+    toml.write_text(toml.read_text() + '\n[publish]\nmirrors = ["127.0.0.1:2"]\n')
+    with pytest.raises(CloudbootError, match=r"--prune with \[publish\]\.mirrors"):
+        publish_workspace(load_config(root), env={}, prune=True)

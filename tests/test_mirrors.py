@@ -48,13 +48,14 @@ def workspace(root: Path, primary: str, mirror: str) -> bytes:
     return public
 
 
-def publish(root: Path) -> tuple[int, dict[str, object], str]:
-    proc = subprocess.run(
-        [str(CLOUDBOOT), "-C", str(root), "publish", "--json"],
-        capture_output=True,
-        text=True,
-        env=ENV,
+def cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(CLOUDBOOT), "-C", str(root), *args], capture_output=True, text=True, env=ENV
     )
+
+
+def publish(root: Path) -> tuple[int, dict[str, object], str]:
+    proc = cli(root, "publish", "--json")
     (plan,) = json.loads(proc.stdout)["plans"]
     return proc.returncode, plan, proc.stderr
 
@@ -103,9 +104,17 @@ def test_a_mirror_that_is_no_registry_name_is_refused(
 ) -> None:
     root = tmp_path / "ws"
     workspace(root, registry.address, "https://mirror.example/v2")
-    rc_proc = subprocess.run(
-        [str(CLOUDBOOT), "-C", str(root), "publish"], capture_output=True, text=True, env=ENV
-    )
+    rc_proc = cli(root, "publish")
     assert rc_proc.returncode != 0
     assert "[publish].mirrors[0]" in rc_proc.stderr and "cloudboot.toml" in rc_proc.stderr
+    assert skopeo_digest(f"{registry.address}/{REPO}:latest") is None
+
+
+def test_mirrors_with_prune_is_refused_not_ignored(
+    tmp_path: Path, registry: RunningRegistry
+) -> None:
+    root = tmp_path / "ws"
+    workspace(root, registry.address, "127.0.0.1:1")
+    proc = cli(root, "publish", "--prune")
+    assert proc.returncode != 0 and "[publish].mirrors cannot be combined" in proc.stderr
     assert skopeo_digest(f"{registry.address}/{REPO}:latest") is None

@@ -84,6 +84,10 @@ def test_macos_shaped_loop(loop_root: Path, reboot: str, monkeypatch: pytest.Mon
             after = (loop.serial.path.parent / "serial.log.1").read_text() + after
         assert "Boot0001 = cloud-boot beta" in after and "target=alpha" not in after
         print(f"macOS-shaped edit -> target beta running: {seen_beta - edited:.1f} s")
+        # `up`'s result, read across vfkit's fresh serial.log of each launch.
+        result = loop.wait_event(lambda e: e.get("event") == "reload" and e.get("number") == 2,
+                                 after=events)  # fmt: skip
+        assert (result["outcome"], result["target"]) == ("up", "beta"), result
         final_pid = loop.vm_pid()
 
     assert loop.exit_code == 0, loop.log_path.read_text()[-3000:]

@@ -155,11 +155,10 @@ def up(
             watch = stack.enter_context(loop_watch(book, backend.spec.serial_log, view))
             if backend.status().state is not VmState.RUNNING:
                 mark, t_start = watch.mark(), time.time()
-                status = backend.up(reset_nvram=True)
+                backend.up(reset_nvram=True)  # logs "vm started" with its pid
                 stack.callback(backend.down, timeout=config.vm.stop_timeout_ms / 1000)
-                typer.echo(f"vm: started pid {status.pid}; serial log {backend.spec.serial_log}")
-                if not console:
-                    typer.echo("    follow it with --console or: cloudboot vm console")
+                follow = "" if console else " (follow it with --console or `cloudboot vm console`)"
+                typer.echo(f"vm: serial log {backend.spec.serial_log}{follow}")
                 # The first boot reports like a reload, timed from `up` itself.
                 watch.begin(ReloadStart(mark, began, t_start, time.time(), publish_s))
             vm_stage = BackendVmStage(backend, stop_timeout_s=config.vm.stop_timeout_ms / 1000,

@@ -258,7 +258,9 @@ def af_merge(material: bytes, key_bytes: int, stripes: int, hash_name: str) -> b
     acc = bytes(key_bytes)
     for i in range(stripes):
         stripe = material[i * key_bytes : (i + 1) * key_bytes]
-        acc = bytes(a ^ b for a, b in zip(acc, stripe, strict=True))
+        # XOR as one integer operation: a byte loop is 4000 x 64 Python steps under TCG
+        mixed = int.from_bytes(acc, "little") ^ int.from_bytes(stripe, "little")
+        acc = mixed.to_bytes(key_bytes, "little")
         if i == stripes - 1:
             return acc
         acc = b"".join(
