@@ -104,9 +104,10 @@ def check_plan(data: bytes, plan_path: Path, *, upstream: bool = False) -> Check
     return CheckedPlan(plan_path, data)
 
 
-def load_plan(plan_path: Path) -> CheckedPlan:
+def load_plan(plan_path: Path, *, upstream: bool = False) -> CheckedPlan:
     """Read (a regular file or ``-``, at most ``MAX_PLAN_BYTES``; errors name it) and check."""
-    return check_plan(read_input(plan_path, limit=MAX_PLAN_BYTES, what="plan"), plan_path)
+    data = read_input(plan_path, limit=MAX_PLAN_BYTES, what="plan")
+    return check_plan(data, plan_path, upstream=upstream)
 
 
 def _current_tag(client: RegistryClient, ref: Ref, digest: str) -> str | None:
@@ -275,9 +276,13 @@ def publish_plan(
     plan_path: Path,
     key: SigningKey | None = None,
     annotations: Mapping[str, str] | None = None,
+    *,
+    upstream: bool = False,
 ) -> PushResult:
-    """Validate ``plan_path`` for every bootable arch, then publish it as a plan artifact."""
-    return commit(client, prepare_plan(client, ref, load_plan(plan_path), key, annotations))
+    """Validate ``plan_path`` for every bootable arch (``upstream``: also refuse forms only
+    upstream's guest rejects), then publish it as a plan artifact."""
+    plan = load_plan(plan_path, upstream=upstream)
+    return commit(client, prepare_plan(client, ref, plan, key, annotations))
 
 
 def prepare_plan(

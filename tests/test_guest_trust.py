@@ -213,7 +213,8 @@ def test_unsigned_metadata_may_not_set_plan_cmdline_or_debug(
     (machine / "etc/cosign.pub").write_bytes(pem)
     plan = (
         b'default_target = "debian"\n'
-        b'target "debian" {\n  disk { device = "LABEL=debroot"\n kernel = "/vmlinuz" }\n}\n'
+        b'target "debian" {\n  disk {\n    device = "LABEL=debroot"\n'
+        b'    kernel = "/vmlinuz"\n  }\n}\n'
         b'target "other" {\n  disk = { device = "/dev/vdb1" }\n}\n'
     )
     digest = push_plan(registry.url, "plans/web", "latest", plan)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from guest.contract.plan import evaluate, parse_plan, select_target
 from guest.contract.plan.validate import check_plan
-from publisher.push import InvalidPlanError
+from publisher.push import InvalidPlanError, load_plan
 from publisher.push import check_plan as publisher_check
 from tests.test_plan_cli import cloudboot
 
@@ -71,6 +72,15 @@ def test_publisher_refuses_them_only_when_asked() -> None:
     assert len(info.value.errors) == len(EXPECTED)
 
 
+def test_push_plan_refuses_them_when_asked(tmp_path: Path) -> None:
+    """`cloudboot push plan` reads plans through load_plan; [publish] upstream reaches it."""
+    plan = tmp_path / "p.hcl"
+    plan.write_text(DOCS_FORMS)
+    load_plan(plan)
+    with pytest.raises(InvalidPlanError):
+        load_plan(plan, upstream=True)
+
+
 def test_cli_warns_and_upstream_flag_fails(tmp_path: Path) -> None:
     plan = tmp_path / "p.hcl"
     plan.write_text(DOCS_FORMS)
@@ -106,3 +116,19 @@ def test_publish_setting_turns_warnings_into_errors(tmp_path: Path) -> None:
     proc = cloudboot("plan", "validate", cwd=tmp_path)
     assert proc.returncode == 1
     assert "7 error(s)" in proc.stderr
+
+
+def test_what_upstream_accepts_we_accept() -> None:
+    """A later locals block replaces a name; an empty target name is a name."""
+    text = (
+        'locals {\n  a = "one"\n}\nlocals {\n  a = "two"\n}\n'
+        'target "" {\n  index = "r/${local.a}"\n}\n'
+    )
+    assert check_plan(text, "p.hcl").errors == []
+    target = select_target(evaluate(parse_plan(text, "p.hcl"), "amd64"), None)
+    assert (target.name, target.to_json()["source"]["index"]) == ("", "r/two")
+
+
+def test_a_local_twice_in_one_block_is_an_error() -> None:
+    errors = check_plan('locals {\n  a = 1\n  a = 2\n}\ntarget "t" {\n  index = "r"\n}\n', "p.hcl")
+    assert [str(e) for e in errors.errors] == ["p.hcl:3:3: local.a is defined twice (first at 2:3)"]

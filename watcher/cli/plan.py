@@ -91,9 +91,11 @@ def check_files(files: list[Path], *, upstream: bool) -> list[Report]:
         return [check(path) for path in files]
     if "fork" not in multiprocessing.get_all_start_methods():
         return [check(path) for path in files]
+    first = check(files[0])  # imports what checking needs once, before the workers fork
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        return list(pool.map(check, files, chunksize=max(1, len(files) // (workers * 4))))
+        rest = pool.map(check, files[1:], chunksize=max(1, len(files) // (workers * 4)))
+        return [first, *rest]
 
 
 def check_file(path: Path, *, upstream: bool = False) -> Report:

@@ -114,7 +114,8 @@ def push_plan(
     signer = signing_key(key)
     annotations = source_annotations(file.resolve().parent) if git_annotations else None
     client = make_client(ctx, plain_http, insecure, tls_verify, ca_bundle, authfile)
-    emit(publish_plan(client, target, file, signer, annotations), as_json)
+    upstream = state(ctx).settings.publish.upstream
+    emit(publish_plan(client, target, file, signer, annotations, upstream=upstream), as_json)
 
 
 @push_app.command("artifact")

@@ -139,8 +139,6 @@ class _Decoder:
             return None
         name = block.labels[0]
         place = f'in target "{name}"'
-        if not name:
-            self.error("a target name must not be empty", block.where)
         attrs = self.unique(block.body.attributes, place)
         disk_attr = attrs.pop("disk", None)
         for key, attr in attrs.items():

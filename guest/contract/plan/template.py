@@ -11,12 +11,11 @@ backslashes as written, and ``<<-`` removes the common indentation of their line
 from __future__ import annotations
 
 import re
-from abc import abstractmethod
 from dataclasses import dataclass
 
 from guest.contract.errors import Location
 from guest.contract.plan import expr as ex
-from guest.contract.plan.lexer import Cursor, describe
+from guest.contract.plan.lexer import ParserBase, describe
 
 _QUOTED_TEXT = re.compile(r'[^"\\$%\n]+')
 _PLAIN_QUOTED = re.compile(r'[^"\\$%\n]*"')
@@ -43,16 +42,8 @@ class _Item:
     names: tuple[str | None, str] | None = None  # a for directive's key and value names
 
 
-class TemplateParser:
+class TemplateParser(ParserBase):
     """Mixed into the parser: needs its cursor and its expression parser."""
-
-    cur: Cursor
-
-    @abstractmethod
-    def expression(self) -> ex.Expr: ...
-
-    @abstractmethod
-    def name(self, what: str) -> str: ...
 
     def quoted(self, open_at: int) -> ex.Expr:
         """The template after an opening ``"`` (the cursor is just past it)."""
