@@ -1,7 +1,8 @@
 """The packed guest runtime works on its own: the staged Debian python3.11, started through
 the staged ld.so with only the staged libraries, imports the agent, parses and evaluates a
-plan (with the prebuilt lark cache), reads ext4 with the pure-Python ext4 wheel, verifies
-an ECDSA signature, and runs cloudboot-reset; and the whole payload stays under 20 MB."""
+plan with our own HCL parser (no python-hcl2, lark or regex is packed), reads ext4 with
+the pure-Python ext4 wheel, verifies an ECDSA signature, and runs cloudboot-reset; and
+the whole payload stays under 20 MB."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import base64
 import os
 import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -22,11 +22,11 @@ from guest.contract.efi import GLOBAL_VARIABLE_GUID, bootorder
 from guest.contract.efi.efivarfs import EfiVarStore
 from publisher.media import cpio, guestpack
 from publisher.media.debs import DebCache
-from publisher.media.guestpack import GUEST_PYTHON, build_tree, measure
-from publisher.media.guestwarm import prepare_hcl2_parser
-from publisher.media.wheelpins import WheelHashError, verify_tree
+from publisher.media.guestpack import build_tree, measure
+from publisher.media.guestwarm import record_dataclass_code
+from publisher.media.wheelpins import WheelHashError
 from publisher.run import run
-from tests.helpers import REPO, new_key
+from tests.helpers import new_key
 
 pytestmark = pytest.mark.skipif(Arch.host() is not Arch.X86_64, reason="runs the amd64 runtime")
 
@@ -58,7 +58,9 @@ def test_runtime_is_self_contained_and_sourceless(tree: Path) -> None:
     assert not list((tree / "usr/lib/python3.11").glob("*.py"))
     assert not (tree / "usr/lib/python3.11/test").exists()
     assert not (tree / "usr/lib/python3.11/tkinter").exists()
-    assert (tree / "usr/lib/cloudboot/hcl2/.lark_cache.bin").exists()
+    app = tree / "usr/lib/cloudboot"
+    assert not [n for n in ("hcl2", "lark", "regex") if (app / n).exists()]  # dead weight
+    assert not (tree / "usr/lib/python3").exists()  # no dist-packages left behind
     assert os.access(tree / "init", os.X_OK)
     assert (tree / "init").read_text().startswith("#!/bin/busybox sh")
 
@@ -77,16 +79,13 @@ def test_agent_imports_and_plan_evaluates(tree: Path) -> None:
     assert out.strip() == "web"
 
 
-def test_guest_parses_plans_with_the_parser_snapshot(tree: Path) -> None:
-    """The packed parser pickle is what the guest uses, and it reports a syntax error at the
-    same place as the host's parser (the build already compared every repo plan)."""
-    assert (tree / "usr/lib/cloudboot/hcl2-parser.pickle").is_file()
+def test_guest_reports_plan_errors_like_the_host(tree: Path) -> None:
+    """The packed parser reports a syntax error at the same place and in the same words as
+    the host's (both are guest.contract.plan)."""
     out = _python(
         tree,
         (
-            "from guest.contract.plan import tables, parse_plan, PlanError\n"
-            "import hcl2.parser\n"
-            "assert tables.parser() is not hcl2.parser.parser()\n"  # the snapshot, not hcl2's
+            "from guest.contract.plan import parse_plan, PlanError\n"
             "try:\n"
             "    parse_plan('default_target = \"a\"\\nx = = 1\\n', 'bad.hcl')\n"
             "except PlanError as exc:\n"
@@ -164,51 +163,42 @@ def test_payload_size_target(tree: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
-def test_guest_plan_path_loads_no_grammar(tmp_path: Path) -> None:
+def test_guest_plan_path_needs_no_third_party_parser(tmp_path: Path) -> None:
     """Run inside the tree (chroot) so every path is the guest's. The plan parser is our
-    own (docs/plan-language.md §1): parsing a plan imports no lark and loads no grammar,
-    with or without the parser snapshot, and leaves lark's cache alone."""
+    own (docs/plan-language.md §1): a plan parses there, and neither python-hcl2, lark nor
+    regex can even be found by the guest interpreter."""
     tree = build_tree(tmp_path / "root", Arch.X86_64)
-    cache = tree / "usr/lib/cloudboot/hcl2/.lark_cache.bin"
-    before = cache.stat().st_mtime_ns
     code = (
         "import sys; sys.path.insert(0, '/usr/lib/cloudboot')\n"
+        "import importlib.util\n"
         "from guest.contract.plan import parse_plan\n"
         "parse_plan('target \"a\" {\\n  subplan = \"h/r\"\\n}\\n', 'p.hcl')\n"
-        "print('lark' in sys.modules, 'hcl2' in sys.modules)\n"
+        "print([m for m in ('hcl2', 'lark', 'regex') if importlib.util.find_spec(m)])\n"
     )
-
-    def parse_in_guest() -> str:
-        proc = subprocess.run(
-            [shutil.which("chroot") or "/usr/sbin/chroot", tree,
-             "/usr/bin/python3.11", "-S", "-B", "-c", code],
-            env={"PYTHONHOME": "/usr",
-                 "LD_LIBRARY_PATH": "/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu"},
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout
-
-    assert parse_in_guest() == "False False\n"
-    (tree / "usr/lib/cloudboot/hcl2-parser.pickle").unlink()
-    assert parse_in_guest() == "False False\n"
-    assert cache.stat().st_mtime_ns == before
+    proc = subprocess.run(
+        [shutil.which("chroot") or "/usr/sbin/chroot", tree,
+         "/usr/bin/python3.11", "-S", "-B", "-c", code],
+        env={"PYTHONHOME": "/usr",
+             "LD_LIBRARY_PATH": "/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu"},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "[]\n"
 
 
-def test_parser_files_are_the_same_from_another_process_and_path(
+def test_dataclass_code_is_the_same_from_another_process_and_path(
     tree: Path, tmp_path: Path
 ) -> None:
-    """lark's cache and the parser snapshot come out byte for byte the same when another
-    interpreter makes them in another directory (lark numbers its LALR states in an order
-    that changes from process to process unless the packer makes it canonical)."""
+    """The one file the packer still precomputes in a host interpreter comes out byte for
+    byte the same when another interpreter makes it in another directory."""
     made = []
-    made_here = shutil.ignore_patterns(".lark_cache.bin", "hcl2-parser.pickle")
     for where in (tmp_path / "a", tmp_path / "bb" / "deeper"):
-        shutil.copytree(tree / "usr/lib/cloudboot", where, ignore=made_here)
-        prepare_hcl2_parser(where, sorted((REPO / "plans").glob("*.hcl")))
-        made.append([(where / f).read_bytes() for f in ("hcl2/.lark_cache.bin",
-                                                         "hcl2-parser.pickle")])  # fmt: skip
+        shutil.copytree(tree / "usr/lib/cloudboot", where,
+                        ignore=shutil.ignore_patterns("dataclass-code.marshal"))  # fmt: skip
+        record_dataclass_code(where)
+        made.append((where / "dataclass-code.marshal").read_bytes())
     assert made[0] == made[1]
+    assert made[0] == (tree / "usr/lib/cloudboot/dataclass-code.marshal").read_bytes()
 
 
 def test_agent_bytecode_is_precompiled(tree: Path) -> None:
@@ -237,14 +227,14 @@ def test_agent_bytecode_is_precompiled(tree: Path) -> None:
 
 
 def test_aarch64_tree_packs_with_arm64_runtime_and_caches(tmp_path: Path) -> None:
-    """Packing for arm64 on an amd64 host: the runtime and the regex extension are arm64
-    ELF files (e_machine 0xB7), yet the pack-time steps that import the packed code on
-    the host (hcl2's parser cache, the dataclass code cache) ran, and it stays small."""
+    """Packing for arm64 on an amd64 host: the runtime and its extension modules are arm64
+    ELF files (e_machine 0xB7), yet the pack-time step that imports the packed code on
+    the host (the dataclass code cache) ran, and it stays small."""
     tree = build_tree(tmp_path / "root", Arch.AARCH64)
     app = tree / "usr/lib/cloudboot"
-    for binary in (tree / "usr/bin/python3.11", *app.glob("regex/_regex*.so")):
+    dynload = tree / "usr/lib/python3.11/lib-dynload"
+    for binary in (tree / "usr/bin/python3.11", *dynload.glob("_ssl*.so")):
         assert binary.read_bytes()[18:20] == b"\xb7\x00", binary
-    assert (app / "hcl2/.lark_cache.bin").is_file()
     assert (app / "dataclass-code.marshal").stat().st_size > 100_000
     report = measure(cpio.tree(tree))
     print(f"aarch64 guest payload: {report}")
@@ -270,18 +260,3 @@ def test_a_substituted_wheel_is_refused_and_removed(tmp_path: Path) -> None:
     with pytest.raises(WheelHashError, match=r"ext4-1\.4\.1-py3-none-any\.whl: sha256 .* pinned"):
         guestpack._unpack_wheels(dest, guestpack.download_wheels(cache, offline=True))
     assert not wheel.exists() and not (dest / "ext4").exists()
-
-
-def test_venv_packages_are_the_pinned_trees(tmp_path: Path) -> None:
-    """hcl2 and lark come from the host's venv: the copy is checked against the digest of
-    the pinned wheels' files, so an edited (or other-version) package fails the pack."""
-    site = Path(sys.prefix) / "lib" / f"python{GUEST_PYTHON}" / "site-packages"
-    for name in ("hcl2", "lark"):
-        copy = tmp_path / name
-        skip = shutil.ignore_patterns("__pycache__", "*.pyi", "py.typed")
-        shutil.copytree(site / name, copy, ignore=skip)
-        verify_tree(copy, name)
-    with open(tmp_path / "lark" / "__init__.py", "a") as f:
-        f.write("import os  # one more line\n")
-    with pytest.raises(WheelHashError, match=r"package 'lark' from the host's venv is not"):
-        verify_tree(tmp_path / "lark", "lark")

@@ -311,7 +311,7 @@ def build_boot_iso(
     ``registry`` makes the client for OCI kernel sources (the workspace's registry
     settings; called only if the network is needed); ``build_kernel`` runs make for a
     ``{ build = ... }`` kernel whose inputs have no cached build yet; ``agent_repo``
-    holds the ``guest`` package and ``plans/`` the guest agent is packed from.
+    holds the ``guest`` package the guest agent is packed from.
     """
     if not arches:
         raise RecipeError("no architecture selected", where=str(recipe.path))

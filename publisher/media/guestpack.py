@@ -31,27 +31,20 @@ from guest.contract.arch import Arch
 from guest.contract.errors import CloudbootError
 from publisher.media import cpio, guestwarm
 from publisher.media.debs import CONTROL_FILE, DebCache, DebError, Package
-from publisher.media.guestwarm import (
-    GUEST_APP_DIR,
-    PACKER_ENV,
-    prepare_hcl2_parser,
-    record_dataclass_code,
-)
-from publisher.media.wheelpins import verify_archive, verify_tree
+from publisher.media.guestwarm import GUEST_APP_DIR, PACKER_ENV, record_dataclass_code
+from publisher.media.wheelpins import verify_archive
 from publisher.run import run
 
 #: The guest interpreter's version: bytecode compiled here must carry its magic number.
 GUEST_PYTHON = "3.11"
 RUNTIME_PACKAGES = (
-    "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib", "python3-regex",
-    "libc6", "libssl3", "zlib1g", "libexpat1", "libffi8", "libbz2-1.0", "liblzma5", "libuuid1",
+    "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib", "libc6",
+    "libssl3", "zlib1g", "libexpat1", "libffi8", "libbz2-1.0", "liblzma5", "libuuid1",
     "libargon2-1",  # LUKS2 key slots (guest/agent/volumes/native.py)
 )  # fmt: skip
 #: Pure-Python wheels from PyPI, pinned as constraints.txt pins them (ext4's own wheel is
 #: the py3-none-any one: the venv's is a compiled x86_64 build).
 PYPI_PACKAGES = ("ext4==1.4.1", "cachetools==7.1.1", "crcmod==1.7", "typing_extensions==4.15.0")
-#: Host site-packages copied as they are (pure Python).
-VENV_PACKAGES = ("hcl2", "lark")
 STDLIB_DROP = (
     "test", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip", "pydoc_data",
     "distutils", "unittest", "sqlite3", "curses", "dbm", "venv", "config-3.11-",
@@ -239,20 +232,18 @@ class PackInputs:
 
     arch: Arch
     runtime: tuple[Package, ...]  # the Python runtime's packages (apt or a base)
-    site_packages: tuple[Path, ...]  # VENV_PACKAGES, from the host's site-packages
     wheels: tuple[Path, ...]  # the PyPI archives
     guest: Path  # the ``guest`` package packed as the agent
-    plans: tuple[Path, ...]  # sample plans the parser snapshot is checked on
     ca_bundle: Path | None
 
     def files(self) -> list[str]:
         """Every file read: the .debs (their extracted trees derive from them), the packed
-        source trees, the wheels, the plans, the CA bundle, this packer and the host
+        source tree, the wheels, the CA bundle, this packer and the host
         interpreter that compiles the bytecode (``guestwarm`` runs the rest)."""
-        trees = [f for root in (*self.site_packages, self.guest) for f in tree_files(root)]
+        trees = tree_files(self.guest)
         ca = [self.ca_bundle] if self.ca_bundle else []
         code = [Path(__file__).resolve(), Path(guestwarm.__file__).resolve()]
-        one = [*(p.deb for p in self.runtime), *self.wheels, *self.plans, *ca, *code,
+        one = [*(p.deb for p in self.runtime), *self.wheels, *ca, *code,
                Path(sys.executable).resolve()]  # fmt: skip
         return [*map(os.fspath, one), *trees]
 
@@ -282,18 +273,15 @@ def pack_inputs(
     arch: Arch, *, debs: DebCache | None = None, repo: Path | None = None, offline: bool = False
 ) -> PackInputs:
     """The packer's inputs for ``arch`` (downloading missing packages unless ``offline``);
-    ``repo`` holds the ``guest`` package and ``plans/`` (default: this installation)."""
+    ``repo`` holds the ``guest`` package (default: this installation)."""
     debs = debs or DebCache()
     repo = repo or Path(__file__).resolve().parents[2]
-    venv_site = Path(sys.prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
     ca = Path("/etc/ssl/certs/ca-certificates.crt")
     return PackInputs(
         arch=arch,
         runtime=tuple(debs.package(n, arch, offline=offline) for n in RUNTIME_PACKAGES),
-        site_packages=tuple(venv_site / "site-packages" / n for n in VENV_PACKAGES),
         wheels=download_wheels(debs.root.parent, offline),
         guest=repo / "guest",
-        plans=tuple(sorted((repo / "plans").glob("*.hcl"))),
         ca_bundle=ca if ca.exists() else None,
     )
 
@@ -331,28 +319,16 @@ def build_tree(
     for pkg in inputs.runtime:
         shutil.copytree(pkg.root, dest, dirs_exist_ok=True, symlinks=True,
                         ignore=shutil.ignore_patterns(CONTROL_FILE))  # fmt: skip
-    # python3-regex installs under dist-packages; our -S interpreter only sees the app dir
     app = dest / "usr/lib/cloudboot"
     app.mkdir(parents=True, exist_ok=True)
-    dist = dest / "usr/lib/python3/dist-packages"
-    if dist.is_dir():
-        for item in dist.iterdir():
-            if item.name.startswith("regex") and item.is_dir() and "-info" not in item.name:
-                shutil.copytree(item, app / item.name, dirs_exist_ok=True,
-                                ignore=shutil.ignore_patterns("test_*"))  # fmt: skip
-        shutil.rmtree(dest / "usr/lib/python3")
     _prune(dest, arch)
-    for tree in (*inputs.site_packages, inputs.guest):
-        shutil.copytree(tree, app / tree.name, dirs_exist_ok=True, ignore=_ignored)
-    for tree in inputs.site_packages:
-        verify_tree(app / tree.name, tree.name)
+    shutil.copytree(inputs.guest, app / inputs.guest.name, dirs_exist_ok=True, ignore=_ignored)
     _unpack_wheels(app, inputs.wheels)
     (app / "cloud-boot-init.py").write_text(AGENT_MAIN)
     (app / "cloudboot-reset.py").write_text(RESET_MAIN)
     _compile_sourceless(dest / "usr/lib/python3.11", "/usr/lib/python3.11")
     keep = ("guest/", "cloud-boot-init.py", "cloudboot-reset.py")
     _compile_sourceless(app, GUEST_APP_DIR, keep_sources=keep)
-    prepare_hcl2_parser(app, inputs.plans)
     record_dataclass_code(app)  # same interpreter version: check_host_python above
     triplet = _triplet(arch)
     _write(dest / "init", INIT_SCRIPT.format(triplet=triplet), 0o755)

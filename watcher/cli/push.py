@@ -25,7 +25,7 @@ from watcher.cli.transport import (
     make_client,
 )
 
-if TYPE_CHECKING:  # requests, cryptography, hcl2: imported by the commands that push
+if TYPE_CHECKING:  # requests, cryptography: imported by the commands that push
     from publisher.push import PushResult
     from publisher.signing import SigningKey
 

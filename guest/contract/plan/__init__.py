@@ -1,7 +1,7 @@
 """The plan contract: parse, evaluate, validate and select cloud-boot HCL plans.
 
 The guest evaluates plans at boot and the host validates them before publishing, so both
-share this package (stdlib + python-hcl2/lark only). The pipeline:
+share this package (stdlib only: the HCL parser is our own). The pipeline:
 
 - :func:`plan_text` / :func:`read_plan_text` (bytes -> text, or a located PlanError),
 - :func:`parse_plan` (text -> :class:`Plan`, positions kept; syntax and structure errors),
