@@ -208,5 +208,7 @@ def test_prune_with_mirrors_is_refused_not_ignored(
     write_signed_workspace(root, "127.0.0.1:1")
     toml = root / "cloudboot.toml"
     toml.write_text(toml.read_text() + '\n[publish]\nmirrors = ["127.0.0.1:2"]\n')
-    with pytest.raises(CloudbootError, match=r"--prune with \[publish\]\.mirrors"):
+    with pytest.raises(
+        CloudbootError, match=r"\[publish\]\.mirrors cannot be combined with a canary or --prune"
+    ):
         publish_workspace(load_config(root), env={}, prune=True)
