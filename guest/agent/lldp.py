@@ -1,9 +1,12 @@
 """LLDP on the NIC the guest configured: listen for the switch's announcement in the
 background, and announce this machine once (docs/knobs.md, ``cloudboot.lldp*``).
 
-As upstream's guest does it, the listen never holds the boot up: it starts when the
-network comes up and runs alongside the plan fetch and signature check; the plan is
-evaluated with whatever has arrived by then (``lldp.available`` false if nothing has).
+The listen starts when the network comes up and runs alongside the plan fetch and
+signature check. A plan that does not mention ``lldp.`` is evaluated with whatever has
+arrived by then and never waits (as upstream's guest does for every plan); a plan that
+branches on ``lldp.*`` waits for the first frame until ``cloudboot.lldp.wait`` (counted
+from the listen's start) runs out, so its choice does not depend on a race with the
+switch's announcement interval (``lldp.available`` false if nothing came).
 One frame is enough; a frame that does not parse is skipped and the listen goes on until
 ``cloudboot.lldp.wait`` runs out. Raw ``AF_PACKET`` sockets bound to the interface and
 the LLDP ethertype, with the LLDP group address added to the interface's multicast
@@ -82,7 +85,7 @@ class Listener:
         return self.neighbour
 
     def join(self, timeout: float) -> bool:
-        """For tests: wait for the listen to end; True when it has."""
+        """Wait for the listen to end (a frame, or its deadline); True when it has."""
         return self._done.wait(timeout)
 
 

@@ -355,9 +355,10 @@ class Agent:
         wanted: str | None = self.options.target or None
         for depth in range(plan.MAX_SUBPLAN_DEPTH):  # at most 8 plans decoded, as upstream
             fetched = self._fetch_plan(text_ref)
+            lldp_facts = self._lldp(uses_lldp="lldp." in fetched.text)
             with self.console.step("parse"):
                 parsed = plan.parse_plan(fetched.text, fetched.source)
-                evaluated = plan.evaluate(parsed, self.arch.oci, meta=meta, lldp=self._lldp())
+                evaluated = plan.evaluate(parsed, self.arch.oci, meta=meta, lldp=lldp_facts)
             if depth == 0:  # like upstream: the outermost plan's resolvers
                 self._apply_dns(evaluated.dns)
             name = wanted or self._menu(evaluated)
@@ -372,11 +373,17 @@ class Agent:
             f"subplan chain longer than {plan.MAX_SUBPLAN_DEPTH} plans", where=text_ref
         )
 
-    def _lldp(self) -> plan.Lldp:
-        """The neighbour facts that have arrived by now (the listen never holds the boot)."""
+    def _lldp(self, uses_lldp: bool) -> plan.Lldp:
+        """The neighbour facts for the plan. A plan that branches on ``lldp.*`` waits for
+        the first frame until ``cloudboot.lldp.wait`` (counted from the listen's start) runs
+        out; any other plan takes what has arrived and never waits (docs/knobs.md)."""
         if self.lldp is None:
             return plan.Lldp()
         from guest.agent import lldp
+
+        if uses_lldp and self.lldp.poll() is None:
+            with self.console.step("lldp"):
+                self.lldp.join(self.lldp.wait)
 
         for problem in self.lldp.problems:
             self.console.warn(f"lldp: {problem}")
