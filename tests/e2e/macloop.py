@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 from pathlib import Path
+from types import TracebackType
 
 from guest.contract.arch import Arch
 from publisher.localregistry import local_registry
@@ -81,7 +82,13 @@ class MacLoop(LiveLoop):
             VFKIT_STANDIN_BRIDGE_PORTS=str(self.port),
             CLOUDBOOT_VFKIT_BRIDGE_ADDRESS=bridge_address,
             XDG_CACHE_HOME=str(root.parent / "empty-cache"),  # no debs, no base cached
+            # what the firmware printed, every launch: hvc0 shows nothing before Linux
+            VFKIT_STANDIN_FIRMWARE_LOG=str(self.firmware_log),
         )
+
+    @property
+    def firmware_log(self) -> Path:
+        return self.root.parent / "firmware.log"
 
     def create_workspace(self) -> None:
         super().create_workspace()
@@ -115,3 +122,13 @@ class MacLoop(LiveLoop):
         self.create_workspace()
         self.start()
         return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        super().__exit__(exc_type, exc, tb)
+        if exc is not None and self.firmware_log.exists():  # shown with the failure
+            print("firmware.log tail:\n" + self.firmware_log.read_text(errors="replace")[-3000:])
