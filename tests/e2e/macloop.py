@@ -19,7 +19,6 @@ import shutil
 import socket
 import subprocess
 from pathlib import Path
-from types import TracebackType
 
 from guest.contract.arch import Arch
 from publisher.localregistry import local_registry
@@ -123,12 +122,7 @@ class MacLoop(LiveLoop):
         self.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        super().__exit__(exc_type, exc, tb)
-        if exc is not None and self.firmware_log.exists():  # shown with the failure
-            print("firmware.log tail:\n" + self.firmware_log.read_text(errors="replace")[-3000:])
+    def evidence(self) -> str:
+        if not self.firmware_log.exists():
+            return ""
+        return "firmware.log tail:\n" + self.firmware_log.read_text(errors="replace")[-3000:]
