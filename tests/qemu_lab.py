@@ -181,9 +181,9 @@ def boot(
                 if until in line and line.endswith("\n")
             ]
             if done:
-                time.sleep(1.0)
+                time.sleep(1.0)  # what the guest prints right after the line (a FATAL's hint)
                 break
-            time.sleep(1.0)
+            time.sleep(0.2)  # a boot ends on its marker line: a coarser poll only waits
     return (serial.read_text(errors="replace") if serial.exists() else ""), vars_fd
 
 
