@@ -91,7 +91,7 @@ def make_lab(
         (root / "cosign.pub").write_bytes(pem)
         default = (
             "cloudboot.exit=reboot cloudboot.plan=oci://10.0.2.2:{port}"
-            f"/plans/web cloudboot.insecure=1 console={arch.serial_console}"
+            f"/plans/web cloudboot.insecure=1 no_timer_check console={arch.serial_console}"
         )
         baked = (cmdline or default).replace("{port}", str(registry.port))
         iso = build_iso(root, "guest-agent", baked, arch, recipe_extra)
