@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.results import Row, add_report_options, emit  # noqa: E402
 from publisher.config import load_config  # noqa: E402
-from publisher.fleet import ValidatedCache, check_plans, validator_fingerprint  # noqa: E402
+from publisher.fleet import PlanMemory, check_plans, validator_fingerprint  # noqa: E402
 from publisher.localregistry import local_registry  # noqa: E402
 from publisher.push import check_plan  # noqa: E402
 from publisher.signing import generate_key_pair  # noqa: E402
@@ -89,8 +89,8 @@ def main() -> None:
     check_plan(*reversed(datas[0]))  # parser tables built outside the timings
     one_by_one = seconds(lambda: [check_plan(d, p) for p, d in datas])
     fingerprint = validator_fingerprint()
-    cold_check = seconds(lambda: check_plans(paths, ValidatedCache(None, fingerprint)))
-    cache = ValidatedCache(None, fingerprint)
+    cold_check = seconds(lambda: check_plans(paths, PlanMemory(None, fingerprint)))
+    cache = PlanMemory(None, fingerprint)
     check_plans(paths, cache)
     warm_check = seconds(lambda: check_plans(paths, cache))
 
