@@ -20,9 +20,11 @@ cost one upload and one signature, not a thousand. Three things keep it so:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,21 +73,26 @@ class PlanMemory:
     """What is derived from a plan's text, remembered by the hash of its bytes.
 
     One entry per plan content that passed validation, holding the tags its targets name
-    (``publisher.pins.pin_refs``): an unchanged plan is then neither validated nor parsed
-    for its pins again, whoever asks (``check_plans`` hands both out with the bytes).
-    Persisted as ``<key>\t<ref> <ref>...`` lines; a line that does not read back is no
-    entry, so a damaged file costs a re-parse, never a wrong answer. New entries are
-    appended (one changed plan writes one line); the file is rewritten with only the
-    entries this run used once it holds more than twice as many.
+    (``publisher.pins.pin_refs``) once a publish needed them: an unchanged plan is then
+    neither validated nor parsed for its pins again, whoever asks (``check_plans`` hands
+    both out with the bytes). Validating alone does not derive the refs (that would be a
+    second parse of every new plan), so an entry may be valid with refs still unknown.
+
+    Persisted as ``<key>`` (valid) or ``<key>\t<ref> <ref>...`` lines, the last line of a
+    key winning; a line that does not read back is no entry, so a damaged file costs a
+    re-parse, never a wrong answer. New entries are appended (one changed plan writes a
+    line or two); the file is rewritten with only the entries this run used once it
+    holds more than twice as many lines.
     """
 
     def __init__(self, path: Path | None, fingerprint: str) -> None:
         self.path = path
         self.salt = fingerprint.encode()
-        self.known: dict[str, tuple[str, ...]] = {}
-        self.new: dict[str, tuple[str, ...]] = {}
+        self.known: dict[str, tuple[str, ...] | None] = {}
+        self.new: list[str] = []
         self.used: set[str] = set()
         self.lines = 0
+        self._lock = threading.Lock()
         if path is not None:
             try:  # only newline-terminated lines: an append cut short is no entry
                 lines = path.read_text().split("\n")
@@ -95,46 +102,53 @@ class PlanMemory:
             self.lines = len(lines) - 1 if lines[-1] == "" else MAX_CACHE_ENTRIES
             for line in lines[:-1][:MAX_CACHE_ENTRIES]:
                 key, tab, refs = line.partition("\t")
-                if len(key) == 64 and tab and len(line) <= MAX_LINE:
-                    self.known[key] = tuple(refs.split())
+                if len(key) == 64 and len(line) <= MAX_LINE:
+                    self.known[key] = tuple(refs.split()) if tab else None
 
     def key(self, data: bytes) -> str:
         return hashlib.sha256(self.salt + b"\0" + data).hexdigest()
 
-    def __contains__(self, data: bytes) -> bool:
-        return self.key(data) in self.known
+    def valid(self, data: bytes) -> bool:
+        """Whether these bytes passed validation before (under this fingerprint)."""
+        key = self.key(data)
+        if key not in self.known:
+            return False
+        self.used.add(key)
+        return True
 
     def pin_refs(self, data: bytes) -> tuple[str, ...] | None:
-        """The remembered pin refs of these bytes, or None when they are new."""
-        key = self.key(data)
-        refs = self.known.get(key)
-        if refs is not None:
-            self.used.add(key)
-        return refs
+        """The remembered pin refs of these bytes, or None when not derived yet."""
+        return self.known.get(self.key(data))
 
-    def add(self, data: bytes, refs: tuple[str, ...]) -> None:
+    def add(self, data: bytes, refs: tuple[str, ...] | None = None) -> None:
+        """Valid bytes, with their pin refs when known."""
         key = self.key(data)
-        self.known[key] = self.new[key] = refs
-        self.used.add(key)
+        with self._lock:
+            self.known[key] = refs
+            self.new.append(key)
+            self.used.add(key)
 
     def save(self) -> None:
         if self.path is None or not self.new:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.lines + len(self.new) <= max(2 * len(self.used), 64):
-            with self.path.open("a") as f:  # a torn last line is no entry (see above)
-                f.write(_lines(self.new, self.new))
-            self.lines += len(self.new)
-        else:
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(_lines(self.known, sorted(self.used)[:MAX_CACHE_ENTRIES]))
-            tmp.replace(self.path)
-            self.lines = min(len(self.used), MAX_CACHE_ENTRIES)
-        self.new = {}
+        with self._lock:
+            if self.lines + len(self.new) <= max(2 * len(self.used), 64):
+                with self.path.open("a") as f:  # a torn last line is no entry (see above)
+                    f.write(self._lines(self.new))
+                self.lines += len(self.new)
+            else:
+                tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+                tmp.write_text(self._lines(sorted(self.used)[:MAX_CACHE_ENTRIES]))
+                tmp.replace(self.path)
+                self.lines = min(len(self.used), MAX_CACHE_ENTRIES)
+            self.new = []
 
-
-def _lines(entries: Mapping[str, tuple[str, ...]], keys: Iterable[str]) -> str:
-    return "".join(f"{k}\t{' '.join(entries[k])}\n" for k in keys)
+    def _lines(self, keys: Iterable[str]) -> str:
+        return "".join(
+            f"{k}\n" if (refs := self.known[k]) is None else f"{k}\t{' '.join(refs)}\n"
+            for k in keys
+        )
 
 
 def _first_error(errors: Sequence[PlanError]) -> str:
@@ -142,13 +156,13 @@ def _first_error(errors: Sequence[PlanError]) -> str:
     return str(CloudbootError(f"{errors[0].message}{more}", where=errors[0].where))
 
 
-def _learn(path: Path, data: bytes, upstream: bool) -> tuple[str, ...] | str:
-    """New bytes: their pin refs when valid, else why not (first error, file:line:col)."""
+def _problem(path: Path, data: bytes, upstream: bool) -> str | None:
+    """Why new bytes are invalid (first error, file:line:col), or None."""
     try:
         check_plan(data, path, upstream=upstream)
     except InvalidPlanError as exc:
         return _first_error(exc.errors)
-    return pin_refs(data, str(path))
+    return None
 
 
 @dataclass(frozen=True)
@@ -175,17 +189,26 @@ def check_plans(
     checked: dict[Path, CheckedPlan] = {}
     parsed = 0
     for plan, data in datas.items():
-        refs = memory.pin_refs(data)
-        if refs is None:
+        if not memory.valid(data):
             parsed += 1
-            learned = _learn(plan, data, upstream)
-            if isinstance(learned, str):
-                invalid[plan] = learned
+            problem = _problem(plan, data, upstream)
+            if problem is not None:
+                invalid[plan] = problem
                 continue
-            memory.add(data, refs := learned)
-        checked[plan] = CheckedPlan(plan, data, refs)
+            memory.add(data)
+        checked[plan] = CheckedPlan(plan, data, memory.pin_refs(data))
     memory.save()
     return CheckedFleet(checked, invalid, parsed)
+
+
+def with_pin_refs(plan: CheckedPlan, memory: PlanMemory) -> CheckedPlan:
+    """``plan`` with its pin refs: remembered, or derived from its text now and remembered
+    (``memory.save()`` once the run is done)."""
+    if plan.pin_refs is not None:
+        return plan
+    refs = pin_refs(plan.data, str(plan.path))
+    memory.add(plan.data, refs)
+    return dataclasses.replace(plan, pin_refs=refs)
 
 
 def workspace_memory(config: Config) -> PlanMemory:

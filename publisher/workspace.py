@@ -42,6 +42,7 @@ from publisher.fleet import (
     publish_concurrently,
     stale_tags,
     validator_fingerprint,
+    with_pin_refs,
     workspace_memory,
 )
 from publisher.ignore import IgnoreRules
@@ -299,10 +300,11 @@ def publish_plans(
             )
         verdict = None
         try:
+            checked = with_pin_refs(fleet.checked[plan], memory)
             if run is None:
-                result = publisher.publish_checked(fleet.checked[plan], lookups, seen)
+                result = publisher.publish_checked(checked, lookups, seen)
             else:
-                result, verdict = publisher.publish_gated(fleet.checked[plan], run)
+                result, verdict = publisher.publish_gated(checked, run)
         except CloudbootError as exc:
             log.error("publish failed", plan=rel, error=str(exc))
             return PlanPublishOutcome(rel, ref, "failed", error=str(exc))
@@ -315,7 +317,10 @@ def publish_plans(
             rel, result.ref, status, result.digest, result.uploaded_bytes, canary=tried
         )
 
-    return publish_concurrently(plans, one, bar)
+    try:
+        return publish_concurrently(plans, one, bar)
+    finally:
+        memory.save()
 
 
 def publish_workspace(

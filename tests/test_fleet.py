@@ -142,13 +142,13 @@ def test_warm_publish_parses_no_unchanged_plan_yet_renews_a_moved_pin(
     with faulty_proxy(registry) as proxy:
         root = tmp_path / "ws"
         kernel = f"{proxy.address}/kernels/k:1"
-        fleet(root, proxy.address, 4, kernel)
+        paths = fleet(root, proxy.address, 4, kernel)
         public = (root / "cosign.pub").read_bytes()
         cold = publish_workspace(load_config(root), env={})
         assert {o.status for o in cold} == {"published"}
         assert sorted(parses) == ["pins"] * 4 + ["validation"] * 4, "cold: each plan once"
-        facts = (root / ".cloudboot" / "plan-facts").read_text().splitlines()
-        assert len(facts) == 4 and all(line.endswith(f"\t{kernel}") for line in facts)
+        facts = PlanMemory(root / ".cloudboot" / "plan-facts", validator_fingerprint())
+        assert [facts.pin_refs(p.read_bytes()) for p in paths] == [(kernel,)] * 4
 
         parses.clear()
         proxy.exchanges.clear()
@@ -237,6 +237,25 @@ def test_validation_is_remembered_by_content_and_validator(tmp_path: Path) -> No
     # junk in the store is no entry (and does not make a plan valid)
     store.write_text("not-a-key\n" + "0" * 64 + "\n")
     assert check_plans([good, bad], PlanMemory(store, "v1")).parsed == 2
+
+
+def test_plan_memory_reads_back_only_whole_lines(tmp_path: Path) -> None:
+    store = tmp_path / "facts"
+    memory = PlanMemory(store, "v1")
+    memory.add(b"a", ("r/x:1",))
+    memory.add(b"b")  # validated, pin refs not derived yet
+    memory.save()
+    again = PlanMemory(store, "v1")
+    assert again.valid(b"a") and again.pin_refs(b"a") == ("r/x:1",)
+    assert again.valid(b"b") and again.pin_refs(b"b") is None
+    # an append cut short: the torn line is no entry, and the next save rewrites the file
+    store.write_text(store.read_text() + again.key(b"c") + "\tr/y")
+    torn = PlanMemory(store, "v1")
+    assert not torn.valid(b"c")
+    torn.add(b"c", ("r/z:1",))
+    torn.save()
+    assert PlanMemory(store, "v1").pin_refs(b"c") == ("r/z:1",)
+    assert store.read_text().endswith("\n")
 
 
 def test_batched_revisions_match_per_plan_revisions(tmp_path: Path) -> None:
