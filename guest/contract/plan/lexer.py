@@ -82,10 +82,15 @@ class Cursor:
         self.skip_newlines_now = False
         self._lines = [0] + [m.end() for m in re.finditer("\n", text)]
         self._peek_pos, self._peek_skip, self._peek_token = -1, False, Token("eof", "", 0, 0)
+        self._where: dict[int, Location] = {}  # a node's and its token's are the same offset
 
     def where(self, offset: int) -> Location:
-        line = bisect_right(self._lines, offset)
-        return Location(self.source, line, offset - self._lines[line - 1] + 1)
+        found = self._where.get(offset)
+        if found is None:
+            line = bisect_right(self._lines, offset)
+            found = Location(self.source, line, offset - self._lines[line - 1] + 1)
+            self._where[offset] = found
+        return found
 
     def error(self, message: str, offset: int) -> PlanError:
         return PlanError(message, self.where(offset))
@@ -127,9 +132,9 @@ class Cursor:
 
     def peek(self) -> Token:
         """The next token; newline tokens are skipped where the current mode ignores them."""
+        if self._peek_pos == self.pos and self._peek_skip is self.skip_newlines_now:
+            return self._peek_token  # the parser looks at most tokens several times
         skip = self.skip_newlines_now
-        if self._peek_pos == self.pos and self._peek_skip is skip:
-            return self._peek_token
         token = self._scan(self.pos)
         while skip and token.kind == "nl":
             token = self._scan(token.end)
@@ -138,6 +143,11 @@ class Cursor:
 
     def next(self) -> Token:
         token = self.peek()
+        self.pos = token.end
+        return token
+
+    def take(self, token: Token) -> Token:
+        """Consume ``token``, just returned by :meth:`peek` (saves looking it up again)."""
         self.pos = token.end
         return token
 

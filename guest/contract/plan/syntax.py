@@ -15,6 +15,7 @@ no functions.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from guest.contract.errors import Location
@@ -22,7 +23,7 @@ from guest.contract.plan import expr as ex
 from guest.contract.plan.collection import CollectionParser
 from guest.contract.plan.errors import PlanError
 from guest.contract.plan.lexer import Cursor, Token, describe
-from guest.contract.plan.template import TemplateParser
+from guest.contract.plan.template import PLAIN_QUOTED, TemplateParser
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ _LEVELS: tuple[frozenset[str], ...] = (
 BINARY_OPERATORS = frozenset().union(*_LEVELS)
 _PRECEDENCE = {op: level for level, ops in enumerate(_LEVELS) for op in ops}
 _LITERALS = {"true": True, "false": False, "null": None}
+#: What may follow a whole-expression string: a closer, or the end of its line.
+_FOLLOWS_PLAIN = re.compile(r"[ \t]*([,\])}]|\r?\n|#|//|\Z)")
+_CLOSERS = frozenset(",])}")
 #: How deeply expressions may nest before we refuse (recursion in the parser).
 MAX_DEPTH = 200
 
@@ -192,6 +196,9 @@ class _Parser(TemplateParser, CollectionParser):
     # -- expressions -------------------------------------------------------------------
 
     def expression(self) -> ex.Expr:
+        plain = self.plain_string()
+        if plain is not None:
+            return plain
         self.depth += 1
         if self.depth > MAX_DEPTH:
             raise self.cur.error("expression nests too deeply", self.cur.pos)
@@ -210,6 +217,22 @@ class _Parser(TemplateParser, CollectionParser):
             return ex.Conditional(condition, if_true, if_false, condition.where)
         finally:
             self.depth -= 1
+
+    def plain_string(self) -> ex.Literal | None:
+        """A quoted string with no escape or template that is the whole expression (most
+        values in a plan), read without the operator and step machinery; else None."""
+        cur = self.cur
+        token = cur.peek()
+        if token.kind != '"':
+            return None
+        plain = PLAIN_QUOTED.match(cur.text, token.end)
+        if plain is None:
+            return None
+        end = _FOLLOWS_PLAIN.match(cur.text, plain.end())
+        if end is None or (cur.skip_newlines_now and end.group(1) not in _CLOSERS):
+            return None  # an operator, a step or (where newlines are skipped) maybe one next
+        cur.pos = plain.end()
+        return ex.Literal(plain.group()[:-1], cur.where(token.start))
 
     def binary(self, min_level: int) -> ex.Expr:
         """Precedence climbing over ``_LEVELS`` (one look-ahead per operand, not per level)."""
