@@ -151,15 +151,20 @@ class Cursor:
         self.pos = token.end
         return token
 
-    def skip_newlines(self) -> None:
-        while self.peek().kind == "nl":
-            self.next()
+    def skip_newlines(self) -> Token:
+        """Skip newline tokens; the first other token (peeked, not consumed)."""
+        token = self.peek()
+        while token.kind == "nl":
+            self.pos = token.end
+            token = self.peek()
+        return token
 
     def expect(self, kind: str, what: str) -> Token:
         token = self.peek()
         if token.kind != kind:
             raise self.unexpected(token, what)
-        return self.next()
+        self.pos = token.end
+        return token
 
     def unexpected(self, token: Token, expected: str) -> PlanError:
         message = f"HCL syntax error: unexpected {describe(token)}; expected {expected}"

@@ -111,8 +111,7 @@ class _Parser(TemplateParser, CollectionParser):
         attributes: list[Attribute] = []
         blocks: list[Block] = []
         while True:
-            cur.skip_newlines()
-            token = cur.peek()
+            token = cur.skip_newlines()
             if token.kind == "eof" if top else token.kind == "}":
                 break
             if token.kind != "name":
@@ -141,8 +140,9 @@ class _Parser(TemplateParser, CollectionParser):
     def item(self) -> Attribute | Block:
         cur = self.cur
         head = cur.next()
-        if cur.peek().kind == "=":
-            cur.next()
+        equals = cur.peek()
+        if equals.kind == "=":
+            cur.take(equals)
             return Attribute(head.text, self.expression(), self.loc(head))
         labels: list[str] = []
         while True:
@@ -150,9 +150,9 @@ class _Parser(TemplateParser, CollectionParser):
             if token.kind == "{":
                 break
             if token.kind == "name":
-                labels.append(cur.next().text)
+                labels.append(cur.take(token).text)
             elif token.kind == '"':
-                cur.next()
+                cur.take(token)
                 label = self.quoted(token.start)
                 if not isinstance(label, ex.Literal):
                     raise cur.error("block labels cannot contain ${...} or %{...}", token.start)
@@ -205,14 +205,15 @@ class _Parser(TemplateParser, CollectionParser):
         try:
             condition = self.binary(0)
             cur = self.cur
-            if cur.peek().kind != "?":
+            token = cur.peek()
+            if token.kind != "?":
                 return condition
-            cur.next()
+            cur.take(token)
             if_true = self.expression()
             token = cur.peek()
             if token.kind != ":":
                 raise cur.unexpected(token, ": (the else part of ? :)")
-            cur.next()
+            cur.take(token)
             if_false = self.expression()
             return ex.Conditional(condition, if_true, if_false, condition.where)
         finally:
@@ -239,11 +240,12 @@ class _Parser(TemplateParser, CollectionParser):
         left = self.unary()
         cur = self.cur
         while True:
-            op = cur.peek().kind
+            token = cur.peek()
+            op = token.kind
             level = _PRECEDENCE.get(op)
             if level is None or level < min_level:
                 return left
-            cur.next()
+            cur.take(token)
             right = self.binary(level + 1)  # left-associative: same level loops here
             left = ex.Binary(op, left, right, left.where)
 
@@ -252,34 +254,34 @@ class _Parser(TemplateParser, CollectionParser):
         cur = self.cur
         token = cur.peek()
         if token.kind not in ("-", "!"):
-            return self.term()
-        cur.next()
-        operand = self.term()
+            return self.term(token)
+        cur.take(token)
+        operand = self.term(cur.peek())
         if token.kind == "-" and isinstance(operand, ex.Literal):
             value = operand.value
             if isinstance(value, int | float) and not isinstance(value, bool):
                 return ex.Literal(-value, self.loc(token))
         return ex.Unary(token.kind, operand, self.loc(token))
 
-    def term(self) -> ex.Expr:
+    def term(self, token: Token) -> ex.Expr:
+        """The term starting at ``token`` (just peeked), with its steps."""
         cur = self.cur
-        token = cur.peek()
-        kind, where = token.kind, self.loc(token)
+        kind = token.kind
         value: ex.Expr
         if kind == "num":
-            cur.next()
-            value = ex.Literal(_number(token, cur), where)
+            cur.take(token)
+            value = ex.Literal(_number(token, cur), self.loc(token))
         elif kind == "name":
-            cur.next()
+            cur.take(token)
             value = self.named(token)
         elif kind == '"':
-            cur.next()
+            cur.take(token)
             value = self.quoted(token.start)
         elif kind == "heredoc":
-            cur.next()
+            cur.take(token)
             value = self.heredoc(token.text, token.start)
         elif kind == "(":
-            cur.next()
+            cur.take(token)
             cur.push(newlines=False)
             try:
                 value = self.expression()
@@ -298,7 +300,7 @@ class _Parser(TemplateParser, CollectionParser):
         token = self.cur.peek()
         if token.kind != kind:
             raise self.cur.unexpected(token, f"{kind} to close the {opener.text} opened earlier")
-        self.cur.next()
+        self.cur.take(token)
 
     def named(self, token: Token) -> ex.Expr:
         where = self.loc(token)
@@ -318,13 +320,13 @@ class _Parser(TemplateParser, CollectionParser):
         while True:
             token = cur.peek()
             if token.kind == ".":
-                cur.next()
+                cur.take(token)
                 if cur.peek().kind == "*":
                     cur.next()
                     return self.splat(value, token, full=False)
                 value = self.attr_step(value, token)
             elif token.kind == "[":
-                cur.next()
+                cur.take(token)
                 if cur.peek().kind == "*":
                     cur.next()
                     self.closing("]", token)
@@ -346,7 +348,7 @@ class _Parser(TemplateParser, CollectionParser):
         name = cur.peek()
         if name.kind != "name":
             raise cur.unexpected(name, "an attribute name after .")
-        cur.next()
+        cur.take(name)
         return ex.GetAttr(value, name.text, self.loc(dot))
 
     def index_step(self, value: ex.Expr, bracket: Token) -> ex.Expr:
