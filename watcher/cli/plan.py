@@ -35,11 +35,13 @@ def plan_files(paths: list[Path]) -> tuple[list[Path], list[PlanError]]:
     problems: list[PlanError] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*.hcl") if p.is_file())
+            every = sorted(path.rglob("*.hcl"))  # one walk, one stat for a plan file
+            found = [p for p in every if p.is_file()]
+            files_here = set(found)
             problems += [
                 PlanError(_not_a_plan(p), Location(str(p)))
-                for p in sorted(path.rglob("*.hcl"))
-                if not p.is_file() and not p.is_dir()
+                for p in every
+                if p not in files_here and not p.is_dir()
             ]
             if not found:
                 problems.append(
