@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
-import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -86,6 +85,8 @@ class _ThenLoader(importlib.abc.Loader):
 
 
 def _configure(verbose: int, fmt: LogFormat) -> None:
+    import logging
+
     import structlog
 
     level = {0: logging.INFO, 1: logging.DEBUG}.get(verbose, logging.DEBUG)
