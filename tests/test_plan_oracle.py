@@ -117,6 +117,7 @@ def assert_same_syntax(text: str, theirs: Verdict, *, column: bool) -> None:
 ATOMS = [
     "x", "local.a", "1", "2.5", "true", "null", '"s"', '"${x}!"', "a.b[0]", "y[*].z",
     '"%{ if x }a%{ else }b%{ endif }"', '"${~ x ~}"', '"$${x}"', '"%%{x}"', "self.name",
+    "y[*][*].z", "y.*.z.*",
 ]  # fmt: skip
 OPERATORS = ["||", "&&", "==", "!=", "<", ">=", "+", "-", "*", "/", "%"]
 SEPARATORS = [" ", " ", " ", "\n", "\n  ", "", " # c\n", " // c\n", " /* c */ "]
@@ -204,7 +205,7 @@ def test_newline_mutated_plans_are_rejected_where_hclsyntax_rejects_them(
 
 # -- generated expressions, evaluated ----------------------------------------------------
 # Known differences, left out of the generator (docs/plan-language.md §8): null inside a
-# template (our rule: ""), nested splats, a for's condition over an empty collection, and
+# template (our rule: ""), a for's condition over an empty collection, and
 # the type of a ? : result that failed or of a collection that needs converting.
 
 VALUE_ATOMS = [
@@ -236,6 +237,7 @@ def value_expression(rnd: Random, depth: int = 3) -> str:
         lambda: f"[for i, v in [{sub()}] : v if {sub()}]",
         lambda: f"{{for k, v in {{ q = {sub()} }} : k => v}}",
         lambda: f"[{sub()}][*]",
+        lambda: f"[[{sub()}]][*][*]",
         lambda: f'"%{{ if {sub()} }}t%{{ else }}e%{{ endif }}"',
     ]
     return rnd.choice(forms)()

@@ -381,13 +381,18 @@ class _Parser(TemplateParser, CollectionParser):
             step = cur.peek()
             if step.kind == ".":
                 if cur.text.startswith(".*", step.start):
-                    break
+                    if not full:
+                        raise cur.error("a .* splat cannot hold another splat", step.start + 1)
+                    cur.pos = step.start + 2
+                    return ex.Splat(source, self.splat(each, step, full=False), where)
                 cur.next()
                 each = self.attr_step(each, step)
             elif step.kind == "[" and full:
-                if cur.text.startswith("[*]", step.start):
-                    break
                 cur.next()
+                if cur.peek().kind == "*":  # a splat in a splat applies per item (hclsyntax)
+                    cur.next()
+                    self.closing("]", step)
+                    return ex.Splat(source, self.splat(each, step, full=True), where)
                 each = self.index_step(each, step)
             else:
                 break
