@@ -113,7 +113,8 @@ class _Parser(TemplateParser, CollectionParser):
                 break
             if token.kind != "name":
                 if token.kind == "eof":
-                    raise cur.error("this block is never closed with }", start.start)
+                    brace = cur.text.rfind("{", 0, start.start)  # hclsyntax points at it
+                    raise cur.error("this block's { is never closed with }", brace)
                 raise cur.unexpected(token, "an argument (name = value) or a block")
             item = self.item()
             if isinstance(item, Attribute):
