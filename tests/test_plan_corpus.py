@@ -2,10 +2,11 @@
 
 tests/data/upstream-plans/ holds each example as found (uki's long comments shortened) and
 verdicts.json what upstream's decoder (cloud-boot/init internal/plan, hclsyntax + gohcl)
-does with it, worked out by reading that code: ``accepts`` with the values it decodes per
-arch (LLDP unavailable), ``rejects`` with the line of the first error it meets, or
-``fragment`` (a snippet without targets, which upstream decodes and we refuse by our rule
-of docs/wire-formats.md §1.5; only its syntax is compared).
+does with it: ``accepts`` with the values it decodes per arch (LLDP unavailable),
+``rejects`` with the line of the first error it meets, or ``fragment`` (decoded, but
+without a target to pick unless told: no target, or several and no default_target, which
+we refuse by our rule of docs/wire-formats.md §1.5; only its syntax is compared). The
+verdicts come from hclsyntax itself (tests/test_plan_oracle.py checks every one).
 """
 
 from __future__ import annotations

@@ -168,7 +168,7 @@ target "rescue" {
     ),
     "heredoc never closed": (
         'target "a" {\n  index   = "r/a"\n  cmdline = <<EOF\nro\n}\n',
-        ["3:13: heredoc <<EOF is never closed by a EOF line"],
+        ["6:1: heredoc <<EOF opened at 3:13 is never closed by a EOF line"],
     ),
     "template directive never closed": (
         'target "a" {\n  index   = "r/a"\n  cmdline = "%{if true}ro"\n}\n',

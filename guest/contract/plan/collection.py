@@ -28,6 +28,8 @@ class CollectionParser(ParserBase):
                 if token.kind == ",":
                     cur.take(token)
                     token = cur.peek()
+                elif token.kind == "eof":  # hclsyntax points at the [ for this one
+                    raise cur.error("this [ is never closed with ]", open_bracket.start)
                 elif token.kind != "]":
                     raise cur.unexpected(token, ", or ] in this list")
             cur.take(token)
@@ -84,11 +86,7 @@ class CollectionParser(ParserBase):
             if cur.peek().kind in ("=", ":"):
                 return token.text, None
             cur.pos = token.start  # a longer expression that starts with a name
-        cur.push(newlines=False)
-        try:
-            key = self.expression()
-        finally:
-            cur.pop()
+        key = self.expression()  # newline-sensitive, as the item's value (hclsyntax)
         if isinstance(key, ex.Literal) and isinstance(key.value, str):
             return key.value, None
         return cur.text[token.start : cur.pos].strip(), key

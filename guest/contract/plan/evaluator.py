@@ -284,8 +284,8 @@ def _as_number(value: Value, where: Location, *, what: str) -> int | float:
 def _as_bool(value: Value, where: Location, *, what: str) -> bool:
     if isinstance(value, bool):
         return value
-    if value in ("true", "false"):  # HCL converts these strings
-        return value == "true"
+    if value in ("true", "false", "1", "0"):  # HCL (cty) converts these strings
+        return value in ("true", "1")
     raise PlanError(f"{what} must be a bool, got {type_name(value)}", where)
 
 
@@ -326,20 +326,29 @@ def _binary(expr: ex.Expr, scope: Scope) -> Value:
 
 
 def _conditional(expr: ex.Expr, scope: Scope) -> Value:
-    """As HCL: both results are evaluated, and their types must unify (list vs string fails)."""
+    """As HCL: both results are evaluated, and their types must unify (list vs string fails).
+
+    An error in the result not taken is ignored, as hclsyntax does (that result is then
+    unknown and unifies with anything); ``plan validate`` still checks its references.
+    """
     assert isinstance(expr, ex.Conditional)
     chosen = _as_bool(_eval(expr.condition, scope), expr.condition.where, what="a condition")
-    if_true, if_false = _eval(expr.if_true, scope), _eval(expr.if_false, scope)
+    taken, other = (expr.if_true, expr.if_false) if chosen else (expr.if_false, expr.if_true)
+    value = _eval(taken, scope)
+    try:
+        other_value = _eval(other, scope)
+    except PlanError:
+        return value
+    if_true, if_false = (value, other_value) if chosen else (other_value, value)
     kinds = {_kind(if_true), _kind(if_false)} - {"null"}
-    if len(kinds) > 1 and not kinds <= _PRIMITIVES:
+    if len(kinds) > 1 and (not kinds <= _PRIMITIVES or kinds == {"bool", "number"}):
         raise PlanError(
             f"the results of ? : must have the same type, got {type_name(if_true)} "
             f"({expr.if_true.where.line}:{expr.if_true.where.column}) and "
             f"{type_name(if_false)} ({expr.if_false.where.line}:{expr.if_false.where.column})",
             expr.where,
         )
-    value = if_true if chosen else if_false
-    if len(kinds) > 1 and value is not None:  # mixed primitives unify to string, as HCL
+    if len(kinds) > 1 and value is not None:  # string and another primitive: string (HCL)
         return to_text(value, expr.where)
     return value
 

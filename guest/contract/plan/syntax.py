@@ -23,7 +23,7 @@ from guest.contract.plan import expr as ex
 from guest.contract.plan.collection import CollectionParser
 from guest.contract.plan.errors import PlanError
 from guest.contract.plan.lexer import Cursor, Token, describe
-from guest.contract.plan.template import PLAIN_QUOTED, TemplateParser
+from guest.contract.plan.template import PLAIN_QUOTED, TemplateParser, template_start
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,8 @@ class _Parser(TemplateParser, CollectionParser):
                 break
             if token.kind != "name":
                 if token.kind == "eof":
-                    raise cur.error("this block is never closed with }", start.start)
+                    brace = cur.text.rfind("{", 0, start.start)  # hclsyntax points at it
+                    raise cur.error("this block's { is never closed with }", brace)
                 raise cur.unexpected(token, "an argument (name = value) or a block")
             item = self.item()
             if isinstance(item, Attribute):
@@ -153,10 +154,11 @@ class _Parser(TemplateParser, CollectionParser):
                 labels.append(cur.take(token).text)
             elif token.kind == '"':
                 cur.take(token)
+                at = template_start(cur.text, cur.pos)
+                if at is not None:  # hclsyntax says so there, before reading the template
+                    raise cur.error("block labels cannot contain ${...} or %{...}", at)
                 label = self.quoted(token.start)
-                if not isinstance(label, ex.Literal):
-                    raise cur.error("block labels cannot contain ${...} or %{...}", token.start)
-                labels.append(str(label.value))
+                labels.append(str(label.value) if isinstance(label, ex.Literal) else "")
             else:
                 raise cur.unexpected(token, f"= or a block's {{ after {head.text!r}")
         open_brace = cur.next()
@@ -176,13 +178,16 @@ class _Parser(TemplateParser, CollectionParser):
             return Body((), (), where)
         if token.kind != "name":
             raise cur.unexpected(token, "a newline or an argument after {")
-        item = self.item()
-        if isinstance(item, Block):
+        cur.next()
+        if cur.peek().kind != "=":  # hclsyntax says so at the name, before reading further
             raise cur.error(
                 "a one-line block can hold only one argument, not a block; start the "
                 "block's body on a new line after {",
                 token.start,
             )
+        cur.pos = token.start
+        item = self.item()
+        assert isinstance(item, Attribute)  # a name then = (checked above)
         close = cur.peek()
         if close.kind != "}":
             raise cur.error(
@@ -250,13 +255,17 @@ class _Parser(TemplateParser, CollectionParser):
             left = ex.Binary(op, left, right, left.where)
 
     def unary(self) -> ex.Expr:
-        """``-`` and ``!`` apply to one term (with its steps), as HCL: ``!!x`` is an error."""
+        """``-`` and ``!`` apply to one term (with its steps) or to another unary operation.
+
+        hclsyntax's grammar in its spec says a term, but its parser (what upstream runs)
+        accepts ``!!x`` and ``- -1``: tests/test_plan_oracle.py checks this against it.
+        """
         cur = self.cur
         token = cur.peek()
         if token.kind not in ("-", "!"):
             return self.term(token)
         cur.take(token)
-        operand = self.term(cur.peek())
+        operand = self.unary()
         if token.kind == "-" and isinstance(operand, ex.Literal):
             value = operand.value
             if isinstance(value, int | float) and not isinstance(value, bool):
@@ -356,10 +365,38 @@ class _Parser(TemplateParser, CollectionParser):
         cur.push(newlines=False)
         try:
             key = self.expression()
-            self.closing("]", bracket)
+            if cur.peek().kind != "]":
+                raise self.unclosed_index(bracket)
+            cur.next()
         finally:
             cur.pop()
         return ex.Index(value, key, self.loc(bracket))
+
+    def unclosed_index(self, bracket: Token) -> PlanError:
+        """Junk in an index: hclsyntax reports it at the ] that closes it, so do we."""
+        cur = self.cur
+        junk = cur.peek()
+        opened = self.loc(bracket)
+        message = (
+            f"HCL syntax error: unexpected {describe(junk)} in the index [ opened at "
+            f"{opened.line}:{opened.column}; expected ]"
+        )
+        depth = 0
+        try:
+            while True:
+                token = cur.next()
+                if token.kind == '"':
+                    self.quoted(token.start)
+                elif token.kind == "heredoc":
+                    self.heredoc(token.text, token.start)
+                elif token.kind == "[":
+                    depth += 1
+                elif token.kind == "]" and depth:
+                    depth -= 1
+                elif token.kind in ("]", "eof"):
+                    return cur.error(message, token.start)
+        except PlanError:  # the rest does not even lex: hclsyntax then stops at the end
+            return cur.error(message, len(cur.text))
 
     def splat(self, source: ex.Expr, token: Token, *, full: bool) -> ex.Expr:
         """The steps after a splat apply to each element (``.*`` takes only ``.name``)."""
@@ -370,13 +407,18 @@ class _Parser(TemplateParser, CollectionParser):
             step = cur.peek()
             if step.kind == ".":
                 if cur.text.startswith(".*", step.start):
-                    break
+                    if not full:
+                        raise cur.error("a .* splat cannot hold another splat", step.start + 1)
+                    cur.pos = step.start + 2
+                    return ex.Splat(source, self.splat(each, step, full=False), where)
                 cur.next()
                 each = self.attr_step(each, step)
             elif step.kind == "[" and full:
-                if cur.text.startswith("[*]", step.start):
-                    break
                 cur.next()
+                if cur.peek().kind == "*":  # a splat in a splat applies per item (hclsyntax)
+                    cur.next()
+                    self.closing("]", step)
+                    return ex.Splat(source, self.splat(each, step, full=True), where)
                 each = self.index_step(each, step)
             else:
                 break

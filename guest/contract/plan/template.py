@@ -67,7 +67,12 @@ class TemplateParser(ParserBase):
             if line.strip() == marker:
                 break
             if end < 0:
-                raise cur.error(f"heredoc <<{marker} is never closed by a {marker} line", start)
+                opened = cur.where(start)  # hclsyntax reports it at the end of the file
+                raise cur.error(
+                    f"heredoc <<{marker} opened at {opened.line}:{opened.column} is never "
+                    f"closed by a {marker} line",
+                    len(text),
+                )
             pos = end + 1
         items = self._items(heredoc_end=pos)
         if intro.startswith("<<-"):
@@ -167,6 +172,8 @@ class TemplateParser(ParserBase):
     def _close(self, start: int, what: str) -> bool:
         strip = self._strip_marker()
         token = self.cur.peek()
+        if token.kind == '"' and what == "${":  # hclsyntax points at the ${ for this one
+            raise self.cur.error("this ${ is never closed with } before the string ends", start)
         if token.kind != "}":
             raise self.cur.unexpected(token, f"}} to close the {what} opened here")
         self.cur.next()
@@ -311,4 +318,16 @@ def _flush(items: list[_Lit | _Item], text: str, start: int, end: int) -> None:
         item.text = "\n".join(out)
 
 
-__all__ = ["PLAIN_QUOTED", "TemplateParser", "describe"]
+__all__ = ["PLAIN_QUOTED", "TemplateParser", "describe", "template_start"]
+
+
+def template_start(text: str, pos: int) -> int | None:
+    """Where a ``${`` or ``%{`` starts in the quoted string at ``pos`` (before it ends)."""
+    while pos < len(text) and text[pos] not in '"\n':
+        if text[pos] == "\\" or text.startswith(("$${", "%%{"), pos):
+            pos += 2 if text[pos] == "\\" else 3
+        elif text.startswith(("${", "%{"), pos):
+            return pos
+        else:
+            pos += 1
+    return None

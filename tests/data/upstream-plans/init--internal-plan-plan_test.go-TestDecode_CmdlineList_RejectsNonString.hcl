@@ -1,0 +1,5 @@
+
+target "alpine" {
+  index = "x"
+  cmdline = ["console=ttyS0", 42]
+}

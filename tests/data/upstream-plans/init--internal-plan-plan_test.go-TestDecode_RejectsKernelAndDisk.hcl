@@ -1,0 +1,7 @@
+
+target "bad" {
+  kernel = "registry/x"
+  disk {
+    device = "/dev/vda2"
+  }
+}

@@ -1,0 +1,5 @@
+
+target "x" {
+  index   = "registry/x:${self.version}"
+  cmdline = "y"
+}

@@ -1,0 +1,5 @@
+
+target "bad" {
+  index   = "x:1"
+  subplan = "y:2"
+}

@@ -1,0 +1,1 @@
+target "only" { kernel = "x" }

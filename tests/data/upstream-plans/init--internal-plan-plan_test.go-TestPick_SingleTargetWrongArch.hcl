@@ -1,0 +1,4 @@
+target "only" {
+  arch   = "arm64"
+  kernel = "x"
+}
