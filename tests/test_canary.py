@@ -144,7 +144,7 @@ FIRMWARE = 'BdsDxe: loading Boot0002 "UEFI Misc Device"\nBdsDxe: starting Boot00
 AGENT = (
     "[    0.000000] Linux version 6.1.0-cloud-amd64 (debian-kernel@lists.debian.org)\n"
     "cloud-boot: 00:00:01.000 fetching plan oci://10.0.2.2:5000/cloudboot/default:latest\n"
-    "cloud-boot: 00:00:02.000 staged Boot0001, rebooting\n"
+    "cloud-boot: 00:00:02.000 Boot0001 = cloud-boot demo; rebooting (total 1.900s)\n"
 )
 HANDOVER = 'BdsDxe: loading Boot0001 "cloudboot"\nBdsDxe: starting Boot0001\n'
 TARGET = "[    0.000000] Linux version 6.1.0-cloud-amd64 (target)\n"
@@ -156,8 +156,12 @@ def test_judge_default_success_is_the_staged_kernel_after_the_handover() -> None
     assert verdict and verdict.passed and verdict.stopped_at == "target init"
     # the target kernel announcing itself is not enough yet
     assert judge(FIRMWARE + AGENT + HANDOVER + TARGET, Patterns(), finished=False) is None
-    # the agent's own kernel starting its init (before the hand-over) is not the target
+    # the agent's own kernel starting its init (before the hand-over) is not the target,
+    # not even when the firmware's first disk (boot.iso) happens to be its Boot0001
     assert judge(FIRMWARE + AGENT + TARGET_UP, Patterns(), finished=False) is None
+    not_staged = "".join(AGENT.splitlines(keepends=True)[:2])
+    iso_first = 'BdsDxe: starting Boot0001 "UEFI Misc Device"\n' + not_staged + TARGET_UP
+    assert judge(iso_first, Patterns(), finished=False) is None
     left = judge(FIRMWARE + AGENT, Patterns(), finished=True)
     assert left and not left.passed and left.result == "target did not come up"
     assert left.stopped_at == "staged, rebooting"
