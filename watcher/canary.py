@@ -61,10 +61,13 @@ def _tail(lines: Sequence[str]) -> str:
 
 
 def _stopped_at(lines: Sequence[str], until: int) -> str | None:
-    reached = None
+    """The last milestone reached, each looked for after the one before: the agent's own
+    kernel also runs an init, which must not read as the target's."""
+    reached, at = None, 0
     for name, pattern in MILESTONES:
-        if any(pattern.search(line) for line in lines[:until]):
-            reached = name
+        found = next((i for i in range(at, until) if pattern.search(lines[i])), None)
+        if found is not None:
+            reached, at = name, found + 1
     return reached
 
 
