@@ -22,7 +22,7 @@ from publisher.canary import CanaryPolicy, CanaryRequest, CanaryResult, staging_
 from publisher.config import load_config
 from publisher.localregistry import RunningRegistry
 from publisher.summary import render
-from publisher.workspace import publish_workspace
+from publisher.workspace import format_outcomes, publish_workspace
 from tests.helpers import PLAN, skopeo_digest, write_signed_workspace
 from tests.test_gitops import git
 from watcher.canary import Patterns, judge
@@ -93,6 +93,9 @@ def test_good_tag_moves_broken_tag_stays_and_the_report_says_why(
     for o in (by["good.hcl"], held):
         staged = f"{o.ref.rsplit(':', 1)[0]}:{staging_tag(str(o.digest))}"
         assert skopeo_digest(staged) == o.digest
+    text = format_outcomes(outcomes)  # the terminal says where it stopped and the tail
+    assert "held      bad.hcl: canary: failure pattern: FATAL: no disk" in text
+    assert "stopped at: agent" in text and "| FATAL: no disk LABEL=nosuchlabel" in text
     summary = render({"ok": False, "plans": [o.to_json() for o in outcomes]})
     assert "| `bad.hcl` | ⛔ held (canary failed) |" in summary
     assert "serial log tail" in summary

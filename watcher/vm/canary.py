@@ -28,7 +28,7 @@ from pathlib import Path
 import structlog
 
 from publisher.canary import CanaryPolicy, CanaryRequest, CanaryResult
-from publisher.config import Accel, Backend, Config, ConfigError
+from publisher.config import Accel, Backend, Config, ConfigError, Loop
 from publisher.media.build import build_boot_iso, cache_dir
 from publisher.media.cachedisk import ensure_cache_disk
 from publisher.media.recipe import configured, load_recipe
@@ -90,8 +90,11 @@ class QemuCanary:
 
     def boot_iso(self, staged: str, into: Path) -> Path:
         """The canary's own boot.iso: the workspace's recipe, ``{plan}`` = the staging ref."""
-        config = self.config
-        recipe = configured(load_recipe(config.build.recipe), config, plan=staged)
+        config = self.config  # the fleet's Path C boot, whatever loop the developer uses
+        guest = dataclasses.replace(
+            config, watch=dataclasses.replace(config.watch, loop=Loop.GUEST)
+        )
+        recipe = configured(load_recipe(config.build.recipe), guest, plan=staged)
         out = into / "boot.iso"
         with self._build_lock:
             build_boot_iso(recipe, out, [config.vm_arch()],
