@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -188,3 +190,38 @@ def test_judge_failures_name_where_the_boot_stopped() -> None:
     assert judge(TARGET + "web: ready on :80\n", custom, finished=False).passed  # type: ignore[union-attr]
     shell = judge(TARGET + "You are in emergency mode.\n", custom, finished=False)
     assert shell and not shell.passed and "emergency" in shell.result
+
+
+CLOUDBOOT = str(Path(sys.executable).parent / "cloudboot")
+
+
+@pytest.mark.parametrize(
+    ("toml", "says"),
+    [
+        ('[publish]\ncanary_failure = { "good.hcl" = "(" }\n',
+         '[publish].canary_failure."good.hcl": not a regular expression'),
+        ('[vm]\nbackend = "vfkit"\n', "[vm].backend: canary boots need QEMU"),
+    ],
+)  # fmt: skip
+def test_a_canary_that_cannot_run_publishes_nothing(
+    ws: Path, registry: RunningRegistry, toml: str, says: str
+) -> None:
+    config = ws / "cloudboot.toml"
+    config.write_text(config.read_text() + toml)
+    ref = f"{registry.address}/cloudboot/good:latest"
+    before = skopeo_digest(ref)
+    (ws / "plans" / "good.hcl").write_text(PLAN.replace("v=1", "good-unboot"))
+    proc = subprocess.run(
+        [CLOUDBOOT, "-C", str(ws), "publish", "--canary"],
+        capture_output=True, text=True, env={**os.environ, "COSIGN_PASSWORD": "pw"},
+    )  # fmt: skip
+    assert proc.returncode == 1 and says in proc.stderr, proc.stderr
+    assert "cloudboot.toml" in proc.stderr
+    assert skopeo_digest(ref) == before
+    # without the canary the same workspace publishes (the settings are only the canary's)
+    proc = subprocess.run(
+        [CLOUDBOOT, "-C", str(ws), "publish", "--no-canary"],
+        capture_output=True, text=True, env={**os.environ, "COSIGN_PASSWORD": "pw"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert skopeo_digest(ref) not in (None, before)

@@ -228,8 +228,9 @@ def publish(
     policy = None
     if config.publish.canary if canary is None else canary:
         from watcher.cli.demo import attach_demo_disk
-        from watcher.vm.canary import canary_policy
+        from watcher.vm.canary import canary_policy, check_canary
 
+        check_canary(config)  # before the demo disk is made or anything is pushed
         config, _disk = attach_demo_disk(config)
         policy = canary_policy(config)
     outcomes = publish_workspace(config, prune=prune, progress=True, canary=policy)

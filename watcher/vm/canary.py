@@ -36,7 +36,7 @@ from publisher.registry import client_from_config
 from publisher.run import require_tool, spawn
 from watcher.canary import DEFAULT_FAILURES, Patterns, judge
 from watcher.vm import nvram
-from watcher.vm.firmware import find_firmware
+from watcher.vm.firmware import Firmware, find_firmware
 from watcher.vm.qemu import kvm_usable, qemu_argv
 from watcher.vm.spec import VmSpec
 
@@ -71,22 +71,28 @@ def plan_patterns(config: Config, plan: str) -> Patterns:
     return Patterns(success, (*DEFAULT_FAILURES, *([extra] if extra else [])))
 
 
+def check_canary(config: Config) -> tuple[Firmware, str]:
+    """What a canary boot needs (QEMU, firmware, valid patterns), checked before anything
+    is built or published; the firmware and the QEMU binary."""
+    if config.vm.backend.resolve() is not Backend.QEMU:
+        raise ConfigError(
+            "[vm].backend: canary boots need QEMU (vfkit canaries are not supported yet)",
+            where=config.where,
+        )
+    for name in {*config.publish.canary_success, *config.publish.canary_failure, ALL}:
+        plan_patterns(config, name)
+    arch = config.vm_arch()
+    return find_firmware(arch), require_tool(arch.qemu_binary, "qemu-system-x86 / -arm")
+
+
 class QemuCanary:
     """The gate: boot each staged plan in its own VM; thread-safe (canaries run in parallel)."""
 
     def __init__(self, config: Config, workdir: Path | None = None) -> None:
-        if config.vm.backend.resolve() is not Backend.QEMU:
-            raise ConfigError(
-                "[vm].backend: canary boots need QEMU (vfkit canaries are not supported yet)",
-                where=config.where,
-            )
         self.config = config
         self.workdir = workdir
-        self.firmware = find_firmware(config.vm_arch())
-        self.binary = require_tool(config.vm_arch().qemu_binary, "qemu-system-x86 / -arm")
+        self.firmware, self.binary = check_canary(config)
         self._build_lock = threading.Lock()  # one CPU-bound image build at a time
-        for name in {*config.publish.canary_success, *config.publish.canary_failure, ALL}:
-            plan_patterns(config, name)  # fail on a bad regex now, not mid-publish
 
     def boot_iso(self, staged: str, into: Path) -> Path:
         """The canary's own boot.iso: the workspace's recipe, ``{plan}`` = the staging ref."""
