@@ -225,3 +225,30 @@ def test_a_canary_that_cannot_run_publishes_nothing(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert skopeo_digest(ref) not in (None, before)
+
+
+def test_a_canary_vm_leaves_the_workspace_alone(tmp_path: Path) -> None:
+    """Its own ISO, NVRAM (a fresh template copy), cache disk and serial log; the
+    workspace's disks copy-on-write, so two canaries can share them and neither writes."""
+    from publisher.config import Accel
+    from watcher.vm.canary import QemuCanary
+    from watcher.vm.qemu import qemu_argv
+
+    (tmp_path / "target.raw").write_bytes(b"\0" * 4096)
+    (tmp_path / "cloudboot.toml").write_text('[vm]\nbackend = "qemu"\ndisks = ["target.raw"]\n')
+    gate = QemuCanary(load_config(tmp_path))
+    into = tmp_path / "canary"
+    into.mkdir()
+    (into / "boot.iso").write_bytes(b"")
+    spec = gate.spec(into / "boot.iso", into)
+    argv = qemu_argv(spec, gate.firmware, accel=Accel.TCG)
+    drives = [argv[i + 1] for i, a in enumerate(argv) if a == "-drive"]
+    assert drives[1:] == [
+        f"if=pflash,format=raw,unit=1,file={into}/nvram.fd",
+        f"if=none,id=disk0,format=raw,readonly=on,file={into}/boot.iso",
+        f"if=none,id=disk1,format=raw,file={into}/cache.raw",
+        f"if=none,id=disk2,format=raw,snapshot=on,file={tmp_path}/target.raw",
+    ]
+    assert (into / "nvram.fd").read_bytes() == gate.firmware.vars_template.read_bytes()
+    assert f"file,id=serial0,path={into}/serial.log,append=on" in argv
+    assert not (tmp_path / ".cloudboot").exists() and not (tmp_path / "build").exists()
