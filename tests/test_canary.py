@@ -1,10 +1,12 @@
 """Canary publishing: the production tag moves only after the staged plan's gate passed.
 
 The registry is a real docker-registry and every tag is read back with skopeo. The gate
-here is a scripted stand-in for the QEMU boot (which is not wired yet, see
-publisher/canary.py): it reads the *staged* plan back from the registry by its staging
-ref and fails the one naming a device label that does not exist, the way the boot of
-that plan would. The serial-log verdict a QEMU gate will use is tested on its own below.
+here is a scripted stand-in for the QEMU boot, to test the publisher's side (limits,
+deadline, a gate that raises) in seconds: it reads the *staged* plan back from the
+registry by its staging ref and fails the one naming a device label that does not exist,
+the way the boot of that plan does (tests/test_canary_qemu.py boots it for real). The
+serial-log verdict the QEMU gate uses, the canary VM's argv and the checks made before
+anything is pushed are tested below.
 """
 
 from __future__ import annotations
