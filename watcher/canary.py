@@ -41,6 +41,7 @@ MILESTONES = (
     ("agent kernel", re.compile(r"Linux version \d")),
     ("agent", re.compile(r"cloud-boot: ")),
     ("plan fetched", re.compile(r"cloud-boot: .*plan", re.I)),
+    ("plan verified", re.compile(r"cloud-boot: .*plan signature verified")),
     ("staged, rebooting", re.compile(r"cloud-boot: .*(Boot0001|reboot)", re.I)),
     ("hand-over to Boot0001", HANDOVER),
     ("target init", KERNEL_UP),
