@@ -129,6 +129,31 @@ class PublishSection:
         " repository and tag: all of them move their tags or none does.",
         parse=registry_host,
     )
+    canary: bool = setting(
+        False,
+        "`cloudboot publish` boots each changed plan from a staging tag in QEMU first and"
+        " moves its production tag only when the target came up (as --canary).",
+    )
+    canary_parallel: int = setting(2, "Canary VMs booting at once.", parse=at_least(1))
+    canary_deadline_seconds: int = setting(
+        1800, "Deadline for all canaries of one publish: a plan not proven by then is held.",
+        parse=at_least(1),
+    )  # fmt: skip
+    canary_boot_seconds: int = setting(
+        600, "How long one canary boot may take to come up before it counts as failed.",
+        parse=at_least(1),
+    )  # fmt: skip
+    canary_success: dict[str, str] = setting(
+        {},
+        'Per plan file (relative to plans/; "*" for all): a regex on the serial console'
+        " that means up. Default: the staged kernel's `Run /... as init process` after the"
+        " firmware's `BdsDxe: starting Boot0001`.",
+    )
+    canary_failure: dict[str, str] = setting(
+        {},
+        'Per plan file ("*" for all): one more regex that means failed, on top of a'
+        " kernel panic, the agent's FATAL:, an emergency shell and a missing root.",
+    )
 
 
 @dataclass(frozen=True)

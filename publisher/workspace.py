@@ -372,6 +372,9 @@ def format_outcomes(outcomes: list[PlanPublishOutcome]) -> str:
             lines.append(f"{o.status:9} {o.plan} -> {o.ref}@{o.digest}")
         else:
             lines.append(f"{o.status:9} {o.plan}: {o.error}")
+        if o.canary and not o.ok:  # where the boot stopped and what it said last
+            lines.append(f"          stopped at: {o.canary.get('stopped_at') or 'no output'}")
+            lines += [f"          | {t}" for t in str(o.canary.get("tail", "")).splitlines()[-8:]]
     ok = sum(o.ok for o in outcomes)
     stale = sum(o.status in ("stale", "pruned") for o in outcomes)
     lines.append(f"{ok - stale}/{len(outcomes) - stale} plans published or unchanged")

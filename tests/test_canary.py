@@ -1,17 +1,21 @@
 """Canary publishing: the production tag moves only after the staged plan's gate passed.
 
 The registry is a real docker-registry and every tag is read back with skopeo. The gate
-here is a scripted stand-in for the QEMU boot (which is not wired yet, see
-publisher/canary.py): it reads the *staged* plan back from the registry by its staging
-ref and fails the one naming a device label that does not exist, the way the boot of
-that plan would. The serial-log verdict a QEMU gate will use is tested on its own below.
+here is a scripted stand-in for the QEMU boot, to test the publisher's side (limits,
+deadline, a gate that raises) in seconds: it reads the *staged* plan back from the
+registry by its staging ref and fails the one naming a device label that does not exist,
+the way the boot of that plan does (tests/test_canary_qemu.py boots it for real). The
+serial-log verdict the QEMU gate uses, the canary VM's argv and the checks made before
+anything is pushed are tested below.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -22,7 +26,7 @@ from publisher.canary import CanaryPolicy, CanaryRequest, CanaryResult, staging_
 from publisher.config import load_config
 from publisher.localregistry import RunningRegistry
 from publisher.summary import render
-from publisher.workspace import publish_workspace
+from publisher.workspace import format_outcomes, publish_workspace
 from tests.helpers import PLAN, skopeo_digest, write_signed_workspace
 from tests.test_gitops import git
 from watcher.canary import Patterns, judge
@@ -93,6 +97,9 @@ def test_good_tag_moves_broken_tag_stays_and_the_report_says_why(
     for o in (by["good.hcl"], held):
         staged = f"{o.ref.rsplit(':', 1)[0]}:{staging_tag(str(o.digest))}"
         assert skopeo_digest(staged) == o.digest
+    text = format_outcomes(outcomes)  # the terminal says where it stopped and the tail
+    assert "held      bad.hcl: canary: failure pattern: FATAL: no disk" in text
+    assert "stopped at: agent" in text and "| FATAL: no disk LABEL=nosuchlabel" in text
     summary = render({"ok": False, "plans": [o.to_json() for o in outcomes]})
     assert "| `bad.hcl` | ⛔ held (canary failed) |" in summary
     assert "serial log tail" in summary
@@ -144,7 +151,7 @@ FIRMWARE = 'BdsDxe: loading Boot0002 "UEFI Misc Device"\nBdsDxe: starting Boot00
 AGENT = (
     "[    0.000000] Linux version 6.1.0-cloud-amd64 (debian-kernel@lists.debian.org)\n"
     "cloud-boot: 00:00:01.000 fetching plan oci://10.0.2.2:5000/cloudboot/default:latest\n"
-    "cloud-boot: 00:00:02.000 staged Boot0001, rebooting\n"
+    "cloud-boot: 00:00:02.000 Boot0001 = cloud-boot demo; rebooting (total 1.900s)\n"
 )
 HANDOVER = 'BdsDxe: loading Boot0001 "cloudboot"\nBdsDxe: starting Boot0001\n'
 TARGET = "[    0.000000] Linux version 6.1.0-cloud-amd64 (target)\n"
@@ -156,8 +163,12 @@ def test_judge_default_success_is_the_staged_kernel_after_the_handover() -> None
     assert verdict and verdict.passed and verdict.stopped_at == "target init"
     # the target kernel announcing itself is not enough yet
     assert judge(FIRMWARE + AGENT + HANDOVER + TARGET, Patterns(), finished=False) is None
-    # the agent's own kernel starting its init (before the hand-over) is not the target
+    # the agent's own kernel starting its init (before the hand-over) is not the target,
+    # not even when the firmware's first disk (boot.iso) happens to be its Boot0001
     assert judge(FIRMWARE + AGENT + TARGET_UP, Patterns(), finished=False) is None
+    not_staged = "".join(AGENT.splitlines(keepends=True)[:2])
+    iso_first = 'BdsDxe: starting Boot0001 "UEFI Misc Device"\n' + not_staged + TARGET_UP
+    assert judge(iso_first, Patterns(), finished=False) is None
     left = judge(FIRMWARE + AGENT, Patterns(), finished=True)
     assert left and not left.passed and left.result == "target did not come up"
     assert left.stopped_at == "staged, rebooting"
@@ -181,3 +192,65 @@ def test_judge_failures_name_where_the_boot_stopped() -> None:
     assert judge(TARGET + "web: ready on :80\n", custom, finished=False).passed  # type: ignore[union-attr]
     shell = judge(TARGET + "You are in emergency mode.\n", custom, finished=False)
     assert shell and not shell.passed and "emergency" in shell.result
+
+
+CLOUDBOOT = str(Path(sys.executable).parent / "cloudboot")
+
+
+@pytest.mark.parametrize(
+    ("toml", "says"),
+    [
+        ('[publish]\ncanary_failure = { "good.hcl" = "(" }\n',
+         '[publish].canary_failure."good.hcl": not a regular expression'),
+        ('[vm]\nbackend = "vfkit"\n', "[vm].backend: canary boots need QEMU"),
+    ],
+)  # fmt: skip
+def test_a_canary_that_cannot_run_publishes_nothing(
+    ws: Path, registry: RunningRegistry, toml: str, says: str
+) -> None:
+    config = ws / "cloudboot.toml"
+    config.write_text(config.read_text() + toml)
+    ref = f"{registry.address}/cloudboot/good:latest"
+    before = skopeo_digest(ref)
+    (ws / "plans" / "good.hcl").write_text(PLAN.replace("v=1", "good-unboot"))
+    proc = subprocess.run(
+        [CLOUDBOOT, "-C", str(ws), "publish", "--canary"],
+        capture_output=True, text=True, env={**os.environ, "COSIGN_PASSWORD": "pw"},
+    )  # fmt: skip
+    assert proc.returncode == 1 and says in proc.stderr, proc.stderr
+    assert "cloudboot.toml" in proc.stderr
+    assert skopeo_digest(ref) == before
+    # without the canary the same workspace publishes (the settings are only the canary's)
+    proc = subprocess.run(
+        [CLOUDBOOT, "-C", str(ws), "publish", "--no-canary"],
+        capture_output=True, text=True, env={**os.environ, "COSIGN_PASSWORD": "pw"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert skopeo_digest(ref) not in (None, before)
+
+
+def test_a_canary_vm_leaves_the_workspace_alone(tmp_path: Path) -> None:
+    """Its own ISO, NVRAM (a fresh template copy), cache disk and serial log; the
+    workspace's disks copy-on-write, so two canaries can share them and neither writes."""
+    from publisher.config import Accel
+    from watcher.vm.canary import QemuCanary
+    from watcher.vm.qemu import qemu_argv
+
+    (tmp_path / "target.raw").write_bytes(b"\0" * 4096)
+    (tmp_path / "cloudboot.toml").write_text('[vm]\nbackend = "qemu"\ndisks = ["target.raw"]\n')
+    gate = QemuCanary(load_config(tmp_path))
+    into = tmp_path / "canary"
+    into.mkdir()
+    (into / "boot.iso").write_bytes(b"")
+    spec = gate.spec(into / "boot.iso", into)
+    argv = qemu_argv(spec, gate.firmware, accel=Accel.TCG)
+    drives = [argv[i + 1] for i, a in enumerate(argv) if a == "-drive"]
+    assert drives[1:] == [
+        f"if=pflash,format=raw,unit=1,file={into}/nvram.fd",
+        f"if=none,id=disk0,format=raw,readonly=on,file={into}/boot.iso",
+        f"if=none,id=disk1,format=raw,file={into}/cache.raw",
+        f"if=none,id=disk2,format=raw,snapshot=on,file={tmp_path}/target.raw",
+    ]
+    assert (into / "nvram.fd").read_bytes() == gate.firmware.vars_template.read_bytes()
+    assert f"file,id=serial0,path={into}/serial.log,append=on" in argv
+    assert not (tmp_path / ".cloudboot").exists() and not (tmp_path / "build").exists()

@@ -5,11 +5,13 @@ booting needs QEMU and firmware, which are the watcher's (watcher -> publisher -
 so the verdict on a boot is made here and handed down. This module is the pure part:
 serial text in, verdict out, so it is the same for a QEMU or a vfkit boot.
 
-Default success: the firmware hands over to ``Boot0001`` (the entry the agent staged) and
-a kernel then starts its init (``Run /init as init process``): the staged target's kernel
-took over and got as far as userspace, so a kernel that panics on its root device does
-not count (it announces its version first). A success pattern per plan or target
-replaces that (say, a service's ready line).
+Default success: the agent says it staged Boot0001 and reboots, the firmware then hands
+over to ``Boot0001`` and a kernel starts its init (``Run /init as init process``): the
+staged target's kernel took over and got as far as userspace, so a kernel that panics on
+its root device does not count (it announces its version first). The hand-over only
+counts after the agent's line: on a fresh NVRAM the firmware's own Boot0001 is the first
+disk (boot.iso itself), so the agent's kernel also starts after a ``starting Boot0001``.
+A success pattern per plan or target replaces all that (say, a service's ready line).
 Failure patterns end the wait early: a kernel panic, the agent's ``FATAL:``, an
 emergency shell.
 """
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 
 from publisher.canary import CanaryResult
 
+STAGED = re.compile(r"cloud-boot: .*Boot0001.*reboot")  # the agent's last line
 HANDOVER = re.compile(r"BdsDxe: starting Boot0001")  # the firmware, not the agent's own lines
 KERNEL_UP = re.compile(r"Run /\S* as init process")
 DEFAULT_FAILURES = (
@@ -38,6 +41,7 @@ MILESTONES = (
     ("agent kernel", re.compile(r"Linux version \d")),
     ("agent", re.compile(r"cloud-boot: ")),
     ("plan fetched", re.compile(r"cloud-boot: .*plan", re.I)),
+    ("plan verified", re.compile(r"cloud-boot: .*plan signature verified")),
     ("staged, rebooting", re.compile(r"cloud-boot: .*(Boot0001|reboot)", re.I)),
     ("hand-over to Boot0001", HANDOVER),
     ("target init", KERNEL_UP),
@@ -58,10 +62,13 @@ def _tail(lines: Sequence[str]) -> str:
 
 
 def _stopped_at(lines: Sequence[str], until: int) -> str | None:
-    reached = None
+    """The last milestone reached, each looked for after the one before: the agent's own
+    kernel also runs an init, which must not read as the target's."""
+    reached, at = None, 0
     for name, pattern in MILESTONES:
-        if any(pattern.search(line) for line in lines[:until]):
-            reached = name
+        found = next((i for i in range(at, until) if pattern.search(lines[i])), None)
+        if found is not None:
+            reached, at = name, found + 1
     return reached
 
 
@@ -70,13 +77,13 @@ def _succeeded(lines: Sequence[str], patterns: Patterns) -> int | None:
     if patterns.success is not None:
         wanted = re.compile(patterns.success)
         return next((i for i, line in enumerate(lines) if wanted.search(line)), None)
-    handover = next((i for i, line in enumerate(lines) if HANDOVER.search(line)), None)
-    if handover is None:
-        return None
-    after = (
-        i for i, line in enumerate(lines[handover + 1 :], handover + 1) if KERNEL_UP.search(line)
-    )
-    return next(after, None)
+    at = -1
+    for milestone in (STAGED, HANDOVER, KERNEL_UP):  # each after the one before
+        found = next((i for i in range(at + 1, len(lines)) if milestone.search(lines[i])), None)
+        if found is None:
+            return None
+        at = found
+    return at
 
 
 def judge(serial: str, patterns: Patterns, finished: bool) -> CanaryResult | None:

@@ -294,6 +294,7 @@ def build_boot_iso(
     build_kernel: bool = False,
     sources: KernelSources | None = None,
     agent_repo: Path | None = None,
+    blob_cache: Path | None = None,
 ) -> BuildResult:
     """Build ``out`` (and ``out.sig``, cosign sign-blob format, when ``signing_key`` is given).
 
@@ -303,7 +304,8 @@ def build_boot_iso(
     ``registry`` makes the client for OCI kernel sources (the workspace's registry
     settings; called only if the network is needed); ``build_kernel`` runs make for a
     ``{ build = ... }`` kernel whose inputs have no cached build yet; ``agent_repo``
-    holds the ``guest`` package the guest agent is packed from.
+    holds the ``guest`` package the guest agent is packed from; ``blob_cache`` another
+    image's intermediates to share (a canary's boot.iso reuses the workspace's).
     """
     if not arches:
         raise RecipeError("no architecture selected", where=str(recipe.path))
@@ -329,7 +331,7 @@ def build_boot_iso(
         log.info("boot.iso up to date", output=str(out))
         return BuildResult(out, sig, True, arches, stages.timings, out.stat().st_size)
     efi_files: dict[str, bytes] = {}
-    blobs = BlobCache(cache_dir(out))
+    blobs = BlobCache(blob_cache or cache_dir(out))
     reused = []
     for item in inputs:
         with stages.stage(f"uki-{item.arch.value}"):

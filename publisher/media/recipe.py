@@ -368,9 +368,10 @@ def load_recipe(path: Path) -> Recipe:
 GATEWAY_HOST = "{{.Gateway}}"
 
 
-def configured(recipe: Recipe, config: Config) -> Recipe:
+def configured(recipe: Recipe, config: Config, plan: str | None = None) -> Recipe:
     """The recipe as this workspace builds it: ``{plan}`` is the published default plan
-    as the guest will see it, ``{console}`` the VM backend's console (vfkit: hvc0).
+    (or ``plan``: a canary's staging ref) as the guest will see it, ``{console}`` the VM
+    backend's console (vfkit: hvc0).
 
     A registry on the host's loopback (the embedded one) is named ``{{.Gateway}}``: the
     guest substitutes its DHCP gateway, which is the host under both backends (QEMU user
@@ -390,7 +391,7 @@ def configured(recipe: Recipe, config: Config) -> Recipe:
     if config.watch.loop is Loop.KEXEC:
         kept = [w for w in cmdline.split() if not w.startswith("cloudboot.exit=")]
         cmdline = " ".join([*kept, "cloudboot.exit=kexec,reboot"])
-    ref = parse_ref(config.plan_ref(config.plans_dir / "default.hcl"))
+    ref = parse_ref(plan or config.plan_ref(config.plans_dir / "default.hcl"))
     if ref.insecure_default:  # loopback: the guest's gateway is the host
         port = ref.registry.rpartition(":")[2] if not ref.registry.endswith("]") else ""
         host = GATEWAY_HOST + (f":{port}" if port.isdigit() else "")

@@ -25,6 +25,7 @@ from watcher.cli.registry import loopback_host_port
 
 if TYPE_CHECKING:
     from publisher.config import Config
+    from publisher.demodisk import DemoDisk
     from publisher.media.debs import DebCache
 
 
@@ -77,17 +78,30 @@ def start_registry(config: Config, stack: contextlib.ExitStack) -> None:
     typer.echo(f"registry: started {reg.implementation} {reg.url} (storage {reg.storage})")
 
 
-def with_demo_disk(config: Config, enabled: bool, debs: DebCache | None = None) -> Config:
-    """Attach the demo target disk when the workspace names no chained-distro disk.
-
-    ``debs``: where its pieces come from (the recipe's base artifact, else apt)."""
-    if not enabled or config.vm.disks:
-        return config
+def attach_demo_disk(
+    config: Config, debs: DebCache | None = None
+) -> tuple[Config, DemoDisk | None]:
+    """The config with the demo target disk attached when it names no chained-distro disk
+    (made if missing), and that disk (None when the config named its own)."""
+    if config.vm.disks:
+        return config, None
     from publisher.demodisk import ensure_demo_disk
 
     disk = ensure_demo_disk(demo_disk_path(config), config.vm_arch(), cache=debs)
-    typer.echo(f"demo target disk: {disk.path} (kernel {disk.kernel_release})")
-    return dataclasses.replace(config, vm=dataclasses.replace(config.vm, disks=[disk.path]))
+    return dataclasses.replace(config, vm=dataclasses.replace(config.vm, disks=[disk.path])), disk
+
+
+def with_demo_disk(config: Config, enabled: bool, debs: DebCache | None = None) -> Config:
+    """Attach the demo target disk when the workspace names no chained-distro disk.
+
+    ``debs``: where its pieces come from (the recipe's base artifact, else apt). A canary
+    boot (`cloudboot publish --canary`) gets the same disks through ``attach_demo_disk``."""
+    if not enabled:
+        return config
+    config, disk = attach_demo_disk(config, debs)
+    if disk is not None:
+        typer.echo(f"demo target disk: {disk.path} (kernel {disk.kernel_release})")
+    return config
 
 
 def up(

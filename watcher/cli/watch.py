@@ -209,6 +209,14 @@ def publish(
             " $GITHUB_STEP_SUMMARY.",
         ),
     ] = None,
+    canary: Annotated[
+        bool | None,
+        typer.Option(
+            "--canary/--no-canary",
+            help="Boot each changed plan from a staging tag in QEMU first; move its tag only"
+            " if the target came up (default: [publish].canary).",
+        ),
+    ] = None,
 ) -> None:
     """Validate and publish every plan under plans/ once (for CI); exit 0 only if all did.
 
@@ -217,7 +225,15 @@ def publish(
     from publisher.workspace import format_outcomes, publish_workspace
 
     config = state(ctx).config  # two plans on one ref are refused first
-    outcomes = publish_workspace(config, prune=prune, progress=True)
+    policy = None
+    if config.publish.canary if canary is None else canary:
+        from watcher.cli.demo import attach_demo_disk
+        from watcher.vm.canary import canary_policy, check_canary
+
+        check_canary(config)  # before the demo disk is made or anything is pushed
+        config, _disk = attach_demo_disk(config)
+        policy = canary_policy(config)
+    outcomes = publish_workspace(config, prune=prune, progress=True, canary=policy)
     failed = [o for o in outcomes if not o.ok]
     doc = {"ok": not failed, "plans": [o.to_json() for o in outcomes]}
     if summary is not None:
@@ -231,6 +247,7 @@ def publish(
         typer.echo(format_outcomes(outcomes))
     if failed:
         message = f"{len(failed)} of {len(outcomes)} plans failed to publish"
+        message += "".join(f"; {o.plan} {o.status}: {o.error}" for o in failed if o.canary)
         if as_json:  # the report above is the one JSON document on stdout
             typer.echo(f"error: {message}", err=True)
             raise typer.Exit(1)

@@ -59,6 +59,8 @@ def qemu_argv(
     ]
     for i, disk in enumerate(spec.attached_disks):
         readonly = ",readonly=on" if disk.readonly else ""
+        if spec.scratch_disks and disk.config_key.startswith("[vm].disks"):
+            readonly = ",snapshot=on"
         argv += [
             "-drive",
             f"if=none,id=disk{i},format=raw{readonly},file={qemu_opt(disk.path)}",

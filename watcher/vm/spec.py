@@ -64,6 +64,9 @@ class VmSpec:
     #: NAT does not, so the vfkit backend forwards them from the bridge address while the
     #: VM runs.
     host_services: tuple[tuple[str, int], ...] = ()
+    #: The extra disks copy-on-write (QEMU ``snapshot=on``): a canary's writes vanish
+    #: with it, and canaries booting side by side share the workspace's disks safely.
+    scratch_disks: bool = False
 
     @classmethod
     def from_config(cls, config: Config) -> VmSpec:
