@@ -30,6 +30,8 @@ ROOT_MIB = BOOT_MIB
 RECIPE = f"""dd if=/dev/vda of=/dev/vdb bs=1M count={1 + BOOT_MIB} conv=fsync
 dd if=/dev/vda of=/dev/vdb bs=1M skip={DISK_MIB - 1} seek={DISK_MIB - 1} conv=fsync
 blockdev --rereadpt /dev/vdb
+cat /proc/partitions
+ls -l /dev/vdb1 /dev/vdb2
 lvm pvcreate -ff -y /dev/vdb2
 lvm vgcreate rhel /dev/vdb2
 lvm lvcreate -y -Wn -Zn -L {ROOT_MIB // 2}M -n root rhel
@@ -61,15 +63,16 @@ def rhel_disk(work: Path, v: str, kernel: bytes, initrd: bytes) -> Path:
     payload = work / "payload.raw"
     with open(payload, "wb") as f:
         f.truncate(DISK_MIB * MIB)
-    run(["sgdisk", "-q", "-n", f"1:2048:+{BOOT_MIB}M", "-t", "1:8300", "-c", "1:boot",
-         "-n", f"2:{(1 + BOOT_MIB) * 2048}:+{PV_MIB}M", "-t", "2:8e00", "-c", "2:lvm",
-         payload])  # fmt: skip
+    pv_start = (1 + BOOT_MIB) * 2048
+    table = ["sgdisk", "-n", f"1:2048:+{BOOT_MIB}M", "-t", "1:8300", "-c", "1:boot",
+             "-n", f"2:{pv_start}:+{PV_MIB}M", "-t", "2:8e00", "-c", "2:lvm"]  # fmt: skip
+    run([*table, payload])
     with open(payload, "r+b") as out:
         for image, at in ((boot_image, 1), (root_image, 1 + BOOT_MIB)):
             out.seek(at * MIB)
             with open(image, "rb") as src:
                 shutil.copyfileobj(src, out, MIB)
-    key = f"rhel-lvm {DISK_MIB} MiB: {boot.digest()} {root.digest()}"
+    key = f"rhel-lvm {DISK_MIB} MiB {' '.join(table)}: {boot.digest()} {root.digest()}"
     (disk,) = make_volumes(RECIPE, payload, (DISK_MIB,), work / "disk", payload_key=key)
     payload.unlink()
     return disk

@@ -6,7 +6,7 @@ device-mapper device (guest/agent/disks/kernelvol.py, docs/disks.md).
   RHEL's naming, LVM PV with the xfs root LV in two segments. A plan naming ``/boot`` by
   label, and one naming the LV as ``/dev/rhel/root`` (a dm ``linear`` table of two
   targets).
-- xfs inside LUKS2 (4096-byte sectors, Argon2id), made by ``cryptsetup reencrypt
+- xfs inside LUKS2 (512-byte sectors as xfs's own; Argon2id), made by ``cryptsetup reencrypt
   --encrypt``: a dm ``crypt`` table with the key userland derived; the passphrase is
   nowhere in the log.
 
@@ -81,7 +81,7 @@ def test_xfs_in_luks2_boots_through_dm_crypt(lab: Lab) -> None:
     layout = Layout("luks-xfs-plain", "xfs",
                     {f"boot/vmlinuz-{v}": kernel, f"boot/initramfs-{v}.img": initrd})  # fmt: skip
     (plain,) = image_for(layout)
-    disk = make_luks(plain, lab.root / "xfs.luks2", SECRET.encode(), sector_size=4096)
+    disk = make_luks(plain, lab.root / "xfs.luks2", SECRET.encode(), sector_size=512)
     body = f'device = "/dev/vdc"\n  fs = "xfs"\n  luks-passphrase = "{SECRET}"'
     log = boot_disk_plan(lab, "luksxfs", body, [disk])
     assert "LUKS key slot 0 opened" in log, log[-3000:]

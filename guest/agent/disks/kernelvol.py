@@ -113,12 +113,14 @@ class KernelMapper:
         from guest.agent import sysguest
 
         for module in mapping.modules:
-            subprocess.run(
-                [sysguest.BUSYBOX, "modprobe", "-q", module],
-                check=False,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            # a module missing (or built in) shows as the control node or table failing
+            with contextlib.suppress(OSError):
+                subprocess.run(
+                    [sysguest.BUSYBOX, "modprobe", "-q", module],
+                    check=False,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
         _major, minor = self._dm.create(DM_NAME, mapping.targets, mapping.secret)
         return self.dev / f"dm-{minor}"
 

@@ -98,7 +98,7 @@ def table_buffer(name: str, targets: Sequence[Target], flags: int) -> bytearray:
 
 def device_number(buffer: bytes | bytearray) -> tuple[int, int]:
     """(major, minor) from a reply's ``dev`` (the kernel's ``huge_encode_dev``)."""
-    dev = _HEADER.unpack_from(buffer)[9]
+    dev = _HEADER.unpack_from(buffer)[10]
     return (dev >> 8) & 0xFFF, (dev & 0xFF) | ((dev >> 12) & 0xFFF00)
 
 
