@@ -6,6 +6,8 @@ device-mapper device (guest/agent/disks/kernelvol.py, docs/disks.md).
   RHEL's naming, LVM PV with the xfs root LV in two segments. A plan naming ``/boot`` by
   label, and one naming the LV as ``/dev/rhel/root`` (a dm ``linear`` table of two
   targets).
+- xfs on md RAID1 (metadata 1.2, ``mdadm --create`` in the helper VM), named
+  ``/dev/md/root``: a dm ``linear`` table of one target, the member from its data offset.
 - xfs inside LUKS2 (512-byte sectors as xfs's own; Argon2id), made by ``cryptsetup reencrypt
   --encrypt``: a dm ``crypt`` table with the key userland derived; the passphrase is
   nowhere in the log.
@@ -22,8 +24,8 @@ import pytest
 
 from tests.disk_images import Layout, image_for
 from tests.qemu_lab import MARKER, OVMF_CODE, Lab, boot_disk_plan, make_lab, target_kernel
-from tests.volume_images import has_cryptsetup, make_luks
-from tests.volume_vm import has_tools
+from tests.volume_images import MD_RAID1, has_cryptsetup, make_luks
+from tests.volume_vm import has_tools, make_volumes
 
 pytestmark = [
     pytest.mark.slow,
@@ -74,14 +76,33 @@ def test_rhel_boot_partition_next_to_the_pv_boots(lab: Lab, rhel: Path) -> None:
     assert f"kernel /vmlinuz-{v}, initrd /initramfs-{v}.img" in log
 
 
+def _plain_xfs(lab: Lab) -> Path:
+    """An xfs holding the lab's kernel in /boot, Debian's naming (cached by recipe)."""
+    v, kernel, initrd = target_kernel(lab)
+    return image_for(_xfs_layout(v, kernel, initrd))[0]
+
+
+def _xfs_layout(v: str, kernel: bytes, initrd: bytes) -> Layout:
+    return Layout("volume-xfs-plain", "xfs",
+                  {f"boot/vmlinuz-{v}": kernel, f"boot/initrd.img-{v}": initrd})  # fmt: skip
+
+
+def test_xfs_on_md_raid1_boots_through_a_device_mapper_linear_table(lab: Lab) -> None:
+    if not has_tools():
+        pytest.skip("mdadm/lvm2 not installed")
+    key = f"volume-xfs-plain {_xfs_layout(*target_kernel(lab)).digest()}"
+    disks = make_volumes(MD_RAID1, _plain_xfs(lab), (352, 352), lab.root / "md-xfs",
+                         payload_key=key)  # fmt: skip
+    log = boot_disk_plan(lab, "mdxfs", 'device = "/dev/md/root"\n  fs = "xfs"', disks)
+    assert "mounting /dev/md/root (md raid1 from /dev/vd" in log, log[-3000:]
+    assert "1 segment(s)) xfs read-only" in log, log[-3000:]
+    _booted(log, "mdxfs")
+
+
 def test_xfs_in_luks2_boots_through_dm_crypt(lab: Lab) -> None:
     if not has_cryptsetup():
         pytest.skip("cryptsetup not installed")
-    v, kernel, initrd = target_kernel(lab)
-    layout = Layout("luks-xfs-plain", "xfs",
-                    {f"boot/vmlinuz-{v}": kernel, f"boot/initramfs-{v}.img": initrd})  # fmt: skip
-    (plain,) = image_for(layout)
-    disk = make_luks(plain, lab.root / "xfs.luks2", SECRET.encode(), sector_size=512)
+    disk = make_luks(_plain_xfs(lab), lab.root / "xfs.luks2", SECRET.encode(), sector_size=512)
     body = f'device = "/dev/vdc"\n  fs = "xfs"\n  luks-passphrase = "{SECRET}"'
     log = boot_disk_plan(lab, "luksxfs", body, [disk])
     assert "LUKS key slot 0 opened" in log, log[-3000:]

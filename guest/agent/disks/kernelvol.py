@@ -29,9 +29,9 @@ if TYPE_CHECKING:
 #: The mapped device's name (one disk target is read at a time).
 DM_NAME = "cloudboot-disk"
 LINEAR_MODULES = ("dm_mod",)
-#: dm-crypt, and the XTS template its ``aes-xts-plain64`` needs (no module autoloading
-#: in our initramfs: no modules.alias, no udev).
-CRYPT_MODULES = ("dm_mod", "dm_crypt", "xts")
+#: dm-crypt, and the XTS and ECB templates its ``aes-xts-plain64`` needs (``xts(aes)``
+#: is built over ``ecb(aes)``); no module autoloading in our initramfs (no modules.alias).
+CRYPT_MODULES = ("dm_mod", "ecb", "xts", "dm_crypt")
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,10 @@ def mapped(mapping: Mapping, mapper: Mapper, progress: Progress) -> Iterator[Pat
     progress.at(f"device-mapper {mapping.what}")
     try:
         node = mapper.create(mapping)
+    except devmapper.DeviceMapperError as exc:  # named by the plan's device
+        raise devmapper.DeviceMapperError(
+            f"{mapping.what}: {exc.message}", where=mapping.spec
+        ) from exc
     finally:
         mapping.wipe()
     try:

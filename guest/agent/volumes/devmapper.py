@@ -41,6 +41,8 @@ DM_READONLY_FLAG = 1 << 0
 DM_SECURE_DATA_FLAG = 1 << 15
 _DM_IOCTL = 0xFD
 DM_DEV_CREATE, DM_DEV_REMOVE, DM_DEV_SUSPEND, DM_TABLE_LOAD = 3, 4, 6, 9
+_STEP = {DM_DEV_CREATE: "create", DM_DEV_REMOVE: "remove", DM_DEV_SUSPEND: "resume",
+         DM_TABLE_LOAD: "table load"}  # fmt: skip
 SECTOR = 512
 _HEX = b"0123456789abcdef"
 MAX_TARGETS = 1024
@@ -160,8 +162,13 @@ class DeviceMapper:
         try:
             fcntl.ioctl(fd, ioctl_number(command), buffer, True)
         except OSError as exc:
+            hint = (
+                " (a target's module missing? see the kernel log)"
+                if command == DM_TABLE_LOAD
+                else ""
+            )
             raise DeviceMapperError(
-                f"device-mapper ioctl {command} failed: {exc.strerror}", where=where
+                f"device-mapper {_STEP[command]} failed: {exc.strerror}{hint}", where=where
             ) from exc
         finally:
             os.close(fd)
