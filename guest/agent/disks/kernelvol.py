@@ -29,9 +29,7 @@ if TYPE_CHECKING:
 #: The mapped device's name (one disk target is read at a time).
 DM_NAME = "cloudboot-disk"
 LINEAR_MODULES = ("dm_mod",)
-#: dm-crypt, and the XTS and ECB templates its ``aes-xts-plain64`` needs (``xts(aes)``
-#: is built over ``ecb(aes)``); no module autoloading in our initramfs (no modules.alias).
-CRYPT_MODULES = ("dm_mod", "ecb", "xts", "dm_crypt")
+CRYPT_MODULES = devmapper.CRYPT_MODULES
 
 
 @dataclass(frozen=True)
@@ -112,19 +110,7 @@ class KernelMapper:
         self._dm = devmapper.DeviceMapper(dev / "mapper/control")
 
     def create(self, mapping: Mapping) -> Path:
-        import subprocess
-
-        from guest.agent import sysguest
-
-        for module in mapping.modules:
-            # a module missing (or built in) shows as the control node or table failing
-            with contextlib.suppress(OSError):
-                subprocess.run(
-                    [sysguest.BUSYBOX, "modprobe", "-q", module],
-                    check=False,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
+        devmapper.load_modules(mapping.modules)
         _major, minor = self._dm.create(DM_NAME, mapping.targets, mapping.secret)
         return self.dev / f"dm-{minor}"
 

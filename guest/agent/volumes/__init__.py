@@ -2,7 +2,9 @@
 
 ``open_device`` gives the filesystem readers a seekable stream: the device itself for a
 plain filesystem, or the decrypted data of a LUKS1/LUKS2 volume unlocked in userland
-(``luks``). Only the standard library is imported here; the LUKS code (and ``ctypes``
+(``luks``): decrypted by the kernel's dm-crypt when the device is a block device and
+device-mapper is there (``devmapper.crypt_device``), else in userland (``cryptstream``).
+Only the standard library is imported here; the LUKS code (and ``ctypes``
 with libcrypto/libargon2) is imported when a LUKS header is seen, so a plain ext4 boot
 pays nothing for it. See docs/disks.md for why volumes are opened in userland.
 """
@@ -112,7 +114,14 @@ def open_device(
             yield Opened(raw, str(node), decrypted=False)
             return
         secret = require_passphrase(passphrase, str(node))
-        stream = _unlock(raw, str(node), secret, available_memory(meminfo), console)
+        header, key, size = unlock_key(raw, str(node), secret, available_memory(meminfo), console)
+        from guest.agent.volumes import devmapper
+
+        with devmapper.crypt_device(node, header, key, size, console) as plain:
+            if plain is not None:
+                yield Opened(plain, f"{node}:luks", decrypted=True)
+                return
+        stream = _stream(raw, str(node), header, key, size)
         yield Opened(stream, f"{node}:luks", decrypted=True)  # type: ignore[arg-type]
 
 
@@ -172,12 +181,10 @@ def available_memory(meminfo: Path) -> int | None:
     return None
 
 
-def _unlock(
-    raw: BinaryIO, where: str, passphrase: bytes, available: int | None, console: Log
-) -> object:
+def _stream(raw: BinaryIO, where: str, header: Header, key: bytes, size: int) -> object:
+    """The data segment decrypted in userland (no block device, or no device-mapper)."""
     from guest.agent.volumes.cryptstream import DecryptedStream, SectorCipher
 
-    header, key, size = unlock_key(raw, where, passphrase, available, console)
     iv_step = header.sector_size // 512
     cipher = SectorCipher.make(
         header.cipher, key, header.sector_size, where, iv_step, header.iv_offset
