@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from guest.agent import volumes
 from guest.agent.blockdev import BlockDevice
+from guest.agent.disks.bootfiles import DiskReadError
 from guest.agent.volumes import devmapper
 from guest.agent.volumes.cryptstream import SUPPORTED_CIPHERS
 from guest.agent.volumes.devmapper import Target
@@ -68,7 +69,11 @@ def plan(ctx: DiskContext) -> Mapping | None:
         targets = tuple(devmapper.linear_targets(pieces))
         return Mapping(spec, f"{found.what}, {len(targets)} segment(s)", targets, LINEAR_MODULES)
     where = str(found.node)
-    with open(found.node, "rb") as raw:
+    try:
+        raw = open(found.node, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise DiskReadError(f"cannot open: {exc.strerror}", where=where) from exc
+    with raw:
         if raw.read(6) != b"LUKS\xba\xbe":
             return None
         secret = volumes.require_passphrase(ctx.source.luks_passphrase, where)
