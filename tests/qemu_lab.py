@@ -206,7 +206,12 @@ def boot_disk_layout(lab: Lab, name: str, layouts: Callable[..., dict[str, Any]]
     from tests.disk_images import image_for
 
     layout, disk = layouts(*target_kernel(lab))[name]
-    images = image_for(layout)
+    return boot_disk_plan(lab, name, disk, image_for(layout))
+
+
+def boot_disk_plan(lab: Lab, name: str, disk: str, images: Sequence[Path]) -> str:
+    """Boot the lab with ``images`` as the target disks and a signed plan whose target
+    ``name`` has the disk block body ``disk``; the serial log."""
     plan = (
         f'default_target = "{name}"\n'
         f'target "{name}" {{\n  cmdline = "console=ttyS0 panic=-1 {name}-marker"\n'

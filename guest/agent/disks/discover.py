@@ -11,6 +11,7 @@ runs, so the plain ext4 boot imports none of them.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -105,24 +106,37 @@ def read_ext4(ctx: DiskContext) -> BootFiles:
 
 def read_mounted(ctx: DiskContext) -> BootFiles:
     """xfs or btrfs through the kernel's driver, read-only, under one deadline."""
-    from guest.agent.disks import mounted
+    from guest.agent.disks import kernelvol, mounted
 
     fstype = ctx.source.fs
-    device = ctx.resolve()
-    nodes = [device.node]
-    if fstype == "btrfs":
-        from guest.agent.disks import btrfs
+    # an LVM LV, an md array or a LUKS volume: a read-only device-mapper device
+    mapping = kernelvol.plan(ctx)
+    if mapping is None:
+        device = ctx.resolve()
+        nodes, where = [device.node], str(device.node)
+        if fstype == "btrfs":
+            from guest.agent.disks import btrfs
 
-        nodes = [d.node for d in btrfs.members(device, ctx.devices)]
-    shown = ", ".join(str(n.name) for n in nodes)
+            nodes = [d.node for d in btrfs.members(device, ctx.devices)]
+        shown = ", ".join(str(n.name) for n in nodes)
+    else:
+        nodes, where, shown = [], ctx.source.device, mapping.what
     ctx.console.log(f"mounting {ctx.source.device} ({shown}) {fstype} read-only")
     mounter = ctx.mounter or mounted.KernelMounter()
 
     def work(progress: mounted.Progress) -> BootFiles:
-        with mounted.mounted(mounter, fstype, nodes, ctx.mount_root, progress) as fs:
-            return _boot_files(fs, ctx.source) if fstype == "btrfs" else _read(fs, ctx.source)
+        with contextlib.ExitStack() as stack:
+            if mapping is not None:
+                mapper = kernelvol.KernelMapper(ctx.paths.dev)
+                nodes.append(stack.enter_context(kernelvol.mapped(mapping, mapper, progress)))
+            with mounted.mounted(mounter, fstype, nodes, ctx.mount_root, progress) as fs:
+                return _boot_files(fs, ctx.source) if fstype == "btrfs" else _read(fs, ctx.source)
 
-    return mounted.under_deadline(work, mounted.MOUNT_SECONDS, str(device.node))
+    try:
+        return mounted.under_deadline(work, mounted.MOUNT_SECONDS, where)
+    finally:
+        if mapping is not None:
+            mapping.wipe()
 
 
 def _read(fs: MountedFs, source: DiskSource) -> BootFiles:

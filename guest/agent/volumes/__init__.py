@@ -2,7 +2,9 @@
 
 ``open_device`` gives the filesystem readers a seekable stream: the device itself for a
 plain filesystem, or the decrypted data of a LUKS1/LUKS2 volume unlocked in userland
-(``luks``). Only the standard library is imported here; the LUKS code (and ``ctypes``
+(``luks``): decrypted by the kernel's dm-crypt when the device is a block device and
+device-mapper is there (``devmapper.crypt_device``), else in userland (``cryptstream``).
+Only the standard library is imported here; the LUKS code (and ``ctypes``
 with libcrypto/libargon2) is imported when a LUKS header is seen, so a plain ext4 boot
 pays nothing for it. See docs/disks.md for why volumes are opened in userland.
 """
@@ -16,13 +18,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
+from guest.agent.blockdev import BlockDevice
 from guest.contract.errors import CloudbootError
 
 if TYPE_CHECKING:
-    from guest.agent.blockdev import BlockDevice
     from guest.agent.disks.bootfiles import BootFiles
     from guest.agent.volumes.assemble import Volume
     from guest.agent.volumes.linear import Piece
+    from guest.agent.volumes.luks import Header
 
 _CHUNK = 1 << 20
 _DECRYPT_BUFFER = 64 << 10
@@ -56,26 +59,35 @@ def open_spec(
     LVM logical volume (``/dev/VG/LV``, ``/dev/mapper/VG-LV``), or a block device (a LUKS
     volume unlocked), or, for ``LABEL=``/``UUID=`` that no block device carries, the
     volume whose filesystem does."""
+    found = locate(spec, devices, console)
+    if not isinstance(found, BlockDevice):
+        yield _linear(spec, found, console)
+        return
+    console.log(f"reading {spec} ({found.name})")
+    with open_device(found.node, passphrase, console, meminfo) as opened:
+        yield opened
+
+
+def locate(spec: str, devices: list[BlockDevice], console: Log) -> BlockDevice | Volume:
+    """What a plan's ``device`` names: an md RAID1 array (``/dev/md/NAME``) or an LVM
+    logical volume (``/dev/VG/LV``, ``/dev/mapper/VG-LV``) found on the devices, a block
+    device, or, for ``LABEL=``/``UUID=`` that no block device carries, the volume whose
+    filesystem does."""
     from guest.agent import blockdev
 
     if spec.startswith("/dev/") and not any(spec == f"/dev/{d.name}" for d in devices):
         from guest.agent.volumes import assemble
 
         if assemble.names_a_volume(spec):
-            yield _linear(spec, assemble.named(spec, devices, console), console)
-            return
+            return assemble.named(spec, devices, console)
     try:
-        device = blockdev.resolve(spec, devices)
+        return blockdev.resolve(spec, devices)
     except blockdev.DeviceNotFoundError:
         if "=" not in spec:
             raise
         from guest.agent.volumes import assemble
 
-        yield _linear(spec, assemble.by_identity(spec, devices, console), console)
-        return
-    console.log(f"reading {spec} ({device.name})")
-    with open_device(device.node, passphrase, console, meminfo) as opened:
-        yield opened
+        return assemble.by_identity(spec, devices, console)
 
 
 def _linear(spec: str, volume: Volume, console: Log) -> Opened:
@@ -101,14 +113,26 @@ def open_device(
         if head[:6] != b"LUKS\xba\xbe":
             yield Opened(raw, str(node), decrypted=False)
             return
-        if not passphrase:
-            raise CloudbootError(
-                "is a LUKS volume and no passphrase was given (the plan's luks-passphrase "
-                "or cloudboot.disk.luks-passphrase)",
-                where=str(node),
-            )
-        stream = _unlock(raw, str(node), passphrase.encode(), _available(meminfo), console)
+        secret = require_passphrase(passphrase, str(node))
+        header, key, size = unlock_key(raw, str(node), secret, available_memory(meminfo), console)
+        from guest.agent.volumes import devmapper
+
+        with devmapper.crypt_device(node, header, key, size, console) as plain:
+            if plain is not None:
+                yield Opened(plain, f"{node}:luks", decrypted=True)
+                return
+        stream = _stream(raw, str(node), header, key, size)
         yield Opened(stream, f"{node}:luks", decrypted=True)  # type: ignore[arg-type]
+
+
+def require_passphrase(passphrase: str | None, where: str) -> bytes:
+    if not passphrase:
+        raise CloudbootError(
+            "is a LUKS volume and no passphrase was given (the plan's luks-passphrase "
+            "or cloudboot.disk.luks-passphrase)",
+            where=where,
+        )
+    return passphrase.encode()
 
 
 def resolved(files: BootFiles, opened: Opened) -> BootFiles:
@@ -147,7 +171,7 @@ def resolved(files: BootFiles, opened: Opened) -> BootFiles:
     return dataclasses.replace(files, kernel=plain(files.kernel), initrd=plain(files.initrd))  # type: ignore[arg-type]
 
 
-def _available(meminfo: Path) -> int | None:
+def available_memory(meminfo: Path) -> int | None:
     try:
         for line in meminfo.read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -157,11 +181,26 @@ def _available(meminfo: Path) -> int | None:
     return None
 
 
-def _unlock(
-    raw: BinaryIO, where: str, passphrase: bytes, available: int | None, console: Log
-) -> object:
-    from guest.agent.volumes import luks
+def _stream(raw: BinaryIO, where: str, header: Header, key: bytes, size: int) -> object:
+    """The data segment decrypted in userland (no block device, or no device-mapper)."""
     from guest.agent.volumes.cryptstream import DecryptedStream, SectorCipher
+
+    iv_step = header.sector_size // 512
+    cipher = SectorCipher.make(
+        header.cipher, key, header.sector_size, where, iv_step, header.iv_offset
+    )
+    # the ext4 package wants peek(): buffered, in reads of a few filesystem blocks
+    return io.BufferedReader(
+        DecryptedStream(raw, header.data_offset, size, cipher), _DECRYPT_BUFFER
+    )
+
+
+def unlock_key(
+    raw: BinaryIO, where: str, passphrase: bytes, available: int | None, console: Log
+) -> tuple[Header, bytes, int]:
+    """The LUKS header, the volume key ``passphrase`` opens, and the data segment's size
+    (checked against the device); errors name ``where`` and never carry a secret."""
+    from guest.agent.volumes import luks
 
     device_size = raw.seek(0, 2)
     raw.seek(0)
@@ -205,11 +244,4 @@ def _unlock(
         raise luks.LuksError(
             f"data segment at {header.data_offset}+{size} is outside the device", where=where
         )
-    iv_step = header.sector_size // 512
-    cipher = SectorCipher.make(
-        header.cipher, key, header.sector_size, where, iv_step, header.iv_offset
-    )
-    # the ext4 package wants peek(): buffered, in reads of a few filesystem blocks
-    return io.BufferedReader(
-        DecryptedStream(raw, header.data_offset, size, cipher), _DECRYPT_BUFFER
-    )
+    return header, key, size
