@@ -47,11 +47,13 @@ global { use_lvmetad = 0 locking_type = 1 }
 @dataclass(frozen=True)
 class VmExtras:
     """More for the helper VM (ZFS: tests/zfs_images.py): files at their paths in the
-    initramfs, modules loaded after the md/dm ones in this order, and what stands for them
-    in the cache key."""
+    initramfs, modules loaded after the md/dm ones in this order, what the first disks
+    start as (a partition table made on the host) instead of zeros, and what stands for
+    all of them in the cache key."""
 
     files: tuple[tuple[str, Path], ...] = ()
     modules: tuple[Path, ...] = ()
+    templates: tuple[Path, ...] = ()
     key: str = ""
 
 
@@ -155,8 +157,10 @@ def _run_vm(
     vmlinuz = next((kernel_root / "boot").glob("vmlinuz-*"))
     (work / "initrd.gz").write_bytes(_initramfs(recipe, modules_dir, extras))
     drives = ["-drive", f"if=virtio,format=raw,readonly=on,file={payload}"]
-    for name, size in zip(names, sizes_mib, strict=True):
-        with open(work / name, "wb") as f:
+    for i, (name, size) in enumerate(zip(names, sizes_mib, strict=True)):
+        if i < len(extras.templates):
+            shutil.copyfile(extras.templates[i], work / name)
+        with open(work / name, "ab") as f:
             f.truncate(size << 20)
         drives += ["-drive", f"if=virtio,format=raw,file={work / name}"]
     serial = work / "serial.log"

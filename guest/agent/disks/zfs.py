@@ -17,10 +17,14 @@ next to a ``/dev/...`` device, which then is the only place the pool is looked f
 dataset's first component.
 
 Nothing is written to the disk: ``zpool import -o readonly=on -N`` (no dataset mounted by
-the import, no log replayed, no label updated), forced (``-f``) because a Proxmox disk is
-never exported at shutdown and was last used by another host id; a read-only import
-cannot harm it. The dataset is mounted with ``MS_RDONLY`` and walked like an xfs mount
-(``guest.agent.disks.mounted``: confined paths, caps). The pool is exported again after.
+the import, no log replayed, no label updated; ``cachefile=none``: no zpool.cache
+either), forced (``-f``) because a Proxmox disk is never exported at shutdown and was
+last used by another host id; a read-only import cannot harm it. The dataset is mounted
+with ``MS_RDONLY`` and walked like an xfs mount (``guest.agent.disks.mounted``: confined
+paths, caps). The pool is exported again after.
+
+The modules are not signed with the kernel's key: a guest booted with Secure Boot (the
+Debian kernel then locks down) refuses to load them, and says so as a located error.
 """
 
 from __future__ import annotations
@@ -41,7 +45,10 @@ PREFIX = "opt/zfs"
 #: components; a pool name starts with a letter. Checked before any of it reaches argv.
 _DATASET = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]*(/[A-Za-z0-9_.:-]+)*")
 MAX_DATASET = 255
-#: zpool's own time inside the deadline: a hung import is killed with the rest.
+#: Modules + import + mount + reads. Twice an xfs mount's: the first ZFS read also loads
+#: ~9 modules (zfs.ko alone is megabytes to relocate, slow under TCG) and scans the devices.
+ZFS_SECONDS = 2 * MOUNT_SECONDS
+#: One ``zpool`` or ``insmod`` run inside it.
 ZPOOL_SECONDS = MOUNT_SECONDS
 
 
@@ -143,8 +150,8 @@ def read_zfs(ctx: DiskContext) -> BootFiles:
         progress.at("loading the zfs modules")
         tools.load_modules(target.dataset)
         progress.at(f"zpool import {target.pool}")
-        tools.zpool("import", "-N", "-f", "-o", "readonly=on", "-d", target.search,
-                    target.pool, where=target.pool)  # fmt: skip
+        tools.zpool("import", "-N", "-f", "-o", "readonly=on", "-o", "cachefile=none",
+                    "-d", target.search, target.pool, where=target.pool)  # fmt: skip
         try:
             dataset = Path(target.dataset)
             with mounted(DatasetMounter(), "zfs", [dataset], ctx.mount_root, progress) as fs:
@@ -153,4 +160,4 @@ def read_zfs(ctx: DiskContext) -> BootFiles:
             progress.at(f"zpool export {target.pool}")
             tools.zpool("export", target.pool, where=target.pool)
 
-    return under_deadline(work, MOUNT_SECONDS, target.dataset)
+    return under_deadline(work, ZFS_SECONDS, target.dataset)
