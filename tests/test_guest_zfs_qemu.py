@@ -70,3 +70,14 @@ def test_proxmox_zfs_dataset_boots(lab: Lab) -> None:
     assert MARKER in log, log[-3000:]
     last_cmdline = [line for line in log.splitlines() if "Kernel command line:" in line][-1]
     assert last_cmdline.endswith(CMDLINE_TAIL), last_cmdline
+
+
+def test_missing_dataset_is_fatal_naming_it(lab: Lab) -> None:
+    """The pool imports, the dataset is not in it: a FATAL that names the dataset (the
+    pool is exported again on the way out) and nothing is staged."""
+    _push_signed(lab, _plan('fs = "zfs"\n    device = "rpool/ROOT/pve-9"'))
+    log, _vars_fd = boot(lab, "pve-missing", "FATAL", timeout=480)
+    fatal = [line for line in log.splitlines() if line.startswith("FATAL: ")]
+    assert fatal and "rpool/ROOT/pve-9" in fatal[0], log[-3000:]
+    assert "cannot mount zfs read-only" in fatal[0], fatal[0]
+    assert MARKER not in log
