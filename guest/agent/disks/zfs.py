@@ -29,6 +29,7 @@ Debian kernel then locks down) refuses to load them, and says so as a located er
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 from dataclasses import dataclass
@@ -155,9 +156,13 @@ def read_zfs(ctx: DiskContext) -> BootFiles:
         try:
             dataset = Path(target.dataset)
             with mounted(DatasetMounter(), "zfs", [dataset], ctx.mount_root, progress) as fs:
-                return read_boot_files(fs, ctx.source.kernel or "", ctx.source.initrd or "")
-        finally:
-            progress.at(f"zpool export {target.pool}")
-            tools.zpool("export", target.pool, where=target.pool)
+                files = read_boot_files(fs, ctx.source.kernel or "", ctx.source.initrd or "")
+        except BaseException:
+            with contextlib.suppress(DiskReadError):  # the first error is the one to say
+                tools.zpool("export", target.pool, where=target.pool)
+            raise
+        progress.at(f"zpool export {target.pool}")
+        tools.zpool("export", target.pool, where=target.pool)
+        return files
 
     return under_deadline(work, ZFS_SECONDS, target.dataset)
