@@ -70,6 +70,7 @@ BENCHES = (
     Bench("guest_boot", 6, 900, 900),
     Bench("disk_read", 15, 1500, 2400),  # ext4, Fedora btrfs, RHEL xfs, btrfs RAID1 boots
     Bench("volume_read", 15, 1200, 1800),
+    Bench("zfs_read", 15, 2400, 3600),  # a cold cache first builds the zfs modules
     Bench("edit_to_target", 8, 2100, 4800),  # three loops: QEMU two-pass, kexec, macOS-shaped
     Bench("soak", 17, 900, 3600),  # the watcher as a service: 10,000 edits, registry restarts
     Bench("canary", 17, 1500, 2400),  # canary wall time per plan vs one bare boot (QEMU TCG)

@@ -61,16 +61,20 @@ def _tiny_initrd(busybox: Path, marker: str = MARKER, before: str = "") -> bytes
 
 
 def build_iso(
-    root: Path, init: str, cmdline: str, arch: Arch = Arch.X86_64, recipe_extra: str = ""
-) -> Path:
+    root: Path, init: str, cmdline: str, arch: Arch = Arch.X86_64, recipe_extra: str = "",
+    initramfs_extra: str = "",
+) -> Path:  # fmt: skip
     """boot.iso from a copy of the repo's recipe with ``init`` (guest-agent|busybox-marker);
-    ``recipe_extra`` is TOML appended to it (e.g. a ``[registry]`` table)."""
+    ``recipe_extra`` is TOML appended to it (e.g. a ``[registry]`` table),
+    ``initramfs_extra`` TOML lines added to its ``[initramfs]`` table (ZFS's ``trees``)."""
     suffix = "" if arch is Arch.X86_64 else f"-{arch.value}"
     kernel_dir = root / f"kernel-{init}{suffix}"
     shutil.copytree(REPO / "kernel", kernel_dir)
     recipe_path = kernel_dir / "recipe.toml"
     text = recipe_text(init)
     text = text.replace('compression = "gzip"', 'compression = "zstd"')
+    if initramfs_extra:
+        text = text.replace("\n[initramfs]\n", f"\n[initramfs]\n{initramfs_extra}\n", 1)
     recipe_path.write_text(text + recipe_extra)
     iso = root / f"boot-{init}{suffix}.iso"
     build_boot_iso(load_recipe(recipe_path), iso, [arch], cmdline)
@@ -79,8 +83,9 @@ def build_iso(
 
 @contextlib.contextmanager
 def make_lab(
-    root: Path, arch: Arch = Arch.X86_64, cmdline: str = "", recipe_extra: str = ""
-) -> Iterator[Lab]:
+    root: Path, arch: Arch = Arch.X86_64, cmdline: str = "", recipe_extra: str = "",
+    initramfs_extra: str = "",
+) -> Iterator[Lab]:  # fmt: skip
     """Registry, boot.iso with the agent, and the ext4 target disk (for tests and bench).
 
     ``cmdline`` replaces the baked default (the plan in the lab's registry); its
@@ -94,7 +99,7 @@ def make_lab(
             f"/plans/web cloudboot.insecure=1 no_timer_check console={arch.serial_console}"
         )
         baked = (cmdline or default).replace("{port}", str(registry.port))
-        iso = build_iso(root, "guest-agent", baked, arch, recipe_extra)
+        iso = build_iso(root, "guest-agent", baked, arch, recipe_extra, initramfs_extra)
         debs = DebCache()
         kpkg = debs.kernel_package(f"linux-image-cloud-{arch.oci}", arch)
         busybox = debs.package("busybox-static", arch).root / "bin/busybox"

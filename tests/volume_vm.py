@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from guest.contract.arch import Arch
@@ -44,6 +45,19 @@ global { use_lvmetad = 0 locking_type = 1 }
 """
 
 
+@dataclass(frozen=True)
+class VmExtras:
+    """More for the helper VM (ZFS: tests/zfs_images.py): files at their paths in the
+    initramfs, modules loaded after the md/dm ones in this order, what the first disks
+    start as (a partition table made on the host) instead of zeros, and what stands for
+    all of them in the cache key."""
+
+    files: tuple[tuple[str, Path], ...] = ()
+    modules: tuple[Path, ...] = ()
+    templates: tuple[Path, ...] = ()
+    key: str = ""
+
+
 def has_tools() -> bool:
     return all(os.access(t, os.X_OK) for t in TOOLS) and shutil.which("ldd") is not None
 
@@ -59,7 +73,7 @@ def _libraries(binaries: tuple[str, ...]) -> list[Path]:
     return sorted(found)
 
 
-def _initramfs(recipe: str, modules_dir: Path) -> bytes:
+def _initramfs(recipe: str, modules_dir: Path, extras: VmExtras) -> bytes:
     debs = DebCache()
     busybox = debs.package("busybox-static", Arch.X86_64).root / "bin/busybox"
     entries = [cpio.directory(d) for d in ("/dev", "/proc", "/sys", "/bin", "/usr",
@@ -82,7 +96,17 @@ def _initramfs(recipe: str, modules_dir: Path) -> bytes:
     for number, name in enumerate(order):
         entries.append(cpio.file(f"/lib/modules/{number:02d}-{name}.ko",
                                  available[name].read_bytes(), 0o644))  # fmt: skip
+    entries += _extra_entries(extras)
     return cpio.compress(cpio.newc(entries), cpio.Compression.GZIP)
+
+
+def _extra_entries(extras: VmExtras) -> list[cpio.Entry]:
+    dirs = sorted({str(p) for dest, _ in extras.files for p in Path(dest).parents} - {"/"})
+    entries = [cpio.directory(d) for d in dirs]
+    entries += [cpio.file(dest, src.read_bytes(), 0o755) for dest, src in extras.files]
+    entries += [cpio.file(f"/lib/modules/z{n:02d}-{ko.name}", ko.read_bytes(), 0o644)
+                for n, ko in enumerate(extras.modules)]  # fmt: skip
+    return entries
 
 
 def _versions() -> str:
@@ -92,8 +116,9 @@ def _versions() -> str:
 
 
 def make_volumes(
-    recipe: str, payload: Path, sizes_mib: tuple[int, ...], out: Path, payload_key: str = ""
-) -> list[Path]:
+    recipe: str, payload: Path, sizes_mib: tuple[int, ...], out: Path, payload_key: str = "",
+    extras: VmExtras = VmExtras(),
+) -> list[Path]:  # fmt: skip
     """Run ``recipe`` in the helper VM over new zeroed disks of ``sizes_mib`` (vdb, vdc,
     ...) with ``payload`` as vda; copies of the resulting disks land in ``out``.
 
@@ -103,6 +128,8 @@ def make_volumes(
     key = hashlib.sha256()
     for part in (recipe, repr(sizes_mib), _versions(), kpkg.deb.name, _INIT, _LVM_CONF):
         key.update(part.encode() + b"\0")
+    if extras.key:  # only then: the md/LVM images keep their cache keys
+        key.update(b"extras:" + extras.key.encode() + b"\0")
     if payload_key:
         key.update(b"payload:" + payload_key.encode())
     else:
@@ -111,7 +138,7 @@ def make_volumes(
     cached = user_cache_dir("volume-images") / key.hexdigest()[:32]
     names = [f"disk{i}.raw" for i in range(len(sizes_mib))]
     if not all((cached / n).is_file() for n in names):
-        _run_vm(recipe, payload, sizes_mib, cached, names, kpkg.root)
+        _run_vm(recipe, payload, sizes_mib, cached, names, kpkg.root, extras)
     out.mkdir(parents=True, exist_ok=True)
     made = []
     for name in names:
@@ -122,17 +149,19 @@ def make_volumes(
 
 def _run_vm(
     recipe: str, payload: Path, sizes_mib: tuple[int, ...], cached: Path, names: list[str],
-    kernel_root: Path,
+    kernel_root: Path, extras: VmExtras,
 ) -> None:  # fmt: skip
     work = cached.with_name(f".{cached.name}.tmp-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     modules_dir = next((kernel_root / "lib/modules").iterdir())
     vmlinuz = next((kernel_root / "boot").glob("vmlinuz-*"))
-    (work / "initrd.gz").write_bytes(_initramfs(recipe, modules_dir))
+    (work / "initrd.gz").write_bytes(_initramfs(recipe, modules_dir, extras))
     drives = ["-drive", f"if=virtio,format=raw,readonly=on,file={payload}"]
-    for name, size in zip(names, sizes_mib, strict=True):
-        with open(work / name, "wb") as f:
+    for i, (name, size) in enumerate(zip(names, sizes_mib, strict=True)):
+        if i < len(extras.templates):
+            shutil.copyfile(extras.templates[i], work / name)
+        with open(work / name, "ab") as f:
             f.truncate(size << 20)
         drives += ["-drive", f"if=virtio,format=raw,file={work / name}"]
     serial = work / "serial.log"

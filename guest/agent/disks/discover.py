@@ -35,6 +35,7 @@ FS_READERS: dict[str, str] = {
     "ext4": "guest.agent.disks.discover:read_ext4",
     "xfs": "guest.agent.disks.discover:read_mounted",
     "btrfs": "guest.agent.disks.discover:read_mounted",
+    "zfs": "guest.agent.disks.zfs:read_zfs",
 }
 #: Where a btrfs root subvolume holds /boot when the default subvolume is the top level
 #: (Fedora's ``root``, Ubuntu's ``@``).
