@@ -20,6 +20,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from bench.readme import render
 from bench.report import Bench, run_bench
 from bench.results import Row
@@ -137,3 +139,22 @@ def test_line_clock_dates_each_line_when_it_appeared(tmp_path: Path) -> None:
         clock.wait("line after mark", since=mark, timeout=10)
         assert [m.string for _, m in clock.all("line", since=mark)] == ["line after mark"]
     assert os.path.getsize(log) > mark
+
+
+def test_the_kexec_exit_is_split_into_load_jump_and_kernel_start() -> None:
+    """The kexec loop's rows: the console lines it keys on, as the guest and kernel print
+    them; the three parts add up to staged -> marker, and a missing line is an error."""
+    from bench.edit_to_target import KEXEC_STAGES, kexec_split
+
+    lines = [
+        (10.0, "cloud-boot: 04:40:01.598191 Boot0001 = cloud-boot beta; rebooting (total 1.9s)"),
+        (11.5, "cloud-boot: 04:40:03.100000 kexec: target loaded; starting it (no firmware pass)"),
+        (11.6, "[   54.577389] kexec_core: Starting new kernel"),
+        (12.4, "[    0.000000] Linux version 6.1.0-56-cloud-amd64 (debian-kernel@lists...)"),
+        (15.0, "CLOUDBOOT-TARGET-UP target=beta cmdline=console=ttyS0"),
+    ]
+    split = kexec_split(lines, 15.0)
+    assert [round(split[k], 3) for k in KEXEC_STAGES] == [1.5, 0.9, 2.6]
+    assert round(sum(split.values()), 3) == 15.0 - 10.0
+    with pytest.raises(SystemExit, match="kexec_core"):
+        kexec_split([line for line in lines if "kexec_core" not in line[1]], 15.0)
