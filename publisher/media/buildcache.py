@@ -55,6 +55,12 @@ class BlobCache:
                 path.unlink()  # torn or tampered: drop it
         return None
 
+    def drop(self, kind: str, key: str) -> None:
+        """Forget every entry under ``key`` (a forced rebuild replaces, never adds one)."""
+        for path in self.root.glob(f"{kind}--{key}--*"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
     def put(self, kind: str, key: str, data: bytes) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         name = f"{kind}--{key}--{hashlib.sha256(data).hexdigest()}"

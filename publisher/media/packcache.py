@@ -42,5 +42,6 @@ def agent_entries(
     if reuse and (stored := blobs.get(kind, key)) is not None:
         return cpio.parse_newc(cpio.decompress(stored))
     entries = guest_agent_entries(inputs)
+    blobs.drop(kind, key)  # a forced pack replaces what was there
     blobs.put(kind, key, cpio.compress(cpio.newc(entries), cpio.Compression.ZSTD, level=1))
     return entries
