@@ -3,12 +3,15 @@
 A team with a thousand plans changes one per commit; ``cloudboot publish`` must then
 cost one upload and one signature, not a thousand. Three things keep it so:
 
-- Validation is remembered by content: the sha256 of a plan's bytes, salted with a
-  fingerprint of the validator's own code (so a new parser or rule re-checks everything),
-  goes into ``.cloudboot/validated-plans`` once the plan passed. Only new bytes are parsed.
+- What the plan text tells is remembered by content: the sha256 of a plan's bytes,
+  salted with a fingerprint of the validator's and the pin code (so a new parser or rule
+  re-checks everything), goes into ``.cloudboot/plan-facts`` once the plan passed, with
+  the tags its targets name (their digests go into the signature). Only new bytes are
+  parsed: an unchanged plan is neither validated nor parsed for its pins again.
   (A forked process pool for them was tried and measured: on this 2-core machine, shared
   with other work, it was slower than one process, so it is gone.)
-- Plans are published concurrently over one pooled client: an unchanged plan costs the
+- Plans are published concurrently over one pooled client, and a tag that many plans
+  name is looked up once per run (``publisher.pins.TagLookups``): an unchanged plan costs the
   tag HEAD and the signature lookup (``publisher.push`` sends no blob, no upload and no
   signature when the tag already holds the digest), and those round trips overlap.
 - A plan file deleted from plans/ leaves its tag in the registry (a fleet may still boot
@@ -17,8 +20,10 @@ cost one upload and one signature, not a thousand. Three things keep it so:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,8 +36,10 @@ from guest.contract import plan as plan_package
 from guest.contract.errors import CloudbootError
 from guest.contract.oci import Ref, parse_ref
 from guest.contract.plan import PlanError, read_plan_bytes
+from publisher import pins
 from publisher.annotations import deleted_plan_files
 from publisher.config import PLAN_SUFFIX, Config
+from publisher.pins import pin_refs
 from publisher.progress import Progress
 from publisher.push import CheckedPlan, InvalidPlanError, check_plan
 from publisher.registry import RegistryClient, RegistryError
@@ -41,54 +48,107 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-CACHE_NAME = "validated-plans"
+CACHE_NAME = "plan-facts"
 #: Concurrent plan publishes: enough to overlap round trips, few enough for one registry.
 PUBLISH_WORKERS = 8
-#: Bound on the cache file (64 hex digits and a newline per plan).
+#: Bounds on the cache file: entries, and one entry's line (its key and pin refs).
 MAX_CACHE_ENTRIES = 200_000
+MAX_LINE = 8192
+#: Bumped when what an entry holds changes, so older entries are never read as new ones.
+CACHE_FORMAT = "plan-facts/2"
 
 
-def validator_fingerprint() -> str:
-    """What a validation result depends on besides the bytes: the plan code
-    (the HCL parser is part of it: no third-party parser is involved)."""
-    digest = hashlib.sha256()
-    for source in sorted(Path(plan_package.__file__).parent.glob("*.py")):
+def validator_fingerprint(upstream: bool = False) -> str:
+    """What an entry depends on besides the bytes: the plan code (the HCL parser is part
+    of it: no third-party parser is involved), the code that derives the pin refs, the
+    entry format, and whether upstream's stricter rules applied."""
+    digest = hashlib.sha256(f"{CACHE_FORMAT}\0upstream={upstream}\0".encode())
+    sources = sorted(Path(plan_package.__file__).parent.glob("*.py"))
+    for source in [*sources, Path(pins.__file__)]:
         digest.update(source.name.encode() + b"\0" + source.read_bytes())
     return digest.hexdigest()
 
 
-class ValidatedCache:
-    """Content keys of plans that passed validation (a set, persisted atomically)."""
+class PlanMemory:
+    """What is derived from a plan's text, remembered by the hash of its bytes.
+
+    One entry per plan content that passed validation, holding the tags its targets name
+    (``publisher.pins.pin_refs``) once a publish needed them: an unchanged plan is then
+    neither validated nor parsed for its pins again, whoever asks (``check_plans`` hands
+    both out with the bytes). Validating alone does not derive the refs (that would be a
+    second parse of every new plan), so an entry may be valid with refs still unknown.
+
+    Persisted as ``<key>`` (valid) or ``<key>\t<ref> <ref>...`` lines, the last line of a
+    key winning; a line that does not read back is no entry, so a damaged file costs a
+    re-parse, never a wrong answer. New entries are appended (one changed plan writes a
+    line or two); the file is rewritten with only the entries this run used once it
+    holds more than twice as many lines.
+    """
 
     def __init__(self, path: Path | None, fingerprint: str) -> None:
         self.path = path
         self.salt = fingerprint.encode()
-        self.known: set[str] = set()
-        self.added = False
+        self.known: dict[str, tuple[str, ...] | None] = {}
+        self.new: list[str] = []
+        self.used: set[str] = set()
+        self.lines = 0
+        self._lock = threading.Lock()
         if path is not None:
-            try:
-                lines = path.read_text().splitlines()[:MAX_CACHE_ENTRIES]
+            try:  # only newline-terminated lines: an append cut short is no entry
+                lines = path.read_text().split("\n")
             except (OSError, UnicodeDecodeError):
-                lines = []
-            self.known = {line for line in lines if len(line) == 64}
+                lines = [""]
+            # a torn last line would swallow the next append: rewrite the file instead
+            self.lines = len(lines) - 1 if lines[-1] == "" else MAX_CACHE_ENTRIES
+            for line in lines[:-1][:MAX_CACHE_ENTRIES]:
+                key, tab, refs = line.partition("\t")
+                if len(key) == 64 and len(line) <= MAX_LINE:
+                    self.known[key] = tuple(refs.split()) if tab else None
 
     def key(self, data: bytes) -> str:
         return hashlib.sha256(self.salt + b"\0" + data).hexdigest()
 
-    def __contains__(self, data: bytes) -> bool:
-        return self.key(data) in self.known
+    def valid(self, data: bytes) -> bool:
+        """Whether these bytes passed validation before (under this fingerprint)."""
+        key = self.key(data)
+        if key not in self.known:
+            return False
+        self.used.add(key)
+        return True
 
-    def add(self, data: bytes) -> None:
-        self.known.add(self.key(data))
-        self.added = True
+    def pin_refs(self, data: bytes) -> tuple[str, ...] | None:
+        """The remembered pin refs of these bytes, or None when not derived yet."""
+        return self.known.get(self.key(data))
+
+    def add(self, data: bytes, refs: tuple[str, ...] | None = None) -> None:
+        """Valid bytes, with their pin refs when known."""
+        key = self.key(data)
+        with self._lock:
+            self.known[key] = refs
+            self.new.append(key)
+            self.used.add(key)
 
     def save(self) -> None:
-        if self.path is None or not self.added:
+        if self.path is None or not self.new:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text("".join(f"{k}\n" for k in sorted(self.known)[:MAX_CACHE_ENTRIES]))
-        tmp.replace(self.path)
+        with self._lock:
+            if self.lines + len(self.new) <= max(2 * len(self.used), 64):
+                with self.path.open("a") as f:  # a torn last line is no entry (see above)
+                    f.write(self._lines(self.new))
+                self.lines += len(self.new)
+            else:
+                tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+                tmp.write_text(self._lines(sorted(self.used)[:MAX_CACHE_ENTRIES]))
+                tmp.replace(self.path)
+                self.lines = min(len(self.used), MAX_CACHE_ENTRIES)
+            self.new = []
+
+    def _lines(self, keys: Iterable[str]) -> str:
+        return "".join(
+            f"{k}\n" if (refs := self.known[k]) is None else f"{k}\t{' '.join(refs)}\n"
+            for k in keys
+        )
 
 
 def _first_error(errors: Sequence[PlanError]) -> str:
@@ -96,10 +156,10 @@ def _first_error(errors: Sequence[PlanError]) -> str:
     return str(CloudbootError(f"{errors[0].message}{more}", where=errors[0].where))
 
 
-def _problem(path: str, data: bytes) -> str | None:
-    """Why the plan is invalid (first error, file:line:col), or None."""
+def _problem(path: Path, data: bytes, upstream: bool) -> str | None:
+    """Why new bytes are invalid (first error, file:line:col), or None."""
     try:
-        check_plan(data, Path(path))
+        check_plan(data, path, upstream=upstream)
     except InvalidPlanError as exc:
         return _first_error(exc.errors)
     return None
@@ -109,11 +169,16 @@ def _problem(path: str, data: bytes) -> str | None:
 class CheckedFleet:
     checked: dict[Path, CheckedPlan]
     invalid: dict[Path, str]
-    parsed: int  # plans whose bytes were new to the cache (the rest were remembered)
+    parsed: int  # plans whose bytes were new to the memory (the rest were remembered)
 
 
-def check_plans(plans: Sequence[Path], cache: ValidatedCache) -> CheckedFleet:
-    """Every plan checked: remembered bytes at once, new bytes parsed here."""
+def check_plans(
+    plans: Sequence[Path], memory: PlanMemory, *, upstream: bool = False
+) -> CheckedFleet:
+    """Every plan checked: remembered bytes at once, new bytes parsed here (once).
+
+    ``upstream`` must match the fingerprint ``memory`` was opened with
+    (``validator_fingerprint(upstream)``)."""
     datas: dict[Path, bytes] = {}
     invalid: dict[Path, str] = {}
     for plan in plans:
@@ -121,23 +186,34 @@ def check_plans(plans: Sequence[Path], cache: ValidatedCache) -> CheckedFleet:
             datas[plan] = read_plan_bytes(plan)
         except PlanError as exc:
             invalid[plan] = str(CloudbootError(exc.message, where=exc.where))
-    unknown = [(str(p), d) for p, d in datas.items() if d not in cache]
-    answers = {path: _problem(path, data) for path, data in unknown}
     checked: dict[Path, CheckedPlan] = {}
+    parsed = 0
     for plan, data in datas.items():
-        problem = answers.get(str(plan))
-        if problem is not None:
-            invalid[plan] = problem
-            continue
-        if str(plan) in answers:
-            cache.add(data)
-        checked[plan] = CheckedPlan(plan, data)
-    cache.save()
-    return CheckedFleet(checked, invalid, len(unknown))
+        if not memory.valid(data):
+            parsed += 1
+            problem = _problem(plan, data, upstream)
+            if problem is not None:
+                invalid[plan] = problem
+                continue
+            memory.add(data)
+        checked[plan] = CheckedPlan(plan, data, memory.pin_refs(data))
+    memory.save()
+    return CheckedFleet(checked, invalid, parsed)
 
 
-def workspace_cache(config: Config) -> ValidatedCache:
-    return ValidatedCache(config.root / ".cloudboot" / CACHE_NAME, validator_fingerprint())
+def with_pin_refs(plan: CheckedPlan, memory: PlanMemory) -> CheckedPlan:
+    """``plan`` with its pin refs: remembered, or derived from its text now and remembered
+    (``memory.save()`` once the run is done)."""
+    if plan.pin_refs is not None:
+        return plan
+    refs = pin_refs(plan.data, str(plan.path))
+    memory.add(plan.data, refs)
+    return dataclasses.replace(plan, pin_refs=refs)
+
+
+def workspace_memory(config: Config) -> PlanMemory:
+    upstream = config.publish.upstream
+    return PlanMemory(config.root / ".cloudboot" / CACHE_NAME, validator_fingerprint(upstream))
 
 
 # --- publishing ----------------------------------------------------------------------------

@@ -16,8 +16,10 @@ its own signature by the same key.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future
 
 import requests
 import structlog
@@ -26,7 +28,7 @@ from guest.contract import cosign
 from guest.contract.arch import BOOTABLE_PLAN_ARCHES
 from guest.contract.errors import CloudbootError
 from guest.contract.oci import Ref, parse_ref
-from guest.contract.plan import OciSource, evaluate_collecting, parse_plan
+from guest.contract.plan import OciSource, evaluate_collecting, parse_plan, plan_text
 from publisher.registry import RegistryClient
 from publisher.retry import RetryPolicy
 
@@ -67,6 +69,15 @@ def plan_refs(text: str, source: str) -> list[Ref]:
     return [found[k] for k in sorted(found)]
 
 
+def pin_refs(data: bytes, source: str) -> tuple[str, ...]:
+    """``plan_refs`` of plan bytes, as the strings the signature's pins are keyed by.
+
+    This is the one parse of a plan's text for its pins; ``publisher.fleet`` remembers
+    the answer by the bytes' hash, so an unchanged plan is never parsed for it again.
+    """
+    return tuple(str(ref) for ref in plan_refs(plan_text(data, source), source))
+
+
 def host_view(ref: Ref) -> Ref:
     """The ref as this host reaches it (``10.0.2.2:5000`` is ``127.0.0.1:5000`` here)."""
     host, sep, port = ref.registry.partition(":")
@@ -88,18 +99,55 @@ def resolve_tag(client: RegistryClient, ref: Ref) -> str | None:
     return found[2]
 
 
-def resolve_pins(client: RegistryClient, refs: Iterable[Ref]) -> dict[str, str]:
+class TagLookups:
+    """Where each named tag points, asked once per publish run however many plans name it.
+
+    A fleet's plans mostly boot the same few kernels: a thousand plans naming one tag
+    cost one lookup, not a thousand. Live for one run only (a ``cloudboot publish``), so
+    a tag moved since is seen by the next run; the watcher resolves afresh on every edit.
+    """
+
+    def __init__(self) -> None:
+        self._found: dict[str, Future[str | None]] = {}
+        self._lock = threading.Lock()
+
+    def lookup(self, client: RegistryClient, ref_text: str) -> Future[str | None]:
+        """The (shared) lookup of ``ref_text``, started on ``client``'s pool if new."""
+        with self._lock:
+            known = self._found.get(ref_text)
+            if known is not None:
+                return known
+            once = dataclasses.replace(
+                client, retry=RetryPolicy(total=0.0), timeout=RESOLVE_TIMEOUT
+            )
+            future = client.pool().submit(_resolve_text, once, ref_text)
+            self._found[ref_text] = future
+            return future
+
+
+def _resolve_text(client: RegistryClient, ref_text: str) -> str | None:
+    try:
+        ref = parse_ref(ref_text)
+    except CloudbootError as exc:  # a remembered ref that no longer parses: no pin
+        log.warning("tag not pinned: not a ref", ref=ref_text, error=str(exc))
+        return None
+    return resolve_tag(client, ref)
+
+
+def resolve_pins(
+    client: RegistryClient, refs: Iterable[Ref | str], lookups: TagLookups | None = None
+) -> dict[str, str]:
     """``{ref as the plan names it: digest}`` for every ref that resolves (in parallel).
 
-    One attempt each, on a client sharing ``client``'s session and credentials.
+    One attempt each, on a client sharing ``client``'s session and credentials; with
+    ``lookups``, a tag another plan of the run already asked about is not asked again.
     """
-    wanted = list(refs)
+    wanted = [str(ref) for ref in refs]
     if not wanted:
         return {}
-    once = dataclasses.replace(client, retry=RetryPolicy(total=0.0), timeout=RESOLVE_TIMEOUT)
-    pool = client.pool()
-    futures = [(ref, pool.submit(resolve_tag, once, ref)) for ref in wanted]
-    pins = {str(ref): digest for ref, f in futures if (digest := f.result()) is not None}
+    runs = lookups or TagLookups()
+    futures = [(ref, runs.lookup(client, ref)) for ref in wanted]
+    pins = {ref: digest for ref, f in futures if (digest := f.result()) is not None}
     if pins:
         log.info("tags pinned in the signature", pins=pins)
     return pins

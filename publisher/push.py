@@ -37,10 +37,12 @@ from guest.contract.oci import (
 from guest.contract.plan import PlanError, plan_text
 from guest.contract.plan.validate import check_plan as plan_check
 from publisher.inputs import MAX_PLAN_BYTES, read_input
-from publisher.pins import next_version, plan_pins
+from publisher.pins import TagLookups, next_version, pin_refs, plan_pins, resolve_pins
 from publisher.registry import Blob, RegistryClient, RegistryError
+from publisher.sigmemory import SignatureMemory, learn_signatures, remembered_signatures
 from publisher.signing import SigningKey
 from publisher.sigtag import (
+    Signatures,
     existing_signatures,
     needs_signature,
     put_signature,
@@ -88,6 +90,9 @@ class CheckedPlan:
 
     path: Path
     data: bytes
+    #: The tags its targets name, when already known for these bytes (``publisher.fleet``
+    #: remembers them by content); None: derived from the text when publishing.
+    pin_refs: tuple[str, ...] | None = None
 
 
 def check_plan(data: bytes, plan_path: Path, *, upstream: bool = False) -> CheckedPlan:
@@ -169,15 +174,18 @@ def prepare(
     blobs: Sequence[Blob],
     key: SigningKey | None = None,
     pins: Mapping[str, str] | None = None,
+    seen: SignatureMemory | None = None,
 ) -> PreparedPush:
     """Everything of ``publish`` before the tag move, in the order of docs/wire-formats.md §2.7.
 
     The independent first steps (tag lookup, blob uploads, existing signatures) run
     concurrently; the manifest and signature PUTs run one after the other. If the
     registry lost blobs this client believed were there (a wiped embedded registry), the
-    manifest PUT says so; the beliefs are dropped and the preparation redone.
+    manifest PUT says so; the beliefs are dropped and the preparation redone. ``seen``:
+    signatures remembered by content (``publisher.sigmemory``), so an unchanged,
+    signed artifact costs a HEAD of its signature tag instead of reading it.
     """
-    args = (client, ref, manifest_bytes, media_type, blobs, key, dict(pins or {}))
+    args = (client, ref, manifest_bytes, media_type, blobs, key, dict(pins or {}), seen)
     try:
         return _prepare(*args)
     except RegistryError as exc:
@@ -222,6 +230,7 @@ def _prepare(
     blobs: Sequence[Blob],
     key: SigningKey | None,
     pins: dict[str, str],
+    seen: SignatureMemory | None,
 ) -> PreparedPush:
     digest = digest_of(manifest_bytes)
     if ref.digest and ref.digest != digest:
@@ -236,9 +245,9 @@ def _prepare(
     # round trips (the registry accepted its manifest, so it holds its blobs).
     first_sight = tagged and client.memory.tag(ref) is None
     current = pool.submit(_current_tag, client, ref, digest) if tagged else None
+    signatures = pool.submit(_signatures, client, ref, digest, key, seen) if key else None
     if first_sight and current is not None and current.result() == digest:
         blobs = ()
-    signatures = pool.submit(existing_signatures, client, ref, digest) if key else None
     version = next_version(())
     # The payload carries a fresh version, so uploading it ahead is a bet that a new
     # signature is due: taken only when this client saw the tag elsewhere (the watcher's
@@ -250,8 +259,10 @@ def _prepare(
     sent = sum(sizes)
     at = current.result() if current else None
     move_tag = tagged and at != digest
-    found = split_signatures(signatures.result()[1], key, digest) if signatures and key else None
+    found = signatures.result() if signatures else None
     resign = found is not None and needs_signature(found, pins, move_tag)
+    if resign and key is not None and found is not None and not found.complete:
+        found = _signatures(client, ref, digest, key, None)  # a replacement keeps foreign ones
     sig_tag = cosign.signature_tag(digest) if key else None
     if not move_tag and not resign:
         return PreparedPush(ref, digest, manifest_bytes, media_type, sig_tag, False, False, sent)
@@ -264,10 +275,26 @@ def _prepare(
             version = max(version, tag_version(client, ref, at, key) + 1)
         optional = cosign.trust_optional(pins, next_version(found.ours, now_ms=version))
         sent += put_signature(client, ref, digest, key, found, optional)
+        if seen is not None:
+            signed = Signatures((cosign.SignedPayload(ref.name, digest, optional),), ())
+            learn_signatures(client, ref, digest, signed, seen)
     sessions = sum(1 for n in sizes if n) if repeat else 0
     return PreparedPush(
         ref, digest, manifest_bytes, media_type, sig_tag, move_tag, True, sent, sessions
     )
+
+
+def _signatures(
+    client: RegistryClient, ref: Ref, digest: str, key: SigningKey, seen: SignatureMemory | None
+) -> Signatures:
+    """Our and foreign signatures of ``digest``: remembered when ``seen`` knows them."""
+    known = remembered_signatures(client, ref, digest, seen) if seen is not None else None
+    if known is not None:
+        return known
+    found = split_signatures(existing_signatures(client, ref, digest)[1], key, digest)
+    if seen is not None:
+        learn_signatures(client, ref, digest, found, seen)
+    return found
 
 
 def publish_plan(
@@ -291,14 +318,21 @@ def prepare_plan(
     plan: CheckedPlan,
     key: SigningKey | None = None,
     annotations: Mapping[str, str] | None = None,
+    lookups: TagLookups | None = None,
+    seen: SignatureMemory | None = None,
 ) -> PreparedPush:
-    """Everything of publishing a checked plan but the tag move (its tags pinned)."""
+    """Everything of publishing a checked plan but the tag move (its tags pinned).
+
+    ``lookups``: tag lookups shared by the plans of one run (``publisher.pins``);
+    ``seen``: signatures remembered by content (``publisher.sigmemory``)."""
     title = "plan.hcl" if str(plan.path) == "-" else plan.path.name  # stdin has no name
     manifest, config = plan_manifest(plan.data, title, annotations)
     blobs = [Blob.of_bytes(config), Blob.of_bytes(plan.data)]
-    source = str(plan.path)
-    pins = plan_pins(client, plan_text(plan.data, source), source) if key else {}
-    return prepare(client, ref, bytes(manifest), manifest.media_type, blobs, key, pins)
+    pins: dict[str, str] = {}
+    if key is not None:
+        refs = plan.pin_refs if plan.pin_refs is not None else pin_refs(plan.data, str(plan.path))
+        pins = resolve_pins(client, refs, lookups)
+    return prepare(client, ref, bytes(manifest), manifest.media_type, blobs, key, pins, seen)
 
 
 def push_artifact(

@@ -61,6 +61,9 @@ class Signatures:
 
     ours: tuple[cosign.SignedPayload, ...]  # valid, by our key, for this digest
     foreign: tuple[tuple[bytes, str], ...]  # everything else, kept as found
+    #: False: ``ours`` came from ``publisher.sigmemory`` and ``foreign`` was not read, so
+    #: this is enough to decide whether to sign, not to write a replacement.
+    complete: bool = True
 
     @property
     def freshest(self) -> cosign.SignedPayload | None:

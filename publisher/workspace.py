@@ -37,14 +37,16 @@ from publisher.annotations import fleet_annotations
 from publisher.canary import CanaryPolicy, CanaryResult, CanaryRun, gated_commit
 from publisher.config import PLAN_SUFFIX, Config
 from publisher.fleet import (
-    ValidatedCache,
+    PlanMemory,
     check_plans,
     publish_concurrently,
     stale_tags,
     validator_fingerprint,
-    workspace_cache,
+    with_pin_refs,
+    workspace_memory,
 )
 from publisher.ignore import IgnoreRules
+from publisher.pins import TagLookups
 from publisher.planrefs import check_plan_refs
 from publisher.progress import NoProgress, Progress
 from publisher.push import (
@@ -57,6 +59,7 @@ from publisher.push import (
 )
 from publisher.push import prepare_plan as prepare_checked
 from publisher.registry import RegistryClient, client_from_config
+from publisher.sigmemory import MEMORY_NAME, SignatureMemory
 from publisher.signing import SigningKey, load_key_file
 
 log = structlog.get_logger(__name__)
@@ -134,21 +137,28 @@ class PlanPublisher:
         client: RegistryClient,
         key: SigningKey,
         annotations: Annotations | None = None,
+        refs: Mapping[Path, str] | None = None,
     ) -> None:
         self.config = config
         self.client = client
         self.key = key
         self.annotations = annotations
+        self.refs = dict(refs or {})  # plan -> ref, worked out once (``check_plan_refs``)
         self._ahead: dict[Path, _Ahead] = {}
         self._lock = threading.Lock()
 
     @classmethod
-    def from_config(cls, config: Config, annotations: Annotations | None = None) -> PlanPublisher:
+    def from_config(
+        cls,
+        config: Config,
+        annotations: Annotations | None = None,
+        refs: Mapping[Path, str] | None = None,
+    ) -> PlanPublisher:
         client = client_from_config(config.registry)
-        return cls(config, client, load_signing_key(config), annotations)
+        return cls(config, client, load_signing_key(config), annotations, refs)
 
     def ref_for(self, plan: Path) -> str:
-        return self.config.plan_ref(plan)
+        return self.refs.get(plan) or self.config.plan_ref(plan)
 
     def prepare(self, plan: Path) -> None:
         """Start publishing the plan's current bytes, all but the tag move, in the background.
@@ -178,9 +188,15 @@ class PlanPublisher:
         except InvalidPlanError as exc:
             raise first_error(exc.errors) from None
 
-    def publish_checked(self, plan: CheckedPlan) -> PlanOutcome:
-        """Publish bytes the caller has already checked (``cloudboot publish``)."""
-        return self._commit(self._prepare_checked(plan), False)
+    def publish_checked(
+        self,
+        plan: CheckedPlan,
+        lookups: TagLookups | None = None,
+        seen: SignatureMemory | None = None,
+    ) -> PlanOutcome:
+        """Publish bytes the caller has already checked (``cloudboot publish``; tag
+        ``lookups`` shared by the run's plans, signatures ``seen`` before)."""
+        return self._commit(self._prepare_checked(plan, lookups, seen), False)
 
     def publish_gated(
         self, plan: CheckedPlan, run: CanaryRun
@@ -210,10 +226,15 @@ class PlanPublisher:
     def _prepare(self, plan: Path, data: bytes) -> PreparedPush:
         return self._prepare_checked(check_plan(data, plan, upstream=self.config.publish.upstream))
 
-    def _prepare_checked(self, plan: CheckedPlan) -> PreparedPush:
+    def _prepare_checked(
+        self,
+        plan: CheckedPlan,
+        lookups: TagLookups | None = None,
+        seen: SignatureMemory | None = None,
+    ) -> PreparedPush:
         ref = parse_ref(self.ref_for(plan.path))
         notes = dict(self.annotations(plan.path)) if self.annotations else None
-        return prepare_checked(self.client, ref, plan, key=self.key, annotations=notes)
+        return prepare_checked(self.client, ref, plan, self.key, notes, lookups, seen)
 
 
 # --- cloudboot publish ---------------------------------------------------------------------
@@ -253,14 +274,18 @@ def publish_plans(
     plans: list[Path],
     plans_dir: Path,
     publisher: PlanPublisher,
-    cache: ValidatedCache | None = None,
+    memory: PlanMemory | None = None,
     progress: bool = False,
     canary: CanaryPolicy | None = None,
+    seen: SignatureMemory | None = None,
 ) -> list[PlanPublishOutcome]:
     """Validate all, then publish all (nothing when any is invalid); with ``canary``, a
     changed plan's tag moves only after its canary passed."""
     run = CanaryRun(canary) if canary else None
-    fleet = check_plans(plans, cache or ValidatedCache(None, validator_fingerprint()))
+    upstream = publisher.config.publish.upstream
+    memory = memory or PlanMemory(None, validator_fingerprint(upstream))
+    fleet = check_plans(plans, memory, upstream=upstream)
+    lookups = TagLookups()
     invalid = fleet.invalid
     bar = Progress("publishing", len(plans)) if progress and len(plans) > 1 else NoProgress()
 
@@ -275,10 +300,11 @@ def publish_plans(
             )
         verdict = None
         try:
+            checked = with_pin_refs(fleet.checked[plan], memory)
             if run is None:
-                result = publisher.publish_checked(fleet.checked[plan])
+                result = publisher.publish_checked(checked, lookups, seen)
             else:
-                result, verdict = publisher.publish_gated(fleet.checked[plan], run)
+                result, verdict = publisher.publish_gated(checked, run)
         except CloudbootError as exc:
             log.error("publish failed", plan=rel, error=str(exc))
             return PlanPublishOutcome(rel, ref, "failed", error=str(exc))
@@ -291,7 +317,10 @@ def publish_plans(
             rel, result.ref, status, result.digest, result.uploaded_bytes, canary=tried
         )
 
-    return publish_concurrently(plans, one, bar)
+    try:
+        return publish_concurrently(plans, one, bar)
+    finally:
+        memory.save()
 
 
 def publish_workspace(
@@ -304,11 +333,11 @@ def publish_workspace(
     plans = find_plans(config)
     if not plans:
         raise CloudbootError("no plans (*.hcl) to publish", where=str(config.plans_dir))
-    check_plan_refs(config, plans)  # one ref per plan, before anything is pushed
+    refs = check_plan_refs(config, plans)  # one ref per plan, before anything is pushed
     annotations = fleet_annotations(
         config.root, config.plans_dir, os.environ if env is None else env
     )
-    publisher = PlanPublisher.from_config(config, annotations)
+    publisher = PlanPublisher.from_config(config, annotations, refs)
     if config.publish.mirrors:  # every registry or none (publisher/mirrors.py)
         from publisher.mirrors import publish_mirrored
 
@@ -320,8 +349,10 @@ def publish_workspace(
             )
 
         return publish_mirrored(plans, config, publisher)
-    cache = workspace_cache(config)
-    outcomes = publish_plans(plans, config.plans_dir, publisher, cache, progress, canary)
+    memory = workspace_memory(config)
+    seen = SignatureMemory(config.root / ".cloudboot" / MEMORY_NAME, publisher.key)
+    outcomes = publish_plans(plans, config.plans_dir, publisher, memory, progress, canary, seen)
+    seen.save()
     stale = stale_tags(config, publisher.client, plans, prune and all(o.ok for o in outcomes))
     return outcomes + [
         PlanPublishOutcome(

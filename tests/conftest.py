@@ -7,6 +7,7 @@ runs everything); pass ``--skip-slow`` (or set CLOUDBOOT_SKIP_SLOW=1) to skip th
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
@@ -24,12 +25,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    schedule_slow_modules_first(items)
     if not (config.getoption("--skip-slow") or os.environ.get("CLOUDBOOT_SKIP_SLOW") == "1"):
         return
     skip = pytest.mark.skip(reason="slow QEMU boot skipped (--skip-slow)")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def schedule_slow_modules_first(items: list[pytest.Item]) -> None:
+    """Order for parallel runs (``./bootstrap test`` runs pytest-xdist, ``--dist
+    loadgroup``): a module with QEMU boots is one unit of work, kept on one worker so its
+    module-scoped lab (registry, boot.iso, disks) is built once, and the modules with the
+    most boots go first, so the many short tests fill the workers' tails instead of one
+    long module running alone at the end. The order inside a module is kept."""
+    module = {item: item.nodeid.split("::")[0] for item in items}
+    boots = Counter(module[item] for item in items if "slow" in item.keywords)
+    rank = {name: i for i, (name, _) in enumerate(boots.most_common())}
+    for item in items:
+        if module[item] in boots:
+            item.add_marker(pytest.mark.xdist_group(module[item]))
+    items.sort(key=lambda item: rank.get(module[item], len(rank)))  # stable: order kept
 
 
 @pytest.fixture

@@ -69,6 +69,49 @@ def test_plan_validate_loads_only_what_it_uses() -> None:
     assert "plan(s) valid" in proc.stderr
     assert "guest" in modules  # it does parse the plans (our own HCL parser)...
     assert sorted(modules & {*HEAVY, "hcl2", "lark"}) == []  # ...and loads no other
+    # nor what only other commands need: logging (rich) and typer's pydantic coercion
+    assert sorted(modules & {"structlog", "rich", "pydantic", "multiprocessing"}) == []
+    modules, proc = loaded("-C", str(REPO), "-v", "--log-format", "json", "plan", "render",
+                           str(REPO / "plans" / "default.hcl"), "--arch", "arm64")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(modules & {"structlog", "rich", "pydantic"}) == []
+
+
+def test_logging_is_configured_when_structlog_is_first_imported() -> None:
+    """configure_logging before structlog is loaded still applies (the import hook): a
+    module that logs after it gets JSON lines on stderr, at the level -v asked for."""
+    code = (
+        "import sys\n"
+        "from watcher.cli.logsetup import configure_logging\n"
+        "configure_logging(1, 'json')\n"
+        "assert 'structlog' not in sys.modules\n"
+        "import structlog\n"
+        "structlog.get_logger('t').debug('hello', password='hunter2')\n"
+        "assert structlog.__spec__.loader.__class__.__name__ != '_ThenLoader'\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    event = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert event["event"] == "hello" and event["level"] == "debug"
+    assert event["password"] == "<redacted>" and proc.stdout == ""
+
+
+def test_typer_options_are_coerced_as_before(tmp_path: Path) -> None:
+    """The pydantic-free coercion (watcher/cli/coerce.py) keeps typer's checks and types:
+    a list of paths arrives as Paths, a bad int still gets typer's own message."""
+    from typer.testing import CliRunner
+
+    from watcher.cli import app
+
+    plan = tmp_path / "p.hcl"
+    plan.write_text('target "a" {\n  kernel = "r.io/k:1"\n}\n')
+    result = CliRunner().invoke(app, ["-C", str(tmp_path), "plan", "validate", str(plan)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["--verbose", "--log-format", "nope", "plan", "validate"])
+    assert result.exit_code == 2 and "expected auto, console or json" in result.output
+    result = CliRunner().invoke(app, ["cache-disk", "--size-mib", "abc", str(tmp_path / "d")])
+    assert result.exit_code == 2 and "unable to parse string as an integer" in result.output
 
 
 def test_commands_still_reach_their_libraries(tmp_path: Path) -> None:

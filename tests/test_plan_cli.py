@@ -157,3 +157,27 @@ def test_render_errors_are_located_and_exit_nonzero(tmp_path: Path) -> None:
     assert eval_err.returncode == 1
     assert f"error: {broken}:2:14: local.x is not defined" in eval_err.stderr
     assert "Traceback" not in eval_err.stderr + meta_err.stderr + missing.stderr
+
+
+def test_validate_many_files_in_workers_reports_as_one_by_one(tmp_path: Path) -> None:
+    """Past PARALLEL_FROM files the checks run in forked workers: the report (every
+    error with its file:line:col, in file order, and the exit status) is exactly what the
+    same files give checked one at a time in this process."""
+    from watcher.cli.plan import PARALLEL_FROM, check_file
+
+    good = (REPO / "plans" / "default.hcl").read_text()
+    bad = 'default_target = "a"\ntarget "a" {\n  kernel = "r.io/k:1" "x"\n}\n'
+    files = []
+    for i in range(PARALLEL_FROM + 50):
+        path = tmp_path / f"p{i:04d}.hcl"
+        path.write_text(bad if i % 37 == 5 else f"# copy {i}\n{good}")
+        files.append(path)
+    proc = cloudboot("plan", "validate", "--json", tmp_path, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    assert [Path(p["path"]).name for p in report["plans"]] == [f.name for f in files]
+    expected = [[str(e) for e in check_file(f).errors] for f in files]
+    got = [[f"{e['path']}:{e['line']}:{e['column']}: {e['message']}" for e in p["errors"]]
+           for p in report["plans"]]  # fmt: skip
+    assert got == expected
+    assert sum(1 for errors in got if errors) == len([i for i in range(len(files)) if i % 37 == 5])

@@ -137,3 +137,36 @@ def test_comments_and_one_line_blocks() -> None:
 def test_division_by_zero_is_an_error() -> None:
     with pytest.raises(PlanError, match="division by zero"):
         value("1 / 0")
+
+
+@pytest.mark.parametrize(
+    ("text", "node", "detail"),
+    [
+        ('("a"\n+ "b")', "Binary", "+"),  # inside ( ) the next line continues the string
+        ('("a"\n? "b" : "c")', "Conditional", None),
+        ('"a" == "b"', "Binary", "=="),
+        ('"a" /* c */ == "b"', "Binary", "=="),
+        ('"a".x', "GetAttr", "x"),
+        ('"a"[0]', "Index", None),
+        ('"a" # c', "Literal", "a"),
+    ],
+)
+def test_a_plain_string_is_whole_only_when_nothing_continues_it(
+    text: str, node: str, detail: str | None
+) -> None:
+    """The parser reads a quoted string that is the whole expression without its operator
+    chain (syntax.py plain_string); whatever may continue it must still be parsed."""
+    expr = parse_expression(text)
+    assert type(expr).__name__ == node
+    got = getattr(expr, "op", None) or getattr(expr, "name", None) or getattr(expr, "value", None)
+    assert detail is None or got == detail
+
+
+def test_plain_strings_keep_their_positions() -> None:
+    body = parse_document('x = "a" # c\ny = [\n  "b", # c\n  "c"\n]\nz = { k = "v" }\n', "f")
+    x, y, z = (a.value for a in body.attributes)
+    assert (x.value, str(x.where)) == ("a", "f:1:5")  # type: ignore[union-attr]
+    b, c = y.items  # type: ignore[union-attr]
+    assert (b.value, str(b.where), c.value, str(c.where)) == ("b", "f:3:3", "c", "f:4:3")
+    (item,) = z.items  # type: ignore[union-attr]
+    assert (item.value.value, str(item.value.where)) == ("v", "f:6:11")

@@ -14,6 +14,7 @@ with a warm cache) skips the VM.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -143,10 +144,10 @@ def _run_vm(
     log = serial.read_text(errors="replace")
     if DONE not in log:
         raise RuntimeError(f"the volume helper VM failed; serial log tail:\n{log[-4000:]}")
-    for name in names:
-        os.replace(work / name, work / f"{name}.done")
-    shutil.rmtree(cached, ignore_errors=True)
-    cached.mkdir(parents=True)
-    for name in names:
-        os.replace(work / f"{name}.done", cached / name)
+    # published whole by one rename: a parallel test worker making the same image either
+    # finds it complete or loses the rename to it, never reads a half-replaced one
+    if not all((cached / n).is_file() for n in names):
+        shutil.rmtree(cached, ignore_errors=True)  # absent, or torn by an older layout
+        with contextlib.suppress(OSError):
+            os.replace(work, cached)
     shutil.rmtree(work, ignore_errors=True)

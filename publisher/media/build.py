@@ -35,7 +35,7 @@ from guest.contract.pubkey import load_public_key
 from publisher.config import Config
 from publisher.media import cpio
 from publisher.media.base import packages_for
-from publisher.media.buildcache import BlobCache
+from publisher.media.buildcache import BlobCache, stat_stamp
 from publisher.media.debs import DebCache
 from publisher.media.esp import esp_size
 from publisher.media.guestpack import PackInputs, pack_inputs, tree_files
@@ -144,15 +144,6 @@ def resolve_arch(
                       (*resolved.files, stub, busybox), pack)  # fmt: skip
 
 
-def _stat(path: str | Path) -> list[object]:
-    name = os.fspath(path)
-    try:
-        st = os.stat(name)
-    except OSError:
-        return [name, None]
-    return [name, st.st_size, st.st_mtime_ns]
-
-
 def builder_code() -> list[str]:
     """The builder's own code, found where it lives rather than listed by hand: every
     module of ``publisher`` and of the guest contract it builds with (GPT, arch, EFI)."""
@@ -184,8 +175,8 @@ def initramfs_key(recipe: Recipe, item: ArchInputs, epoch: int) -> str:
         # Every field of [initramfs] (init, compression, modules, on-demand modules,
         # files and trees): a field added later cannot be forgotten here.
         "spec": repr(spec),
-        "kernel": [item.kernel.uname, *map(_stat, item.watched())],
-        "files": [_stat(p) for p in [*builder_code(), *_initramfs_files(recipe)]],
+        "kernel": [item.kernel.uname, *map(stat_stamp, item.watched())],
+        "files": [stat_stamp(p) for p in [*builder_code(), *_initramfs_files(recipe)]],
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -201,17 +192,18 @@ def fingerprint(recipe: Recipe, inputs: Sequence[ArchInputs], epoch: int, signed
         "epoch": epoch,
         "signed": signed,
         "arches": [
-            [i.arch.value, i.cmdline, i.kernel.uname, *map(_stat, i.watched())] for i in inputs
+            [i.arch.value, i.cmdline, i.kernel.uname, *map(stat_stamp, i.watched())] for i in inputs
         ],
-        "files": [_stat(p) for p in watched],
+        "files": [stat_stamp(p) for p in watched],
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
-def make_initrd(recipe: Recipe, inputs: ArchInputs, epoch: int) -> bytes:
+def make_initrd(recipe: Recipe, inputs: ArchInputs, epoch: int, *, reuse: bool = True) -> bytes:
     """The compressed initramfs: most of a build's time, hence ``BlobCache``'d by
-    ``initramfs_key``."""
-    entries = initramfs_entries(recipe, inputs.arch, inputs.kernel, inputs.busybox, inputs.pack)
+    ``initramfs_key`` (and its agent payload by ``packcache``, unless not ``reuse``)."""
+    entries = initramfs_entries(recipe, inputs.arch, inputs.kernel, inputs.busybox, inputs.pack,
+                                reuse_pack=reuse)  # fmt: skip
     return cpio.compress(cpio.newc(entries, mtime=epoch), recipe.initramfs.compression)
 
 
@@ -344,7 +336,7 @@ def build_boot_iso(
             kind, key = f"initramfs-{item.arch.value}", initramfs_key(recipe, item, epoch)
             initrd = None if force else blobs.get(kind, key)
             if initrd is None:
-                initrd = make_initrd(recipe, item, epoch)
+                initrd = make_initrd(recipe, item, epoch, reuse=not force)
                 blobs.put(kind, key, initrd)
             else:
                 reused.append(kind)

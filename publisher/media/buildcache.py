@@ -24,6 +24,16 @@ KEEP = 4
 _NAME = re.compile(r"^(?P<kind>[\w.-]+)--(?P<key>[0-9a-f]{64})--(?P<sha>[0-9a-f]{64})$")
 
 
+def stat_stamp(path: str | Path) -> list[object]:
+    """A file as the caches' keys see it: path, size and mtime (None when missing)."""
+    name = os.fspath(path)
+    try:
+        st = os.stat(name)
+    except OSError:
+        return [name, None]
+    return [name, st.st_size, st.st_mtime_ns]
+
+
 @dataclass(frozen=True)
 class BlobCache:
     """``root``: a directory of its own (created on the first write)."""

@@ -9,8 +9,10 @@ its control fields. A rebuild finds both there and needs no network. Meta packag
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,11 +109,23 @@ class DebCache:
         return self.download(name, arch)
 
     def download(self, name: str, arch: Arch) -> Path:
+        """``apt-get download`` into the cache, one process at a time (builds running side
+        by side, e.g. parallel tests, share the cache), each .deb renamed in once whole:
+        a reader that does not take the lock never sees a half-written one."""
         self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".download.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._listing = (-1, [])
+            return self.cached_deb(name, arch) or self._download(name, arch)
+
+    def _download(self, name: str, arch: Arch) -> Path:
         apt = require_tool("apt-get", "apt")
         spec = name if arch is Arch.host() else f"{name}:{arch.debian}"
         try:
-            run([apt, "download", "-q", spec], cwd=self.root)
+            with tempfile.TemporaryDirectory(prefix=".download-", dir=self.root) as tmp:
+                run([apt, "download", "-q", spec], cwd=Path(tmp))
+                for fetched in Path(tmp).glob("*.deb"):
+                    os.replace(fetched, self.root / fetched.name)
         except CloudbootError as exc:
             hint = ""
             if arch is not Arch.host():
@@ -135,8 +149,10 @@ class DebCache:
             try:
                 run([dpkg, "-x", deb, tmp])
                 (tmp / CONTROL_FILE).write_bytes(run([dpkg, "-f", deb]).stdout)
-                shutil.rmtree(target, ignore_errors=True)
-                os.replace(tmp, target)
+                # a tree is renamed into place whole: if another process (a parallel build)
+                # got there first, its tree stays and this one goes
+                with contextlib.suppress(OSError):
+                    os.replace(tmp, target)
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     shutil.rmtree(tmp)

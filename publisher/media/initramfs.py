@@ -15,7 +15,8 @@ from pathlib import Path
 from guest.agent.registryconf import REGISTRY_CA
 from guest.contract.arch import Arch
 from publisher.media import cpio, kmods
-from publisher.media.guestpack import PackInputs, guest_agent_entries
+from publisher.media.guestpack import PackInputs
+from publisher.media.packcache import agent_entries
 from publisher.media.recipe import Recipe, RecipeError
 
 #: The stand-in PID 1: proves the UKI, initramfs, modules and cmdline, then powers off.
@@ -80,7 +81,13 @@ def module_entries(
 
 
 def initramfs_entries(
-    recipe: Recipe, arch: Arch, kernel: KernelInputs, busybox: Path, pack: PackInputs | None
+    recipe: Recipe,
+    arch: Arch,
+    kernel: KernelInputs,
+    busybox: Path,
+    pack: PackInputs | None,
+    *,
+    reuse_pack: bool = True,
 ) -> list[cpio.Entry]:
     """Every entry of the initramfs for ``arch``; later entries win on the same path.
 
@@ -108,7 +115,7 @@ def initramfs_entries(
     if recipe.initramfs.init == "guest-agent":
         if pack is None or pack.arch is not arch:
             raise ValueError(f"guest-agent init without the packer's inputs for {arch.value}")
-        entries += guest_agent_entries(pack)
+        entries += agent_entries(pack, reuse=reuse_pack)  # packed once per inputs
     for spec in recipe.initramfs.trees:
         entries += cpio.tree(spec.src, spec.dest)
     for spec in recipe.initramfs.files:

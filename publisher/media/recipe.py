@@ -25,7 +25,7 @@ from publisher.media.cpio import Compression
 if TYPE_CHECKING:
     from publisher.config import Config
 
-DEFAULT_CMDLINE = "cloudboot.exit=reboot cloudboot.plan={plan} console={console}"
+DEFAULT_CMDLINE = "cloudboot.exit=reboot cloudboot.plan={plan} no_timer_check console={console}"
 #: ``{plan}`` without a workspace: the default embedded registry, host = the guest's gateway.
 DEFAULT_PLAN_REF = "oci://{{.Gateway}}:5000/cloudboot/default:latest"
 #: vfkit's ``virtio-serial`` is a virtio console, not a UART (docs/wire-formats.md §6).

@@ -168,6 +168,10 @@ class LiveLoop:
         self.exit_code = self.proc.returncode
         return self.exit_code
 
+    def evidence(self) -> str:
+        """More to show when the loop fails (hook: the Mac-shaped loop's firmware log)."""
+        return ""
+
     def registry_up(self) -> bool:
         return port_in_use("127.0.0.1", self.port)
 
@@ -183,3 +187,5 @@ class LiveLoop:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+        if exc is not None and (shown := self.evidence()):
+            print(shown)  # pytest shows it with the failure

@@ -81,7 +81,13 @@ class MacLoop(LiveLoop):
             VFKIT_STANDIN_BRIDGE_PORTS=str(self.port),
             CLOUDBOOT_VFKIT_BRIDGE_ADDRESS=bridge_address,
             XDG_CACHE_HOME=str(root.parent / "empty-cache"),  # no debs, no base cached
+            # what the firmware printed, every launch: hvc0 shows nothing before Linux
+            VFKIT_STANDIN_FIRMWARE_LOG=str(self.firmware_log),
         )
+
+    @property
+    def firmware_log(self) -> Path:
+        return self.root.parent / "firmware.log"
 
     def create_workspace(self) -> None:
         super().create_workspace()
@@ -115,3 +121,8 @@ class MacLoop(LiveLoop):
         self.create_workspace()
         self.start()
         return self
+
+    def evidence(self) -> str:
+        if not self.firmware_log.exists():
+            return ""
+        return "firmware.log tail:\n" + self.firmware_log.read_text(errors="replace")[-3000:]

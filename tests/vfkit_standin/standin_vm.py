@@ -139,6 +139,9 @@ def qemu_argv(config: Any, qmp: str) -> list[str]:
         argv += ["-device", "virtio-serial-pci"]
         argv += ["-chardev", f"file,id=con{i},path={dev['logFile']}"]
         argv += ["-device", f"virtconsole,chardev=con{i}"]
+    firmware_log = os.environ.get("VFKIT_STANDIN_FIRMWARE_LOG")
+    if firmware_log:  # test hook, not vfkit's: the firmware's console, appended per launch
+        argv += ["-chardev", f"file,id=fw,path={firmware_log},append=on", "-serial", "chardev:fw"]
     argv += ["-qmp", f"unix:{qmp},server=on,wait=off"]
     argv += ["-display", "none"] if not config.gui else ["-device", "VGA"]
     return argv

@@ -7,7 +7,9 @@ itself through ``register(app)``, so the CLI stays a thin layer over library cod
 Start-up time matters (`cloudboot --help`, `plan validate` in an editor hook), and every
 group is imported to build the command tree, so group modules import only typer and light
 guest/ modules at the top; HTTP, crypto, HCL, image and watch libraries (and structlog,
-which pulls in rich) are imported inside the commands that use them.
+which pulls in rich) are imported inside the commands that use them; logging is
+configured when structlog is first imported (watcher/cli/logsetup.py), and typer's
+parameters skip pydantic where they can (watcher/cli/coerce.py).
 tests/test_cli_startup.py keeps it that way.
 """
 
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from guest.contract.errors import CloudbootError
+from watcher.cli import coerce
 
 if TYPE_CHECKING:
     from publisher.config import Config
@@ -147,6 +150,9 @@ def root(
     fmt: LogFormat = log_format  # type: ignore[assignment]
     configure_logging(verbose, fmt)
     ctx.obj = CliState(workspace=workspace, log_format=log_format)
+
+
+coerce.install()  # typer's parameters without pydantic where that changes nothing
 
 
 def _register_groups() -> None:

@@ -17,14 +17,7 @@ from guest.contract.oci import parse_ref
 from watcher.cli import state
 from watcher.cli.plan import plan_app
 from watcher.cli.push import JsonOpt, signing_key
-from watcher.cli.transport import (
-    AuthfileOpt,
-    CaOpt,
-    InsecureOpt,
-    PlainHttpOpt,
-    TlsVerifyOpt,
-    make_client,
-)
+from watcher.cli.registryflags import NO_FLAGS, RegistryFlags, registry_flags
 
 if TYPE_CHECKING:
     from publisher.signing import SigningKey
@@ -54,6 +47,7 @@ def _echo(doc: dict[str, Any], as_json: bool, text: str) -> None:
     typer.echo(json.dumps(doc, indent=2) if as_json else text)
 
 
+@registry_flags
 def promote(
     ctx: typer.Context,
     source: Annotated[str, typer.Argument(help="What to promote: REPO:TAG or REPO@DIGEST.")],
@@ -68,17 +62,13 @@ def promote(
         ),
     ] = True,
     as_json: JsonOpt = False,
-    plain_http: PlainHttpOpt = None,
-    insecure: InsecureOpt = False,
-    tls_verify: TlsVerifyOpt = None,
-    ca_bundle: CaOpt = None,
-    authfile: AuthfileOpt = None,
+    registry: RegistryFlags = NO_FLAGS,
 ) -> None:
     """Move TARGET's tag to exactly the digest SOURCE points at (no re-upload)."""
     from publisher.promote import promote as do_promote
 
     signer = _key(ctx, key, sign)
-    client = make_client(ctx, plain_http, insecure, tls_verify, ca_bundle, authfile)
+    client = registry.client(ctx)
     result = do_promote(client, parse_ref(source), parse_ref(target), signer)
     text = (
         f"{result.ref}@{result.digest} ({result.signature}, was {result.previous or 'absent'})"
@@ -124,6 +114,7 @@ def _history_text(history: Any) -> str:
 
 
 @plan_app.command("history")
+@registry_flags
 def history_command(
     ctx: typer.Context,
     ref: Annotated[str, typer.Argument(help="The plan's ref (REPO:TAG).")],
@@ -132,44 +123,38 @@ def history_command(
         typer.Option("--pub", help="More public keys to name signers by (repeatable)."),
     ] = None,
     as_json: JsonOpt = False,
-    plain_http: PlainHttpOpt = None,
-    insecure: InsecureOpt = False,
-    tls_verify: TlsVerifyOpt = None,
-    ca_bundle: CaOpt = None,
-    authfile: AuthfileOpt = None,
+    registry: RegistryFlags = NO_FLAGS,
 ) -> None:
     """The publications of REF's repository, newest signature first (and what is not seen)."""
     from publisher.history import plan_history
 
     keys = _public_keys(ctx, pub)
-    client = make_client(ctx, plain_http, insecure, tls_verify, ca_bundle, authfile)
+    client = registry.client(ctx)
     history = plan_history(client, parse_ref(ref), keys)
     _echo(history.to_json(), as_json, _history_text(history))
 
 
 @plan_app.command("diff")
+@registry_flags
 def diff_command(
     ctx: typer.Context,
     a: Annotated[str, typer.Argument(help="A plan file, a ref, or a digest (sha256:...).")],
     b: Annotated[str, typer.Argument(help="A plan file, a ref, or a digest (sha256:...).")],
     as_json: JsonOpt = False,
-    plain_http: PlainHttpOpt = None,
-    insecure: InsecureOpt = False,
-    tls_verify: TlsVerifyOpt = None,
-    ca_bundle: CaOpt = None,
-    authfile: AuthfileOpt = None,
+    registry: RegistryFlags = NO_FLAGS,
 ) -> None:
     """The HCL text diff and, per arch, the diff of the rendered targets. Exit 0 either way."""
     from publisher.plandiff import diff_plans, load_side
 
     def client() -> Any:
-        return make_client(ctx, plain_http, insecure, tls_verify, ca_bundle, authfile)
+        return registry.client(ctx)
 
     result = diff_plans(load_side(a, b, client), load_side(b, a, client))
     _echo(result.to_json(), as_json, str(result))
 
 
 @plan_app.command("rollback")
+@registry_flags
 def rollback_command(
     ctx: typer.Context,
     ref: Annotated[str, typer.Argument(help="The plan's ref (REPO:TAG) to move back.")],
@@ -179,11 +164,7 @@ def rollback_command(
     ],
     key: KeyOpt = None,
     as_json: JsonOpt = False,
-    plain_http: PlainHttpOpt = None,
-    insecure: InsecureOpt = False,
-    tls_verify: TlsVerifyOpt = None,
-    ca_bundle: CaOpt = None,
-    authfile: AuthfileOpt = None,
+    registry: RegistryFlags = NO_FLAGS,
 ) -> None:
     """Publish old content again on REF: same digest, a new signature fresher than the current."""
     from guest.contract.errors import CloudbootError
@@ -195,7 +176,7 @@ def rollback_command(
             "rollback signs anew (guests refuse older signatures): pass --key or set [signing].key"
         )
     target = parse_ref(ref)
-    client = make_client(ctx, plain_http, insecure, tls_verify, ca_bundle, authfile)
+    client = registry.client(ctx)
     history = plan_history(client, target, _public_keys(ctx, None))
     result = rollback(client, target, to, signer, history)
     text = f"{result.ref}@{result.digest} (from {result.previous}, version {result.version})"

@@ -22,14 +22,7 @@ from guest.contract.pubkey import load_public_key
 from watcher.cli import state
 from watcher.cli.errors import InvalidError, UsageError, json_path
 from watcher.cli.push import JsonOpt, emit, signing_key
-from watcher.cli.transport import (
-    AuthfileOpt,
-    CaOpt,
-    InsecureOpt,
-    PlainHttpOpt,
-    TlsVerifyOpt,
-    make_client,
-)
+from watcher.cli.registryflags import NO_FLAGS, RegistryFlags, registry_flags
 
 key_app = typer.Typer(rich_markup_mode=None, help="cosign-compatible signing keys.")
 
@@ -109,23 +102,20 @@ def _public_key(path: Path) -> cosign.PublicKey:
         ) from None
 
 
+@registry_flags
 def sign(
     ctx: typer.Context,
     ref: Annotated[str, typer.Argument(help="Image ref to sign (its current digest).")],
     key: Annotated[Path, typer.Option("--key", "-k", help="cosign private key.")],
     as_json: JsonOpt = False,
-    plain_http: PlainHttpOpt = None,
-    insecure: InsecureOpt = False,
-    tls_verify: TlsVerifyOpt = None,
-    ca_bundle: CaOpt = None,
-    authfile: AuthfileOpt = None,
+    registry: RegistryFlags = NO_FLAGS,
 ) -> None:
     """Sign what REF points at now and push the signature to sha256-<hex>.sig."""
     from publisher.push import sign_ref
 
     signer = signing_key(key)
     assert signer is not None
-    client = make_client(ctx, plain_http, insecure, tls_verify, ca_bundle, authfile)
+    client = registry.client(ctx)
     result = sign_ref(client, parse_ref(ref), signer)
     if as_json:
         emit(result, True)
@@ -133,22 +123,19 @@ def sign(
         typer.echo(f"{result.ref}@{result.digest} signed: {result.signature_tag}")
 
 
+@registry_flags
 def verify(
     ctx: typer.Context,
     ref: Annotated[str, typer.Argument(help="Image ref to verify.")],
     key: Annotated[Path, typer.Option("--key", "-k", help="cosign public key (cosign.pub).")],
     as_json: JsonOpt = False,
-    plain_http: PlainHttpOpt = None,
-    insecure: InsecureOpt = False,
-    tls_verify: TlsVerifyOpt = None,
-    ca_bundle: CaOpt = None,
-    authfile: AuthfileOpt = None,
+    registry: RegistryFlags = NO_FLAGS,
 ) -> None:
     """Exit 0: REF has a valid signature by KEY; 3: missing or invalid; 1: could not check."""
     from publisher.push import verify_ref
 
     public = _public_key(key)
-    client = make_client(ctx, plain_http, insecure, tls_verify, ca_bundle, authfile)
+    client = registry.client(ctx)
     try:
         result = verify_ref(client, parse_ref(ref), public)
     except cosign.SigningError as exc:

@@ -1,17 +1,26 @@
 """structlog configuration for the host CLI: readable on a terminal, JSON lines otherwise.
 
 Logs go to stderr so stdout stays clean for results (`REF@sha256:...`, `--json`).
+
+Importing structlog costs about as much as the rest of the CLI's start-up together (it
+loads rich and pygments for its console renderer), and commands such as `plan validate`
+never log. So :func:`configure_logging` applies the configuration at once only when
+structlog is already loaded; otherwise it waits for the first ``import structlog`` (a
+one-shot import hook), which every module that logs does before its first log call.
 """
 
 from __future__ import annotations
 
-import logging
+import importlib.abc
+import importlib.machinery
 import os
 import sys
-from collections.abc import Mapping
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Literal
 
-import structlog
+if TYPE_CHECKING:
+    import structlog
 
 LogFormat = Literal["auto", "console", "json"]
 
@@ -33,6 +42,53 @@ def use_color(env: Mapping[str, str] | None = None) -> bool:
 
 
 def configure_logging(verbose: int = 0, fmt: LogFormat = "auto") -> None:
+    """Configure structlog now if it is loaded, else right after it is first imported."""
+    for finder in [f for f in sys.meta_path if isinstance(f, _ConfigureOnImport)]:
+        sys.meta_path.remove(finder)  # a later call (tests, a second run) wins
+    if "structlog" in sys.modules:
+        _configure(verbose, fmt)
+    else:
+        sys.meta_path.insert(0, _ConfigureOnImport(lambda: _configure(verbose, fmt)))
+
+
+class _ConfigureOnImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: wraps structlog's own loader to run ``then`` once it is loaded."""
+
+    def __init__(self, then: Callable[[], None]) -> None:
+        self.then = then
+
+    def find_spec(
+        self, name: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if name != "structlog":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _ThenLoader(spec.loader, self.then)
+        return spec
+
+
+class _ThenLoader(importlib.abc.Loader):
+    def __init__(self, loader: importlib.abc.Loader, then: Callable[[], None]) -> None:
+        self.loader, self.then = loader, then
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self.loader.exec_module(module)
+        module.__loader__ = self.loader  # as if no hook had been there
+        if module.__spec__ is not None:
+            module.__spec__.loader = self.loader
+        self.then()
+
+
+def _configure(verbose: int, fmt: LogFormat) -> None:
+    import logging
+
+    import structlog
+
     level = {0: logging.INFO, 1: logging.DEBUG}.get(verbose, logging.DEBUG)
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"

@@ -35,11 +35,13 @@ def plan_files(paths: list[Path]) -> tuple[list[Path], list[PlanError]]:
     problems: list[PlanError] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*.hcl") if p.is_file())
+            every = sorted(path.rglob("*.hcl"))  # one walk, one stat for a plan file
+            found = [p for p in every if p.is_file()]
+            files_here = set(found)
             problems += [
                 PlanError(_not_a_plan(p), Location(str(p)))
-                for p in sorted(path.rglob("*.hcl"))
-                if not p.is_file() and not p.is_dir()
+                for p in every
+                if p not in files_here and not p.is_dir()
             ]
             if not found:
                 problems.append(
@@ -80,17 +82,19 @@ def check_files(files: list[Path], *, upstream: bool) -> list[Report]:
     """Reports in the order of ``files``; many files are spread over the CPUs (forked
     workers, so nothing is imported twice), which keeps a GitOps check of a large plans/
     tree fast (bench/plan_parse.py)."""
-    import multiprocessing
     import os
-    from concurrent.futures import ProcessPoolExecutor
     from functools import partial
 
     workers = min(os.cpu_count() or 1, 8)
     check = partial(check_file, upstream=upstream)
     if len(files) < PARALLEL_FROM or workers < 2:
         return [check(path) for path in files]
+    import multiprocessing  # only here: its import is a tenth of the CLI's start-up
+
     if "fork" not in multiprocessing.get_all_start_methods():
         return [check(path) for path in files]
+    from concurrent.futures import ProcessPoolExecutor
+
     first = check(files[0])  # imports what checking needs once, before the workers fork
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
@@ -148,12 +152,9 @@ def validate_command(
     ] = False,
 ) -> None:
     """Validate plan files/directories; see VALIDATE_HELP."""
-    import structlog
-
     from guest.contract.plan.validate import Report
     from watcher.cli import state
 
-    log = structlog.get_logger(__name__)
     if not paths:
         paths = [state(ctx).config.plans_dir]
     upstream = upstream or state(ctx).settings.publish.upstream
@@ -161,7 +162,6 @@ def validate_command(
     results = {str(p.where.path): Report([p], []) for p in problems}
     for path, report in zip(files, check_files(files, upstream=upstream), strict=True):
         results[str(path)] = report
-        log.debug("plan validated", plan=str(path), errors=len(report.errors))
     invalid = [name for name, report in results.items() if report.errors]
     if as_json:
         typer.echo(json.dumps(_json_report(results, invalid), indent=2))

@@ -16,14 +16,7 @@ from guest.contract.arch import Arch, artifact_arch
 from guest.contract.oci import parse_ref
 from watcher.cli import state
 from watcher.cli.errors import UsageError
-from watcher.cli.transport import (
-    AuthfileOpt,
-    CaOpt,
-    InsecureOpt,
-    PlainHttpOpt,
-    TlsVerifyOpt,
-    make_client,
-)
+from watcher.cli.registryflags import NO_FLAGS, RegistryFlags, registry_flags
 
 if TYPE_CHECKING:  # requests, cryptography: imported by the commands that push
     from publisher.push import PushResult
@@ -78,6 +71,7 @@ def _workspace_ref(ctx: typer.Context, file: Path) -> str:
 
 
 @push_app.command("plan")
+@registry_flags
 def push_plan(
     ctx: typer.Context,
     ref: Annotated[
@@ -93,11 +87,7 @@ def push_plan(
     ] = None,
     key: KeyOpt = None,
     as_json: JsonOpt = False,
-    plain_http: PlainHttpOpt = None,
-    insecure: InsecureOpt = False,
-    tls_verify: TlsVerifyOpt = None,
-    ca_bundle: CaOpt = None,
-    authfile: AuthfileOpt = None,
+    registry: RegistryFlags = NO_FLAGS,
     git_annotations: AnnotateOpt = False,
 ) -> None:
     """Validate a plan for every arch, then push it (and its signature, with --key)."""
@@ -113,12 +103,13 @@ def push_plan(
     target = parse_ref(ref) if ref else parse_ref(_workspace_ref(ctx, file))
     signer = signing_key(key)
     annotations = source_annotations(file.resolve().parent) if git_annotations else None
-    client = make_client(ctx, plain_http, insecure, tls_verify, ca_bundle, authfile)
+    client = registry.client(ctx)
     upstream = state(ctx).settings.publish.upstream
     emit(publish_plan(client, target, file, signer, annotations, upstream=upstream), as_json)
 
 
 @push_app.command("artifact")
+@registry_flags
 def push_artifact_cmd(
     ctx: typer.Context,
     ref: Annotated[str, typer.Argument(help="Target ref.")],
@@ -142,11 +133,7 @@ def push_artifact_cmd(
     ] = None,
     key: KeyOpt = None,
     as_json: JsonOpt = False,
-    plain_http: PlainHttpOpt = None,
-    insecure: InsecureOpt = False,
-    tls_verify: TlsVerifyOpt = None,
-    ca_bundle: CaOpt = None,
-    authfile: AuthfileOpt = None,
+    registry: RegistryFlags = NO_FLAGS,
 ) -> None:
     """Push a kernel (+ initrd, modules, modloop, apkovl, squashfs, cmdline) artifact for
     one architecture (linux/amd64, linux/arm64 or linux/riscv64)."""
@@ -164,7 +151,7 @@ def push_artifact_cmd(
     extras = {r: p for r in extra_roles if (p := given_files[r.name.lower()]) is not None}
     target = parse_ref(ref)
     signer = signing_key(key)
-    client = make_client(ctx, plain_http, insecure, tls_verify, ca_bundle, authfile)
+    client = registry.client(ctx)
     result = push_artifact(
         client, target, arch, kernel, initrd, modules, cmdline, key=signer, extras=extras
     )
@@ -184,6 +171,7 @@ def _platform_arch(text: str, option: str) -> str:
 
 
 @push_app.command("index")
+@registry_flags
 def push_index_cmd(
     ctx: typer.Context,
     ref: Annotated[str, typer.Argument(help="Target ref of the index.")],
@@ -193,11 +181,7 @@ def push_index_cmd(
     ],
     key: KeyOpt = None,
     as_json: JsonOpt = False,
-    plain_http: PlainHttpOpt = None,
-    insecure: InsecureOpt = False,
-    tls_verify: TlsVerifyOpt = None,
-    ca_bundle: CaOpt = None,
-    authfile: AuthfileOpt = None,
+    registry: RegistryFlags = NO_FLAGS,
 ) -> None:
     """Push a multi-arch index over per-arch manifests (copied into REF's repository)."""
     from publisher.push import push_index
@@ -210,11 +194,12 @@ def push_index_cmd(
         entries.append((_platform_arch(plat, "-p"), parse_ref(source)))
     target = parse_ref(ref)
     signer = signing_key(key)
-    client = make_client(ctx, plain_http, insecure, tls_verify, ca_bundle, authfile)
+    client = registry.client(ctx)
     emit(push_index(client, target, entries, signer), as_json)
 
 
 @push_app.command("base")
+@registry_flags
 def push_base_cmd(
     ctx: typer.Context,
     ref: Annotated[str, typer.Argument(help="Target ref of the base index.")],
@@ -224,11 +209,7 @@ def push_base_cmd(
     ] = None,
     key: KeyOpt = None,
     as_json: JsonOpt = False,
-    plain_http: PlainHttpOpt = None,
-    insecure: InsecureOpt = False,
-    tls_verify: TlsVerifyOpt = None,
-    ca_bundle: CaOpt = None,
-    authfile: AuthfileOpt = None,
+    registry: RegistryFlags = NO_FLAGS,
 ) -> None:
     """Publish every boot input from Debian packages (kernel + modules, systemd stub,
     busybox, the guest's Python runtime and wheels, the demo target disk) as a signed
@@ -246,7 +227,7 @@ def push_base_cmd(
     target = parse_ref(ref)
     signer = signing_key(key or config.signing.key)
     recipe = load_recipe(config.build.recipe)
-    client = make_client(ctx, plain_http, insecure, tls_verify, ca_bundle, authfile)
+    client = registry.client(ctx)
     emit(push_base(client, target, recipe, list(dict.fromkeys(targets)), signer), as_json)
 
 

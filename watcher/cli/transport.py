@@ -13,15 +13,11 @@ from __future__ import annotations
 import getpass
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from watcher.cli import state
 from watcher.cli.errors import UsageError
-
-if TYPE_CHECKING:
-    from publisher.registry import RegistryClient
 
 PlainHttpOpt = Annotated[
     bool | None,
@@ -62,7 +58,8 @@ AuthfileOpt = Annotated[
 ]
 
 
-def _verify_tls(insecure: bool, tls_verify: str | None) -> bool:
+def verify_tls(insecure: bool, tls_verify: str | None) -> bool:
+    """Whether to verify certificates, from ``--insecure`` and ``--tls-verify``."""
     if tls_verify is None:
         return not insecure
     value = tls_verify.strip().lower()
@@ -71,39 +68,6 @@ def _verify_tls(insecure: bool, tls_verify: str | None) -> bool:
     if insecure and value in ("true", "1", "yes"):
         raise UsageError("--insecure and --tls-verify=true contradict each other")
     return value in ("true", "1", "yes") and not insecure
-
-
-def make_client(
-    ctx: typer.Context,
-    plain_http: bool | None,
-    insecure: bool,
-    tls_verify: str | None,
-    ca_bundle: Path | None,
-    authfile: Path | None,
-) -> RegistryClient:
-    """A registry client with the workspace's [registry] settings and these flags on top."""
-    import structlog
-
-    from publisher.authfile import auth_file
-    from publisher.inputs import check_regular
-    from publisher.registry import client_from_config
-
-    if "--secure" in sys.argv:
-        structlog.get_logger(__name__).warning(
-            "--secure is deprecated: use --no-plain-http (HTTPS is the default off loopback)"
-        )
-    if ca_bundle is not None:
-        check_regular(ca_bundle, "CA bundle")
-    path = auth_file(authfile)
-    if authfile is not None:
-        check_regular(authfile, "credentials")
-    return client_from_config(
-        state(ctx).settings.registry,
-        insecure=plain_http,
-        ca_bundle=ca_bundle,
-        tls_verify=_verify_tls(insecure, tls_verify),
-        authfile=path,
-    )
 
 
 def _registry_name(text: str) -> str:

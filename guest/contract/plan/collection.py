@@ -21,16 +21,18 @@ class CollectionParser(ParserBase):
             if _is_for(cur):
                 return self.for_expr(open_bracket, "]")
             items: list[ex.Expr] = []
-            while cur.peek().kind != "]":
+            token = cur.peek()
+            while token.kind != "]":
                 items.append(self.expression())
                 token = cur.peek()
                 if token.kind == ",":
-                    cur.next()
+                    cur.take(token)
+                    token = cur.peek()
                 elif token.kind == "eof":  # hclsyntax points at the [ for this one
                     raise cur.error("this [ is never closed with ]", open_bracket.start)
                 elif token.kind != "]":
                     raise cur.unexpected(token, ", or ] in this list")
-            cur.next()
+            cur.take(token)
             return ex.TupleExpr(tuple(items), self.loc(open_bracket))
         finally:
             cur.pop()

@@ -249,13 +249,16 @@ def _binds(expr: Expr) -> tuple[str, ...]:
 _BINDERS = (ForExpr, TemplateFor, Splat)
 
 
-def references(expr: Expr) -> Iterator[Reference]:
+def references(expr: Expr) -> list[Reference]:
     """Every free variable reference in ``expr``, in all branches, with its first step's name.
 
     Names bound by an enclosing ``for`` (and a splat's element) are not references. The
     common case has no such binders and takes a plain walk (validation runs this on every
-    attribute of every plan).
+    attribute of every plan, several times), and a literal, most attributes, none at all.
     """
+    kind = type(expr)
+    if kind is Literal:
+        return []
     found: list[tuple[Reference, int]] = []
     roots_with_step: set[int] = set()
     stack: list[Expr] = [expr]
@@ -263,8 +266,7 @@ def references(expr: Expr) -> Iterator[Reference]:
         node = stack.pop()
         kind = type(node)
         if kind in _BINDERS:
-            yield from _scoped_references(expr)
-            return
+            return list(_scoped_references(expr))
         if kind is GetAttr or kind is Index:
             target = node.target  # type: ignore[union-attr]
             if type(target) is Variable:
@@ -272,12 +274,12 @@ def references(expr: Expr) -> Iterator[Reference]:
                 found.append((Reference(target.name, first_step_name(node), target.where), 0))  # type: ignore[arg-type]
         elif kind is Variable:
             found.append((Reference(node.name, None, node.where), id(node)))  # type: ignore[union-attr]
+        elif kind is Literal:
+            continue
         kids = _CHILDREN[kind](node)
         if kids:
             stack.extend(reversed(tuple(kids)))
-    for ref, node_id in found:
-        if node_id == 0 or node_id not in roots_with_step:
-            yield ref
+    return [ref for ref, node_id in found if node_id == 0 or node_id not in roots_with_step]
 
 
 def _scoped_references(expr: Expr) -> Iterator[Reference]:

@@ -44,6 +44,8 @@ _SINGLE = frozenset('{}[](),"?~')
 _SPACE = re.compile(r"(?:[ \t\r]+|/\*(?:.|\n)*?\*/)*")
 #: What a line ends with when an operator was left waiting for its operand.
 _CONTINUES = set("?:+-*/%<>")
+#: Builds a Token without NamedTuple's Python-level __new__ (one call less per token).
+_new = tuple.__new__
 _OPERATORS = {"||", "&&", "==", "!="}
 
 
@@ -82,10 +84,15 @@ class Cursor:
         self.skip_newlines_now = False
         self._lines = [0] + [m.end() for m in re.finditer("\n", text)]
         self._peek_pos, self._peek_skip, self._peek_token = -1, False, Token("eof", "", 0, 0)
+        self._where: dict[int, Location] = {}  # a node's and its token's are the same offset
 
     def where(self, offset: int) -> Location:
-        line = bisect_right(self._lines, offset)
-        return Location(self.source, line, offset - self._lines[line - 1] + 1)
+        found = self._where.get(offset)
+        if found is None:
+            line = bisect_right(self._lines, offset)
+            found = Location(self.source, line, offset - self._lines[line - 1] + 1)
+            self._where[offset] = found
+        return found
 
     def error(self, message: str, offset: int) -> PlanError:
         return PlanError(message, self.where(offset))
@@ -106,14 +113,14 @@ class Cursor:
             pos += 1
         char = text[pos : pos + 1]
         if char in _SINGLE:
-            return Token(char, char, pos, pos + 1)
+            return _new(Token, (char, char, pos, pos + 1))
         if char == "\n":
-            return Token("nl", char, pos, pos + 1)
+            return _new(Token, ("nl", char, pos, pos + 1))
         if char == "=" and text[pos + 1 : pos + 2] not in ("=", ">"):
-            return Token("=", char, pos, pos + 1)
+            return _new(Token, ("=", char, pos, pos + 1))
         name = _NAME.match(text, pos)
         if name is not None:
-            return Token("name", name.group(), pos, name.end())
+            return _new(Token, ("name", name.group(), pos, name.end()))
         m = _TOKEN.match(text, pos)
         if m is None:
             at = _SPACE.match(self.text, pos).end()  # type: ignore[union-attr]
@@ -123,13 +130,13 @@ class Cursor:
         if kind == "open_comment":
             raise self.error("a /* comment is never closed with */", start)
         value = m.group(kind)
-        return Token(value if kind == "op" else kind, value, start, m.end())
+        return _new(Token, (value if kind == "op" else kind, value, start, m.end()))
 
     def peek(self) -> Token:
         """The next token; newline tokens are skipped where the current mode ignores them."""
+        if self._peek_pos == self.pos and self._peek_skip is self.skip_newlines_now:
+            return self._peek_token  # the parser looks at most tokens several times
         skip = self.skip_newlines_now
-        if self._peek_pos == self.pos and self._peek_skip is skip:
-            return self._peek_token
         token = self._scan(self.pos)
         while skip and token.kind == "nl":
             token = self._scan(token.end)
@@ -141,15 +148,25 @@ class Cursor:
         self.pos = token.end
         return token
 
-    def skip_newlines(self) -> None:
-        while self.peek().kind == "nl":
-            self.next()
+    def take(self, token: Token) -> Token:
+        """Consume ``token``, just returned by :meth:`peek` (saves looking it up again)."""
+        self.pos = token.end
+        return token
+
+    def skip_newlines(self) -> Token:
+        """Skip newline tokens; the first other token (peeked, not consumed)."""
+        token = self.peek()
+        while token.kind == "nl":
+            self.pos = token.end
+            token = self.peek()
+        return token
 
     def expect(self, kind: str, what: str) -> Token:
         token = self.peek()
         if token.kind != kind:
             raise self.unexpected(token, what)
-        return self.next()
+        self.pos = token.end
+        return token
 
     def unexpected(self, token: Token, expected: str) -> PlanError:
         message = f"HCL syntax error: unexpected {describe(token)}; expected {expected}"

@@ -15,6 +15,7 @@ no functions.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from guest.contract.errors import Location
@@ -22,7 +23,7 @@ from guest.contract.plan import expr as ex
 from guest.contract.plan.collection import CollectionParser
 from guest.contract.plan.errors import PlanError
 from guest.contract.plan.lexer import Cursor, Token, describe
-from guest.contract.plan.template import TemplateParser, template_start
+from guest.contract.plan.template import PLAIN_QUOTED, TemplateParser, template_start
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ _LEVELS: tuple[frozenset[str], ...] = (
 BINARY_OPERATORS = frozenset().union(*_LEVELS)
 _PRECEDENCE = {op: level for level, ops in enumerate(_LEVELS) for op in ops}
 _LITERALS = {"true": True, "false": False, "null": None}
+#: What may follow a whole-expression string: a closer, or the end of its line.
+_FOLLOWS_PLAIN = re.compile(r"[ \t]*([,\])}]|\r?\n|#|//|\Z)")
+_CLOSERS = frozenset(",])}")
 #: How deeply expressions may nest before we refuse (recursion in the parser).
 MAX_DEPTH = 200
 
@@ -107,8 +111,7 @@ class _Parser(TemplateParser, CollectionParser):
         attributes: list[Attribute] = []
         blocks: list[Block] = []
         while True:
-            cur.skip_newlines()
-            token = cur.peek()
+            token = cur.skip_newlines()
             if token.kind == "eof" if top else token.kind == "}":
                 break
             if token.kind != "name":
@@ -138,8 +141,9 @@ class _Parser(TemplateParser, CollectionParser):
     def item(self) -> Attribute | Block:
         cur = self.cur
         head = cur.next()
-        if cur.peek().kind == "=":
-            cur.next()
+        equals = cur.peek()
+        if equals.kind == "=":
+            cur.take(equals)
             return Attribute(head.text, self.expression(), self.loc(head))
         labels: list[str] = []
         while True:
@@ -147,9 +151,9 @@ class _Parser(TemplateParser, CollectionParser):
             if token.kind == "{":
                 break
             if token.kind == "name":
-                labels.append(cur.next().text)
+                labels.append(cur.take(token).text)
             elif token.kind == '"':
-                cur.next()
+                cur.take(token)
                 at = template_start(cur.text, cur.pos)
                 if at is not None:  # hclsyntax says so there, before reading the template
                     raise cur.error("block labels cannot contain ${...} or %{...}", at)
@@ -197,35 +201,56 @@ class _Parser(TemplateParser, CollectionParser):
     # -- expressions -------------------------------------------------------------------
 
     def expression(self) -> ex.Expr:
+        plain = self.plain_string()
+        if plain is not None:
+            return plain
         self.depth += 1
         if self.depth > MAX_DEPTH:
             raise self.cur.error("expression nests too deeply", self.cur.pos)
         try:
             condition = self.binary(0)
             cur = self.cur
-            if cur.peek().kind != "?":
+            token = cur.peek()
+            if token.kind != "?":
                 return condition
-            cur.next()
+            cur.take(token)
             if_true = self.expression()
             token = cur.peek()
             if token.kind != ":":
                 raise cur.unexpected(token, ": (the else part of ? :)")
-            cur.next()
+            cur.take(token)
             if_false = self.expression()
             return ex.Conditional(condition, if_true, if_false, condition.where)
         finally:
             self.depth -= 1
+
+    def plain_string(self) -> ex.Literal | None:
+        """A quoted string with no escape or template that is the whole expression (most
+        values in a plan), read without the operator and step machinery; else None."""
+        cur = self.cur
+        token = cur.peek()
+        if token.kind != '"':
+            return None
+        plain = PLAIN_QUOTED.match(cur.text, token.end)
+        if plain is None:
+            return None
+        end = _FOLLOWS_PLAIN.match(cur.text, plain.end())
+        if end is None or (cur.skip_newlines_now and end.group(1) not in _CLOSERS):
+            return None  # an operator, a step or (where newlines are skipped) maybe one next
+        cur.pos = plain.end()
+        return ex.Literal(plain.group()[:-1], cur.where(token.start))
 
     def binary(self, min_level: int) -> ex.Expr:
         """Precedence climbing over ``_LEVELS`` (one look-ahead per operand, not per level)."""
         left = self.unary()
         cur = self.cur
         while True:
-            op = cur.peek().kind
+            token = cur.peek()
+            op = token.kind
             level = _PRECEDENCE.get(op)
             if level is None or level < min_level:
                 return left
-            cur.next()
+            cur.take(token)
             right = self.binary(level + 1)  # left-associative: same level loops here
             left = ex.Binary(op, left, right, left.where)
 
@@ -238,8 +263,8 @@ class _Parser(TemplateParser, CollectionParser):
         cur = self.cur
         token = cur.peek()
         if token.kind not in ("-", "!"):
-            return self.term()
-        cur.next()
+            return self.term(token)
+        cur.take(token)
         operand = self.unary()
         if token.kind == "-" and isinstance(operand, ex.Literal):
             value = operand.value
@@ -247,25 +272,25 @@ class _Parser(TemplateParser, CollectionParser):
                 return ex.Literal(-value, self.loc(token))
         return ex.Unary(token.kind, operand, self.loc(token))
 
-    def term(self) -> ex.Expr:
+    def term(self, token: Token) -> ex.Expr:
+        """The term starting at ``token`` (just peeked), with its steps."""
         cur = self.cur
-        token = cur.peek()
-        kind, where = token.kind, self.loc(token)
+        kind = token.kind
         value: ex.Expr
         if kind == "num":
-            cur.next()
-            value = ex.Literal(_number(token, cur), where)
+            cur.take(token)
+            value = ex.Literal(_number(token, cur), self.loc(token))
         elif kind == "name":
-            cur.next()
+            cur.take(token)
             value = self.named(token)
         elif kind == '"':
-            cur.next()
+            cur.take(token)
             value = self.quoted(token.start)
         elif kind == "heredoc":
-            cur.next()
+            cur.take(token)
             value = self.heredoc(token.text, token.start)
         elif kind == "(":
-            cur.next()
+            cur.take(token)
             cur.push(newlines=False)
             try:
                 value = self.expression()
@@ -284,7 +309,7 @@ class _Parser(TemplateParser, CollectionParser):
         token = self.cur.peek()
         if token.kind != kind:
             raise self.cur.unexpected(token, f"{kind} to close the {opener.text} opened earlier")
-        self.cur.next()
+        self.cur.take(token)
 
     def named(self, token: Token) -> ex.Expr:
         where = self.loc(token)
@@ -304,13 +329,13 @@ class _Parser(TemplateParser, CollectionParser):
         while True:
             token = cur.peek()
             if token.kind == ".":
-                cur.next()
+                cur.take(token)
                 if cur.peek().kind == "*":
                     cur.next()
                     return self.splat(value, token, full=False)
                 value = self.attr_step(value, token)
             elif token.kind == "[":
-                cur.next()
+                cur.take(token)
                 if cur.peek().kind == "*":
                     cur.next()
                     self.closing("]", token)
@@ -332,7 +357,7 @@ class _Parser(TemplateParser, CollectionParser):
         name = cur.peek()
         if name.kind != "name":
             raise cur.unexpected(name, "an attribute name after .")
-        cur.next()
+        cur.take(name)
         return ex.GetAttr(value, name.text, self.loc(dot))
 
     def index_step(self, value: ex.Expr, bracket: Token) -> ex.Expr:

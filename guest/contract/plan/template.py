@@ -18,7 +18,7 @@ from guest.contract.plan import expr as ex
 from guest.contract.plan.lexer import ParserBase, describe
 
 _QUOTED_TEXT = re.compile(r'[^"\\$%\n]+')
-_PLAIN_QUOTED = re.compile(r'[^"\\$%\n]*"')
+PLAIN_QUOTED = re.compile(r'[^"\\$%\n]*"')
 _HEREDOC_TEXT = re.compile(r"[^$%]+")
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\"}
 _DIRECTIVES = ("if", "else", "endif", "for", "endfor")
@@ -48,7 +48,7 @@ class TemplateParser(ParserBase):
     def quoted(self, open_at: int) -> ex.Expr:
         """The template after an opening ``"`` (the cursor is just past it)."""
         cur = self.cur
-        plain = _PLAIN_QUOTED.match(cur.text, cur.pos)
+        plain = PLAIN_QUOTED.match(cur.text, cur.pos)
         if plain is not None:  # the common case: no escapes, no ${ or %{
             cur.pos = plain.end()
             return ex.Literal(plain.group()[:-1], cur.where(open_at))
@@ -318,7 +318,7 @@ def _flush(items: list[_Lit | _Item], text: str, start: int, end: int) -> None:
         item.text = "\n".join(out)
 
 
-__all__ = ["TemplateParser", "describe"]
+__all__ = ["PLAIN_QUOTED", "TemplateParser", "describe"]
 
 
 def template_start(text: str, pos: int) -> int | None:
