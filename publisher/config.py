@@ -246,7 +246,10 @@ class Config:
 
     def plan_ref(self, plan_file: Path) -> str:
         """The OCI ref a plan file is published to."""
-        rel = plan_file.resolve().relative_to(self.plans_dir.resolve()).as_posix()
+        return self.ref_for(plan_file.resolve().relative_to(self.plans_dir.resolve()).as_posix())
+
+    def ref_for(self, rel: str) -> str:
+        """The OCI ref of the plan at ``rel`` (POSIX, relative to plans/, symlinks resolved)."""
         if rel in self.publish.refs:
             return self.publish.refs[rel]
         name = rel.removesuffix(PLAN_SUFFIX).replace("/", "-")

@@ -18,16 +18,20 @@ from publisher.config import Config, ConfigError
 PLACEHOLDERS = ("registry", "name")
 
 
-def plan_ref(config: Config, plan_file: Path) -> str:
-    """The ref ``plan_file`` publishes to, with errors that name the plan or the key."""
+def plan_ref(config: Config, plan_file: Path, plans: Path | None = None) -> str:
+    """The ref ``plan_file`` publishes to, with errors that name the plan or the key.
+
+    ``plans``: plans/ already resolved (a fleet's run resolves it once, not per plan: path
+    resolution was the largest cost of a warm publish after the registry's HEADs).
+    """
     if str(plan_file) == "-":
         raise CloudbootError(
             "a plan read from stdin has no ref from cloudboot.toml: pass the target REF"
             " (cloudboot push plan REF -f -)"
         )
-    plans = config.plans_dir.resolve()
+    plans = plans or config.plans_dir.resolve()
     try:
-        plan_file.resolve().relative_to(plans)
+        rel = plan_file.resolve().relative_to(plans).as_posix()
     except ValueError:
         raise CloudbootError(
             f"plan is outside {config.plans_dir}, so it has no ref from cloudboot.toml:"
@@ -35,7 +39,7 @@ def plan_ref(config: Config, plan_file: Path) -> str:
             where=str(plan_file),
         ) from None
     try:
-        return config.plan_ref(plan_file)
+        return config.ref_for(rel)
     except (KeyError, IndexError, ValueError) as exc:
         raise ConfigError(
             f"[publish].ref: bad placeholder in {config.publish.ref!r} ({exc}):"
@@ -67,8 +71,9 @@ def check_plan_refs(config: Config, plans: Sequence[Path]) -> dict[Path, str]:
                 )
     refs: dict[Path, str] = {}
     owners: dict[str, Path] = {}
+    resolved = config.plans_dir.resolve()
     for plan in plans:
-        ref = plan_ref(config, plan)
+        ref = plan_ref(config, plan, resolved)
         if ref in owners:
             raise CloudbootError(
                 f"{_label(config, owners[ref])} and {_label(config, plan)} would both publish"
