@@ -1,7 +1,9 @@
 """The agent's read step per volume layout under QEMU TCG (x86_64, OVMF), as a ratio to
 the plain ext4 disk's: the same lab target (Debian cloud kernel, 14 MB, and a marker
 initrd) as plain ext4, inside LUKS2 (Argon2id, 32 MiB, t=4; 512-byte sectors), inside
-md RAID1 (metadata 1.2, two members) and in an LVM linear LV (two segments).
+md RAID1 (metadata 1.2, two members) and in an LVM linear LV (two segments); and the RHEL
+layout (tests/rhel_image.py: xfs root LV in two segments next to an xfs /boot), which the
+guest mounts through a read-only device-mapper table and the kernel's xfs driver.
 
 The read step is the agent's ``step read`` line: device discovery, the volume's opening
 (for LUKS the key slot's KDF), and locating (LUKS: decrypting) the kernel and initrd.
@@ -24,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results import Row, add_report_options, emit
 from tests.helpers import push_plan, sign
-from tests.qemu_lab import MARKER, PLAN, Lab, boot, make_lab
+from tests.qemu_lab import MARKER, PLAN, Lab, boot, make_lab, target_kernel
+from tests.rhel_image import rhel_disk
 from tests.volume_images import LVM_LAB, MD_RAID1, disk_plan, make_luks, tree_key
 from tests.volume_vm import make_volumes
 
@@ -62,6 +65,10 @@ def main() -> None:
                 disk_plan("/dev/md/root"),
             ),
             "LVM + ext4": (dataclasses.replace(lab, target=lv_disk), disk_plan("/dev/vg0/root")),
+            "RHEL: LVM + xfs (dm linear)": (
+                dataclasses.replace(lab, target=rhel_disk(lab.root / "rhel", *target_kernel(lab))),
+                disk_plan("/dev/rhel/root", fs="xfs"),
+            ),
         }
         took = {
             name: statistics.median(
@@ -73,7 +80,7 @@ def main() -> None:
     rows = []
     print("agent step read, x86_64 TCG (median of", runs, "boots):")
     for name, seconds in took.items():
-        print(f"  {name:<16} {seconds:7.3f} s   {seconds / base:5.2f}x ext4")
+        print(f"  {name:<28} {seconds:7.3f} s   {seconds / base:5.2f}x ext4")
         rows.append(Row(15, f"agent step read, {name}", seconds, "s",
                         None if name == "ext4" else "agent step read, ext4",
                         None if name == "ext4" else base))  # fmt: skip

@@ -72,12 +72,13 @@ def make_luks(
     return out
 
 
-def disk_plan(device: str, passphrase: str | None = None) -> bytes:
+def disk_plan(device: str, passphrase: str | None = None, fs: str | None = None) -> bytes:
     secret = f'    luks-passphrase = "{passphrase}"\n' if passphrase else ""
+    kind = f'    fs = "{fs}"\n' if fs else ""
     return (
         'default_target = "debian"\n'
         'target "debian" {\n  cmdline = "console=ttyS0 panic=-1"\n'
-        f'  disk {{\n    device = "{device}"\n{secret}  }}\n}}\n'
+        f'  disk {{\n    device = "{device}"\n{secret}{kind}  }}\n}}\n'
     ).encode()
 
 
