@@ -61,3 +61,23 @@ def shared_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runnin
     """One registry for the whole session, for tests that only add uniquely named repos."""
     with local_registry(tmp_path_factory.mktemp("shared-registry")) as reg:
         yield reg
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """Each test starts with structlog's defaults and no pending configuration.
+
+    A command run in-process (click's runner) configures structlog for the whole process
+    (INFO, stderr as it was then) or leaves a one-shot import hook that configures it
+    later (watcher/cli/logsetup.py): without this reset, a later test on the same worker
+    saw its debug events filtered out, depending on which tests ran before it (pytest-xdist
+    made that order vary).
+    """
+    yield
+    import sys
+
+    from watcher.cli.logsetup import forget_pending
+
+    forget_pending()
+    if "structlog" in sys.modules:
+        sys.modules["structlog"].reset_defaults()

@@ -15,6 +15,7 @@ import importlib.abc
 import importlib.machinery
 import os
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Literal
@@ -41,10 +42,15 @@ def use_color(env: Mapping[str, str] | None = None) -> bool:
     return sys.stderr.isatty() and not env.get("NO_COLOR")
 
 
+def forget_pending() -> None:
+    """Drop a configuration still waiting for structlog's import (a later call wins)."""
+    for finder in [f for f in sys.meta_path if isinstance(f, _ConfigureOnImport)]:
+        sys.meta_path.remove(finder)
+
+
 def configure_logging(verbose: int = 0, fmt: LogFormat = "auto") -> None:
     """Configure structlog now if it is loaded, else right after it is first imported."""
-    for finder in [f for f in sys.meta_path if isinstance(f, _ConfigureOnImport)]:
-        sys.meta_path.remove(finder)  # a later call (tests, a second run) wins
+    forget_pending()
     if "structlog" in sys.modules:
         _configure(verbose, fmt)
     else:
@@ -107,6 +113,28 @@ def _configure(verbose: int, fmt: LogFormat) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_StderrLogger,
         cache_logger_on_first_use=False,
     )
+
+
+class _StderrLogger:
+    """Writes each line to ``sys.stderr`` as it is when the line is written.
+
+    structlog's ``PrintLoggerFactory(file=sys.stderr)`` keeps the stream it was configured
+    with; when that was a swapped-in stream (click's test runner, pytest's capture, or the
+    one-shot import hook above firing inside someone else's redirection) which is closed
+    later, every later log call in any thread raised ``ValueError: I/O operation on closed
+    file`` and killed the publish or watcher thread that logged.
+    """
+
+    _lock = threading.Lock()
+
+    def __init__(self, *_args: object) -> None:
+        pass
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warn = warning = error = err = critical = exception = fatal = msg
