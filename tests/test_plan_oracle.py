@@ -163,7 +163,7 @@ def expression_plan(rnd: Random) -> str:
 @BATCH
 @given(st.randoms(use_true_random=False))
 @pytest.mark.xfail(
-    reason="#14 open: the fresh-clone run of 70bb993 found generated expressions where our parser/evaluator and hclsyntax disagree (KeyError 'v'; a target block verdict); not yet diagnosed",
+    reason="#14 open: the fresh-clone run of 70bb993 found generated expressions where our parser/evaluator and hclsyntax disagree (KeyError 'v'; a target block verdict); not yet diagnosed",  # noqa: E501
     strict=False,
 )
 def test_generated_expressions_parse_as_hclsyntax_parses(oracle: Path, rnd: Random) -> None:
@@ -289,7 +289,7 @@ def plain(value: Any) -> Any:
 @BATCH
 @given(st.randoms(use_true_random=False))
 @pytest.mark.xfail(
-    reason="#14 open: the fresh-clone run of 70bb993 found generated expressions where our parser/evaluator and hclsyntax disagree (KeyError 'v'; a target block verdict); not yet diagnosed",
+    reason="#14 open: the fresh-clone run of 70bb993 found generated expressions where our parser/evaluator and hclsyntax disagree (KeyError 'v'; a target block verdict); not yet diagnosed",  # noqa: E501
     strict=False,
 )
 def test_generated_expressions_evaluate_as_hclsyntax_evaluates(oracle: Path, rnd: Random) -> None:
