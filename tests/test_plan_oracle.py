@@ -162,10 +162,6 @@ def expression_plan(rnd: Random) -> str:
 
 @BATCH
 @given(st.randoms(use_true_random=False))
-@pytest.mark.xfail(
-    reason="#14 open: the fresh-clone run of 70bb993 found generated expressions where our parser/evaluator and hclsyntax disagree (KeyError 'v'; a target block verdict); not yet diagnosed",  # noqa: E501
-    strict=False,
-)
 def test_generated_expressions_parse_as_hclsyntax_parses(oracle: Path, rnd: Random) -> None:
     """Same verdict, and a rejection at the same line and column."""
     plans = [expression_plan(rnd) for _ in range(PER_EXAMPLE)]
@@ -275,6 +271,10 @@ def value_expression(rnd: Random, depth: int = 3) -> str:
     return rnd.choice(forms)()
 
 
+#: How json.dumps writes an infinity, the one number the oracle's JSON leaves out.
+INFINITY = "Infinity"
+
+
 def plain(value: Any) -> Any:
     """Numbers as floats (cty numbers are not ints or floats), the rest as it is."""
     if isinstance(value, bool) or value is None or isinstance(value, str):
@@ -288,10 +288,6 @@ def plain(value: Any) -> Any:
 
 @BATCH
 @given(st.randoms(use_true_random=False))
-@pytest.mark.xfail(
-    reason="#14 open: the fresh-clone run of 70bb993 found generated expressions where our parser/evaluator and hclsyntax disagree (KeyError 'v'; a target block verdict); not yet diagnosed",  # noqa: E501
-    strict=False,
-)
 def test_generated_expressions_evaluate_as_hclsyntax_evaluates(oracle: Path, rnd: Random) -> None:
     """Same verdict, and when both accept, the same value."""
     exprs = [value_expression(rnd) for _ in range(PER_EXAMPLE)]
@@ -304,5 +300,8 @@ def test_generated_expressions_evaluate_as_hclsyntax_evaluates(oracle: Path, rnd
         except PlanError as exc:
             mine = (False, str(exc))
         answer = theirs.arches["amd64"] if theirs.parse_error is None else {"ok": False}
+        if answer["ok"] and "v" not in answer["plan"]["locals"]:  # JSON cannot carry it
+            assert mine[0] and INFINITY in json.dumps(mine[1]), (text, mine)
+            continue
         hcl = (True, plain(answer["plan"]["locals"]["v"])) if answer["ok"] else (False, answer)
         assert mine[0] == hcl[0] and (not mine[0] or mine[1] == hcl[1]), (text, mine, hcl)

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 from guest.contract.errors import Location
 from guest.contract.plan import expr as ex
+from guest.contract.plan import number
 from guest.contract.plan.errors import PlanError
 from guest.contract.plan.expr import Value
 from guest.contract.plan.iterate import (
-    arithmetic,
     for_expr,
     splat,
     template_for,
@@ -63,10 +63,8 @@ def to_text(value: Value, where: Location) -> str:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, int | float):
+        return number.to_text(value)
     if isinstance(value, str):
         return value
     raise PlanError(f"cannot use a {type_name(value)} as text", where)
@@ -265,19 +263,17 @@ def _lookup(base: Value, key: Value, where: Location, *, lenient: bool) -> Value
 
 
 def _as_index(key: Value, where: Location) -> int:
-    number = _as_number(key, where, what="a list index")
-    if isinstance(number, float) and not number.is_integer():
-        raise PlanError(f"a list index must be a whole number, got {number}", where)
-    return int(number)
+    index = _as_number(key, where, what="a list index")
+    if isinstance(index, float) and not index.is_integer():
+        raise PlanError(f"a list index must be a whole number, got {index}", where)
+    return int(index)
 
 
 def _as_number(value: Value, where: Location, *, what: str) -> int | float:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and _NUMBER.fullmatch(value):
-        number = float(value)
-        if math.isfinite(number):
-            return int(value) if number.is_integer() and "." not in value else number
+    if isinstance(value, str) and _NUMBER.fullmatch(value) and math.isfinite(float(value)):
+        return number.from_text(value)
     raise PlanError(f"{what} must be a number, got {type_name(value)}", where)
 
 
@@ -305,7 +301,7 @@ def _unary(expr: ex.Expr, scope: Scope) -> Value:
     value = _eval(expr.operand, scope)
     if expr.op == "!":
         return not _as_bool(value, expr.operand.where, what="the operand of !")
-    return -_as_number(value, expr.operand.where, what="the operand of -")
+    return number.negate(_as_number(value, expr.operand.where, what="the operand of -"))
 
 
 def _binary(expr: ex.Expr, scope: Scope) -> Value:
@@ -322,7 +318,7 @@ def _binary(expr: ex.Expr, scope: Scope) -> Value:
     y = _as_number(right, expr.right.where, what=f"the right side of {op}")
     if op in _COMPARE:
         return _COMPARE[op](x, y)
-    return arithmetic(op, x, y, expr.where)
+    return number.arithmetic(op, x, y, expr.where)
 
 
 def _conditional(expr: ex.Expr, scope: Scope) -> Value:

@@ -4,13 +4,10 @@ Kept apart from evaluator.py (which dispatches to them) so each module stays sma
 rules are HCL's (docs/plan-language.md §3): a splat over null is an empty list and over a
 non-list value is that value in a one-element list; ``for`` over an object iterates its
 keys in lexical order; an object ``for`` without ``...`` fails on a duplicate key;
-template ``for`` concatenates its body's text; numbers are exact integers where both sides
-are integers (``/`` gives a fraction only when it must), and dividing by zero is an error.
+template ``for`` concatenates its body's text. Arithmetic is number.py's.
 """
 
 from __future__ import annotations
-
-import math
 
 from guest.contract.errors import Location
 from guest.contract.plan import evaluator as ev
@@ -20,30 +17,6 @@ from guest.contract.plan.expr import Value
 
 #: A bound on what loops may build (elements), so a hostile plan cannot exhaust memory.
 MAX_ITEMS = 100_000
-
-
-def arithmetic(op: str, x: int | float, y: int | float, where: Location) -> Value:
-    if op == "+":
-        return _number(x + y, where)
-    if op == "-":
-        return _number(x - y, where)
-    if op == "*":
-        return _number(x * y, where)
-    if y == 0:
-        raise PlanError("division by zero" if op == "/" else "modulo by zero", where)
-    if op == "/":
-        if isinstance(x, int) and isinstance(y, int) and x % y == 0:
-            return x // y
-        return _number(x / y, where)
-    if isinstance(x, int) and isinstance(y, int):  # Go's %: the sign of the dividend
-        return int(math.fmod(x, y)) if abs(x) < 2**53 else x - y * int(x / y)
-    return _number(math.fmod(x, y), where)
-
-
-def _number(value: int | float, where: Location) -> int | float:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise PlanError("number out of range", where)
-    return value
 
 
 def _pairs(value: Value, where: Location) -> list[tuple[Value, Value]]:

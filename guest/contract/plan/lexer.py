@@ -168,12 +168,13 @@ class Cursor:
         self.pos = token.end
         return token
 
-    def unexpected(self, token: Token, expected: str) -> PlanError:
+    def unexpected(self, token: Token, expected: str, at: int | None = None) -> PlanError:
+        """The error for ``token``, reported at it or at ``at`` (where hclsyntax does)."""
         message = f"HCL syntax error: unexpected {describe(token)}; expected {expected}"
         before = self.text[: token.start].rstrip()
         if token.kind == "nl" and (before[-1:] in _CONTINUES or before[-2:] in _OPERATORS):
             message += " (an expression continues on the next line only inside ( ) or [ ])"
-        return self.error(message, token.start)
+        return self.error(message, token.start if at is None else at)
 
 
 class ParserBase:
