@@ -162,12 +162,19 @@ class SigningSection:
     public_key: Path = setting(Path("cosign.pub"), "cosign public key embedded in boot.iso.")
 
 
+#: A new cache disk's size. Above 260 MiB its FAT32 gets 4 KiB clusters instead of 512 B
+#: ones: the guest's staging write of a 15 MB kernel then allocates 8x fewer clusters
+#: (under TCG the write step went from 1.3 s to 0.65-0.85 s with 2 KiB clusters; the
+#: image is sparse, so the size costs no host disk until used).
+CACHE_DISK_SIZE_MIB = 512
+
+
 @dataclass(frozen=True)
 class BuildSection:
     recipe: Path = setting(Path("kernel/recipe.toml"), "The boot-image recipe.")
     iso: Path = setting(Path("build/boot.iso"), "Where `cloudboot build` writes boot.iso.")
     cache_disk: Path = setting(Path("build/menu-cache.raw"), "The writable cache disk.")
-    cache_disk_size_mib: int = setting(256, "Size of a new cache disk in MiB.")
+    cache_disk_size_mib: int = setting(CACHE_DISK_SIZE_MIB, "Size of a new cache disk in MiB.")
     arches: list[Arch] = setting(
         [Arch.X86_64], "Architectures baked into boot.iso.", parse=Arch.parse
     )

@@ -28,13 +28,14 @@ from guest.contract.gpt import (
     last_usable_lba,
     read_gpt,
 )
+from publisher.config import CACHE_DISK_SIZE_MIB
 from publisher.media.esp import FAT32_MIN, FatType, write_fat
 
 MIB = 1024 * 1024
 #: The marker file, as a FAT path (one fact: guest.contract.efi.loadoption.CACHE_MARKER).
 MARKER = CACHE_MARKER.strip("\\").replace("\\", "/")
 FIRST_LBA = 2048
-DEFAULT_SIZE_MIB = 256
+DEFAULT_SIZE_MIB = CACHE_DISK_SIZE_MIB
 #: FAT32 needs ~33 MiB; plus the 1 MiB gap and the backup GPT.
 MIN_SIZE_MIB = FAT32_MIN // MIB + 2
 
