@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,7 @@ from guest.agent.kexec import (
     Staged,
     leave,
     parse_exit,
+    unchecked_allowed,
 )
 from guest.contract.arch import Arch
 
@@ -37,10 +39,11 @@ class Edge:
     refuse: str | None = None
     calls: list[str] = field(default_factory=list)
 
-    def load(self, staged: Staged) -> None:
+    def load(self, staged: Staged) -> str:
         self.calls.append("load")
         if self.refuse:
             raise KexecRefused(self.refuse)
+        return "recorded"
 
     def jump(self) -> None:
         self.calls.append("jump")
@@ -100,3 +103,56 @@ def test_the_real_syscall_refuses_bytes_that_are_no_kernel() -> None:
 
     with pytest.raises(KexecRefused, match=r"kexec.*\((ENOEXEC|EPERM|ENOSYS)\)"):
         Kexec(Arch.host(), never).load(STAGED)
+
+
+@pytest.mark.parametrize(
+    ("secure_boot", "lockdown", "allowed"),
+    [(True, "[none] integrity confidentiality", False),
+     (False, "[none] integrity confidentiality", True),
+     (False, "none [integrity] confidentiality", False),
+     (False, None, True)],  # no securityfs: lockdown was never set
+)  # fmt: skip
+def test_the_unhashed_loader_only_where_nothing_requires_checks(
+    tmp_path: Path, secure_boot: bool, lockdown: str | None, allowed: bool
+) -> None:
+    path = tmp_path / "lockdown"
+    if lockdown is not None:
+        path.write_text(lockdown + "\n")
+    assert unchecked_allowed(secure_boot, path) is allowed
+
+
+def _tool(tmp_path: Path, status: int) -> Path:
+    """A stand-in for kexec(8) that records its argv and the bytes behind its fd paths."""
+    tool = tmp_path / "kexec"
+    tool.write_text(
+        "#!/bin/sh\n"
+        f'printf "%s\\n" "$@" > {tmp_path}/argv\n'
+        'for a in "$@"; do case "$a" in --initrd=*) cat "${a#--initrd=}" > '
+        f'{tmp_path}/initrd;; /proc/*) cat "$a" > {tmp_path}/kernel;; esac; done\n'
+        f"echo 'Could not find a free area of memory' >&2; exit {status}\n"
+    )
+    tool.chmod(0o755)
+    return tool
+
+
+def test_the_userland_loader_gets_the_images_and_skips_the_hashing(tmp_path: Path) -> None:
+    def never() -> None:
+        raise AssertionError("must not reboot")
+
+    edge = Kexec(Arch.host(), never, tool=_tool(tmp_path, 0))
+    assert edge.load(STAGED) == "kexec_load, no segment hashing"
+    argv = (tmp_path / "argv").read_text().splitlines()
+    assert argv[:4] == ["--load", "--kexec-syscall", "--no-checks",
+                        "--command-line=console=ttyS0 root=LABEL=x"]  # fmt: skip
+    assert (tmp_path / "kernel").read_bytes() == STAGED.kernel
+    assert (tmp_path / "initrd").read_bytes() == STAGED.initrd
+
+
+def test_a_failing_userland_loader_falls_back_to_kexec_file_load(tmp_path: Path) -> None:
+    def never() -> None:
+        raise AssertionError("must not reboot")
+
+    edge = Kexec(Arch.host(), never, tool=_tool(tmp_path, 1))
+    with pytest.raises(KexecRefused, match=r"\((ENOEXEC|EPERM|ENOSYS)\)"):
+        edge.load(STAGED)  # kexec_file_load refuses these bytes, as above
+    assert edge.fallback == "kexec exited 1: Could not find a free area of memory"

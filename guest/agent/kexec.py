@@ -11,6 +11,16 @@
 Staging (the ESP files and Boot0001) happens before either, so the reboot fallback boots
 the same target, and a later power cycle too. The syscall goes through ctypes like the
 agent's others (mount, reboot); the kernel and initrd reach it as memfds.
+
+Two loaders. kexec_file_load(2) always hashes every segment with SHA-256 twice (when
+loading, and in purgatory before the jump) and checks the kernel's signature: under TCG
+that is ~2.5 s of a ~3.7 s exit. Where nothing requires the kernel to check what it
+starts (Secure Boot off, no lockdown), the agent first uses kexec-tools' ``kexec``
+(packed into the initramfs) on the older kexec_load(2) with ``--no-checks``: the same
+target, loaded by userland, no hashing. The agent has already bound those bytes to the
+signed plan (docs/trust-model.md); the hashes only guard against memory corruption
+between load and jump. Under Secure Boot or lockdown, and whenever that loader fails,
+kexec_file_load is used, as before.
 """
 
 from __future__ import annotations
@@ -18,8 +28,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from guest.agent.cmdline import parse_exit
@@ -41,6 +53,13 @@ REFUSALS = {
     errno.ENOSYS: "this kernel has no kexec_file_load (CONFIG_KEXEC_FILE is off)",
     errno.ENOEXEC: "the target kernel is not an image this kernel can kexec",
 }
+#: kexec-tools' loader in the initramfs (publisher/media/guestpack.py, KEXEC_TOOL there).
+KEXEC_TOOL = Path("/usr/lib/cloudboot/kexec")
+#: Where the kernel says whether lockdown is on ("[none] integrity confidentiality").
+LOCKDOWN = Path("/sys/kernel/security/lockdown")
+#: Bounds on the userland loader: it reads the images and /sys, nothing slow.
+TOOL_TIMEOUT_S = 60
+TOOL_ERROR_CHARS = 400
 EXIT_HINT = (
     "add ',reboot' (cloudboot.exit=kexec,reboot) to fall back to a firmware reboot, or"
     " boot with cloudboot.exit=reboot; Boot0001 is staged either way"
@@ -63,7 +82,10 @@ class Staged:
 class Leaving(Protocol):
     """The machine edge of leaving (``Kexec`` in the guest)."""
 
-    def load(self, staged: Staged) -> None: ...
+    def load(self, staged: Staged) -> str:
+        """Load the target; returns which loader did it (for the log)."""
+        ...
+
     def jump(self) -> None: ...
     def reboot(self) -> None: ...
 
@@ -78,17 +100,68 @@ def _memfd(name: str, data: FileData) -> int:
     return fd
 
 
+def unchecked_allowed(secure_boot: bool, lockdown: Path = LOCKDOWN) -> bool:
+    """Whether the kernel may start a target it did not hash: Secure Boot off and no
+    lockdown (an unreadable lockdown file, as without securityfs, means none is set)."""
+    if secure_boot:
+        return False
+    try:
+        state = lockdown.read_text()
+    except OSError:
+        return True
+    return "[none]" in state
+
+
 class Kexec:
-    """kexec_file_load(2) and reboot(2) through libc; ``finish`` is the plain reboot."""
+    """kexec(8) or kexec_file_load(2), and reboot(2) through libc; ``finish`` is the
+    plain reboot. ``tool``: the userland loader, when :func:`unchecked_allowed`."""
 
     def __init__(
-        self, arch: Arch, finish: Callable[[], None], libc: ctypes.CDLL | None = None
-    ) -> None:
+        self, arch: Arch, finish: Callable[[], None], libc: ctypes.CDLL | None = None,
+        *, tool: Path | None = None,
+    ) -> None:  # fmt: skip
         self.arch = arch
         self._finish = finish
         self.libc = libc or ctypes.CDLL("libc.so.6", use_errno=True)
+        self.tool = tool
+        self.fallback: str | None = None  # why the userland loader was not used
 
-    def load(self, staged: Staged) -> None:
+    def load(self, staged: Staged) -> str:
+        if self.tool is not None and self.tool.exists():
+            try:
+                self._load_unchecked(self.tool, staged)
+                return "kexec_load, no segment hashing"
+            except KexecRefused as exc:
+                self.fallback = str(exc)
+        self._load_file(staged)
+        return "kexec_file_load" + (
+            f"; kexec_load failed: {self.fallback}" if self.fallback else ""
+        )
+
+    def _load_unchecked(self, tool: Path, staged: Staged) -> None:
+        """kexec -l --kexec-syscall --no-checks, the images as memfds it inherits."""
+        fds: list[int] = []
+        try:
+            fds.append(_memfd("cloudboot-kernel", staged.kernel))
+            argv = [str(tool), "--load", "--kexec-syscall", "--no-checks",
+                    f"--command-line={staged.cmdline}"]  # fmt: skip
+            if staged.initrd is not None:
+                fds.append(_memfd("cloudboot-initrd", staged.initrd))
+                argv.append(f"--initrd=/proc/self/fd/{fds[1]}")
+            argv.append(f"/proc/self/fd/{fds[0]}")
+            try:
+                done = subprocess.run(argv, pass_fds=fds, capture_output=True,
+                                      timeout=TOOL_TIMEOUT_S, check=False)  # fmt: skip
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise KexecRefused(f"{tool.name}: {exc}") from exc
+            if done.returncode != 0:
+                said = done.stderr.decode(errors="replace").strip()[-TOOL_ERROR_CHARS:]
+                raise KexecRefused(f"{tool.name} exited {done.returncode}: {said}")
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _load_file(self, staged: Staged) -> None:
         fds: list[int] = []
         try:
             fds.append(_memfd("cloudboot-kernel", staged.kernel))
@@ -126,8 +199,8 @@ def leave(console: Console, exit_value: str, staged: Staged | None, edge: Leavin
     modes = parse_exit(exit_value)
     if modes[0] == "kexec" and staged is not None:
         try:
-            edge.load(staged)
-            console.log("kexec: target loaded; starting it (no firmware pass)")
+            how = edge.load(staged)
+            console.log(f"kexec: target loaded ({how}); starting it (no firmware pass)")
             edge.jump()
         except KexecRefused as exc:
             if "reboot" not in modes:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from guest.agent import blockdev, stage, template
 from guest.agent.cmdline import Options, knob_warnings, parse_cmdline
 from guest.agent.console import Console
-from guest.agent.kexec import Kexec, Staged, leave
+from guest.agent.kexec import KEXEC_TOOL, Kexec, Staged, leave, unchecked_allowed
 from guest.agent.layers import Extras
 from guest.agent.lease import Lease, choose_dns, resolv_conf
 from guest.agent.machine import Paths, System
@@ -479,6 +479,18 @@ def _hint(exc: CloudbootError) -> str:
     return DEBUG_HINT
 
 
+def _kexec(agent: Agent, system: sysguest.GuestSystem) -> Kexec:
+    """The kexec edge: the userland loader only where nothing requires kernel checks."""
+    from guest.agent.secureboot import secure_boot_on
+
+    try:  # efivarfs is mounted: the agent has just written Boot0001
+        secure_boot = secure_boot_on(EfiVarStore(agent.paths.efivars))
+    except CloudbootError:
+        secure_boot = True  # unknown: let the kernel check
+    unchecked = unchecked_allowed(secure_boot)
+    return Kexec(agent.arch, system.finish, tool=KEXEC_TOOL if unchecked else None)
+
+
 def main(system: sysguest.GuestSystem | None = None) -> None:
     """PID 1 entry point: run once, reboot on success, otherwise wait (never exit).
 
@@ -491,7 +503,7 @@ def main(system: sysguest.GuestSystem | None = None) -> None:
     agent = Agent(system, console, Paths(), Arch.host())
     status = agent.run()
     if status == 0:  # reboot(2), or kexec as cloudboot.exit says
-        status = leave(console, agent.options.exit, agent.staged, Kexec(agent.arch, system.finish))
+        status = leave(console, agent.options.exit, agent.staged, _kexec(agent, system))
     system.wait_forever(agent.options.debug)
     sys.exit(status)  # unreachable in the guest; kept for host runs
 

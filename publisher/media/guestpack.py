@@ -41,7 +41,14 @@ RUNTIME_PACKAGES = (
     "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib", "libc6",
     "libssl3", "zlib1g", "libexpat1", "libffi8", "libbz2-1.0", "liblzma5", "libuuid1",
     "libargon2-1",  # LUKS2 key slots (guest/agent/volumes/native.py)
+    # kexec(8) for cloudboot.exit=kexec without segment hashing (guest/agent/kexec.py);
+    # it links libxenctrl, which links the small libxen* below.
+    "kexec-tools", "libxenmisc4.17", "libxentoollog1", "libxencall1", "libxenevtchn1",
+    "libxengnttab1", "libxenforeignmemory1", "libxendevicemodel1", "libxentoolcore1",
 )  # fmt: skip
+#: Binaries kept from trees TREE_DROP removes: where the package puts them -> where the
+#: agent runs them (guest.agent.kexec.KEXEC_TOOL).
+KEEP_BINARIES = {"sbin/kexec": "usr/lib/cloudboot/kexec"}
 #: Pure-Python wheels from PyPI, pinned as constraints.txt pins them (ext4's own wheel is
 #: the py3-none-any one: the venv's is a compiled x86_64 build).
 PYPI_PACKAGES = ("ext4==1.4.1", "cachetools==7.1.1", "crcmod==1.7", "typing_extensions==4.15.0")
@@ -54,13 +61,15 @@ STDLIB_DROP = (
 )  # fmt: skip
 DYNLOAD_DROP = ("_sqlite3", "_curses", "readline", "_dbm", "_gdbm", "_tkinter", "_crypt",
                 "_codecs_", "_multibytecodec", "nis", "_test", "xxlimited", "audioop")  # fmt: skip
-TREE_DROP = ("usr/share", "usr/lib/locale", "usr/bin/pydoc", "sbin", "usr/sbin", "etc")
+TREE_DROP = ("usr/share", "usr/lib/locale", "usr/bin/pydoc", "sbin", "usr/sbin", "etc",
+             "usr/lib/systemd", "usr/lib/xen-4.17")  # fmt: skip
 #: Shared libraries nothing in the runtime links or loads (checked with readelf -d over
 #: python3.11 and lib-dynload), by name prefix, in lib/<triplet> and usr/lib/<triplet>:
 #: every byte here is decompressed on every boot.
 LIB_DROP = ("libBrokenLocale", "libanl", "libc_malloc_debug", "libmemusage", "libmvec",
             "libnsl", "libnss_compat", "libnss_hesiod", "libpcprofile", "libthread_db",
-            "libexpatw", "gconv", "ossl-modules", "engines-3")  # fmt: skip
+            "libexpatw", "gconv", "ossl-modules", "engines-3", "libxenlight", "libxlutil",
+            "libxenguest", "libxenstat", "libxenvchan", "kexec-tools")  # fmt: skip
 
 INIT_SCRIPT = """#!/bin/busybox sh
 # cloud-boot-init (Python): the agent is PID 1 through exec, so it never returns here.
@@ -120,6 +129,9 @@ def _triplet(arch: Arch) -> str:
 
 
 def _prune(root: Path, arch: Arch) -> None:
+    for source, kept in KEEP_BINARIES.items():
+        (root / kept).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(root / source, root / kept)
     for rel in TREE_DROP:
         target = root / rel
         if target.is_dir() and not target.is_symlink():
