@@ -89,7 +89,7 @@ FLOOR_OF = {"firmware": "a", "target": "b"}
 KERNEL_EDIT_ANCHOR = "cloudboot.insecure=1 "
 STAGES: dict[str, str | None] = {label: FLOOR_OF.get(key) for key, label in RELOAD_STAGES.items()}
 #: The kexec loop's exit, split (its "agent, rest" and "reboot -> target marker" stages).
-KEXEC_STAGES = ("kexec_file_load (Boot0001 staged -> target loaded)",
+KEXEC_STAGES = ("kexec load (Boot0001 staged -> target loaded)",
                 "kexec -> target banner (shutdown, purgatory, decompression)",
                 "target banner -> target marker")  # fmt: skip
 
@@ -129,7 +129,7 @@ def measure_edit(loop: LiveLoop, clock: LineClock, old: str, new: str) -> dict[s
     return {"total": t_up - t_edit, "plan publish": float(plan["duration_ms"]) / 1000, **stages}
 
 
-#: The kexec exit's lines: the agent's after kexec_file_load(2), the old kernel's last.
+#: The kexec exit's lines: the agent's after loading the target, the old kernel's last.
 KEXEC_LOADED = re.compile(r"kexec: target loaded")
 KEXEC_START = re.compile(r"kexec_core: Starting new kernel")
 BANNER = re.compile(r"Linux version ")
@@ -143,10 +143,11 @@ def _seen(lines: list[tuple[float, str]], regex: re.Pattern[str], after: float =
 
 
 def kexec_split(lines: list[tuple[float, str]], t_up: float) -> dict[str, float]:
-    """Where the kexec exit's time goes: kexec_file_load (the kernel reads, hashes and
-    checks the signature of the target), the old kernel's shutdown + purgatory (it hashes
-    the segments again) + the new kernel's decompression up to its banner, and the banner
-    -> marker part that the floor's "target kernel start" is."""
+    """Where the kexec exit's time goes: the load (kexec(8) reads the images; on the
+    kexec_file_load fallback the kernel also hashes them and checks the signature), the
+    old kernel's shutdown + purgatory (which hashes again only on that fallback) + the new
+    kernel's decompression up to its banner, and the banner -> marker part that the
+    floor's "target kernel start" is."""
     t_staged = _seen(lines, STAGED)
     t_loaded = _seen(lines, KEXEC_LOADED, t_staged)
     t_start = _seen(lines, KEXEC_START, t_loaded)
@@ -291,7 +292,7 @@ def summarise_kexec(
 ) -> list[Row]:  # fmt: skip
     """The kexec loop against its floor: the bootstrap boot plus the target kernel's start
     (banner -> marker in the bare target boot), and below the two-pass loop. Its exit is
-    split too: the floor has no kexec_file_load and counts no decompression, so those rows
+    split too: the floor has no kexec load and counts no decompression, so those rows
     say what the kexec path pays that the floor leaves out (``load_b``: what the firmware
     takes for the same kernel, from starting the image to its banner)."""
     med = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
@@ -306,8 +307,8 @@ def summarise_kexec(
         Row(8, "floor: target kernel start (banner -> CLOUDBOOT-TARGET-UP, bare boot)",
             kernel_b, "s"),
         Row(8, f"kexec stage: {KEXEC_STAGES[0]}", load, "s",
-            note="not in the floor: the kernel reads the target, checks its signature"
-            " (CONFIG_KEXEC_BZIMAGE_VERIFY_SIG) and hashes the segments"),
+            note="not in the floor: kexec(8) reads the target into memory (kexec_load,"
+            " no segment hashing: guest/agent/kexec.py)"),
         Row(8, f"kexec stage: {KEXEC_STAGES[1]}", jump, "s",
             "bare boot: firmware starts the target image -> its banner", load_b,
             note="the floor counts the kernel from its banner only"),
