@@ -7,7 +7,8 @@ flips ``default_target`` (alpha <-> beta); the clock runs from the file write to
 
 The floor is the two boots the loop cannot avoid, measured in the same QEMU (the argv the
 VM backend builds from the same workspace config, fresh NVRAM each time), QEMU start to
-marker, median over as many boots as edits:
+marker, median over twice as many boots as edits, half before the loops and half after
+(the machine's speed drifts; a row reports by how much):
 (a) the bootstrap: a boot.iso built from the repo recipe with init = "busybox-marker",
     to ``CLOUDBOOT-INIT-OK``;
 (b) the target: the same Debian kernel + the demo target initrd as a UKI
@@ -191,6 +192,26 @@ def measure_floor(spec: VmSpec, iso: Path, marker: str, work: Path) -> tuple[flo
     return seen - start, seen - kernel, kernel - loading
 
 
+Floors = list[tuple[float, tuple[float, float, float]]]
+
+
+def measure_floors(spec: VmSpec, marker_iso: Path, target_iso: Path, work: Path,
+                   n: int) -> Floors:  # fmt: skip
+    """``n`` pairs of bare boots, (a) then (b): (a)'s total and (b)'s three numbers."""
+    return [(measure_floor(spec, marker_iso, INIT_MARKER, work / f"a{i}")[0],
+             measure_floor(spec, target_iso, TARGET_MARKER, work / f"b{i}"))
+            for i in range(n)]  # fmt: skip
+
+
+def drift_row(before: Floors, after: Floors) -> Row:
+    """How much the machine's speed moved during the run: both floors after vs before."""
+    first = statistics.median(a + b[0] for a, b in before)
+    last = statistics.median(a + b[0] for a, b in after)
+    return Row(8, "machine drift: floors (a) + (b) after the loops", last, "s",
+               "the same before the loops", first,
+               note="the ratios use all floor boots, before and after")  # fmt: skip
+
+
 def measure_kernel_edit(loop: LiveLoop, clock: LineClock, target: str, n: int) -> dict[str, float]:
     """One kernel/recipe.toml cmdline edit: edit -> the rebuilt boot.iso's agent boots the
     (unchanged) default target, and what the boot.iso rebuild took of it."""
@@ -245,23 +266,27 @@ def main() -> None:
         if "qemu" in loops:
             loop = LiveLoop(tmp / "ws")
             loop.create_workspace()  # `cloudboot init`: not part of the first-boot time
-            first, runs, kernel_runs = run_loop(loop, edits, kernel_edits=edits)
             spec = VmSpec.from_config(load_config(loop.root))
             spec = dataclasses.replace(spec, disks=(demo_disk_path(load_config(loop.root)),))
-            # The loop is down now: the floor boots do not share the CPU with its idle VM.
             marker_iso, target_iso = floor_isos(tmp)
+            # The floors run while no loop VM is up (they would share the CPU with its idle
+            # VM), half before the loops and half after: this machine's speed drifts by
+            # tens of percent over a run, and a floor taken only at one end of it skews
+            # every ratio (session 6: floors taken after the loops read 30 % slow).
+            before = measure_floors(spec, marker_iso, target_iso, tmp / "before", edits)
+            first, runs, kernel_runs = run_loop(loop, edits, kernel_edits=edits)
             fast: dict[str, list[dict[str, float]]] = {}
             for mode in ("kexec", "host"):  # own workspaces, before the floors (same reason)
                 if mode in loops:
                     other = LiveLoop(tmp / f"{mode}-ws", loop=mode)
                     other.create_workspace()
                     fast[mode] = run_loop(other, edits)[1]
-            floor_a = [measure_floor(spec, marker_iso, INIT_MARKER, tmp / f"a{i}")[0]
-                       for i in range(edits)]  # fmt: skip
-            floor_b = [measure_floor(spec, target_iso, TARGET_MARKER, tmp / f"b{i}")
-                       for i in range(edits)]  # fmt: skip
+            after = measure_floors(spec, marker_iso, target_iso, tmp / "after", edits)
+            floor_a = [a for a, _ in before + after]
+            floor_b = [b for _, b in before + after]
             bare_b = statistics.median(b[0] for b in floor_b)
             rows += summarise(runs, statistics.median(floor_a), bare_b, edits)
+            rows.append(drift_row(before, after))
             note = "fresh workspace: key, registry, publish, build, boot"
             rows.append(Row(8, "`cloudboot up` -> first target up", first, "s", note=note))
             qemu_total = statistics.median(r["total"] for r in runs)
