@@ -20,8 +20,6 @@ upstream) or a result overflows 64 bits, we differ: §8 lists it.
 from __future__ import annotations
 
 import math
-from decimal import Decimal
-from fractions import Fraction
 
 from guest.contract.errors import Location
 from guest.contract.plan.errors import PlanError
@@ -81,6 +79,8 @@ def _modulo(x: Number, y: Number, where: Location) -> Number:
         quotient = abs(x) // abs(y) * (1 if (x < 0) == (y < 0) else -1)  # truncated
         result: Number = x - y * quotient
     else:  # fmod is exact, as cty's 512-bit x - y * q is for 64-bit operands
+        from fractions import Fraction  # rare: not worth its import on every start-up
+
         quotient = math.trunc(Fraction(x) / Fraction(y))
         result = math.fmod(x, y)
     if result == 0:
@@ -96,6 +96,8 @@ def to_text(x: Number) -> str:
         return "+Inf" if x > 0 else "-Inf"
     if x.is_integer():
         return "-0" if x == 0 and math.copysign(1.0, x) < 0 else str(int(x))
+    from decimal import Decimal  # only fractions need it: kept off the start-up path
+
     return format(Decimal(repr(x)), "f")
 
 
