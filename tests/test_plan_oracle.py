@@ -110,6 +110,11 @@ def assert_same_syntax(text: str, theirs: Verdict, *, column: bool) -> None:
         )
 
 
+def judged(oracle: Path, plans: list[str]) -> list[tuple[str, Verdict]]:
+    """Each plan with hclsyntax's verdict on it (one oracle run for the batch)."""
+    return list(zip(plans, ask(oracle, [("p.hcl", t) for t in plans]), strict=True))
+
+
 # -- generated expressions, their tokens joined with spaces, newlines or nothing ---------
 # Plans are drawn from one hypothesis-seeded Random per example: drawing hundreds of
 # recursive structures through strategies costs more than the oracle itself.
@@ -164,8 +169,7 @@ def expression_plan(rnd: Random) -> str:
 @given(st.randoms(use_true_random=False))
 def test_generated_expressions_parse_as_hclsyntax_parses(oracle: Path, rnd: Random) -> None:
     """Same verdict, and a rejection at the same line and column."""
-    plans = [expression_plan(rnd) for _ in range(PER_EXAMPLE)]
-    for text, theirs in zip(plans, ask(oracle, [("p.hcl", t) for t in plans]), strict=True):
+    for text, theirs in judged(oracle, [expression_plan(rnd) for _ in range(PER_EXAMPLE)]):
         assert_same_syntax(text, theirs, column=True)
 
 
@@ -198,8 +202,7 @@ def test_newline_mutated_plans_are_rejected_where_hclsyntax_rejects_them(
 ) -> None:
     """Same verdict, and a rejection on the same line (columns differ where hclsyntax
     points at the start of a broken argument and we at the token that broke it)."""
-    plans = [newline_mutated_plan(rnd) for _ in range(PER_EXAMPLE)]
-    for text, theirs in zip(plans, ask(oracle, [("p.hcl", t) for t in plans]), strict=True):
+    for text, theirs in judged(oracle, [newline_mutated_plan(rnd) for _ in range(PER_EXAMPLE)]):
         assert_same_syntax(text, theirs, column=False)
 
 
@@ -223,8 +226,7 @@ def test_mutated_plans_are_accepted_exactly_when_hclsyntax_accepts_them(
 ) -> None:
     """Same verdict. (Where a mutation makes several errors, hclsyntax's error recovery
     may report a later one first, so the line is not compared.)"""
-    plans = [mutated_plan(rnd) for _ in range(PER_EXAMPLE)]
-    for text, theirs in zip(plans, ask(oracle, [("p.hcl", t) for t in plans]), strict=True):
+    for text, theirs in judged(oracle, [mutated_plan(rnd) for _ in range(PER_EXAMPLE)]):
         mine = ours(text)
         if mine is not None and FUNCTION_CALL in mine[1]:
             continue
@@ -291,8 +293,7 @@ def plain(value: Any) -> Any:
 def test_generated_expressions_evaluate_as_hclsyntax_evaluates(oracle: Path, rnd: Random) -> None:
     """Same verdict, and when both accept, the same value."""
     exprs = [value_expression(rnd) for _ in range(PER_EXAMPLE)]
-    plans = [f"locals {{\n  v = {e}\n}}\n" for e in exprs]
-    for text, theirs in zip(plans, ask(oracle, [("p.hcl", t) for t in plans]), strict=True):
+    for text, theirs in judged(oracle, [f"locals {{\n  v = {e}\n}}\n" for e in exprs]):
         try:
             (attr,) = parse_document(text, "p.hcl").blocks[0].body.attributes
             scope = Locals({"v": attr.value}, "amd64", {}, Lldp().as_value())
