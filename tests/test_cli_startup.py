@@ -127,3 +127,47 @@ def test_commands_still_reach_their_libraries(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "cannot reach registry" in proc.stderr and "connection refused" in proc.stderr
     assert "requests" in modules
+
+
+def test_command_home_names_what_each_module_registers() -> None:
+    """main() imports only the module COMMAND_HOME names for the command: the table must
+    hold every top-level command and group exactly where it is registered."""
+    import typer
+
+    from watcher.cli import COMMAND_HOME, COMMAND_MODULES, command_tree
+
+    registered: dict[str, str] = {}
+    for module in COMMAND_MODULES:
+        tree = command_tree((module,))
+        names = [c.name for c in tree.registered_commands] + [
+            g.name for g in tree.registered_groups
+        ]
+        assert all(isinstance(n, str) for n in names), f"{module}: a command without a name"
+        registered.update(dict.fromkeys(names, module))  # type: ignore[arg-type]
+    assert registered == COMMAND_HOME
+    whole = typer.main.get_command(command_tree())
+    assert sorted(whole.commands) == sorted(COMMAND_HOME)  # type: ignore[attr-defined]
+
+
+def test_a_command_line_imports_only_its_own_group() -> None:
+    """`plan validate` builds the plan group alone; root options before or after the
+    command do not hide it; an unknown command still gets click's message (whole tree)."""
+    _, proc = loaded("-v", "--log-format=json", "plan", "validate", "-C", str(REPO),
+                     str(REPO / "plans"))  # fmt: skip
+    assert proc.returncode == 0 and "plan(s) valid" in proc.stderr, proc.stdout + proc.stderr
+    code = (
+        "import json, sys\nsys.argv = ['cloudboot', '-vv', 'plan', 'validate', sys.argv[1]]\n"
+        "from watcher.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(json.dumps([m for m in sys.modules if m.startswith('watcher.cli.')]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(REPO / "plans")],
+        capture_output=True, text=True, cwd=REPO, check=True,
+    ).stdout  # fmt: skip
+    groups = set(json.loads(out.strip().splitlines()[-1])) - {
+        "watcher.cli.coerce", "watcher.cli.errors", "watcher.cli.logsetup",
+    }  # fmt: skip
+    assert groups == {"watcher.cli.plan"}
+    _, proc = loaded("nope")
+    assert proc.returncode == 2 and "No such command 'nope'" in proc.stderr

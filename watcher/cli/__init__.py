@@ -4,12 +4,15 @@ This module owns only the root: global options, logging and turning our typed er
 into messages and exit codes. Each command group lives in its own module here and adds
 itself through ``register(app)``, so the CLI stays a thin layer over library code.
 
-Start-up time matters (`cloudboot --help`, `plan validate` in an editor hook), and every
-group is imported to build the command tree, so group modules import only typer and light
-guest/ modules at the top; HTTP, crypto, HCL, image and watch libraries (and structlog,
-which pulls in rich) are imported inside the commands that use them; logging is
-configured when structlog is first imported (watcher/cli/logsetup.py), and typer's
-parameters skip pydantic where they can (watcher/cli/coerce.py).
+Start-up time matters (`cloudboot --help`, `plan validate` in an editor hook, a GitOps
+check of a thousand plans), so :func:`main` imports and registers only the module of the
+command it was asked for (:data:`COMMAND_HOME`; any other command line, ``--help`` for
+one, gets the whole tree), and ``watcher.cli.app`` (tests, completion) is the whole tree,
+built on first use. Group modules import only typer and light guest/ modules at the top;
+HTTP, crypto, HCL, image and watch libraries (and structlog, which pulls in rich) are
+imported inside the commands that use them; logging is configured when structlog is
+first imported (watcher/cli/logsetup.py), and typer's parameters skip pydantic where they
+can (watcher/cli/coerce.py).
 tests/test_cli_startup.py keeps it that way.
 """
 
@@ -35,17 +38,40 @@ COMMAND_MODULES = (
     "demo", "doctor",
 )  # fmt: skip
 
-app = typer.Typer(
-    rich_markup_mode=None,
-    name="cloudboot",
-    help=(
-        "Build, sign and publish cloud-boot plans and boot media, and live-reload a VM "
-        "(vfkit on macOS, QEMU on Linux) whenever plans/ or kernel/ change."
-    ),
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+#: The module that registers each top-level command or group; tests/test_cli_startup.py
+#: checks it against what the modules register.
+COMMAND_HOME = {
+    "init": "init", "plan": "plan", "promote": "history", "push": "push", "key": "keys",
+    "sign": "keys", "verify": "keys", "verify-blob": "keys", "login": "transport",
+    "logout": "transport", "build": "build", "cache-disk": "build", "kernel": "build",
+    "vm": "vm", "watch": "watch", "status": "watch", "publish": "watch", "agent": "watch",
+    "registry": "registry", "up": "demo", "doctor": "doctor",
+}  # fmt: skip
+
+
+def _root() -> typer.Typer:
+    """The root command with its options and no groups yet."""
+    root_app = typer.Typer(
+        rich_markup_mode=None,
+        name="cloudboot",
+        help=(
+            "Build, sign and publish cloud-boot plans and boot media, and live-reload a VM "
+            "(vfkit on macOS, QEMU on Linux) whenever plans/ or kernel/ change."
+        ),
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    root_app.callback()(root)
+    return root_app
+
+
+def command_tree(modules: tuple[str, ...] = COMMAND_MODULES) -> typer.Typer:
+    """A root command with the groups of ``modules`` (default: every group)."""
+    tree = _root()
+    for name in modules:
+        importlib.import_module(f"watcher.cli.{name}").register(tree)
+    return tree
 
 
 @dataclass
@@ -109,7 +135,6 @@ def _version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def root(
     ctx: typer.Context,
     verbose: Annotated[
@@ -155,16 +180,27 @@ def root(
 coerce.install()  # typer's parameters without pydantic where that changes nothing
 
 
-def _register_groups() -> None:
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"watcher.cli.{name}").register(app)
+_whole_tree: typer.Typer | None = None
 
 
-_register_groups()
+def __getattr__(name: str) -> typer.Typer:
+    """``watcher.cli.app``: the whole command tree, built on first use."""
+    global _whole_tree
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _whole_tree is None:
+        _whole_tree = command_tree()
+    return _whole_tree
 
 
 def main() -> None:
     """Console-script entry: watcher.cli.errors turns every way a command ends into an exit code."""
     from watcher.cli.errors import run_cli
 
-    run_cli(app, sys.argv[1:])
+    run_cli(_tree_for, sys.argv[1:])
+
+
+def _tree_for(command: str | None) -> typer.Typer:
+    """Only the group that registers ``command``; the whole tree for anything else."""
+    home = COMMAND_HOME.get(command or "")
+    return command_tree((home,)) if home else command_tree()

@@ -116,17 +116,39 @@ def hoist_global_options(argv: Sequence[str]) -> list[str]:
         if arg == "--":
             rest += args[i:]
             break
-        if arg in GLOBAL_FLAGS or (arg.startswith("-v") and set(arg[1:]) == {"v"}):
+        if _whole_root_option(arg):
             front.append(arg)
         elif arg in GLOBAL_VALUE_OPTIONS and i + 1 < len(args):
             front += [arg, args[i + 1]]
             i += 1
-        elif any(arg.startswith(f"{o}=") for o in GLOBAL_VALUE_OPTIONS if o.startswith("--")):
-            front.append(arg)
         else:
             rest.append(arg)
         i += 1
     return front + rest
+
+
+def command_word(args: Sequence[str]) -> str | None:
+    """The command of a hoisted command line (root options first), or None when the first
+    word after them is an option (``--help``, ``--version``) or there is none."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in GLOBAL_VALUE_OPTIONS:
+            i += 2
+        elif _whole_root_option(arg):
+            i += 1
+        else:
+            return None if arg.startswith("-") else arg
+    return None
+
+
+def _whole_root_option(arg: str) -> bool:
+    """A root option in one word: ``--verbose``, ``-vv``, ``--workspace=DIR``."""
+    return (
+        arg in GLOBAL_FLAGS
+        or (arg.startswith("-v") and set(arg[1:]) == {"v"})
+        or any(arg.startswith(f"{o}=") for o in GLOBAL_VALUE_OPTIONS if o.startswith("--"))
+    )
 
 
 def verbosity(argv: Sequence[str]) -> int:
@@ -184,8 +206,9 @@ def report(failure: Failure, *, as_json: bool, usage: str = "") -> None:
         sys.stderr.write(usage)
 
 
-def run_cli(app: Callable[..., Any], argv: Sequence[str]) -> NoReturn:
-    """Run the typer ``app`` on ``argv`` and exit with the code of how it ended."""
+def run_cli(tree: Callable[[str | None], Callable[..., Any]], argv: Sequence[str]) -> NoReturn:
+    """Run the typer app that ``tree`` builds for the command of ``argv`` (see
+    :func:`command_word`) and exit with the code of how it ended."""
     # typer vendors click (typer._click) and raises its exceptions when not standalone
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
     from typer._click.exceptions import UsageError as ClickUsageError
@@ -196,6 +219,7 @@ def run_cli(app: Callable[..., Any], argv: Sequence[str]) -> NoReturn:
     as_json = "--json" in args[: args.index("--")] if "--" in args else "--json" in args
     INTERRUPTS.install()
     try:
+        app = tree(command_word(args))
         code = app(args=args, prog_name="cloudboot", standalone_mode=False)
     except NoArgsIsHelpError as exc:
         exc.show()
