@@ -6,7 +6,9 @@ flips ``default_target`` (alpha <-> beta); the clock runs from the file write to
 ``CLOUDBOOT-TARGET-UP target=<new>`` on the serial console (median over the edits).
 
 The floor is the two boots the loop cannot avoid, measured in the same QEMU (the argv the
-VM backend builds from the same workspace config, fresh NVRAM each time), QEMU start to
+VM backend builds from the same workspace config, each boot from the image's settled
+NVRAM: the store the firmware leaves after a first pass from its template, taken by one
+untimed boot, as the loop's restarts restore it, watcher/vm/settle.py), QEMU start to
 marker, median over twice as many boots as edits, half before the loops and half after
 (the machine's speed drifts; a row reports by how much):
 (a) the bootstrap: a boot.iso built from the repo recipe with init = "busybox-marker",
@@ -74,6 +76,7 @@ from watcher.cli.demo import attach_demo_disk  # noqa: E402
 from watcher.vm.firmware import find_firmware  # noqa: E402
 from watcher.vm.nvram import restore_template  # noqa: E402
 from watcher.vm.qemu import kvm_usable, qemu_argv  # noqa: E402
+from watcher.vm.settle import capture  # noqa: E402
 from watcher.vm.spec import VmSpec  # noqa: E402
 from watcher.watch.lineclock import LineClock  # noqa: E402
 from watcher.watch.reload import HOST_STAGES, STAGED, host_stages, split_stages  # noqa: E402
@@ -159,13 +162,16 @@ def kexec_split(lines: list[tuple[float, str]], t_up: float) -> dict[str, float]
 
 
 @contextlib.contextmanager
-def bare_vm(spec: VmSpec, iso: Path, work: Path) -> Iterator[tuple[float, LineClock]]:
-    """QEMU as the backend runs it, booting ``iso`` with fresh NVRAM; yields its start time."""
+def bare_vm(
+    spec: VmSpec, iso: Path, work: Path, store: Path | None = None
+) -> Iterator[tuple[float, LineClock]]:
+    """QEMU as the backend runs it, booting ``iso`` with a copy of ``store`` as NVRAM (the
+    template when None); yields its start time."""
     work.mkdir(parents=True, exist_ok=True)
     run_spec = dataclasses.replace(spec, iso=iso, state_dir=work, nvram=work / "nvram.fd",
                                    serial_log=work / "serial.log")  # fmt: skip
     firmware = find_firmware(run_spec.arch)
-    restore_template(run_spec.nvram, firmware.vars_template)
+    restore_template(run_spec.nvram, store or firmware.vars_template)
     accel = run_spec.accel
     if accel is Accel.AUTO:
         accel = Accel.KVM if kvm_usable(run_spec.arch) else Accel.TCG
@@ -183,10 +189,20 @@ def floor_isos(out: Path) -> tuple[Path, Path]:
     return marker_iso, demo_target_iso(out, TARGET_CMDLINE)
 
 
-def measure_floor(spec: VmSpec, iso: Path, marker: str, work: Path) -> tuple[float, float, float]:
+def settled_store(spec: VmSpec, iso: Path, work: Path) -> Path:
+    """One untimed boot of ``iso`` from the template; the store the firmware left at the
+    kernel's banner, as the VM backend keeps it for the loop's restarts."""
+    with bare_vm(spec, iso, work) as (_, clock):
+        clock.wait(BANNER.pattern, timeout=300)
+        return capture(work / "nvram.fd", work / "qmp.sock", "floor")
+
+
+def measure_floor(
+    spec: VmSpec, iso: Path, marker: str, work: Path, store: Path
+) -> tuple[float, float, float]:
     """QEMU start -> ``marker``, the kernel's part of it (its banner -> ``marker``), and
     the firmware's start of the image -> the banner (load, EFI stub, decompression)."""
-    with bare_vm(spec, iso, work) as (start, clock):
+    with bare_vm(spec, iso, work, store) as (start, clock):
         seen, _ = clock.wait(marker, timeout=300)
         kernel, _ = clock.first(BANNER)
         loading, _ = clock.first(r"BdsDxe: starting")
@@ -199,8 +215,10 @@ Floors = list[tuple[float, tuple[float, float, float]]]
 def measure_floors(spec: VmSpec, marker_iso: Path, target_iso: Path, work: Path,
                    n: int) -> Floors:  # fmt: skip
     """``n`` pairs of bare boots, (a) then (b): (a)'s total and (b)'s three numbers."""
-    return [(measure_floor(spec, marker_iso, INIT_MARKER, work / f"a{i}")[0],
-             measure_floor(spec, target_iso, TARGET_MARKER, work / f"b{i}"))
+    store_a = settled_store(spec, marker_iso, work / "settle-a")
+    store_b = settled_store(spec, target_iso, work / "settle-b")
+    return [(measure_floor(spec, marker_iso, INIT_MARKER, work / f"a{i}", store_a)[0],
+             measure_floor(spec, target_iso, TARGET_MARKER, work / f"b{i}", store_b))
             for i in range(n)]  # fmt: skip
 
 

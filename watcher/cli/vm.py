@@ -54,6 +54,8 @@ def _format_status(st: VmStatus) -> str:
     nv = st.nvram
     if not nv.exists:
         nvram_text = "(not created yet)"
+    elif nv.settled:
+        nvram_text = f"{nv.size} bytes, the firmware's settled store (as a restart leaves it)"
     elif nv.pristine is None:
         nvram_text = f"{nv.size} bytes"
     else:

@@ -135,6 +135,10 @@ class ProcessBackend(abc.ABC):
     @abc.abstractmethod
     def _wipe_nvram(self) -> None: ...
 
+    def _clear_nvram_for_restart(self) -> None:
+        """NVRAM as a restart of the loop gets it (hook: QEMU's settled copy)."""
+        self._wipe_nvram()
+
     @abc.abstractmethod
     def _nvram_template(self) -> Path | None: ...
 
@@ -342,12 +346,12 @@ class ProcessBackend(abc.ABC):
         staging error is logged and the VM starts reset: the guest stages instead."""
         with self._exclusive():
             self._down(stop_timeout)
-            self._wipe_nvram()
+            self._clear_nvram_for_restart()
             try:
                 staged: str | None = stage()
             except CloudbootError as exc:
                 log.warning("host staging failed; the guest stages instead", error=str(exc))
-                self._wipe_nvram()
+                self._clear_nvram_for_restart()
                 staged = None
             return self._up(False), staged
 

@@ -48,6 +48,15 @@ def forget_staged_target_in(store: Path) -> bool:
     return True
 
 
+def settled_path(store: Path, key: str) -> Path:
+    """Where the settled copy of ``store`` for ``key`` lives (watcher/vm/settle.py)."""
+    return store.with_name(f"{store.name}.settled-{key}")
+
+
+def settled_copies(store: Path) -> list[Path]:
+    return sorted(store.parent.glob(f"{store.name}.settled-*"))
+
+
 def delete_store(store: Path) -> None:
     store.unlink(missing_ok=True)
 
@@ -61,6 +70,7 @@ class NvramInfo:
     size: int
     sha256: str
     pristine: bool | None  # equal to the template; None when there is no template to compare
+    settled: bool = False  # equal to the firmware's settled copy (what a restart restores)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -69,10 +79,12 @@ class NvramInfo:
             "size": self.size,
             "sha256": self.sha256,
             "pristine": self.pristine,
+            "settled": self.settled,
         }
 
 
-def _digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """sha256 of a file, recomputed only when its size or mtime changed."""
     stat = path.stat()
     return _digest_cached(path, stat.st_size, stat.st_mtime_ns)
 
@@ -90,8 +102,9 @@ def _digest_cached(path: Path, size: int, mtime_ns: int) -> str:
 def describe(store: Path, template: Path | None) -> NvramInfo:
     if not store.is_file():
         return NvramInfo(store, False, 0, "", None)
-    digest = _digest(store)
+    digest = file_digest(store)
     pristine = None
     if template is not None and template.is_file():
-        pristine = digest == _digest(template)
-    return NvramInfo(store, True, store.stat().st_size, digest, pristine)
+        pristine = digest == file_digest(template)
+    settled = any(file_digest(copy) == digest for copy in settled_copies(store))
+    return NvramInfo(store, True, store.stat().st_size, digest, pristine, settled)

@@ -17,7 +17,7 @@ from pathlib import Path
 from guest.contract.arch import Arch
 from publisher.config import Accel
 from publisher.run import require_tool
-from watcher.vm import nvram
+from watcher.vm import nvram, settle
 from watcher.vm.backend import ProcessBackend
 from watcher.vm.firmware import Firmware, find_firmware
 from watcher.vm.qmp import QmpClient, QmpError
@@ -127,20 +127,50 @@ class QemuBackend(ProcessBackend):
     def __init__(self, spec: VmSpec, firmware: Firmware | None = None) -> None:
         super().__init__(spec)
         self.firmware = firmware or find_firmware(spec.arch)
+        #: Set by a launch from the template: (settle key, serial log offset at launch).
+        self._capture: tuple[str, int] | None = None
 
     def _accel(self) -> Accel:
         if self.spec.accel is Accel.AUTO:
             return Accel.KVM if kvm_usable(self.spec.arch) else Accel.TCG
         return self.spec.accel
 
-    def _launch_argv(self, reset_nvram: bool) -> list[str]:
-        if reset_nvram or not self.spec.nvram.exists():
-            nvram.restore_template(self.spec.nvram, self.firmware.vars_template)
+    def _argv(self) -> list[str]:
         binary = require_tool(self.spec.arch.qemu_binary, "qemu-system-x86 / qemu-system-arm")
         return qemu_argv(self.spec, self.firmware, accel=self._accel(), binary=binary)
 
+    def _launch_argv(self, reset_nvram: bool) -> list[str]:
+        """A reset (or a first launch) restores the settled copy for this argv, else the
+        template, and then this launch takes the settled copy (watcher/vm/settle.py)."""
+        argv = self._argv()
+        self._capture = None
+        if reset_nvram or not self.spec.nvram.exists():
+            key = settle.settle_key(self.firmware, argv)
+            if not settle.restore(self.spec.nvram, self.firmware, key):
+                log = self.spec.serial_log
+                self._capture = (key, log.stat().st_size if log.exists() else 0)
+        return argv
+
+    def _after_start(self) -> None:
+        if self._capture is None:
+            return
+        key, offset = self._capture
+        child = self._child
+        settle.start_capture(
+            self.spec.nvram, self.spec.control_socket, self.spec.serial_log, offset, key,
+            alive=lambda: child is not None and child.poll() is None,
+        )  # fmt: skip
+
     def _wipe_nvram(self) -> None:
+        """`vm reset-nvram`: the template itself, and the settled copies go too (the next
+        restart from the template takes a new one)."""
         nvram.restore_template(self.spec.nvram, self.firmware.vars_template)
+        for copy in nvram.settled_copies(self.spec.nvram):
+            copy.unlink(missing_ok=True)
+
+    def _clear_nvram_for_restart(self) -> None:
+        key = settle.settle_key(self.firmware, self._argv())
+        settle.restore(self.spec.nvram, self.firmware, key)
 
     def _nvram_template(self) -> Path | None:
         return self.firmware.vars_template

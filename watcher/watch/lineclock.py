@@ -36,13 +36,16 @@ class LineClock:
         poll_s: float = 0.01,
         on_line: Callable[[str], None] | None = None,
         from_end: bool = False,
+        start: int = 0,
     ) -> None:
         """``on_line`` sees every new complete line (``--console``), on the clock's thread;
-        ``from_end`` skips what the file already holds (an earlier session's boots)."""
+        ``from_end`` skips what the file already holds (an earlier session's boots),
+        ``start`` the bytes before it (a launch's first byte, known before it began)."""
         self.path = path
         self.poll_s = poll_s
         self.on_line = on_line
         self._from_end = from_end
+        self._start = start
         self._lines: list[tuple[float, int, str]] = []
         self._lock = threading.Lock()
         self._base = 0  # bytes of earlier (truncated) incarnations of the file
@@ -50,7 +53,7 @@ class LineClock:
         self._thread = threading.Thread(target=self._follow, name="line-clock", daemon=True)
 
     def _follow(self) -> None:
-        offset, pending = 0, b""
+        offset, pending = self._start, b""
         if self._from_end:
             with contextlib.suppress(FileNotFoundError):
                 offset = self.path.stat().st_size

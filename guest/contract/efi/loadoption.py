@@ -9,6 +9,7 @@ reads as its load options (``initrd=`` included).
 from __future__ import annotations
 
 import struct
+import uuid
 from dataclasses import dataclass
 
 from guest.contract.efi import ucs16
@@ -16,6 +17,9 @@ from guest.contract.efi.devpath import DevicePath, HardDrive
 from guest.contract.errors import FormatError
 
 LOAD_OPTION_ACTIVE = 0x1
+#: The optional data edk2's boot manager gives the options it creates for devices
+#: (``mBmAutoCreateBootOptionGuid``): how a firmware entry is told from one we wrote.
+EDK2_AUTO_CREATED = uuid.UUID("8108ac4e-9f11-4d59-850e-e21a522c59b2").bytes_le
 _HEAD = struct.Struct("<IH")
 
 
@@ -39,6 +43,11 @@ class LoadOption:
         text = self.optional_text()
         extra = f" [{text}]" if text is not None else ""
         return f"{self.description}: {self.device_path}{extra}"
+
+    @property
+    def firmware_created(self) -> bool:
+        """edk2 made this option for a device (see :data:`EDK2_AUTO_CREATED`)."""
+        return self.optional_data == EDK2_AUTO_CREATED
 
     def optional_text(self) -> str | None:
         """Optional data as UCS-2 text when it is that (our entries), else None."""

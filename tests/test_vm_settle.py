@@ -1,0 +1,124 @@
+"""The settled NVRAM a QEMU restart restores (watcher/vm/settle.py), checked with
+virt-firmware as the independent reader, and once under real OVMF: the first launch
+keeps the store as the firmware left it at the kernel's banner (its Boot0001 the
+firmware's own ISO entry), the loop's next reset restores that copy and boots the ISO
+from it; another command line gets the template; `vm reset-nvram` drops the copies."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+from virt.firmware.efi import devpath as vf_devpath
+from virt.firmware.varstore.edk2 import Edk2VarStore
+
+from guest.contract.arch import Arch
+from guest.contract.efi import bootorder
+from guest.contract.efi.loadoption import EDK2_AUTO_CREATED
+from guest.contract.errors import CloudbootError
+from publisher.config import Backend
+from publisher.media.build import build_boot_iso
+from tests.helpers import STOP_TIMEOUT, has_marker, make_spec, set_marker, wait_for
+from tests.qemu_boot import MARKER, repo_recipe
+from tests.test_guest_edk2vars import OVMF_VARS, _vf_vars, _with_their_entries
+from watcher.vm import open_backend
+from watcher.vm.firmware import Firmware, find_firmware
+from watcher.vm.nvram import describe, settled_copies, settled_path
+from watcher.vm.settle import restore, settle_key, settled_image
+
+pytestmark = pytest.mark.skipif(not OVMF_VARS.exists(), reason="ovmf not installed")
+
+
+def test_a_copy_that_names_a_staged_target_is_refused(tmp_path: Path) -> None:
+    """A capture that came after the agent wrote its Boot0001 is not kept; one whose
+    Boot0001 is the firmware's own device entry is kept byte for byte."""
+    staged = _with_their_entries(tmp_path)  # Boot0001 is ours: a staged target
+    with pytest.raises(CloudbootError, match="already a staged target"):
+        settled_image(staged.read_bytes())
+    settled = tmp_path / "settled.fd"
+    shutil.copy(OVMF_VARS, settled)
+    store = Edk2VarStore(str(settled))
+    varlist = store.get_varlist()
+    iso = vf_devpath.DevicePath.filepath(r"\EFI\BOOT\BOOTX64.EFI")
+    varlist.set_boot_entry(1, "UEFI Misc Device", iso, optdata=EDK2_AUTO_CREATED)
+    varlist.create("BootOrder").set_boot_order([1])
+    store.write_varstore(str(settled), varlist)
+    assert settled_image(settled.read_bytes()) == settled.read_bytes()
+
+
+def test_the_key_follows_firmware_template_and_argv(tmp_path: Path) -> None:
+    code = tmp_path / "code.fd"
+    code.write_bytes(b"code")
+    template = tmp_path / "vars.fd"
+    shutil.copy(OVMF_VARS, template)
+    firmware = Firmware(code, template)
+    key = settle_key(firmware, ["qemu", "-m", "512"])
+    assert key == settle_key(firmware, ["qemu", "-m", "512"])
+    assert key != settle_key(firmware, ["qemu", "-m", "640"])
+    code.write_bytes(b"other code")
+    assert key != settle_key(firmware, ["qemu", "-m", "512"])
+
+
+def test_restore_takes_the_copy_for_its_key_else_the_template(tmp_path: Path) -> None:
+    firmware = Firmware(tmp_path / "code.fd", OVMF_VARS)
+    store = tmp_path / "nvram.fd"
+    settled_path(store, "other").write_bytes(b"settled for another command line")
+    assert restore(store, firmware, "mine") is False
+    assert store.read_bytes() == OVMF_VARS.read_bytes()
+    assert describe(store, OVMF_VARS).pristine is True
+    settled_path(store, "mine").write_bytes(b"settled")
+    assert restore(store, firmware, "mine") is True
+    assert store.read_bytes() == b"settled"
+    info = describe(store, OVMF_VARS)  # what `vm status` says
+    assert info.settled and not info.pristine and info.to_json()["settled"] is True
+
+
+@pytest.mark.slow
+def test_restart_restores_what_the_firmware_settled(tmp_path: Path) -> None:
+    iso = tmp_path / "marker.iso"
+    build_boot_iso(repo_recipe(), iso, [Arch.X86_64])
+    spec = dataclasses.replace(make_spec(tmp_path, Backend.QEMU), iso=iso, memory_mib=512)
+    template = find_firmware(spec.arch).vars_template
+    backend = open_backend(spec)
+
+    def copies() -> list[Path]:
+        return settled_copies(spec.nvram)
+
+    def booted_since(mark: int) -> bool:
+        return MARKER in spec.serial_log.read_bytes()[mark:].decode(errors="replace")
+
+    try:
+        # first launch: the template, and a copy once the kernel's banner is on the console
+        backend.up(reset_nvram=True)
+        wait_for(lambda: bool(copies()), 300, "a settled copy of the store")
+        settled = copies()[0]
+        theirs = _vf_vars(settled)
+        assert settled.read_bytes() != template.read_bytes()
+        assert theirs["Boot0001"].endswith(EDK2_AUTO_CREATED)  # the firmware's ISO entry
+        assert 1 in bootorder.parse(theirs["BootOrder"])
+        wait_for(lambda: booted_since(0), 300, MARKER)
+
+        # the loop's restart restores that copy (marked here to tell it from the template)
+        set_marker(settled)
+        backend.restart(True, stop_timeout=STOP_TIMEOUT)
+        assert has_marker(spec.nvram)
+        mark = spec.serial_log.stat().st_size
+        wait_for(lambda: booted_since(mark), 300, f"{MARKER} from the settled store")
+        assert copies() == [settled]
+        backend.down(STOP_TIMEOUT)
+
+        # another command line (more memory): no copy for it, so the template, and a new one
+        other = open_backend(dataclasses.replace(spec, memory_mib=640))
+        backend = other
+        other.up(reset_nvram=True)
+        assert not has_marker(spec.nvram)
+        wait_for(lambda: copies() not in ([], [settled]), 300, "a copy for the new argv")
+        assert not has_marker(copies()[0])
+        assert "Boot0001" in _vf_vars(copies()[0])  # virt-firmware reads it
+        other.down(STOP_TIMEOUT)
+        other.reset_nvram()  # `vm reset-nvram`: the template itself, and no copy left
+        assert copies() == [] and spec.nvram.read_bytes() == template.read_bytes()
+    finally:
+        backend.down(STOP_TIMEOUT)

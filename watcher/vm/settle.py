@@ -1,0 +1,130 @@
+"""A settled NVRAM for QEMU restarts: the firmware's first-pass work, done once per VM.
+
+Every live reload restarts the VM with its NVRAM cleared, so the guest agent finds no
+Boot0001 and stages the new plan's target. Cleared used to mean the firmware's VARS
+template, byte for byte, and edk2 then spends its first pass initialising that store:
+boot options for every device, BootOrder, console paths, language, each a flash write
+that QEMU emulates slowly without KVM. Measured under TCG (bare boots of the same ISO,
+three each): 6.8 s from QEMU start to the kernel banner from a settled store, 8.1-11.4 s
+from the template (docs/wire-formats.md §5.11).
+
+So the first launch from the template also keeps a copy of the store as the firmware left
+it: taken when the bootstrap kernel's banner appears on the serial console (the firmware
+has handed over; none of the ISO's code beyond the kernel's first steps has run, and the
+guest agent, which writes Boot0001 seconds later, has not started), with the VM paused
+(QMP ``stop``/``cont``) so the copy is not torn. It is kept next to the store as
+``<store>.settled-<key>`` and later restarts of the loop restore it instead of the
+template: what this firmware writes into this template for this device set, nothing a
+target OS wrote. Its Boot0001 is the firmware's own entry for the ISO (edk2 marks what it
+creates, ``loadoption.EDK2_AUTO_CREATED``), exactly what the agent finds on a first pass
+from the template, so the agent stages as always; a copy whose Boot0001 is anything else
+(a staged target: the capture came too late) is not kept. The entry has to stay: with it
+deleted, OVMF booted its UEFI Shell on the next pass and never tried the ISO (tried here;
+tests/test_vm_settle.py boots the settled copy).
+
+The key is a digest of the firmware code, the template and the QEMU command line, so
+another firmware, template or device set finds no match: the template is restored and a
+new copy taken. ``cloudboot vm reset-nvram`` writes the template itself and drops the
+copies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from guest.contract.efi import CLOUDBOOT_BOOT_VARIABLE, GLOBAL_VARIABLE_GUID
+from guest.contract.efi.edk2vars import VarsFile
+from guest.contract.efi.loadoption import LoadOption
+from guest.contract.errors import CloudbootError
+from guest.contract.fsutil import write_atomic
+from watcher.vm import nvram
+from watcher.vm.firmware import Firmware
+from watcher.vm.qmp import QmpClient, QmpError
+from watcher.watch.lineclock import LineClock
+
+log = structlog.get_logger()
+
+#: The serial line that says the firmware has handed over to the bootstrap kernel.
+KERNEL_BANNER = r"Linux version "
+#: How long the capture waits for that line (TCG firmware passes take 6-12 s here).
+CAPTURE_TIMEOUT_S = 600.0
+
+
+def settle_key(firmware: Firmware, argv: list[str]) -> str:
+    """What the settled store depends on: firmware code, VARS template, QEMU argv."""
+    parts = [nvram.file_digest(firmware.code), nvram.file_digest(firmware.vars_template)]
+    blob = json.dumps([parts, argv]).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def restore(store: Path, firmware: Firmware, key: str) -> bool:
+    """Clear ``store`` for a restart: the settled copy for ``key`` when there is one
+    (True), else the template (False: the launch should :func:`start_capture`)."""
+    settled = nvram.settled_path(store, key)
+    source = settled if settled.is_file() else firmware.vars_template
+    nvram.restore_template(store, source)
+    log.info("nvram reset", store=str(store), source=str(source), settled=source == settled)
+    return source == settled
+
+
+def settled_image(image: bytes) -> bytes:
+    """The captured store, unchanged, once it is known to name no staged target: its
+    Boot0001, if any, must be the firmware's own (CloudbootError otherwise)."""
+    entry = VarsFile.from_bytes(image).read(CLOUDBOOT_BOOT_VARIABLE, GLOBAL_VARIABLE_GUID)
+    if entry is not None and not LoadOption.from_bytes(entry.data).firmware_created:
+        raise CloudbootError(
+            f"{CLOUDBOOT_BOOT_VARIABLE} is already a staged target, not the firmware's entry"
+        )
+    return image
+
+
+def capture(store: Path, qmp_socket: Path, key: str) -> Path:
+    """Copy ``store`` from the paused VM and keep it, checked, as the settled copy for
+    ``key`` (older copies for other keys are removed); returns its path."""
+    with QmpClient(qmp_socket, timeout=5.0) as qmp:
+        qmp.execute("stop")
+        try:
+            image = store.read_bytes()
+        finally:
+            qmp.execute("cont")
+    target = nvram.settled_path(store, key)
+    write_atomic(target, settled_image(image), durable=True)
+    for old in nvram.settled_copies(store):
+        if old != target:
+            old.unlink(missing_ok=True)
+    return target
+
+
+def start_capture(
+    store: Path, qmp_socket: Path, serial_log: Path, offset: int, key: str,
+    alive: Callable[[], bool],
+) -> threading.Thread:  # fmt: skip
+    """In the background: wait for the kernel banner after byte ``offset`` of the serial
+    log (the launch's first), then :func:`capture`. A VM that stops first, a banner that
+    never comes or a store that does not parse only means no settled copy: the next
+    restart restores the template again."""
+
+    def run() -> None:
+        try:
+            with LineClock(serial_log, start=offset, poll_s=0.02) as clock:
+                clock.wait(KERNEL_BANNER, since=offset, timeout=CAPTURE_TIMEOUT_S, alive=alive)
+            if not alive():
+                return
+            path = capture(store, qmp_socket, key)
+            log.info("nvram: settled copy kept", path=str(path))
+        except (LookupError, TimeoutError, OSError, QmpError, CloudbootError) as exc:
+            log.info("nvram: no settled copy this time", reason=_first_line(exc))
+
+    thread = threading.Thread(target=run, name="nvram-settle", daemon=True)
+    thread.start()
+    return thread
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).split("\n", 1)[0]
