@@ -32,8 +32,8 @@ pytestmark = pytest.mark.skipif(not OVMF_VARS.exists(), reason="ovmf not install
 
 
 def test_a_copy_that_names_a_staged_target_is_refused(tmp_path: Path) -> None:
-    """A capture that came after the agent wrote its Boot0001 is not kept; one whose
-    Boot0001 is the firmware's own device entry is kept byte for byte."""
+    """A capture that came after the agent wrote its Boot0001 is not kept; in one whose
+    Boot0001 is the firmware's own device entry, that entry moves to a free number."""
     staged = _with_their_entries(tmp_path)  # Boot0001 is ours: a staged target
     with pytest.raises(CloudbootError, match="already a staged target"):
         settled_image(staged.read_bytes())
@@ -42,10 +42,18 @@ def test_a_copy_that_names_a_staged_target_is_refused(tmp_path: Path) -> None:
     store = Edk2VarStore(str(settled))
     varlist = store.get_varlist()
     iso = vf_devpath.DevicePath.filepath(r"\EFI\BOOT\BOOTX64.EFI")
+    varlist.set_boot_entry(0, "UiApp", iso)
     varlist.set_boot_entry(1, "UEFI Misc Device", iso, optdata=EDK2_AUTO_CREATED)
-    varlist.create("BootOrder").set_boot_order([1])
+    varlist.set_boot_entry(2, "UEFI Misc Device 2", iso, optdata=EDK2_AUTO_CREATED)
+    varlist.create("BootOrder").set_boot_order([0, 1, 2])
     store.write_varstore(str(settled), varlist)
-    assert settled_image(settled.read_bytes()) == settled.read_bytes()
+    before = _vf_vars(settled)
+    settled.write_bytes(settled_image(settled.read_bytes()))
+    after = _vf_vars(settled)
+    assert "Boot0001" not in after and after["Boot0003"] == before["Boot0001"]
+    assert bootorder.parse(after["BootOrder"]) == [0, 3, 2]
+    assert (after["Boot0000"], after["Boot0002"]) == (before["Boot0000"], before["Boot0002"])
+    assert settled_image(settled.read_bytes()) == settled.read_bytes()  # nothing to move
 
 
 def test_the_key_follows_firmware_template_and_argv(tmp_path: Path) -> None:
@@ -96,8 +104,11 @@ def test_restart_restores_what_the_firmware_settled(tmp_path: Path) -> None:
         settled = copies()[0]
         theirs = _vf_vars(settled)
         assert settled.read_bytes() != template.read_bytes()
-        assert theirs["Boot0001"].endswith(EDK2_AUTO_CREATED)  # the firmware's ISO entry
-        assert 1 in bootorder.parse(theirs["BootOrder"])
+        # the firmware's ISO entry, moved off Boot0001, still in BootOrder
+        assert "Boot0001" not in theirs
+        moved = [n for n in bootorder.parse(theirs["BootOrder"])
+                 if theirs[f"Boot{n:04X}"].endswith(EDK2_AUTO_CREATED)]  # fmt: skip
+        assert moved and "UEFI Misc Device" in theirs[f"Boot{moved[0]:04X}"].decode("utf-16-le")
         wait_for(lambda: booted_since(0), 300, MARKER)
 
         # the loop's restart restores that copy (marked here to tell it from the template)
@@ -107,6 +118,9 @@ def test_restart_restores_what_the_firmware_settled(tmp_path: Path) -> None:
         mark = spec.serial_log.stat().st_size
         wait_for(lambda: booted_since(mark), 300, f"{MARKER} from the settled store")
         assert copies() == [settled]
+        # the firmware found its boot entries as it left them: nothing re-created
+        entries = {k: v for k, v in _vf_vars(spec.nvram).items() if k.startswith("Boot")}
+        assert entries == {k: v for k, v in theirs.items() if k.startswith("Boot")}
         backend.down(STOP_TIMEOUT)
 
         # another command line (more memory): no copy for it, so the template, and a new one
@@ -116,7 +130,7 @@ def test_restart_restores_what_the_firmware_settled(tmp_path: Path) -> None:
         assert not has_marker(spec.nvram)
         wait_for(lambda: copies() not in ([], [settled]), 300, "a copy for the new argv")
         assert not has_marker(copies()[0])
-        assert "Boot0001" in _vf_vars(copies()[0])  # virt-firmware reads it
+        assert "BootOrder" in _vf_vars(copies()[0]) and "Boot0001" not in _vf_vars(copies()[0])
         other.down(STOP_TIMEOUT)
         other.reset_nvram()  # `vm reset-nvram`: the template itself, and no copy left
         assert copies() == [] and spec.nvram.read_bytes() == template.read_bytes()

@@ -4,9 +4,9 @@ Every live reload restarts the VM with its NVRAM cleared, so the guest agent fin
 Boot0001 and stages the new plan's target. Cleared used to mean the firmware's VARS
 template, byte for byte, and edk2 then spends its first pass initialising that store:
 boot options for every device, BootOrder, console paths, language, each a flash write
-that QEMU emulates slowly without KVM. Measured under TCG (bare boots of the same ISO,
-three each): 6.8 s from QEMU start to the kernel banner from a settled store, 8.1-11.4 s
-from the template (docs/wire-formats.md §5.11).
+that QEMU emulates slowly without KVM. Measured under TCG (three bare boots of each of
+two images, medians): 6.8 s from QEMU start to the kernel banner from a settled store, 8.1
+and 10.3 s from the template (docs/wire-formats.md §5.11).
 
 So the first launch from the template also keeps a copy of the store as the firmware left
 it: taken when the bootstrap kernel's banner appears on the serial console (the firmware
@@ -15,11 +15,13 @@ guest agent, which writes Boot0001 seconds later, has not started), with the VM 
 (QMP ``stop``/``cont``) so the copy is not torn. It is kept next to the store as
 ``<store>.settled-<key>`` and later restarts of the loop restore it instead of the
 template: what this firmware writes into this template for this device set, nothing a
-target OS wrote. Its Boot0001 is the firmware's own entry for the ISO (edk2 marks what it
-creates, ``loadoption.EDK2_AUTO_CREATED``), exactly what the agent finds on a first pass
-from the template, so the agent stages as always; a copy whose Boot0001 is anything else
-(a staged target: the capture came too late) is not kept. The entry has to stay: with it
-deleted, OVMF booted its UEFI Shell on the next pass and never tried the ISO (tried here;
+target OS wrote. The copy's Boot0001 must be the firmware's own entry for the ISO (edk2
+marks what it creates, ``loadoption.EDK2_AUTO_CREATED``); a copy whose Boot0001 is
+anything else (a staged target: the capture came too late) is not kept. That entry moves
+to a free number (BootOrder following), so the store names no Boot0001 and the agent's
+later Boot0001 overwrites nothing of the firmware's: after such an overwrite edk2
+re-creates its entry on the next pass. The entry itself has to stay: with it deleted,
+OVMF booted its UEFI Shell on the next pass and never tried the ISO (tried here;
 tests/test_vm_settle.py boots the settled copy).
 
 The key is a digest of the firmware code, the template and the QEMU command line, so
@@ -38,7 +40,13 @@ from pathlib import Path
 
 import structlog
 
-from guest.contract.efi import CLOUDBOOT_BOOT_VARIABLE, GLOBAL_VARIABLE_GUID
+from guest.contract.efi import (
+    CLOUDBOOT_BOOT_NUMBER,
+    CLOUDBOOT_BOOT_VARIABLE,
+    GLOBAL_VARIABLE_GUID,
+    boot_variable_name,
+    bootorder,
+)
 from guest.contract.efi.edk2vars import VarsFile
 from guest.contract.efi.loadoption import LoadOption
 from guest.contract.errors import CloudbootError
@@ -74,14 +82,32 @@ def restore(store: Path, firmware: Firmware, key: str) -> bool:
 
 
 def settled_image(image: bytes) -> bytes:
-    """The captured store, unchanged, once it is known to name no staged target: its
-    Boot0001, if any, must be the firmware's own (CloudbootError otherwise)."""
-    entry = VarsFile.from_bytes(image).read(CLOUDBOOT_BOOT_VARIABLE, GLOBAL_VARIABLE_GUID)
-    if entry is not None and not LoadOption.from_bytes(entry.data).firmware_created:
+    """The captured store as restarts get it, with no Boot0001.
+
+    Its Boot0001, if any, must be the firmware's own entry for the ISO (CloudbootError
+    otherwise: a staged target, the capture came too late). That entry moves to the
+    first free number, BootOrder following, so the Boot0001 the agent (or the host loop)
+    stages later replaces nothing of the firmware's: otherwise the firmware's next pass
+    re-creates its ISO entry, flash writes that cost about a second under TCG.
+    """
+    vars_file = VarsFile.from_bytes(image)
+    entry = vars_file.read(CLOUDBOOT_BOOT_VARIABLE, GLOBAL_VARIABLE_GUID)
+    if entry is None:
+        return image
+    if not LoadOption.from_bytes(entry.data).firmware_created:
         raise CloudbootError(
             f"{CLOUDBOOT_BOOT_VARIABLE} is already a staged target, not the firmware's entry"
         )
-    return image
+    taken = {v.name for v in vars_file.live() if v.guid == GLOBAL_VARIABLE_GUID}
+    number = next(n for n in range(2, 0x10000) if boot_variable_name(n) not in taken)
+    vars_file.delete(CLOUDBOOT_BOOT_VARIABLE, GLOBAL_VARIABLE_GUID)
+    vars_file.write(boot_variable_name(number), GLOBAL_VARIABLE_GUID, entry.attributes, entry.data)
+    order = vars_file.read("BootOrder", GLOBAL_VARIABLE_GUID)
+    if order is not None:
+        moved = [number if n == CLOUDBOOT_BOOT_NUMBER else n for n in bootorder.parse(order.data)]
+        vars_file.write("BootOrder", GLOBAL_VARIABLE_GUID, order.attributes,
+                        bootorder.serialise(moved))  # fmt: skip
+    return bytes(vars_file)
 
 
 def capture(store: Path, qmp_socket: Path, key: str) -> Path:
