@@ -130,11 +130,18 @@ def test_commands_still_reach_their_libraries(tmp_path: Path) -> None:
 
 
 def test_command_home_names_what_each_module_registers() -> None:
-    """main() imports only the module COMMAND_HOME names for the command: the table must
-    hold every top-level command and group exactly where it is registered."""
+    """main() imports only the modules COMMAND_HOME and SUBCOMMAND_HOME name for the
+    command line: they must hold every command, group and subcommand where it is
+    registered (`plan history` lives in watcher/cli/history.py)."""
     import typer
 
-    from watcher.cli import COMMAND_HOME, COMMAND_MODULES, command_tree
+    from watcher.cli import (
+        COMMAND_HOME,
+        COMMAND_MODULES,
+        SUBCOMMAND_HOME,
+        command_tree,
+        modules_for,
+    )
 
     registered: dict[str, str] = {}
     for module in COMMAND_MODULES:
@@ -147,6 +154,20 @@ def test_command_home_names_what_each_module_registers() -> None:
     assert registered == COMMAND_HOME
     whole = typer.main.get_command(command_tree())
     assert sorted(whole.commands) == sorted(COMMAND_HOME)  # type: ignore[attr-defined]
+    # every subcommand is found from its command line alone, wherever it is registered
+    guests = {}
+    for name, group in whole.commands.items():  # type: ignore[attr-defined]
+        for sub, command in getattr(group, "commands", {}).items():
+            module = command.callback.__module__.removeprefix("watcher.cli.")
+            if module != COMMAND_HOME[name]:
+                guests[(name, sub)] = module
+            alone = typer.main.get_command(command_tree(modules_for((name, sub))))
+            assert sub in alone.commands[name].commands, (name, sub)  # type: ignore[attr-defined]
+        help_tree = typer.main.get_command(command_tree(modules_for((name,))))
+        assert sorted(getattr(help_tree.commands[name], "commands", {})) == sorted(  # type: ignore[attr-defined]
+            getattr(group, "commands", {})
+        )
+    assert guests == SUBCOMMAND_HOME
 
 
 def test_a_command_line_imports_only_its_own_group() -> None:

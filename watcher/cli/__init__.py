@@ -6,9 +6,10 @@ itself through ``register(app)``, so the CLI stays a thin layer over library cod
 
 Start-up time matters (`cloudboot --help`, `plan validate` in an editor hook, a GitOps
 check of a thousand plans), so :func:`main` imports and registers only the module of the
-command it was asked for (:data:`COMMAND_HOME`; any other command line, ``--help`` for
-one, gets the whole tree), and ``watcher.cli.app`` (tests, completion) is the whole tree,
-built on first use. Group modules import only typer and light guest/ modules at the top;
+command it was asked for (:data:`COMMAND_HOME`, :data:`SUBCOMMAND_HOME`; any other
+command line, ``--help`` for one, gets the whole tree), and ``watcher.cli.app`` (tests,
+completion) is the whole tree, built on first use. Group modules import only typer and
+light guest/ modules at the top;
 HTTP, crypto, HCL, image and watch libraries (and structlog, which pulls in rich) are
 imported inside the commands that use them; logging is configured when structlog is
 first imported (watcher/cli/logsetup.py), and typer's parameters skip pydantic where they
@@ -46,6 +47,10 @@ COMMAND_HOME = {
     "logout": "transport", "build": "build", "cache-disk": "build", "kernel": "build",
     "vm": "vm", "watch": "watch", "status": "watch", "publish": "watch", "agent": "watch",
     "registry": "registry", "up": "demo", "doctor": "doctor",
+}  # fmt: skip
+#: Subcommands that a module adds to another module's group (checked the same way).
+SUBCOMMAND_HOME = {
+    ("plan", "history"): "history", ("plan", "diff"): "history", ("plan", "rollback"): "history",
 }  # fmt: skip
 
 
@@ -200,7 +205,22 @@ def main() -> None:
     run_cli(_tree_for, sys.argv[1:])
 
 
-def _tree_for(command: str | None) -> typer.Typer:
-    """Only the group that registers ``command``; the whole tree for anything else."""
-    home = COMMAND_HOME.get(command or "")
-    return command_tree((home,)) if home else command_tree()
+def _tree_for(words: tuple[str, ...]) -> typer.Typer:
+    """The whole tree, or only what the command line needs (:func:`modules_for`)."""
+    modules = modules_for(words)
+    return command_tree(modules) if modules else command_tree()
+
+
+def modules_for(words: tuple[str, ...]) -> tuple[str, ...]:
+    """The modules that register the command ``words`` names (its group, and another
+    module for one of the group's subcommands, or all of them for the group's own help);
+    ``()``: unknown, so the whole tree (click then says what exists)."""
+    if not words or words[0] not in COMMAND_HOME:
+        return ()
+    home = COMMAND_HOME[words[0]]
+    if words[1:] and (guest := SUBCOMMAND_HOME.get((words[0], words[1]))):
+        return (home, guest)
+    if words[1:]:
+        return (home,)
+    guests = dict.fromkeys(m for (group, _), m in SUBCOMMAND_HOME.items() if group == words[0])
+    return (home, *guests)

@@ -127,9 +127,10 @@ def hoist_global_options(argv: Sequence[str]) -> list[str]:
     return front + rest
 
 
-def command_word(args: Sequence[str]) -> str | None:
-    """The command of a hoisted command line (root options first), or None when the first
-    word after them is an option (``--help``, ``--version``) or there is none."""
+def command_words(args: Sequence[str]) -> tuple[str, ...]:
+    """The command of a hoisted command line (root options first) and its subcommand
+    when the next word is one: ``()`` when the first word after the root options is an
+    option (``--help``, ``--version``) or there is none."""
     i = 0
     while i < len(args):
         arg = args[i]
@@ -137,9 +138,12 @@ def command_word(args: Sequence[str]) -> str | None:
             i += 2
         elif _whole_root_option(arg):
             i += 1
+        elif arg.startswith("-"):
+            return ()
         else:
-            return None if arg.startswith("-") else arg
-    return None
+            words = args[i : i + 2]
+            return tuple(words if len(words) == 2 and not words[1].startswith("-") else words[:1])
+    return ()
 
 
 def _whole_root_option(arg: str) -> bool:
@@ -206,9 +210,9 @@ def report(failure: Failure, *, as_json: bool, usage: str = "") -> None:
         sys.stderr.write(usage)
 
 
-def run_cli(tree: Callable[[str | None], Callable[..., Any]], argv: Sequence[str]) -> NoReturn:
+def run_cli(tree: Callable[[tuple[str, ...]], Callable[..., Any]], argv: Sequence[str]) -> NoReturn:
     """Run the typer app that ``tree`` builds for the command of ``argv`` (see
-    :func:`command_word`) and exit with the code of how it ended."""
+    :func:`command_words`) and exit with the code of how it ended."""
     # typer vendors click (typer._click) and raises its exceptions when not standalone
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
     from typer._click.exceptions import UsageError as ClickUsageError
@@ -219,7 +223,7 @@ def run_cli(tree: Callable[[str | None], Callable[..., Any]], argv: Sequence[str
     as_json = "--json" in args[: args.index("--")] if "--" in args else "--json" in args
     INTERRUPTS.install()
     try:
-        app = tree(command_word(args))
+        app = tree(command_words(args))
         code = app(args=args, prog_name="cloudboot", standalone_mode=False)
     except NoArgsIsHelpError as exc:
         exc.show()
