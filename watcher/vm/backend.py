@@ -218,8 +218,8 @@ class ProcessBackend(abc.ABC):
         for stale in (self.spec.pidfile, self.spec.control_socket):
             stale.unlink(missing_ok=True)
         argv = self._launch_argv(reset_nvram)
-        serial_offset = 0 if self.serial_truncated_at_launch else _size(self.spec.serial_log)
-        log_offset = _size(self.spec.process_log)
+        serial_offset = 0 if self.serial_truncated_at_launch else file_size(self.spec.serial_log)
+        log_offset = file_size(self.spec.process_log)
         started = time.time()
         proc = launch(argv, log_file=self.spec.process_log)
         self._child = proc
@@ -420,7 +420,7 @@ class ProcessBackend(abc.ABC):
             save_record(self.spec.record_file, replace(record, desired=desired))
 
 
-def _size(path: Path) -> int:
+def file_size(path: Path) -> int:
     try:
         return path.stat().st_size
     except OSError:

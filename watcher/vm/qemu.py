@@ -18,7 +18,7 @@ from guest.contract.arch import Arch
 from publisher.config import Accel
 from publisher.run import require_tool
 from watcher.vm import nvram, settle
-from watcher.vm.backend import ProcessBackend
+from watcher.vm.backend import ProcessBackend, file_size
 from watcher.vm.firmware import Firmware, find_firmware
 from watcher.vm.qmp import QmpClient, QmpError
 from watcher.vm.spec import VmSpec
@@ -147,8 +147,7 @@ class QemuBackend(ProcessBackend):
         if reset_nvram or not self.spec.nvram.exists():
             key = settle.settle_key(self.firmware, argv)
             if not settle.restore(self.spec.nvram, self.firmware, key):
-                log = self.spec.serial_log
-                self._capture = (key, log.stat().st_size if log.exists() else 0)
+                self._capture = (key, file_size(self.spec.serial_log))
         return argv
 
     def _after_start(self) -> None:
