@@ -119,6 +119,12 @@ target "rescue" {
         'target "any" {\n  index = "r/b"\n}\n',
         ['1:18: no target "x86" for arch arm64 (it exists for: amd64)'],
     ),
+    # a plan that reads arch is evaluated per arch; one that does not, once (the same values)
+    "wrong type only where arch says so": (
+        'locals {\n  l = { a = "r/a" }\n}\n'
+        'target "a" {\n  index = arch == "arm64" ? local.l.b : local.l.a\n}\n',
+        ['5:36: object has no key "b"; keys: a (arch arm64)'],
+    ),
     "syntax error": (
         'target "a" {\n  index   = "r/a"\n  cmdline = [\n}\n',
         ["4:1: HCL syntax error: unexpected '}'; expected an expression"],

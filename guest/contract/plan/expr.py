@@ -249,6 +249,10 @@ def _binds(expr: Expr) -> tuple[str, ...]:
 _BINDERS = (ForExpr, TemplateFor, Splat)
 
 
+#: ``references`` itself, or a memo of it that several checks of one plan share.
+FindReferences = Callable[[Expr], list[Reference]]
+
+
 def references(expr: Expr) -> list[Reference]:
     """Every free variable reference in ``expr``, in all branches, with its first step's name.
 

@@ -36,16 +36,19 @@ class UpstreamWarning(PlanError):
         return {**super().to_json(), "construct": self.construct}
 
 
-def upstream_warnings(body: Body) -> list[UpstreamWarning]:
-    """Every use of a docs-only form in a parsed plan, in source order."""
+def upstream_warnings(
+    body: Body, references: ex.FindReferences = ex.references
+) -> list[UpstreamWarning]:
+    """Every use of a docs-only form in a parsed plan, in source order (``references``:
+    ``ex.references`` or the memo the other checks of the same plan share)."""
     found: list[UpstreamWarning] = []
     for block in body.blocks:
         if block.type == "locals":
-            found += _local_uses_local(block.body.attributes)
+            found += _local_uses_local(block.body.attributes, references)
         elif block.type == "target":
-            found += _target(block)
+            found += _target(block, references)
     for attr in _every_attribute(body):
-        found += _meta(attr.value)
+        found += _meta(attr.value, references)
     return sorted(found, key=PlanError.sort_key)
 
 
@@ -57,8 +60,8 @@ def _every_attribute(body: Body) -> Iterator[Attribute]:
         stack.extend(b.body for b in current.blocks)
 
 
-def _meta(value: ex.Expr) -> Iterator[UpstreamWarning]:
-    for ref in ex.references(value):
+def _meta(value: ex.Expr, references: ex.FindReferences) -> Iterator[UpstreamWarning]:
+    for ref in references(value):
         if ref.root == "meta":
             name = f"meta.{ref.name}" if ref.name else "meta"
             yield UpstreamWarning(
@@ -68,9 +71,11 @@ def _meta(value: ex.Expr) -> Iterator[UpstreamWarning]:
             )
 
 
-def _local_uses_local(attributes: Iterable[Attribute]) -> Iterator[UpstreamWarning]:
+def _local_uses_local(
+    attributes: Iterable[Attribute], references: ex.FindReferences
+) -> Iterator[UpstreamWarning]:
     for attr in attributes:
-        for ref in ex.references(attr.value):
+        for ref in references(attr.value):
             if ref.root == "local":
                 yield UpstreamWarning(
                     f"local.{attr.name} using local.{ref.name}",
@@ -79,7 +84,7 @@ def _local_uses_local(attributes: Iterable[Attribute]) -> Iterator[UpstreamWarni
                 )
 
 
-def _target(block: Block) -> Iterator[UpstreamWarning]:
+def _target(block: Block, references: ex.FindReferences) -> Iterator[UpstreamWarning]:
     for attr in block.body.attributes:
         if attr.name == "modpack":
             yield UpstreamWarning("modpack", 'it reads only "modules"', attr.where)
@@ -96,7 +101,7 @@ def _target(block: Block) -> Iterator[UpstreamWarning]:
             continue
         yield from _disk_fields((a.name, a.where) for a in child.body.attributes)
         for attr in child.body.attributes:
-            for ref in ex.references(attr.value):
+            for ref in references(attr.value):
                 if ref.root == "self":
                     yield UpstreamWarning(
                         "self.* inside a disk { } block",

@@ -3,7 +3,7 @@
 docs/wire-formats.md §1.5: ``default_target`` names a defined target (or there is
 exactly one target); every target has exactly one source kind, a known ``fs`` and a
 valid ``arch``; every ``local.*``/``self.*`` reference resolves and ``self.*`` stays in
-its own target. References are checked statically over *all* branches of every
+its own target. ex.FindReferences are checked statically over *all* branches of every
 conditional (so a typo in the arm64 branch is caught when validating on amd64 too), and
 the plan is then evaluated for amd64 and for arm64. An error that only happens on one
 arch says so: ``... (arch arm64)``.
@@ -11,7 +11,7 @@ arch says so: ``... (arch arm64)``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from guest.contract.arch import BOOTABLE_PLAN_ARCHES
 from guest.contract.errors import Location
@@ -51,11 +51,25 @@ def parse_plan(text: str, source: str) -> Plan:
     return plan
 
 
-def check_references(plan: Plan) -> list[PlanError]:
+def memo_references() -> ex.FindReferences:
+    """``ex.references`` remembered per node for one check (the reference checks and the
+    upstream checks read the same expressions; nodes live as long as the check)."""
+    memo: dict[int, list[ex.Reference]] = {}
+
+    def references(expr: ex.Expr) -> list[ex.Reference]:
+        found = memo.get(id(expr))
+        if found is None:
+            found = memo[id(expr)] = ex.references(expr)
+        return found
+
+    return references
+
+
+def check_references(plan: Plan, references: ex.FindReferences = ex.references) -> list[PlanError]:
     """Unknown roots, undefined locals, and self.* outside its target, in every branch."""
     errors = []
     for expr, context in plan.expressions():
-        for ref in ex.references(expr):
+        for ref in references(expr):
             message = None
             if ref.root not in ROOTS:
                 message = unknown_root_message(ref.root)
@@ -125,8 +139,9 @@ def check_plan(text: str, source: str, *, upstream: bool = False) -> Report:
         body = parse_document(text, source)
     except PlanError as exc:
         return Report([exc], [])
-    errors = _validate_body(body, source)
-    warnings = upstream_warnings(body)
+    references = memo_references()
+    errors = _validate_body(body, source, references)
+    warnings = upstream_warnings(body, references)
     if upstream:
         return Report(sorted([*errors, *warnings], key=PlanError.sort_key), [])
     return Report(errors, warnings)
@@ -137,13 +152,24 @@ def validate_plan(text: str, source: str) -> list[PlanError]:
     return check_plan(text, source).errors
 
 
-def _validate_body(body: Body, source: str) -> list[PlanError]:
+def uses_arch(plan: Plan, references: ex.FindReferences = ex.references) -> bool:
+    """Whether any expression reads the ``arch`` variable, the only way the arch being
+    evaluated for reaches a value (docs/plan-language.md §3); a for-variable named arch
+    is bound, not a reference."""
+    return any(r.root == "arch" for e, _ in plan.expressions() for r in references(e))
+
+
+def _validate_body(body: Body, source: str, references: ex.FindReferences) -> list[PlanError]:
     plan, errors = decode(body, source)
-    errors += check_references(plan)
+    errors += check_references(plan, references)
     seen = {_key(e) for e in errors}
     per_arch: dict[tuple[str, str], tuple[PlanError, list[str]]] = {}
+    once = None if uses_arch(plan, references) else evaluate_collecting(plan, "amd64")
     for arch in BOOTABLE_PLAN_ARCHES:
-        evaluated, arch_errors = evaluate_collecting(plan, arch)
+        if once is None:
+            evaluated, arch_errors = evaluate_collecting(plan, arch)
+        else:  # the same values for every arch: only the arch that selects differs
+            evaluated, arch_errors = replace(once[0], arch=arch), once[1]
         for error in arch_errors + check_selection(plan, evaluated):
             key = _key(error)
             if key not in seen:
