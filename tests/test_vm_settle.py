@@ -16,6 +16,7 @@ from virt.firmware.varstore.edk2 import Edk2VarStore
 
 from guest.contract.arch import Arch
 from guest.contract.efi import bootorder
+from guest.contract.efi.edk2vars import VarsFile
 from guest.contract.efi.loadoption import EDK2_AUTO_CREATED
 from guest.contract.errors import CloudbootError
 from publisher.config import Backend
@@ -26,7 +27,7 @@ from tests.test_guest_edk2vars import OVMF_VARS, _vf_vars, _with_their_entries
 from watcher.vm import open_backend
 from watcher.vm.firmware import Firmware, find_firmware
 from watcher.vm.nvram import describe, settled_copies, settled_path
-from watcher.vm.settle import restore, settle_key, settled_image
+from watcher.vm.settle import HD_PATH_CACHE, restore, settle_key, settled_image
 
 pytestmark = pytest.mark.skipif(not OVMF_VARS.exists(), reason="ovmf not installed")
 
@@ -81,6 +82,27 @@ def test_restore_takes_the_copy_for_its_key_else_the_template(tmp_path: Path) ->
     assert store.read_bytes() == b"settled"
     info = describe(store, OVMF_VARS)  # what `vm status` says
     assert info.settled and not info.pristine and info.to_json()["settled"] is True
+
+
+@pytest.mark.parametrize(("attributes", "carried"), [(0x3, True), (0x7, False)])
+def test_the_firmwares_path_cache_is_carried_onto_the_copy(
+    tmp_path: Path, attributes: int, carried: bool
+) -> None:
+    """edk2's HD() path cache (HDDP) from the old store goes onto the settled copy, but
+    only as NV|BS: with runtime access an OS could have written it."""
+    firmware = Firmware(tmp_path / "code.fd", OVMF_VARS)
+    store, settled = tmp_path / "nvram.fd", settled_path(tmp_path / "nvram.fd", "k")
+    shutil.copy(OVMF_VARS, settled)
+    old = VarsFile.from_bytes(OVMF_VARS.read_bytes())
+    old.write(*HD_PATH_CACHE, attributes, b"front path")
+    store.write_bytes(bytes(old))
+    assert restore(store, firmware, "k") is True
+    cache = VarsFile.from_bytes(store.read_bytes()).read(*HD_PATH_CACHE)
+    if carried:
+        assert cache is not None and (cache.attributes, cache.data) == (0x3, b"front path")
+        assert _vf_vars(store)["HDDP"] == b"front path"  # virt-firmware reads it back
+    else:
+        assert cache is None and store.read_bytes() == settled.read_bytes()
 
 
 @pytest.mark.slow

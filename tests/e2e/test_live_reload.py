@@ -72,9 +72,10 @@ def test_edit_plan_and_kernel_live(tmp_path: Path, arch: str) -> None:
             lambda e: e.get("event") == "vm started" and e.get("reset") is True, after=events
         )
         assert restart["pid"] != pid
-        # from the store the firmware settled on the first boot (watcher/vm/settle.py)
+        # from the store the firmware settled on the first boot, with the firmware's HD()
+        # path cache from the target's pass (watcher/vm/settle.py)
         reset = loop.wait_event(lambda e: e.get("event") == "nvram reset", after=events)
-        assert reset["settled"] is True, reset
+        assert reset["settled"] is True and reset["path_cache"] is True, reset
         print(f"edit -> target beta running: {seen_beta - edited:.1f} s")
         # `up` says so itself: one result, the same stage split as the bench.
         result = loop.wait_event(lambda e: e.get("event") == "reload" and e.get("number") == 2,

@@ -24,6 +24,11 @@ re-creates its entry on the next pass. The entry itself has to stay: with it del
 OVMF booted its UEFI Shell on the next pass and never tried the ISO (tried here;
 tests/test_vm_settle.py boots the settled copy).
 
+One variable of the old store is carried onto the copy at each restart: edk2's cache of
+where it found the disk of our Boot0001's HD()-rooted path (``HDDP``, written on the first
+pass that boots a staged target), so later passes skip the search. Only an NV|BS copy of
+it is carried: no OS can write a variable without runtime access.
+
 The key is a digest of the firmware code, the template and the QEMU command line, so
 another firmware, template or device set finds no match: the template is restored and a
 new copy taken. ``cloudboot vm reset-nvram`` writes the template itself and drops the
@@ -35,20 +40,24 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 
 from guest.contract.efi import (
+    BOOTSERVICE_ACCESS,
     CLOUDBOOT_BOOT_NUMBER,
     CLOUDBOOT_BOOT_VARIABLE,
     GLOBAL_VARIABLE_GUID,
+    NON_VOLATILE,
     boot_variable_name,
     bootorder,
 )
 from guest.contract.efi.edk2vars import VarsFile
 from guest.contract.efi.loadoption import LoadOption
+from guest.contract.efi.varstore import Variable
 from guest.contract.errors import CloudbootError
 from guest.contract.fsutil import write_atomic
 from watcher.vm import nvram
@@ -62,6 +71,13 @@ log = structlog.get_logger()
 KERNEL_BANNER = r"Linux version "
 #: How long the capture waits for that line (TCG firmware passes take 6-12 s here).
 CAPTURE_TIMEOUT_S = 600.0
+#: edk2's cache of where it found the disk of an HD()-rooted boot path such as our
+#: Boot0001's (the front device path, ``mBmHardDriveBootVariableGuid``): without it the
+#: firmware searches the devices for the partition on every pass after staging, and
+#: writes the cache again. It is kept across restarts, and only as NV|BS: a variable
+#: without runtime access was written before ExitBootServices, by firmware, not by an OS.
+HD_PATH_CACHE = ("HDDP", uuid.UUID("fab7e9e1-39dd-4f2b-8408-e20e906cb6de"))
+FIRMWARE_ONLY = NON_VOLATILE | BOOTSERVICE_ACCESS
 
 
 def settle_key(firmware: Firmware, argv: list[str]) -> str:
@@ -73,12 +89,35 @@ def settle_key(firmware: Firmware, argv: list[str]) -> str:
 
 def restore(store: Path, firmware: Firmware, key: str) -> bool:
     """Clear ``store`` for a restart: the settled copy for ``key`` when there is one
-    (True), else the template (False: the launch should :func:`start_capture`)."""
+    (True), else the template (False: the launch should :func:`start_capture`).
+
+    Onto the settled copy goes the firmware's HD() path cache from the old store, if any
+    (:data:`HD_PATH_CACHE`).
+    """
     settled = nvram.settled_path(store, key)
-    source = settled if settled.is_file() else firmware.vars_template
-    nvram.restore_template(store, source)
-    log.info("nvram reset", store=str(store), source=str(source), settled=source == settled)
-    return source == settled
+    if not settled.is_file():
+        nvram.restore_template(store, firmware.vars_template)
+        log.info("nvram reset", store=str(store), source="template", settled=False)
+        return False
+    cache = _path_cache(store)
+    if cache is None:
+        nvram.restore_template(store, settled)
+    else:
+        vars_file = VarsFile.from_bytes(settled.read_bytes())
+        vars_file.write(*HD_PATH_CACHE, cache.attributes, cache.data)
+        write_atomic(store, bytes(vars_file), durable=True)
+    log.info("nvram reset", store=str(store), source="settled copy", settled=True,
+             path_cache=cache is not None)  # fmt: skip
+    return True
+
+
+def _path_cache(store: Path) -> Variable | None:
+    """The HD() path cache in ``store``, when only the firmware can have written it."""
+    try:
+        found = VarsFile.from_bytes(store.read_bytes()).read(*HD_PATH_CACHE)
+    except (OSError, CloudbootError):
+        return None  # no store yet, or AAVMF's blank flash
+    return found if found is not None and found.attributes == FIRMWARE_ONLY else None
 
 
 def settled_image(image: bytes) -> bytes:
