@@ -11,6 +11,7 @@ pinned by their own digest from then on. Credentials travel only in unredirected
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -425,6 +426,10 @@ class OciBoot:
     initrd: bytes
     cmdline: str | None
     extras: Extras = field(default_factory=Extras)
+    #: What kernel and initrd are made of: a digest over every chosen layer's role and
+    #: digest (verified as each blob was read), so equal content means equal files; the
+    #: stamp of the staged files (guest.agent.stage.write_files).
+    content: str | None = None
 
 
 def join_initrd(initrd: bytes, modules: bytes) -> bytes:
@@ -470,4 +475,6 @@ def pull_boot(
     extras = Extras(url(oci.LayerRole.MODLOOP), url(oci.LayerRole.SQUASHFS), apkovl)
     cmdline = get(oci.LayerRole.CMDLINE).decode("utf-8", errors="replace").strip() or None
     initrd = extras.initrd(join_initrd(get(oci.LayerRole.INITRD), get(oci.LayerRole.MODULES)))
-    return OciBoot(get(oci.LayerRole.KERNEL), initrd, cmdline, extras)
+    layers = sorted(f"{role.value} {desc.digest}\n" for role, (_, desc) in found.items())
+    content = "sha256:" + hashlib.sha256("".join(layers).encode()).hexdigest()
+    return OciBoot(get(oci.LayerRole.KERNEL), initrd, cmdline, extras, content)

@@ -116,7 +116,7 @@ class Agent:
         target = self._choose(meta)
         c.log(f"target {target.name!r} ({target.source.kind})")
         with c.step("read"):
-            kernel, initrd, artifact_cmdline, extras = self._materialise(target)
+            kernel, initrd, artifact_cmdline, extras, content = self._materialise(target)
         # As upstream, the baked cloudboot.cmdline replaces the plan's; the metadata
         # document may not set it (docs/trust-model.md), so options hold only the baked one.
         cmdline = self._render_cmdline(
@@ -129,6 +129,9 @@ class Agent:
 
             store = EfiVarStore(self.paths.efivars)
             require_signed_under_secure_boot(store, kernel, target.name)
+            if content is not None and stage.came_back(store, target.name):
+                c.warn(f"Boot0001 for {target.name!r} was already set: writing its files again")
+                content = None
             p = self.paths
             esp, warnings = stage.choose_cache_esp(p.sys, p.dev, p.efivars)
             for warning in warnings:
@@ -140,9 +143,12 @@ class Agent:
 
                     merged = floor.advanced(self._floors or {}, self.accepted)
                     files.write(floor.FLOOR_PATH, floor.dump(merged))
-                stage.write_files(files, target.name, kernel, initrd)
+                written = stage.write_files(files, target.name, kernel, initrd, content)
             sizes = f"{stage.data_size(kernel)} + {stage.data_size(initrd or b'')}"
-            c.log(f"staged {sizes} bytes on {esp.device.name}")
+            if written:
+                c.log(f"staged {sizes} bytes on {esp.device.name}")
+            else:
+                c.log(f"kept the staged {sizes} bytes on {esp.device.name} (same content)")
         with c.step("nvram"):
             self.system.ensure_efivars(self.paths.efivars)
             self.nvram_touched = True
@@ -411,13 +417,15 @@ class Agent:
 
     def _materialise(
         self, target: plan.Target
-    ) -> tuple[stage.FileData, stage.FileData | None, str | None, Extras]:
+    ) -> tuple[stage.FileData, stage.FileData | None, str | None, Extras, str | None]:
+        """Kernel, initrd, the artifact's cmdline, its extras, and its content digest
+        (OCI only: a disk target's files have none, so they are always written)."""
         source = target.source
         if isinstance(source, plan.DiskSource):
             from guest.agent.disks import discover
 
             files = discover.read_disk(source, self.paths, self.console, self.mounter)
-            return files.kernel, files.initrd, None, Extras()
+            return files.kernel, files.initrd, None, Extras(), None
         if isinstance(source, plan.OciSource):
             from guest.agent import fetch, trust
             from guest.contract import oci
@@ -432,7 +440,7 @@ class Agent:
                 self.console, self.options, self.paths.cosign_pub, self.client(), named, self.signed
             )
             boot = fetch.pull_boot(self.client(), refs, self.arch.oci)
-            return boot.kernel, boot.initrd or None, boot.cmdline, boot.extras
+            return boot.kernel, boot.initrd or None, boot.cmdline, boot.extras, boot.content
         raise CloudbootError(f"unsupported source {source.kind}", where=str(target.where))
 
 

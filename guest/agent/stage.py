@@ -17,10 +17,17 @@ from typing import Protocol
 
 from guest.agent.blockdev import BlockDevice, read_disk_gpt, scan
 from guest.contract import gpt
-from guest.contract.efi import ucs16
+from guest.contract.efi import CLOUDBOOT_BOOT_VARIABLE, GLOBAL_VARIABLE_GUID, ucs16
 from guest.contract.efi.devpath import HardDrive
 from guest.contract.efi.efivarfs import EfiVarStore
-from guest.contract.efi.loadoption import CACHE_MARKER, cloudboot_entry, staged_paths
+from guest.contract.efi.loadoption import (
+    CACHE_MARKER,
+    LoadOption,
+    cloudboot_entry,
+    entry_description,
+    safe_name,
+    staged_paths,
+)
 from guest.contract.efi.varstore import VariableStore, stage_boot_entry
 from guest.contract.errors import CloudbootError
 from guest.contract.fsutil import atomic_file
@@ -248,13 +255,65 @@ def require_marker(esp: EspFiles) -> None:
         )
 
 
-def write_files(esp: EspFiles, target: str, kernel: FileData, initrd: FileData | None) -> None:
+def stamp_path(target: str) -> str:
+    r"""``\EFI\Linux\<safe>.staged``: what the target's staged files were made from."""
+    return rf"\EFI\Linux\{safe_name(target)}.staged"
+
+
+def stamp(content: str, kernel: FileData, initrd: FileData | None) -> bytes:
+    """The stamp's text: the content digest and the files' sizes (docs/wire-formats.md §5.8)."""
+    initrd_size = "-" if initrd is None else str(data_size(initrd))
+    return f"cloudboot staged v1 {content} {data_size(kernel)} {initrd_size}\n".encode()
+
+
+def write_files(
+    esp: EspFiles,
+    target: str,
+    kernel: FileData,
+    initrd: FileData | None,
+    content: str | None = None,
+) -> bool:
+    """Put the target's kernel and initrd on the ESP; False when they are already there.
+
+    ``content`` names what the files are made of (a digest over the OCI layer digests,
+    ``guest.agent.fetch.OciBoot.content``), None when that is not known (a disk target,
+    or a pass that must not trust the stamp). The stamp that records it is written only
+    after the files are on the disk, and emptied before they are rewritten, so a stamp
+    never vouches for a half-written file. A plan edit that changes only the command
+    line, or flips between targets already staged, then skips the biggest write of the
+    pass (about a second under TCG).
+    """
     require_marker(esp)
     kernel_path, initrd_path = staged_paths(target)
+    stamp_file = stamp_path(target)
+    old = esp.read(stamp_file, 4096)
+    new = None if content is None else stamp(content, kernel, initrd)
+    if new is not None and old == new:
+        return False
+    if old:
+        esp.write(stamp_file, b"")
     esp.write(kernel_path, kernel)
     if initrd is not None:
         esp.write(initrd_path, initrd)
     esp.flush()
+    if new is not None:
+        esp.write(stamp_file, new)
+        esp.flush()
+    return True
+
+
+def came_back(store: VariableStore, target: str) -> bool:
+    """Whether our Boot0001 for ``target`` is already set as this pass starts: the
+    firmware fell back to the bootstrap (the staged files did not boot), or someone chose
+    it. Either way the stamp is not trusted and the files are written again."""
+    found = store.read(CLOUDBOOT_BOOT_VARIABLE, GLOBAL_VARIABLE_GUID)
+    if found is None:
+        return False
+    try:
+        entry = LoadOption.from_bytes(found.data)
+    except CloudbootError:
+        return True  # unreadable: rewrite, as before stamps
+    return entry.description == entry_description(target)
 
 
 def write_boot_entry(

@@ -93,13 +93,18 @@ def staged_paths(target: str) -> tuple[str, str]:
     return rf"\EFI\Linux\{safe}-vmlinuz.efi", rf"\EFI\Linux\{safe}-initrd"
 
 
+def entry_description(target: str) -> str:
+    """Our Boot0001's description: how firmware menus, and the agent, know it."""
+    return f"cloud-boot {target}"
+
+
 def cloudboot_entry(target: str, partition: HardDrive, cmdline: str) -> LoadOption:
     """The Boot0001 we write for a staged target (docs/wire-formats.md §5.7)."""
     kernel, initrd = staged_paths(target)
     options = f"initrd={initrd} {cmdline}".rstrip()
     return LoadOption(
         attributes=LOAD_OPTION_ACTIVE,
-        description=f"cloud-boot {target}",
+        description=entry_description(target),
         device_path=DevicePath.hd_file(partition, kernel),
         optional_data=ucs16.encode(options),
     )

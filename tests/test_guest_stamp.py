@@ -1,0 +1,152 @@
+"""The staged-files stamp (docs/wire-formats.md §5.6): a pass whose target's files are
+already on the cache ESP, made from the same layers, does not write them again; a pass
+the firmware came back to (our Boot0001 for that target still set) always does.
+
+The unit tests record every write an ESP sees; the agent tests run the whole pass against
+a real registry and the FAT image of tests/agent_harness.py, reading the ESP back with
+mtools.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from guest.agent import stage
+from guest.contract import oci
+from guest.contract.efi import GLOBAL_VARIABLE_GUID
+from guest.contract.efi.efivarfs import EfiVarStore
+from guest.contract.efi.loadoption import CACHE_MARKER
+from publisher.localregistry import RunningRegistry
+from publisher.push import push_artifact
+from publisher.registry import RegistryClient
+from tests.agent_harness import _mtype, _run, machine, run
+from tests.helpers import push_plan
+
+__all__ = ["machine"]
+
+KERNEL_A, INITRD_A = b"KERNEL-A" * 4096, b"INITRD-A" * 512
+KERNEL_B, INITRD_B = b"KERNEL-B" * 4096, b"INITRD-B" * 512
+
+
+class RecordingEsp:
+    """An ESP in memory that records every write, in order."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {CACHE_MARKER: b"marker"}
+        self.writes: list[str] = []
+
+    def write(self, path: str, data: stage.FileData) -> None:
+        assert isinstance(data, bytes)
+        self.files[path] = data
+        self.writes.append(path)
+
+    def read(self, path: str, limit: int) -> bytes | None:
+        data = self.files.get(path)
+        return data if data is not None and len(data) <= limit else None
+
+    def flush(self) -> None:
+        self.writes.append("<flush>")
+
+
+KERNEL, INITRD = stage.staged_paths("k")
+STAMP = stage.stamp_path("k")
+
+
+def test_same_content_is_not_written_again_and_new_content_empties_the_stamp_first() -> None:
+    esp = RecordingEsp()
+    assert stage.write_files(esp, "k", b"kernel", b"initrd", "sha256:aa")
+    assert esp.writes == [KERNEL, INITRD, "<flush>", STAMP, "<flush>"]
+    assert esp.files[STAMP] == b"cloudboot staged v1 sha256:aa 6 6\n"
+
+    esp.writes.clear()
+    assert not stage.write_files(esp, "k", b"kernel", b"initrd", "sha256:aa")
+    assert esp.writes == []
+
+    # new layers: the stamp is emptied before the first byte of the new files
+    assert stage.write_files(esp, "k", b"kernel2", b"initrd", "sha256:bb")
+    assert esp.writes == [STAMP, KERNEL, INITRD, "<flush>", STAMP, "<flush>"]
+    assert esp.files[STAMP].startswith(b"cloudboot staged v1 sha256:bb 7 6")
+
+
+def test_unknown_content_is_always_written_and_leaves_no_stamp() -> None:
+    esp = RecordingEsp()
+    stage.write_files(esp, "k", b"kernel", None, "sha256:aa")
+    assert esp.files[STAMP] == b"cloudboot staged v1 sha256:aa 6 -\n"
+    esp.writes.clear()
+    assert stage.write_files(esp, "k", b"kernel", None, None)  # a disk target, or came back
+    assert esp.writes == [STAMP, KERNEL, "<flush>"]
+    assert esp.files[STAMP] == b""
+    assert stage.write_files(esp, "k", b"kernel", None, "sha256:aa")  # empty stamp: rewrite
+
+
+def test_a_stamp_from_another_target_or_size_does_not_match() -> None:
+    esp = RecordingEsp()
+    stage.write_files(esp, "k", b"kernel", b"initrd", "sha256:aa")
+    assert stage.write_files(esp, "other", b"kernel", b"initrd", "sha256:aa")
+    assert stage.write_files(esp, "k", b"kernel", b"initrd-longer", "sha256:aa")
+
+
+def _artifact(tmp: Path, registry: RunningRegistry, kernel: bytes, initrd: bytes) -> None:
+    (tmp / "k").write_bytes(kernel)
+    (tmp / "i").write_bytes(initrd)
+    ref = oci.parse_ref(f"{registry.address}/kernels/k:1")
+    push_artifact(RegistryClient(), ref, "amd64", tmp / "k", tmp / "i", key=None)
+
+
+def _plan_arg(registry: RunningRegistry, tmp: Path, cmdline: str) -> str:
+    plan = tmp / "plan.hcl"
+    plan.write_text(
+        f'target "k" {{\n  kernel = "{registry.address}/kernels/k:1"\n  cmdline = "{cmdline}"\n}}\n'
+    )
+    ref = f"{registry.address}/plans/web:latest"
+    push_plan(registry.url, "plans/web", "latest", plan.read_bytes())
+    return f"cloudboot.plan={ref} cloudboot.cosign=off"
+
+
+def _staged(root: Path) -> tuple[bytes, bytes]:
+    esp = root / "dev/vda1"
+    return _mtype(esp, "::/EFI/Linux/k-vmlinuz.efi"), _mtype(esp, "::/EFI/Linux/k-initrd")
+
+
+def _reset_nvram(root: Path) -> None:
+    """What the dev loop's restart does: Boot0001 gone (the settled store)."""
+    EfiVarStore(root / "sys/firmware/efi/efivars").delete("Boot0001", GLOBAL_VARIABLE_GUID)
+
+
+def test_a_cmdline_edit_keeps_the_staged_files_and_new_layers_replace_them(
+    machine: Path, registry: RunningRegistry, tmp_path: Path
+) -> None:
+    _artifact(tmp_path, registry, KERNEL_A, INITRD_A)
+    status, log, _ = _run(machine, _plan_arg(registry, tmp_path, "console=ttyS0 one"))
+    assert status == 0 and "staged 32768 + 4096 bytes on vda" in log, log
+    assert _staged(machine) == (KERNEL_A, INITRD_A)
+
+    _reset_nvram(machine)
+    status, log, _ = _run(machine, _plan_arg(registry, tmp_path, "console=ttyS0 two"))
+    assert status == 0 and "kept the staged 32768 + 4096 bytes" in log, log
+    assert "Boot0001 = cloud-boot k" in log
+
+    _artifact(tmp_path, registry, KERNEL_B, INITRD_B)  # the tag moves: new layers
+    _reset_nvram(machine)
+    status, log, _ = _run(machine, _plan_arg(registry, tmp_path, "console=ttyS0 two"))
+    assert status == 0 and "staged 32768 + 4096 bytes" in log, log
+    assert _staged(machine) == (KERNEL_B, INITRD_B)
+
+
+def test_when_the_firmware_comes_back_the_files_are_written_again(
+    machine: Path, registry: RunningRegistry, tmp_path: Path
+) -> None:
+    """A staged kernel the firmware cannot load (here: truncated behind the stamp's back)
+    sends it to the next boot option, the bootstrap, with our Boot0001 still set: that
+    pass must not trust the stamp, or the machine would loop."""
+    _artifact(tmp_path, registry, KERNEL_A, INITRD_A)
+    arg = _plan_arg(registry, tmp_path, "console=ttyS0")
+    assert _run(machine, arg)[0] == 0
+    esp = machine / "dev/vda1"
+    (tmp_path / "short").write_bytes(b"MZ")
+    run(["mcopy", "-o", "-i", esp, tmp_path / "short", "::/EFI/Linux/k-vmlinuz.efi"])
+
+    status, log, _ = _run(machine, arg)  # Boot0001 untouched: the firmware came back
+    assert status == 0, log
+    assert "Boot0001 for 'k' was already set: writing its files again" in log
+    assert _staged(machine) == (KERNEL_A, INITRD_A)
