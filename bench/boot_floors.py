@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import re
 import statistics
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from guest.contract.arch import Arch
 from publisher.config import Accel, load_config
 from publisher.demodisk import TARGET_MARKER
 from publisher.media.build import build_boot_iso
-from publisher.run import spawn
+from publisher.run import run, spawn
 from tests.e2e.harness import LiveLoop
 from tests.qemu_boot import demo_target_iso, repo_recipe
 from watcher.vm.firmware import find_firmware
@@ -103,7 +102,7 @@ def floor_spec(spec: VmSpec, work: Path) -> VmSpec:
 
     def copy(path: Path) -> Path:
         dest = work / path.name
-        subprocess.run(["cp", "--sparse=always", str(path), str(dest)], check=True)
+        run(["cp", "--sparse=always", path, dest])
         return dest
 
     return dataclasses.replace(spec, cache_disk=copy(spec.cache_disk),

@@ -261,7 +261,7 @@ def stamp_path(target: str) -> str:
 
 
 def stamp(content: str, kernel: FileData, initrd: FileData | None) -> bytes:
-    """The stamp's text: the content digest and the files' sizes (docs/wire-formats.md §5.8)."""
+    """The stamp's text: the content digest and the files' sizes (docs/wire-formats.md §5.6)."""
     initrd_size = "-" if initrd is None else str(data_size(initrd))
     return f"cloudboot staged v1 {content} {data_size(kernel)} {initrd_size}\n".encode()
 

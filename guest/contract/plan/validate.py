@@ -3,7 +3,7 @@
 docs/wire-formats.md §1.5: ``default_target`` names a defined target (or there is
 exactly one target); every target has exactly one source kind, a known ``fs`` and a
 valid ``arch``; every ``local.*``/``self.*`` reference resolves and ``self.*`` stays in
-its own target. ex.FindReferences are checked statically over *all* branches of every
+its own target. References are checked statically over *all* branches of every
 conditional (so a typo in the arm64 branch is caught when validating on amd64 too), and
 the plan is then evaluated for amd64 and for arm64. An error that only happens on one
 arch says so: ``... (arch arm64)``.
