@@ -209,7 +209,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         qemu_total = None
         if "qemu" in loops:
-            loop = LiveLoop(tmp / "ws")
+            loop = LiveLoop(tmp / "ws", cpus=2)
             loop.create_workspace()  # `cloudboot init`: not part of the first-boot time
             # The floor VM attaches the workspace's disks: make them before `up` would.
             config, _ = attach_demo_disk(load_config(loop.root))
@@ -222,7 +222,7 @@ def main() -> None:
             fast: dict[str, tuple[list[dict[str, float]], list[Floor]]] = {}
             for mode in ("kexec", "host"):
                 if mode in loops:
-                    other = LiveLoop(tmp / f"{mode}-ws", loop=mode)
+                    other = LiveLoop(tmp / f"{mode}-ws", loop=mode, cpus=2)
                     other.create_workspace()
                     before_edit, mode_floors = boots.beside(other, tmp / "floors" / mode)
                     fast[mode] = (run_loop(other, edits, before_edit=before_edit)[1], mode_floors)
@@ -241,7 +241,7 @@ def main() -> None:
             if "host" in fast:
                 rows += summarise_host(*fast["host"], edits)
         if "macos" in loops:
-            mac = MacLoop(tmp / "mac" / "ws")
+            mac = MacLoop(tmp / "mac" / "ws", cpus=2)
             mac.create_workspace()  # includes the Linux build host's part: not timed
             mac_first, mac_runs, _ = run_loop(mac, edits)
             rows += summarise_macos(mac_runs, mac_first, qemu_total, edits)

@@ -66,14 +66,24 @@ class SerialLog:
 
 
 class LiveLoop:
-    """`cloudboot up` running in a fresh workspace under ``root``; stopped with SIGINT on exit."""
+    """`cloudboot up` running in a fresh workspace under ``root``; stopped with SIGINT on exit.
+
+    ``cpus`` is 1 unless a caller asks for more: the suite runs TCG guests two at a time on
+    a 2-core machine, where a second vCPU buys no speed (the same kernel reaches its root
+    mount in ~3.3 s either way) and once cost a whole test: in CI of 7202437 a 2-vCPU
+    guest stalled for good in late init, its idle second vCPU never getting its timer
+    interrupt (``rcu_preempt kthread timer wakeup didn't happen ... cpu=1``). 120 loaded
+    2-vCPU boots here did not reproduce it, so this removes the exposure, not a known
+    cause. The bench keeps the default workspace's 2 so its numbers stay comparable.
+    """
 
     def __init__(
         self, root: Path, *, arch: str = "x86_64", password: str = "e2e-password",
-        loop: str = "guest",
+        loop: str = "guest", cpus: int = 1,
     ) -> None:  # fmt: skip
         self.root = root
         self.arch = arch
+        self.cpus = cpus
         self.loop = loop  # [watch].loop
         self.port = free_port()
         self.env = {**os.environ, "COSIGN_PASSWORD": password}
@@ -100,7 +110,7 @@ class LiveLoop:
         config = self.root / "cloudboot.toml"
         text = config.read_text()
         text = text.replace("[registry]\n", f'[registry]\nurl = "127.0.0.1:{self.port}"\n', 1)
-        text = text.replace("[vm]\n", f'[vm]\narch = "{self.arch}"\n', 1)
+        text = text.replace("[vm]\n", f'[vm]\narch = "{self.arch}"\ncpus = {self.cpus}\n', 1)
         text = text.replace("[watch]\n", f'[watch]\nloop = "{self.loop}"\n', 1)
         config.write_text(text)
         # The baked plan ref follows [registry].url (as oci://{{.Gateway}}:PORT/...).

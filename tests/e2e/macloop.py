@@ -70,8 +70,8 @@ def port_open(host: str, port: int) -> bool:
 class MacLoop(LiveLoop):
     """`cloudboot up` with the vfkit backend under a Mac-shaped PATH."""
 
-    def __init__(self, root: Path, *, bridge_address: str = BRIDGE_HOST) -> None:
-        super().__init__(root, arch=Arch.host().value)
+    def __init__(self, root: Path, *, bridge_address: str = BRIDGE_HOST, cpus: int = 1) -> None:
+        super().__init__(root, arch=Arch.host().value, cpus=cpus)
         qemu = shutil.which(f"qemu-system-{Arch.host().value}")
         assert qemu, "the stand-in needs QEMU"
         self.env.update(
