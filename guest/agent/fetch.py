@@ -53,6 +53,8 @@ class CredentialsError(FetchError):
 
 @dataclass(frozen=True)
 class Credentials:
+    """A registry login for basic auth or a token exchange; never printed."""
+
     username: str
     password: str
 

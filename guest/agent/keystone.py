@@ -39,6 +39,8 @@ class KeystoneError(CloudbootError):
 
 @dataclass(frozen=True)
 class AppCredential:
+    """An OpenStack application credential (id + secret) and the Keystone it logs in to."""
+
     auth_url: str
     credential_id: str
     secret: str = field(repr=False)

@@ -45,6 +45,8 @@ DEBUG_HINT = "cloudboot.debug=1 on the kernel command line gives a shell on the 
 
 @dataclass(frozen=True)
 class Fetched:
+    """A plan's text and where it came from (an OCI ref, or a file for plan=file:)."""
+
     text: str
     source: str  # ref or file, for PlanError locations
     ref: oci.Ref | None

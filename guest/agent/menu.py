@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Entry:
+    """One line of the boot menu: a target's name, its label and version."""
+
     name: str
     label: str
     version: str = ""

@@ -10,20 +10,47 @@ the guest's entry script installs them (``install``) before importing the agent.
 The cache is keyed by the exact source text, so a text it does not hold (another
 Python patch release generating different code, a class added later) is compiled as
 usual: a miss costs what the cache saves, it never changes behaviour.
+
+The entry script also defers (``defer``) two stdlib modules the agent's imports name but
+its boot path does not use, measured with ``PYTHONPROFILEIMPORTTIME`` in a TCG guest:
+``dataclasses`` imports ``inspect`` (which brings ast, dis and tokenize: ~0.2 s) only to
+write a docstring for a dataclass that has none, and ``subprocess`` imports ``locale``
+(~40 ms) for text-mode pipes, which the agent does not open. Every dataclass in guest/
+has a docstring (tests/test_guest_pack.py checks both), so neither is loaded on boot.
+This module imports ``dataclasses`` only inside its functions, after ``defer``.
 """
 
 from __future__ import annotations
 
 import builtins
-import dataclasses
 import importlib
 import marshal
+import sys
 from collections.abc import Iterable
-from types import CodeType
+from types import CodeType, ModuleType
 from typing import Any
 
 #: Where the packer puts the cache in the guest, next to the agent.
 CACHE_NAME = "dataclass-code.marshal"
+#: Imported by modules the agent imports, used on none of its boot paths (see above).
+DEFERRED = ("inspect", "locale")
+
+
+class _Deferred(ModuleType):
+    """Stands in for a module until something uses one of its names; then the real one
+    is imported (and replaces this one in ``sys.modules``) and answers."""
+
+    def __getattr__(self, name: str) -> Any:
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        return getattr(importlib.import_module(self.__name__), name)
+
+
+def defer(names: Iterable[str] = DEFERRED) -> None:
+    """Put a stand-in for each module not imported yet (call before anything imports it)."""
+    for name in names:
+        if name not in sys.modules:
+            sys.modules[name] = _Deferred(name)
 
 
 class _CachedExec:
@@ -66,6 +93,8 @@ def install(path: str) -> _CachedExec | None:
         return None
     if not isinstance(codes, dict):
         return None
+    import dataclasses  # after defer(): see the module's docstring
+
     cached = _CachedExec(codes)
     dataclasses.exec = cached  # type: ignore[attr-defined]  # module global shadows builtin
     return cached
@@ -73,6 +102,8 @@ def install(path: str) -> _CachedExec | None:
 
 def record(modules: Iterable[str]) -> bytes:
     """Import ``modules`` (fresh: call in a new interpreter) and return the marshalled cache."""
+    import dataclasses
+
     recorder = _Recorder()
     dataclasses.exec = recorder  # type: ignore[attr-defined]
     try:

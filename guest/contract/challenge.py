@@ -25,6 +25,8 @@ _ESCAPE = re.compile(r"\\(.)")
 
 @dataclass(frozen=True)
 class Challenge:
+    """One challenge of a WWW-Authenticate header: its scheme and parameters."""
+
     scheme: str  # lower case: "bearer", "basic" ...
     params: Mapping[str, str] = field(default_factory=dict)  # names lower case
 

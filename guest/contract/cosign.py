@@ -114,6 +114,8 @@ def trust_optional(pins: Mapping[str, str], version: int) -> dict[str, object]:
 
 @dataclass(frozen=True)
 class SignedPayload:
+    """The fields of a cosign simple-signing payload that the guest checks."""
+
     docker_reference: str
     manifest_digest: str
     optional: dict[str, object] | None

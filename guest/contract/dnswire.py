@@ -31,6 +31,8 @@ class DnsFormatError(CloudbootError):
 
 @dataclass(frozen=True)
 class Srv:
+    """One SRV record's data (RFC 2782)."""
+
     priority: int
     weight: int
     port: int

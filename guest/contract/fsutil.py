@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -40,7 +39,9 @@ def fsync_dir(directory: Path) -> None:
 def _new_temp(path: Path, private: bool) -> Path:
     """An empty, new file next to ``path``: 0600, or 0666 less the umask (as ``open``)."""
     for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        # os.urandom, not secrets: the same bytes, without importing random and base64
+        # on the guest's boot path (secrets.token_hex is os.urandom(n).hex())
+        tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o666)
         except FileExistsError:

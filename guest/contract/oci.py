@@ -65,6 +65,8 @@ class NoLayerError(CloudbootError):
 
 @dataclass(frozen=True)
 class Platform:
+    """An image index entry's platform (architecture, os, variant)."""
+
     architecture: str
     os: str = "linux"
     variant: str | None = None

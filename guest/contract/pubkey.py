@@ -184,6 +184,8 @@ def _jmul_add(k1: int, p1: _Jacobian, k2: int, p2: _Jacobian) -> _Jacobian:
 
 @dataclass(frozen=True)
 class EcdsaP256Key:
+    """A P-256 public key (cosign's default), as its affine point."""
+
     x: int
     y: int
 
@@ -232,6 +234,8 @@ _SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
 
 @dataclass(frozen=True)
 class RsaKey:
+    """An RSA public key: modulus and exponent."""
+
     n: int
     e: int
 
@@ -313,6 +317,8 @@ _ED_BASE = _ed_decode((4 * pow(5, -1, _EP) % _EP).to_bytes(32, "little"))
 
 @dataclass(frozen=True)
 class Ed25519Key:
+    """An Ed25519 public key, as its 32 encoded bytes."""
+
     raw: bytes
 
     algorithm = "Ed25519"

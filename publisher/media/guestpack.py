@@ -83,9 +83,10 @@ RESET_SCRIPT = """#!/bin/sh
 export PYTHONHOME=/usr LD_LIBRARY_PATH=/lib/{triplet}:/usr/lib/{triplet}
 exec /usr/bin/python3.11 -S -B /usr/lib/cloudboot/cloudboot-reset.py "$@"
 """
-#: Entry scripts: the dataclass code cache goes in before anything defines a dataclass.
+#: Entry scripts: the deferred stdlib modules and the dataclass code cache go in before
+#: anything imports them or defines a dataclass (guest.agent.precompiled).
 _ENTRY = (
-    "import sys\nfrom guest.agent import precompiled\n"
+    "import sys\nfrom guest.agent import precompiled\nprecompiled.defer()\n"
     "precompiled.install(sys.path[0] + '/' + precompiled.CACHE_NAME)\n"
 )
 #: The agent's: modules and DHCP start before the (slow to import) agent is imported.

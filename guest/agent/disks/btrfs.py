@@ -23,6 +23,8 @@ MAX_DEVICES = 16
 
 @dataclass(frozen=True)
 class Superblock:
+    """What a btrfs superblock tells about its filesystem and this device in it."""
+
     fsid: str
     num_devices: int
     devid: int

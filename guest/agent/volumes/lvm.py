@@ -43,6 +43,8 @@ class LvmError(CloudbootError):
 
 @dataclass(frozen=True)
 class PhysicalVolume:
+    """An LVM PV as its label and metadata area describe it."""
+
     node: Path
     uuid: str  # 32 characters, no dashes
     size: int
@@ -51,6 +53,8 @@ class PhysicalVolume:
 
 @dataclass(frozen=True)
 class LogicalVolume:
+    """An LV of a volume group, as segments mapped onto PVs."""
+
     vg: str
     name: str
     pieces: tuple[Piece, ...]

@@ -33,6 +33,8 @@ class MdError(CloudbootError):
 
 @dataclass(frozen=True)
 class Member:
+    """One md RAID member as its v1.x superblock describes it."""
+
     node: Path
     array_uuid: str
     name: str  # "homehost:name" as mdadm writes it

@@ -112,6 +112,8 @@ class FilePath:
 
 @dataclass(frozen=True)
 class End:
+    """The End Entire Device Path node that closes every device path."""
+
     def __bytes__(self) -> bytes:
         return _HEADER.pack(NodeType.END, END_ENTIRE, 4)
 

@@ -43,6 +43,8 @@ def _align4(n: int) -> int:
 
 @dataclass(frozen=True)
 class StoredVariable:
+    """A variable as edk2's authenticated variable store keeps it."""
+
     name: str
     guid: uuid.UUID
     attributes: int

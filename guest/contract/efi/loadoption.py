@@ -25,6 +25,8 @@ _HEAD = struct.Struct("<IH")
 
 @dataclass(frozen=True)
 class LoadOption:
+    """An EFI_LOAD_OPTION: the value of a Boot#### variable."""
+
     attributes: int
     description: str
     device_path: DevicePath

@@ -38,6 +38,8 @@ class Template:
 
 @dataclass(frozen=True)
 class TupleExpr:
+    """``[a, b, ...]``."""
+
     items: tuple[Expr, ...]
     where: Location
 
@@ -55,6 +57,8 @@ class ObjectItem:
 
 @dataclass(frozen=True)
 class ObjectExpr:
+    """``{ key = value, ... }``."""
+
     items: tuple[ObjectItem, ...]
     where: Location
 
@@ -139,6 +143,8 @@ class TemplateFor:
 
 @dataclass(frozen=True)
 class Unary:
+    """``!x`` or ``-x``."""
+
     op: str  # "!" or "-"
     operand: Expr
     where: Location
@@ -146,6 +152,8 @@ class Unary:
 
 @dataclass(frozen=True)
 class Binary:
+    """``left op right`` (HCL's arithmetic, comparison and logic operators)."""
+
     op: str  # "==", "!=", "<", ">", "<=", ">=", "&&", "||", "+", "-", "*", "/", "%"
     left: Expr
     right: Expr
@@ -154,6 +162,8 @@ class Binary:
 
 @dataclass(frozen=True)
 class Conditional:
+    """``condition ? if_true : if_false``."""
+
     condition: Expr
     if_true: Expr
     if_false: Expr

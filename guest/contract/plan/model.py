@@ -52,6 +52,8 @@ class TargetDecl:
 
 @dataclass(frozen=True)
 class MenuDecl:
+    """The plan's menu {} block: its attributes, evaluated later."""
+
     attributes: Mapping[str, Attribute]
     where: Location
 

@@ -49,6 +49,8 @@ class Block:
 
 @dataclass(frozen=True)
 class Body:
+    """A file's or a block's arguments and nested blocks, in source order."""
+
     attributes: tuple[Attribute, ...]
     blocks: tuple[Block, ...]
     where: Location

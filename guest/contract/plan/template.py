@@ -33,6 +33,8 @@ _DIRECTIVES = ("if", "else", "endif", "for", "endfor")
 
 @dataclass
 class _Lit:
+    """Literal text of a template and where it starts."""
+
     text: str
     start: int
 
