@@ -140,9 +140,12 @@ def qemu_argv(
         machine = ["-machine", "q35"]
     else:  # pointer authentication is costly under TCG: cortex-a72 boots ~2x faster
         machine = ["-machine", "virt", "-cpu", "cortex-a72"]
+    # One vCPU, as the e2e loops (tests/e2e/harness.py, LiveLoop): two bought no speed
+    # here (two lab tests: 57.8 s with one, 64.6 s with two) and a 2-vCPU TCG guest once
+    # stalled for good in CI.
     argv = [
         lab.arch.qemu_binary, "-nodefaults", "-no-user-config", *machine,
-        "-accel", "tcg", "-m", "1024", "-smp", "2", "-display", "none",
+        "-accel", "tcg", "-m", "1024", "-smp", "1", "-display", "none",
         "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
         "-drive", f"if=pflash,format=raw,unit=1,file={vars_fd}",
         "-drive", f"if=none,id=iso,format=raw,readonly=on,file={lab.iso}",
