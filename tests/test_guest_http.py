@@ -167,3 +167,26 @@ def test_negative_sizes_cannot_defeat_read_limits(head: bytes, error: str) -> No
         httpclient.get(url) as resp,
     ):
         assert len(resp.read(1000)) <= 1000
+
+
+def test_plain_http_does_not_import_the_idna_codec() -> None:
+    """An ASCII host reaches getaddrinfo as bytes: a fresh interpreter (``-S``, as the
+    guest's) fetches over plain http, by address and by name, without ``encodings.idna``."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys\nfrom guest.agent import httpclient\n"
+        "for url in sys.argv[1:]:\n"
+        "    with httpclient.get(url) as resp:\n"
+        "        assert resp.status == 200\n"
+        "print('encodings.idna' in sys.modules)"
+    )
+    with _server() as base:
+        by_name = base.replace("127.0.0.1", "localhost")
+        out = subprocess.run(
+            [sys.executable, "-S", "-c", code, f"{base}/plain", f"{by_name}/plain"],
+            cwd=Path(__file__).parent.parent, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+    assert out.stdout.strip() == "False", out.stderr
