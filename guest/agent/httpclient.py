@@ -191,9 +191,10 @@ def _request(
     address = connect.get(host, host)
     # An ASCII name or address goes to getaddrinfo as bytes: as str it is run through the
     # idna codec, whose import costs ~35 ms per boot under TCG (plain-http registries,
-    # as the dev loop's; https imports it anyway, for the TLS server name).
+    # as the dev loop's; https imports it anyway, for the TLS server name). Typeshed
+    # says str, but getaddrinfo, which create_connection calls, takes bytes as well.
     wire = address.encode("ascii") if address.isascii() else address
-    sock = socket.create_connection((wire, port), timeout=timeout)
+    sock = socket.create_connection((wire, port), timeout=timeout)  # type: ignore[arg-type]
     try:
         if parts.scheme == "https":
             import ssl
