@@ -116,6 +116,9 @@ class Cursor:
             return _new(Token, (char, char, pos, pos + 1))
         if char == "\n":
             return _new(Token, ("nl", char, pos, pos + 1))
+        if char == "#":  # a comment and its newline are one newline token
+            end = text.find("\n", pos) + 1 or len(text)
+            return _new(Token, ("nl", text[pos:end], pos, end))
         if char == "=" and text[pos + 1 : pos + 2] not in ("=", ">"):
             return _new(Token, ("=", char, pos, pos + 1))
         name = _NAME.match(text, pos)
