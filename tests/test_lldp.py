@@ -5,10 +5,13 @@ loopback interface; the agent's pass evaluating a plan that branches on
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import socket
 import struct
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,6 +42,23 @@ from tests.helpers import new_key, push_plan, sign
 __all__ = ["machine"]
 
 DATA = Path(__file__).parent / "data/lldp"
+
+
+@pytest.fixture
+def lo_to_ourselves() -> Iterator[None]:
+    """LLDP on the loopback interface, with no other test sending there meanwhile.
+
+    Every packet socket on ``lo`` hears every frame sent on it, whichever process sends
+    it: with two xdist workers, a test that expects silence heard the switch frames
+    another test was sending (CI of ddf3aca). A lock file all workers share serializes
+    the tests that send or listen on ``lo``."""
+    path = Path(tempfile.gettempdir()) / "cloudboot-tests-lldp-lo.lock"
+    with path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _frame(name: str) -> bytes:
@@ -120,7 +140,7 @@ def test_odd_but_harmless_bytes() -> None:
     assert facts(got).available is True
 
 
-def test_listen_and_send_on_a_real_packet_socket() -> None:
+def test_listen_and_send_on_a_real_packet_socket(lo_to_ourselves: None) -> None:
     """AF_PACKET on the loopback interface (root): what the guest does on its NIC."""
     if os.geteuid() != 0:
         pytest.skip("packet sockets need root")
@@ -158,7 +178,7 @@ target "other" {
 
 @pytest.mark.parametrize("heard", [True, False])
 def test_the_agent_evaluates_the_plan_with_what_was_heard(
-    machine: Path, registry: RunningRegistry, heard: bool
+    machine: Path, registry: RunningRegistry, heard: bool, lo_to_ourselves: None
 ) -> None:
     key, pem = new_key()
     (machine / "etc/cosign.pub").write_bytes(pem)
