@@ -72,7 +72,7 @@ class LiveLoop:
     a 2-core machine, where a second vCPU buys no speed (the same kernel reaches its root
     mount in ~3.3 s either way) and once cost a whole test: in CI of 7202437 a 2-vCPU
     guest stalled for good in late init, its idle second vCPU never getting its timer
-    interrupt (``rcu_preempt kthread timer wakeup didn't happen ... cpu=1``). 120 loaded
+    interrupt (``rcu_preempt kthread timer wakeup didn't happen ... cpu=1``). 92 loaded
     2-vCPU boots here did not reproduce it, so this removes the exposure, not a known
     cause. The bench keeps the default workspace's 2 so its numbers stay comparable.
     """

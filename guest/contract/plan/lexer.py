@@ -38,7 +38,12 @@ _TOKEN = re.compile(
     """,
     re.VERBOSE,
 )
-_NAME = re.compile(r"[^\W\d][\w-]*")
+#: An HCL identifier (a letter or _, then letters, digits, _ and -), for every pattern
+#: that reads names: tokens here, quoted templates' fast path (template.py).
+NAME = r"[^\W\d][\w-]*"
+_NAME = re.compile(NAME)
+#: The names that are literals, not variables.
+LITERALS = {"true": True, "false": False, "null": None}
 #: One-character tokens that never start a longer one.
 _SINGLE = frozenset('{}[](),"?~')
 _SPACE = re.compile(r"(?:[ \t\r]+|/\*(?:.|\n)*?\*/)*")

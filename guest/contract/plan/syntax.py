@@ -23,7 +23,7 @@ from guest.contract.plan import expr as ex
 from guest.contract.plan import number
 from guest.contract.plan.collection import CollectionParser
 from guest.contract.plan.errors import PlanError
-from guest.contract.plan.lexer import Cursor, Token, describe
+from guest.contract.plan.lexer import LITERALS, Cursor, Token, describe
 from guest.contract.plan.template import PLAIN_QUOTED, template_start
 from guest.contract.plan.traversal import TraversalParser
 
@@ -67,7 +67,6 @@ _LEVELS: tuple[frozenset[str], ...] = (
 )
 BINARY_OPERATORS = frozenset().union(*_LEVELS)
 _PRECEDENCE = {op: level for level, ops in enumerate(_LEVELS) for op in ops}
-_LITERALS = {"true": True, "false": False, "null": None}
 #: What may follow a whole-expression string: a closer, or the end of its line.
 _FOLLOWS_PLAIN = re.compile(r"[ \t]*([,\])}]|\r?\n|#|//|\Z)")
 _CLOSERS = frozenset(",])}")
@@ -318,8 +317,8 @@ class _Parser(TraversalParser, CollectionParser):
 
     def named(self, token: Token) -> ex.Expr:
         where = self.loc(token)
-        if token.text in _LITERALS:
-            return ex.Literal(_LITERALS[token.text], where)
+        if token.text in LITERALS:
+            return ex.Literal(LITERALS[token.text], where)
         if self.cur.peek().kind in ("(", "::"):
             raise self.cur.error(
                 f"function calls are not supported in plans ({token.text}(...)); upstream's "

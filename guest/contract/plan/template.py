@@ -15,18 +15,16 @@ from dataclasses import dataclass
 
 from guest.contract.errors import Location
 from guest.contract.plan import expr as ex
-from guest.contract.plan.lexer import Cursor, ParserBase, describe
+from guest.contract.plan.lexer import LITERALS, NAME, Cursor, ParserBase, describe
 
 _QUOTED_TEXT = re.compile(r'[^"\\$%\n]+')
 PLAIN_QUOTED = re.compile(r'[^"\\$%\n]*"')
 _HEREDOC_TEXT = re.compile(r"[^$%]+")
 #: A quoted string whose only templates are ``${ name.name... }`` (most templates in a
 #: plan: ``${arch}``, ``${local.x}``, ``${self.name}``), up to and with its closing quote.
-#: Possessive (``++``, ``*+``): a string that fails to match fails in linear time.
-_SIMPLE = re.compile(r'(?:[^"\\$%\n]++|\$\{ *+[^\W\d][\w-]*+(?:\.[^\W\d][\w-]*+)*+ *+\})*+"')
-_SIMPLE_INTERP = re.compile(r"\$\{ *([^\W\d][\w-]*(?:\.[^\W\d][\w-]*)*) *\}")
-#: Roots that are literals, not variables: such a template takes the full path.
-_KEYWORDS = frozenset({"true", "false", "null"})
+#: Possessive and atomic (``++``, ``*+``, ``(?>)``): a failing match fails in linear time.
+_SIMPLE = re.compile(r'(?:[^"\\$%\n]++|\$\{ *+(?>' + NAME + r")(?:\.(?>" + NAME + r'))*+ *+\})*+"')
+_SIMPLE_INTERP = re.compile(r"\$\{ *(" + NAME + r"(?:\." + NAME + r")*) *\}")
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\"}
 _DIRECTIVES = ("if", "else", "endif", "for", "endfor")
 
@@ -310,7 +308,7 @@ def simple_template(cur: Cursor, open_at: int) -> ex.Template | None:
     parts: list[str | ex.Expr] = []
     for m in _SIMPLE_INTERP.finditer(text, pos, end):
         names = m.group(1).split(".")
-        if names[0] in _KEYWORDS:
+        if names[0] in LITERALS:  # a literal root: the full path builds it
             return None
         if m.start() > pos:
             parts.append(text[pos : m.start()])
