@@ -150,9 +150,12 @@ def test_restart_restores_what_the_firmware_settled(tmp_path: Path) -> None:
         backend = other
         other.up(reset_nvram=True)
         assert not has_marker(spec.nvram)
-        wait_for(lambda: copies() not in ([], [settled]), 300, "a copy for the new argv")
-        assert not has_marker(copies()[0])
-        assert "BootOrder" in _vf_vars(copies()[0]) and "Boot0001" not in _vf_vars(copies()[0])
+        # the capture writes the new copy, then removes the old: wait for both steps (the
+        # two names hash paths under tmp_path, so they sort either way round)
+        wait_for(lambda: copies() and settled not in copies(), 300, "a copy for the new argv")
+        (fresh,) = copies()
+        assert not has_marker(fresh)
+        assert "BootOrder" in _vf_vars(fresh) and "Boot0001" not in _vf_vars(fresh)
         other.down(STOP_TIMEOUT)
         other.reset_nvram()  # `vm reset-nvram`: the template itself, and no copy left
         assert copies() == [] and spec.nvram.read_bytes() == template.read_bytes()
