@@ -19,7 +19,7 @@ from guest.contract.efi.loadoption import CACHE_MARKER
 from publisher.localregistry import RunningRegistry
 from publisher.push import push_artifact
 from publisher.registry import RegistryClient
-from tests.agent_harness import _mtype, _run, machine, run
+from tests.agent_harness import INITRD, KERNEL, _mtype, _plan, _run, machine, run
 from tests.helpers import push_plan
 
 __all__ = ["machine"]
@@ -48,14 +48,14 @@ class RecordingEsp:
         self.writes.append("<flush>")
 
 
-KERNEL, INITRD = stage.staged_paths("k")
+KERNEL_PATH, INITRD_PATH = stage.staged_paths("k")
 STAMP = stage.stamp_path("k")
 
 
 def test_same_content_is_not_written_again_and_new_content_empties_the_stamp_first() -> None:
     esp = RecordingEsp()
     assert stage.write_files(esp, "k", b"kernel", b"initrd", "sha256:aa")
-    assert esp.writes == [KERNEL, INITRD, "<flush>", STAMP, "<flush>"]
+    assert esp.writes == [KERNEL_PATH, INITRD_PATH, "<flush>", STAMP, "<flush>"]
     assert esp.files[STAMP] == b"cloudboot staged v1 sha256:aa 6 6\n"
 
     esp.writes.clear()
@@ -64,7 +64,7 @@ def test_same_content_is_not_written_again_and_new_content_empties_the_stamp_fir
 
     # new layers: the stamp is emptied before the first byte of the new files
     assert stage.write_files(esp, "k", b"kernel2", b"initrd", "sha256:bb")
-    assert esp.writes == [STAMP, KERNEL, INITRD, "<flush>", STAMP, "<flush>"]
+    assert esp.writes == [STAMP, KERNEL_PATH, INITRD_PATH, "<flush>", STAMP, "<flush>"]
     assert esp.files[STAMP].startswith(b"cloudboot staged v1 sha256:bb 7 6")
 
 
@@ -74,7 +74,7 @@ def test_unknown_content_is_always_written_and_leaves_no_stamp() -> None:
     assert esp.files[STAMP] == b"cloudboot staged v1 sha256:aa 6 -\n"
     esp.writes.clear()
     assert stage.write_files(esp, "k", b"kernel", None, None)  # a disk target, or came back
-    assert esp.writes == [STAMP, KERNEL, "<flush>"]
+    assert esp.writes == [STAMP, KERNEL_PATH, "<flush>"]
     assert esp.files[STAMP] == b""
     assert stage.write_files(esp, "k", b"kernel", None, "sha256:aa")  # empty stamp: rewrite
 
@@ -150,3 +150,53 @@ def test_when_the_firmware_comes_back_the_files_are_written_again(
     assert status == 0, log
     assert "Boot0001 for 'k' was already set: writing its files again" in log
     assert _staged(machine) == (KERNEL_A, INITRD_A)
+
+
+def test_disk_content_hashes_the_bytes_wherever_they_lie(tmp_path: Path) -> None:
+    """Runs on a device, holes included, give the content of the same bytes in memory,
+    across the 1 MiB reading pieces; one byte changed changes it; so does a role."""
+    body = bytes(range(256)) * 8192 + b"tail"  # 2 MiB + 4: three pieces
+    device = tmp_path / "dev"
+    device.write_bytes(b"x" * 4096 + body)
+    runs = stage.DeviceRuns(
+        device, ((4096, len(body) - 100), (None, 50), (4096 + len(body) - 100, 100))
+    )
+    flat = body[:-100] + bytes(50) + body[-100:]
+    assert runs.read() == flat
+    same = stage.disk_content(runs, b"initrd")
+    assert same == stage.disk_content(flat, b"initrd")
+    changed = bytearray(flat)
+    changed[1 << 20] ^= 1
+    assert stage.disk_content(bytes(changed), b"initrd") != same
+    assert stage.disk_content(flat, None) != same
+    assert stage.disk_content(b"initrd", flat) != same  # the roles are in the lines
+
+
+def test_a_disk_target_keeps_its_files_until_one_byte_of_them_changes(
+    machine: Path, registry: RunningRegistry
+) -> None:
+    """The disk's metadata cannot say the kernel changed (here one byte is flipped inside
+    the ext4 image: same inode, times, extents, size), so only its bytes can."""
+    push_plan(registry.url, "plans/web", "latest", _plan())
+    arg = f"console=ttyS0 cloudboot.plan=oci://{registry.address}/plans/web cloudboot.cosign=off"
+    staged = f"staged {len(KERNEL)} + {len(INITRD)} bytes on vda"
+    status, log, _ = _run(machine, arg)
+    assert status == 0 and staged in log, log
+
+    _reset_nvram(machine)
+    status, log, _ = _run(machine, arg)
+    assert status == 0 and f"kept the {staged}" in log, log
+
+    image = machine / "dev/vdb1"
+    data = bytearray(image.read_bytes())
+    at = data.find(KERNEL[: 1 << 16]) + len(KERNEL) // 2
+    assert at > len(KERNEL) // 2
+    data[at] ^= 0xFF
+    image.write_bytes(data)
+    _reset_nvram(machine)
+    status, log, _ = _run(machine, arg)
+    assert status == 0 and staged in log and "kept" not in log, log
+    esp = machine / "dev/vda1"
+    assert _mtype(esp, "::/EFI/Linux/debian-vmlinuz.efi") == bytes(
+        data[at - len(KERNEL) // 2 :][: len(KERNEL)]
+    )

@@ -420,14 +420,16 @@ class Agent:
     def _materialise(
         self, target: plan.Target
     ) -> tuple[stage.FileData, stage.FileData | None, str | None, Extras, str | None]:
-        """Kernel, initrd, the artifact's cmdline, its extras, and its content digest
-        (OCI only: a disk target's files have none, so they are always written)."""
+        """Kernel, initrd, the artifact's cmdline, its extras, and what the stamp of the
+        staged files records (stage.write_files): the layers' digests for an OCI target,
+        the files' own hashes for a disk target."""
         source = target.source
         if isinstance(source, plan.DiskSource):
             from guest.agent.disks import discover
 
             files = discover.read_disk(source, self.paths, self.console, self.mounter)
-            return files.kernel, files.initrd, None, Extras(), None
+            content = stage.disk_content(files.kernel, files.initrd)
+            return files.kernel, files.initrd, None, Extras(), content
         if isinstance(source, plan.OciSource):
             from guest.agent import fetch, trust
             from guest.contract import oci
