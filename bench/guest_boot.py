@@ -109,8 +109,8 @@ def main() -> None:
         report = measure(guest_agent_entries(pack_inputs(Arch.X86_64)))
         print(
             f"agent payload: {report.files} files, {report.uncompressed / 2**20:.1f} MiB raw, "
-            f"{report.gzip / 2**20:.1f} MiB gzip, {report.zstd / 2**20:.1f} MiB zstd "
-            f"(target <= 20 MB)"
+            f"{report.gzip / 2**20:.1f} MiB gzip, {report.zstd / 2**20:.1f} MiB zstd, "
+            f"{report.lz4 / 2**20:.1f} MiB lz4 (target <= 20 MB)"
         )
         iso_size = lab.iso.stat().st_size
         print(
@@ -118,9 +118,11 @@ def main() -> None:
             f"with busybox-marker: {marker_iso.stat().st_size / 2**20:.1f} MiB"
         )
         rows += [
-            Row(6, "agent initramfs payload, zstd", report.zstd / 1e6, "MB",
-                target="<= 20 MB compressed", passed=report.zstd <= 20e6,
+            Row(6, "agent initramfs payload, lz4 (the recipe's)", report.lz4 / 1e6, "MB",
+                target="<= 20 MB compressed", passed=report.lz4 <= 20e6,
                 note=f"{report.files} files, {report.uncompressed / 1e6:.1f} MB raw"),
+            Row(6, "agent initramfs payload, zstd", report.zstd / 1e6, "MB",
+                target="<= 20 MB compressed", passed=report.zstd <= 20e6),
             Row(6, "agent initramfs payload, gzip", report.gzip / 1e6, "MB",
                 target="<= 20 MB compressed", passed=report.gzip <= 20e6),
             Row(6, "boot.iso with the agent", iso_size / 1e6, "MB",

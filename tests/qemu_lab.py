@@ -72,7 +72,6 @@ def build_iso(
     shutil.copytree(REPO / "kernel", kernel_dir)
     recipe_path = kernel_dir / "recipe.toml"
     text = recipe_text(init)
-    text = text.replace('compression = "gzip"', 'compression = "zstd"')
     if initramfs_extra:
         text = text.replace("\n[initramfs]\n", f"\n[initramfs]\n{initramfs_extra}\n", 1)
     recipe_path.write_text(text + recipe_extra)

@@ -1,4 +1,4 @@
-"""The initramfs: a newc ("070701") cpio archive, optionally gzip- or zstd-compressed.
+"""The initramfs: a newc ("070701") cpio archive, optionally gzip-, zstd- or LZ4-compressed.
 
 The kernel unpacks it into rootfs before running ``/init``. The archive is declared as a
 list of entries (files, directories, symlinks, device nodes) and serialised sorted by
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from guest.contract.errors import CloudbootError
+from publisher.media import lz4legacy
 from publisher.run import require_tool, run
 
 TRAILER = "TRAILER!!!"
@@ -25,6 +26,7 @@ class Compression(enum.Enum):
     NONE = "none"
     GZIP = "gzip"
     ZSTD = "zstd"
+    LZ4 = "lz4"  # the kernel's legacy framing (publisher/media/lz4legacy.py)
 
 
 @dataclass(frozen=True)
@@ -156,11 +158,15 @@ def parse_newc(data: bytes) -> list[Entry]:
 
 
 def compress(data: bytes, how: Compression, *, level: int = 6) -> bytes:
-    """Compress deterministically (gzip without a timestamp; zstd through the CLI)."""
+    """Compress deterministically (gzip without a timestamp; zstd through the CLI; LZ4
+    in-process, high-compression at ``level`` less two: 4 by default, where level 9 costs
+    twice the time for 2% less)."""
     if how is Compression.NONE:
         return data
     if how is Compression.GZIP:
         return gzip.compress(data, compresslevel=level, mtime=0)
+    if how is Compression.LZ4:
+        return lz4legacy.compress(data, max(1, min(level - 2, 12)))
     zstd = require_tool("zstd", "zstd")
     return run([zstd, "-q", "-c", f"-{min(level, 19)}"], input=data).stdout
 
@@ -171,4 +177,6 @@ def decompress(data: bytes) -> bytes:
         return gzip.decompress(data)
     if data[:4] == b"\x28\xb5\x2f\xfd":
         return run([require_tool("zstd", "zstd"), "-q", "-d", "-c"], input=data).stdout
+    if data[:4] == lz4legacy.MAGIC:
+        return lz4legacy.decompress(data)
     return data

@@ -123,6 +123,7 @@ class PackReport:
     uncompressed: int
     gzip: int
     zstd: int
+    lz4: int  # the repository recipe's choice (docs/wire-formats.md §4.2)
 
 
 def _triplet(arch: Arch) -> str:
@@ -373,4 +374,5 @@ def measure(entries: list[cpio.Entry]) -> PackReport:
         uncompressed=len(raw),
         gzip=len(cpio.compress(raw, cpio.Compression.GZIP)),
         zstd=len(cpio.compress(raw, cpio.Compression.ZSTD)),
+        lz4=len(cpio.compress(raw, cpio.Compression.LZ4)),
     )

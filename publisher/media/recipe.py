@@ -298,7 +298,7 @@ def parse_recipe(text: str, path: Path) -> Recipe:
     try:
         compression = Compression(r.string(ird, "initramfs.compression", "gzip"))
     except ValueError:
-        raise r.fail("initramfs.compression", "expected none, gzip or zstd") from None
+        raise r.fail("initramfs.compression", "expected none, gzip, zstd or lz4") from None
     modules = ird.get("modules", list(DEFAULT_MODULES))
     on_demand = ird.get("on_demand_modules", [])
     for key, names in (("modules", modules), ("on_demand_modules", on_demand)):
