@@ -50,7 +50,10 @@ RUNTIME_PACKAGES = (
 #: agent runs them (guest.agent.kexec.KEXEC_TOOL).
 KEEP_BINARIES = {"sbin/kexec": "usr/lib/cloudboot/kexec"}
 #: Pure-Python wheels from PyPI, pinned as constraints.txt pins them (ext4's own wheel is
-#: the py3-none-any one: the venv's is a compiled x86_64 build).
+#: the py3-none-any one). No guest code imports them any more: guest/agent/diskread.py
+#: reads ext4 itself (guest/contract/extfs.py). Dropping them, with the base artifact's
+#: wheels layer and the pin checks that guard it, is still to do; until then they are
+#: packed and never loaded.
 PYPI_PACKAGES = ("ext4==1.4.1", "cachetools==7.1.1", "crcmod==1.7", "typing_extensions==4.15.0")
 STDLIB_DROP = (
     "test", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip", "pydoc_data",
