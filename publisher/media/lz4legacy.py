@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import struct
 
-import lz4.block
-
 from guest.contract.errors import FormatError
 
 MAGIC = b"\x02\x21\x4c\x18"
@@ -27,6 +25,9 @@ _LENGTH = struct.Struct("<I")
 
 def compress(data: bytes, level: int = 4) -> bytes:
     """``data`` as legacy-framed LZ4, high-compression ``level`` (1-12)."""
+    import lz4.block  # a compiled module: imported when used, so the packer's own check
+    # of the host interpreter (guestpack.GuestPythonError) runs first under another Python
+
     out = [MAGIC]
     view = memoryview(data)
     for start in range(0, len(view), BLOCK):
@@ -41,6 +42,8 @@ def compress(data: bytes, level: int = 4) -> bytes:
 def decompress(data: bytes) -> bytes:
     """Undo :func:`compress` (and ``lz4 -l``): blocks until the end; a repeated magic
     starts another stream, as the kernel allows for concatenated archives."""
+    import lz4.block  # see compress
+
     if data[:4] != MAGIC:
         raise FormatError("not legacy LZ4: bad magic", offset=0, what="lz4")
     out, pos = [], 4
