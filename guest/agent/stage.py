@@ -146,14 +146,7 @@ class DeviceRuns:
 
     def read(self) -> bytes:
         """The bytes themselves (for callers that need them, and for tests)."""
-        out = bytearray()
-        with open(self.device, "rb", buffering=0) as src:
-            for offset, length in self.runs:
-                chunk = bytes(length) if offset is None else os.pread(src.fileno(), length, offset)
-                if len(chunk) != length:
-                    raise StageError("short read", where=f"{self.device}@{offset}")
-                out += chunk
-        return bytes(out)
+        return b"".join(data_chunks(self))
 
 
 #: What a kernel or initrd is on its way to the ESP: bytes, or runs on a device.
