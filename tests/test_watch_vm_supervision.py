@@ -1,12 +1,18 @@
-"""The watcher's VM stage keeps Path C working on vfkit: should a guest reboot surface as
+"""The watcher's VM stage keeps Path C working. vfkit: should a guest reboot surface as
 a stop (vfkit exits; the stand-in's exit-on-reboot mode), the VM is relaunched with the same
 NVRAM store, so the staged Boot0001 boots; a restart the watcher asks for resets NVRAM.
+QEMU under TCG: only the agent's reboot after a restart goes to a fresh process (a warm
+reset there costs seconds of firmware time), and only while the watcher runs.
 
-Driven through the vfkit stand-in (vfkit's CLI and REST API, QEMU + OVMF underneath).
+Driven through the vfkit stand-in (vfkit's CLI and REST API, QEMU + OVMF underneath) and
+QEMU itself.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +28,7 @@ from tests.helpers import (
 )
 from watcher.vm import VmState, open_backend
 from watcher.vm.qmp import QmpClient
-from watcher.vm.state import process_cmdline
+from watcher.vm.state import load_record, process_cmdline
 from watcher.watch.adapters import BackendVmStage
 
 pytestmark = pytest.mark.slow
@@ -69,7 +75,63 @@ def test_guest_reboot_under_vfkit_is_relaunched_with_nvram_kept(
     assert backend.status().state is not VmState.RUNNING
 
 
-def test_qemu_stage_is_not_supervised(tmp_path: Path) -> None:
-    """QEMU reboots guests in place; its exit means the guest powered off: leave it off."""
-    stage = BackendVmStage(open_backend(make_spec(tmp_path, Backend.QEMU)))
-    assert stage.supervisor is None
+def test_qemu_hands_the_agents_reboot_to_a_fresh_process_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    """QEMU under TCG: after a restart the watcher asks for, the guest's reboot (the agent's,
+    into its staged target) ends the process and the supervisor starts a fresh one from the
+    same NVRAM store, the console going on from the same offset. The new process resets in
+    place again, and an exit of its own (a guest poweroff, a crash) is left alone."""
+    spec = make_spec(tmp_path, Backend.QEMU)
+    backend = open_backend(spec)
+    stage = BackendVmStage(backend, stop_timeout_s=STOP_TIMEOUT)
+    assert stage.supervisor is not None and not stage.supervisor.relaunch_any_stop
+    try:
+        assert stage.restart() == "running"
+        first = load_record(spec.record_file)
+        assert first is not None and first.nvram_reset_at_launch
+        with QmpClient(spec.control_socket) as qmp:  # the reboot the guest agent ends with
+            qmp.execute("system_reset")
+        wait_for(
+            lambda: (
+                backend.status().state is VmState.RUNNING
+                and backend.status().pid not in (None, first.pid)
+            ),
+            30,
+            "the supervisor to start a fresh QEMU for the second pass",
+        )
+        second = load_record(spec.record_file)
+        assert second is not None and not second.nvram_reset_at_launch  # NVRAM untouched
+        assert second.serial_offset == first.serial_offset  # one boot, as `vm console` shows it
+        # The fresh process reboots in place: same pid, still running.
+        with QmpClient(spec.control_socket) as qmp:
+            qmp.execute("system_reset")
+        time.sleep(1.0)
+        assert backend.status().pid == second.pid
+        # An exit of its own is not relaunched (QEMU: the guest powered off).
+        os.kill(second.pid, signal.SIGKILL)
+        assert backend.wait_stopped(10)
+        time.sleep(1.0)
+        assert backend.status().state is VmState.EXITED
+    finally:
+        stage.shutdown()
+        backend.down(STOP_TIMEOUT)
+
+
+def test_qemu_reboot_stays_in_place_after_the_watcher_lets_go(tmp_path: Path) -> None:
+    """A VM the watcher did not start keeps running when the watcher stops; its reboots
+    must then stay in place, with no supervisor left to start a new process."""
+    spec = make_spec(tmp_path, Backend.QEMU)
+    backend = open_backend(spec)
+    pid = backend.up().pid  # `cloudboot vm up` in another terminal
+    stage = BackendVmStage(backend, stop_timeout_s=STOP_TIMEOUT)
+    try:
+        stage.restart()  # the watcher restarts it after a publish: a new process, armed
+        pid = backend.status().pid
+        stage.shutdown()  # the watcher stops; the VM stays
+        with QmpClient(spec.control_socket) as qmp:
+            qmp.execute("system_reset")
+        time.sleep(1.5)
+        assert backend.status().state is VmState.RUNNING and backend.status().pid == pid
+    finally:
+        backend.down(STOP_TIMEOUT)

@@ -167,7 +167,8 @@ def up(
             config = with_demo_disk(config, demo_disk, debs)
             backend = open_backend(VmSpec.from_config(config))
             watch = stack.enter_context(loop_watch(book, backend.spec.serial_log, view))
-            if backend.status().state is not VmState.RUNNING:
+            started = backend.status().state is not VmState.RUNNING
+            if started:
                 mark, t_start = watch.mark(), time.time()
                 backend.up(reset_nvram=True)  # logs "vm started" with its pid
                 stack.callback(backend.down, timeout=config.vm.stop_timeout_ms / 1000)
@@ -177,7 +178,9 @@ def up(
                 watch.begin(ReloadStart(mark, began, t_start, time.time(), publish_s))
             vm_stage = BackendVmStage(backend, stop_timeout_s=config.vm.stop_timeout_ms / 1000,
                                       host_stage=host_stager(config, backend.spec))  # fmt: skip
-            vm_stage.supervise()  # vfkit: relaunch after the guest's reboot into its target
+            if started:
+                vm_stage.hand_off_reboot()  # QEMU/TCG: the second pass in a fresh process
+            vm_stage.supervise()  # relaunch after the guest's reboot into its target
         typer.echo("watching plans/ and kernel/ (Ctrl-C stops the watcher, VM and registry)")
         run_daemon(config, vm_stage=vm_stage, initial=False, loop=(book, watch))
 

@@ -80,7 +80,8 @@ class VmBackend(Protocol):
     spec: VmSpec
 
     def up(self, *, reset_nvram: bool = False) -> VmStatus: ...
-    def relaunch(self) -> VmStatus | None: ...
+    def relaunch(self, *, continue_log: bool = False) -> VmStatus | None: ...
+    def reboot_ends_process(self, on: bool) -> int | None: ...
     def down(self, timeout: float = 5.0) -> bool: ...
     def restart(self, reset_nvram: bool, *, stop_timeout: float = 5.0) -> VmStatus: ...
     def restart_staged(
@@ -192,16 +193,29 @@ class ProcessBackend(abc.ABC):
         with self._exclusive():
             return self._up(reset_nvram)
 
-    def relaunch(self) -> VmStatus | None:
+    def relaunch(self, *, continue_log: bool = False) -> VmStatus | None:
         """Start a VM that stopped on its own, NVRAM untouched; None if someone meanwhile
-        asked for it to stay down (`vm down`) or started it again."""
+        asked for it to stay down (`vm down`) or started it again. ``continue_log``: the
+        new process goes on with the last one's boot (a reboot handed off to a fresh
+        process), so `vm console` and `vm status` keep showing it from where it began."""
         with self._exclusive():
             record = load_record(self.spec.record_file)
             if record is None or record.desired != "running" or self.pid() is not None:
                 return None
-            return self._up(False)
+            keep = (
+                record.serial_offset
+                if continue_log and not self.serial_truncated_at_launch
+                else None
+            )
+            return self._up(False, serial_offset=keep)
 
-    def _up(self, reset_nvram: bool) -> VmStatus:
+    def reboot_ends_process(self, on: bool) -> int | None:
+        """Whether the guest's next reboot ends the VM process (for a supervisor to start a
+        fresh one) instead of resetting it in place; the pid it now applies to, or None
+        where the backend does not do this (the default: vfkit, where VZ decides)."""
+        return None
+
+    def _up(self, reset_nvram: bool, *, serial_offset: int | None = None) -> VmStatus:
         running = self.pid()
         if running is not None:
             if reset_nvram:
@@ -218,7 +232,10 @@ class ProcessBackend(abc.ABC):
         for stale in (self.spec.pidfile, self.spec.control_socket):
             stale.unlink(missing_ok=True)
         argv = self._launch_argv(reset_nvram)
-        serial_offset = 0 if self.serial_truncated_at_launch else file_size(self.spec.serial_log)
+        if serial_offset is None:
+            serial_offset = (
+                0 if self.serial_truncated_at_launch else file_size(self.spec.serial_log)
+            )
         log_offset = file_size(self.spec.process_log)
         started = time.time()
         proc = launch(argv, log_file=self.spec.process_log)

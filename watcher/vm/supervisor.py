@@ -9,6 +9,12 @@
   stopped" instead, vfkit exits; the relaunch must keep the Boot0001 the agent just wrote
   for the staged target to boot. That one stop per staging is well under the crash-loop
   limit below, so it is never mistaken for a crash loop.
+- QEMU resets a rebooting guest in place, and its exit means the guest powered off, which
+  is left alone (``relaunch_any_stop=False``). The one exception is the guest agent's
+  reboot into its staged target under TCG, which the supervisor hands to a fresh process
+  (``QemuBackend.reboot_ends_process``: a warm reset there costs seconds of firmware
+  time): after a requested restart the VM exits on that reboot and is relaunched at once,
+  NVRAM untouched; the new process resets in place again.
 - A VM that keeps stopping (``max_relaunches`` stops within ``window_s``) is a crash
   loop: relaunches are spaced out by a growing delay meanwhile, and past the limit the
   supervisor gives up and reports it, until the next requested restart.
@@ -30,6 +36,7 @@ import structlog
 
 from guest.contract.errors import CloudbootError
 from watcher.vm.backend import VmBackend, VmState
+from watcher.vm.state import load_record
 
 log = structlog.get_logger(__name__)
 
@@ -59,8 +66,12 @@ class Supervisor:
         base_delay_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         on_event: Callable[[Event], None] | None = None,
+        relaunch_any_stop: bool = True,
     ) -> None:
         self.backend = backend
+        self.relaunch_any_stop = relaunch_any_stop
+        #: The process whose next reboot ends it (reboot_ends_process), until it is gone.
+        self._handoff_pid: int | None = None
         self.max_relaunches = max_relaunches
         self.window_s = window_s
         self.base_delay_s = base_delay_s
@@ -79,12 +90,35 @@ class Supervisor:
             self._stops.clear()
             self._next_attempt = None
             self.gave_up = False
+            self._hand_off_reboot()
+
+    def hand_off_reboot(self) -> None:
+        """The VM was just started for a guest agent pass: its reboot into the staged
+        target goes to a fresh process where the backend does that (QEMU under TCG)."""
+        with self._lock:
+            self._hand_off_reboot()
+
+    def _hand_off_reboot(self) -> None:
+        self._handoff_pid = self.backend.reboot_ends_process(True)
+
+    def release(self) -> None:
+        """Supervision ends with the VM left running: its reboots stay in place again."""
+        with self._lock:
+            if self._handoff_pid is not None:
+                self.backend.reboot_ends_process(False)
+                self._handoff_pid = None
 
     def poll(self) -> Action:
         """Look once; relaunch a VM that stopped on its own, unless it is crash-looping."""
         with self._lock:
             if self.backend.state() is not VmState.EXITED:
                 return Action.NONE
+            handoff, self._handoff_pid = self._handoff_pid, None
+            record = load_record(self.backend.spec.record_file)
+            if handoff is not None and record is not None and record.pid == handoff:
+                return self._relaunch(self.clock(), handoff=True)  # the agent's reboot
+            if not self.relaunch_any_stop:
+                return Action.NONE  # QEMU: the guest powered off; leave it off
             now = self.clock()
             if self.gave_up:
                 return Action.GAVE_UP
@@ -114,28 +148,36 @@ class Supervisor:
         # the first stop is relaunched at once; a second, third ... in a row wait longer
         self._next_attempt = now + (self.base_delay_s * 2 ** (recent - 2) if recent > 1 else 0)
 
-    def _relaunch(self, now: float) -> Action:
+    def _relaunch(self, now: float, *, handoff: bool = False) -> Action:
         self._next_attempt = None
         try:
-            relaunched = self.backend.relaunch()
+            relaunched = self.backend.relaunch(continue_log=handoff)
         except CloudbootError as exc:
             self._emit(Action.FAILED, now, f"relaunch failed: {exc}")
             return Action.FAILED
         if relaunched is None:  # `vm down` or `vm up` got there first
             return Action.NONE
-        self._emit(Action.RELAUNCHED, now, "VM stopped on its own; relaunched, NVRAM untouched")
+        detail = (
+            "guest rebooted into its staged target: a fresh VM process boots it, NVRAM untouched"
+            if handoff
+            else "VM stopped on its own; relaunched, NVRAM untouched"
+        )
+        self._emit(Action.RELAUNCHED, now, detail, quiet=handoff)
         return Action.RELAUNCHED
 
-    def _emit(self, action: Action, now: float, detail: str) -> None:
+    def _emit(self, action: Action, now: float, detail: str, *, quiet: bool = False) -> None:
         event = Event(action, now, detail)
         self.events.append(event)
         level = log.error if action in (Action.GAVE_UP, Action.FAILED) else log.info
+        level = log.debug if quiet else level  # part of every reload: the summary has it
         level("vm supervisor", action=action.value, detail=detail)
         if self.on_event is not None:
             self.on_event(event)
 
-    def run(self, stop: threading.Event, interval_s: float = 1.0) -> None:
-        """Poll until ``stop`` is set; meant for a thread next to the watcher's loop."""
+    def run(self, stop: threading.Event, interval_s: float = 0.2) -> None:
+        """Poll until ``stop`` is set; meant for a thread next to the watcher's loop. The
+        interval is what a handed-off reboot waits for its new process (a poll reads a
+        pidfile and a small JSON record)."""
         while not stop.wait(interval_s):
             try:
                 self.poll()

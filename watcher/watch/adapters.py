@@ -37,11 +37,13 @@ class BackendVmStage:
     (``cloudboot vm up`` in another terminal): the watcher restarts it on changes but
     leaves it running when the watcher stops.
 
-    With ``supervise`` (the default for vfkit: VZ usually resets a rebooting guest in place,
-    but should it report the reboot as a stop, vfkit exits) a background supervisor
-    relaunches a VM that stopped on its own WITHOUT touching NVRAM, so the Boot0001 the
-    guest agent just staged boots. A reboot in place keeps the process: nothing to do.
-    QEMU reboots guests in place, so there an exit means the guest powered off.
+    With ``supervise`` (the default) a background supervisor (watcher/vm/supervisor.py)
+    keeps the guest's second pass going. vfkit: VZ usually resets a rebooting guest in
+    place, but should it report the reboot as a stop, vfkit exits, and the supervisor
+    relaunches any VM that stopped on its own WITHOUT touching NVRAM, so the Boot0001 the
+    guest agent just staged boots. QEMU: an exit means the guest powered off and is left
+    alone; only the agent's reboot after each restart is handed to a fresh process under
+    TCG (a warm reset there is seconds slower), relaunched at once with the same NVRAM.
     """
 
     def __init__(
@@ -58,9 +60,10 @@ class BackendVmStage:
         self.stop_timeout_s = stop_timeout_s
         self._started_by_watcher = False
         self._seen = False
-        if supervise is None:
-            supervise = backend.spec.backend is Backend.VFKIT
-        self.supervisor = Supervisor(backend) if supervise else None
+        any_stop = backend.spec.backend is Backend.VFKIT
+        self.supervisor = (
+            None if supervise is False else Supervisor(backend, relaunch_any_stop=any_stop)
+        )
         self._supervision_stop = threading.Event()
         self._supervision: threading.Thread | None = None
 
@@ -97,10 +100,17 @@ class BackendVmStage:
     def state(self) -> str:
         return self.backend.status().state.value
 
+    def hand_off_reboot(self) -> None:
+        """After the watcher's own first start (``up``): as after a restart."""
+        if self.supervisor is not None:
+            self.supervisor.hand_off_reboot()
+
     def shutdown(self) -> None:
         self._supervision_stop.set()
         if self._supervision is not None:
             self._supervision.join(10)
+        if self.supervisor is not None and not self._started_by_watcher:
+            self.supervisor.release()  # someone else's VM: its reboots stay in place
         if self._started_by_watcher:
             self.backend.down(timeout=self.stop_timeout_s)
 
