@@ -71,14 +71,12 @@ ENV_ALLOW = frozenset({
     "PYTHONHASHSEED", "PYTHONDONTWRITEBYTECODE", "VIRTUAL_ENV",
     "GNUPGHOME", "GPG_TTY",  # docker-credential-pass reads the user's gpg setup
 })  # fmt: skip
-#: ... and by prefix: locale categories, XDG directories, pip's own settings (the guest
-#: wheels are downloaded with the user's index), git's, pass's (a credential helper's
-#: store), and the VM tools' own settings: ours (``CLOUDBOOT_VFKIT``, the bridge address),
-#: vfkit's and QEMU's. None of these carries a secret.
+#: ... and by prefix: locale categories, XDG directories, git's, pass's (a credential
+#: helper's store), and the VM tools' own settings: ours (``CLOUDBOOT_VFKIT``, the bridge
+#: address), vfkit's and QEMU's. None of these carries a secret.
 ENV_ALLOW_PREFIXES = (
     "LC_",
     "XDG_",
-    "PIP_",
     "GIT_",
     "PASSWORD_STORE_",
     "CLOUDBOOT_",

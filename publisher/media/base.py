@@ -25,7 +25,8 @@ The artifact (media types; README "Boot inputs from an OCI base artifact"):
   package, its unpacked tree (plus ``.control``, its control fields), annotated
   ``dev.cloud-boot.base.package`` (name) and ``dev.cloud-boot.base.version``; the kernel
   package keeps only the modules a boot can ask for;
-  ``application/vnd.cloud-boot.base.wheels.v1.tar``, the guest's pure-Python wheels;
+  (bases pushed before the guest went stdlib-only also carry a
+  ``application/vnd.cloud-boot.base.wheels.v1.tar`` layer; it is ignored, never fetched);
   ``application/vnd.cloud-boot.base.demo-disk.v1.raw+gzip``, the demo target disk image
   (ext4), annotated ``dev.cloud-boot.kernel.uname``, so no mkfs.ext4 is needed either.
 """
@@ -61,7 +62,6 @@ log = structlog.get_logger(__name__)
 ARTIFACT_TYPE = "application/vnd.cloud-boot.base.v1"
 MEDIA_BASE_CONFIG = "application/vnd.cloud-boot.base.config.v1+json"
 MEDIA_PACKAGE = "application/vnd.cloud-boot.base.package.v1.tar+gzip"
-MEDIA_WHEELS = "application/vnd.cloud-boot.base.wheels.v1.tar"
 MEDIA_DEMO_DISK = "application/vnd.cloud-boot.base.demo-disk.v1.raw+gzip"
 ANNOTATION_PACKAGE = "dev.cloud-boot.base.package"
 ANNOTATION_VERSION = "dev.cloud-boot.base.version"
@@ -179,7 +179,6 @@ class BasePackages(DebCache):
             raise BaseError(f"{self.what}: not a base artifact (artifactType "
                             f"{manifest.artifact_type!r}, expected {ARTIFACT_TYPE})")  # fmt: skip
         self._manifests[arch] = manifest
-        self._unpack_wheels(manifest)
         return manifest
 
     def _layer(self, desc: Descriptor, what: str) -> Path:
@@ -189,17 +188,6 @@ class BasePackages(DebCache):
             data = self.puller.blob(self.ref, desc.digest, f"{self.what}: {what}")
             unpack_tar(data, target, f"{self.what}: {what}")
         return target
-
-    def _unpack_wheels(self, manifest: Manifest) -> None:
-        """guestpack looks for wheels next to the package cache (``root.parent/wheels``)."""
-        for desc in manifest.layers:
-            if desc.media_type == MEDIA_WHEELS:
-                wheels = self._layer(desc, "wheels layer")
-                dest = self.root.parent / "wheels"
-                dest.mkdir(parents=True, exist_ok=True)
-                for item in wheels.iterdir():
-                    if not (dest / item.name).exists():
-                        shutil.copyfile(item, dest / item.name)
 
     def package(self, name: str, arch: Arch, *, offline: bool = False) -> Package:
         for desc in self.manifest(arch).layers:

@@ -43,10 +43,9 @@ from publisher.media.base import (
     MEDIA_BASE_CONFIG,
     MEDIA_DEMO_DISK,
     MEDIA_PACKAGE,
-    MEDIA_WHEELS,
 )
 from publisher.media.debs import DebCache, Package, user_cache_dir
-from publisher.media.guestpack import RUNTIME_PACKAGES, download_wheels
+from publisher.media.guestpack import RUNTIME_PACKAGES
 from publisher.media.recipe import Recipe, SourceKind
 from publisher.push import PushResult, publish
 from publisher.registry import RegistryClient
@@ -146,10 +145,6 @@ def arch_layers(recipe: Recipe, arch: Arch, debs: DebCache, work: Path) -> list[
             ANNOTATION_PACKAGE: name, ANNOTATION_VERSION: version,
             ANNOTATION_TITLE: f"{name}_{version}_{arch.debian}.tar.gz",
         }))  # fmt: skip
-    archives = download_wheels(debs.root.parent, offline=False)
-    out = work / "wheels.tar"
-    write_tar(archives[0].parent, sorted(p.name for p in archives), out, compress=False)
-    layers.append(_layer(out, MEDIA_WHEELS, {ANNOTATION_TITLE: "wheels.tar"}))
     out, release = demo_disk_layer(arch, debs, work)
     layers.append(_layer(out, MEDIA_DEMO_DISK, {
         ANNOTATION_UNAME: release, ANNOTATION_TITLE: "demo-target.raw.gz",

@@ -1,5 +1,6 @@
 """The guest agent's payload for the initramfs: a Python runtime for the target arch,
-the agent, its pure-Python dependencies, and the small scripts around them.
+the agent (stdlib only: no PyPI package goes into the guest), and the small scripts around
+them.
 
 The runtime comes from Debian bookworm packages for that arch (python3.11-minimal,
 libpython3.11-{minimal,stdlib} and the few shared libraries its extension modules need),
@@ -30,9 +31,8 @@ from pathlib import Path
 from guest.contract.arch import Arch
 from guest.contract.errors import CloudbootError
 from publisher.media import cpio, guestwarm
-from publisher.media.debs import CONTROL_FILE, DebCache, DebError, Package
+from publisher.media.debs import CONTROL_FILE, DebCache, Package
 from publisher.media.guestwarm import GUEST_APP_DIR, PACKER_ENV, record_dataclass_code
-from publisher.media.wheelpins import verify_archive
 from publisher.run import run
 
 #: The guest interpreter's version: bytecode compiled here must carry its magic number.
@@ -49,12 +49,6 @@ RUNTIME_PACKAGES = (
 #: Binaries kept from trees TREE_DROP removes: where the package puts them -> where the
 #: agent runs them (guest.agent.kexec.KEXEC_TOOL).
 KEEP_BINARIES = {"sbin/kexec": "usr/lib/cloudboot/kexec"}
-#: Pure-Python wheels from PyPI, pinned as constraints.txt pins them (ext4's own wheel is
-#: the py3-none-any one). No guest code imports them any more: guest/agent/diskread.py
-#: reads ext4 itself (guest/contract/extfs.py). Dropping them, with the base artifact's
-#: wheels layer and the pin checks that guard it, is still to do; until then they are
-#: packed and never loaded.
-PYPI_PACKAGES = ("ext4==1.4.1", "cachetools==7.1.1", "crcmod==1.7", "typing_extensions==4.15.0")
 STDLIB_DROP = (
     "test", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip", "pydoc_data",
     "distutils", "unittest", "sqlite3", "curses", "dbm", "venv", "config-3.11-",
@@ -188,50 +182,6 @@ def _compile_sourceless(tree: Path, guest_dir: str, keep_sources: Iterable[str] 
             source.unlink()
 
 
-def download_wheels(cache: Path, offline: bool) -> tuple[Path, ...]:
-    """The PyPI archives in ``cache/wheels``, downloading what is missing (a base
-    artifact ships them there already, publisher/media/base.py)."""
-    wheels = cache / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    have = os.listdir(wheels)
-    prefixes = {p: p.split("==")[0].replace("-", "_") + "-" for p in PYPI_PACKAGES}
-    missing = [p for p, start in prefixes.items() if not any(n.startswith(start) for n in have)]
-    if missing and offline:
-        raise DebError(f"PyPI package(s) {', '.join(missing)} are not in {wheels}")
-    sdists = [p for p in missing if p.startswith("crcmod")]
-    wheels_any = [p for p in missing if not p.startswith("crcmod")]
-    if wheels_any:  # py3-none-any only: never the host's compiled build of the same version
-        run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary",
-             ":all:", "--platform", "any", "--python-version", "3.11", "-d", wheels,
-             *wheels_any])  # fmt: skip
-    if sdists:  # crcmod has no wheel; its pure-Python fallback is in the sdist
-        run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary",
-             ":all:", "-d", wheels, *sdists])  # fmt: skip
-    return tuple(wheels / n for n in sorted(os.listdir(wheels) if missing else have))
-
-
-_SDIST_SKIP = ("setup.py", "test", "docs", "PKG-INFO", "setup.cfg", "LICENSE", "README")
-
-
-def _unpack_wheels(dest: Path, archives: Iterable[Path]) -> None:
-    for archive in archives:
-        verify_archive(archive)  # pinned by sha256, cached or fresh (docs/trust-model.md)
-        with tempfile.TemporaryDirectory() as tmp:
-            shutil.unpack_archive(archive, tmp, "zip" if archive.suffix == ".whl" else None)
-            base = Path(tmp)
-            if archive.suffix != ".whl":  # an sdist: sources under <name>-<ver>/
-                base = next(base.iterdir())
-                base = base / "python3" if (base / "python3").is_dir() else base
-            for item in sorted(base.iterdir()):
-                if item.name.endswith((".dist-info", ".egg-info")) or item.name in _SDIST_SKIP:
-                    continue
-                if item.is_dir():
-                    skip = shutil.ignore_patterns("*.so", "*.c", "test*")
-                    shutil.copytree(item, dest / item.name, dirs_exist_ok=True, ignore=skip)
-                elif item.suffix in ("", ".py"):
-                    shutil.copy2(item, dest / item.name)
-
-
 #: Never packed from a source tree (and so not an input either).
 _IGNORE_RE = re.compile(
     "|".join(fnmatch.translate(p) for p in ("__pycache__", "*.pyi", "py.typed"))
@@ -243,24 +193,23 @@ class PackInputs:
     """Everything the packer reads for one arch, resolved to files on disk.
 
     ``build_tree`` packs exactly these, and the boot-media build fingerprints
-    ``files()``: an edit in any of them (the agent's code, a wheel, the host Python)
+    ``files()``: an edit in any of them (the agent's code, a package, the host Python)
     makes the next ``cloudboot build`` rebuild.
     """
 
     arch: Arch
     runtime: tuple[Package, ...]  # the Python runtime's packages (apt or a base)
-    wheels: tuple[Path, ...]  # the PyPI archives
     guest: Path  # the ``guest`` package packed as the agent
     ca_bundle: Path | None
 
     def files(self) -> list[str]:
         """Every file read: the .debs (their extracted trees derive from them), the packed
-        source tree, the wheels, the CA bundle, this packer and the host
+        source tree, the CA bundle, this packer and the host
         interpreter that compiles the bytecode (``guestwarm`` runs the rest)."""
         trees = tree_files(self.guest)
         ca = [self.ca_bundle] if self.ca_bundle else []
         code = [Path(__file__).resolve(), Path(guestwarm.__file__).resolve()]
-        one = [*(p.deb for p in self.runtime), *self.wheels, *ca, *code,
+        one = [*(p.deb for p in self.runtime), *ca, *code,
                Path(sys.executable).resolve()]  # fmt: skip
         return [*map(os.fspath, one), *trees]
 
@@ -297,7 +246,6 @@ def pack_inputs(
     return PackInputs(
         arch=arch,
         runtime=tuple(debs.package(n, arch, offline=offline) for n in RUNTIME_PACKAGES),
-        wheels=download_wheels(debs.root.parent, offline),
         guest=repo / "guest",
         ca_bundle=ca if ca.exists() else None,
     )
@@ -340,7 +288,6 @@ def build_tree(
     app.mkdir(parents=True, exist_ok=True)
     _prune(dest, arch)
     shutil.copytree(inputs.guest, app / inputs.guest.name, dirs_exist_ok=True, ignore=_ignored)
-    _unpack_wheels(app, inputs.wheels)
     (app / "cloud-boot-init.py").write_text(AGENT_MAIN)
     (app / "cloudboot-reset.py").write_text(RESET_MAIN)
     _compile_sourceless(dest / "usr/lib/python3.11", "/usr/lib/python3.11")

@@ -7,7 +7,7 @@ a cosign key of its own, which ``build.initramfs_key`` covers, so that cache mis
 new workspace where this one hits.
 
 Keyed like the build's fingerprint, each input file by path, size and mtime
-(``PackInputs.files``: the .debs, the wheels, the ``guest`` tree, the packer and the host
+(``PackInputs.files``: the .debs, the ``guest`` tree, the packer and the host
 interpreter); stored as a zstd newc archive in a ``BlobCache`` (sha256-checked on read,
 written atomically, so concurrent builds share it safely) and read back to exactly the
 entries a fresh pack gives, so the image is byte-identical either way. ``reuse=False``
