@@ -207,7 +207,7 @@ class ProcessBackend(abc.ABC):
                 if continue_log and not self.serial_truncated_at_launch
                 else None
             )
-            return self._up(False, serial_offset=keep)
+            return self._up(False, serial_offset=keep, quiet=continue_log)
 
     def reboot_ends_process(self, on: bool) -> int | None:
         """Whether the guest's next reboot ends the VM process (for a supervisor to start a
@@ -215,7 +215,9 @@ class ProcessBackend(abc.ABC):
         where the backend does not do this (the default: vfkit, where VZ decides)."""
         return None
 
-    def _up(self, reset_nvram: bool, *, serial_offset: int | None = None) -> VmStatus:
+    def _up(
+        self, reset_nvram: bool, *, serial_offset: int | None = None, quiet: bool = False
+    ) -> VmStatus:
         running = self.pid()
         if running is not None:
             if reset_nvram:
@@ -252,7 +254,10 @@ class ProcessBackend(abc.ABC):
                 nvram_reset_at_launch=reset_nvram,
             ),
         )
-        log.info("vm started", backend=self.spec.backend.value, pid=proc.pid, reset=reset_nvram)
+        # a handed-off reboot is part of every reload: `up`'s summary line covers it
+        (log.debug if quiet else log.info)(
+            "vm started", backend=self.spec.backend.value, pid=proc.pid, reset=reset_nvram
+        )
         self._after_start()
         return self.status()
 
