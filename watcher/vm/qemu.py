@@ -198,10 +198,10 @@ class QemuBackend(ProcessBackend):
     def reboot_ends_process(self, on: bool) -> int | None:
         """Under TCG, hand the guest's next reboot to a fresh QEMU (QMP ``set-action``).
 
-        A warm reset after the guest agent's pass reaches the boot manager 1-6 s later
-        than a cold start of the same VM does (docs/ARCHITECTURE.md, "The second pass");
-        after a small target's run it does not, so the cost is the emulator's state the
-        agent's Python leaves behind, not the firmware or NVRAM. A new process starts
+        A warm reset after the guest agent's pass reached the boot manager up to 6 s later
+        (median 2.5 s) than a cold start of the same VM (docs/ARCHITECTURE.md, "The second
+        pass"); after a small target's run it does not, so the cost is the emulator's state
+        the agent's Python leaves behind, not the firmware or NVRAM. A new process starts
         clean, so the watcher's supervisor lets this one exit on that reboot and starts the
         next from the same NVRAM. None under KVM (which resets in place cheaply) and when
         the VM does not answer: then the reboot stays in place, which is only slower."""
