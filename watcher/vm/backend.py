@@ -202,12 +202,7 @@ class ProcessBackend(abc.ABC):
             record = load_record(self.spec.record_file)
             if record is None or record.desired != "running" or self.pid() is not None:
                 return None
-            keep = (
-                record.serial_offset
-                if continue_log and not self.serial_truncated_at_launch
-                else None
-            )
-            return self._up(False, serial_offset=keep, quiet=continue_log)
+            return self._up(False, continues=record.serial_offset if continue_log else None)
 
     def reboot_ends_process(self, on: bool) -> int | None:
         """Whether the guest's next reboot ends the VM process (for a supervisor to start a
@@ -215,9 +210,10 @@ class ProcessBackend(abc.ABC):
         where the backend does not do this (the default: vfkit, where VZ decides)."""
         return None
 
-    def _up(
-        self, reset_nvram: bool, *, serial_offset: int | None = None, quiet: bool = False
-    ) -> VmStatus:
+    def _up(self, reset_nvram: bool, *, continues: int | None = None) -> VmStatus:
+        """``continues``: the console offset of the boot this launch goes on with (a reboot
+        handed off to a fresh process), kept in the record; such a start is part of every
+        reload, so it logs at debug (`up`'s summary line covers it)."""
         running = self.pid()
         if running is not None:
             if reset_nvram:
@@ -234,6 +230,7 @@ class ProcessBackend(abc.ABC):
         for stale in (self.spec.pidfile, self.spec.control_socket):
             stale.unlink(missing_ok=True)
         argv = self._launch_argv(reset_nvram)
+        serial_offset = continues
         if serial_offset is None:
             serial_offset = (
                 0 if self.serial_truncated_at_launch else file_size(self.spec.serial_log)
@@ -254,8 +251,7 @@ class ProcessBackend(abc.ABC):
                 nvram_reset_at_launch=reset_nvram,
             ),
         )
-        # a handed-off reboot is part of every reload: `up`'s summary line covers it
-        (log.debug if quiet else log.info)(
+        (log.info if continues is None else log.debug)(
             "vm started", backend=self.spec.backend.value, pid=proc.pid, reset=reset_nvram
         )
         self._after_start()
