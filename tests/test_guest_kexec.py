@@ -11,6 +11,7 @@ ever loaded here.
 from __future__ import annotations
 
 import io
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from guest.agent.kexec import (
     EXIT_HINT,
     Kexec,
     KexecRefused,
+    Preloaded,
     Staged,
     leave,
     parse_exit,
@@ -52,7 +54,7 @@ class Edge:
         self.calls.append("reboot")
 
 
-def run(exit_value: str, edge: Edge) -> tuple[int, str]:
+def run(exit_value: str, edge: Edge | Preloaded) -> tuple[int, str]:
     out = io.StringIO()
     status = leave(Console([out]), exit_value, STAGED, edge)
     return status, out.getvalue()
@@ -156,3 +158,30 @@ def test_a_failing_userland_loader_falls_back_to_kexec_file_load(tmp_path: Path)
     with pytest.raises(KexecRefused, match=r"\((ENOEXEC|EPERM|ENOSYS)\)"):
         edge.load(STAGED)  # kexec_file_load refuses these bytes, as above
     assert edge.fallback == "kexec exited 1: Could not find a free area of memory"
+
+
+def test_a_preloaded_load_runs_beside_the_agent_and_leave_takes_its_result() -> None:
+    """main() starts the load before the ESP and NVRAM writes; leave() waits for it and
+    jumps, and a refusal found early is reported exactly as a late one."""
+    started, release = threading.Event(), threading.Event()
+
+    class Slow(Edge):
+        def load(self, staged: Staged) -> str:
+            started.set()
+            release.wait(10)
+            return super().load(staged)
+
+    edge = Slow()
+    preloaded = Preloaded(edge, STAGED)
+    assert started.wait(10)  # loading while the caller goes on (the writes)
+    assert edge.calls == []
+    release.set()
+    status, text = run("kexec", preloaded)
+    assert status == 0 and edge.calls[:2] == ["load", "jump"]  # a real jump never returns
+    assert "kexec: target loaded (recorded)" in text
+
+    why = "the kernel refused kexec: lockdown under Secure Boot (EKEYREJECTED)"
+    refused = Edge(refuse=why)
+    status, text = run("kexec,reboot", Preloaded(refused, STAGED))
+    assert status == 0 and refused.calls == ["load", "reboot"]
+    assert f"WARNING: {why}; rebooting into Boot0001 instead" in text

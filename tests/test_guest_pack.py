@@ -234,6 +234,23 @@ def test_agent_bytecode_is_precompiled(tree: Path) -> None:
     assert real.strip() == "[]", out
 
 
+def test_modules_the_guest_cannot_have_are_not_searched_for(tree: Path) -> None:
+    """The entry prelude marks Windows' and Jython's modules, and ``_uuid``, as absent: the
+    agent's imports then never search the path for them, and what the agent uses of
+    ``uuid`` (GUIDs: parse, format, bytes_le) works without ``_uuid``."""
+    out = _python(
+        tree,
+        guestpack._ENTRY
+        + (
+            "import guest.agent.main, guest.agent.sysguest, guest.agent.fetch, uuid, copy\n"
+            "guid = uuid.UUID('c12a7328-f81f-11d2-ba4b-00a0c93ec93b')\n"
+            "assert uuid.UUID(bytes_le=guid.bytes_le) == guid and uuid.uuid4().version == 4\n"
+            "print([sys.modules[m] for m in precompiled.ABSENT], copy.deepcopy([guid]))"
+        ),
+    )
+    assert out.startswith("[None, None, None, None, None] [UUID('c12a7328"), out
+
+
 def test_a_deferred_module_loads_when_used(tree: Path) -> None:
     """A dataclass without a docstring still gets one: the real inspect is imported then,
     and takes the stand-in's place for every later import."""

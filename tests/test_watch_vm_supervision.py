@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from tests.helpers import (
 from watcher.vm import VmState, open_backend
 from watcher.vm.qmp import QmpClient
 from watcher.vm.state import load_record, process_cmdline
+from watcher.vm.supervisor import Supervisor
 from watcher.watch.adapters import BackendVmStage
 
 pytestmark = pytest.mark.slow
@@ -134,4 +136,30 @@ def test_qemu_reboot_stays_in_place_after_the_watcher_lets_go(tmp_path: Path) ->
         time.sleep(1.5)
         assert backend.status().state is VmState.RUNNING and backend.status().pid == pid
     finally:
+        backend.down(STOP_TIMEOUT)
+
+
+def test_the_handed_off_exit_wakes_the_supervisor_at_once(tmp_path: Path) -> None:
+    """The supervisor waits on the armed process rather than polling it: with a poll
+    interval of a minute, the fresh QEMU still starts right after the reboot ends the old
+    one (a poll would only see it a minute later, after this test's deadline)."""
+    spec = make_spec(tmp_path, Backend.QEMU)
+    backend = open_backend(spec)
+    supervisor = Supervisor(backend, relaunch_any_stop=False)
+    stop = threading.Event()
+    thread = threading.Thread(target=supervisor.run, args=(stop, 60.0), daemon=True)
+    try:
+        first = backend.up().pid
+        supervisor.hand_off_reboot()
+        thread.start()
+        with QmpClient(spec.control_socket) as qmp:  # the reboot the guest agent ends with
+            qmp.execute("system_reset")
+        wait_for(
+            lambda: backend.status().pid not in (None, first),
+            20,
+            "the supervisor to start the fresh QEMU without waiting out its poll interval",
+        )
+    finally:
+        stop.set()
+        thread.join(70)
         backend.down(STOP_TIMEOUT)

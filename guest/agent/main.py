@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from guest.agent import blockdev, stage, template
-from guest.agent.cmdline import Options, knob_warnings, parse_cmdline
+from guest.agent.background import Background
+from guest.agent.cmdline import Options, knob_warnings, parse_cmdline, parse_exit
 from guest.agent.console import Console
-from guest.agent.kexec import KEXEC_TOOL, Kexec, Staged, leave, unchecked_allowed
+from guest.agent.kexec import KEXEC_TOOL, Kexec, Preloaded, Staged, leave, unchecked_allowed
 from guest.agent.layers import Extras
 from guest.agent.lease import Lease, choose_dns, resolv_conf
 from guest.agent.machine import Paths, System
@@ -80,7 +81,10 @@ class Agent:
         self.signed: cosign.SignedPayload | None = None  # the chosen plan's signature
         self.accepted: dict[str, int] = {}  # plan ref -> version, for the freshness floor
         self._floors: dict[str, int] | None = None
+        self._floor_read: Background[tuple[dict[str, int], str | None]] | None = None
         self.staged: Staged | None = None  # what Boot0001 boots, for cloudboot.exit=kexec
+        #: Called with what Boot0001 will boot before the writes (main() starts kexec's load).
+        self.preload_exit: Callable[[Staged], None] | None = None
 
     # -- the pass ------------------------------------------------------------------------
 
@@ -113,6 +117,7 @@ class Agent:
         if uptime.exists():
             since = float(uptime.read_text().split()[0]) - sum(c.timings.values())
             c.log(f"python ready at {since:.2f}s since kernel start")
+        self._read_floors_ahead()
         meta = self._metadata()
         self._apply_dns(())
         target = self._choose(meta)
@@ -125,7 +130,11 @@ class Agent:
             target, self.options.cmdline or target.cmdline or artifact_cmdline or "", extras
         )
         cmdline = extras.cmdline(cmdline)
+        staged = Staged(kernel, initrd, cmdline)
+        if self.preload_exit is not None:  # cloudboot.exit=kexec: load beside the writes
+            self.preload_exit(staged)
         with c.step("write"):
+            self._floors_read()
             self.system.ensure_efivars(self.paths.efivars)
             from guest.agent.secureboot import require_signed_under_secure_boot
 
@@ -161,7 +170,7 @@ class Agent:
                 cmdline,
                 has_initrd=initrd is not None,
             )
-        self.staged = Staged(kernel, initrd, cmdline)
+        self.staged = staged
         c.log(
             f"Boot0001 = cloud-boot {target.name}; rebooting (total {sum(c.timings.values()):.3f}s)"
         )
@@ -345,12 +354,34 @@ class Agent:
         if version is not None and key is not None:
             self.accepted[key] = version
 
+    def _read_floors_ahead(self) -> None:
+        """Start reading the freshness floor from the cache ESP on the other CPU while
+        this one imports the registry client and fetches the plan: the verify step would
+        otherwise mount the ESP itself (~0.1 s under TCG). Only for a boot that will
+        check a signature; ``_floors_read`` collects it before anything else mounts."""
+        if not self.options.plan.startswith("oci://") or not self.paths.cosign_pub.exists():
+            return
+        from guest.agent import trust
+
+        self._floor_read = Background(lambda: trust.read_floors(self.system, self.paths))
+
+    def _floors_read(self) -> None:
+        """Wait for the read started ahead, if any (before the ESP is mounted again)."""
+        if self._floor_read is not None and self._floors is None:
+            self._set_floors(*self._floor_read.wait())
+
+    def _set_floors(self, floors: dict[str, int], warning: str | None) -> None:
+        if warning:
+            self.console.warn(warning)
+        self._floors = floors
+
     def _load_floors(self) -> dict[str, int]:
+        self._floors_read()
         if self._floors is None:
             from guest.agent import trust
 
-            self._floors = trust.read_floors(self.system, self.paths, self.console)
-        return self._floors
+            self._set_floors(*trust.read_floors(self.system, self.paths))
+        return self._floors or {}
 
     def _choose(self, meta: dict[str, Any]) -> plan.Target:
         if self.options.raw.get("cloudboot.disk"):  # upstream's disk mode: no network, no plan
@@ -495,7 +526,7 @@ def _kexec(agent: Agent, system: sysguest.GuestSystem) -> Kexec:
     """The kexec edge: the userland loader only where nothing requires kernel checks."""
     from guest.agent.secureboot import secure_boot_on
 
-    try:  # efivarfs is mounted: the agent has just written Boot0001
+    try:  # efivarfs is mounted (by preload, else for the agent's Boot0001)
         secure_boot = secure_boot_on(EfiVarStore(agent.paths.efivars))
     except CloudbootError:
         secure_boot = True  # unknown: let the kernel check
@@ -513,9 +544,18 @@ def main(system: sysguest.GuestSystem | None = None) -> None:
     system = system or sysguest.GuestSystem()
     console = Console(system.console_streams())
     agent = Agent(system, console, Paths(), Arch.host())
+    preloaded: list[Preloaded] = []
+
+    def preload(staged: Staged) -> None:
+        if parse_exit(agent.options.exit)[0] == "kexec":
+            system.ensure_efivars(agent.paths.efivars)  # _kexec reads SecureBoot
+            preloaded.append(Preloaded(_kexec(agent, system), staged))
+
+    agent.preload_exit = preload
     status = agent.run()
     if status == 0:  # reboot(2), or kexec as cloudboot.exit says
-        status = leave(console, agent.options.exit, agent.staged, _kexec(agent, system))
+        edge = preloaded[0] if preloaded else _kexec(agent, system)
+        status = leave(console, agent.options.exit, agent.staged, edge)
     system.wait_forever(agent.options.debug)
     sys.exit(status)  # unreachable in the guest; kept for host runs
 

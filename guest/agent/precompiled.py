@@ -34,6 +34,12 @@ from typing import Any
 CACHE_NAME = "dataclass-code.marshal"
 #: Imported by modules the agent imports, used on none of its boot paths (see above).
 DEFERRED = ("inspect", "locale")
+#: Modules the stdlib tries and fails to import on Linux (Windows' ``nt``, ``msvcrt``,
+#: ``_winapi``; Jython's ``org`` in ``copy``), and ``_uuid``, which ``uuid`` loads (a
+#: shared library and libuuid) only for uuid1(), which the agent never calls: each is a
+#: path search or a dlopen, ~15 ms together under TCG. ``None`` in ``sys.modules`` makes
+#: the import fail at once, as it would after the search.
+ABSENT = ("nt", "msvcrt", "_winapi", "org", "_uuid")
 
 
 class _Deferred(ModuleType):
@@ -46,11 +52,14 @@ class _Deferred(ModuleType):
         return getattr(importlib.import_module(self.__name__), name)
 
 
-def defer(names: Iterable[str] = DEFERRED) -> None:
-    """Put a stand-in for each module not imported yet (call before anything imports it)."""
+def defer(names: Iterable[str] = DEFERRED, absent: Iterable[str] = ABSENT) -> None:
+    """Put a stand-in for each module not imported yet (call before anything imports
+    it), and mark the ``absent`` ones as not importable."""
     for name in names:
         if name not in sys.modules:
             sys.modules[name] = _Deferred(name)
+    for name in absent:
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
 
 
 class _CachedExec:

@@ -19,12 +19,12 @@ import ctypes
 import errno
 import os
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, TextIO, TypeVar
+from typing import TYPE_CHECKING, TextIO
 
+from guest.agent.background import Background
 from guest.agent.console import Console
 from guest.contract.errors import CloudbootError
 
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from guest.agent.lease import Lease
     from guest.agent.stage import CacheEsp, EspFiles
 
-T = TypeVar("T")
 MODULES_LISTING = Path("/etc/cloudboot/modules")  # written by publisher.media.initramfs
 NETWORK_KNOBS = ("cloudboot.plan", "cloudboot.metadata.url")
 
@@ -89,39 +88,6 @@ def _mounted(target: str) -> bool:
         return False
 
 
-class _Background(Generic[T]):
-    """One call on a daemon thread; ``wait`` returns its result or raises its error."""
-
-    def __init__(self, call: Callable[[], T], after: _Background[object] | None = None) -> None:
-        self._call = call
-        self._after = after
-        self._result: T | None = None
-        self._error: BaseException | None = None
-        self.took = 0.0  # seconds the call itself ran (after waiting for ``after``)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            if self._after is not None:
-                self._after._thread.join()
-            start = time.monotonic()
-            self._result = self._call()
-            self.took = time.monotonic() - start
-        except BaseException as exc:  # handed to whoever waits
-            self._error = exc
-
-    def join(self, timeout: float) -> None:
-        """Wait at most ``timeout`` for the call; its result stays for ``wait``."""
-        self._thread.join(timeout)
-
-    def wait(self) -> T:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._result  # type: ignore[return-value]
-
-
 #: How long the console waits for the early module load (virtio_console) at most.
 MODULES_WAIT_S = 20.0
 
@@ -136,8 +102,8 @@ def _on_virtio_console() -> bool:
 class GuestSystem:
     def __init__(self) -> None:
         self._prepared = False
-        self._modules: _Background[list[str]] | None = None
-        self._dhcp: _Background[tuple[str, subprocess.CompletedProcess[bytes]]] | None = None
+        self._modules: Background[list[str]] | None = None
+        self._dhcp: Background[tuple[str, subprocess.CompletedProcess[bytes]]] | None = None
 
     def start_early(self) -> None:
         """Mount, then start modules and (if needed) DHCP in the background (see above)."""
@@ -145,9 +111,9 @@ class GuestSystem:
 
         self.prepare()
         params = parse_cmdline(Path("/proc/cmdline").read_text())
-        self._modules = _Background(lambda: self._load_modules_now(MODULES_LISTING))
+        self._modules = Background(lambda: self._load_modules_now(MODULES_LISTING))
         if any(params.get(k) for k in NETWORK_KNOBS):
-            self._dhcp = _Background(self._dhcp_now, after=self._modules)  # type: ignore[arg-type]
+            self._dhcp = Background(self._dhcp_now, after=self._modules)  # type: ignore[arg-type]
 
     def prepare(self) -> None:
         if self._prepared:

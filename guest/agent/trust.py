@@ -68,17 +68,17 @@ def verify_plan(
     return signed
 
 
-def read_floors(system: System, paths: Paths, console: Console) -> dict[str, int]:
-    """The freshness floor (guest/agent/floor.py) as the cache ESP holds it."""
+def read_floors(system: System, paths: Paths) -> tuple[dict[str, int], str | None]:
+    """The freshness floor (guest/agent/floor.py) as the cache ESP holds it, and why it
+    could not be read, for the caller to warn (this may run on another thread)."""
     try:
         system.ensure_efivars(paths.efivars)
         esp, _ = stage.choose_cache_esp(paths.sys, paths.dev, paths.efivars)
         with system.open_esp(esp) as files:
             stage.require_marker(files)
-            return floor.parse(files.read(floor.FLOOR_PATH, floor.MAX_FLOOR_BYTES))
+            return floor.parse(files.read(floor.FLOOR_PATH, floor.MAX_FLOOR_BYTES)), None
     except CloudbootError as exc:  # no cache disk: staging will say so
-        console.warn(f"freshness floor not read: {exc}")
-        return {}
+        return {}, f"freshness floor not read: {exc}"
 
 
 def floor_key(ref: oci.Ref) -> str | None:

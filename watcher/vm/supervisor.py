@@ -26,6 +26,8 @@ The clock is injectable so crash-loop tests need no sleeping.
 from __future__ import annotations
 
 import enum
+import os
+import select
 import threading
 import time
 from collections import deque
@@ -72,6 +74,7 @@ class Supervisor:
         self.relaunch_any_stop = relaunch_any_stop
         #: The process whose next reboot ends it (reboot_ends_process), until it is gone.
         self._handoff_pid: int | None = None
+        self._exit_seen: int | None = None  # the armed pid whose exit _wait already saw
         self.max_relaunches = max_relaunches
         self.window_s = window_s
         self.base_delay_s = base_delay_s
@@ -175,11 +178,31 @@ class Supervisor:
             self.on_event(event)
 
     def run(self, stop: threading.Event, interval_s: float = 0.2) -> None:
-        """Poll until ``stop`` is set; meant for a thread next to the watcher's loop. The
-        interval is what a handed-off reboot waits for its new process (a poll reads a
-        pidfile and a small JSON record)."""
-        while not stop.wait(interval_s):
+        """Poll until ``stop`` is set; meant for a thread next to the watcher's loop.
+
+        A process armed for a handed-off reboot is waited on, not polled: its exit wakes
+        the loop at once (``_wait``), so the second pass's QEMU starts as soon as the first
+        is gone instead of up to one interval later (0.1 s per reload on average)."""
+        while not self._wait(stop, interval_s):
             try:
                 self.poll()
             except CloudbootError as exc:
                 log.error("vm supervisor poll failed", error=str(exc))
+
+    def _wait(self, stop: threading.Event, interval_s: float) -> bool:
+        """Sleep up to ``interval_s``, less when the armed process exits; True once
+        ``stop`` is set. Linux only (a pidfd); elsewhere, and with nothing armed, a sleep."""
+        pid = self._handoff_pid
+        if pid is None or pid == self._exit_seen or not hasattr(os, "pidfd_open"):
+            return stop.wait(interval_s)  # an exit seen once is not waited on again
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:  # gone already (or not ours to watch): look now
+            self._exit_seen = pid
+            return stop.is_set()
+        try:
+            if select.select([fd], [], [], interval_s)[0]:  # readable: the process exited
+                self._exit_seen = pid
+        finally:
+            os.close(fd)
+        return stop.is_set()
