@@ -16,6 +16,7 @@ imported where they are used, and the network comes up only when something needs
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -556,6 +557,7 @@ def main(system: sysguest.GuestSystem | None = None) -> None:
     if status == 0:  # reboot(2), or kexec as cloudboot.exit says
         edge = preloaded[0] if preloaded else _kexec(agent, system)
         status = leave(console, agent.options.exit, agent.staged, edge)
+    gc.enable()  # the guest's entry script turned it off for the pass (guestpack._ENTRY)
     system.wait_forever(agent.options.debug)
     sys.exit(status)  # unreachable in the guest; kept for host runs
 

@@ -27,7 +27,7 @@ import importlib
 import marshal
 import sys
 from collections.abc import Iterable
-from types import CodeType, ModuleType
+from types import CodeType, FunctionType, ModuleType
 from typing import Any
 
 #: Where the packer puts the cache in the guest, next to the agent.
@@ -62,6 +62,20 @@ def defer(names: Iterable[str] = DEFERRED, absent: Iterable[str] = ABSENT) -> No
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]
 
 
+#: The function ``dataclasses`` defines in each text it execs; it returns the method.
+_CREATE_FN = "__create_fn__"
+
+
+def _create_fn_code(module: CodeType) -> CodeType | None:
+    """The code of the text's ``__create_fn__`` when the text defines just that (it does in
+    Python 3.11): the cache keeps only it, a sixth smaller and quicker to unmarshal than
+    the whole module's code, and the guest makes the function without running a module."""
+    inner = [c for c in module.co_consts if isinstance(c, CodeType)]
+    if module.co_names == (_CREATE_FN,) and len(inner) == 1 and inner[0].co_name == _CREATE_FN:
+        return inner[0]
+    return None
+
+
 class _CachedExec:
     """Stands in for ``exec`` inside the ``dataclasses`` module only."""
 
@@ -75,6 +89,9 @@ class _CachedExec:
         if code is None:
             self.misses += 1
             builtins.exec(source, globals_, locals_)
+        elif code.co_name == _CREATE_FN:  # what the text's one ``def`` statement makes
+            self.hits += 1
+            locals_[_CREATE_FN] = FunctionType(code, globals_)
         else:
             self.hits += 1
             builtins.exec(code, globals_, locals_)
@@ -87,7 +104,7 @@ class _Recorder:
     def __call__(self, source: Any, globals_: Any = None, locals_: Any = None) -> None:
         if isinstance(source, str):
             code = compile(source, "<string>", "exec")
-            self.codes[source] = code
+            self.codes[source] = _create_fn_code(code) or code
             builtins.exec(code, globals_, locals_)
         else:
             builtins.exec(source, globals_, locals_)
