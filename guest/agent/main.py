@@ -26,7 +26,15 @@ from guest.agent import blockdev, stage, template
 from guest.agent.background import Background
 from guest.agent.cmdline import Options, knob_warnings, parse_cmdline, parse_exit
 from guest.agent.console import Console
-from guest.agent.kexec import KEXEC_TOOL, Kexec, Preloaded, Staged, leave, unchecked_allowed
+from guest.agent.kexec import (
+    KEXEC_TOOL,
+    Kexec,
+    Leaving,
+    Preloaded,
+    Staged,
+    leave,
+    unchecked_allowed,
+)
 from guest.agent.layers import Extras
 from guest.agent.lease import Lease, choose_dns, resolv_conf
 from guest.agent.machine import Paths, System
@@ -84,8 +92,10 @@ class Agent:
         self._floors: dict[str, int] | None = None
         self._floor_read: Background[tuple[dict[str, int], str | None]] | None = None
         self.staged: Staged | None = None  # what Boot0001 boots, for cloudboot.exit=kexec
-        #: Called with what Boot0001 will boot before the writes (main() starts kexec's load).
-        self.preload_exit: Callable[[Staged], None] | None = None
+        #: Called with what Boot0001 will boot before the writes; main() starts kexec's
+        #: load there and the edge it returns is kept in ``exit_edge``.
+        self.preload_exit: Callable[[Staged], Leaving | None] | None = None
+        self.exit_edge: Leaving | None = None
 
     # -- the pass ------------------------------------------------------------------------
 
@@ -133,9 +143,10 @@ class Agent:
         cmdline = extras.cmdline(cmdline)
         staged = Staged(kernel, initrd, cmdline)
         if self.preload_exit is not None:  # cloudboot.exit=kexec: load beside the writes
-            self.preload_exit(staged)
+            self.exit_edge = self.preload_exit(staged)
         with c.step("write"):
-            self._floors_read()
+            if self._floor_read is not None:  # done before the ESP is mounted again
+                self._load_floors()
             self.system.ensure_efivars(self.paths.efivars)
             from guest.agent.secureboot import require_signed_under_secure_boot
 
@@ -359,30 +370,26 @@ class Agent:
         """Start reading the freshness floor from the cache ESP on the other CPU while
         this one imports the registry client and fetches the plan: the verify step would
         otherwise mount the ESP itself (~0.1 s under TCG). Only for a boot that will
-        check a signature; ``_floors_read`` collects it before anything else mounts."""
+        check a signature; ``_load_floors`` collects it before anything else mounts."""
         if not self.options.plan.startswith("oci://") or not self.paths.cosign_pub.exists():
             return
         from guest.agent import trust
 
         self._floor_read = Background(lambda: trust.read_floors(self.system, self.paths))
 
-    def _floors_read(self) -> None:
-        """Wait for the read started ahead, if any (before the ESP is mounted again)."""
-        if self._floor_read is not None and self._floors is None:
-            self._set_floors(*self._floor_read.wait())
-
-    def _set_floors(self, floors: dict[str, int], warning: str | None) -> None:
-        if warning:
-            self.console.warn(warning)
-        self._floors = floors
-
     def _load_floors(self) -> dict[str, int]:
-        self._floors_read()
+        """The floor, read once: the read started ahead (waited for), else one now."""
         if self._floors is None:
-            from guest.agent import trust
+            if self._floor_read is not None:
+                floors, warning = self._floor_read.wait()
+            else:
+                from guest.agent import trust
 
-            self._set_floors(*trust.read_floors(self.system, self.paths))
-        return self._floors or {}
+                floors, warning = trust.read_floors(self.system, self.paths)
+            if warning:
+                self.console.warn(warning)
+            self._floors = floors
+        return self._floors
 
     def _choose(self, meta: dict[str, Any]) -> plan.Target:
         if self.options.raw.get("cloudboot.disk"):  # upstream's disk mode: no network, no plan
@@ -545,17 +552,17 @@ def main(system: sysguest.GuestSystem | None = None) -> None:
     system = system or sysguest.GuestSystem()
     console = Console(system.console_streams())
     agent = Agent(system, console, Paths(), Arch.host())
-    preloaded: list[Preloaded] = []
 
-    def preload(staged: Staged) -> None:
-        if parse_exit(agent.options.exit)[0] == "kexec":
-            system.ensure_efivars(agent.paths.efivars)  # _kexec reads SecureBoot
-            preloaded.append(Preloaded(_kexec(agent, system), staged))
+    def preload(staged: Staged) -> Leaving | None:
+        if parse_exit(agent.options.exit)[0] != "kexec":
+            return None
+        system.ensure_efivars(agent.paths.efivars)  # _kexec reads SecureBoot
+        return Preloaded(_kexec(agent, system), staged)
 
     agent.preload_exit = preload
     status = agent.run()
     if status == 0:  # reboot(2), or kexec as cloudboot.exit says
-        edge = preloaded[0] if preloaded else _kexec(agent, system)
+        edge = agent.exit_edge or _kexec(agent, system)
         status = leave(console, agent.options.exit, agent.staged, edge)
     gc.enable()  # the guest's entry script turned it off for the pass (guestpack._ENTRY)
     system.wait_forever(agent.options.debug)
