@@ -127,6 +127,19 @@ class Kexec:
         self.tool = tool
         self.fallback: str | None = None  # why the userland loader was not used
 
+    @classmethod
+    def for_guest(cls, arch: Arch, finish: Callable[[], None], efivars: Path) -> Kexec:
+        """The guest's edge: the userland loader only where nothing requires the kernel's
+        checks (Secure Boot off, no lockdown); efivarfs must be mounted."""
+        from guest.agent.secureboot import secure_boot_on
+        from guest.contract.efi.efivarfs import EfiVarStore
+
+        try:
+            secure_boot = secure_boot_on(EfiVarStore(efivars))
+        except CloudbootError:
+            secure_boot = True  # unknown: let the kernel check
+        return cls(arch, finish, tool=KEXEC_TOOL if unchecked_allowed(secure_boot) else None)
+
     def load(self, staged: Staged) -> str:
         if self.tool is not None and self.tool.exists():
             try:

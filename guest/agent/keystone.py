@@ -15,7 +15,7 @@ the secret masked should it ever echo it. The token is bounded in size too.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,8 @@ from guest.contract.errors import CloudbootError
 
 if TYPE_CHECKING:
     import ssl
+
+    from guest.agent.machine import Paths
 
 KNOBS = (
     "cloudboot.openstack.auth-url",
@@ -104,3 +106,16 @@ def _error_text(body: bytes, secret: str) -> str:
     if not isinstance(message, str):
         return ""
     return ": " + message[:200].replace(secret, "***")
+
+
+def metadata_token(params: Mapping[str, str], paths: Paths, log: Callable[[str], None]) -> str:
+    """``cloudboot.metadata.token``, or a Keystone token for the application credential
+    in ``cloudboot.openstack.*`` when one is given, as upstream."""
+    cred = from_knobs(params)
+    if cred is None:
+        return params.get("cloudboot.metadata.token", "")
+    from guest.agent import registryconf
+
+    token = fetch_token(cred, ssl_context=registryconf.ssl_context(paths))
+    log(f"keystone: token for application credential {cred.credential_id}")
+    return token

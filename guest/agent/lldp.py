@@ -29,6 +29,7 @@ from guest.contract.lldp import parse_lldpdu as parse_lldpdu
 
 if TYPE_CHECKING:
     from guest.agent.cmdline import Options
+    from guest.agent.console import Console
 
 SOL_PACKET, PACKET_ADD_MEMBERSHIP, PACKET_MR_MULTICAST = 263, 1, 0
 
@@ -87,6 +88,26 @@ class Listener:
     def join(self, timeout: float) -> bool:
         """Wait for the listen to end (a frame, or its deadline); True when it has."""
         return self._done.wait(timeout)
+
+    def facts_for(self, console: Console, *, uses_lldp: bool) -> plan.Lldp:
+        """The neighbour facts for a plan: one that branches on ``lldp.*`` waits for the
+        first frame until ``wait`` (counted from the listen's start) runs out; any other
+        takes what has arrived and never waits (docs/knobs.md)."""
+        if uses_lldp and self.poll() is None:
+            with console.step("lldp"):
+                self.join(self.wait)
+        for problem in self.problems:
+            console.warn(f"lldp: {problem}")
+        self.problems.clear()
+        found = facts(self.poll())
+        if found.available:
+            console.log(
+                f"lldp neighbour: chassis={found.chassis_id} port={found.port_id}"
+                f" system={found.system_name!r}"
+            )
+        else:
+            console.log(f"lldp: no neighbour heard yet on {self.interface}")
+        return found
 
 
 def send(interface: str, system_name: str, system_desc: str) -> None:

@@ -22,35 +22,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from guest.agent import blockdev, stage, template
-from guest.agent.background import Background
+from guest.agent import stage, staging, template
 from guest.agent.cmdline import Options, knob_warnings, parse_cmdline, parse_exit
 from guest.agent.console import Console
-from guest.agent.kexec import (
-    KEXEC_TOOL,
-    Kexec,
-    Leaving,
-    Preloaded,
-    Staged,
-    leave,
-    unchecked_allowed,
-)
+from guest.agent.hints import DEBUG_HINT, hint_for
+from guest.agent.kexec import Kexec, Leaving, Preloaded, Staged, leave
 from guest.agent.layers import Extras
 from guest.agent.lease import Lease, choose_dns, resolv_conf
 from guest.agent.machine import Paths, System
 from guest.contract import plan
 from guest.contract.arch import Arch
-from guest.contract.efi.efivarfs import EfiVarStore
 from guest.contract.errors import CloudbootError
 from guest.contract.fsutil import write_atomic
 
 if TYPE_CHECKING:  # imported when used: a boot that never needs them never pays for them
-    from guest.agent import fetch, lldp, sysguest
+    from guest.agent import fetch, lldp, sysguest, trust
     from guest.agent.disks.mounted import Mounter
     from guest.agent.metadata import Metadata
     from guest.contract import cosign, oci
-
-DEBUG_HINT = "cloudboot.debug=1 on the kernel command line gives a shell on the console"
 
 
 @dataclass(frozen=True)
@@ -86,11 +75,9 @@ class Agent:
         self.lldp: lldp.Listener | None = None
         self.network_done = False
         self.dns_written: tuple[str, ...] = ()
-        self.nvram_touched = False
         self.signed: cosign.SignedPayload | None = None  # the chosen plan's signature
         self.accepted: dict[str, int] = {}  # plan ref -> version, for the freshness floor
-        self._floors: dict[str, int] | None = None
-        self._floor_read: Background[tuple[dict[str, int], str | None]] | None = None
+        self.floors: trust.Floors | None = None  # read once, when a signature is checked
         self.staged: Staged | None = None  # what Boot0001 boots, for cloudboot.exit=kexec
         #: Called with what Boot0001 will boot before the writes; main() starts kexec's
         #: load there and the edge it returns is kept in ``exit_edge``.
@@ -104,7 +91,7 @@ class Agent:
         try:
             self._run()
         except CloudbootError as exc:
-            self.console.fatal(str(exc), _hint(exc))
+            self.console.fatal(str(exc), hint_for(exc))
             return 1
         except Exception as exc:  # PID 1: a bug must still end in a FATAL line, not a panic
             self.console.fatal(f"internal error: {type(exc).__name__}: {exc}", DEBUG_HINT)
@@ -128,7 +115,8 @@ class Agent:
         if uptime.exists():
             since = float(uptime.read_text().split()[0]) - sum(c.timings.values())
             c.log(f"python ready at {since:.2f}s since kernel start")
-        self._read_floors_ahead()
+        if self.options.plan.startswith("oci://") and self.paths.cosign_pub.exists():
+            self._floors().read_ahead()  # it will check a signature: mount the ESP now
         meta = self._metadata()
         self._apply_dns(())
         target = self._choose(meta)
@@ -145,43 +133,18 @@ class Agent:
         if self.preload_exit is not None:  # cloudboot.exit=kexec: load beside the writes
             self.exit_edge = self.preload_exit(staged)
         with c.step("write"):
-            if self._floor_read is not None:  # done before the ESP is mounted again
-                self._load_floors()
-            self.system.ensure_efivars(self.paths.efivars)
-            from guest.agent.secureboot import require_signed_under_secure_boot
-
-            store = EfiVarStore(self.paths.efivars)
-            require_signed_under_secure_boot(store, kernel, target.name)
-            if content is not None and stage.came_back(store, target.name):
-                c.warn(f"Boot0001 for {target.name!r} was already set: writing its files again")
-                content = None
-            p = self.paths
-            esp, warnings = stage.choose_cache_esp(p.sys, p.dev, p.efivars)
-            for warning in warnings:
-                c.warn(warning)
-            with self.system.open_esp(esp) as files:
-                stage.require_marker(files)  # before the floor too
+            floor_doc = None
+            if self.floors is not None:  # read before the ESP is mounted again
+                floors = self.floors.load(c)
                 if self.accepted:
                     from guest.agent import floor
 
-                    merged = floor.advanced(self._floors or {}, self.accepted)
-                    files.write(floor.FLOOR_PATH, floor.dump(merged))
-                written = stage.write_files(files, target.name, kernel, initrd, content)
-            sizes = f"{stage.data_size(kernel)} + {stage.data_size(initrd or b'')}"
-            if written:
-                c.log(f"staged {sizes} bytes on {esp.device.name}")
-            else:
-                c.log(f"kept the staged {sizes} bytes on {esp.device.name} (same content)")
-        with c.step("nvram"):
-            self.system.ensure_efivars(self.paths.efivars)
-            self.nvram_touched = True
-            stage.write_boot_entry(
-                EfiVarStore(self.paths.efivars),
-                target.name,
-                esp,
-                cmdline,
-                has_initrd=initrd is not None,
+                    floor_doc = floor.dump(floor.advanced(floors, self.accepted))
+            esp = staging.write_esp(
+                self.system, c, self.paths, target.name, staged, content, floor_doc
             )
+        with c.step("nvram"):
+            staging.write_nvram(self.system, self.paths, target.name, esp, staged)
         self.staged = staged
         c.log(
             f"Boot0001 = cloud-boot {target.name}; rebooting (total {sum(c.timings.values()):.3f}s)"
@@ -231,11 +194,12 @@ class Agent:
         if not url:
             return {}
         self._network()
-        from guest.agent import httpclient, metadata
+        from guest.agent import httpclient, keystone, metadata
 
         try:
             with self.console.step("metadata"):
-                data = metadata.fetch_document(url, self._metadata_token())
+                token = keystone.metadata_token(self.params, self.paths, self.console.log)
+                data = metadata.fetch_document(url, token)
                 shown = httpclient.redact_url(url)
                 doc = metadata.parse_metadata(data, self.params, where=shown)
         except CloudbootError as exc:
@@ -244,29 +208,10 @@ class Agent:
         self._apply_metadata(doc)
         return dict(doc.document)
 
-    def _metadata_token(self) -> str:
-        """``cloudboot.metadata.token``, or a Keystone token for the application
-        credential in ``cloudboot.openstack.*`` (guest.agent.keystone), as upstream."""
-        from guest.agent import keystone, registryconf
-
-        cred = keystone.from_knobs(self.params)
-        if cred is None:
-            return self.options.raw.get("cloudboot.metadata.token", "")
-        token = keystone.fetch_token(cred, ssl_context=registryconf.ssl_context(self.paths))
-        self.console.log(f"keystone: token for application credential {cred.credential_id}")
-        return token
-
     def _apply_metadata(self, doc: Metadata) -> None:
         from guest.agent import metadata
 
-        for key in doc.refused:
-            self.console.warn(f"metadata may not set {key}; the command line's value stays")
-        for key, value in doc.overrides.items():
-            old = self.params.get(key)
-            shown = "***" if key.endswith("token") else repr(value)
-            self.console.log(
-                f"metadata: {key}={shown}" + (" (overrides the cmdline)" if old else "")
-            )
+        metadata.report(doc, self.params, self.console)
         self.metadata_overrides = dict(doc.overrides)
         self.options = Options.from_params(metadata.apply(self.params, doc))
         self._client = None  # knobs such as the registry client's may have changed
@@ -303,19 +248,10 @@ class Agent:
         return rendered
 
     def _render_plan_ref(self, text_ref: str) -> str:
-        """``oci://{{.Gateway}}:5000/...``: the host as this guest sees it (README, "macOS").
-
-        A workspace's embedded registry listens on the host's loopback; the guest reaches
-        the host at its DHCP gateway under every VM backend (QEMU user networking's
-        10.0.2.2, vfkit's vmnet bridge address), so the baked ref names the gateway and
-        the guest fills it in from its lease. Only the lease's fields are known here.
-        """
-        if not template.has_template(text_ref):
-            return text_ref
-        rendered = template.render(
-            text_ref, template.lease_fields(self.lease), where="cloudboot.plan"
-        )
-        self.console.log(f"cloudboot.plan rendered: {rendered}")
+        """``oci://{{.Gateway}}:5000/...`` filled in from the lease (template.plan_ref)."""
+        rendered = template.plan_ref(text_ref, self.lease)
+        if rendered != text_ref:
+            self.console.log(f"cloudboot.plan rendered: {rendered}")
         return rendered
 
     def _fetch_plan(self, text_ref: str) -> Fetched:
@@ -361,35 +297,18 @@ class Agent:
         self.signed = trust.verify_plan(c, self.options, self.paths.cosign_pub, client, ref, digest)
         if self.signed is None:
             return
-        version = trust.check_fresh(c, self.options, self._load_floors(), ref, self.signed)
+        floors = self._floors().load(c)
+        version = trust.check_fresh(c, self.options, floors, ref, self.signed)
         key = trust.floor_key(ref)
         if version is not None and key is not None:
             self.accepted[key] = version
 
-    def _read_floors_ahead(self) -> None:
-        """Start reading the freshness floor from the cache ESP on the other CPU while
-        this one imports the registry client and fetches the plan: the verify step would
-        otherwise mount the ESP itself (~0.1 s under TCG). Only for a boot that will
-        check a signature; ``_load_floors`` collects it before anything else mounts."""
-        if not self.options.plan.startswith("oci://") or not self.paths.cosign_pub.exists():
-            return
+    def _floors(self) -> trust.Floors:
         from guest.agent import trust
 
-        self._floor_read = Background(lambda: trust.read_floors(self.system, self.paths))
-
-    def _load_floors(self) -> dict[str, int]:
-        """The floor, read once: the read started ahead (waited for), else one now."""
-        if self._floors is None:
-            if self._floor_read is not None:
-                floors, warning = self._floor_read.wait()
-            else:
-                from guest.agent import trust
-
-                floors, warning = trust.read_floors(self.system, self.paths)
-            if warning:
-                self.console.warn(warning)
-            self._floors = floors
-        return self._floors
+        if self.floors is None:
+            self.floors = trust.Floors(self.system, self.paths)
+        return self.floors
 
     def _choose(self, meta: dict[str, Any]) -> plan.Target:
         if self.options.raw.get("cloudboot.disk"):  # upstream's disk mode: no network, no plan
@@ -421,29 +340,10 @@ class Agent:
         )
 
     def _lldp(self, uses_lldp: bool) -> plan.Lldp:
-        """The neighbour facts for the plan. A plan that branches on ``lldp.*`` waits for
-        the first frame until ``cloudboot.lldp.wait`` (counted from the listen's start) runs
-        out; any other plan takes what has arrived and never waits (docs/knobs.md)."""
+        """The neighbour facts for the plan (lldp.Listener.facts_for); none without a listen."""
         if self.lldp is None:
             return plan.Lldp()
-        from guest.agent import lldp
-
-        if uses_lldp and self.lldp.poll() is None:
-            with self.console.step("lldp"):
-                self.lldp.join(self.lldp.wait)
-
-        for problem in self.lldp.problems:
-            self.console.warn(f"lldp: {problem}")
-        self.lldp.problems.clear()
-        facts = lldp.facts(self.lldp.poll())
-        if facts.available:
-            self.console.log(
-                f"lldp neighbour: chassis={facts.chassis_id} port={facts.port_id}"
-                f" system={facts.system_name!r}"
-            )
-        else:
-            self.console.log(f"lldp: no neighbour heard yet on {self.lldp.interface}")
-        return facts
+        return self.lldp.facts_for(self.console, uses_lldp=uses_lldp)
 
     def _menu(self, evaluated: plan.EvaluatedPlan) -> str | None:
         wants_menu = self.options.menu if self.options.menu is not None else bool(evaluated.menu)
@@ -497,51 +397,6 @@ def _cmdline_target(name: str, source: plan.Source, cmdline: str | None = None) 
     return plan.Target(name, name, "", "", cmdline or "", source, where)
 
 
-def _is(exc: BaseException, module: str, name: str) -> bool:
-    """isinstance against a class of a lazily imported module (not imported: not one)."""
-    mod = sys.modules.get(module)
-    return mod is not None and isinstance(exc, getattr(mod, name))
-
-
-def _hint(exc: CloudbootError) -> str:
-    if _is(exc, "guest.contract.cosign", "SigningError"):
-        return (
-            "publish the plan with the key baked into boot.iso (`cloudboot push plan --key`:"
-            " it pins the plan's artifacts and signs it fresh), see docs/trust-model.md,"
-            " or boot with cloudboot.cosign=warn; NVRAM was not touched"
-        )
-    if isinstance(exc, stage.StageError):
-        return stage.CACHE_DISK_HINT
-    if isinstance(exc, blockdev.DeviceNotFoundError):
-        return "check the target's disk.device in the plan against the disks attached"
-    if _is(exc, "guest.agent.fetch", "CredentialsError"):
-        return (
-            "check rd.cloudboot.user / rd.cloudboot.pass on the baked command line"
-            " (docs/wire-formats.md §2.6); NVRAM was not touched"
-        )
-    if _is(exc, "guest.agent.fetch", "FetchError"):
-        return (
-            "check the network, the registry address (the host is the DHCP gateway: 10.0.2.2 "
-            "under QEMU, the vmnet bridge address under vfkit) "
-            "and cloudboot.plan"
-        )
-    if isinstance(exc, template.TemplateError):
-        return "fix the template (the target's cmdline or cloudboot.plan); NVRAM was not touched"
-    return DEBUG_HINT
-
-
-def _kexec(agent: Agent, system: sysguest.GuestSystem) -> Kexec:
-    """The kexec edge: the userland loader only where nothing requires kernel checks."""
-    from guest.agent.secureboot import secure_boot_on
-
-    try:  # efivarfs is mounted (by preload, else for the agent's Boot0001)
-        secure_boot = secure_boot_on(EfiVarStore(agent.paths.efivars))
-    except CloudbootError:
-        secure_boot = True  # unknown: let the kernel check
-    unchecked = unchecked_allowed(secure_boot)
-    return Kexec(agent.arch, system.finish, tool=KEXEC_TOOL if unchecked else None)
-
-
 def main(system: sysguest.GuestSystem | None = None) -> None:
     """PID 1 entry point: run once, reboot on success, otherwise wait (never exit).
 
@@ -556,13 +411,13 @@ def main(system: sysguest.GuestSystem | None = None) -> None:
     def preload(staged: Staged) -> Leaving | None:
         if parse_exit(agent.options.exit)[0] != "kexec":
             return None
-        system.ensure_efivars(agent.paths.efivars)  # _kexec reads SecureBoot
-        return Preloaded(_kexec(agent, system), staged)
+        system.ensure_efivars(agent.paths.efivars)  # for_guest reads SecureBoot
+        return Preloaded(Kexec.for_guest(agent.arch, system.finish, agent.paths.efivars), staged)
 
     agent.preload_exit = preload
     status = agent.run()
     if status == 0:  # reboot(2), or kexec as cloudboot.exit says
-        edge = agent.exit_edge or _kexec(agent, system)
+        edge = agent.exit_edge or Kexec.for_guest(agent.arch, system.finish, agent.paths.efivars)
         status = leave(console, agent.options.exit, agent.staged, edge)
     gc.enable()  # the guest's entry script turned it off for the pass (guestpack._ENTRY)
     system.wait_forever(agent.options.debug)

@@ -21,10 +21,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from guest.agent.cmdline import PREFIX
 from guest.contract.errors import CloudbootError
+
+if TYPE_CHECKING:
+    from guest.agent.console import Console
 
 MAX_DOCUMENT = 1 << 20
 _POLICY_STRENGTH = {"off": 0, "warn": 1, "enforce": 2}
@@ -85,6 +88,16 @@ def _knob_text(value: object, key: str, where: str) -> str:
 def _weakens(params: Mapping[str, str], wanted: str) -> bool:
     current = params.get(PREFIX + "cosign", "enforce").lower()
     return _POLICY_STRENGTH.get(wanted.lower(), -1) < _POLICY_STRENGTH.get(current, 2)
+
+
+def report(metadata: Metadata, params: Mapping[str, str], console: Console) -> None:
+    """Say which knobs the document refused and which it set (tokens masked)."""
+    for key in metadata.refused:
+        console.warn(f"metadata may not set {key}; the command line's value stays")
+    for key, value in metadata.overrides.items():
+        shown = "***" if key.endswith("token") else repr(value)
+        note = " (overrides the cmdline)" if params.get(key) else ""
+        console.log(f"metadata: {key}={shown}{note}")
 
 
 def apply(params: Mapping[str, str], metadata: Metadata) -> dict[str, str]:

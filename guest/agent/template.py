@@ -105,6 +105,19 @@ def _lookup(name: str, fields: Mapping[str, Value], where: str, offset: int) -> 
     return value
 
 
+def plan_ref(text_ref: str, lease: Lease | None) -> str:
+    """``oci://{{.Gateway}}:5000/...``: the host as this guest sees it (README, "macOS").
+
+    A workspace's embedded registry listens on the host's loopback; the guest reaches
+    the host at its DHCP gateway under every VM backend (QEMU user networking's
+    10.0.2.2, vfkit's vmnet bridge address), so the baked ref names the gateway and
+    the guest fills it in from its lease. Only the lease's fields are known here.
+    """
+    if not has_template(text_ref):
+        return text_ref
+    return render(text_ref, lease_fields(lease), where="cloudboot.plan")
+
+
 def lease_fields(lease: Lease | None) -> dict[str, Value]:
     """The network half of the fields; all ``None`` (unknown) without a lease."""
     if lease is None:

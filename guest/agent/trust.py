@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from guest.agent import fetch, floor, stage
+from guest.agent.background import Background
 from guest.agent.cmdline import CosignPolicy, Options
 from guest.agent.console import Console
 from guest.agent.machine import Paths, System
@@ -79,6 +80,36 @@ def read_floors(system: System, paths: Paths) -> tuple[dict[str, int], str | Non
             return floor.parse(files.read(floor.FLOOR_PATH, floor.MAX_FLOOR_BYTES)), None
     except CloudbootError as exc:  # no cache disk: staging will say so
         return {}, f"freshness floor not read: {exc}"
+
+
+class Floors:
+    """The freshness floor, read once per boot.
+
+    Reading it mounts the cache ESP (~0.1 s under TCG). A boot that will check a plan
+    signature starts that read ahead, on the other CPU, while this one imports the
+    registry client and fetches the plan (``read_ahead``); ``load`` waits for it, or
+    reads now. The write step loads it before it mounts the ESP again.
+    """
+
+    def __init__(self, system: System, paths: Paths) -> None:
+        self.system = system
+        self.paths = paths
+        self.value: dict[str, int] | None = None
+        self.ahead: Background[tuple[dict[str, int], str | None]] | None = None
+
+    def read_ahead(self) -> None:
+        self.ahead = Background(lambda: read_floors(self.system, self.paths))
+
+    def load(self, console: Console) -> dict[str, int]:
+        if self.value is None:
+            if self.ahead is not None:
+                floors, warning = self.ahead.wait()
+            else:
+                floors, warning = read_floors(self.system, self.paths)
+            if warning:
+                console.warn(warning)
+            self.value = floors
+        return self.value
 
 
 def floor_key(ref: oci.Ref) -> str | None:
