@@ -17,15 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from guest.agent.fetch import (
-    Credentials,
-    FetchError,
-    RegistryClient,
-    join_initrd,
-    pull_boot,
-    pull_plan,
-    verify_signature,
-)
+from guest.agent.fetch import Credentials, FetchError, RegistryClient
+from guest.agent.pulls import join_initrd, pull_boot, pull_plan, verify_signature
 from guest.contract import cosign, oci
 from guest.contract.errors import FormatError
 from publisher.localregistry import RegistryTls, RunningRegistry, local_registry

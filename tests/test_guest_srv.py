@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from guest.agent import srv
-from guest.agent.fetch import SRV_ROUNDS, Credentials, FetchError, RegistryClient, pull_plan
+from guest.agent.fetch import SRV_ROUNDS, Credentials, FetchError, RegistryClient
+from guest.agent.pulls import pull_plan
 from guest.contract import dnswire, oci
 from publisher.localregistry import RunningRegistry, local_registry
 from tests.bearer_front import bearer_front

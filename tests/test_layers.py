@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from guest.agent import fetch
+from guest.agent import fetch, pulls
 from guest.agent.layers import APKOVL_PATH, Extras, apkovl_archive
 from guest.contract import oci
 from guest.contract.arch import artifact_arch
@@ -144,7 +144,7 @@ def test_push_alpine_shaped_artifact_and_pull_it_in_the_guest(
 
     client = fetch.RegistryClient()
     ref = oci.parse_ref(f"{registry.address}/alpine/virt:3.20")
-    boot = fetch.pull_boot(client, [ref], "riscv64")
+    boot = pulls.pull_boot(client, [ref], "riscv64")
     assert boot.kernel == files["vmlinuz"]
     assert boot.extras.apkovl == files["ovl.tar.gz"]
     modloop_url = boot.extras.modloop_url or ""
@@ -173,7 +173,7 @@ def test_push_live_squashfs_by_title_only_is_recognised(
     done = _push(registry, tmp_path, "debian/live:12", "--kernel", "vmlinuz",
                  "--squashfs", "filesystem.squashfs")  # fmt: skip
     assert done.returncode == 0, done.stderr.decode()
-    boot = fetch.pull_boot(
+    boot = pulls.pull_boot(
         fetch.RegistryClient(), [oci.parse_ref(f"{registry.address}/debian/live:12")], "amd64"
     )
     assert boot.extras.squashfs_url and boot.extras.cmdline("quiet").startswith(

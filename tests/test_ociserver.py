@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from guest.agent import fetch
+from guest.agent import fetch, pulls
 from guest.contract import oci
 from guest.contract.oci import MEDIA_MANIFEST, Descriptor, Manifest, digest_of, parse_ref
 from guest.contract.pubkey import load_public_key
@@ -73,7 +73,7 @@ def test_publisher_push_sign_verify_and_guest_pull(
     index_ref = parse_ref(f"{builtin.address}/k/multi:1")
     push_index(client, index_ref, per_arch, key)  # cross-repository mounts
     guest = fetch.RegistryClient(insecure=True)
-    resolved, text = fetch.pull_plan(guest, parse_ref(str(ref)), "amd64")
+    resolved, text = pulls.pull_plan(guest, parse_ref(str(ref)), "amd64")
     assert text == PLAN.encode() and resolved.top_digest == first.digest
     boot = guest.resolve(parse_ref(str(index_ref)), "arm64")
     layer = boot.manifest.layer(oci.LayerRole.KERNEL)

@@ -17,7 +17,7 @@ import pytest
 
 from guest.agent import floor
 from guest.agent.fetch import RegistryClient as GuestClient
-from guest.agent.fetch import pull_plan, verify_signature
+from guest.agent.pulls import pull_plan, verify_signature
 from guest.contract import cosign
 from guest.contract.oci import parse_ref
 from publisher.localregistry import RunningRegistry

@@ -264,7 +264,7 @@ class Agent:
                 )
             c.log("using the embedded plan /etc/cloud-boot/plan.hcl")
             return self._embedded_plan()
-        from guest.agent import fetch
+        from guest.agent import fetch, pulls
         from guest.contract import oci
 
         self._network()
@@ -272,7 +272,7 @@ class Agent:
         client = self.client()
         with c.step("fetch"):
             try:
-                resolved, data = fetch.pull_plan(client, ref, self.arch.oci)
+                resolved, data = pulls.pull_plan(client, ref, self.arch.oci)
             except fetch.FetchError as exc:
                 if not self.paths.embedded_plan.exists():
                     raise
@@ -370,7 +370,7 @@ class Agent:
             content = stage.disk_content(files.kernel, files.initrd)
             return files.kernel, files.initrd, None, Extras(), content
         if isinstance(source, plan.OciSource):
-            from guest.agent import fetch, trust
+            from guest.agent import pulls, trust
             from guest.contract import oci
 
             self._network()
@@ -382,7 +382,7 @@ class Agent:
             refs = trust.bind_artifacts(
                 self.console, self.options, self.paths.cosign_pub, self.client(), named, self.signed
             )
-            boot = fetch.pull_boot(self.client(), refs, self.arch.oci)
+            boot = pulls.pull_boot(self.client(), refs, self.arch.oci)
             return boot.kernel, boot.initrd or None, boot.cmdline, boot.extras, boot.content
         raise CloudbootError(f"unsupported source {source.kind}", where=str(target.where))
 

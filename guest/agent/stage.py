@@ -311,7 +311,7 @@ def write_files(
     """Put the target's kernel and initrd on the ESP; False when they are already there.
 
     ``content`` names what the files are made of (a digest over the OCI layer digests,
-    ``guest.agent.fetch.OciBoot.content``, or over a disk target's files,
+    ``guest.agent.pulls.OciBoot.content``, or over a disk target's files,
     :func:`disk_content`), None when the stamp must not be trusted (the firmware came
     back, or the host loop's staging). The stamp that records it is written only
     after the files are on the disk, and emptied before they are rewritten, so a stamp

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from guest.agent import fetch, floor, stage
+from guest.agent import fetch, floor, pulls, stage
 from guest.agent.background import Background
 from guest.agent.cmdline import CosignPolicy, Options
 from guest.agent.console import Console
@@ -53,7 +53,7 @@ def verify_plan(
         console.warn(f"no {key_path} in the image: plan signature not checked")
         return None
     try:
-        signed = fetch.verify_signature(client, ref, digest, key)
+        signed = pulls.verify_signature(client, ref, digest, key)
     except cosign.SigningError as exc:
         if policy is CosignPolicy.ENFORCE:
             raise cosign.SigningError(
@@ -163,14 +163,14 @@ def bind_artifacts(
     """Each artifact ref as it must be fetched (by a digest the key vouches for)."""
     if options.cosign is CosignPolicy.OFF:
         return refs
-    trust = fetch.ArtifactTrust(
+    trust = pulls.ArtifactTrust(
         signed.pins if signed else {},
         public_key(options, key_path),
         options.cosign is CosignPolicy.ENFORCE,
     )
     out = []
     for ref in refs:
-        bound = fetch.bind_artifact(client, ref, trust)
+        bound = pulls.bind_artifact(client, ref, trust)
         line = f"artifact {ref}: {bound.how}"
         if bound.verified:
             console.log(line)
