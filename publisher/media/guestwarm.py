@@ -21,9 +21,9 @@ GUEST_APP_DIR = "/usr/lib/cloudboot"
 PACKER_ENV = {"PYTHONHASHSEED": "0"}
 #: Every guest module a boot may import (lazily or not): their dataclasses are cached.
 GUEST_MODULES = (
-    *(f"guest.agent.{m}" for m in ("main", "sysguest", "fetch", "pulls", "diskread", "menu", "metadata",
-                                   "template", "lease", "reset", "httpclient", "machine",
-                                   "trust", "floor", "secureboot", "lldp")),
+    *(f"guest.agent.{m}" for m in ("main", "sysguest", "fetch", "pulls", "diskread", "menu",
+                                   "metadata", "template", "lease", "reset", "httpclient",
+                                   "machine", "trust", "floor", "secureboot", "lldp")),
     "guest.contract.cosign", "guest.contract.plan", "guest.contract.lldp",
 )  # fmt: skip
 _RECORD = """
