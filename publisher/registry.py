@@ -16,41 +16,31 @@ new blobs go up without one, the tag lookup is skipped when the tag must move an
 (``StoreMemory``), and upload sessions are opened ahead (``OpenUploads``). Each belief is
 checked by the registry itself (a manifest PUT refuses missing blobs, a stale session is
 refused), and ``publisher.push`` starts over without beliefs when one was wrong.
+
+The transport under it (session, auth, proxies, the retry of one operation) is
+``publisher.regsession``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import urljoin, urlsplit
 
 import requests
 import structlog
 
 from guest.contract.oci import MANIFEST_ACCEPT, Ref, digest_of, media_type_of, verify_digest
-from publisher.auth import (
-    Credentials,
-    RegistryAuth,
-    TokenCache,
-    docker_config_path,
-    lookup_credentials,
-)
 from publisher.blob import Blob, OpenUploads, StoreMemory, open_upload, send_blob
 from publisher.config import RegistrySection
 from publisher.distspec import require_digest, require_not_html
+from publisher.regsession import RegistrySession
 from publisher.retry import (
     RegistryError,
     RegistryUnavailableError,
     RetryPolicy,
     TransientRegistryError,
-    error_for_status,
-    retry_call,
-    tls_error,
 )
 
 __all__ = [
@@ -66,7 +56,6 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-T = TypeVar("T")
 
 #: Blobs above this size are sent in PATCH chunks read from disk, never held in memory.
 CHUNK_SIZE = 8 * 1024 * 1024
@@ -87,50 +76,20 @@ class ManifestInfo:
 
 
 @dataclass
-class RegistryClient:
+class RegistryClient(RegistrySession):
     """A reusable client; one instance per process is enough for any number of registries."""
 
-    insecure: bool | None = None  # True: plain HTTP; False: HTTPS; None: HTTP on loopback only
-    ca_bundle: Path | None = None
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    timeout: float = 30.0
     chunk_size: int = CHUNK_SIZE
-    credentials: Callable[[str], Credentials | None] = lookup_credentials
-    session: requests.Session = field(default_factory=requests.Session)
-    tokens: TokenCache = field(default_factory=TokenCache)
     uploaded_bytes: int = 0  # running total of blob bytes sent, for reports and bench
     #: Upload sessions kept open per repository for the next publish (0: never).
     spare_uploads: int = 4
-    #: False: HTTPS without certificate checks (``--insecure``, as oras means it).
-    tls_verify: bool = True
 
     def __post_init__(self) -> None:
-        # Passed on every request: a session-level setting loses to $REQUESTS_CA_BUNDLE.
-        self._verify: str | bool = str(self.ca_bundle) if self.ca_bundle else True
-        if not self.tls_verify:
-            import urllib3
-
-            self._verify = False
-            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-        self._authfile = docker_config_path()
-        # The environment (proxies, $REQUESTS_CA_BUNDLE) is read once per registry, not on
-        # every request as requests does by default: that lookup was ~0.4 ms a request.
-        self.session.trust_env = False
-        self._transport: dict[str, dict[str, Any]] = {}
-        self._auth = RegistryAuth(self.credentials, self.tokens, self._fetch_token)
+        super().__post_init__()
         self.memory = StoreMemory()
         self._uploads = OpenUploads()
         self._lock = threading.Lock()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._reached: set[str] = set()  # registries that answered (refusals then retried)
-
-    def use_authfile(self, path: Path) -> None:
-        """Read credentials from ``path`` (``--authfile``, ``$REGISTRY_AUTH_FILE``)."""
-        from publisher.authfile import credentials_lookup
-
-        self._authfile = path
-        self.credentials = credentials_lookup(path)
-        self._auth = RegistryAuth(self.credentials, self.tokens, self._fetch_token)
 
     def pool(self) -> concurrent.futures.ThreadPoolExecutor:
         """Threads for independent requests (blob uploads, lookups) within one publish."""
@@ -183,99 +142,6 @@ class RegistryClient:
             require_not_html(resp, ref.name, "blob HEAD")
             self.memory.add_blob(ref, digest)
         return resp.status_code == 200
-
-    # --- plumbing -------------------------------------------------------------------------
-
-    def base_url(self, ref: Ref) -> str:
-        plain = ref.insecure_default if self.insecure is None else self.insecure
-        scheme = "http" if plain else "https"
-        return f"{scheme}://{ref.registry}"
-
-    def _settings(self, url: str) -> dict[str, Any]:
-        """Proxies and CA bundle for ``url``'s origin, from the environment once per origin."""
-        origin = "/".join(url.split("/", 3)[:3])
-        settings = self._transport.get(origin)
-        if settings is None:
-            verify: str | bool = self._verify
-            if verify is True:
-                verify = (
-                    os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-                )
-            proxies = requests.utils.get_environ_proxies(url)
-            settings = self._transport[origin] = {"verify": verify, "proxies": proxies}
-        return settings
-
-    def _fetch_token(
-        self, realm: str, params: Mapping[str, str], headers: Mapping[str, str]
-    ) -> tuple[int, Any]:
-        resp = self.session.get(
-            realm, params=params, headers=headers, timeout=self.timeout, **self._settings(realm)
-        )
-        if resp.status_code in (401, 403):
-            return resp.status_code, None
-        if resp.status_code >= 400:
-            raise error_for_status(resp, f"token endpoint {realm}", "token request", "")
-        try:
-            return resp.status_code, resp.json()
-        except ValueError:
-            raise RegistryError(f"token endpoint {realm} answered with non-JSON") from None
-
-    def request(
-        self,
-        method: str,
-        ref: Ref,
-        url: str,
-        *,
-        what: str,
-        ok: tuple[int, ...] = (200, 201, 202, 204),
-        missing_ok: bool = False,
-        headers: Mapping[str, str] | None = None,
-        **kwargs: Any,
-    ) -> requests.Response:
-        """One HTTP exchange with auth (answering at most one challenge); no retries here."""
-        base = self.base_url(ref)
-        full = urljoin(base + "/", url.lstrip("/")) if "://" not in url else url
-        # An upload Location or a pagination Link may name another host: it gets no
-        # credentials and no challenge answered on its behalf (docs/trust-model.md).
-        ours = _origin(full) == _origin(base)
-        settings = {"timeout": self.timeout, **self._settings(full), **kwargs}
-        for attempt in range(2):
-            hdrs = dict(headers or {})
-            if ours and (auth := self._auth.header(ref.registry, ref.repository)):
-                hdrs["Authorization"] = auth
-            try:
-                resp = self.session.request(method, full, headers=hdrs, **settings)
-            except requests.exceptions.SSLError as exc:
-                raise tls_error(exc, ref.registry, skipping_verify=not self.tls_verify) from None
-            self._reached.add(ref.registry)
-            if (
-                resp.status_code == 401
-                and attempt == 0
-                and ours
-                and self._auth.answer(
-                    ref.registry,
-                    ref.repository,
-                    resp.headers.get("WWW-Authenticate", ""),
-                    hdrs.get("Authorization"),
-                )
-            ):
-                continue
-            break
-        if resp.status_code in ok or (missing_ok and resp.status_code == 404):
-            return resp
-        hint = ""
-        if resp.status_code in (401, 403):
-            from publisher.authfile import auth_hint
-
-            creds = self.credentials(ref.registry)
-            hint = auth_hint(ref.registry, creds, self._authfile)
-        raise error_for_status(resp, ref.name, what, hint)
-
-    def retrying(self, what: str, ref: Ref, operation: Callable[[], T]) -> T:
-        """Run ``operation`` with bounded, jittered exponential backoff on transient faults."""
-        return retry_call(
-            what, ref.registry, self.retry, operation, lambda: ref.registry in self._reached
-        )
 
     # --- blobs ----------------------------------------------------------------------------
 
@@ -447,13 +313,6 @@ class RegistryClient:
             tags += resp.json().get("tags") or []
             url = resp.links.get("next", {}).get("url")
         return tags
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    """(scheme, host, port) with the scheme's default port filled in."""
-    parts = urlsplit(url)
-    default = {"http": 80, "https": 443}.get(parts.scheme)
-    return parts.scheme, (parts.hostname or "").lower(), parts.port or default
 
 
 def client_from_config(
