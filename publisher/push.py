@@ -22,7 +22,6 @@ from guest.contract import cosign
 from guest.contract.errors import CloudbootError
 from guest.contract.oci import (
     MEDIA_INDEX,
-    MEDIA_PLAN,
     Descriptor,
     Index,
     LayerRole,
@@ -37,7 +36,7 @@ from guest.contract.oci import (
 from guest.contract.plan import PlanError, plan_text
 from guest.contract.plan.validate import check_plan as plan_check
 from publisher.inputs import MAX_PLAN_BYTES, read_input
-from publisher.pins import TagLookups, next_version, pin_refs, plan_pins, resolve_pins
+from publisher.pins import TagLookups, next_version, pin_refs, resolve_pins
 from publisher.registry import Blob, RegistryClient, RegistryError
 from publisher.sigmemory import SignatureMemory, learn_signatures, remembered_signatures
 from publisher.signing import SigningKey
@@ -403,55 +402,3 @@ def push_index(
         )
     index = Index(tuple(entries), annotations=dict(annotations or {}) or None)
     return publish(client, ref, bytes(index), MEDIA_INDEX, [], key)
-
-
-def resolve_digest(client: RegistryClient, ref: Ref) -> str:
-    info = client.head_manifest(ref)
-    if info is None:
-        raise RegistryError(f"manifest unknown: {ref}", status=404)
-    return info.digest
-
-
-def sign_ref(client: RegistryClient, ref: Ref, key: SigningKey) -> PushResult:
-    """Sign what ``ref`` points at now (the digest, so a later tag move is not covered).
-
-    An explicit signature is a new publication: it always gets a fresh version (so it is
-    the deliberate way to roll a tag back to older content, docs/trust-model.md), and a
-    plan gets its tags pinned as at publish time. Our older signatures are replaced.
-    """
-    data, media_type, digest = client.get_manifest(ref)
-    _, existing = existing_signatures(client, ref, digest)
-    found = split_signatures(existing, key, digest)
-    pins = _plan_pins_of(client, ref, data, media_type)
-    optional = cosign.trust_optional(pins, next_version(found.ours))
-    sent = put_signature(client, ref, digest, key, found, optional)
-    return PushResult(str(ref), digest, len(data), cosign.signature_tag(digest), True, sent)
-
-
-def _plan_pins_of(client: RegistryClient, ref: Ref, data: bytes, media_type: str) -> dict[str, str]:
-    """The pins of a published plan (its plan layer), or none for anything else."""
-    if is_index_media_type(media_type):
-        return {}
-    manifest = Manifest.from_bytes(data, what=str(ref))
-    layer = next((d for d in manifest.layers if d.media_type == MEDIA_PLAN), None)
-    if layer is None:
-        return {}
-    text = client.get_blob(ref, layer.digest).decode("utf-8", errors="replace")
-    try:
-        return plan_pins(client, text, str(ref))
-    except CloudbootError as exc:  # not a valid plan: sign it as an opaque artifact
-        log.warning("plan does not parse; signed without pins", ref=str(ref), error=str(exc))
-        return {}
-
-
-def verify_ref(client: RegistryClient, ref: Ref, public_key: cosign.PublicKey) -> PushResult:
-    """Check ``ref`` carries a valid signature by ``public_key``; raises a SigningError if not."""
-    digest = resolve_digest(client, ref)
-    manifest, pairs = existing_signatures(client, ref, digest)
-    if manifest is None:
-        raise cosign.NoSignatureError(
-            f"no signature for {digest} (tag {cosign.signature_tag(digest)} not found)",
-            where=ref.name,
-        )
-    cosign.check_signatures(public_key, digest, pairs)
-    return PushResult(str(ref), digest, 0, cosign.signature_tag(digest), False, 0)

@@ -22,7 +22,7 @@ from guest.contract.oci import Index, Manifest, parse_ref
 from publisher.localregistry import RunningRegistry, local_registry
 from publisher.media.base import MEDIA_DEMO_DISK, MEDIA_PACKAGE, BaseError, BasePackages
 from publisher.media.recipe import RecipeError, parse_recipe
-from publisher.push import sign_ref
+from publisher.refsign import sign_ref
 from publisher.registry import RegistryClient
 from publisher.signing import generate_key_pair, parse_private_key, write_key_pair
 from tests.helpers import CLOUDBOOT, REPO

@@ -27,7 +27,8 @@ from guest.contract.efi import GLOBAL_VARIABLE_GUID
 from guest.contract.efi.efivarfs import EfiVarStore
 from guest.contract.efi.loadoption import LoadOption
 from publisher.localregistry import RunningRegistry
-from publisher.push import publish_plan, push_artifact, sign_ref
+from publisher.push import publish_plan, push_artifact
+from publisher.refsign import sign_ref
 from publisher.registry import RegistryClient
 from publisher.signing import SigningKey
 from tests.agent_harness import (

@@ -30,7 +30,8 @@ from publisher.localregistry import (
     pick_implementation,
 )
 from publisher.ociserver import make_server
-from publisher.push import publish_plan, push_artifact, push_index, verify_ref
+from publisher.push import publish_plan, push_artifact, push_index
+from publisher.refsign import verify_ref
 from publisher.registry import RegistryClient
 from publisher.signing import generate_key_pair, parse_private_key
 from tests.helpers import CLOUDBOOT

@@ -27,7 +27,8 @@ from guest.contract.oci import MEDIA_MANIFEST, Descriptor, Manifest, digest_of, 
 from guest.contract.pubkey import load_public_key
 from publisher.auth import Credentials, lookup_credentials
 from publisher.localregistry import RunningRegistry, free_port, local_registry
-from publisher.push import publish_plan, push_artifact, verify_ref
+from publisher.push import publish_plan, push_artifact
+from publisher.refsign import verify_ref
 from publisher.registry import (
     Blob,
     RegistryClient,

@@ -22,7 +22,8 @@ import structlog
 from guest.contract import cosign
 from guest.contract.oci import Manifest, parse_ref
 from publisher.localregistry import RunningRegistry
-from publisher.push import PushResult, push_artifact, verify_ref
+from publisher.push import PushResult, push_artifact
+from publisher.refsign import verify_ref
 from publisher.registry import (
     RegistryClient,
     RegistryError,

@@ -339,7 +339,7 @@ class OciKernelPuller:
             log.debug("signature verified before", ref=str(ref), digest=digest)
             return
         client = self.client(f"{what}: the signature of {digest}")
-        from publisher.push import verify_ref  # push imports the whole publishing stack
+        from publisher.refsign import verify_ref  # it imports the whole publishing stack
 
         try:
             verify_ref(client, ref.with_digest(digest), load_public_key(key_bytes))

@@ -111,7 +111,7 @@ def sign(
     registry: RegistryFlags = NO_FLAGS,
 ) -> None:
     """Sign what REF points at now and push the signature to sha256-<hex>.sig."""
-    from publisher.push import sign_ref
+    from publisher.refsign import sign_ref
 
     signer = signing_key(key)
     assert signer is not None
@@ -132,7 +132,7 @@ def verify(
     registry: RegistryFlags = NO_FLAGS,
 ) -> None:
     """Exit 0: REF has a valid signature by KEY; 3: missing or invalid; 1: could not check."""
-    from publisher.push import verify_ref
+    from publisher.refsign import verify_ref
 
     public = _public_key(key)
     client = registry.client(ctx)
