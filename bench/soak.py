@@ -37,7 +37,7 @@ from bench.results import Row, add_report_options, emit  # noqa: E402
 from guest.contract import cosign  # noqa: E402
 from guest.contract.oci import parse_ref, plan_manifest  # noqa: E402
 from publisher.localregistry import free_port, local_registry  # noqa: E402
-from publisher.push import verify_ref  # noqa: E402
+from publisher.refsign import verify_ref  # noqa: E402
 from publisher.registry import RegistryClient  # noqa: E402
 from publisher.signing import generate_key_pair  # noqa: E402
 

@@ -19,7 +19,8 @@ import structlog
 from guest.contract import cosign
 from guest.contract.oci import Manifest, parse_ref
 from publisher.localregistry import RunningRegistry, free_port, local_registry
-from publisher.push import publish_plan, verify_ref
+from publisher.push import publish_plan
+from publisher.refsign import verify_ref
 from publisher.registry import RegistryClient
 from publisher.signing import SigningKey, generate_key_pair, parse_private_key
 from publisher.sigtag import existing_signatures
