@@ -83,7 +83,13 @@ def test_edit_plan_and_kernel_live(tmp_path: Path, arch: str) -> None:
         assert (result["outcome"], result["target"]) == ("up", "beta"), result
         assert list(result["stages"]) == list(RELOAD_STAGES)
         assert abs(sum(result["stages"].values()) - result["since_edit_s"]) < 0.05
-        assert abs(result["since_edit_s"] - (seen_beta - edited)) < 1.0  # both poll the log
+        # The outside view is the longer one: it starts before the write (the watcher's at
+        # the file event) and ends at this test's 0.1 s poll of the log (the watcher's at
+        # its own line clock). On a loaded 2-core runner that poll lagged 1.1 s once (an
+        # aarch64 boot beside another worker), so the bound is one-sided and allows that;
+        # a result measured from the wrong edit or the wrong line is off by seconds.
+        lag = (seen_beta - edited) - result["since_edit_s"]
+        assert -0.5 < lag < 2.5, (lag, result["since_edit_s"])
         assert result["publish_s"] > 0
         boot1 = next(e for e in loop.log_events() if e.get("event") == "reload")
         assert (boot1["number"], boot1["target"]) == (1, "alpha")  # `up`'s own first boot
