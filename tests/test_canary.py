@@ -254,3 +254,53 @@ def test_a_canary_vm_leaves_the_workspace_alone(tmp_path: Path) -> None:
     assert (into / "nvram.fd").read_bytes() == gate.firmware.vars_template.read_bytes()
     assert f"file,id=serial0,path={into}/serial.log,append=on" in argv
     assert not (tmp_path / ".cloudboot").exists() and not (tmp_path / "build").exists()
+
+
+def test_under_tcg_the_second_pass_runs_in_a_fresh_qemu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent's reboot ends the first process (``-action reboot=shutdown``); the second
+    starts from the same files without it. A first process that exits before the agent
+    staged anything (a power-off) is not relaunched: the boot failed there.
+
+    The processes are stand-ins that write what each pass prints and exit: this pins the
+    decision, tests/test_canary_qemu.py boots it for real."""
+    import contextlib
+    from collections.abc import Iterator
+
+    from publisher.config import Accel
+    from watcher.vm import canary as vmcanary
+
+    (tmp_path / "cloudboot.toml").write_text('[vm]\nbackend = "qemu"\naccel = "tcg"\n')
+    gate = vmcanary.QemuCanary(load_config(tmp_path))
+    into = tmp_path / "canary"
+    into.mkdir()
+    (into / "boot.iso").write_bytes(b"")
+    spec = gate.spec(into / "boot.iso", into)
+    assert spec.accel is Accel.TCG
+
+    def run(passes: list[str]) -> tuple[CanaryResult, list[list[str]]]:
+        spec.serial_log.unlink(missing_ok=True)
+        argvs: list[list[str]] = []
+
+        @contextlib.contextmanager
+        def spawn(argv: list[str], stdout: Path, **_: object) -> Iterator[subprocess.Popen[bytes]]:
+            argvs.append(list(argv))
+            stdout.touch()
+            with spec.serial_log.open("a") as f:
+                f.write(passes[len(argvs) - 1])
+            yield subprocess.Popen(["true"])  # exits 0, as QEMU does on either action
+
+        monkeypatch.setattr(vmcanary, "spawn", spawn)
+        return gate.watch(spec, Patterns(), time.monotonic() + 60), argvs
+
+    verdict, argvs = run([FIRMWARE + AGENT, HANDOVER + TARGET + TARGET_UP])
+    assert verdict.passed and verdict.stopped_at == "target init", verdict
+    assert len(argvs) == 2
+    assert argvs[0][-2:] == ["-action", "reboot=shutdown"] and "-action" not in argvs[1]
+    assert argvs[0][:-2] == argvs[1]  # same VM, same files
+
+    powered_off = FIRMWARE + AGENT.splitlines(keepends=True)[0]
+    verdict, argvs = run([powered_off])
+    assert len(argvs) == 1 and not verdict.passed
+    assert verdict.result == "target did not come up: the VM exited", verdict

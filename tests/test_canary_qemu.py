@@ -54,17 +54,19 @@ def test_a_broken_plan_is_held_while_the_good_one_moves(
     )  # fmt: skip
     assert proc.returncode != 0, proc.stdout + proc.stderr
     by = {p["plan"]: p for p in json.loads(proc.stdout)["plans"]}
+    # on failure, the whole verdict (pytest shortens a dict; the serial tail is the clue)
+    report = json.dumps(by, indent=1)
 
     moved = by["good.hcl"]
-    assert moved["status"] == "published", moved
-    assert moved["canary"]["passed"] and moved["canary"]["stopped_at"] == "target init"
+    assert moved["status"] == "published", report
+    assert moved["canary"]["passed"] and moved["canary"]["stopped_at"] == "target init", report
     assert "Run /init as init process" in moved["canary"]["tail"]
     assert skopeo_digest(refs["good"]) == moved["digest"] != before["good"]
 
     held = by["bad.hcl"]
-    assert held["status"] == "held" and not held["canary"]["passed"], held
+    assert held["status"] == "held" and not held["canary"]["passed"], report
     assert "FATAL" in held["canary"]["result"] and "nosuchlabel" in held["canary"]["result"]
-    assert held["canary"]["stopped_at"] == "plan verified", held["canary"]
+    assert held["canary"]["stopped_at"] == "plan verified", report
     assert "nosuchlabel" in held["canary"]["tail"]
     assert skopeo_digest(refs["bad"]) == before["bad"], "production tag moved"
     # the exit names the plan and why; the CI summary carries the verdicts

@@ -86,6 +86,11 @@ def _succeeded(lines: Sequence[str], patterns: Patterns) -> int | None:
     return at
 
 
+def staged(serial: str) -> bool:
+    """Whether the agent said it staged Boot0001 and reboots (the first pass is over)."""
+    return any(STAGED.search(line) for line in serial.splitlines())
+
+
 def judge(serial: str, patterns: Patterns, finished: bool) -> CanaryResult | None:
     """The verdict on the serial log so far; None while it is still undecided.
 

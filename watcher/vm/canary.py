@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -34,7 +35,7 @@ from publisher.media.cachedisk import ensure_cache_disk
 from publisher.media.recipe import configured, load_recipe
 from publisher.registry import client_from_config
 from publisher.run import require_tool, spawn
-from watcher.canary import DEFAULT_FAILURES, Patterns, judge
+from watcher.canary import DEFAULT_FAILURES, Patterns, judge, staged
 from watcher.vm import nvram
 from watcher.vm.firmware import Firmware, find_firmware
 from watcher.vm.qemu import kvm_usable, qemu_argv
@@ -130,23 +131,47 @@ class QemuCanary:
             shutil.rmtree(into, ignore_errors=True)
 
     def watch(self, spec: VmSpec, patterns: Patterns, deadline: float) -> CanaryResult:
-        """Boot ``spec`` and judge its serial log until a verdict, an exit or a timeout."""
+        """Boot ``spec`` and judge its serial log until a verdict, an exit or a timeout.
+
+        Under TCG the agent's reboot ends the first QEMU (``-action reboot=shutdown``) and
+        the second pass (firmware -> Boot0001 -> target) runs in a fresh process from the
+        same vars file and disks, as ``up``'s supervisor does: a warm reset after the
+        agent's Python costs seconds of firmware time (docs/ARCHITECTURE.md §3 step 12).
+        The guest sees a power cycle, which a fleet machine may get too.
+        """
         accel = spec.accel
         if accel is Accel.AUTO:
             accel = Accel.KVM if kvm_usable(spec.arch) else Accel.TCG
         argv = qemu_argv(spec, self.firmware, accel=accel, binary=self.binary)
+        handoff = accel is Accel.TCG
         until = min(deadline, time.monotonic() + self.config.publish.canary_boot_seconds)
-        with spawn(argv, stdout=spec.state_dir / "qemu.log", grace=1) as proc:
-            while True:
-                exited = proc.poll() is not None
-                timed_out = time.monotonic() >= until
-                serial = _read_serial(spec.serial_log)
-                if serial is None:
-                    return CanaryResult(False, f"serial log over {MAX_SERIAL >> 20} MiB")
-                verdict = judge(serial, patterns, finished=exited or timed_out)
-                if verdict is not None:
-                    return _explain(verdict, exited, timed_out, until >= deadline, spec)
-                time.sleep(POLL_S)
+        while True:
+            first = ["-action", "reboot=shutdown"] if handoff else []
+            with spawn([*argv, *first], stdout=spec.state_dir / "qemu.log", grace=1) as proc:
+                verdict = self._judge_until(proc, spec, patterns, until, deadline, handoff)
+            if verdict is not None:
+                return verdict
+            log.debug("canary: second pass in a fresh QEMU", serial=str(spec.serial_log))
+            handoff = False
+
+    def _judge_until(
+        self, proc: subprocess.Popen[bytes], spec: VmSpec, patterns: Patterns,
+        until: float, deadline: float, handoff: bool,
+    ) -> CanaryResult | None:  # fmt: skip
+        """The verdict on this process's run; None when it ended on the agent's reboot
+        (``handoff``), so the second pass is to be started."""
+        while True:
+            exited = proc.poll() is not None
+            timed_out = time.monotonic() >= until
+            serial = _read_serial(spec.serial_log)
+            if serial is None:
+                return CanaryResult(False, f"serial log over {MAX_SERIAL >> 20} MiB")
+            if handoff and exited and proc.returncode == 0 and staged(serial):
+                return None
+            verdict = judge(serial, patterns, finished=exited or timed_out)
+            if verdict is not None:
+                return _explain(verdict, exited, timed_out, until >= deadline, spec)
+            time.sleep(POLL_S)
 
 
 def _read_serial(path: Path) -> str | None:
