@@ -122,16 +122,16 @@ class Agent:
         target = self._choose(meta)
         c.log(f"target {target.name!r} ({target.source.kind})")
         with c.step("read"):
-            kernel, initrd, artifact_cmdline, extras, content = self._materialise(target)
-        # As upstream, the baked cloudboot.cmdline replaces the plan's; the metadata
-        # document may not set it (docs/trust-model.md), so options hold only the baked one.
-        cmdline = self._render_cmdline(
-            target, self.options.cmdline or target.cmdline or artifact_cmdline or "", extras
-        )
-        cmdline = extras.cmdline(cmdline)
-        staged = Staged(kernel, initrd, cmdline)
-        if self.preload_exit is not None:  # cloudboot.exit=kexec: load beside the writes
-            self.exit_edge = self.preload_exit(staged)
+            kernel, initrd, artifact_cmdline, extras, content_of = self._materialise(target)
+            # As upstream, the baked cloudboot.cmdline replaces the plan's; the metadata
+            # document may not set it (docs/trust-model.md): options hold only the baked one.
+            cmdline = self._render_cmdline(
+                target, self.options.cmdline or target.cmdline or artifact_cmdline or "", extras
+            )
+            staged = Staged(kernel, initrd, extras.cmdline(cmdline))
+            if self.preload_exit is not None:  # cloudboot.exit=kexec: kexec(8) loads the
+                self.exit_edge = self.preload_exit(staged)  # target beside the hash, writes
+            content = content_of()
         with c.step("write"):
             floor_doc = None
             if self.floors is not None:  # read before the ESP is mounted again
@@ -358,17 +358,18 @@ class Agent:
 
     def _materialise(
         self, target: plan.Target
-    ) -> tuple[stage.FileData, stage.FileData | None, str | None, Extras, str | None]:
+    ) -> tuple[stage.FileData, stage.FileData | None, str | None, Extras, Callable[[], str | None]]:
         """Kernel, initrd, the artifact's cmdline, its extras, and what the stamp of the
         staged files records (stage.write_files): the layers' digests for an OCI target,
-        the files' own hashes for a disk target."""
+        the files' own hashes for a disk target. The stamp comes as a call: hashing a
+        disk target's files takes a while under TCG, and kexec(8) can start before it."""
         source = target.source
         if isinstance(source, plan.DiskSource):
             from guest.agent.disks import discover
 
             files = discover.read_disk(source, self.paths, self.console, self.mounter)
-            content = stage.disk_content(files.kernel, files.initrd)
-            return files.kernel, files.initrd, None, Extras(), content
+            hashed = lambda: stage.disk_content(files.kernel, files.initrd)  # noqa: E731
+            return files.kernel, files.initrd, None, Extras(), hashed
         if isinstance(source, plan.OciSource):
             from guest.agent import pulls, trust
             from guest.contract import oci
@@ -383,7 +384,7 @@ class Agent:
                 self.console, self.options, self.paths.cosign_pub, self.client(), named, self.signed
             )
             boot = pulls.pull_boot(self.client(), refs, self.arch.oci)
-            return boot.kernel, boot.initrd or None, boot.cmdline, boot.extras, boot.content
+            return boot.kernel, boot.initrd or None, boot.cmdline, boot.extras, lambda: boot.content
         raise CloudbootError(f"unsupported source {source.kind}", where=str(target.where))
 
 
