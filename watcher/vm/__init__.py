@@ -7,8 +7,8 @@ Callers (the CLI, the watcher, end-to-end tests) use ``VmSpec.from_config`` and
 from __future__ import annotations
 
 from publisher.config import Backend
-from watcher.vm.backend import VmBackend, VmState, VmStatus
 from watcher.vm.spec import VmError, VmSpec
+from watcher.vm.status import VmBackend, VmState, VmStatus
 
 
 def open_backend(spec: VmSpec) -> VmBackend:

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import enum
 import fcntl
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
 
 import structlog
 
@@ -36,6 +34,7 @@ from watcher.vm.state import (
     save_record,
     serial_tail,
 )
+from watcher.vm.status import VmState, VmStatus
 
 log = structlog.get_logger(__name__)
 
@@ -43,55 +42,6 @@ log = structlog.get_logger(__name__)
 START_TIMEOUT_S = 30.0
 #: After HardStop/quit, and again after SIGTERM, before the next, harder step.
 FORCE_GRACE_S = 5.0
-
-
-class VmState(enum.Enum):
-    RUNNING = "running"
-    #: Not running, and nobody wanted it running (never started, or `vm down`).
-    STOPPED = "stopped"
-    #: Not running although it should be: it stopped on its own, crashed, or was killed.
-    EXITED = "exited"
-
-
-@dataclass(frozen=True)
-class VmStatus:
-    state: VmState
-    pid: int | None
-    uptime_s: float | None
-    nvram: nvram.NvramInfo
-    serial_tail: list[str]
-    backend: str
-    #: What the hypervisor itself says (QMP ``running``, ``VirtualMachineStateRunning``).
-    guest_state: str | None = None
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "state": self.state.value,
-            "pid": self.pid,
-            "uptime_s": None if self.uptime_s is None else round(self.uptime_s, 1),
-            "backend": self.backend,
-            "guest_state": self.guest_state,
-            "nvram": self.nvram.to_json(),
-            "serial_tail": self.serial_tail,
-        }
-
-
-class VmBackend(Protocol):
-    spec: VmSpec
-
-    def up(self, *, reset_nvram: bool = False) -> VmStatus: ...
-    def relaunch(self, *, continue_log: bool = False) -> VmStatus | None: ...
-    def reboot_ends_process(self, on: bool) -> int | None: ...
-    def down(self, timeout: float = 5.0) -> bool: ...
-    def restart(self, reset_nvram: bool, *, stop_timeout: float = 5.0) -> VmStatus: ...
-    def restart_staged(
-        self, stage: Callable[[], str], *, stop_timeout: float = 5.0
-    ) -> tuple[VmStatus, str | None]: ...
-    def reset_nvram(self) -> None: ...
-    def forget_staged_target(self) -> bool: ...
-    def status(self) -> VmStatus: ...
-    def state(self) -> VmState: ...
-    def wait_stopped(self, timeout: float) -> bool: ...
 
 
 class ProcessBackend(abc.ABC):

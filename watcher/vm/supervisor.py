@@ -37,8 +37,8 @@ from dataclasses import dataclass
 import structlog
 
 from guest.contract.errors import CloudbootError
-from watcher.vm.backend import VmBackend, VmState
 from watcher.vm.state import load_record
+from watcher.vm.status import VmBackend, VmState
 
 log = structlog.get_logger(__name__)
 
