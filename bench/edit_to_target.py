@@ -203,6 +203,10 @@ def main() -> None:
     args = parser.parse_args()
     edits = args.edits or (1 if args.quick else 3)
     loops = set(args.loops.split(","))
+    if unknown := loops - {"qemu", "kexec", "host", "macos"}:
+        parser.error(f"--loops: unknown loop {', '.join(sorted(unknown))}")
+    if loops & {"kexec", "host"} and "qemu" not in loops:
+        parser.error("--loops: kexec and host are measured beside the qemu loop; add qemu")
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-e2t-") as tmp_name:
