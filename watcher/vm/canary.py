@@ -133,7 +133,7 @@ class QemuCanary:
     def watch(self, spec: VmSpec, patterns: Patterns, deadline: float) -> CanaryResult:
         """Boot ``spec`` and judge its serial log until a verdict, an exit or a timeout.
 
-        Under TCG the agent's reboot ends the first QEMU (``-action reboot=shutdown``) and
+        Under TCG the agent's reboot ends the first QEMU (``qemu_argv(reboot_ends=True)``) and
         the second pass (firmware -> Boot0001 -> target) runs in a fresh process from the
         same vars file and disks, as ``up``'s supervisor does: a warm reset after the
         agent's Python costs seconds of firmware time (docs/ARCHITECTURE.md §3 step 12).
@@ -142,12 +142,12 @@ class QemuCanary:
         accel = spec.accel
         if accel is Accel.AUTO:
             accel = Accel.KVM if kvm_usable(spec.arch) else Accel.TCG
-        argv = qemu_argv(spec, self.firmware, accel=accel, binary=self.binary)
         handoff = accel is Accel.TCG
         until = min(deadline, time.monotonic() + self.config.publish.canary_boot_seconds)
         while True:
-            first = ["-action", "reboot=shutdown"] if handoff else []
-            with spawn([*argv, *first], stdout=spec.state_dir / "qemu.log", grace=1) as proc:
+            argv = qemu_argv(spec, self.firmware, accel=accel, binary=self.binary,
+                             reboot_ends=handoff)  # fmt: skip
+            with spawn(argv, stdout=spec.state_dir / "qemu.log", grace=1) as proc:
                 verdict = self._judge_until(proc, spec, patterns, until, deadline, handoff)
             if verdict is not None:
                 return verdict

@@ -36,9 +36,13 @@ def qemu_opt(value: str | os.PathLike[str]) -> str:
 
 
 def qemu_argv(
-    spec: VmSpec, firmware: Firmware, *, accel: Accel = Accel.TCG, binary: str | None = None
-) -> list[str]:
+    spec: VmSpec, firmware: Firmware, *, accel: Accel = Accel.TCG, binary: str | None = None,
+    reboot_ends: bool = False,
+) -> list[str]:  # fmt: skip
     """The full QEMU command line for ``spec``; pure, so a unit test pins it.
+
+    ``reboot_ends``: the guest's reboot ends the process from the start, as the QMP
+    ``set-action`` of ``QemuBackend.reboot_ends_process`` does at run time.
 
     Disks get no ``bootindex``: with a boot order OVMF prunes the HD() Boot#### entries
     of devices it does not list, which would delete the guest's Boot0001 (docs/wire-formats.md §7).
@@ -88,6 +92,8 @@ def qemu_argv(
         argv += ["-device", DISPLAY_DEVICE[arch], "-device", "qemu-xhci", "-device", "usb-kbd"]
     else:
         argv += ["-display", "none"]
+    if reboot_ends:
+        argv += ["-action", "reboot=shutdown"]
     return argv
 
 
