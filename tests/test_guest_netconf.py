@@ -33,37 +33,70 @@ LEASE = Lease(
 )
 
 
-def test_udhcpc_script_leaves_a_lease_the_agent_parses(tmp_path: Path) -> None:
+def _script(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """The udhcpc script, run by the packed busybox, with its paths moved under
+    ``tmp_path`` (root, and a fake /sys/class/net) and its ``ip`` calls recorded, never
+    run: (script, root, calls)."""
     busybox = DebCache().package("busybox-static", Arch.host()).root / "bin/busybox"
     root = tmp_path / "root"
     (root / "bin").mkdir(parents=True)
-    # the script calls /bin/busybox by path: run a copy of it with that path rewritten
-    # to a recorder that only records `ip` (never touching the host's interfaces)
+    (root / "net").mkdir()
+    calls = tmp_path / "calls"
+    calls.touch()
     recorder = tmp_path / "bb"
     recorder.write_text(
-        f'#!/bin/sh\ncase "$1" in ip) echo "$@" >> {tmp_path}/calls ;;\n'
-        f'*) exec {busybox} "$@" ;; esac\n'
+        f'#!/bin/sh\ncase "$1" in ip) echo "$@" >> {calls} ;;\n*) exec {busybox} "$@" ;; esac\n'
     )
     recorder.chmod(0o755)
     script = tmp_path / "udhcpc.script"
     body = UDHCPC_SCRIPT.replace("bb=/bin/busybox", f"bb={recorder}")
     body = body.replace("/etc/resolv.conf", f"{root}/resolv.conf")
     body = body.replace("/run/cloud-boot", f"{root}/run")
+    body = body.replace("/sys/class/net", f"{root}/net")
     script.write_text(body.replace("#!/bin/busybox sh", f"#!{busybox} sh"))
     script.chmod(0o755)
-    env = {"interface": "eth0", "ip": "10.0.2.15", "subnet": "255.255.255.0", "mask": "24",
-           "router": "10.0.2.2", "dns": "10.0.2.3 192.0.2.1", "hostname": "guest",
-           "PATH": "/usr/bin:/bin"}  # fmt: skip
-    subprocess.run([script, "bound"], env=env, check=True, capture_output=True)
-    calls = (tmp_path / "calls").read_text()
-    assert "ip addr add 10.0.2.15/24 dev eth0" in calls
-    assert "ip route add default via 10.0.2.2 dev eth0" in calls
+    return script, root, calls
+
+
+ENV = {"interface": "eth0", "ip": "10.0.2.15", "subnet": "255.255.255.0", "mask": "24",
+       "router": "10.0.2.2", "dns": "10.0.2.3 192.0.2.1", "hostname": "guest",
+       "PATH": "/usr/bin:/bin"}  # fmt: skip
+
+
+def test_udhcpc_script_leaves_a_lease_the_agent_parses(tmp_path: Path) -> None:
+    script, root, calls = _script(tmp_path)
+    subprocess.run([script, "bound"], env=ENV, check=True, capture_output=True)
+    lines = calls.read_text().splitlines()
+    # a first lease: nothing to flush, the lease's directory made
+    assert lines == ["ip addr add 10.0.2.15/24 dev eth0",
+                     "ip route add default via 10.0.2.2 dev eth0"]  # fmt: skip
     assert (root / "resolv.conf").read_text() == "nameserver 10.0.2.3\nnameserver 192.0.2.1\n"
     lease = parse_lease((root / "run/lease.env").read_text(), mac="52:54:00:12:34:56\n")
     assert lease == Lease("eth0", "10.0.2.15", "255.255.255.0", 24, "10.0.2.2",
                           ("10.0.2.3", "192.0.2.1"), "guest", "", "52:54:00:12:34:56")  # fmt: skip
     assert lease.ipspec == "10.0.2.15::10.0.2.2:255.255.255.0::eth0:off:10.0.2.3:192.0.2.1"
     assert lease.cidr == "10.0.2.15/24"
+    # a second lease replaces the first one's address
+    subprocess.run([script, "renew"], env=ENV, check=True, capture_output=True)
+    assert calls.read_text().splitlines()[2] == "ip addr flush dev eth0"
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [("0x1003", []), ("0x1002", ["ip link set eth0 up"]), (None, ["ip link set eth0 up"])],
+)
+def test_udhcpc_deconfig_raises_the_link_only_when_it_is_down(
+    tmp_path: Path, flags: str | None, expected: list[str]
+) -> None:
+    """The agent raises the NIC before udhcpc starts, so deconfig (run before every
+    DHCP round) then starts no process; a link that is down, or no flags file, still
+    gets `ip link set up`."""
+    script, root, calls = _script(tmp_path)
+    if flags is not None:
+        (root / "net/eth0").mkdir()
+        (root / "net/eth0/flags").write_text(flags + "\n")
+    subprocess.run([script, "deconfig"], env=ENV, check=True, capture_output=True)
+    assert calls.read_text().splitlines() == expected
 
 
 def test_lease_errors_name_the_key() -> None:

@@ -40,6 +40,10 @@ class Background(Generic[T]):
         """Wait at most ``timeout`` for the call; its result stays for ``wait``."""
         self._thread.join(timeout)
 
+    def done(self) -> bool:
+        """Whether the call has ended (returned or raised)."""
+        return not self._thread.is_alive()
+
     def wait(self) -> T:
         self._thread.join()
         if self._error is not None:

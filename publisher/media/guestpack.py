@@ -101,20 +101,29 @@ RESET_MAIN = _ENTRY + "from guest.agent.reset import main\nsys.exit(main())\n"
 #: busybox udhcpc calls this with $1 = deconfig|bound|renew and the lease in variables;
 #: besides configuring the interface it leaves the lease in LEASE_FILE for the agent
 #: (cmdline templates, resolv.conf). Applets by path: there are no applet links.
+#: Each applet is a process, ~10-20 ms under TCG, and DHCP is on the agent's path: an
+#: address is flushed only when an earlier lease put one there, the link is raised only
+#: when it is down (the agent raises it before udhcpc starts: sysguest._link_up), and the
+#: lease's directory is made only when missing.
 UDHCPC_SCRIPT = """#!/bin/busybox sh
 bb=/bin/busybox
+lease=/run/cloud-boot/lease.env
+flush() { [ -e $lease ] && $bb ip addr flush dev "$interface"; }
 case "$1" in
-deconfig) $bb ip addr flush dev "$interface"; $bb ip link set "$interface" up ;;
+deconfig)
+  flush
+  f=0; read f 2>/dev/null < "/sys/class/net/$interface/flags"
+  [ $(( f & 1 )) = 1 ] || $bb ip link set "$interface" up ;;
 bound|renew)
-  $bb ip addr flush dev "$interface"
+  flush
   $bb ip addr add "$ip/${mask:-24}" dev "$interface"
   for r in $router; do $bb ip route add default via "$r" dev "$interface"; break; done
   : > /etc/resolv.conf
   for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done
-  $bb mkdir -p /run/cloud-boot
+  [ -d ${lease%/*} ] || $bb mkdir -p ${lease%/*}
   for k in interface ip subnet mask router dns hostname domain broadcast; do
     eval "v=\\$$k"; echo "$k=$v"
-  done > /run/cloud-boot/lease.env ;;
+  done > $lease ;;
 esac
 exit 0
 """

@@ -30,7 +30,8 @@ DEFAULT_CMDLINE = "cloudboot.exit=reboot cloudboot.plan={plan} no_timer_check co
 DEFAULT_PLAN_REF = "oci://{{.Gateway}}:5000/cloudboot/default:latest"
 #: vfkit's ``virtio-serial`` is a virtio console, not a UART (docs/wire-formats.md §6).
 VIRTIO_CONSOLE = "hvc0"
-DEFAULT_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_scsi", "virtio_rng",
+#: In load order; the guest starts DHCP once a NIC appears, so the NIC driver comes early.
+DEFAULT_MODULES = ("virtio_pci", "virtio_net", "virtio_blk", "virtio_scsi", "virtio_rng",
                    "virtio_console", "vfat", "nls_cp437", "nls_ascii", "efivarfs")  # fmt: skip
 INIT_MODES = ("busybox-marker", "guest-agent")
 _ARCH_DEFAULTS = {
