@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import re
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -79,16 +80,29 @@ def settled_store(spec: VmSpec, iso: Path, work: Path) -> Path:
         return capture(work / "nvram.fd", work / "qmp.sock", "floor")
 
 
+#: A floor boot takes ~10 s under TCG. One in tens of them has stalled in the stock
+#: kernel's early boot (2026-11-27: the demo target's kernel, 1.1 s into its boot, nothing
+#: more for 300 s); that boot is dropped and booted again, once, and said on stderr.
+FLOOR_TIMEOUT_S = 90.0
+
+
 def measure_floor(
     spec: VmSpec, iso: Path, marker: str, work: Path, store: Path
 ) -> tuple[float, float, float]:
     """QEMU start -> ``marker``, the kernel's part of it (its banner -> ``marker``), and
     the firmware's start of the image -> the banner (load, EFI stub, decompression)."""
-    with bare_vm(spec, iso, work, store) as (start, clock):
-        seen, _ = clock.wait(marker, timeout=300)
-        kernel, _ = clock.first(BANNER)
-        loading, _ = clock.first(r"BdsDxe: starting")
-    return seen - start, seen - kernel, kernel - loading
+    for attempt in (1, 2):
+        try:
+            with bare_vm(spec, iso, work / f"try{attempt}", store) as (start, clock):
+                seen, _ = clock.wait(marker, timeout=FLOOR_TIMEOUT_S)
+                kernel, _ = clock.first(BANNER)
+                loading, _ = clock.first(r"BdsDxe: starting")
+            return seen - start, seen - kernel, kernel - loading
+        except TimeoutError as exc:
+            if attempt == 2:
+                raise
+            print(f"floor boot of {iso.name} stalled; booting it again: {exc}", file=sys.stderr)
+    raise AssertionError("unreachable")
 
 
 #: (a)'s total and (b)'s three numbers (measure_floor), one pair per edit.

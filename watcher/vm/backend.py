@@ -42,6 +42,7 @@ log = structlog.get_logger(__name__)
 START_TIMEOUT_S = 30.0
 #: After HardStop/quit, and again after SIGTERM, before the next, harder step.
 FORCE_GRACE_S = 5.0
+STOP_POLL_S = 0.01
 
 
 class ProcessBackend(abc.ABC):
@@ -293,11 +294,12 @@ class ProcessBackend(abc.ABC):
                 return
 
     def wait_stopped(self, timeout: float) -> bool:
+        """Poll for the VM's end; 10 ms, as a restart waits for it on the loop's path."""
         deadline = time.monotonic() + timeout
         while self.pid() is not None:
             if time.monotonic() >= deadline:
                 return False
-            time.sleep(0.05)
+            time.sleep(STOP_POLL_S)
         return True
 
     def restart(self, reset_nvram: bool, *, stop_timeout: float = 5.0) -> VmStatus:
