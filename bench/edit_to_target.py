@@ -44,7 +44,9 @@ is reported next to the QEMU loop's (same machine, same edits, one after the oth
 
 Usage: .venv/bin/python bench/edit_to_target.py [--edits N] [--quick] [--json PATH]
        [--loops qemu,kexec,host,macos]
-(3 edits, or 1 with ``--quick``; ``--json``: rows for bench/report.py)
+(5 edits, or 1 with ``--quick``; ``--json``: rows for bench/report.py). Five, not three:
+medians of three edits of the same code moved 1.20x-1.29x for the kexec loop over four
+runs on 2026-11-27.
 """
 
 from __future__ import annotations
@@ -196,12 +198,12 @@ def run_loop(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--edits", type=int, default=None, help="default 3 (--quick: 1)")
+    parser.add_argument("--edits", type=int, default=None, help="default 5 (--quick: 1)")
     loops_help = "any of qemu (two passes), kexec, host (need qemu), macos (default: all four)"
     parser.add_argument("--loops", default="qemu,kexec,host,macos", help=loops_help)
     add_report_options(parser)
     args = parser.parse_args()
-    edits = args.edits or (1 if args.quick else 3)
+    edits = args.edits or (1 if args.quick else 5)
     loops = set(args.loops.split(","))
     if unknown := loops - {"qemu", "kexec", "host", "macos"}:
         parser.error(f"--loops: unknown loop {', '.join(sorted(unknown))}")
