@@ -78,8 +78,13 @@ from tests.e2e.macloop import MacLoop  # noqa: E402
 from watcher.cli.demo import attach_demo_disk  # noqa: E402
 from watcher.vm.spec import VmSpec  # noqa: E402
 from watcher.watch.lineclock import LineClock  # noqa: E402
-from watcher.watch.reload import HOST_STAGES, STAGED, host_stages, split_stages  # noqa: E402
-from watcher.watch.reload import STAGES as RELOAD_STAGES  # noqa: E402
+from watcher.watch.reload import (  # noqa: E402
+    HOST_STAGES,
+    STAGED,
+    STAGES as RELOAD_STAGES,
+    host_stages,
+    split_stages,
+)
 
 #: Stage label -> which floor boot it contains (None: the whole stage is loop overhead).
 #: The split itself is the watcher's (watcher.watch.reload): `up` prints the same numbers.

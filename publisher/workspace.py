@@ -56,8 +56,8 @@ from publisher.push import (
     PushResult,
     check_plan,
     commit,
+    prepare_plan as prepare_checked,
 )
-from publisher.push import prepare_plan as prepare_checked
 from publisher.registry import RegistryClient, client_from_config
 from publisher.sigmemory import MEMORY_NAME, SignatureMemory
 from publisher.signing import SigningKey, load_key_file

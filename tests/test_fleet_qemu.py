@@ -43,8 +43,17 @@ from publisher.push import publish_plan
 from publisher.registry import RegistryClient
 from publisher.signing import SigningKey
 from tests.helpers import push_plan, sign
-from tests.qemu_lab import MARKER as MARKER_DISK
-from tests.qemu_lab import OVMF_CODE, PLAN, Lab, _tiny_initrd, _vars, boot, build_iso, make_lab
+from tests.qemu_lab import (
+    MARKER as MARKER_DISK,
+    OVMF_CODE,
+    PLAN,
+    Lab,
+    _tiny_initrd,
+    _vars,
+    boot,
+    build_iso,
+    make_lab,
+)
 
 pytestmark = [
     pytest.mark.slow,

@@ -16,9 +16,13 @@ from guest.agent.disks import discover, mounted
 from guest.agent.disks.bootfiles import BootFiles, DiskReadError
 from guest.agent.machine import Paths
 from guest.contract.plan import DiskSource
-from tests.agent_harness import INITRD as AGENT_INITRD
-from tests.agent_harness import KERNEL as AGENT_KERNEL
-from tests.agent_harness import _mtype, _run, machine
+from tests.agent_harness import (
+    INITRD as AGENT_INITRD,
+    KERNEL as AGENT_KERNEL,
+    _mtype,
+    _run,
+    machine,
+)
 from tests.disk_images import Layout, LoopMounter, image_for, sys_tree
 
 __all__ = ["machine"]  # the fixture, imported for the tests below

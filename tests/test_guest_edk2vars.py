@@ -7,8 +7,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from virt.firmware.efi import bootentry as vf_bootentry
-from virt.firmware.efi import devpath as vf_devpath
+from virt.firmware.efi import bootentry as vf_bootentry, devpath as vf_devpath
 from virt.firmware.varstore.edk2 import Edk2VarStore
 
 from guest.contract.efi import CLOUDBOOT_BOOT_VARIABLE, GLOBAL_VARIABLE_GUID, bootorder
@@ -23,8 +22,7 @@ from guest.contract.efi.varstore import (
     stage_boot_entry,
 )
 from guest.contract.errors import CloudbootError
-from watcher.vm.nvram import forget_staged_target_in as reset_vars_file
-from watcher.vm.nvram import restore_template
+from watcher.vm.nvram import forget_staged_target_in as reset_vars_file, restore_template
 
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 PART = HardDrive(1, 2048, 100000, uuid.UUID("0f3a4c1e-8a27-4b6c-9d2e-5a7b1c3d9e01"))

@@ -11,11 +11,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-from virt.firmware.efi import bootentry as vf_bootentry
-from virt.firmware.efi import devpath as vf_devpath
-from virt.firmware.efi import ucs16 as vf_ucs16
+from hypothesis import given, strategies as st
+from virt.firmware.efi import bootentry as vf_bootentry, devpath as vf_devpath, ucs16 as vf_ucs16
 
 from guest.contract.efi import GLOBAL_VARIABLE_GUID, boot_variable_name, bootorder
 from guest.contract.efi.devpath import DevicePath, End, FilePath, HardDrive, RawNode

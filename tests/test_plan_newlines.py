@@ -14,8 +14,7 @@ import dataclasses
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from guest.contract.plan import PlanError
 from guest.contract.plan.syntax import parse_document

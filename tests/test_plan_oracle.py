@@ -18,8 +18,7 @@ from random import Random
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from guest.contract.plan import Lldp, PlanError
 from guest.contract.plan.evaluator import Locals

@@ -9,12 +9,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from guest.contract.plan import Lldp, PlanError, evaluate, parse_plan, select_target, validate_plan
-from guest.contract.plan.evaluator import Locals, Scope
-from guest.contract.plan.evaluator import evaluate as evaluate_expr
+from guest.contract.plan.evaluator import Locals, Scope, evaluate as evaluate_expr
 from guest.contract.plan.syntax import parse_expression
 from tests.helpers import REPO
 

@@ -10,11 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
-from guest.contract.plan import PlanError
-from guest.contract.plan import template as template_module
+from guest.contract.plan import PlanError, template as template_module
 from guest.contract.plan.syntax import parse_document, parse_expression
 from tests.test_plan_properties import SETTINGS
 

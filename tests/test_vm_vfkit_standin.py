@@ -24,8 +24,7 @@ from virt.firmware.varstore.edk2 import Edk2VarStore
 from publisher.config import Backend
 from publisher.run import run, spawn
 from tests.helpers import STANDIN, has_marker, make_spec, set_marker, wait_for
-from watcher.vm import VmError, VmState, open_backend
-from watcher.vm import backend as backend_module
+from watcher.vm import VmError, VmState, backend as backend_module, open_backend
 from watcher.vm.firmware import find_firmware
 from watcher.vm.qmp import QmpClient
 from watcher.vm.spec import VmSpec

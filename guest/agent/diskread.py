@@ -33,11 +33,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from guest.agent.disks.bootfiles import MAX_SYMLINK_HOPS, path_parts
-from guest.agent.disks.bootfiles import MAX_WALK_STEPS as MAX_WALK_STEPS
-from guest.agent.disks.bootfiles import BootFiles as BootFiles  # its home before disks/
-from guest.agent.disks.bootfiles import DiskReadError as DiskReadError
-from guest.agent.disks.bootfiles import NoSuchPathError as NoSuchPathError
+from guest.agent.disks.bootfiles import (
+    MAX_SYMLINK_HOPS,
+    MAX_WALK_STEPS as MAX_WALK_STEPS,
+    BootFiles as BootFiles,  # its home before disks/
+    DiskReadError as DiskReadError,
+    NoSuchPathError as NoSuchPathError,
+    path_parts,
+)
 from guest.agent.stage import MAX_BOOT_FILE, DeviceRuns, FileData
 from guest.contract import extfs
 from guest.contract.errors import FormatError

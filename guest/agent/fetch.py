@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
-from guest.agent import httpclient
-from guest.agent import srv as srvmod
+from guest.agent import httpclient, srv as srvmod
 from guest.contract import oci
 from guest.contract.challenge import parse_challenge
 from guest.contract.errors import CloudbootError

@@ -24,8 +24,14 @@ from typing import TYPE_CHECKING
 
 from guest.contract import plan
 from guest.contract.errors import FormatError
-from guest.contract.lldp import ETHERTYPE, MAX_LLDPDU, MULTICAST, Neighbour, build_lldpdu
-from guest.contract.lldp import parse_lldpdu as parse_lldpdu
+from guest.contract.lldp import (
+    ETHERTYPE,
+    MAX_LLDPDU,
+    MULTICAST,
+    Neighbour,
+    build_lldpdu,
+    parse_lldpdu as parse_lldpdu,
+)
 
 if TYPE_CHECKING:
     from guest.agent.cmdline import Options

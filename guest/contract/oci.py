@@ -11,7 +11,6 @@ makes re-publishing an unchanged plan a no-op.
 
 from __future__ import annotations
 
-import enum
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,40 +18,42 @@ from typing import Any
 
 from guest.contract.errors import CloudbootError, FormatError
 
-# Re-exported: guest.contract.oci is the one import for OCI names (refs and digests live in ociref).
-from guest.contract.ociref import DEFAULT_TAG as DEFAULT_TAG
-from guest.contract.ociref import OCI_PREFIX as OCI_PREFIX
-from guest.contract.ociref import DigestMismatchError as DigestMismatchError
-from guest.contract.ociref import DigestVerifier as DigestVerifier
-from guest.contract.ociref import Ref as Ref
-from guest.contract.ociref import RefError as RefError
-from guest.contract.ociref import check_digest as check_digest
-from guest.contract.ociref import digest_of as digest_of
-from guest.contract.ociref import parse_ref as parse_ref
-from guest.contract.ociref import verify_digest as verify_digest
-
-MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
-MEDIA_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-MEDIA_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MEDIA_CONFIG = "application/vnd.cloud-boot.boot.config.v1+json"
-MEDIA_PLAN = "application/vnd.cloud-boot.plan.v1+hcl"
-MEDIA_KERNEL = "application/vnd.cloud-boot.kernel.v1"
-MEDIA_INITRD = "application/vnd.cloud-boot.initrd.v1"
-MEDIA_MODULES = "application/vnd.cloud-boot.modules.v1.cpio+gzip"
-MEDIA_CMDLINE = "application/vnd.cloud-boot.cmdline.v1"
-#: Extra layers of distribution artifacts (docs/wire-formats.md §2.3): Alpine's modloop (a
-#: squashfs of modules) and apkovl (a system overlay tar.gz), a live system's squashfs.
-MEDIA_MODLOOP = "application/vnd.cloud-boot.modloop.v1+squashfs"
-MEDIA_APKOVL = "application/vnd.cloud-boot.apkovl.v1+tar.gz"
-MEDIA_SQUASHFS = "application/vnd.cloud-boot.squashfs.v1"
-MEDIA_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-MEDIA_COSIGN_SIMPLESIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
-
-ANNOTATION_TITLE = "org.opencontainers.image.title"
-
-#: What a registry is asked to return for a manifest GET/HEAD: any kind we can read.
-MANIFEST_ACCEPT = ", ".join((MEDIA_MANIFEST, MEDIA_INDEX, MEDIA_DOCKER_MANIFEST, MEDIA_DOCKER_LIST))
+# Re-exported: guest.contract.oci is the one import for OCI names (refs and digests live in
+# ociref, media types and layer roles in ocimedia).
+from guest.contract.ocimedia import (
+    ANNOTATION_TITLE as ANNOTATION_TITLE,
+    ARTIFACT_ROLES as ARTIFACT_ROLES,
+    MANIFEST_ACCEPT as MANIFEST_ACCEPT,
+    MEDIA_APKOVL as MEDIA_APKOVL,
+    MEDIA_CMDLINE as MEDIA_CMDLINE,
+    MEDIA_CONFIG as MEDIA_CONFIG,
+    MEDIA_COSIGN_SIMPLESIGNING as MEDIA_COSIGN_SIMPLESIGNING,
+    MEDIA_DOCKER_LIST as MEDIA_DOCKER_LIST,
+    MEDIA_DOCKER_MANIFEST as MEDIA_DOCKER_MANIFEST,
+    MEDIA_INDEX as MEDIA_INDEX,
+    MEDIA_INITRD as MEDIA_INITRD,
+    MEDIA_KERNEL as MEDIA_KERNEL,
+    MEDIA_MANIFEST as MEDIA_MANIFEST,
+    MEDIA_MODLOOP as MEDIA_MODLOOP,
+    MEDIA_MODULES as MEDIA_MODULES,
+    MEDIA_OCI_CONFIG as MEDIA_OCI_CONFIG,
+    MEDIA_PLAN as MEDIA_PLAN,
+    MEDIA_SQUASHFS as MEDIA_SQUASHFS,
+    ROLE_MEDIA_TYPES as ROLE_MEDIA_TYPES,
+    LayerRole as LayerRole,
+)
+from guest.contract.ociref import (
+    DEFAULT_TAG as DEFAULT_TAG,
+    OCI_PREFIX as OCI_PREFIX,
+    DigestMismatchError as DigestMismatchError,
+    DigestVerifier as DigestVerifier,
+    Ref as Ref,
+    RefError as RefError,
+    check_digest as check_digest,
+    digest_of as digest_of,
+    parse_ref as parse_ref,
+    verify_digest as verify_digest,
+)
 
 
 class NoMatchingPlatformError(CloudbootError):
@@ -178,61 +179,9 @@ def _check_media_type(obj: Mapping[str, Any], expected: str, what: str) -> None:
         raise FormatError(f"mediaType {media_type!r}, expected {expected!r}", what=what)
 
 
-class LayerRole(enum.Enum):
-    """What a layer of a cloud-boot artifact is for; titles name it when the type is unknown."""
-
-    PLAN = MEDIA_PLAN
-    KERNEL = MEDIA_KERNEL
-    INITRD = MEDIA_INITRD
-    MODULES = MEDIA_MODULES
-    MODLOOP = MEDIA_MODLOOP
-    APKOVL = MEDIA_APKOVL
-    SQUASHFS = MEDIA_SQUASHFS
-    CMDLINE = MEDIA_CMDLINE
-
-    @property
-    def title(self) -> str:
-        """The title we write on a layer of this role (the first name it is known by)."""
-        return _ROLE_TITLES[self][0]
-
-    def matches_title(self, title: str) -> bool:
-        if self is LayerRole.PLAN:
-            return title.endswith(".hcl")
-        return title in _ROLE_TITLES[self]
-
-
-#: Titles that name a role on a layer whose media type says nothing we know (upstream's
-#: list, docs/wire-formats.md §2.3); the first is the one we write.
-_ROLE_TITLES: dict[LayerRole, tuple[str, ...]] = {
-    LayerRole.PLAN: ("plan.hcl",),
-    LayerRole.KERNEL: ("vmlinuz", "kernel"),
-    LayerRole.INITRD: ("initrd", "initramfs"),
-    LayerRole.MODULES: ("modules",),
-    LayerRole.MODLOOP: ("modloop", "modloop-virt"),
-    LayerRole.APKOVL: ("apkovl",),
-    LayerRole.SQUASHFS: ("squashfs", "filesystem.squashfs"),
-    LayerRole.CMDLINE: ("cmdline",),
-}
-
-#: Media types that name a role: a layer with any other type is recognised by its title.
-ROLE_MEDIA_TYPES = frozenset(role.value for role in LayerRole)
-
-
 #: Layers a manifest may have: a cloudboot artifact has at most four, a cosign signature
 #: manifest one per signature.
 MAX_LAYERS = 64
-
-#: Artifact layers in the order of docs/wire-formats.md §2.3 (the extra layers after the
-#: modules).
-ARTIFACT_ROLES = (
-    LayerRole.KERNEL,
-    LayerRole.INITRD,
-    LayerRole.MODULES,
-    LayerRole.MODLOOP,
-    LayerRole.APKOVL,
-    LayerRole.SQUASHFS,
-    LayerRole.CMDLINE,
-)
 
 
 class _CanonicalDocument:

@@ -214,8 +214,11 @@ def run_cli(tree: Callable[[tuple[str, ...]], Callable[..., Any]], argv: Sequenc
     """Run the typer app that ``tree`` builds for the command of ``argv`` (see
     :func:`command_words`) and exit with the code of how it ended."""
     # typer vendors click (typer._click) and raises its exceptions when not standalone
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError
-    from typer._click.exceptions import UsageError as ClickUsageError
+    from typer._click.exceptions import (
+        ClickException,
+        NoArgsIsHelpError,
+        UsageError as ClickUsageError,
+    )
     from typer.exceptions import Abort
 
     args = hoist_global_options(argv)

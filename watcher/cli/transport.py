@@ -92,8 +92,7 @@ def login(
     The password is read from stdin (--password-stdin) or asked on the terminal; it is
     never taken from the command line.
     """
-    from publisher.authfile import auth_file
-    from publisher.authfile import login as store
+    from publisher.authfile import auth_file, login as store
 
     name = _registry_name(registry)
     if password_stdin:
@@ -113,8 +112,7 @@ def logout(
     authfile: AuthfileOpt = None,
 ) -> None:
     """Remove stored credentials for REGISTRY."""
-    from publisher.authfile import auth_file
-    from publisher.authfile import logout as erase
+    from publisher.authfile import auth_file, logout as erase
 
     name = _registry_name(registry)
     path = auth_file(authfile)

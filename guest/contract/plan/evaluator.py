@@ -19,8 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from guest.contract.errors import Location
-from guest.contract.plan import expr as ex
-from guest.contract.plan import number
+from guest.contract.plan import expr as ex, number
 from guest.contract.plan.errors import PlanError
 from guest.contract.plan.expr import Value
 from guest.contract.plan.iterate import (

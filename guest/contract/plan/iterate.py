@@ -10,8 +10,7 @@ template ``for`` concatenates its body's text. Arithmetic is number.py's.
 from __future__ import annotations
 
 from guest.contract.errors import Location
-from guest.contract.plan import evaluator as ev
-from guest.contract.plan import expr as ex
+from guest.contract.plan import evaluator as ev, expr as ex
 from guest.contract.plan.errors import PlanError
 from guest.contract.plan.expr import Value
 

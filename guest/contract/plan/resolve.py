@@ -26,10 +26,10 @@ from guest.contract.plan.evaluator import (
     SELF_IN_SCALARS,
     Locals,
     Scope,
+    evaluate as evaluate_expr,
     to_text,
     type_name,
 )
-from guest.contract.plan.evaluator import evaluate as evaluate_expr
 from guest.contract.plan.expr import Value
 from guest.contract.plan.model import (
     DEFAULT_MENU_PROMPT,

@@ -19,8 +19,7 @@ import re
 from dataclasses import dataclass
 
 from guest.contract.errors import Location
-from guest.contract.plan import expr as ex
-from guest.contract.plan import number
+from guest.contract.plan import expr as ex, number
 from guest.contract.plan.collection import CollectionParser
 from guest.contract.plan.errors import PlanError
 from guest.contract.plan.lexer import LITERALS, Cursor, Token, describe
