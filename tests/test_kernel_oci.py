@@ -31,14 +31,8 @@ from publisher.blob import Blob
 from publisher.localregistry import RunningRegistry, local_registry
 from publisher.media import cpio, kmods
 from publisher.media.debs import DebCache, default_cache_dir
-from publisher.media.ocikernel import (
-    OciCache,
-    OciKernelError,
-    OciKernelPuller,
-    bzimage_release,
-    module_releases,
-    safe_member,
-)
+from publisher.media.ocicache import OciCache, OciKernelError, safe_member
+from publisher.media.ocikernel import OciKernelPuller, bzimage_release, module_releases
 from publisher.media.pe import section_data
 from publisher.media.recipe import DEFAULT_MODULES
 from publisher.registry import RegistryClient

@@ -54,7 +54,8 @@ from publisher.media.debs import (
     parse_control,
     user_cache_dir,
 )
-from publisher.media.ocikernel import OciCache, OciKernelError, OciKernelPuller, safe_member
+from publisher.media.ocicache import OciCache, OciKernelError, safe_member
+from publisher.media.ocikernel import OciKernelPuller
 from publisher.registry import RegistryClient
 
 log = structlog.get_logger(__name__)

@@ -16,7 +16,8 @@ from guest.contract.arch import Arch
 from publisher.media.debs import DebCache
 from publisher.media.initramfs import KernelInputs
 from publisher.media.kernelbuild import KernelBuildCache, KernelBuildSpec
-from publisher.media.ocikernel import OciCache, OciKernelPuller
+from publisher.media.ocicache import OciCache
+from publisher.media.ocikernel import OciKernelPuller
 from publisher.media.recipe import ArchRecipe, Recipe, RecipeError, SourceKind
 from publisher.registry import RegistryClient
 
