@@ -209,9 +209,13 @@ class GuestSystem:
 
         config = parse_ip(parse_cmdline(Path("/proc/cmdline").read_text()).get("ip"))
         (Path("/") / LEASE_FILE).parent.mkdir(parents=True, exist_ok=True)  # the script's
-        _link_up("lo")  # while the NIC's driver still loads
+        # Best effort, as `ip link set up` was: a link this could not raise, the
+        # script's deconfig raises (it reads the flags); lo is not needed for DHCP.
+        with contextlib.suppress(OSError):
+            _link_up("lo")  # while the NIC's driver still loads
         iface = _wait_for_nic(modules, want=config.device if config else "")
-        _link_up(iface)  # before udhcpc: its deconfig then starts no process
+        with contextlib.suppress(OSError):
+            _link_up(iface)  # before udhcpc: its deconfig then starts no process
         if isinstance(config, StaticIp):  # ip= (klibc): the DHCP script, fed the static values
             env = {**os.environ, **config.script_env(iface)}
             for phase in ("deconfig", "bound"):
