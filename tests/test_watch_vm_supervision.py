@@ -94,14 +94,20 @@ def test_qemu_hands_the_agents_reboot_to_a_fresh_process_and_nothing_else(
         assert first is not None and first.nvram_reset_at_launch
         with QmpClient(spec.control_socket) as qmp:  # the reboot the guest agent ends with
             qmp.execute("system_reset")
-        wait_for(
-            lambda: (
-                backend.status().state is VmState.RUNNING
-                and backend.status().pid not in (None, first.pid)
-            ),
-            30,
-            "the supervisor to start a fresh QEMU for the second pass",
-        )
+
+        # The new process names itself (pidfile) a moment before the backend records it:
+        # wait for the record too, not just for a running pid.
+        def relaunched() -> bool:
+            record = load_record(spec.record_file)
+            status = backend.status()
+            return (
+                status.state is VmState.RUNNING
+                and status.pid not in (None, first.pid)
+                and record is not None
+                and record.pid == status.pid
+            )
+
+        wait_for(relaunched, 30, "the supervisor to start a fresh QEMU for the second pass")
         second = load_record(spec.record_file)
         assert second is not None and not second.nvram_reset_at_launch  # NVRAM untouched
         assert second.serial_offset == first.serial_offset  # one boot, as `vm console` shows it
