@@ -91,18 +91,21 @@ def measure_floor(
 ) -> tuple[float, float, float]:
     """QEMU start -> ``marker``, the kernel's part of it (its banner -> ``marker``), and
     the firmware's start of the image -> the banner (load, EFI stub, decompression)."""
-    for attempt in (1, 2):
-        try:
-            with bare_vm(spec, iso, work / f"try{attempt}", store) as (start, clock):
-                seen, _ = clock.wait(marker, timeout=FLOOR_TIMEOUT_S)
-                kernel, _ = clock.first(BANNER)
-                loading, _ = clock.first(r"BdsDxe: starting")
-            return seen - start, seen - kernel, kernel - loading
-        except TimeoutError as exc:
-            if attempt == 2:
-                raise
-            print(f"floor boot of {iso.name} stalled; booting it again: {exc}", file=sys.stderr)
-    raise AssertionError("unreachable")
+    try:
+        return _boot_once(spec, iso, marker, work / "try1", store)
+    except TimeoutError as exc:
+        print(f"floor boot of {iso.name} stalled; booting it again: {exc}", file=sys.stderr)
+    return _boot_once(spec, iso, marker, work / "try2", store)
+
+
+def _boot_once(
+    spec: VmSpec, iso: Path, marker: str, work: Path, store: Path
+) -> tuple[float, float, float]:
+    with bare_vm(spec, iso, work, store) as (start, clock):
+        seen, _ = clock.wait(marker, timeout=FLOOR_TIMEOUT_S)
+        kernel, _ = clock.first(BANNER)
+        loading, _ = clock.first(r"BdsDxe: starting")
+    return seen - start, seen - kernel, kernel - loading
 
 
 #: (a)'s total and (b)'s three numbers (measure_floor), one pair per edit.
