@@ -30,7 +30,7 @@ from tests.qemu_boot import demo_target_iso, repo_recipe
 from watcher.vm.firmware import find_firmware
 from watcher.vm.nvram import restore_template
 from watcher.vm.qemu import kvm_usable, qemu_argv
-from watcher.vm.qmp import QmpClient
+from watcher.vm.qmp import QmpClient, QmpError
 from watcher.vm.settle import capture
 from watcher.vm.spec import VmSpec
 from watcher.watch.lineclock import LineClock
@@ -102,10 +102,36 @@ def _boot_once(
     spec: VmSpec, iso: Path, marker: str, work: Path, store: Path
 ) -> tuple[float, float, float]:
     with bare_vm(spec, iso, work, store) as (start, clock):
-        seen, _ = clock.wait(marker, timeout=FLOOR_TIMEOUT_S)
+        try:
+            seen, _ = clock.wait(marker, timeout=FLOOR_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n{vcpu_state(work / 'qmp.sock')}") from exc
         kernel, _ = clock.first(BANNER)
         loading, _ = clock.first(r"BdsDxe: starting")
     return seen - start, seen - kernel, kernel - loading
+
+
+#: What ``info registers`` lines say where a vCPU is and whether it sleeps.
+VCPU_LINES = re.compile(r"^(CPU#\d+|RIP=|CR0=)")
+
+
+def vcpu_state(qmp_socket: Path) -> str:
+    """Where a stalled VM's vCPUs are, asked twice a second apart (QMP status, then each
+    vCPU's RIP, flags and HLT state from ``info registers -a``): a stall the guest caused
+    shows moving or halted vCPUs, a QEMU that hangs does not answer. For the record of a
+    stall (measure_floor's docstring), never for a number."""
+    said = []
+    try:
+        with QmpClient(qmp_socket, timeout=10.0) as qmp:
+            said.append(f"QEMU status: {qmp.execute('query-status')}")
+            for _ in range(2):
+                regs = str(qmp.execute("human-monitor-command",
+                                       {"command-line": "info registers -a"}))  # fmt: skip
+                said += [line for line in regs.splitlines() if VCPU_LINES.match(line)]
+                time.sleep(1.0)
+    except (OSError, QmpError) as exc:
+        said.append(f"QMP at {qmp_socket}: {exc}")
+    return "vCPUs:\n" + "\n".join(said)
 
 
 #: (a)'s total and (b)'s three numbers (measure_floor), one pair per edit.

@@ -68,7 +68,15 @@ sys.path.insert(0, str(REPO))
 
 import structlog  # noqa: E402
 
-from bench.boot_floors import BANNER, Floor, FloorBoots, floor_isos, paired_ratio, spread_row  # noqa: E402
+from bench.boot_floors import (  # noqa: E402
+    BANNER,
+    Floor,
+    FloorBoots,
+    floor_isos,
+    paired_ratio,
+    spread_row,
+    vcpu_state,
+)
 from bench.results import Row, add_report_options, emit  # noqa: E402
 from publisher.config import load_config  # noqa: E402
 from publisher.demodisk import TARGET_MARKER  # noqa: E402
@@ -115,7 +123,11 @@ def measure_edit(loop: LiveLoop, clock: LineClock, old: str, new: str) -> dict[s
     """One edit: its total and its stages (seconds), which add up to the total."""
     mark, seen = clock.size(), len(loop.log_events())
     t_edit = loop.edit(loop.plan, f'default_target = "{old}"', f'default_target = "{new}"')
-    t_up, _ = clock.wait(rf"{TARGET_MARKER} target={new}\b", since=mark, alive=loop.alive)
+    try:
+        t_up, _ = clock.wait(rf"{TARGET_MARKER} target={new}\b", since=mark, alive=loop.alive)
+    except TimeoutError as exc:  # the loop's QEMU, asked where its vCPUs are
+        state = vcpu_state(loop.root / ".cloudboot" / "vm" / "qmp.sock")
+        raise TimeoutError(f"{exc}\n{state}") from exc
     loop.wait_event(lambda e: e.get("event") == "run done", after=seen)
     events = loop.log_events()[seen:]
     vm = first_event(events, "vm stage done")
