@@ -21,9 +21,11 @@ import pytest
 
 from watcher.watch.reload import (
     STAGES,
+    QuietConsole,
     ReloadResult,
     ReloadStart,
     ReloadWatch,
+    format_quiet,
     format_result,
     verdict,
 )
@@ -54,6 +56,14 @@ FATAL_BOOT = [
 ]
 
 
+#: A plan edit whose target cannot boot: its kernel finds no init and no root.
+PANIC_BOOT = [
+    *BOOT[:13],
+    "[    2.101] Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)",
+    "[    2.102] ---[ end Kernel panic - not syncing: VFS: Unable to mount root fs ]---",
+]
+
+
 def play(path: Path, lines: list[str], gap: float = 0.15) -> threading.Thread:
     """The guest: append lines one at a time, as the serial chardev does."""
 
@@ -68,7 +78,14 @@ def play(path: Path, lines: list[str], gap: float = 0.15) -> threading.Thread:
     return thread
 
 
-def follow(tmp_path: Path, lines: list[str]) -> tuple[ReloadStart, ReloadResult, list[str]]:
+def follow(
+    tmp_path: Path,
+    lines: list[str],
+    *,
+    quiet: list[QuietConsole] | None = None,
+    timeout_s: float = 60,
+    quiet_s: float = 60,
+) -> tuple[ReloadStart, ReloadResult, list[str]]:
     serial = tmp_path / "serial.log"
     serial.write_bytes(b"an earlier session's boot\r\nCLOUDBOOT-TARGET-UP target=alpha\r\n")
     results: list[ReloadResult] = []
@@ -79,7 +96,9 @@ def follow(tmp_path: Path, lines: list[str]) -> tuple[ReloadStart, ReloadResult,
         results.append(result)
         done.set()
 
-    with ReloadWatch(serial, report, on_console=console.append, timeout_s=60) as watch:
+    on_quiet = quiet.append if quiet is not None else None
+    with ReloadWatch(serial, report, on_console=console.append, on_quiet=on_quiet,
+                     timeout_s=timeout_s, quiet_s=quiet_s) as watch:  # fmt: skip
         time.sleep(0.2)  # the follower has read to the end of the earlier session
         mark, restart_at = watch.mark(), time.time()
         start = ReloadStart(mark, restart_at - 0.5, restart_at, restart_at + 0.1, publish_s=0.2)
@@ -110,6 +129,42 @@ def test_a_fatal_guest_reports_the_line_and_its_hint(tmp_path: Path) -> None:
     assert result.hint is not None and "cloudboot sign" in result.hint
     text = format_result(result, 1)
     assert "guest FATAL" in text and "hint: sign it" in text
+
+
+def test_a_target_kernel_panic_ends_the_reload_at_once(tmp_path: Path) -> None:
+    """A valid plan edit whose target cannot boot: the panic line, not a 600 s wait."""
+    _, result, _ = follow(tmp_path, PANIC_BOOT)
+    assert (result.outcome, result.target) == ("panic", "beta")
+    assert result.fatal == "VFS: Unable to mount root fs on unknown-block(0,0)"
+    assert result.since_edit_s < 30
+    text = format_result(result, 4)
+    assert text.startswith("reload 4: kernel panic, ") and "Unable to mount root fs" in text
+    assert "hint: the target's kernel panicked" in text and "root=" in text
+
+
+def test_a_bootstrap_panic_points_at_the_recipe_not_the_plan() -> None:
+    lines = [(1.0, BOOT[0]), (2.0, "Kernel panic - not syncing: No working init found.")]
+    end = verdict(lines)
+    assert end is not None and (end.outcome, end.target) == ("panic", None)
+    assert end.hint is not None and "kernel/recipe.toml" in end.hint
+
+
+def test_a_stalled_boot_is_said_once_and_its_timeout_names_the_last_line(tmp_path: Path) -> None:
+    """The console stops mid-kernel (as a TCG boot once did): one notice after quiet_s
+    while the watch goes on, then a result that says where the console stopped."""
+    stalled = [*BOOT[:12], "[    1.094727] IP idents hash table entries: 16384"]
+    quiet: list[QuietConsole] = []
+    _, result, _ = follow(tmp_path, stalled, quiet=quiet, timeout_s=4.0, quiet_s=1.0)
+    assert len(quiet) == 1 and quiet[0].last_line == stalled[-1]
+    assert 1.0 <= quiet[0].quiet_s < 2.0
+    assert "quiet for 1 s after '[    1.094727] IP idents" in format_quiet(quiet[0])
+    assert result.outcome == "timeout" and result.last_line == stalled[-1]
+    assert result.quiet_s is not None and 1.0 < result.quiet_s < 4.0
+    text = format_result(result, 5)
+    assert text.startswith("reload 5: no target up ")
+    assert "the console has been quiet for" in text and "IP idents hash table" in text
+    kept = json.loads(json.dumps(result.to_json()))
+    assert kept["last_line"] == stalled[-1] and kept["quiet_s"] == round(result.quiet_s, 3)
 
 
 def test_an_older_target_marker_does_not_count_as_up() -> None:

@@ -23,12 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from publisher.canary import CanaryResult
+from watcher.watch.reload import PANIC
 
 STAGED = re.compile(r"cloud-boot: .*Boot0001.*reboot")  # the agent's last line
 HANDOVER = re.compile(r"BdsDxe: starting Boot0001")  # the firmware, not the agent's own lines
 KERNEL_UP = re.compile(r"Run /\S* as init process")
 DEFAULT_FAILURES = (
-    r"Kernel panic - not syncing",
+    PANIC.pattern,
     r"^FATAL: ",
     r"cloud-boot: .*FATAL",
     r"You are in emergency mode|Entering emergency mode|emergency shell",

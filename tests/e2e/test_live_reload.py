@@ -7,7 +7,10 @@ agent, cache disk, demo target disk, QEMU (OVMF, TCG). Then, as a user would:
    marker beta;
 3. a broken plan edit -> an error naming file:line:col, nothing published, no restart, the
    VM keeps running beta;
-4. a kernel/ cmdline edit -> a new boot.iso, restart, the new cmdline in the guest log.
+4. a kernel/ cmdline edit -> a new boot.iso, restart, the new cmdline in the guest log;
+5. a valid plan edit whose target cannot boot (no init, no root its kernel can mount) ->
+   `up` reports the target's kernel panic and its hint as soon as it happens, and keeps
+   running.
 Ctrl-C then stops the watcher, the VM and the registry.
 """
 
@@ -121,6 +124,20 @@ def test_edit_plan_and_kernel_live(tmp_path: Path, arch: str) -> None:
         # The registry still holds beta (the broken edit published nothing).
         loop.serial.wait_for(rf"{TARGET_UP} target=beta", since=mark, timeout=240)
         assert sha256(loop.iso) != iso_before
+
+        # 5. A target that panics: the result says so at once, not after the 600 s wait.
+        events = len(loop.log_events())
+        text = loop.plan.read_text()
+        broken = text.replace('default_target = "gamma"', 'default_target = "alpha"', 1).replace(
+            '"root=LABEL=cbtarget",', '"root=LABEL=cbtarget", "rdinit=/nonexistent",', 1
+        )  # step 3's file still names gamma; alpha's cmdline is the first in the file
+        edited = loop.edit(loop.plan, text, broken)
+        result = loop.wait_event(lambda e: e.get("event") == "reload", after=events, timeout=300)
+        assert result["outcome"] == "panic", result
+        assert "Unable to mount root fs" in result["fatal"], result
+        assert "target's kernel panicked" in result["hint"]
+        assert result["since_edit_s"] < time.time() - edited + 1
+        assert loop.alive()
         final_pid = loop.vm_pid()
 
     assert loop.exit_code == 0, loop.log_path.read_text()[-3000:]

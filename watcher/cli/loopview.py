@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:  # loaded by a command that runs the loop, not by every CLI start
-    from watcher.watch.reload import ReloadResult, ReloadWatch
+    from watcher.watch.reload import QuietConsole, ReloadResult, ReloadWatch
     from watcher.watch.status import StatusBook
 
 ConsoleOption = Annotated[
@@ -58,6 +58,19 @@ class LoopView:
         else:
             self._out(format_result(result, number))
 
+    def quiet(self, notice: QuietConsole) -> None:
+        """A reload's console went quiet (said once; the result comes later)."""
+        if not self.results:
+            return
+        from watcher.watch.reload import format_quiet
+
+        if self.json:
+            doc = {"event": "reload-quiet", "quiet_s": round(notice.quiet_s, 3),
+                   "last_line": notice.last_line}  # fmt: skip
+            self._out(json.dumps(doc))
+        else:
+            self._out(format_quiet(notice))
+
     def console_line(self, line: str) -> None:
         if self.json:
             self._out(json.dumps({"event": "console", "line": line}))
@@ -74,5 +87,5 @@ def loop_watch(status: StatusBook, serial_log: Path, view: LoopView) -> Iterator
         view.show(result, status.record_reload(result))
 
     on_console = view.console_line if view.console else None
-    with ReloadWatch(serial_log, report, on_console=on_console) as watch:
+    with ReloadWatch(serial_log, report, on_console=on_console, on_quiet=view.quiet) as watch:
         yield watch

@@ -1,8 +1,11 @@
 """What one reload did, read off the guest's serial console: the loop you can see.
 
 After the watcher restarts the VM it follows the console until the guest either reaches a
-target or dies with ``FATAL:``, then reports one result: which target came up (or the
-FATAL line and its hint), the time since the edit, and where that time went. The stage
+target, dies with ``FATAL:`` or its kernel panics, then reports one result: which target
+came up (or the FATAL or panic line and a hint), the time since the edit, and where that
+time went. A console that stays quiet is said once while the watch goes on (a guest that
+waits for input is quiet too), and a reload that never ends names the line the console
+stopped at. The stage
 split is the one bench/edit_to_target.py reports (it calls :func:`split_stages`), so the
 line `cloudboot up` prints and the bench's table are the same numbers.
 
@@ -31,6 +34,15 @@ STEP = re.compile(r"cloud-boot: \S+ step (\w+) ([\d.]+)s")
 CHOSEN = re.compile(r"cloud-boot: \S+ target '([^']+)'")
 STAGED = re.compile(r"Boot0001 = cloud-boot (\S+?);")
 FATAL = re.compile(r"^FATAL: (.*)")
+#: The kernel's last words: panic() prints this and the machine stops (or reboots into
+#: the same panic, with panic=N). The bootstrap's kernel before Boot0001, else the target's.
+PANIC = re.compile(r"Kernel panic - not syncing: (.*)")
+PANIC_HINTS = {
+    False: "the bootstrap kernel panicked before the agent staged anything: check "
+    "kernel/recipe.toml (cmdline, modules) and `cloudboot vm console` for the lines before it",
+    True: "the target's kernel panicked: check the target's cmdline (root=, init=) and "
+    "initrd in the plan, and `cloudboot vm console` for the lines before it",
+}
 HINT = re.compile(r"^hint: (.*)")
 #: The kernel's own last line before a reboot; else the agent's last word before reboot(2).
 REBOOTED = re.compile(r"reboot: Restarting system|kexec_core: Starting new kernel")
@@ -102,7 +114,7 @@ def host_stages(
     return {"watcher": t_restart - t_edit, "vm": t_vm_done - t_restart, "boot": t_up - t_vm_done}
 
 
-Outcome = Literal["up", "fatal", "timeout"]
+Outcome = Literal["up", "fatal", "panic", "timeout"]
 
 
 @dataclass(frozen=True)
@@ -114,6 +126,8 @@ class Verdict:
     target: str | None = None
     fatal: str | None = None
     hint: str | None = None
+    last_line: str | None = None  # timeout: where the console stopped
+    quiet_s: float | None = None  # timeout: for how long
 
 
 #: How long a FATAL line waits for its ``hint:`` line (the guest writes them back to back).
@@ -130,6 +144,8 @@ def verdict(lines: Lines, now: float | None = None, staged: str | None = None) -
             chosen = match.group(1)
         elif match := STAGED.search(text):
             staged = match.group(1)
+        elif match := PANIC.search(text):
+            return Verdict("panic", seen, staged, match.group(1), PANIC_HINTS[staged is not None])
         elif match := FATAL.search(text):
             if i + 1 == len(lines) and now is not None and now - seen < HINT_GRACE_S:
                 return None
@@ -139,6 +155,13 @@ def verdict(lines: Lines, now: float | None = None, staged: str | None = None) -
         elif staged is not None and (match := TARGET_UP.search(text)):
             return Verdict("up", seen, match.group(1) or staged)
     return None
+
+
+def timed_out(lines: Lines, now: float, since: float) -> Verdict:
+    """A reload that did not end: the last console line and how long it has stood
+    (``since``: the VM's restart, when the console printed nothing at all)."""
+    seen, text = lines[-1] if lines else (since, None)
+    return Verdict("timeout", now, last_line=text, quiet_s=now - seen)
 
 
 @dataclass(frozen=True)
@@ -167,12 +190,14 @@ class ReloadResult:
     stages: Mapping[str, float] = field(default_factory=dict)
     fatal: str | None = None
     hint: str | None = None
+    last_line: str | None = None
+    quiet_s: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
         doc["stages"] = {k: round(v, 3) for k, v in self.stages.items()}
-        for key in ("since_edit_s", "publish_s", "build_s"):
-            doc[key] = round(doc[key], 3)
+        for key in ("since_edit_s", "publish_s", "build_s", "quiet_s"):
+            doc[key] = None if doc[key] is None else round(doc[key], 3)
         return doc
 
 
@@ -189,7 +214,8 @@ def result_for(start: ReloadStart, lines: Lines, end: Verdict) -> ReloadResult:
         except LookupError:
             stages = {}  # a quiet agent (cloudboot.quiet): the total still holds
     return ReloadResult(end.outcome, end.target, end.at - start.edited_at, end.at,
-                        start.publish_s, start.build_s, stages, end.fatal, end.hint)  # fmt: skip
+                        start.publish_s, start.build_s, stages, end.fatal, end.hint,
+                        end.last_line, end.quiet_s)  # fmt: skip
 
 
 def format_result(result: ReloadResult, number: int | None = None) -> str:
@@ -205,17 +231,42 @@ def format_result(result: ReloadResult, number: int | None = None) -> str:
     tail = f" [{', '.join(parts)} s]" if parts else ""
     if result.outcome == "up":
         return f"{head}target {result.target} up, {took}{tail}"
-    if result.outcome == "fatal":
-        line = f"{head}guest FATAL, {took}: {result.fatal}"
+    if result.outcome in ("fatal", "panic"):
+        what = "guest FATAL" if result.outcome == "fatal" else "kernel panic"
+        line = f"{head}{what}, {took}: {result.fatal}"
         return line + (f"\n  hint: {result.hint}" if result.hint else "")
-    return f"{head}no target up {took} (see `cloudboot vm console`){tail}"
+    stopped = ""
+    if result.last_line is not None and result.quiet_s is not None:
+        stopped = (
+            f"; the console has been quiet for {result.quiet_s:.0f} s after: {result.last_line!r}"
+        )
+    return f"{head}no target up {took}{stopped} (see `cloudboot vm console`){tail}"
+
+
+@dataclass(frozen=True)
+class QuietConsole:
+    """A reload whose console has printed nothing for a while; the watch goes on."""
+
+    quiet_s: float
+    last_line: str | None  # None: nothing since the restart
+
+
+def format_quiet(notice: QuietConsole) -> str:
+    after = repr(notice.last_line) if notice.last_line is not None else "the VM restart"
+    return (
+        f"reload: the console has been quiet for {notice.quiet_s:.0f} s after {after};"
+        " still waiting (a guest that waits for input is quiet too; the next edit or"
+        " `cloudboot vm restart --reset-nvram` starts over)"
+    )
 
 
 class ReloadWatch:
     """Follows the serial console; after each ``begin`` reports one :class:`ReloadResult`.
 
     A newer ``begin`` (the next edit restarted the VM) supersedes the pending one, which
-    reports nothing. ``on_console`` sees every console line (``--console``).
+    reports nothing. ``on_console`` sees every console line (``--console``);
+    ``on_quiet`` hears once per reload when the console has printed nothing for
+    ``quiet_s`` (a stalled boot says so long before ``timeout_s``).
     """
 
     def __init__(
@@ -224,11 +275,15 @@ class ReloadWatch:
         report: Callable[[ReloadResult], None],
         *,
         on_console: Callable[[str], None] | None = None,
+        on_quiet: Callable[[QuietConsole], None] | None = None,
         timeout_s: float = 600.0,
+        quiet_s: float = 60.0,
     ) -> None:
         self.clock = LineClock(serial_log, on_line=on_console, poll_s=0.05, from_end=True)
         self.report = report
+        self.on_quiet = on_quiet
         self.timeout_s = timeout_s
+        self.quiet_s = quiet_s
         self._generation = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -264,12 +319,17 @@ class ReloadWatch:
 
     def _follow(self, start: ReloadStart, generation: int) -> None:
         deadline = time.monotonic() + self.timeout_s
+        quiet_said = False
         while self._current(generation):
-            lines = self.clock.lines(start.mark)
-            end = verdict(lines, time.time(), start.host_target)
+            lines, now = self.clock.lines(start.mark), time.time()
+            end = verdict(lines, now, start.host_target)
             if end is None and time.monotonic() >= deadline:
-                end = Verdict("timeout", time.time())
+                end = timed_out(lines, now, start.restarted_at)
             if end is not None:
                 self.report(result_for(start, lines, end))
                 return
+            last_seen = lines[-1][0] if lines else start.restarted_at
+            if not quiet_said and self.on_quiet is not None and now - last_seen >= self.quiet_s:
+                quiet_said = True
+                self.on_quiet(QuietConsole(now - last_seen, lines[-1][1] if lines else None))
             self._stop.wait(0.1)
