@@ -119,12 +119,17 @@ def first_event(events: list[dict[str, Any]], name: str) -> dict[str, Any]:
     raise SystemExit(f"no {name!r} in the watcher's log after the edit")
 
 
+#: An edit reaches its target in ~10-20 s under TCG; one that has not in 120 s stalled.
+EDIT_TIMEOUT_S = 120.0
+
+
 def measure_edit(loop: LiveLoop, clock: LineClock, old: str, new: str) -> dict[str, float]:
     """One edit: its total and its stages (seconds), which add up to the total."""
     mark, seen = clock.size(), len(loop.log_events())
     t_edit = loop.edit(loop.plan, f'default_target = "{old}"', f'default_target = "{new}"')
     try:
-        t_up, _ = clock.wait(rf"{TARGET_MARKER} target={new}\b", since=mark, alive=loop.alive)
+        t_up, _ = clock.wait(rf"{TARGET_MARKER} target={new}\b", since=mark,
+                             timeout=EDIT_TIMEOUT_S, alive=loop.alive)  # fmt: skip
     except TimeoutError as exc:  # the loop's QEMU, asked where its vCPUs are
         state = vcpu_state(loop.root / ".cloudboot" / "vm" / "qmp.sock")
         raise TimeoutError(f"{exc}\n{state}") from exc
@@ -171,6 +176,20 @@ def kexec_split(lines: list[tuple[float, str]], t_up: float) -> dict[str, float]
             KEXEC_STAGES[2]: t_up - t_banner}  # fmt: skip
 
 
+def measure_edit_again_once(
+    loop: LiveLoop, clock: LineClock, old: str, new: str
+) -> dict[str, float]:
+    """An edit whose boot stalled (a target boot under TCG has stopped mid-kernel for
+    good, 2026-11-27; measure_floor says more) is edited back, unmeasured, and measured
+    once more, against the floors booted before the stalled try; said on stderr."""
+    try:
+        return measure_edit(loop, clock, old, new)
+    except TimeoutError as exc:
+        print(f"edit {old} -> {new} stalled; back to {old}, then again: {exc}", file=sys.stderr)
+    measure_edit(loop, clock, new, old)
+    return measure_edit(loop, clock, old, new)
+
+
 def measure_kernel_edit(loop: LiveLoop, clock: LineClock, target: str, n: int) -> dict[str, float]:
     """One kernel/recipe.toml cmdline edit: edit -> the rebuilt boot.iso's agent boots the
     (unchanged) default target, and what the boot.iso rebuild took of it."""
@@ -207,7 +226,7 @@ def run_loop(
             new = "beta" if current == "alpha" else "alpha"
             if before_edit is not None:
                 before_edit()
-            runs.append(measure_edit(loop, clock, current, new))
+            runs.append(measure_edit_again_once(loop, clock, current, new))
             current = new
         kernel_runs = [measure_kernel_edit(loop, clock, current, n) for n in range(kernel_edits)]
     return t_first - started, runs, kernel_runs

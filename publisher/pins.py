@@ -8,9 +8,10 @@ version. The plan's bytes stay the user's: upstream guests still read the plan, 
 cosign still verifies the signature.
 
 Tags that cannot be resolved now (a registry the host cannot reach, a tag not pushed
-yet, a ref that depends on ``meta.*`` or LLDP at boot) stay unpinned and are logged; a
-guest under ``cloudboot.cosign=enforce`` then boots such an artifact only if it carries
-its own signature by the same key.
+yet, a ref that depends on ``meta.*`` or LLDP at boot) stay unpinned and are logged, once
+per plan with the refs grouped by why (the example plans name ten tags on a registry that
+does not exist: one warning, not ten); a guest under ``cloudboot.cosign=enforce`` then
+boots such an artifact only if it carries its own signature by the same key.
 """
 
 from __future__ import annotations
@@ -86,17 +87,19 @@ def host_view(ref: Ref) -> Ref:
     return ref
 
 
-def resolve_tag(client: RegistryClient, ref: Ref) -> str | None:
-    """The digest ``ref``'s tag points at now (hashed here, not a header), or None."""
+#: A tag lookup's answer: the digest, or why there is none.
+Lookup = tuple[str | None, str | None]
+
+
+def resolve_tag(client: RegistryClient, ref: Ref) -> Lookup:
+    """The digest ``ref``'s tag points at now (hashed here, not a header), or why not."""
     try:
         found = client.find_manifest(host_view(ref))
     except (CloudbootError, requests.RequestException) as exc:
-        log.warning("tag not pinned: cannot resolve it", ref=str(ref), error=str(exc))
-        return None
+        return None, f"cannot resolve it: {exc}"
     if found is None:
-        log.warning("tag not pinned: no such manifest yet", ref=str(ref))
-        return None
-    return found[2]
+        return None, "no such manifest yet"
+    return found[2], None
 
 
 class TagLookups:
@@ -108,10 +111,10 @@ class TagLookups:
     """
 
     def __init__(self) -> None:
-        self._found: dict[str, Future[str | None]] = {}
+        self._found: dict[str, Future[Lookup]] = {}
         self._lock = threading.Lock()
 
-    def lookup(self, client: RegistryClient, ref_text: str) -> Future[str | None]:
+    def lookup(self, client: RegistryClient, ref_text: str) -> Future[Lookup]:
         """The (shared) lookup of ``ref_text``, started on ``client``'s pool if new."""
         with self._lock:
             known = self._found.get(ref_text)
@@ -125,36 +128,49 @@ class TagLookups:
             return future
 
 
-def _resolve_text(client: RegistryClient, ref_text: str) -> str | None:
+def _resolve_text(client: RegistryClient, ref_text: str) -> Lookup:
     try:
         ref = parse_ref(ref_text)
     except CloudbootError as exc:  # a remembered ref that no longer parses: no pin
-        log.warning("tag not pinned: not a ref", ref=ref_text, error=str(exc))
-        return None
+        return None, f"not a ref: {exc}"
     return resolve_tag(client, ref)
 
 
 def resolve_pins(
-    client: RegistryClient, refs: Iterable[Ref | str], lookups: TagLookups | None = None
+    client: RegistryClient,
+    refs: Iterable[Ref | str],
+    lookups: TagLookups | None = None,
+    plan: str = "",
 ) -> dict[str, str]:
     """``{ref as the plan names it: digest}`` for every ref that resolves (in parallel).
 
     One attempt each, on a client sharing ``client``'s session and credentials; with
     ``lookups``, a tag another plan of the run already asked about is not asked again.
+    The refs that do not resolve are one warning for the ``plan``, grouped by why.
     """
     wanted = [str(ref) for ref in refs]
     if not wanted:
         return {}
     runs = lookups or TagLookups()
-    futures = [(ref, runs.lookup(client, ref)) for ref in wanted]
-    pins = {ref: digest for ref, f in futures if (digest := f.result()) is not None}
+    answers = [(ref, runs.lookup(client, ref).result()) for ref in wanted]
+    pins = {ref: digest for ref, (digest, _) in answers if digest is not None}
     if pins:
-        log.info("tags pinned in the signature", pins=pins)
+        log.info("tags pinned in the signature", plan=plan, pins=pins)
+    missed: dict[str, list[str]] = {}
+    for ref, (digest, why) in answers:
+        if digest is None:
+            missed.setdefault(why or "unknown", []).append(ref)
+    if missed:
+        log.warning(
+            "tags not pinned: a guest under cloudboot.cosign=enforce boots them only"
+            " with their own signature", plan=plan, count=sum(map(len, missed.values())),
+            why=missed,
+        )  # fmt: skip
     return pins
 
 
 def plan_pins(client: RegistryClient, text: str, source: str) -> dict[str, str]:
-    return resolve_pins(client, plan_refs(text, source))
+    return resolve_pins(client, plan_refs(text, source), plan=source)
 
 
 def next_version(existing: Iterable[cosign.SignedPayload], now_ms: int | None = None) -> int:

@@ -330,7 +330,7 @@ def prepare_plan(
     pins: dict[str, str] = {}
     if key is not None:
         refs = plan.pin_refs if plan.pin_refs is not None else pin_refs(plan.data, str(plan.path))
-        pins = resolve_pins(client, refs, lookups)
+        pins = resolve_pins(client, refs, lookups, plan=title)
     return prepare(client, ref, bytes(manifest), manifest.media_type, blobs, key, pins, seen)
 
 

@@ -14,11 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from guest.contract import cosign, oci
 from publisher.annotations import git_source, source_annotations, strip_userinfo
 from publisher.localregistry import RunningRegistry
-from publisher.pins import host_view, plan_refs
+from publisher.pins import host_view, plan_refs, resolve_pins
 from publisher.push import publish_plan, push_artifact
 from publisher.registry import RegistryClient
 from publisher.run import run
@@ -57,6 +58,26 @@ target "s" {{
   subplan = "{guest_registry}/plans/sub"
 }}
 """
+
+
+def test_tags_that_do_not_resolve_are_one_warning_per_plan_grouped_by_why(
+    registry: RunningRegistry, tmp_path: Path
+) -> None:
+    """The example plans name ten tags on a registry that does not exist: a user starting
+    `up` gets one line per plan, not one per tag, and still sees every ref and why."""
+    amd = _artifact(tmp_path, registry, "kernels/amd:1", "amd64", b"amd kernel")
+    refs = [f"{registry.address}/kernels/amd:1", f"{registry.address}/kernels/gone:1",
+            "registry.invalid:5000/boot/a:1", "registry.invalid:5000/boot/b:2"]  # fmt: skip
+    with capture_logs() as logs:
+        pins = resolve_pins(RegistryClient(), refs, plan="menu.hcl")
+    assert pins == {refs[0]: amd}
+    (warning,) = [e for e in logs if e["log_level"] == "warning"]
+    assert warning["plan"] == "menu.hcl" and warning["count"] == 3
+    assert "cosign=enforce" in warning["event"]
+    why = warning["why"]
+    assert why["no such manifest yet"] == [refs[1]]
+    (unreachable,) = [reason for reason in why if "registry.invalid" in reason]
+    assert why[unreachable] == refs[2:] and unreachable.startswith("cannot resolve it: ")
 
 
 def _signed(registry: RunningRegistry, key: SigningKey, digest: str) -> list[cosign.SignedPayload]:
