@@ -80,9 +80,16 @@ def settled_store(spec: VmSpec, iso: Path, work: Path) -> Path:
         return capture(work / "nvram.fd", work / "qmp.sock", "floor")
 
 
-#: A floor boot takes ~10 s under TCG. One in tens of them has stalled in the stock
-#: kernel's early boot (2026-11-27: the demo target's kernel, 1.1 s into its boot, nothing
-#: more for 300 s); that boot is dropped and booted again, once, and said on stderr.
+#: A floor boot takes ~10 s under TCG. About one boot in a hundred (four in bench runs of
+#: 2026-11-27, none in 240 boots outside them) stalls for good ~1 s into the stock
+#: kernel's boot, right after "clocksource: Switched to clocksource hpet". The one caught
+#: with vcpu_state: both vCPUs running with interrupts off, vCPU 0 at a static-key NOP in
+#: hrtimer_start_range_ns (the same RIP a second apart), vCPU 1 in the int3 trap path
+#: (asm_exc_int3, ct_nmi_exit): the kernel patching its own text (text_poke_bp) while
+#: the other vCPU runs it, which QEMU 7.2's multi-threaded TCG apparently never lets
+#: finish. ``-accel tcg,thread=single`` would avoid that race but cost the agent's boot
+#: 0.5 s (7.8 -> 8.3 s to python ready, 3 boots each), so the stalled boot is dropped and
+#: booted again, once, and said on stderr.
 FLOOR_TIMEOUT_S = 90.0
 
 
