@@ -5,9 +5,9 @@ target, dies with ``FATAL:`` or its kernel panics, then reports one result: whic
 came up (or the FATAL or panic line and a hint), the time since the edit, and where that
 time went. A console that stays quiet is said once while the watch goes on (a guest that
 waits for input is quiet too), and a reload that never ends names the line the console
-stopped at. The stage
-split is the one bench/edit_to_target.py reports (it calls :func:`split_stages`), so the
-line `cloudboot up` prints and the bench's table are the same numbers.
+stopped at. The stage split is the one bench/edit_to_target.py reports (it calls
+:func:`split_stages`), so the line `cloudboot up` prints and the bench's table are the
+same numbers.
 
 The console carries no host timestamps: :class:`~watcher.watch.lineclock.LineClock`
 dates each line when it first appears. Parsing is pure (timed lines in, result out);
