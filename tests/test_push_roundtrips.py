@@ -27,7 +27,9 @@ from publisher.sigtag import existing_signatures
 from tests.faulty_proxy import watch_tag
 from tests.helpers import wait_for
 
-PLAN = 'default_target = "a"\ntarget "a" {{\n  kernel = "127.0.0.1:5000/k:{n}"\n}}\n'
+#: Its kernel tag is on a port nothing listens on (1), so the pin lookup is refused at once
+#: and sends nothing: a developer's own `up` registry on 5000 must not count here.
+PLAN = 'default_target = "a"\ntarget "a" {{\n  kernel = "127.0.0.1:1/k:{n}"\n}}\n'
 
 
 def new_key() -> tuple[SigningKey, bytes]:
