@@ -6,7 +6,9 @@ agent, cache disk, demo target disk, QEMU (OVMF, TCG). Then, as a user would:
 2. edit default_target to beta -> signed, published, VM restarted with a cleared NVRAM ->
    marker beta;
 3. a broken plan edit -> an error naming file:line:col, nothing published, no restart, the
-   VM keeps running beta;
+   VM keeps running beta; `cloudboot vm restart --reset-nvram` from a second terminal
+   (what the quiet-console notice suggests) boots beta again: the same VM `up` boots,
+   its demo target disk and its firmware's settled store included;
 4. a kernel/ cmdline edit -> a new boot.iso, restart, the new cmdline in the guest log;
 5. a valid plan edit whose target cannot boot (no init, no root its kernel can mount) ->
    `up` reports the target's kernel panic and its hint as soon as it happens, and keeps
@@ -18,12 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import TARGET_UP, LiveLoop
+from tests.e2e.harness import CLOUDBOOT, TARGET_UP, LiveLoop
 from watcher.watch.reload import STAGES as RELOAD_STAGES
 
 pytestmark = [
@@ -113,6 +116,14 @@ def test_edit_plan_and_kernel_live(tmp_path: Path, arch: str) -> None:
         status = json.loads((loop.root / ".cloudboot/status.json").read_text())
         assert status["plans"]["default.hcl"]["digest"] == digest_before
         assert "gamma" in status["plans"]["default.hcl"]["last_error"]
+        mark, events = loop.serial.mark(), len(loop.log_events())
+        restart = [CLOUDBOOT, "-C", str(loop.root), "vm", "restart", "--reset-nvram"]
+        done = subprocess.run(restart, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        loop.serial.wait_for(rf"{TARGET_UP} target=beta", since=mark, timeout=240,
+                             alive=loop.alive)  # fmt: skip
+        assert "FATAL" not in loop.serial.text(mark)
+        assert loop.alive() and loop.vm_pid() != pid
 
         # 4. A kernel/ edit: new boot.iso, restart, the new cmdline in the guest.
         iso_before = sha256(loop.iso)

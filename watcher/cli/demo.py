@@ -91,6 +91,18 @@ def attach_demo_disk(
     return dataclasses.replace(config, vm=dataclasses.replace(config.vm, disks=[disk.path])), disk
 
 
+def demo_disk_if_made(config: Config) -> Config:
+    """The VM `up` boots, for the commands that start it again (`vm up`, `vm restart`,
+    `watch`): the demo target disk attached when the config names no disk of its own and
+    `up` has made it. Without it a restarted demo VM lost its target disk (the agent:
+    FATAL, no device matches LABEL=cbtarget) and the firmware's settled store, which is
+    keyed by the argv."""
+    if config.vm.disks or not demo_disk_path(config).exists():
+        return config
+    vm = dataclasses.replace(config.vm, disks=[demo_disk_path(config)])
+    return dataclasses.replace(config, vm=vm)
+
+
 def with_demo_disk(config: Config, enabled: bool, debs: DebCache | None = None) -> Config:
     """Attach the demo target disk when the workspace names no chained-distro disk.
 

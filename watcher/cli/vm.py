@@ -37,9 +37,10 @@ TimeoutOption = Annotated[
 
 
 def _backend(ctx: typer.Context) -> VmBackend:
+    from watcher.cli.demo import demo_disk_if_made
     from watcher.vm import VmSpec, open_backend
 
-    return open_backend(VmSpec.from_config(state(ctx).config))
+    return open_backend(VmSpec.from_config(demo_disk_if_made(state(ctx).config)))
 
 
 def _format_status(st: VmStatus) -> str:

@@ -57,10 +57,11 @@ def watch(
     """Watch plans/ and kernel/; publish, rebuild and restart the VM on every change.
 
     On a terminal (or with --log-format json) each reload ends in one result line."""
+    from watcher.cli.demo import demo_disk_if_made
     from watcher.watch.adapters import vm_stage_for
 
     cli = state(ctx)
-    config = cli.config
+    config = demo_disk_if_made(cli.config) if vm else cli.config
     run_daemon(
         config,
         vm_stage=vm_stage_for(config) if vm else None,
