@@ -88,7 +88,11 @@ def attach_demo_disk(
     from publisher.demodisk import ensure_demo_disk
 
     disk = ensure_demo_disk(demo_disk_path(config), config.vm_arch(), cache=debs)
-    return dataclasses.replace(config, vm=dataclasses.replace(config.vm, disks=[disk.path])), disk
+    return _with_disk(config, disk.path), disk
+
+
+def _with_disk(config: Config, disk: Path) -> Config:
+    return dataclasses.replace(config, vm=dataclasses.replace(config.vm, disks=[disk]))
 
 
 def demo_disk_if_made(config: Config) -> Config:
@@ -99,8 +103,7 @@ def demo_disk_if_made(config: Config) -> Config:
     keyed by the argv."""
     if config.vm.disks or not demo_disk_path(config).exists():
         return config
-    vm = dataclasses.replace(config.vm, disks=[demo_disk_path(config)])
-    return dataclasses.replace(config, vm=vm)
+    return _with_disk(config, demo_disk_path(config))
 
 
 def with_demo_disk(config: Config, enabled: bool, debs: DebCache | None = None) -> Config:

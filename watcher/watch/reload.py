@@ -157,11 +157,29 @@ def verdict(lines: Lines, now: float | None = None, staged: str | None = None) -
     return None
 
 
+@dataclass(frozen=True)
+class QuietConsole:
+    """A reload whose console has printed nothing for a while; the watch goes on."""
+
+    quiet_s: float
+    last_line: str | None  # None: nothing since the restart
+
+    @classmethod
+    def of(cls, lines: Lines, now: float, since: float) -> QuietConsole:
+        """The last console line and how long it has stood (``since``: the VM's restart,
+        when the console printed nothing at all)."""
+        seen, text = lines[-1] if lines else (since, None)
+        return cls(now - seen, text)
+
+    def described(self) -> str:
+        after = repr(self.last_line) if self.last_line is not None else "the VM restart"
+        return f"the console has been quiet for {self.quiet_s:.0f} s after {after}"
+
+
 def timed_out(lines: Lines, now: float, since: float) -> Verdict:
-    """A reload that did not end: the last console line and how long it has stood
-    (``since``: the VM's restart, when the console printed nothing at all)."""
-    seen, text = lines[-1] if lines else (since, None)
-    return Verdict("timeout", now, last_line=text, quiet_s=now - seen)
+    """A reload that did not end, with where its console stopped."""
+    quiet = QuietConsole.of(lines, now, since)
+    return Verdict("timeout", now, last_line=quiet.last_line, quiet_s=quiet.quiet_s)
 
 
 @dataclass(frozen=True)
@@ -236,27 +254,15 @@ def format_result(result: ReloadResult, number: int | None = None) -> str:
         line = f"{head}{what}, {took}: {result.fatal}"
         return line + (f"\n  hint: {result.hint}" if result.hint else "")
     stopped = ""
-    if result.last_line is not None and result.quiet_s is not None:
-        stopped = (
-            f"; the console has been quiet for {result.quiet_s:.0f} s after: {result.last_line!r}"
-        )
+    if result.quiet_s is not None:
+        stopped = "; " + QuietConsole(result.quiet_s, result.last_line).described()
     return f"{head}no target up {took}{stopped} (see `cloudboot vm console`){tail}"
 
 
-@dataclass(frozen=True)
-class QuietConsole:
-    """A reload whose console has printed nothing for a while; the watch goes on."""
-
-    quiet_s: float
-    last_line: str | None  # None: nothing since the restart
-
-
 def format_quiet(notice: QuietConsole) -> str:
-    after = repr(notice.last_line) if notice.last_line is not None else "the VM restart"
     return (
-        f"reload: the console has been quiet for {notice.quiet_s:.0f} s after {after};"
-        " still waiting (a guest that waits for input is quiet too; the next edit or"
-        " `cloudboot vm restart --reset-nvram` starts over)"
+        f"reload: {notice.described()}; still waiting (a guest that waits for input is"
+        " quiet too; the next edit or `cloudboot vm restart --reset-nvram` starts over)"
     )
 
 
@@ -328,8 +334,8 @@ class ReloadWatch:
             if end is not None:
                 self.report(result_for(start, lines, end))
                 return
-            last_seen = lines[-1][0] if lines else start.restarted_at
-            if not quiet_said and self.on_quiet is not None and now - last_seen >= self.quiet_s:
+            quiet = QuietConsole.of(lines, now, start.restarted_at)
+            if not quiet_said and self.on_quiet is not None and quiet.quiet_s >= self.quiet_s:
                 quiet_said = True
-                self.on_quiet(QuietConsole(now - last_seen, lines[-1][1] if lines else None))
+                self.on_quiet(quiet)
             self._stop.wait(0.1)
