@@ -26,6 +26,11 @@ from watcher.vm.spec import VmSpec
 
 MACHINE = {Arch.X86_64: "q35", Arch.AARCH64: "virt"}
 #: TCG CPU models: cortex-a72 avoids emulating pointer authentication (docs/wire-formats.md §7).
+#: x86_64 keeps QEMU's default (qemu64): with ``-cpu max`` the agent's boot from the kernel
+#: banner to python ready took 4.9-6.3 s against 4.1-4.5 s (three boots each, 2026-11-27;
+#: likely because max advertises ERMS, so the guest copies and clears memory with
+#: ``rep movsb``/``stosb``, which TCG runs one byte per iteration), and ``Nehalem`` was no
+#: faster (3.9-5.1 s).
 TCG_CPU = {Arch.X86_64: None, Arch.AARCH64: "cortex-a72"}
 DISPLAY_DEVICE = {Arch.X86_64: "VGA", Arch.AARCH64: "virtio-gpu-pci"}
 
