@@ -200,7 +200,7 @@ def load_key_file(path: Path) -> SigningKey:
         except OSError as exc:
             raise KeyFileError(f"cannot read key: {exc.strerror}", where=str(path)) from None
         if key is None:
-            password = read_password() if is_encrypted(data) else None
+            password = read_password(key=path) if is_encrypted(data) else None
             key = _loaded[identity] = parse_private_key(data, password, source=str(path))
     return key
 
@@ -243,13 +243,19 @@ def sign_blob(key: SigningKey, data: bytes) -> str:
     return base64.b64encode(sign(key, data)).decode()
 
 
-def read_password(*, confirm: bool = False, env: Mapping[str, str] | None = None) -> bytes:
-    """``$COSIGN_PASSWORD`` if set (empty allowed, as cosign), else ask on the terminal."""
+def read_password(
+    *, confirm: bool = False, env: Mapping[str, str] | None = None, key: Path | None = None
+) -> bytes:
+    """``$COSIGN_PASSWORD`` if set (empty allowed, as cosign), else ask on the terminal;
+    ``key`` is the file the password is for, named when there is no terminal to ask on."""
     env = os.environ if env is None else env
     if PASSWORD_ENV in env:
         return env[PASSWORD_ENV].encode()
     if not sys.stdin.isatty():
-        raise KeyFileError(f"no terminal to ask for the key password: set ${PASSWORD_ENV}")
+        raise KeyFileError(
+            f"no terminal to ask for the key password: set ${PASSWORD_ENV}",
+            where=None if key is None else str(key),
+        )
     first = getpass.getpass("Enter password for private key: ")
     if confirm and getpass.getpass("Enter password for private key again: ") != first:
         raise KeyFileError("passwords do not match")

@@ -9,6 +9,7 @@ shows the kept results through the CLI.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -29,7 +30,7 @@ from watcher.watch.reload import (
     format_result,
     verdict,
 )
-from watcher.watch.status import StatusBook
+from watcher.watch.status import StatusBook, reload_from_json
 
 CLOUDBOOT = Path(sys.executable).parent / "cloudboot"
 
@@ -203,3 +204,20 @@ def test_status_shows_the_last_reloads_through_the_cli(tmp_path: Path) -> None:
                                     env=env, check=True).stdout)  # fmt: skip
     assert [r["number"] for r in doc["reloads"]] == list(range(3, 13))
     assert doc["reloads"][-1]["hint"] == "push it"
+
+
+def test_ups_first_boot_is_timed_from_up_not_from_an_edit(tmp_path: Path) -> None:
+    """`up`'s first boot has no edit behind it: it says so, its first stage is the set-up
+    (key, registry, publish, build), and `status` reads it back the same way."""
+    first = ReloadResult("up", "alpha", 20.2, time.time(), 0.3, 0.0,
+                         {"watcher": 2.6, "vm": 0.1, "target": 6.9}, first=True)  # fmt: skip
+    line = format_result(first, 1)
+    assert line.startswith("reload 1: target alpha up, 20.2 s after `up` started [")
+    assert "setup 2.6" in line and "watcher" not in line
+    later = format_result(dataclasses.replace(first, first=False), 2)
+    assert "after the edit [publish 0.3, watcher 2.6" in later
+    book = StatusBook(tmp_path / "status.json", watching=["plans/"])
+    book.record_reload(first)
+    book.flush()
+    kept = json.loads((tmp_path / "status.json").read_text())["reloads"][-1]
+    assert kept["first"] is True and "`up` started" in format_result(reload_from_json(kept), 1)

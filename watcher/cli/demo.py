@@ -39,12 +39,16 @@ def ensure_signing_key(config: Config) -> None:
 
     Without $COSIGN_PASSWORD the demo key gets an empty password (as `cosign
     generate-key-pair` allows); say so, because a real key deserves a real password.
+    The next `up` without $COSIGN_PASSWORD then opens that key with the empty password
+    instead of asking for one the user never chose (or, with no terminal, failing).
     """
     import structlog
 
     from publisher.signing import PASSWORD_ENV, write_key_pair
 
     if config.signing.key.is_file():
+        if PASSWORD_ENV not in os.environ:
+            _use_empty_password(config.signing.key)
         return
     if PASSWORD_ENV not in os.environ:
         structlog.get_logger(__name__).warning(
@@ -54,6 +58,24 @@ def ensure_signing_key(config: Config) -> None:
         os.environ[PASSWORD_ENV] = ""
     write_key_pair(config.signing.key, config.signing.public_key, os.environ[PASSWORD_ENV].encode())
     typer.echo(f"created signing key {config.signing.key} and {config.signing.public_key}")
+
+
+def _use_empty_password(key: Path) -> None:
+    """Open ``key`` with the empty password when that works (a key `up` made without
+    $COSIGN_PASSWORD); it stays loaded for the publish, the boot.iso signature and the
+    watcher. Any other key is left to the usual prompt or error."""
+    from publisher.signing import PASSWORD_ENV, KeyFileError, is_encrypted, load_key_file
+
+    try:
+        if not is_encrypted(key.read_bytes()):
+            return
+    except OSError:
+        return  # the loader says what is wrong with the file
+    os.environ[PASSWORD_ENV] = ""
+    try:
+        load_key_file(key)
+    except KeyFileError:
+        del os.environ[PASSWORD_ENV]
 
 
 def start_registry(config: Config, stack: contextlib.ExitStack) -> None:
@@ -190,7 +212,7 @@ def up(
                 follow = "" if console else " (follow it with --console or `cloudboot vm console`)"
                 typer.echo(f"vm: serial log {backend.spec.serial_log}{follow}")
                 # The first boot reports like a reload, timed from `up` itself.
-                watch.begin(ReloadStart(mark, began, t_start, time.time(), publish_s))
+                watch.begin(ReloadStart(mark, began, t_start, time.time(), publish_s, first=True))
             vm_stage = BackendVmStage(backend, stop_timeout_s=config.vm.stop_timeout_ms / 1000,
                                       host_stage=host_stager(config, backend.spec))  # fmt: skip
             if started:

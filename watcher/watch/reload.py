@@ -193,6 +193,7 @@ class ReloadStart:
     publish_s: float = 0.0
     build_s: float = 0.0
     host_target: str | None = None  # the host loop staged this one
+    first: bool = False  # `up`'s first boot: timed from `up` itself, no edit behind it
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,7 @@ class ReloadResult:
     hint: str | None = None
     last_line: str | None = None
     quiet_s: float | None = None
+    first: bool = False  # `up`'s first boot: since_edit_s counts from `up` starting
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -233,19 +235,21 @@ def result_for(start: ReloadStart, lines: Lines, end: Verdict) -> ReloadResult:
             stages = {}  # a quiet agent (cloudboot.quiet): the total still holds
     return ReloadResult(end.outcome, end.target, end.at - start.edited_at, end.at,
                         start.publish_s, start.build_s, stages, end.fatal, end.hint,
-                        end.last_line, end.quiet_s)  # fmt: skip
+                        end.last_line, end.quiet_s, start.first)  # fmt: skip
 
 
 def format_result(result: ReloadResult, number: int | None = None) -> str:
     """One compact line (two with a FATAL's hint)."""
     head = f"reload {number}: " if number is not None else "reload: "
-    took = f"{result.since_edit_s:.1f} s after the edit"
+    since = "`up` started" if result.first else "the edit"
+    took = f"{result.since_edit_s:.1f} s after {since}"
     parts = []
     if result.publish_s:
         parts.append(f"publish {result.publish_s:.1f}")
     if result.build_s:
         parts.append(f"boot.iso {result.build_s:.1f}")
-    parts += [f"{SHORT[k]} {v:.1f}" for k, v in result.stages.items()]
+    short = {**SHORT, "watcher": "setup"} if result.first else SHORT  # key, registry, build
+    parts += [f"{short[k]} {v:.1f}" for k, v in result.stages.items()]
     tail = f" [{', '.join(parts)} s]" if parts else ""
     if result.outcome == "up":
         return f"{head}target {result.target} up, {took}{tail}"
