@@ -64,6 +64,33 @@ def port_in_use(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def v2_answer(url: str, *, timeout: float, context: ssl.SSLContext | None = None) -> str | None:
+    """None when an OCI registry answers ``GET {url}/v2/`` (200, or 401: one that wants
+    credentials), else what answered instead, for an error message. The distribution
+    spec's version check is the one request every registry serves, and any other web
+    server on the port fails it (a 404, or no HTTP at all)."""
+    try:
+        urllib.request.urlopen(f"{url}/v2/", timeout=timeout, context=context).close()
+    except urllib.error.HTTPError as exc:
+        return None if exc.code == 401 else f"GET /v2/ answered HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return f"GET /v2/ got no HTTP answer ({reason})"
+    return None
+
+
+def registry_at(address: str, *, timeout: float = 3.0) -> str | None:
+    """:func:`v2_answer` for ``host[:port]``, over HTTPS and then plain HTTP: None when
+    either is a registry, else what the plain-HTTP request got. Nothing
+    is sent but the version check, so the HTTPS probe does not verify the certificate
+    (whether the registry's is trusted is the publish's concern, with [registry].ca_bundle)."""
+    probe = ssl.create_default_context()
+    probe.check_hostname, probe.verify_mode = False, ssl.CERT_NONE
+    if v2_answer(f"https://{address}", timeout=timeout, context=probe) is None:
+        return None
+    return v2_answer(f"http://{address}", timeout=timeout)
+
+
 def _config_yaml(addr: str, storage: Path, tls: RegistryTls | None, htpasswd: Path | None) -> str:
     lines = [
         "version: 0.1",
@@ -108,14 +135,13 @@ def _wait_ready(url: str, proc_alive: object, deadline: float, ca: Path | None) 
     while time.monotonic() < deadline:
         if not proc_alive():  # type: ignore[operator]
             raise CloudbootError("the registry exited during start-up", where=url)
-        try:
-            urllib.request.urlopen(f"{url}/v2/", timeout=1, context=context).close()
+        answer = v2_answer(url, timeout=1, context=context)
+        if answer is None:
             return
-        except urllib.error.HTTPError:
-            return  # 401 from an auth-enabled registry still means it is serving
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.05)
-    raise CloudbootError("the registry did not answer within the start-up timeout", where=url)
+        time.sleep(0.05)
+    raise CloudbootError(
+        f"the registry did not answer within the start-up timeout ({answer})", where=url
+    )
 
 
 @contextlib.contextmanager

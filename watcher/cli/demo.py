@@ -80,12 +80,18 @@ def _use_empty_password(key: Path) -> None:
 
 def start_registry(config: Config, stack: contextlib.ExitStack) -> None:
     """Start the embedded registry unless something already serves [registry].url."""
-    from publisher.localregistry import local_registry, port_in_use
+    from publisher.localregistry import local_registry, port_in_use, registry_at
 
     if not config.registry.embedded:
         return
     host, port = loopback_host_port(config.registry.url)
     if port_in_use(host, port):
+        if (answer := registry_at(config.registry.url)) is not None:
+            raise CloudbootError(
+                f"something listens on {host}:{port} but it is not an OCI registry ({answer});"
+                " stop it, or give [registry].url another port",
+                where="[registry].url",
+            )
         typer.echo(f"registry: using the one already listening on {host}:{port}")
         return
     reg = stack.enter_context(
@@ -187,8 +193,11 @@ def up(
         outcomes = publish_workspace(config)
         publish_s = time.perf_counter() - t_publish
         typer.echo(format_outcomes(outcomes))
-        if any(not o.ok for o in outcomes):
-            raise CloudbootError("fix the plans above, then run `cloudboot up` again")
+        if failing := {o.status for o in outcomes if not o.ok}:
+            what = "fix the plans above"
+            if failing != {"invalid"}:  # a registry's answer, not the plan's text
+                what = f"a publish to {config.registry.url} failed: see why above"
+            raise CloudbootError(f"{what}, then run `cloudboot up` again")
         key = load_signing_key(config)
         recipe = load_recipe(config.build.recipe)
         debs = packages_for(recipe.base, recipe.cosign_public_key,

@@ -38,19 +38,10 @@ def _vfkit_version(path: str | None) -> str | None:
 
 
 def _reachable(url: str) -> bool:
-    """Whether anything answers ``/v2/`` there (HTTPS first, then plain HTTP)."""
-    import urllib.error
-    import urllib.request
+    """Whether a registry answers ``/v2/`` there (HTTPS first, then plain HTTP)."""
+    from publisher.localregistry import registry_at
 
-    for scheme in ("https", "http"):
-        try:
-            urllib.request.urlopen(f"{scheme}://{url}/v2/", timeout=3).close()
-        except urllib.error.HTTPError:
-            return True  # 401: it is there and wants credentials
-        except (urllib.error.URLError, OSError):
-            continue
-        return True
-    return False
+    return registry_at(url) is None
 
 
 def gather(config: Config) -> Facts:

@@ -1,7 +1,12 @@
-"""`cloudboot up` and the signing key it makes, run as a user runs it twice in a row from
-a script (no terminal, no $COSIGN_PASSWORD): the second run opens the key the first one
-made with an empty password instead of failing at the publish, and a key with a real
-password still stops `up` with an error that names the key file."""
+"""`cloudboot up`'s first steps as a script meets them (no terminal, no $COSIGN_PASSWORD).
+
+- The signing key: a second run opens the key the first one made with an empty password
+  instead of failing at the publish, and a key with a real password still stops `up`
+  with an error that names the key file.
+- The registry port: something that is not a registry on [registry].url stops `up`
+  before it publishes, naming the key and what answered (it used to be taken for a
+  registry, and the publish failed with "fix the plans above"); a registry that refuses
+  the publish is named as the reason instead of the plans."""
 
 from __future__ import annotations
 
@@ -13,15 +18,17 @@ from pathlib import Path
 
 from publisher.localregistry import free_port
 from tests.helpers import CLOUDBOOT
+from tests.not_a_registry import fake_server
 
 PUBLISHED = "plans published or unchanged"
 
 
-def make_workspace(root: Path) -> Path:
+def make_workspace(root: Path, port: int | None = None) -> Path:
     subprocess.run([CLOUDBOOT, "init", str(root)], check=True, capture_output=True)
     config = root / "cloudboot.toml"
+    url = f"127.0.0.1:{port or free_port()}"
     text = config.read_text().replace(
-        "[registry]\n", f'[registry]\nurl = "127.0.0.1:{free_port()}"\nserver = "builtin"\n', 1
+        "[registry]\n", f'[registry]\nurl = "{url}"\nserver = "builtin"\n', 1
     )
     config.write_text(text)
     return root
@@ -44,6 +51,11 @@ def up_until_published(root: Path, env: dict[str, str]) -> tuple[int, str, str]:
             break
     out, err = proc.communicate(timeout=60)
     return proc.wait(), "".join(seen) + out, err
+
+
+def up_on(tmp_path: Path, address: str) -> tuple[int, str, str]:
+    root = make_workspace(tmp_path / "ws", port=int(address.rpartition(":")[2]))
+    return up_until_published(root, {**os.environ, "COSIGN_PASSWORD": ""})
 
 
 def test_a_second_up_without_a_password_opens_the_key_the_first_made(tmp_path: Path) -> None:
@@ -70,3 +82,21 @@ def test_a_key_with_a_real_password_still_needs_it_and_the_error_names_it(
     code, out, err = up_until_published(root, env)
     assert code != 0 and PUBLISHED not in out
     assert f"{key}: no terminal to ask for the key password: set $COSIGN_PASSWORD" in err
+
+
+def test_a_web_server_on_the_registry_port_stops_up_before_the_publish(tmp_path: Path) -> None:
+    with fake_server(404) as address:
+        code, out, err = up_on(tmp_path, address)
+    assert code != 0 and PUBLISHED not in out and "fix the plans" not in err
+    assert (
+        f"[registry].url: something listens on {address} but it is not an OCI registry"
+        " (GET /v2/ answered HTTP 404); stop it, or give [registry].url another port"
+    ) in err
+
+
+def test_a_registry_that_refuses_the_publish_is_not_called_a_plan_error(tmp_path: Path) -> None:
+    with fake_server(401, "application/json") as address:  # wants credentials nobody gave
+        code, out, err = up_on(tmp_path, address)
+    assert code != 0 and f"registry: using the one already listening on {address}" in out
+    assert "0/1 plans published or unchanged" in out and "fix the plans" not in err
+    assert f"a publish to {address} failed: see why above, then run" in err
