@@ -51,8 +51,7 @@ def bare_vm(
     """QEMU as the backend runs it, booting ``iso`` with a copy of ``store`` as NVRAM (the
     template when None); yields its start time."""
     work.mkdir(parents=True, exist_ok=True)
-    run_spec = dataclasses.replace(spec, iso=iso, state_dir=work, nvram=work / "nvram.fd",
-                                   serial_log=work / "serial.log")  # fmt: skip
+    run_spec = bare_spec(spec, work, iso)
     firmware = find_firmware(run_spec.arch)
     restore_template(run_spec.nvram, store or firmware.vars_template)
     accel = run_spec.accel
@@ -63,6 +62,12 @@ def bare_vm(
         start = time.time()
         with spawn(argv, stdout=work / "qemu.log", grace=2):
             yield start, clock
+
+
+def bare_spec(spec: VmSpec, work: Path, iso: Path | None = None) -> VmSpec:
+    """``spec`` with its state (NVRAM, serial log, QMP socket) under ``work``."""
+    return dataclasses.replace(spec, iso=iso or spec.iso, state_dir=work,
+                               nvram=work / "nvram.fd", serial_log=work / "serial.log")  # fmt: skip
 
 
 def floor_isos(out: Path) -> tuple[Path, Path]:
@@ -77,7 +82,7 @@ def settled_store(spec: VmSpec, iso: Path, work: Path) -> Path:
     kernel's banner, as the VM backend keeps it for the loop's restarts."""
     with bare_vm(spec, iso, work) as (_, clock):
         clock.wait(BANNER.pattern, timeout=300)
-        return capture(work / "nvram.fd", work / "qmp.sock", "floor")
+        return capture(work / "nvram.fd", bare_spec(spec, work).control_socket, "floor")
 
 
 #: A floor boot takes ~10 s under TCG. About one boot in a hundred (four in bench runs of
@@ -112,7 +117,9 @@ def _boot_once(
         try:
             seen, _ = clock.wait(marker, timeout=FLOOR_TIMEOUT_S)
         except TimeoutError as exc:
-            raise TimeoutError(f"{exc}\n{vcpu_state(work / 'qmp.sock')}") from exc
+            raise TimeoutError(
+                f"{exc}\n{vcpu_state(bare_spec(spec, work).control_socket)}"
+            ) from exc
         kernel, _ = clock.first(BANNER)
         loading, _ = clock.first(r"BdsDxe: starting")
     return seen - start, seen - kernel, kernel - loading

@@ -131,7 +131,7 @@ def measure_edit(loop: LiveLoop, clock: LineClock, old: str, new: str) -> dict[s
         t_up, _ = clock.wait(rf"{TARGET_MARKER} target={new}\b", since=mark,
                              timeout=EDIT_TIMEOUT_S, alive=loop.alive)  # fmt: skip
     except TimeoutError as exc:  # the loop's QEMU, asked where its vCPUs are
-        state = vcpu_state(loop.root / ".cloudboot" / "vm" / "qmp.sock")
+        state = vcpu_state(VmSpec.from_config(load_config(loop.root)).control_socket)
         raise TimeoutError(f"{exc}\n{state}") from exc
     loop.wait_event(lambda e: e.get("event") == "run done", after=seen)
     events = loop.log_events()[seen:]
