@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import getpass
 import hashlib
 import json
@@ -186,8 +187,12 @@ def load_key_file(path: Path) -> SigningKey:
     """The key at ``path``, read and decrypted once per process.
 
     The password (``$COSIGN_PASSWORD``, else the terminal) is asked for only when the key
-    is encrypted. `cloudboot up` needs the key for publishing, for boot.iso's signature
-    and for the watcher: one scrypt derivation and one prompt, not three. The key is
+    is encrypted, and without ``$COSIGN_PASSWORD`` only when the empty password does not
+    open it: `cloudboot up` makes its key with an empty password when none is set, and
+    the next `up`, a `publish` from a script or the watcher's service must not then ask
+    for (or, with no terminal, fail for) a password nobody chose. `cloudboot up` needs
+    the key for publishing, for boot.iso's signature and for the watcher: one scrypt
+    derivation and one prompt, not three. The key is
     known by the file's identity (device, inode, mtime, size), so a replaced key file is
     read again (a SIGHUP reload after `cloudboot key generate --force`).
     """
@@ -200,9 +205,17 @@ def load_key_file(path: Path) -> SigningKey:
         except OSError as exc:
             raise KeyFileError(f"cannot read key: {exc.strerror}", where=str(path)) from None
         if key is None:
-            password = read_password(key=path) if is_encrypted(data) else None
-            key = _loaded[identity] = parse_private_key(data, password, source=str(path))
+            key = _loaded[identity] = _open_key(data, path)
     return key
+
+
+def _open_key(data: bytes, path: Path) -> SigningKey:
+    if not is_encrypted(data):
+        return parse_private_key(data, None, source=str(path))
+    if PASSWORD_ENV not in os.environ:
+        with contextlib.suppress(KeyFileError):  # not empty: ask, or say it is needed
+            return parse_private_key(data, b"", source=str(path))
+    return parse_private_key(data, read_password(key=path), source=str(path))
 
 
 def sign(key: SigningKey, data: bytes) -> bytes:

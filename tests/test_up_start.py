@@ -1,8 +1,9 @@
 """`cloudboot up`'s first steps as a script meets them (no terminal, no $COSIGN_PASSWORD).
 
 - The signing key: a second run opens the key the first one made with an empty password
-  instead of failing at the publish, and a key with a real password still stops `up`
-  with an error that names the key file.
+  instead of failing at the publish, as does a `cloudboot publish` from a script (or the
+  watcher's service), and a key with a real password still stops them with an error
+  that names the key file.
 - The registry port: something that is not a registry on [registry].url stops `up`
   before it publishes, naming the key and what answered (it used to be taken for a
   registry, and the publish failed with "fix the plans above"); a registry that refuses
@@ -16,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from publisher.localregistry import free_port
+from publisher.localregistry import RunningRegistry, free_port
 from tests.helpers import CLOUDBOOT
 from tests.not_a_registry import fake_server
 
@@ -26,7 +27,7 @@ PUBLISHED = "plans published or unchanged"
 def make_workspace(root: Path, port: int | None = None) -> Path:
     subprocess.run([CLOUDBOOT, "init", str(root)], check=True, capture_output=True)
     config = root / "cloudboot.toml"
-    url = f"127.0.0.1:{port or free_port()}"
+    url = f"127.0.0.1:{port or free_port()}"  # a fresh port: `up` starts its own registry
     text = config.read_text().replace(
         "[registry]\n", f'[registry]\nurl = "{url}"\nserver = "builtin"\n', 1
     )
@@ -82,6 +83,25 @@ def test_a_key_with_a_real_password_still_needs_it_and_the_error_names_it(
     code, out, err = up_until_published(root, env)
     assert code != 0 and PUBLISHED not in out
     assert f"{key}: no terminal to ask for the key password: set $COSIGN_PASSWORD" in err
+
+
+def test_publish_from_a_script_opens_an_empty_password_key_and_names_a_real_ones(
+    tmp_path: Path, shared_registry: RunningRegistry
+) -> None:
+    root = make_workspace(tmp_path / "ws", port=shared_registry.port)
+    env = {k: v for k, v in os.environ.items() if k != "COSIGN_PASSWORD"}
+
+    def with_key(password: str) -> subprocess.CompletedProcess[str]:
+        subprocess.run([CLOUDBOOT, "-C", str(root), "key", "generate", "--force"], check=True,
+                       capture_output=True, env={**env, "COSIGN_PASSWORD": password})  # fmt: skip
+        return subprocess.run([CLOUDBOOT, "-C", str(root), "publish"], capture_output=True,
+                              text=True, env=env, stdin=subprocess.DEVNULL)  # fmt: skip
+
+    empty = with_key("")
+    assert empty.returncode == 0 and "1/1 " + PUBLISHED in empty.stdout, empty.stderr
+    real = with_key("a real one")
+    assert real.returncode != 0
+    assert f"{root / 'cosign.key'}: no terminal to ask for the key password" in real.stderr
 
 
 def test_a_web_server_on_the_registry_port_stops_up_before_the_publish(tmp_path: Path) -> None:

@@ -39,43 +39,23 @@ def ensure_signing_key(config: Config) -> None:
 
     Without $COSIGN_PASSWORD the demo key gets an empty password (as `cosign
     generate-key-pair` allows); say so, because a real key deserves a real password.
-    The next `up` without $COSIGN_PASSWORD then opens that key with the empty password
-    instead of asking for one the user never chose (or, with no terminal, failing).
+    Later runs without $COSIGN_PASSWORD open it with the empty password
+    (``publisher.signing.load_key_file``).
     """
     import structlog
 
     from publisher.signing import PASSWORD_ENV, write_key_pair
 
     if config.signing.key.is_file():
-        if PASSWORD_ENV not in os.environ:
-            _use_empty_password(config.signing.key)
         return
     if PASSWORD_ENV not in os.environ:
         structlog.get_logger(__name__).warning(
             "no $COSIGN_PASSWORD: creating the signing key with an empty password",
             key=str(config.signing.key),
         )
-        os.environ[PASSWORD_ENV] = ""
-    write_key_pair(config.signing.key, config.signing.public_key, os.environ[PASSWORD_ENV].encode())
+    password = os.environ.get(PASSWORD_ENV, "").encode()
+    write_key_pair(config.signing.key, config.signing.public_key, password)
     typer.echo(f"created signing key {config.signing.key} and {config.signing.public_key}")
-
-
-def _use_empty_password(key: Path) -> None:
-    """Open ``key`` with the empty password when that works (a key `up` made without
-    $COSIGN_PASSWORD); it stays loaded for the publish, the boot.iso signature and the
-    watcher. Any other key is left to the usual prompt or error."""
-    from publisher.signing import PASSWORD_ENV, KeyFileError, is_encrypted, load_key_file
-
-    try:
-        if not is_encrypted(key.read_bytes()):
-            return
-    except OSError:
-        return  # the loader says what is wrong with the file
-    os.environ[PASSWORD_ENV] = ""
-    try:
-        load_key_file(key)
-    except KeyFileError:
-        del os.environ[PASSWORD_ENV]
 
 
 def start_registry(config: Config, stack: contextlib.ExitStack) -> None:
