@@ -127,7 +127,7 @@ def test_edit_plan_and_kernel_live(tmp_path: Path, arch: str) -> None:
 
         # 4. A kernel/ edit: new boot.iso, restart, the new cmdline in the guest.
         iso_before = sha256(loop.iso)
-        mark = loop.serial.mark()
+        mark, events = loop.serial.mark(), len(loop.log_events())
         loop.edit(loop.recipe, "cloudboot.insecure=1 ", "cloudboot.insecure=1 e2e.kernel=edit-1 ")
         loop.serial.wait_for(
             r"[Cc]ommand line: .*e2e\.kernel=edit-1", since=mark, timeout=240, alive=loop.alive
@@ -135,6 +135,9 @@ def test_edit_plan_and_kernel_live(tmp_path: Path, arch: str) -> None:
         # The registry still holds beta (the broken edit published nothing).
         loop.serial.wait_for(rf"{TARGET_UP} target=beta", since=mark, timeout=240)
         assert sha256(loop.iso) != iso_before
+        # Its result line comes a moment after the marker: wait, so step 5 counts past it.
+        result = loop.wait_event(lambda e: e.get("event") == "reload", after=events, timeout=60)
+        assert (result["outcome"], result["target"], result["build_s"] > 0) == ("up", "beta", True)
 
         # 5. A target that panics: the result says so at once, not after the 600 s wait.
         events = len(loop.log_events())
