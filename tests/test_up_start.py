@@ -36,7 +36,8 @@ def make_workspace(root: Path, port: int | None = None) -> Path:
 
 
 def up_until_published(root: Path, env: dict[str, str]) -> tuple[int, str, str]:
-    """`up --no-vm` with no terminal, stopped (SIGINT) once the publish is reported."""
+    """`up --no-vm` with no terminal, stopped (SIGINT) once every plan is published; a
+    failed publish is left to end `up` on its own (a SIGINT then would race its error)."""
     proc = subprocess.Popen(
         [CLOUDBOOT, "-C", str(root), "up", "--no-vm", "--no-preflight"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -47,6 +48,9 @@ def up_until_published(root: Path, env: dict[str, str]) -> tuple[int, str, str]:
     deadline = time.monotonic() + 120
     for line in proc.stdout:
         seen.append(line)
+        done, _, total = line.partition(" ")[0].partition("/")
+        if PUBLISHED in line and done != total:
+            break
         if PUBLISHED in line or time.monotonic() > deadline:
             proc.send_signal(signal.SIGINT)
             break
