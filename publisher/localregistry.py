@@ -132,6 +132,7 @@ def pick_implementation(wanted: str = "auto") -> str:
 
 def _wait_ready(url: str, proc_alive: object, deadline: float, ca: Path | None) -> None:
     context = ssl.create_default_context(cafile=str(ca)) if ca else None
+    answer: str | None = "no request made"
     while time.monotonic() < deadline:
         if not proc_alive():  # type: ignore[operator]
             raise CloudbootError("the registry exited during start-up", where=url)

@@ -174,10 +174,12 @@ def up(
         publish_s = time.perf_counter() - t_publish
         typer.echo(format_outcomes(outcomes))
         if failing := {o.status for o in outcomes if not o.ok}:
-            what = "fix the plans above"
-            if failing != {"invalid"}:  # a registry's answer, not the plan's text
-                what = f"a publish to {config.registry.url} failed: see why above"
-            raise CloudbootError(f"{what}, then run `cloudboot up` again")
+            what = []  # a plan's fault (invalid, held by its canary), a registry's ("failed")
+            if failing - {"failed"}:
+                what.append("fix the plans above")
+            if "failed" in failing:
+                what.append(f"a publish to {config.registry.url} failed: see why above")
+            raise CloudbootError(f"{'; '.join(what)}, then run `cloudboot up` again")
         key = load_signing_key(config)
         recipe = load_recipe(config.build.recipe)
         debs = packages_for(recipe.base, recipe.cosign_public_key,

@@ -37,16 +37,10 @@ def _vfkit_version(path: str | None) -> str | None:
     return (proc.stdout or proc.stderr).strip()
 
 
-def _reachable(url: str) -> bool:
-    """Whether a registry answers ``/v2/`` there (HTTPS first, then plain HTTP)."""
-    from publisher.localregistry import registry_at
-
-    return registry_at(url) is None
-
-
 def gather(config: Config) -> Facts:
     """The facts about this host and workspace that the checks need."""
     from publisher.demodisk import find_mkfs_ext4
+    from publisher.localregistry import registry_at
     from publisher.media.recipe import load_recipe
     from watcher.preflight import Facts
     from watcher.vm.firmware import CANDIDATES, DEBIAN_PACKAGE
@@ -78,7 +72,7 @@ def gather(config: Config) -> Facts:
         registry_url=registry.url,
         registry_embedded=registry.embedded,
         registry_server=registry.server.value,
-        registry_reachable=None if registry.embedded else _reachable(registry.url),
+        registry_reachable=None if registry.embedded else registry_at(registry.url) is None,
         signing_key=config.signing.key.is_file(),
         public_key=config.signing.public_key.is_file(),
         key_path=str(config.signing.key),
