@@ -221,3 +221,12 @@ def test_ups_first_boot_is_timed_from_up_not_from_an_edit(tmp_path: Path) -> Non
     book.flush()
     kept = json.loads((tmp_path / "status.json").read_text())["reloads"][-1]
     assert kept["first"] is True and "`up` started" in format_result(reload_from_json(kept), 1)
+
+
+def test_a_stage_below_a_tenth_keeps_its_hundredths() -> None:
+    """A 40 ms publish reads "publish 0.04", not "publish 0.0" (as if nothing was
+    published); a stage that did not run still reads 0.0."""
+    result = ReloadResult("up", "beta", 15.3, time.time(), 0.04, 0.0,
+                          {"watcher": 0.1, "menu": 0.0, "target": 6.2})  # fmt: skip
+    line = format_result(result, 2)
+    assert "[publish 0.04, watcher 0.1, menu 0.0, reboot -> target 6.2 s]" in line

@@ -238,6 +238,12 @@ def result_for(start: ReloadStart, lines: Lines, end: Verdict) -> ReloadResult:
                         end.last_line, end.quiet_s, start.first)  # fmt: skip
 
 
+def _seconds(value: float) -> str:
+    """A stage's seconds: tenths, or hundredths below 0.1 s, so a publish that took
+    40 ms does not read "publish 0.0" as if nothing was published."""
+    return f"{value:.2f}" if 0 < value < 0.1 else f"{value:.1f}"
+
+
 def format_result(result: ReloadResult, number: int | None = None) -> str:
     """One compact line (two with a FATAL's hint)."""
     head = f"reload {number}: " if number is not None else "reload: "
@@ -245,11 +251,11 @@ def format_result(result: ReloadResult, number: int | None = None) -> str:
     took = f"{result.since_edit_s:.1f} s after {since}"
     parts = []
     if result.publish_s:
-        parts.append(f"publish {result.publish_s:.1f}")
+        parts.append(f"publish {_seconds(result.publish_s)}")
     if result.build_s:
-        parts.append(f"boot.iso {result.build_s:.1f}")
+        parts.append(f"boot.iso {_seconds(result.build_s)}")
     short = {**SHORT, "watcher": "setup"} if result.first else SHORT  # key, registry, build
-    parts += [f"{short[k]} {v:.1f}" for k, v in result.stages.items()]
+    parts += [f"{short[k]} {_seconds(v)}" for k, v in result.stages.items()]
     tail = f" [{', '.join(parts)} s]" if parts else ""
     if result.outcome == "up":
         return f"{head}target {result.target} up, {took}{tail}"
