@@ -27,8 +27,10 @@ from guest.contract.arch import Arch
 from guest.contract.errors import CloudbootError, Location
 from publisher.settings import (
     SettingError,
+    TomlSource,
     at_least,
     convert,
+    did_you_mean,
     mac_address,
     plain,
     setting,
@@ -294,13 +296,15 @@ def _resolve_default(value: Any, tp: Any, root: Path) -> Any:
     return value
 
 
-def _load_section(cls: type, raw: Mapping[str, Any], name: str, root: Path, where: str) -> Any:
+def _load_section(cls: type, raw: Mapping[str, Any], name: str, root: Path, at: TomlSource) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
+        hint = did_you_mean(unknown[0], fields)
         raise ConfigError(
-            f"[{name}].{unknown[0]}: unknown key; known keys: {', '.join(fields)}", where=where
+            f"[{name}].{unknown[0]}: unknown key{hint}; known keys: {', '.join(fields)}",
+            where=at.where(name, unknown[0]),
         )
     values: dict[str, Any] = {}
     for fname, f in fields.items():
@@ -309,15 +313,14 @@ def _load_section(cls: type, raw: Mapping[str, Any], name: str, root: Path, wher
             try:
                 value = convert(raw[fname], tp, f"[{name}].{fname}", root, f.metadata["parse"])
             except SettingError as exc:
-                raise ConfigError(str(exc), where=where) from None
+                raise ConfigError(str(exc), where=at.where(name, fname)) from None
             if f.metadata.get("must_exist"):
                 paths = value if isinstance(value, list) else [value]
                 for i, p in enumerate(paths):
                     if p is not None and not p.exists():
                         idx = f"[{i}]" if isinstance(value, list) else ""
-                        raise ConfigError(
-                            f"[{name}].{fname}{idx}: file not found: {p}", where=where
-                        )
+                        missing = f"[{name}].{fname}{idx}: file not found: {p}"
+                        raise ConfigError(missing, where=at.where(name, fname))
         else:
             default = (
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
@@ -331,19 +334,25 @@ def _where(source: Path | None) -> str:
     return str(source) if source else CONFIG_NAME
 
 
-def parse_config(data: Mapping[str, Any], root: Path, source: Path | None = None) -> Config:
-    where = _where(source)
+def parse_config(
+    data: Mapping[str, Any], root: Path, source: Path | None = None, text: str = ""
+) -> Config:
+    """``text``: the file's own text, only to name the line of a bad table or key."""
+    at = TomlSource(_where(source), text)
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
+        hint = did_you_mean(unknown[0], SECTIONS)
         raise ConfigError(
-            f"[{unknown[0]}]: unknown section; known sections: {', '.join(SECTIONS)}", where=where
+            f"[{unknown[0]}]: unknown section{hint}; known sections: {', '.join(SECTIONS)}",
+            where=at.where(unknown[0]),
         )
     sections: dict[str, Any] = {}
     for name, cls in SECTIONS.items():
         raw = data.get(name, {})
         if not isinstance(raw, dict):
-            raise ConfigError(f"[{name}]: expected a table, got {type(raw).__name__}", where=where)
-        sections[name] = _load_section(cls, raw, name, root, where)
+            not_table = f"[{name}]: expected a table, got {type(raw).__name__}"
+            raise ConfigError(not_table, where=at.where(name))
+        sections[name] = _load_section(cls, raw, name, root, at)
     return Config(root=root, source=source, **sections)
 
 
@@ -373,7 +382,7 @@ def load_config(workspace: Path | None = None) -> Config:
         message, line = toml_error_where(str(exc), text)
         where = Location(str(path), line) if line else str(path)
         raise ConfigError(f"invalid TOML: {message}", where=where) from None
-    return parse_config(data, root, path)
+    return parse_config(data, root, path, text)
 
 
 def render_template() -> str:

@@ -9,14 +9,17 @@ about the same types.
 
 from __future__ import annotations
 
+import difflib
 import enum
 import re
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from guest.contract.errors import Location
 
 
 class SettingError(ValueError):
@@ -194,3 +197,50 @@ def toml_error_where(message: str, text: str) -> tuple[str, int]:
         first = next((n for n, x in enumerate(text.splitlines(), 1) if header.match(x)), 0)
         message = f"[{name}] declared twice (first at line {first}): merge the two tables"
     return message, line
+
+
+def key_line(text: str, table: str, key: str | None = None) -> int:
+    """The 1-based line of ``[table]``'s header, or of ``key = ...`` inside it; 0 when the
+    text spells it otherwise (an inline or dotted table). tomllib keeps no positions, and
+    an error about a value should still say where the editor has to jump."""
+    header = re.compile(rf"^\s*\[\s*{re.escape(table)}\s*\]\s*(#.*)?$")
+    assignment = re.compile(rf"^\s*[\"']?{re.escape(key or '')}[\"']?\s*=")
+    inside = not table  # "": the top-level table, before the first header
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.lstrip().startswith("["):
+            inside = bool(header.match(line))
+            if inside and key is None:
+                return number
+        elif inside and key is not None and assignment.match(line):
+            return number
+    return 0
+
+
+def did_you_mean(name: str, known: typing.Iterable[str]) -> str:
+    """`` (did you mean 'cpus'?)`` for a near miss, else nothing."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+@dataclass(frozen=True)
+class TomlSource:
+    """A settings file's name and text, to say where a table or key of it is set."""
+
+    path: str
+    text: str = ""
+
+    def where(self, table: str, key: str | None = None) -> str | Location:
+        line = key_line(self.text, table, key)
+        return Location(self.path, line) if line else self.path
+
+    def where_key(self, dotted: str) -> str | Location:
+        """Where a dotted key path (``arch.x86_64.kernel.deb``, ``initramfs.files[1].src``)
+        is set: its own line, else the nearest enclosing key or table header the text
+        shows (a key inside an inline table is on its parent key's line)."""
+        parts = re.sub(r"\[\d+\].*$", "", dotted).split(".")
+        for end in range(len(parts), 0, -1):
+            table, key = ".".join(parts[: end - 1]), parts[end - 1]
+            line = key_line(self.text, table, key) or key_line(self.text, ".".join(parts[:end]))
+            if line:
+                return Location(self.path, line)
+        return self.path

@@ -197,7 +197,7 @@ def test_altered_blob_in_the_registry_is_refused(pushed: Pushed, tmp_path: Path)
 def test_recipe_base_must_be_pinned(tmp_path: Path) -> None:
     path = tmp_path / "recipe.toml"
     arch = "[arch.x86_64]\n"
-    with pytest.raises(RecipeError, match=r"recipe.toml: base.oci: .* is not pinned"):
+    with pytest.raises(RecipeError, match=r"recipe.toml:2: base.oci: .* is not pinned"):
         parse_recipe(f'[base]\noci = "127.0.0.1:5000/b:1"\n{arch}', path)
     with pytest.raises(RecipeError, match=r"base.ref: unknown key; known: oci"):
         parse_recipe(f'[base]\nref = "x"\n{arch}', path)

@@ -161,28 +161,33 @@ def test_signature_verifies_as_cosign_blob(tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stderr
 
 
-def test_recipe_errors_name_file_and_key(tmp_path: Path) -> None:
-    path = tmp_path / "recipe.toml"
-    with pytest.raises(RecipeError, match=r"recipe.toml: arch.x86_64.kernel.oci: invalid ref"):
-        parse_recipe('[arch.x86_64]\nkernel = { oci = "no-registry" }\n', path)
-    with pytest.raises(RecipeError, match=r"arch.x86_64.kernel.config: unknown key for a oci"):
-        parse_recipe('[arch.x86_64]\nkernel = { oci = "r.io/k:1", config = "x" }\n', path)
-    with pytest.raises(RecipeError, match=r"arch.x86_64.kernel.verify: expected true or false"):
-        parse_recipe('[arch.x86_64]\nkernel = { oci = "r.io/k:1", verify = "yes" }\n', path)
-    with pytest.raises(RecipeError, match=r"arch.x86_64.stub.oci: only a kernel"):
-        parse_recipe('[arch.x86_64]\nstub = { oci = "r.io/stub:1" }\n', path)
-    with pytest.raises(RecipeError, match=r"arch.x86_64.kernel.git: unknown source kind"):
-        parse_recipe('[arch.x86_64]\nkernel = { git = "x" }\n', path)
-    with pytest.raises(RecipeError, match=r"arch.x86_64.kernel.build: kernel source directory"):
-        parse_recipe(f'[arch.x86_64]\nkernel = {{ build = "{tmp_path}/none" }}\n', path)
-    with pytest.raises(RecipeError, match=r"arch.x86_64.kernel.config: file not found: .*amd64"):
-        parse_recipe(f'[arch.x86_64]\nkernel = {{ build = "{tmp_path}" }}\n', path)
-    with pytest.raises(RecipeError, match=r"arch.x86_64.colour: unknown key"):
-        parse_recipe('[arch.x86_64]\ncolour = "x"\n', path)
-    with pytest.raises(RecipeError, match=r"initramfs.init: expected one of"):
-        parse_recipe('[initramfs]\ninit = "systemd"\n[arch.x86_64]\n', path)
-    with pytest.raises(RecipeError, match=r"arch.sparc: unknown architecture"):
-        parse_recipe("[arch.sparc]\n", path)
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ('[arch.x86_64]\nkernel = { oci = "no-registry" }\n',
+         r"recipe.toml:2: arch.x86_64.kernel.oci: invalid ref"),
+        ('[arch.x86_64]\nkernel = { oci = "r.io/k:1", config = "x" }\n',
+         r"arch.x86_64.kernel.config: unknown key for a oci"),
+        ('[arch.x86_64]\nkernel = { oci = "r.io/k:1", verify = "yes" }\n',
+         r"arch.x86_64.kernel.verify: expected true or false"),
+        ('[arch.x86_64]\nstub = { oci = "r.io/stub:1" }\n', r"arch.x86_64.stub.oci: only a kernel"),
+        ('[arch.x86_64]\nkernel = { git = "x" }\n', r"arch.x86_64.kernel.git: unknown source kind"),
+        ('[arch.x86_64]\nkernel = { build = "{tmp}/none" }\n',
+         r"arch.x86_64.kernel.build: kernel source directory"),
+        ('[arch.x86_64]\nkernel = { build = "{tmp}" }\n',
+         r"arch.x86_64.kernel.config: file not found: .*amd64"),
+        ('[arch.x86_64]\ncolour = "x"\n', r"recipe.toml:2: arch.x86_64.colour: unknown key;"),
+        ('cmdline = "x"\n[initramfs]\ncompresion = "lz4"\n[arch.x86_64]\n',
+         r"recipe.toml:3: initramfs.compresion: unknown key \(did you mean 'compression'\?\)"),
+        ('cmdlin = "x"\n[arch.x86_64]\n', r"recipe.toml:1: cmdlin: unknown key \(did you mean"),
+        ('[arch.x86_64]\n\nkernel = "x\n', r"recipe.toml:3: invalid TOML: "),
+        ('[initramfs]\ninit = "systemd"\n[arch.x86_64]\n', r"initramfs.init: expected one of"),
+        ("[arch.sparc]\n", r"arch.sparc: unknown architecture"),
+    ],
+)  # fmt: skip
+def test_recipe_errors_name_file_line_and_key(tmp_path: Path, text: str, match: str) -> None:
+    with pytest.raises(RecipeError, match=match):
+        parse_recipe(text.replace("{tmp}", str(tmp_path)), tmp_path / "recipe.toml")
 
 
 def test_cli_build_prints_output_and_stage_times(tmp_path: Path) -> None:

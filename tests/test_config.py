@@ -72,8 +72,9 @@ def test_config_found_from_a_subdirectory(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ('[vm]\nmemory_mib = "1G"\n', '[vm].memory_mib: expected an integer, got str "1G"'),
-        ("[vm]\nmemry = 1\n", "[vm].memry: unknown key; known keys: backend"),
-        ("[vms]\n", "[vms]: unknown section"),
+        ("[vm]\nmemry = 1\n", "[vm].memry: unknown key (did you mean 'memory_mib'?); known keys"),
+        ("[vm]\nzzz = 1\n", "[vm].zzz: unknown key; known keys: backend"),
+        ("[vms]\n", "[vms]: unknown section (did you mean 'vm'?)"),
         ('[vm]\nbackend = "kvm"\n', "[vm].backend: expected one of 'auto', 'qemu', 'vfkit'"),
         ('[vm]\ndisks = ["missing.raw"]\n', "[vm].disks[0]: file not found"),
         ('[vm]\narch = "sparc"\n', "[vm].arch: unknown architecture 'sparc'"),
@@ -93,6 +94,26 @@ def test_bad_config_names_file_and_key(tmp_path: Path, text: str, message: str) 
         load_config(tmp_path)
     assert message in str(err.value)
     assert str(err.value).startswith(str(tmp_path / "cloudboot.toml"))
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('[watch]\n\n[vm]  # mine\ncpus = 2\n  memory_mib = "1G"\n', ":5: [vm].memory_mib"),
+        ('[vm]\n"cpus" = 0\n', ":2: [vm].cpus"),
+        ("# a comment\n[vmm]\n", ":2: [vmm]: unknown section"),
+        ("[registry]\n[vm]\ncpu = 1\n", ":3: [vm].cpu: unknown key"),
+        ('[vm]\ndisks = ["missing.raw"]\n', ":2: [vm].disks[0]: file not found"),
+        ("vm.cpus = 0\n", ": [vm].cpus"),  # a dotted key: no line rather than a wrong one
+        ("vm = { cpus = 0 }\n", ": [vm].cpus"),
+    ],
+)
+def test_a_bad_value_names_its_line(tmp_path: Path, text: str, where: str) -> None:
+    """tomllib keeps no positions; the error still says where the editor has to jump."""
+    write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path)
+    assert str(err.value).startswith(f"{tmp_path / 'cloudboot.toml'}{where}")
 
 
 def test_template_lists_every_section_and_parses_back(tmp_path: Path) -> None:

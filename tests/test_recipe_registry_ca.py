@@ -33,7 +33,7 @@ def test_the_ca_lands_where_the_guest_reads_it(tmp_path: Path) -> None:
 
 def test_errors_name_the_key(tmp_path: Path) -> None:
     path = tmp_path / "recipe.toml"
-    with pytest.raises(RecipeError, match=r"recipe.toml: registry.ca: file not found"):
+    with pytest.raises(RecipeError, match=r"recipe.toml:2: registry.ca: file not found"):
         parse_recipe(RECIPE, path)
     with pytest.raises(RecipeError, match=r"registry.cert"):
         parse_recipe(RECIPE.replace("ca =", "cert ="), path)
