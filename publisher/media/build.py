@@ -28,10 +28,8 @@ import structlog
 import guest.contract
 import publisher
 from guest.contract.arch import Arch
-from guest.contract.errors import CloudbootError
 from guest.contract.fsutil import replacing, write_atomic
 from guest.contract.gpt import guid_from
-from guest.contract.pubkey import load_public_key
 from publisher.config import Config
 from publisher.media import cpio
 from publisher.media.base import packages_for
@@ -48,6 +46,7 @@ from publisher.media.recipe import (
     RecipeError,
     Source,
     SourceKind,
+    check_public_key,
     configured,
     load_recipe,
 )
@@ -248,31 +247,6 @@ class _Stages:
         self.done += 1
         if self.progress:
             self.progress(name, self.done, self.total)
-
-
-def check_public_key(recipe: Recipe) -> None:
-    """Fail closed: a configured key that is missing or unreadable stops the build.
-
-    An image built without it would boot unsigned plans (docs/trust-model.md), so a
-    typo in the path must not quietly produce one.
-    """
-    path = recipe.cosign_public_key
-    if path is None:
-        return
-    key = "signing.cosign_public_key"
-    try:
-        load_public_key(path.read_bytes())
-    except OSError as exc:
-        raise RecipeError(
-            f"{key} = {path}: {exc.strerror}; create it with `cloudboot key generate`"
-            " or remove the setting (an image without a key verifies nothing)",
-            where=str(recipe.path),
-        ) from None
-    except CloudbootError as exc:
-        raise RecipeError(
-            f"{key} = {path}: not a public key cosign writes ({exc.message})",
-            where=str(recipe.path),
-        ) from None
 
 
 def stamp_path(out: Path) -> Path:

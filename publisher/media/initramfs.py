@@ -107,7 +107,7 @@ def initramfs_entries(
         cpio.file("/init", MARKER_INIT.encode(), 0o755),
     ]
     key = recipe.cosign_public_key
-    if key is not None:  # checked before the build started (build.check_public_key)
+    if key is not None:  # checked before the build started (recipe.check_public_key)
         entries.append(cpio.file("/etc/cosign.pub", key.read_bytes()))
     if recipe.registry_ca is not None:
         entries.append(cpio.file(REGISTRY_CA, recipe.registry_ca.read_bytes()))

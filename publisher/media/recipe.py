@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from guest.contract.arch import Arch
 from guest.contract.errors import CloudbootError, Location
 from guest.contract.oci import RefError, parse_ref
+from guest.contract.pubkey import load_public_key
 from publisher.media.cpio import Compression
 from publisher.settings import toml_error_where
 
@@ -245,6 +246,31 @@ def parse_recipe(text: str, path: Path) -> Recipe:
         base=base,
         registry_ca=registry_ca,
     )
+
+
+def check_public_key(recipe: Recipe) -> None:
+    """Fail closed: a configured key that is missing or unreadable stops the build.
+
+    An image built without it would boot unsigned plans (docs/trust-model.md), so a
+    typo in the path must not quietly produce one.
+    """
+    path = recipe.cosign_public_key
+    if path is None:
+        return
+    key = "signing.cosign_public_key"
+    try:
+        load_public_key(path.read_bytes())
+    except OSError as exc:
+        raise RecipeError(
+            f"{key} = {path}: {exc.strerror}; create it with `cloudboot key generate`"
+            " or remove the setting (an image without a key verifies nothing)",
+            where=str(recipe.path),
+        ) from None
+    except CloudbootError as exc:
+        raise RecipeError(
+            f"{key} = {path}: not a public key cosign writes ({exc.message})",
+            where=str(recipe.path),
+        ) from None
 
 
 def load_recipe(path: Path) -> Recipe:
