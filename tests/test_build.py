@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -200,6 +201,7 @@ def test_cli_build_prints_output_and_stage_times(tmp_path: Path) -> None:
     missing = subprocess.run(build_cmd, capture_output=True, text=True)
     assert missing.returncode != 0 and not (tmp_path / "o.iso").exists()
     assert f"signing.cosign_public_key = {tmp_path / 'cosign.pub'}" in missing.stderr
+    assert re.search(r"kernel/recipe\.toml:\d+: signing\.cosign_public_key", missing.stderr)
     assert "No such file" in missing.stderr and "cloudboot key generate" in missing.stderr
     (tmp_path / "cosign.pub").write_text(
         "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"

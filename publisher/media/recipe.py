@@ -22,7 +22,7 @@ from guest.contract.errors import CloudbootError, Location
 from guest.contract.oci import RefError, parse_ref
 from guest.contract.pubkey import load_public_key
 from publisher.media.cpio import Compression
-from publisher.settings import toml_error_where
+from publisher.settings import TomlSource, toml_error_where
 
 if TYPE_CHECKING:
     from publisher.config import Config
@@ -260,17 +260,17 @@ def check_public_key(recipe: Recipe) -> None:
     key = "signing.cosign_public_key"
     try:
         load_public_key(path.read_bytes())
+        return
     except OSError as exc:
-        raise RecipeError(
-            f"{key} = {path}: {exc.strerror}; create it with `cloudboot key generate`"
-            " or remove the setting (an image without a key verifies nothing)",
-            where=str(recipe.path),
-        ) from None
+        why = (f"{exc.strerror}; create it with `cloudboot key generate` or remove the"
+               " setting (an image without a key verifies nothing)")  # fmt: skip
     except CloudbootError as exc:
-        raise RecipeError(
-            f"{key} = {path}: not a public key cosign writes ({exc.message})",
-            where=str(recipe.path),
-        ) from None
+        why = f"not a public key cosign writes ({exc.message})"
+    try:
+        where = TomlSource(str(recipe.path), recipe.path.read_text()).where_key(key)
+    except OSError:
+        where = str(recipe.path)
+    raise RecipeError(f"{key} = {path}: {why}", where=where)
 
 
 def load_recipe(path: Path) -> Recipe:
