@@ -32,7 +32,7 @@ from bench.results import Row, add_report_options, emit  # noqa: E402
 from publisher.config import load_config  # noqa: E402
 from publisher.fleet import PlanMemory, check_plans, validator_fingerprint  # noqa: E402
 from publisher.localregistry import local_registry  # noqa: E402
-from publisher.push import check_plan  # noqa: E402
+from publisher.plancheck import check_plan  # noqa: E402
 from publisher.signing import generate_key_pair  # noqa: E402
 from publisher.workspace import publish_workspace  # noqa: E402
 from tests.faulty_proxy import faulty_proxy  # noqa: E402

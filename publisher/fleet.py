@@ -40,8 +40,8 @@ from publisher import pins
 from publisher.annotations import deleted_plan_files
 from publisher.config import PLAN_SUFFIX, Config
 from publisher.pins import pin_refs
+from publisher.plancheck import CheckedPlan, InvalidPlanError, check_plan
 from publisher.progress import Progress
-from publisher.push import CheckedPlan, InvalidPlanError, check_plan
 from publisher.registry import RegistryClient, RegistryError
 
 log = structlog.get_logger(__name__)

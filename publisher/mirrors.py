@@ -31,15 +31,8 @@ from guest.contract.errors import CloudbootError
 from guest.contract.oci import Ref, parse_ref
 from guest.contract.plan import read_plan_bytes
 from publisher.config import Config
-from publisher.push import (
-    CheckedPlan,
-    InvalidPlanError,
-    PreparedPush,
-    PushResult,
-    check_plan,
-    commit,
-    prepare_plan,
-)
+from publisher.plancheck import CheckedPlan, InvalidPlanError, check_plan
+from publisher.push import PreparedPush, PushResult, commit, prepare_plan
 from publisher.workspace import PlanPublisher, PlanPublishOutcome, first_error
 
 log = structlog.get_logger(__name__)

@@ -47,17 +47,10 @@ from publisher.fleet import (
 )
 from publisher.ignore import IgnoreRules
 from publisher.pins import TagLookups
+from publisher.plancheck import CheckedPlan, InvalidPlanError, check_plan
 from publisher.planrefs import check_plan_refs
 from publisher.progress import NoProgress, Progress
-from publisher.push import (
-    CheckedPlan,
-    InvalidPlanError,
-    PreparedPush,
-    PushResult,
-    check_plan,
-    commit,
-    prepare_plan as prepare_checked,
-)
+from publisher.push import PreparedPush, PushResult, commit, prepare_plan as prepare_checked
 from publisher.registry import RegistryClient, client_from_config
 from publisher.sigmemory import MEMORY_NAME, SignatureMemory
 from publisher.signing import SigningKey, load_key_file

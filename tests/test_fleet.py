@@ -22,7 +22,7 @@ import pytest
 from guest.contract import cosign
 from guest.contract.errors import CloudbootError
 from guest.contract.oci import parse_ref
-from publisher import pins, push
+from publisher import pins, plancheck
 from publisher.annotations import fleet_annotations, plan_revision
 from publisher.config import load_config
 from publisher.fleet import PlanMemory, check_plans, validator_fingerprint
@@ -137,7 +137,7 @@ def test_warm_publish_parses_no_unchanged_plan_yet_renews_a_moved_pin(
         return wrapper
 
     monkeypatch.setattr(pins, "parse_plan", counted("pins", pins.parse_plan))
-    monkeypatch.setattr(push, "plan_check", counted("validation", push.plan_check))
+    monkeypatch.setattr(plancheck, "plan_check", counted("validation", plancheck.plan_check))
     old = _kernel(tmp_path, registry, b"kernel 1")
     with faulty_proxy(registry) as proxy:
         root = tmp_path / "ws"

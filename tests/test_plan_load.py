@@ -12,10 +12,11 @@ from guest.contract.errors import CloudbootError
 from guest.contract.oci import parse_ref
 from guest.contract.plan import PlanError, plan_text, read_plan_text
 from guest.contract.plan.validate import Report, check_plan
-from publisher import push
+from publisher import plancheck
 from publisher.config import load_config
 from publisher.localregistry import RunningRegistry
-from publisher.push import InvalidPlanError, publish_plan
+from publisher.plancheck import InvalidPlanError
+from publisher.push import publish_plan
 from publisher.registry import RegistryClient
 from publisher.signing import generate_key_pair, parse_private_key
 from publisher.workspace import PlanPublisher, publish_workspace
@@ -92,7 +93,7 @@ def test_publish_validates_each_plan_once(
         seen.append(source)
         return check_plan(text, source, upstream=upstream)
 
-    monkeypatch.setattr(push, "plan_check", counting)
+    monkeypatch.setattr(plancheck, "plan_check", counting)
     outcomes = publish_workspace(load_config(root), env={})
     assert [o.status for o in outcomes] == ["published"]
     assert seen == [str(root / "plans" / "demo.hcl")]

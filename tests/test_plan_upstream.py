@@ -9,7 +9,7 @@ import pytest
 
 from guest.contract.plan import evaluate, parse_plan, select_target
 from guest.contract.plan.validate import check_plan
-from publisher.push import InvalidPlanError, check_plan as publisher_check, load_plan
+from publisher.plancheck import InvalidPlanError, check_plan as publisher_check, load_plan
 from tests.test_plan_cli import cloudboot
 
 DOCS_FORMS = """\

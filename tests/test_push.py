@@ -23,7 +23,8 @@ from guest.contract import cosign
 from guest.contract.oci import digest_of, parse_ref
 from guest.contract.pubkey import load_public_key
 from publisher.localregistry import RunningRegistry
-from publisher.push import InvalidPlanError, publish_plan, push_artifact, push_index
+from publisher.plancheck import InvalidPlanError
+from publisher.push import publish_plan, push_artifact, push_index
 from publisher.refsign import verify_ref
 from publisher.registry import RegistryClient
 from publisher.run import run
