@@ -298,8 +298,8 @@ def publish_plans(
                 result = publisher.publish_checked(checked, lookups, seen)
             else:
                 result, verdict = publisher.publish_gated(checked, run)
-        except CloudbootError as exc:
-            log.error("publish failed", plan=rel, error=str(exc))
+        except CloudbootError as exc:  # every caller prints the outcomes: debug, not twice
+            log.debug("publish failed", plan=rel, error=str(exc))
             return PlanPublishOutcome(rel, ref, "failed", error=str(exc))
         tried = verdict.to_json() if verdict else None
         if verdict is not None and not verdict.passed:
