@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -125,6 +126,23 @@ def test_publish_is_signed_annotated_and_idempotent(
     assert outcomes["demo.hcl"]["status"] == "unchanged"
     assert outcomes["other.hcl"]["status"] == "published"
     assert skopeo_digest(ref) == digest
+
+
+def test_a_registry_failure_is_said_once(tmp_path: Path) -> None:
+    """A CI log shows stdout and stderr together: the plan's failure is its outcome line
+    once (it used to be an error log line as well), then the run's summary error."""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        closed = f"127.0.0.1:{probe.getsockname()[1]}"  # nothing listens once it closes
+    write_signed_workspace(tmp_path, closed)
+    env = {**os.environ, "COSIGN_PASSWORD": "pw"}
+    proc = subprocess.run([BIN / "cloudboot", "-C", tmp_path, "publish"], capture_output=True,
+                          text=True, env=env, timeout=120)  # fmt: skip
+    assert proc.returncode == 1
+    both = proc.stdout + proc.stderr
+    assert both.count(f"cannot reach registry {closed}") == 1, both
+    assert "failed    demo.hcl: cannot reach registry" in proc.stdout
+    assert proc.stderr.splitlines()[-1] == "error: 1 of 1 plans failed to publish"
+    assert "publish failed" not in proc.stderr
 
 
 def test_an_invalid_plan_publishes_nothing_and_fails(
