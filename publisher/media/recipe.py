@@ -155,7 +155,7 @@ class Recipe:
 
 def parse_recipe(text: str, path: Path) -> Recipe:
     """Parse recipe text; ``path`` is where it lives (relative paths resolve against it)."""
-    from publisher.media.recipereader import Reader
+    from publisher.media.recipereader import Reader  # it builds this module's types
 
     try:
         data = tomllib.loads(text)
