@@ -112,6 +112,22 @@ def test_watch_process_notifies_publishes_reloads_and_stops(
         (root / "plans" / "demo.hcl").write_text(PLAN.replace("v=1", "v=3"))
         wait_for(lambda: runs(root) == 3, 20, "publish after reload")
         assert skopeo_digest(other) is not None
+        moved = skopeo_digest(other)
+
+        # SIGHUP with a broken file: said with its line, the previous settings stay
+        good = (root / "cloudboot.toml").read_text()
+        (root / "cloudboot.toml").write_text(good + "[vm]\ncpu = 2\n")
+        proc.send_signal(signal.SIGHUP)
+        notify.wait_for("RELOADING=1")
+        notify.wait_for("READY=1")
+        (root / "plans" / "demo.hcl").write_text(PLAN.replace("v=1", "v=4"))
+        wait_for(lambda: runs(root) == 4, 20, "publish after a failed reload")
+        assert proc.poll() is None and skopeo_digest(other) != moved  # still publishes there
+        failed = [json.loads(line) for line in log.read_text().splitlines()
+                  if "config reload failed" in line]  # fmt: skip
+        said = failed[0]["error"] if failed else ""
+        assert "cloudboot.toml:6: [vm].cpu: unknown key (did you mean 'cpus'?)" in said, failed
+        (root / "cloudboot.toml").write_text(good)  # for `cloudboot status` below
 
         proc.send_signal(signal.SIGTERM)
         notify.wait_for("STOPPING=1")
