@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import sys
-import tomllib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from guest.contract.arch import Arch
-from guest.contract.errors import CloudbootError, Location
+from guest.contract.errors import CloudbootError
 from publisher.settings import (
     SettingError,
     TomlSource,
@@ -34,7 +33,6 @@ from publisher.settings import (
     mac_address,
     plain,
     setting,
-    toml_error_where,
     toml_value,
 )
 
@@ -376,12 +374,7 @@ def load_config(workspace: Path | None = None) -> Config:
     if not path.is_file():
         return parse_config({}, root)
     text = path.read_text()
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        message, line = toml_error_where(str(exc), text)
-        where = Location(str(path), line) if line else str(path)
-        raise ConfigError(f"invalid TOML: {message}", where=where) from None
+    data = TomlSource(str(path), text).loads(ConfigError)
     return parse_config(data, root, path, text)
 
 

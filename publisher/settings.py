@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import enum
 import re
+import tomllib
 import types
 import typing
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from guest.contract.errors import Location
+from guest.contract.errors import CloudbootError, Location
 
 
 class SettingError(ValueError):
@@ -224,14 +225,22 @@ def did_you_mean(name: str, known: typing.Iterable[str]) -> str:
 
 @dataclass(frozen=True)
 class TomlSource:
-    """A settings file's name and text, to say where a table or key of it is set."""
+    """A settings file's name and text: parsed with errors that say where, and where a
+    table or key of it is set."""
 
     path: str
     text: str = ""
 
+    def loads(self, error: type[CloudbootError]) -> dict[str, Any]:
+        """The parsed text; a syntax error raises ``error`` at ``file:line``."""
+        try:
+            return tomllib.loads(self.text)
+        except tomllib.TOMLDecodeError as exc:
+            message, line = toml_error_where(str(exc), self.text)
+            raise error(f"invalid TOML: {message}", where=self._at(line)) from None
+
     def where(self, table: str, key: str | None = None) -> str | Location:
-        line = key_line(self.text, table, key)
-        return Location(self.path, line) if line else self.path
+        return self._at(key_line(self.text, table, key))
 
     def where_key(self, dotted: str) -> str | Location:
         """Where a dotted key path (``arch.x86_64.kernel.deb``, ``initramfs.files[1].src``)
@@ -242,5 +251,8 @@ class TomlSource:
             table, key = ".".join(parts[: end - 1]), parts[end - 1]
             line = key_line(self.text, table, key) or key_line(self.text, ".".join(parts[:end]))
             if line:
-                return Location(self.path, line)
+                return self._at(line)
         return self.path
+
+    def _at(self, line: int) -> str | Location:
+        return Location(self.path, line) if line else self.path

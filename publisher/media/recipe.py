@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from guest.contract.arch import Arch
-from guest.contract.errors import CloudbootError, Location
+from guest.contract.errors import CloudbootError
 from guest.contract.oci import RefError, parse_ref
 from guest.contract.pubkey import load_public_key
 from publisher.media.cpio import Compression
-from publisher.settings import TomlSource, toml_error_where
+from publisher.settings import TomlSource
 
 if TYPE_CHECKING:
     from publisher.config import Config
@@ -157,13 +156,8 @@ def parse_recipe(text: str, path: Path) -> Recipe:
     """Parse recipe text; ``path`` is where it lives (relative paths resolve against it)."""
     from publisher.media.recipereader import Reader  # it builds this module's types
 
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        message, line = toml_error_where(str(exc), text)
-        where = Location(str(path), line) if line else str(path)
-        raise RecipeError(f"invalid TOML: {message}", where=where) from None
     r = Reader(path, text)
+    data = r.toml.loads(RecipeError)
     r.known(data, "", {"cmdline", "signing", "initramfs", "arch", "base", "registry"})
     registry_ca = r.opt_path(r.table(data, "registry", {"ca"}), "registry.ca")
     base = r.string(r.table(data, "base", {"oci"}), "base.oci", "") or None
