@@ -143,6 +143,25 @@ class RegistryClient(RegistrySession):
             self.memory.add_blob(ref, digest)
         return resp.status_code == 200
 
+    def _known_to_have(self, ref: Ref, digest: str) -> bool:
+        """``_has_blob`` for the check before an upload, where a server error means "no".
+
+        The HEAD only saves an upload, and a registry can fail it for good: docker-registry
+        killed while it links a blob into a repository leaves that link file empty and
+        answers the blob's HEAD with 500 until the blob is uploaded again. So a 5xx here
+        is logged and the upload goes ahead (it rewrites the link, and has retries of its
+        own); an unreachable registry still raises, since the upload could not help.
+        """
+        try:
+            return self._has_blob(ref, digest)
+        except TransientRegistryError as exc:
+            if exc.status < 500:
+                raise
+            log.info(
+                "blob HEAD failed; uploading it", ref=ref.name, digest=digest, status=exc.status
+            )
+            return False
+
     # --- blobs ----------------------------------------------------------------------------
 
     def blob_exists(self, ref: Ref, digest: str) -> bool:
@@ -152,7 +171,7 @@ class RegistryClient(RegistrySession):
         """Cross-repository mount (same registry): True when the blob is now in ``ref``'s repo."""
 
         def mount() -> bool:
-            if self._has_blob(ref, digest):
+            if self._known_to_have(ref, digest):
                 return True
             resp = self.request(
                 "POST",
@@ -181,7 +200,9 @@ class RegistryClient(RegistrySession):
             attempts += 1
             if self.memory.has_blob(ref, blob.digest):
                 return 0
-            if self._worth_asking(ref, blob, attempts == 1) and self._has_blob(ref, blob.digest):
+            if self._worth_asking(ref, blob, attempts == 1) and self._known_to_have(
+                ref, blob.digest
+            ):
                 return 0
             sent = None
             spare = self._uploads.take(ref) if attempts == 1 else None

@@ -205,6 +205,26 @@ def test_unknown_host_fails_at_once_with_the_cause() -> None:
     assert [e for e in logs if e["event"] == "registry retry"] == []
 
 
+def test_a_blob_whose_head_fails_is_uploaded_again(registry: RunningRegistry) -> None:
+    """A registry killed while it links a blob into a repository leaves the link file
+    empty; docker-registry then answers that blob's HEAD with 500 until the blob is
+    uploaded again (found as a flake of the restart test below). The existence check is
+    only a shortcut: a server error there must lead to the upload, which repairs the
+    link, not to a minute of retried HEADs."""
+    ref = parse_ref(f"{registry.address}/me/relinked:v1")
+    blob = Blob.of_bytes(os.urandom(4096))
+    RegistryClient().push_blob(ref, blob)
+    repo = registry.storage / "docker/registry/v2/repositories/me/relinked"
+    link = repo / "_layers/sha256" / blob.digest.removeprefix("sha256:") / "link"
+    link.write_text("")  # what the killed registry left behind
+    assert requests.head(f"{registry.url}/v2/me/relinked/blobs/{blob.digest}").status_code == 500
+    client = RegistryClient(retry=RetryPolicy(total=5, initial=0.1, maximum=0.5))
+    seen = recorder(client)
+    assert client.push_blob(ref, blob) == blob.size
+    assert [m for m, _, _ in seen][:2] == ["HEAD", "POST"]  # one HEAD, then the upload
+    assert RegistryClient().get_blob(ref, blob.digest) == blob.data
+
+
 def test_registry_restart_mid_push_completes_and_tag_never_dangles(tmp_path: Path) -> None:
     """Stop docker-registry during a multi-blob signed push, restart it on the same port
     and storage: the push completes after retries and no reader ever sees the tag point at
