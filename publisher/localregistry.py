@@ -11,6 +11,7 @@ otherwise (a Mac has no docker-registry: docs/wire-formats.md §6).
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import ssl
@@ -22,8 +23,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
 from guest.contract.errors import CloudbootError
 from publisher.run import require_tool, spawn
+
+log = structlog.get_logger(__name__)
+
+#: The one blob whose ``data`` file is empty by right.
+EMPTY_BLOB_HEX = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 
 @dataclass(frozen=True)
@@ -130,6 +138,53 @@ def pick_implementation(wanted: str = "auto") -> str:
     return wanted
 
 
+def _named_digest(link: Path) -> str | None:
+    """The digest a ``…/sha256/<hex>/link`` file must hold (its directories name it)."""
+    hexdigest, algorithm = link.parent.name, link.parent.parent.name
+    if algorithm == "sha256" and len(hexdigest) == 64 and hexdigest.isalnum():
+        return f"sha256:{hexdigest}"
+    return None
+
+
+def repair_crash_leftovers(storage: Path) -> list[Path]:
+    """Mend the empty files a killed docker-registry leaves in its storage; returns them.
+
+    docker-registry writes a link file (and a manifest's ``data``) by truncating it and
+    then writing, so a registry killed in between leaves it empty, and answers 500 for
+    that blob, manifest or tag until it is written again (docs/wire-formats.md §8.6).
+    A link under ``…/sha256/<hex>/`` (a blob or manifest linked into a repository, a
+    tag's history) holds the digest its directories name, so it is written again; a
+    tag's ``current/link`` cannot be known and goes (the tag reads as absent until the
+    next publish sets it), as does an empty ``data`` other than the empty blob's.
+    """
+    root = storage / "docker" / "registry" / "v2"
+    mended: list[Path] = []
+    for dirpath, _dirs, files in os.walk(root):
+        here = Path(dirpath)
+        for name in files:
+            path = here / name
+            if name != "link" and (name != "data" or here.name == EMPTY_BLOB_HEX):
+                continue
+            with contextlib.suppress(OSError):
+                if path.stat().st_size != 0:
+                    continue
+                digest = _named_digest(path) if name == "link" else None
+                if digest is None:
+                    path.unlink()
+                else:
+                    spare = path.with_name(".link.repair")
+                    spare.write_text(digest)
+                    spare.replace(path)
+                mended.append(path)
+    if mended:
+        log.warning(
+            "registry storage: mended files a killed registry left empty",
+            storage=str(storage),
+            files=[str(p.relative_to(root)) for p in mended],
+        )
+    return mended
+
+
 def _wait_ready(url: str, proc_alive: object, deadline: float, ca: Path | None) -> None:
     context = ssl.create_default_context(cafile=str(ca)) if ca else None
     answer: str | None = "no request made"
@@ -178,6 +233,7 @@ def local_registry(
         argv = [sys.executable, "-m", "publisher.ociserver", "--root", str(storage),
                 "--host", host, "--port", str(port)]  # fmt: skip
     else:
+        repair_crash_leftovers(storage)
         config = workdir / "registry.yml"
         config.write_text(_config_yaml(f"{host}:{port}", storage, tls, htpasswd))
         argv = [binary, "serve", str(config)]

@@ -76,7 +76,7 @@ def _current_tag(client: RegistryClient, ref: Ref, digest: str) -> str | None:
     remembered = client.memory.tag(ref)
     if remembered is not None and remembered != digest:
         return remembered
-    info = client.head_manifest(ref)
+    info = client.probe_manifest(ref)  # unreadable: move it; the PUT rewrites the tag
     return info.digest if info else None
 
 

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import requests
 import structlog
@@ -56,6 +58,8 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
+T = TypeVar("T")
+
 
 #: Blobs above this size are sent in PATCH chunks read from disk, never held in memory.
 CHUNK_SIZE = 8 * 1024 * 1024
@@ -66,6 +70,24 @@ CHUNK_SIZE = 8 * 1024 * 1024
 #: the HEAD would only add a round trip; a stray re-send costs at most this many bytes.
 #: A fresh client, a big blob, or a retry after a failed attempt always asks first.
 BLIND_UPLOAD_MAX = 64 * 1024
+
+
+def shortcut(operation: Callable[[], T], otherwise: T, what: str, ref: Ref) -> T:
+    """``operation``, a look that only saves work, or ``otherwise`` when the registry
+    answers it with a server error (connection errors still raise, to be retried).
+
+    A registry can fail such a look for good: docker-registry killed while it writes a
+    link file leaves it empty and answers 500 for that blob or tag until the link is
+    written again (docs/wire-formats.md §8.6). Doing the work (an upload, a tag PUT)
+    writes it again; retrying the look would only wait out the whole retry bound.
+    """
+    try:
+        return operation()
+    except TransientRegistryError as exc:
+        if exc.status < 500:
+            raise
+        log.info(f"{what} failed; doing the work instead", ref=str(ref), status=exc.status)
+        return otherwise
 
 
 @dataclass(frozen=True)
@@ -144,23 +166,9 @@ class RegistryClient(RegistrySession):
         return resp.status_code == 200
 
     def _known_to_have(self, ref: Ref, digest: str) -> bool:
-        """``_has_blob`` for the check before an upload, where a server error means "no".
-
-        The HEAD only saves an upload, and a registry can fail it for good: docker-registry
-        killed while it links a blob into a repository leaves that link file empty and
-        answers the blob's HEAD with 500 until the blob is uploaded again. So a 5xx here
-        is logged and the upload goes ahead (it rewrites the link, and has retries of its
-        own); an unreachable registry still raises, since the upload could not help.
-        """
-        try:
-            return self._has_blob(ref, digest)
-        except TransientRegistryError as exc:
-            if exc.status < 500:
-                raise
-            log.info(
-                "blob HEAD failed; uploading it", ref=ref.name, digest=digest, status=exc.status
-            )
-            return False
+        """``_has_blob`` for the check before an upload: a 5xx answer means "no", so the
+        upload goes ahead and rewrites what the registry cannot read (see ``shortcut``)."""
+        return shortcut(lambda: self._has_blob(ref, digest), False, "blob HEAD; uploading", ref)
 
     # --- blobs ----------------------------------------------------------------------------
 
@@ -235,32 +243,43 @@ class RegistryClient(RegistrySession):
 
     # --- manifests and tags ---------------------------------------------------------------
 
+    def _head_manifest(self, ref: Ref) -> ManifestInfo | None:
+        """HEAD a manifest (one exchange, no retry); None when it does not exist."""
+        resp = self.request(
+            "HEAD",
+            ref,
+            f"/v2/{ref.repository}/manifests/{ref.reference}",
+            what="manifest HEAD",
+            ok=(200,),
+            missing_ok=True,
+            headers={"Accept": MANIFEST_ACCEPT},
+        )
+        if resp.status_code == 404:
+            return None
+        require_not_html(resp, ref.name, "manifest HEAD")
+        digest = resp.headers.get("Docker-Content-Digest") or ref.digest
+        if not digest:  # some registries omit it on HEAD: GET and hash
+            data, media, digest = self.get_manifest(ref)
+            return ManifestInfo(digest, media, len(data))
+        media = resp.headers.get("Content-Type", "").split(";")[0]
+        return ManifestInfo(digest, media, int(resp.headers.get("Content-Length", 0)))
+
     def head_manifest(self, ref: Ref) -> ManifestInfo | None:
         """Digest and type of what ``ref`` points at, or None when it does not exist."""
-
-        def head() -> ManifestInfo | None:
-            resp = self.request(
-                "HEAD",
-                ref,
-                f"/v2/{ref.repository}/manifests/{ref.reference}",
-                what="manifest HEAD",
-                ok=(200,),
-                missing_ok=True,
-                headers={"Accept": MANIFEST_ACCEPT},
-            )
-            if resp.status_code == 404:
-                return None
-            require_not_html(resp, ref.name, "manifest HEAD")
-            digest = resp.headers.get("Docker-Content-Digest") or ref.digest
-            if not digest:  # some registries omit it on HEAD: GET and hash
-                data, media, digest = self.get_manifest(ref)
-                return ManifestInfo(digest, media, len(data))
-            media = resp.headers.get("Content-Type", "").split(";")[0]
-            return ManifestInfo(digest, media, int(resp.headers.get("Content-Length", 0)))
-
-        info = self.retrying("manifest HEAD", ref, head)
+        info = self.retrying("manifest HEAD", ref, lambda: self._head_manifest(ref))
         self.memory.saw(ref, ref.reference, info.digest if info else None)
         return info
+
+    def probe_manifest(self, ref: Ref) -> ManifestInfo | None:
+        """``head_manifest`` for a look that only saves work: a 5xx answer means "not
+        known" (None), like an absent tag (see ``shortcut``). Only for callers to whom
+        acting as if the tag were absent is harmless: publishing PUTs the same manifest to
+        the tag again, which rewrites a tag the registry could not read."""
+
+        def head() -> ManifestInfo | None:
+            return shortcut(lambda: self._head_manifest(ref), None, "manifest HEAD", ref)
+
+        return self.retrying("manifest HEAD", ref, head)
 
     def get_manifest(self, ref: Ref) -> tuple[bytes, str, str]:
         """(bytes, media type, digest); the digest is computed, and checked when pinned."""

@@ -225,6 +225,62 @@ def test_a_blob_whose_head_fails_is_uploaded_again(registry: RunningRegistry) ->
     assert RegistryClient().get_blob(ref, blob.digest) == blob.data
 
 
+def test_a_tag_the_registry_cannot_read_is_moved(registry: RunningRegistry, tmp_path: Path) -> None:
+    """A registry we do not start (so do not mend) with a tag whose link was left empty:
+    looking the tag up answers 500, but publishing only looks to save a PUT, so it moves
+    the tag, which rewrites the link."""
+    plan = tmp_path / "p.hcl"
+    plan.write_text('default_target = "a"\ntarget "a" {\n  kernel = "r.io/k:1"\n}\n')
+    key = parse_private_key(generate_key_pair(b"")[0], b"")
+    ref = parse_ref(f"{registry.address}/me/broken-tag:latest")
+    publish_plan(RegistryClient(), ref, plan, key)
+    tags = registry.storage / "docker/registry/v2/repositories/me/broken-tag/_manifests/tags"
+    (tags / "latest/current/link").write_text("")
+    assert RegistryClient().probe_manifest(ref) is None
+    plan.write_text(plan.read_text().replace('"a"', '"b"'))
+    client = RegistryClient(retry=RetryPolicy(total=5, initial=0.1, maximum=0.5))
+    moved = publish_plan(client, ref, plan, key)
+    info = RegistryClient().head_manifest(ref)
+    assert info is not None and info.digest == moved.digest
+
+
+@pytest.mark.parametrize("left_empty", ["tags", "_layers", "revisions", "manifest data"])
+def test_a_registry_killed_mid_write_is_repaired_at_start(tmp_path: Path, left_empty: str) -> None:
+    """What a killed docker-registry leaves (empty link files, an empty manifest ``data``)
+    made it answer 500 for that tag or blob for good: republishing failed after the
+    whole retry bound, and so did every guest's fetch. Started again by cloudboot, the
+    registry's storage is mended first, and the same publish just works."""
+    storage = tmp_path / "storage"
+    plan = tmp_path / "p.hcl"
+    plan.write_text('default_target = "a"\ntarget "a" {\n  kernel = "r.io/k:1"\n}\n')
+    private_pem, public_pem = generate_key_pair(b"")
+    key = parse_private_key(private_pem, b"")
+    with local_registry(tmp_path / "a", storage=storage) as reg:
+        ref = parse_ref(f"{reg.address}/me/plan:latest")
+        first = publish_plan(RegistryClient(), ref, plan, key)
+    v2 = storage / "docker/registry/v2"
+    if left_empty == "manifest data":
+        hexdigest = first.digest.removeprefix("sha256:")
+        victims = [v2 / "blobs/sha256" / hexdigest[:2] / hexdigest / "data"]
+    else:
+        victims = [p for p in v2.glob("repositories/**/link") if f"/{left_empty}/" in str(p)]
+    assert victims
+    for victim in victims:
+        victim.write_bytes(b"")
+    with (
+        structlog.testing.capture_logs() as logs,
+        local_registry(tmp_path / "b", storage=storage) as reg,
+    ):
+        ref = parse_ref(f"{reg.address}/me/plan:latest")
+        client = RegistryClient(retry=RetryPolicy(total=5, initial=0.1, maximum=0.5))
+        again = publish_plan(client, ref, plan, key)
+        assert again.digest == first.digest
+        verified = verify_ref(RegistryClient(), ref, load_public_key(public_pem))
+        assert verified.digest == first.digest
+    (repair,) = [e for e in logs if e["event"].startswith("registry storage: mended")]
+    assert len(repair["files"]) == len(victims)
+
+
 def test_registry_restart_mid_push_completes_and_tag_never_dangles(tmp_path: Path) -> None:
     """Stop docker-registry during a multi-blob signed push, restart it on the same port
     and storage: the push completes after retries and no reader ever sees the tag point at
