@@ -60,6 +60,9 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
+#: The log event of ``shortcut`` when it does the work.
+SHORTCUT_FAILED = "the registry answered 500 to a look that only saves work; doing the work"
+
 
 #: Blobs above this size are sent in PATCH chunks read from disk, never held in memory.
 CHUNK_SIZE = 8 * 1024 * 1024
@@ -74,19 +77,21 @@ BLIND_UPLOAD_MAX = 64 * 1024
 
 def shortcut(operation: Callable[[], T], otherwise: T, what: str, ref: Ref) -> T:
     """``operation``, a look that only saves work, or ``otherwise`` when the registry
-    answers it with a server error (connection errors still raise, to be retried).
+    answers it with 500 Internal Server Error.
 
     A registry can fail such a look for good: docker-registry killed while it writes a
     link file leaves it empty and answers 500 for that blob or tag until the link is
     written again (docs/wire-formats.md §8.6). Doing the work (an upload, a tag PUT)
-    writes it again; retrying the look would only wait out the whole retry bound.
+    writes it again; retrying the look would only wait out the whole retry bound. The
+    answers that mean "later" (502, 503, 504, 429) and connection errors still raise, to
+    be retried: a big upload is not worth sending to a registry that is only busy.
     """
     try:
         return operation()
     except TransientRegistryError as exc:
-        if exc.status < 500:
+        if exc.status != 500:
             raise
-        log.info(f"{what} failed; doing the work instead", ref=str(ref), status=exc.status)
+        log.info(SHORTCUT_FAILED, look=what, ref=str(ref), status=exc.status)
         return otherwise
 
 
@@ -166,9 +171,9 @@ class RegistryClient(RegistrySession):
         return resp.status_code == 200
 
     def _known_to_have(self, ref: Ref, digest: str) -> bool:
-        """``_has_blob`` for the check before an upload: a 5xx answer means "no", so the
+        """``_has_blob`` for the check before an upload: a 500 answer means "no", so the
         upload goes ahead and rewrites what the registry cannot read (see ``shortcut``)."""
-        return shortcut(lambda: self._has_blob(ref, digest), False, "blob HEAD; uploading", ref)
+        return shortcut(lambda: self._has_blob(ref, digest), False, "blob HEAD", ref)
 
     # --- blobs ----------------------------------------------------------------------------
 
@@ -271,13 +276,13 @@ class RegistryClient(RegistrySession):
         return info
 
     def probe_manifest(self, ref: Ref) -> ManifestInfo | None:
-        """``head_manifest`` for a look that only saves work: a 5xx answer means "not
+        """``head_manifest`` for a look that only saves work: a 500 answer means "not
         known" (None), like an absent tag (see ``shortcut``). Only for callers to whom
         acting as if the tag were absent is harmless: publishing PUTs the same manifest to
         the tag again, which rewrites a tag the registry could not read."""
 
         def head() -> ManifestInfo | None:
-            return shortcut(lambda: self._head_manifest(ref), None, "manifest HEAD", ref)
+            return shortcut(lambda: self._head_manifest(ref), None, "tag HEAD", ref)
 
         return self.retrying("manifest HEAD", ref, head)
 
