@@ -143,6 +143,50 @@ def test_watch_process_notifies_publishes_reloads_and_stops(
     assert all("digest" in r and "subject" in r for r in stages)
 
 
+def test_watch_follows_plans_replaced_or_made_again(
+    tmp_path: Path, registry: RunningRegistry
+) -> None:
+    """The watch on plans/ died with the directory: after ``mv plans plans.old && cp -r
+    plans.old plans`` (or a checkout that removes and writes it again) the watcher kept
+    running and published nothing, silently. Now it watches plans/ again, and the
+    replaced or re-made tree is published as an edit."""
+    root = tmp_path / "ws"
+    write_signed_workspace(root, registry.address)
+    env = {**os.environ, "COSIGN_PASSWORD": "pw"}
+    log = tmp_path / "watch.log"
+    ref = f"{registry.address}/cloudboot/demo:latest"
+    plans = root / "plans"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [CLOUDBOOT, "--log-format", "json", "--workspace", str(root), "watch", "--no-vm"],
+            stdout=subprocess.DEVNULL, stderr=err, env=env,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: runs(root) == 1, 20, "initial publish")
+        first = skopeo_digest(ref)
+        plans.rename(root / "plans.old")
+        plans.mkdir()
+        (plans / "demo.hcl").write_text(PLAN.replace("v=1", "v=2"))  # the replaced tree
+        wait_for(lambda: skopeo_digest(ref) not in (None, first), 20, "publish of the new tree")
+        second = skopeo_digest(ref)
+        (plans / "demo.hcl").write_text(PLAN.replace("v=1", "v=3"))  # an edit inside it
+        wait_for(lambda: skopeo_digest(ref) != second, 20, "publish of an edit in it")
+        third = skopeo_digest(ref)
+        subprocess.run(["rm", "-rf", str(plans)], check=True)
+        time.sleep(1)
+        plans.mkdir()
+        (plans / "demo.hcl").write_text(PLAN.replace("v=1", "v=4"))
+        wait_for(lambda: skopeo_digest(ref) != third, 20, "publish after rm -rf and mkdir")
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    events = [json.loads(line)["event"] for line in log.read_text().splitlines()
+              if line.startswith("{")]  # fmt: skip
+    assert "watching again" in events
+    assert "the watched directory is gone; watching for it" in events
+
+
 def test_status_without_a_watcher_is_a_clear_error(tmp_path: Path) -> None:
     proc = subprocess.run(
         [CLOUDBOOT, "--workspace", str(tmp_path), "status"], capture_output=True, text=True
