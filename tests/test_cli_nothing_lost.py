@@ -102,6 +102,46 @@ def test_init_refused_changes_nothing(tmp_path: Path) -> None:
     assert snapshot(ws) == before
 
 
+# --- a full disk ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 12 MiB tmpfs: a real ENOSPC (needs root and mount, as on the CI machines)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:  # fmt: skip
+        pytest.skip("cannot mount a tmpfs here (not root, or no CAP_SYS_ADMIN)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_build_on_a_full_disk_names_the_path_and_keeps_the_old_iso(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """boot.iso (about 60 MiB) written where 12 MiB are free: said once, with the path and
+    what to do, exit 1, the previous boot.iso untouched and no temporary file left. Before,
+    the error named no path and pyfatfs printed two more tracebacks at exit."""
+    ws = tmp_path / "ws"
+    assert cli("init", str(ws), cwd=tmp_path).returncode == 0
+    assert cli("key", "generate", cwd=ws).returncode == 0
+    iso = small_disk / "boot.iso"
+    iso.write_bytes(b"the previous image")
+    proc = cli("build", "--iso", str(iso), cwd=ws)
+    assert proc.returncode == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: {iso}: cannot write boot.iso: No space left on device; the disk is full:"
+        " free space or choose another path"
+    ], proc.stderr
+    assert "Exception ignored" not in proc.stderr
+    assert iso.read_bytes() == b"the previous image"
+    assert [p.name for p in small_disk.rglob("*") if p.is_file()] == ["boot.iso"]
+
+
 # --- key generate ------------------------------------------------------------------------
 
 

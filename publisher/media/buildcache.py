@@ -17,7 +17,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
 from guest.contract.fsutil import write_atomic
+
+log = structlog.get_logger(__name__)
 
 #: Entries kept per kind (e.g. one per arch and a few recent inputs each).
 KEEP = 4
@@ -62,9 +66,14 @@ class BlobCache:
                 path.unlink()
 
     def put(self, kind: str, key: str, data: bytes) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Keep ``data``; a cache that cannot be written (a full disk) costs only speed."""
         name = f"{kind}--{key}--{hashlib.sha256(data).hexdigest()}"
-        write_atomic(self.root / name, data)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.root / name, data)
+        except OSError as exc:
+            log.warning("build cache: not kept", path=str(self.root), error=exc.strerror)
+            return
         self._prune(kind)
 
     def _prune(self, kind: str) -> None:

@@ -171,6 +171,18 @@ def fix_boot_sector(image: Path, offset: int) -> None:
             f.write(struct.pack("<II", free, next_free))
 
 
+def _abandon(fat: Any) -> None:
+    """Close a pyfatfs volume after a failed write without writing to it again.
+
+    Its own ``close`` first marks the volume clean, a write that fails again on a full
+    disk and leaves the file open; its ``__del__`` then tries once more at exit and
+    prints that error after ours. Marked read-only, it only closes the file.
+    """
+    fat.is_read_only = True
+    with contextlib.suppress(Exception):
+        fat.close()
+
+
 def write_fat(
     image: Path,
     *,
@@ -199,8 +211,12 @@ def write_fat(
         raise EspError(f"FAT offset {offset} and size {size} must be multiples of 512")
     with _frozen_clock(epoch):
         fat = PyFat(offset=offset)
-        fat.mkfs(str(image), fat_type=int(kind), size=size, label=fat_label(label),
-                 volume_id=volume_id)  # fmt: skip
+        try:
+            fat.mkfs(str(image), fat_type=int(kind), size=size, label=fat_label(label),
+                     volume_id=volume_id)  # fmt: skip
+        except BaseException:
+            _abandon(fat)
+            raise
         fat.close()
         with open(image, "rb") as f:
             f.seek(offset)
@@ -221,6 +237,10 @@ def write_fat(
             for path in sorted(files):
                 with fs.openbin("/" + path, "wb") as out:
                     out.write(files[path])
-        finally:
-            fs.close()
+        except BaseException:
+            _abandon(fs.fs)
+            with contextlib.suppress(Exception):
+                fs.close()
+            raise
+        fs.close()
     fix_boot_sector(image, offset)

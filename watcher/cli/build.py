@@ -14,7 +14,7 @@ import typer
 from guest.contract.arch import Arch
 from guest.contract.errors import CloudbootError
 from watcher.cli import state
-from watcher.cli.errors import UsageError, json_path
+from watcher.cli.errors import UsageError, json_path, os_hint
 from watcher.cli.push import signing_key
 
 #: pyfatfs cannot lay out a FAT32 volume much beyond this (64 GiB fails).
@@ -140,7 +140,8 @@ def build(
     except OSError as exc:
         if exc.filename is None or Path(exc.filename).parent != out.parent:
             raise
-        raise CloudbootError(f"cannot write boot.iso: {exc.strerror}", where=str(out)) from None
+        why = f"{exc.strerror}{os_hint(exc)}"
+        raise CloudbootError(f"cannot write boot.iso: {why}", where=str(out)) from None
     finally:
         if bar_ctx is not None:
             bar_ctx.__exit__(None, None, None)

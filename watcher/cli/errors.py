@@ -75,6 +75,12 @@ _OS_HINTS = {
 }
 
 
+def os_hint(exc: OSError) -> str:
+    """``"; what to do"`` for the errors a user can act on (a full disk ...), else ``""``."""
+    hint = _OS_HINTS.get(exc.errno or 0, "")
+    return f"; {hint}" if hint else ""
+
+
 def json_path(path: Path | str) -> str:
     """Paths in JSON output: always absolute, so scripts need not know our cwd."""
     return str(Path(path).absolute())
@@ -88,9 +94,8 @@ def failure_of(exc: BaseException) -> Failure:
     if isinstance(exc, OSError):
         name = exc.filename if exc.filename is not None else None
         reason = exc.strerror or str(exc)
-        hint = _OS_HINTS.get(exc.errno or 0, "")
         text = f"{name}: {reason}" if name else reason
-        return Failure(f"{text}{'; ' + hint if hint else ''}", EXIT_FAILED, "OSError",
+        return Failure(f"{text}{os_hint(exc)}", EXIT_FAILED, "OSError",
                        str(name) if name else None)  # fmt: skip
     if isinstance(exc, MemoryError):
         return Failure("out of memory", EXIT_FAILED, "MemoryError")
