@@ -187,6 +187,41 @@ def test_watch_follows_plans_replaced_or_made_again(
     assert "the watched directory is gone; watching for it" in events
 
 
+def test_a_second_watcher_on_one_workspace_is_refused(
+    tmp_path: Path, registry: RunningRegistry
+) -> None:
+    """A forgotten `up` in another terminal, or `up` while the agent watches: both used to
+    run, each publishing, building and restarting the one VM on every edit. The second
+    now stops at once, naming the first; once the first is gone (even killed), it runs."""
+    root = tmp_path / "ws"
+    write_signed_workspace(root, registry.address)
+    env = {**os.environ, "COSIGN_PASSWORD": "pw"}
+    argv = [CLOUDBOOT, "--workspace", str(root)]
+    first = subprocess.Popen([*argv, "watch", "--no-vm"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=env)  # fmt: skip
+    try:
+        wait_for(lambda: runs(root) == 1, 20, "the first watcher's initial publish")
+        for second in (["watch", "--no-vm"], ["up", "--no-vm", "--no-preflight"]):
+            proc = subprocess.run([*argv, *second], capture_output=True, text=True, env=env,
+                                  timeout=60)  # fmt: skip
+            assert proc.returncode == 1, proc.stderr
+            said = f"another watcher runs in this workspace (pid {first.pid}, `cloudboot watch`"
+            assert said in proc.stderr, proc.stderr
+            assert proc.stdout == ""  # stopped before the registry, the key or a publish
+        assert first.poll() is None
+    finally:
+        first.kill()  # no clean stop: the kernel drops the lock with its holder
+        first.wait()
+    again = subprocess.Popen([*argv, "watch", "--no-vm"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=env)  # fmt: skip
+    try:
+        wait_for(lambda: status(root).get("alive") is True and status(root)["pid"] == again.pid,
+                 20, "a watcher after the first was killed")  # fmt: skip
+    finally:
+        again.send_signal(signal.SIGTERM)
+        again.wait(30)
+
+
 def test_status_without_a_watcher_is_a_clear_error(tmp_path: Path) -> None:
     proc = subprocess.run(
         [CLOUDBOOT, "--workspace", str(tmp_path), "status"], capture_output=True, text=True

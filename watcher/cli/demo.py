@@ -158,15 +158,17 @@ def up(
     from watcher.vm import VmSpec, VmState, open_backend
     from watcher.watch.adapters import BackendVmStage, host_stager
     from watcher.watch.reload import ReloadStart
+    from watcher.watch.sole import sole_watcher
 
     began = time.time()
     cli = state(ctx)
     config = cli.config
-    if preflight:
+    if preflight:  # writes nothing, so it comes before even the lock file
         from watcher.cli.doctor import preflight_or_stop
 
         preflight_or_stop(config, vm=vm, demo_disk=demo_disk)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(sole_watcher(config.root, "up"))  # before anything is touched
         ensure_signing_key(config)
         start_registry(config, stack)
         t_publish = time.perf_counter()

@@ -59,16 +59,18 @@ def watch(
     On a terminal (or with --log-format json) each reload ends in one result line."""
     from watcher.cli.demo import demo_disk_if_made
     from watcher.watch.adapters import vm_stage_for
+    from watcher.watch.sole import sole_watcher
 
     cli = state(ctx)
-    config = demo_disk_if_made(cli.config) if vm else cli.config
-    run_daemon(
-        config,
-        vm_stage=vm_stage_for(config) if vm else None,
-        initial=initial,
-        debounce_ms=debounce_ms,
-        view=LoopView.for_command(cli.log_format, console=console, always=False),
-    )
+    with sole_watcher(cli.config.root, "watch"):
+        config = demo_disk_if_made(cli.config) if vm else cli.config
+        run_daemon(
+            config,
+            vm_stage=vm_stage_for(config) if vm else None,
+            initial=initial,
+            debounce_ms=debounce_ms,
+            view=LoopView.for_command(cli.log_format, console=console, always=False),
+        )
 
 
 def run_daemon(
