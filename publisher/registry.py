@@ -249,7 +249,13 @@ class RegistryClient(RegistrySession):
     # --- manifests and tags ---------------------------------------------------------------
 
     def _head_manifest(self, ref: Ref) -> ManifestInfo | None:
-        """HEAD a manifest (one exchange, no retry); None when it does not exist."""
+        """HEAD a manifest (one exchange, no retry), remembering the answer; None when it
+        does not exist."""
+        info = self._ask_manifest(ref)
+        self.memory.saw(ref, ref.reference, info.digest if info else None)
+        return info
+
+    def _ask_manifest(self, ref: Ref) -> ManifestInfo | None:
         resp = self.request(
             "HEAD",
             ref,
@@ -271,9 +277,7 @@ class RegistryClient(RegistrySession):
 
     def head_manifest(self, ref: Ref) -> ManifestInfo | None:
         """Digest and type of what ``ref`` points at, or None when it does not exist."""
-        info = self.retrying("manifest HEAD", ref, lambda: self._head_manifest(ref))
-        self.memory.saw(ref, ref.reference, info.digest if info else None)
-        return info
+        return self.retrying("manifest HEAD", ref, lambda: self._head_manifest(ref))
 
     def probe_manifest(self, ref: Ref) -> ManifestInfo | None:
         """``head_manifest`` for a look that only saves work: a 500 answer means "not
