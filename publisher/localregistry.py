@@ -159,12 +159,14 @@ def repair_crash_leftovers(storage: Path) -> list[Path]:
     """
     root = storage / "docker" / "registry" / "v2"
     mended: list[Path] = []
+    blobs = root / "blobs"
     for dirpath, _dirs, files in os.walk(root):
         here = Path(dirpath)
+        stored = here.is_relative_to(blobs) and here.name != EMPTY_BLOB_HEX
         for name in files:
             path = here / name
-            if name != "link" and (name != "data" or here.name == EMPTY_BLOB_HEX):
-                continue
+            if name != "link" and not (name == "data" and stored):
+                continue  # an upload's data (repositories/*/_uploads/) may be empty by right
             with contextlib.suppress(OSError):
                 if path.stat().st_size != 0:
                     continue

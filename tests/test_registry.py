@@ -267,6 +267,9 @@ def test_a_registry_killed_mid_write_is_repaired_at_start(tmp_path: Path, left_e
     assert victims
     for victim in victims:
         victim.write_bytes(b"")
+    upload = v2 / "repositories/me/plan/_uploads/0b7e/data"  # an upload just begun: kept
+    upload.parent.mkdir(parents=True)
+    upload.write_bytes(b"")
     with (
         structlog.testing.capture_logs() as logs,
         local_registry(tmp_path / "b", storage=storage) as reg,
@@ -279,6 +282,7 @@ def test_a_registry_killed_mid_write_is_repaired_at_start(tmp_path: Path, left_e
         assert verified.digest == first.digest
     (repair,) = [e for e in logs if e["event"].startswith("registry storage: mended")]
     assert len(repair["files"]) == len(victims)
+    assert upload.exists()
 
 
 def test_registry_restart_mid_push_completes_and_tag_never_dangles(tmp_path: Path) -> None:
