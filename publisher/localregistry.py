@@ -11,6 +11,7 @@ otherwise (a Mac has no docker-registry: docs/wire-formats.md §6).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import socket
@@ -26,12 +27,13 @@ from pathlib import Path
 import structlog
 
 from guest.contract.errors import CloudbootError
+from guest.contract.fsutil import write_atomic
 from publisher.run import require_tool, spawn
 
 log = structlog.get_logger(__name__)
 
 #: The one blob whose ``data`` file is empty by right.
-EMPTY_BLOB_HEX = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+EMPTY_BLOB_HEX = hashlib.sha256(b"").hexdigest()
 
 
 @dataclass(frozen=True)
@@ -174,9 +176,7 @@ def repair_crash_leftovers(storage: Path) -> list[Path]:
                 if digest is None:
                     path.unlink()
                 else:
-                    spare = path.with_name(".link.repair")
-                    spare.write_text(digest)
-                    spare.replace(path)
+                    write_atomic(path, digest.encode())
                 mended.append(path)
     if mended:
         log.warning(
