@@ -57,13 +57,20 @@ def test_guest_reboot_under_vfkit_is_relaunched_with_nvram_kept(
         pid = backend.up().pid
         with QmpClient(qmp_socket) as qmp:  # the reboot the guest agent ends with
             qmp.execute("system_reset")
-        wait_for(
-            lambda: backend.status().state is VmState.RUNNING and backend.status().pid != pid,
-            30,
-            "the supervisor to relaunch vfkit",
-        )
-        cmd = process_cmdline(backend.status().pid or 0) or []
-        assert not cmd[cmd.index("--bootloader") + 1].endswith(",create")  # NVRAM kept
+        relaunched: list[str] = []
+
+        def relaunched_argv() -> bool:
+            # Status and argv are read together: the relaunched guest may itself reset (and
+            # so exit and be relaunched again) between two separate reads.
+            status = backend.status()
+            if status.state is not VmState.RUNNING or status.pid in (None, pid):
+                return False
+            relaunched[:] = process_cmdline(status.pid or 0) or []
+            return bool(relaunched)
+
+        wait_for(relaunched_argv, 30, "the supervisor to relaunch vfkit")
+        bootloader = relaunched[relaunched.index("--bootloader") + 1]
+        assert not bootloader.endswith(",create")  # NVRAM kept
         backend.down(STOP_TIMEOUT)
         assert has_marker(spec.nvram)
         backend.up()
