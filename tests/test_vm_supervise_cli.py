@@ -44,18 +44,17 @@ def test_up_supervise_relaunches_after_guest_reboot(
         wait_for(qmp_socket.exists, 10, "the stand-in's QEMU")
         with QmpClient(qmp_socket) as qmp:  # what the guest agent's reboot(2) causes
             qmp.execute("system_reset")
-        relaunched: list[object] = []
+        cmd: list[str] = []
 
         def running_again() -> bool:
-            status = vm_status(root)  # one read: state and pid of the same moment
+            # One read of state and pid, and the argv right after it: the relaunched
+            # guest may reset (so exit, and be relaunched again) before a later read.
+            status = vm_status(root)
             if status["state"] == "running" and status["pid"] not in (None, pid):
-                relaunched.append(status["pid"])
-            return bool(relaunched)
+                cmd[:] = process_cmdline(int(status["pid"])) or []
+            return bool(cmd)
 
         wait_for(running_again, 30, "the relaunch")
-        new_pid = relaunched[0]
-        assert isinstance(new_pid, int)
-        cmd = process_cmdline(new_pid) or []
         assert not cmd[cmd.index("--bootloader") + 1].endswith(",create")  # NVRAM kept
         supervise.send_signal(signal.SIGTERM)
         assert supervise.wait(20) == 0
