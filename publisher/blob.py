@@ -53,14 +53,41 @@ class Blob:
         return cls("sha256:" + hasher.hexdigest(), size, path=path)
 
     def chunks(self, chunk_size: int) -> Iterator[bytes]:
+        """The content in pieces; a file's is checked against ``digest`` and ``size`` as
+        it is read: the manifest naming this digest is already made, so a file replaced
+        or rewritten since it was hashed must not be sent as if it were the same blob.
+        The check fails before the last piece is handed out, so the upload that would
+        commit the blob is never finished."""
         if self.data is not None:
             for i in range(0, max(len(self.data), 1), chunk_size):
                 yield self.data[i : i + chunk_size]
             return
         assert self.path is not None
+        hasher, size = hashlib.sha256(), 0
         with self.path.open("rb") as f:
-            while chunk := f.read(chunk_size):
+            chunk = f.read(chunk_size)
+            while True:
+                hasher.update(chunk)
+                size += len(chunk)
+                following = f.read(chunk_size) if chunk and size <= self.size else b""
+                if not following:
+                    if (size, "sha256:" + hasher.hexdigest()) != (self.size, self.digest):
+                        raise ContentChangedError(
+                            f"changed while it was being pushed (hashed as {self.digest},"
+                            f" {self.size} bytes; now {size if size <= self.size else 'more'}"
+                            " bytes that hash differently): the upload was left unfinished;"
+                            " push again",
+                            where=str(self.path),
+                        )
+                    if chunk or size == 0:
+                        yield chunk
+                    return
                 yield chunk
+                chunk = following
+
+
+class ContentChangedError(CloudbootError):
+    """A file blob whose bytes are no longer those its digest was computed from."""
 
 
 class StoreMemory:
@@ -163,7 +190,7 @@ def send_blob(request: Requester, ref: Ref, location: str, blob: Blob, chunk_siz
             sent += len(chunk)
         body = b""
     else:
-        body = blob.data if blob.data is not None else b"".join(blob.chunks(blob.size))
+        body = blob.data if blob.data is not None else b"".join(blob.chunks(max(blob.size, 1)))
         sent = len(body)
     sep = "&" if "?" in location else "?"
     resp = request(

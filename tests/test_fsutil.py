@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from guest.contract.fsutil import atomic_file, replacing, write_atomic
+from guest.contract.fsutil import atomic_file, creating, replacing, write_atomic
 
 
 def _leftovers(directory: Path) -> list[str]:
@@ -55,3 +55,27 @@ def test_replaced_file_keeps_its_mode_and_new_one_follows_umask(tmp_path: Path) 
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o640
+
+
+def test_creating_keeps_the_first_writer(tmp_path: Path) -> None:
+    """Two writers of one cache entry at once: the first one's bytes stay, under the same
+    inode, so a reader that hashed them reads them again; the loser's temp file goes."""
+    target = tmp_path / "cache" / "entry"
+    with creating(target) as first, creating(target) as second:
+        second.write_bytes(b"second")
+        first.write_bytes(b"first")
+    # the inner body (second) finished first, so it won
+    assert target.read_bytes() == b"second"
+    inode = target.stat().st_ino
+    with creating(target) as later:
+        later.write_bytes(b"later")
+    assert (target.read_bytes(), target.stat().st_ino) == (b"second", inode)
+    assert _leftovers(target.parent) == []
+
+
+def test_creating_leaves_nothing_when_the_writer_fails(tmp_path: Path) -> None:
+    target = tmp_path / "entry"
+    with pytest.raises(RuntimeError), creating(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("writer failed")
+    assert not target.exists() and _leftovers(tmp_path) == []

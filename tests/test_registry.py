@@ -26,6 +26,7 @@ from guest.contract import cosign
 from guest.contract.oci import MEDIA_MANIFEST, Descriptor, Manifest, digest_of, parse_ref
 from guest.contract.pubkey import load_public_key
 from publisher.auth import Credentials, lookup_credentials
+from publisher.blob import ContentChangedError
 from publisher.localregistry import RunningRegistry, free_port, local_registry
 from publisher.push import publish_plan, push_artifact
 from publisher.refsign import verify_ref
@@ -97,6 +98,32 @@ def test_large_blob_is_streamed_in_chunks(registry: RunningRegistry, tmp_path: P
     assert client.push_blob(ref, blob) == len(payload)
     assert [m for m, _, _ in seen].count("PATCH") == 5  # ceil(300000 / 65536)
     assert client.get_blob(ref, blob.digest) == payload
+
+
+@pytest.mark.parametrize("size", [300_000, 1000])  # streamed in chunks; one PUT
+def test_a_file_changed_after_hashing_is_not_sent_as_its_digest(
+    registry: RunningRegistry, tmp_path: Path, size: int
+) -> None:
+    """The digest is in a manifest once it is hashed; a file replaced before the upload
+    (two pushes filling one cache entry) fails with its path, and the registry holds
+    neither the hashed nor the new content."""
+    path = tmp_path / "demo.raw.gz"
+    path.write_bytes(os.urandom(size))
+    blob = Blob.of_file(path)
+    replacement = os.urandom(size)
+    path.write_bytes(replacement)
+    client = RegistryClient(chunk_size=64 * 1024)
+    seen = recorder(client)
+    ref = parse_ref(f"{registry.address}/me/base")
+    with pytest.raises(ContentChangedError) as info:
+        client.push_blob(ref, blob)
+    assert str(path) in str(info.value) and "changed while it was being pushed" in str(info.value)
+    assert not [u for m, u, _ in seen if m == "PUT"]  # the upload was never finished
+    assert not client.blob_exists(ref, blob.digest)
+    assert not client.blob_exists(ref, digest_of(replacement))
+    path.write_bytes(replacement + b"x")  # grown: refused too, without reading on and on
+    with pytest.raises(ContentChangedError):
+        client.push_blob(ref, Blob(blob.digest, size, path=path))
 
 
 def test_client_error_fails_at_once_with_registry_message(registry: RunningRegistry) -> None:

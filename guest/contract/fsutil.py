@@ -86,6 +86,26 @@ def replacing(path: Path, *, durable: bool = False, mode: int | None = None) -> 
 
 
 @contextlib.contextmanager
+def creating(path: Path) -> Iterator[Path]:
+    """A temporary path next to ``path``, linked in as ``path`` if the body succeeds and
+    nothing is there yet: the first writer wins, and a file once there never changes.
+
+    For per-user caches keyed by their inputs whose content is not a function of those
+    inputs (an image mkfs stamps with times): two processes filling the same entry at once
+    must not swap the file under one that has hashed it and reads it again to upload.
+    Afterwards ``path`` holds the winner's bytes, the loser's are removed.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _new_temp(path, private=False)
+    try:
+        yield tmp
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
 def atomic_file(
     path: Path, *, durable: bool = False, mode: int | None = None
 ) -> Iterator[BinaryIO]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from guest.contract.arch import Arch
-from guest.contract.fsutil import replacing
+from guest.contract.fsutil import creating
 from guest.contract.oci import (
     ANNOTATION_TITLE,
     MEDIA_INDEX,
@@ -156,7 +156,9 @@ def demo_disk_layer(arch: Arch, debs: DebCache, work: Path) -> tuple[Path, str]:
     """The gzip'd demo disk, made once per (kernel, busybox, demodisk code) on this host.
 
     mkfs -d copies each file's ctime into the image, so two images of the same inputs
-    differ; keeping the first one keeps the base's digest when it is pushed again.
+    differ; keeping the first one keeps the base's digest when it is pushed again, and
+    two pushes at once publish the same image (fsutil.creating: the entry never changes
+    once there, so a push that hashed it reads the same bytes to upload them).
     """
     kernel = debs.kernel_package(f"linux-image-cloud-{arch.debian}", arch)
     busybox = debs.package("busybox-static", arch)
@@ -167,7 +169,8 @@ def demo_disk_layer(arch: Arch, debs: DebCache, work: Path) -> tuple[Path, str]:
     if not kept.is_file():
         disk = ensure_demo_disk(work / "demo.raw", arch, cache=debs, force=True)
         with (
-            replacing(kept) as tmp,  # renamed in after the gzip stream is closed
+            creating(kept) as tmp,  # linked in after the gzip stream is closed, unless
+            # another push made it meanwhile: then that one stays (its bytes may be hashed)
             gzip.GzipFile(tmp, "wb", mtime=0) as dst,
             disk.path.open("rb") as src,
         ):
