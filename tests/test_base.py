@@ -6,11 +6,13 @@ whose blobs were altered in the registry is refused before anything in it is use
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,13 @@ import pytest
 from guest.contract.gpt import read_gpt
 from guest.contract.oci import Index, Manifest, parse_ref
 from publisher.localregistry import RunningRegistry, local_registry
-from publisher.media.base import MEDIA_DEMO_DISK, MEDIA_PACKAGE, BaseError, BasePackages
+from publisher.media.base import (
+    MEDIA_DEMO_DISK,
+    MEDIA_PACKAGE,
+    BaseError,
+    BasePackages,
+    unpack_tar,
+)
 from publisher.media.recipe import RecipeError, parse_recipe
 from publisher.refsign import sign_ref
 from publisher.registry import RegistryClient
@@ -175,6 +183,27 @@ def test_unsigned_or_foreign_signed_base_is_refused(pushed: Pushed, tmp_path: Pa
     sign_ref(RegistryClient(), parse_ref(f"{copy}@{digest}"), parse_private_key(private_pem, b""))
     err = refused(pushed, tmp_path / "foreign", f"{copy}@{digest}")
     assert "refusing the base artifact" in err and "signature" in err
+
+
+def test_a_layer_unpacked_meanwhile_by_another_build_is_kept(tmp_path: Path) -> None:
+    """Two builds at once with a cold cache (two canaries on a Mac, or `cloudboot build`
+    beside the watcher) unpack the same base layer into the one per-user cache. The later
+    one must not remove the tree the earlier one finished and may be reading: a layer is
+    addressed by its digest, so the tree already there holds the same files."""
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("usr/lib/file")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"data"))
+    target = tmp_path / "x" / "0123abcd"
+    unpack_tar(layer.getvalue(), target, "layer")
+    reading = (target / "usr/lib/file").open("rb")  # the first build, still reading
+    inode = target.stat().st_ino
+    unpack_tar(layer.getvalue(), target, "layer")  # the second build, done later
+    assert target.stat().st_ino == inode and (target / "usr/lib/file").read_bytes() == b"data"
+    assert reading.read() == b"data" and (target / "usr/lib/file").exists()
+    reading.close()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["0123abcd"]  # no temp left
 
 
 def test_altered_blob_in_the_registry_is_refused(pushed: Pushed, tmp_path: Path) -> None:

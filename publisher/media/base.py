@@ -33,6 +33,7 @@ The artifact (media types; README "Boot inputs from an OCI base artifact"):
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import os
@@ -79,7 +80,8 @@ def unpack_tar(data: bytes, target: Path, what: str) -> None:
     """Extract regular files, directories and symlinks of a (gzip'd) tar into ``target``.
 
     Only relative names without ``..``; nothing is written through a symlink; the result
-    appears at once (a temp dir renamed into place).
+    appears at once (a temp dir renamed into place), and a tree already at ``target``
+    (the same layer, unpacked by another build meanwhile) is kept, never removed.
     """
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -108,8 +110,12 @@ def unpack_tar(data: bytes, target: Path, what: str) -> None:
                     with src, dest.open("wb") as out:
                         shutil.copyfileobj(src, out)
                     dest.chmod(member.mode & 0o755 | 0o644)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
+        try:
+            os.rename(tmp, target)
+        except OSError as exc:  # there already: another process unpacked the same
+            # digest first and may be reading it; its files are these files, so it stays
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not target.is_dir():
+                raise
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise BaseError(f"{what}: not a usable tar layer: {exc}") from None
     finally:
