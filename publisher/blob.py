@@ -56,8 +56,8 @@ class Blob:
         """The content in pieces; a file's is checked against ``digest`` and ``size`` as
         it is read: the manifest naming this digest is already made, so a file replaced
         or rewritten since it was hashed must not be sent as if it were the same blob.
-        The check fails before the last piece is handed out, so the upload that would
-        commit the blob is never finished."""
+        The check runs before the generator ends, so the PUT a caller sends after the
+        last piece (the one that commits the blob) is never sent for changed bytes."""
         if self.data is not None:
             for i in range(0, max(len(self.data), 1), chunk_size):
                 yield self.data[i : i + chunk_size]
@@ -65,25 +65,20 @@ class Blob:
         assert self.path is not None
         hasher, size = hashlib.sha256(), 0
         with self.path.open("rb") as f:
-            chunk = f.read(chunk_size)
-            while True:
-                hasher.update(chunk)
+            while chunk := f.read(chunk_size):
                 size += len(chunk)
-                following = f.read(chunk_size) if chunk and size <= self.size else b""
-                if not following:
-                    if (size, "sha256:" + hasher.hexdigest()) != (self.size, self.digest):
-                        raise ContentChangedError(
-                            f"changed while it was being pushed (hashed as {self.digest},"
-                            f" {self.size} bytes; now {size if size <= self.size else 'more'}"
-                            " bytes that hash differently): the upload was left unfinished;"
-                            " push again",
-                            where=str(self.path),
-                        )
-                    if chunk or size == 0:
-                        yield chunk
-                    return
+                if size > self.size:  # grown: no need to read on
+                    break
+                hasher.update(chunk)
                 yield chunk
-                chunk = following
+        if (size, "sha256:" + hasher.hexdigest()) != (self.size, self.digest):
+            now = f"{size} bytes" if size <= self.size else "more bytes"
+            raise ContentChangedError(
+                f"changed while it was being pushed (hashed as {self.digest}, {self.size}"
+                f" bytes; now {now} that hash differently): the upload was left unfinished;"
+                " push again",
+                where=str(self.path),
+            )
 
 
 class ContentChangedError(CloudbootError):
