@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -269,3 +270,64 @@ def test_secure_boot_signed_uki_verifies(tmp_path: Path) -> None:
     uki = _uki_of(out, tmp_path)
     assert "Signature verification OK" in run(["sbverify", "--cert", cert, uki]).stderr.decode() + \
         run(["sbverify", "--cert", cert, uki]).stdout.decode()  # fmt: skip
+
+
+def _waiting_for_flock(pid: int) -> bool:
+    """Whether ``pid`` is blocked on a flock(2): /proc/locks lists waiters as ``-> FLOCK``."""
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        at = fields.index("->") if "->" in fields else -1
+        if at >= 0 and fields[at + 1] == "FLOCK" and fields[at + 4] == str(pid):
+            return True
+    return False
+
+
+def test_builds_at_once_publish_image_and_signature_together(tmp_path: Path) -> None:
+    """Two `cloudboot build` of one output with different inputs (two terminals, two CI
+    jobs): each replaces boot.iso, .sig and stamp under one lock, so the signature beside
+    the image is always that image's. Shown deterministically: while this test holds the
+    lock, a real build process waits at it (the kernel lists it as a waiter) with the
+    old image and signature untouched, then publishes both once it is released. An
+    unsigned build then removes the .sig that would sign other bytes."""
+    from guest.contract.fsutil import locked
+    from publisher.media.build import publish_lock
+    from tests.helpers import wait_for
+
+    workspace = tmp_path / "ws"
+    (workspace / "kernel").mkdir(parents=True)
+    (workspace / "kernel" / "recipe.toml").write_text(recipe_text())
+    private, public = generate_key_pair(b"pw")
+    (workspace / "cosign.key").write_bytes(private)
+    (workspace / "cosign.pub").write_bytes(public)
+    out, sig = tmp_path / "o.iso", tmp_path / "o.iso.sig"
+    cli = [os.fspath(Path(sys.executable).parent / "cloudboot"), "-C", os.fspath(workspace),
+           "build", "--arch", "x86_64", "--iso", os.fspath(out)]  # fmt: skip
+    env = {**os.environ, "COSIGN_PASSWORD": "pw"}
+    subprocess.run([*cli, "--cmdline", "console=ttyS0 first"], env=env, check=True,
+                   capture_output=True)  # fmt: skip
+
+    def verifies() -> bool:
+        key = serialization.load_pem_public_key(public)
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        try:
+            key.verify(base64.b64decode(sig.read_text()), out.read_bytes(),
+                       ec.ECDSA(hashes.SHA256()))  # fmt: skip
+        except InvalidSignature:
+            return False
+        return True
+
+    first = out.read_bytes()
+    assert verifies()
+    with locked(publish_lock(out)):
+        child = subprocess.Popen([*cli, "--cmdline", "console=ttyS0 second"], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        wait_for(lambda: _waiting_for_flock(child.pid) or child.poll() is not None,
+                   timeout=120, what="the build to reach the publish lock")  # fmt: skip
+        assert child.poll() is None, child.communicate()  # it waits: nothing published yet
+        assert out.read_bytes() == first and verifies()
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 0, err
+    assert out.read_bytes() != first and verifies()  # the new image, with its own signature
+    subprocess.run([*cli, "--cmdline", "console=ttyS0 third", "--no-sign"], env=env, check=True,
+                   capture_output=True)  # fmt: skip
+    assert not sig.exists()

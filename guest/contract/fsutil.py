@@ -21,6 +21,7 @@ the umask).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,6 +84,16 @@ def replacing(path: Path, *, durable: bool = False, mode: int | None = None) -> 
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def locked(lock: Path) -> Iterator[None]:
+    """An exclusive flock(2) on ``lock`` (created if missing) for the body: one process at
+    a time, across processes; released when the body ends or the process dies."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "ab") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ import structlog
 import guest.contract
 import publisher
 from guest.contract.arch import Arch
-from guest.contract.fsutil import replacing, write_atomic
+from guest.contract.fsutil import locked, replacing, write_atomic
 from guest.contract.gpt import guid_from
 from publisher.config import Config
 from publisher.media import cpio
@@ -300,10 +300,11 @@ def build_boot_iso(
         print_ = fingerprint(recipe, inputs, epoch, signing_key is not None)
     sig = out.with_name(out.name + ".sig") if signing_key else None
     stamp = stamp_path(out)
-    if (not force and out.is_file() and (sig is None or sig.is_file()) and stamp.is_file()
-            and stamp.read_text() == print_):  # fmt: skip
-        log.info("boot.iso up to date", output=str(out))
-        return BuildResult(out, sig, True, arches, stages.timings, out.stat().st_size)
+    with locked(publish_lock(out)):  # not while another build swaps out, .sig and stamp
+        if (not force and out.is_file() and (sig is None or sig.is_file()) and stamp.is_file()
+                and stamp.read_text() == print_):  # fmt: skip
+            log.info("boot.iso up to date", output=str(out))
+            return BuildResult(out, sig, True, arches, stages.timings, out.stat().st_size)
     efi_files: dict[str, bytes] = {}
     blobs = BlobCache(blob_cache or cache_dir(out))
     reused = []
@@ -322,26 +323,39 @@ def build_boot_iso(
                 uki = sbsign(uki, recipe.secureboot_key, recipe.secureboot_cert, out.parent)
         efi_files[item.arch.efi_boot_file] = uki
     signature = None
-    with replacing(out, durable=True) as tmp:  # renamed (and fsynced) when the body is done
-        with stages.stage("iso"):
-            content = hashlib.sha256()
-            for name in sorted(efi_files):
-                content.update(name.encode() + hashlib.sha256(efi_files[name]).digest())
-            seed = content.hexdigest() + str(epoch)
-            write_boot_iso(
-                tmp, efi_files, esp_size=esp_size([len(d) for d in efi_files.values()]),
-                epoch=epoch, disk_guid=guid_from("boot.iso disk", seed),
-                esp_guid=guid_from("boot.iso esp", seed),
-                volume_id=int.from_bytes(guid_from("fat", seed).bytes[:4], "little"),
-            )  # fmt: skip
-        if signing_key is not None and sig is not None:
-            with stages.stage("sign"):
-                signature = sign_blob(signing_key, tmp.read_bytes())
-    with stages.stage("rename"):
-        if sig is not None and signature is not None:
-            write_atomic(sig, signature.encode(), durable=True)
-        write_atomic(stamp, print_.encode())  # a torn stamp would only force a rebuild
+    # Builds of the same output running at once (two terminals, two CI jobs) publish their
+    # boot.iso, .sig and stamp under one lock, taken once the image is written and signed
+    # and held over its rename: the three always come from one build. Without it the
+    # renames could interleave into an image beside another build's signature.
+    with contextlib.ExitStack() as publishing:
+        with replacing(out, durable=True) as tmp:  # renamed (and fsynced) when done
+            with stages.stage("iso"):
+                content = hashlib.sha256()
+                for name in sorted(efi_files):
+                    content.update(name.encode() + hashlib.sha256(efi_files[name]).digest())
+                seed = content.hexdigest() + str(epoch)
+                write_boot_iso(
+                    tmp, efi_files, esp_size=esp_size([len(d) for d in efi_files.values()]),
+                    epoch=epoch, disk_guid=guid_from("boot.iso disk", seed),
+                    esp_guid=guid_from("boot.iso esp", seed),
+                    volume_id=int.from_bytes(guid_from("fat", seed).bytes[:4], "little"),
+                )  # fmt: skip
+            if signing_key is not None and sig is not None:
+                with stages.stage("sign"):
+                    signature = sign_blob(signing_key, tmp.read_bytes())
+            publishing.enter_context(locked(publish_lock(out)))
+        with stages.stage("rename"):
+            if sig is not None and signature is not None:
+                write_atomic(sig, signature.encode(), durable=True)
+            else:  # unsigned: a .sig an earlier build left would sign other bytes
+                out.with_name(out.name + ".sig").unlink(missing_ok=True)
+            write_atomic(stamp, print_.encode())  # a torn stamp would only force a rebuild
     return BuildResult(out, sig, False, arches, stages.timings, out.stat().st_size, reused)
+
+
+def publish_lock(out: Path) -> Path:
+    """The lock that ``out``, its ``.sig`` and its stamp are replaced under."""
+    return cache_dir(out) / "publish.lock"
 
 
 def cache_dir(out: Path) -> Path:

@@ -9,7 +9,6 @@ its control fields. A rebuild finds both there and needs no network. Meta packag
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from guest.contract.arch import Arch
 from guest.contract.errors import CloudbootError
+from guest.contract.fsutil import locked
 from publisher.run import require_tool, run
 
 CONTROL_FILE = ".control"
@@ -112,9 +112,7 @@ class DebCache:
         """``apt-get download`` into the cache, one process at a time (builds running side
         by side, e.g. parallel tests, share the cache), each .deb renamed in once whole:
         a reader that does not take the lock never sees a half-written one."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".download.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with locked(self.root / ".download.lock"):
             self._listing = (-1, [])
             return self.cached_deb(name, arch) or self._download(name, arch)
 

@@ -18,7 +18,6 @@ no entry a later run could mistake for a kernel. make's output goes to
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -33,6 +32,7 @@ import structlog
 
 from guest.contract.arch import Arch
 from guest.contract.errors import CloudbootError
+from guest.contract.fsutil import locked
 from publisher.media.debs import user_cache_dir
 from publisher.run import CommandError, require_tool, run, spawn
 
@@ -249,10 +249,7 @@ class KernelBuildCache:
     @contextlib.contextmanager
     def _locked(self, key: str) -> Iterator[None]:
         """One build per key at a time; a second process waits and then finds it cached."""
-        locks = self.root / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        with open(locks / key, "wb") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        with locked(self.root / "locks" / key):
             yield
 
     def build(self, spec: KernelBuildSpec, jobs: int | None = None) -> KernelBuild:
