@@ -88,12 +88,19 @@ def replacing(path: Path, *, durable: bool = False, mode: int | None = None) -> 
 
 @contextlib.contextmanager
 def locked(lock: Path) -> Iterator[None]:
-    """An exclusive flock(2) on ``lock`` (created if missing) for the body: one process at
-    a time, across processes; released when the body ends or the process dies."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "ab") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    """An exclusive flock(2) on ``lock`` for the body: one process at a time, released when
+    the body ends or the process dies. ``lock``: a file (created if missing), or a
+    directory (flock takes either; a directory lock leaves no file behind)."""
+    if lock.is_dir():
+        fd = os.open(lock, os.O_RDONLY | os.O_DIRECTORY)
+    else:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

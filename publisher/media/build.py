@@ -354,8 +354,10 @@ def build_boot_iso(
 
 
 def publish_lock(out: Path) -> Path:
-    """The lock that ``out``, its ``.sig`` and its stamp are replaced under."""
-    return cache_dir(out) / "publish.lock"
+    """What ``out``, its ``.sig`` and its stamp are replaced under a flock of: the
+    directory they sit in (made if missing), so a failed build leaves no lock file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out.parent
 
 
 def cache_dir(out: Path) -> Path:

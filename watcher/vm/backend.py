@@ -27,6 +27,7 @@ from watcher.vm import nvram
 from watcher.vm.spec import VmError, VmSpec
 from watcher.vm.state import (
     VmRecord,
+    exiting,
     is_our_process,
     load_record,
     process_cmdline,
@@ -176,6 +177,7 @@ class ProcessBackend(abc.ABC):
             log.info("vm already running", pid=running)
             return self.status()
         self.spec.check_files()
+        self._wait_exited()
         for directory in {self.spec.state_dir, self.spec.nvram.parent, self.spec.serial_log.parent}:
             directory.mkdir(parents=True, exist_ok=True)
         for stale in (self.spec.pidfile, self.spec.control_socket):
@@ -279,6 +281,15 @@ class ProcessBackend(abc.ABC):
         except subprocess.TimeoutExpired:
             log.warning("vm process still exiting", pid=child.pid)
             self._child = child
+
+    def _wait_exited(self) -> None:
+        """Let a last VM process that is still exiting close its files (its disk images'
+        locks) before the next one opens them; bounded, as a stuck exit is the kernel's."""
+        record = load_record(self.spec.record_file)
+        deadline = time.monotonic() + FORCE_GRACE_S
+        for pid in {read_pidfile(self.spec.pidfile), record.pid if record else None} - {None}:
+            while pid is not None and exiting(pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
 
     def _kill(self, pid: int) -> None:
         """SIGTERM, then SIGKILL; each only after checking the pid is still our VM."""

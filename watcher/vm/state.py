@@ -79,6 +79,19 @@ def process_cmdline(pid: int) -> list[str] | None:
     return line.split()[1:]
 
 
+def exiting(pid: int) -> bool:
+    """Whether ``pid`` is past its end but not yet a zombie (Linux): its memory is gone, so
+    it has no argv and reads as stopped, but its files, and with them QEMU's lock on a
+    disk image, stay open until the kernel has torn down the rest. A VM relaunched in that
+    window fails with "Failed to get "write" lock"."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        state = stat.rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X") and not Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, IndexError):
+        return False
+
+
 def is_our_process(cmdline: list[str] | None, names: tuple[str, ...], marker: Path) -> bool:
     """The process runs one of ``names`` (QEMU, vfkit) and mentions our ``marker`` path.
 
