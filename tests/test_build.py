@@ -18,14 +18,21 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from guest.contract.arch import Arch
 from guest.contract.errors import CloudbootError
+from guest.contract.fsutil import locked
 from guest.contract.gpt import SECTOR, read_gpt
 from publisher.media import cpio
-from publisher.media.build import build_boot_iso, builder_code, cache_dir, stamp_path
+from publisher.media.build import (
+    build_boot_iso,
+    builder_code,
+    cache_dir,
+    publish_lock,
+    stamp_path,
+)
 from publisher.media.guestpack import pack_inputs
 from publisher.media.recipe import RecipeError, load_recipe, parse_recipe
 from publisher.run import run
 from publisher.signing import generate_key_pair, parse_private_key
-from tests.helpers import REPO
+from tests.helpers import REPO, wait_for
 from tests.qemu_boot import build, recipe_text, repo_recipe
 
 
@@ -289,10 +296,6 @@ def test_builds_at_once_publish_image_and_signature_together(tmp_path: Path) -> 
     lock, a real build process waits at it (the kernel lists it as a waiter) with the
     old image and signature untouched, then publishes both once it is released. An
     unsigned build then removes the .sig that would sign other bytes."""
-    from guest.contract.fsutil import locked
-    from publisher.media.build import publish_lock
-    from tests.helpers import wait_for
-
     workspace = tmp_path / "ws"
     (workspace / "kernel").mkdir(parents=True)
     (workspace / "kernel" / "recipe.toml").write_text(recipe_text())
@@ -322,7 +325,7 @@ def test_builds_at_once_publish_image_and_signature_together(tmp_path: Path) -> 
         child = subprocess.Popen([*cli, "--cmdline", "console=ttyS0 second"], env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
         wait_for(lambda: _waiting_for_flock(child.pid) or child.poll() is not None,
-                   timeout=120, what="the build to reach the publish lock")  # fmt: skip
+                 timeout=120, what="the build to reach the publish lock")  # fmt: skip
         assert child.poll() is None, child.communicate()  # it waits: nothing published yet
         assert out.read_bytes() == first and verifies()
     _, err = child.communicate(timeout=120)

@@ -298,8 +298,9 @@ def build_boot_iso(
                                sources=sources, agent_repo=agent_repo)
                   for a in arches]  # fmt: skip
         print_ = fingerprint(recipe, inputs, epoch, signing_key is not None)
-    sig = out.with_name(out.name + ".sig") if signing_key else None
-    stamp = stamp_path(out)
+    sig_path, stamp = out.with_name(out.name + ".sig"), stamp_path(out)
+    sig = sig_path if signing_key else None
+    out.parent.mkdir(parents=True, exist_ok=True)  # the publish lock is taken on it
     with locked(publish_lock(out)):  # not while another build swaps out, .sig and stamp
         if (not force and out.is_file() and (sig is None or sig.is_file()) and stamp.is_file()
                 and stamp.read_text() == print_):  # fmt: skip
@@ -348,15 +349,14 @@ def build_boot_iso(
             if sig is not None and signature is not None:
                 write_atomic(sig, signature.encode(), durable=True)
             else:  # unsigned: a .sig an earlier build left would sign other bytes
-                out.with_name(out.name + ".sig").unlink(missing_ok=True)
+                sig_path.unlink(missing_ok=True)
             write_atomic(stamp, print_.encode())  # a torn stamp would only force a rebuild
     return BuildResult(out, sig, False, arches, stages.timings, out.stat().st_size, reused)
 
 
 def publish_lock(out: Path) -> Path:
     """What ``out``, its ``.sig`` and its stamp are replaced under a flock of: the
-    directory they sit in (made if missing), so a failed build leaves no lock file."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    directory they sit in, so a failed build leaves no lock file."""
     return out.parent
 
 

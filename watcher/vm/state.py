@@ -58,12 +58,21 @@ def read_pidfile(path: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+#: /proc/<pid>/stat states of a process that has ended (its files are closed).
+GONE = ("Z", "X")
+
+
+def _linux_state(pid: int) -> str:
+    """The one-letter state in /proc/<pid>/stat (after the command name, which may hold
+    spaces and parentheses itself)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
 def process_cmdline(pid: int) -> list[str] | None:
     """The argv of a live process, or None when it is gone (zombies count as gone)."""
     if sys.platform.startswith("linux"):
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+            if _linux_state(pid) in GONE:
                 return None
             raw = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, IndexError):
@@ -85,9 +94,7 @@ def exiting(pid: int) -> bool:
     disk image, stay open until the kernel has torn down the rest. A VM relaunched in that
     window fails with "Failed to get "write" lock"."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        state = stat.rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X") and not Path(f"/proc/{pid}/cmdline").read_bytes()
+        return _linux_state(pid) not in GONE and not Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, IndexError):
         return False
 
